@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Everything facevoice needs on a fresh Debian 12 machine, idempotently: system packages, a
+# virtual environment with torch installed FIRST (the CPU build; any other order pulls GBs of
+# CUDA wheels), then the project itself. Used by `make demo`, `make test`, .ci/run and the
+# Dockerfile. VENV and EXTRAS may be overridden.
+set -euo pipefail
+VENV=${VENV:-.venv}
+EXTRAS=${EXTRAS:-dev}
+TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
+APT_PACKAGES=(espeak-ng redis-server python3-venv)
+
+missing=()
+command -v espeak-ng >/dev/null || missing+=(espeak-ng)
+command -v redis-server >/dev/null || missing+=(redis-server)
+python3 -c "import venv, ensurepip" 2>/dev/null || missing+=(python3-venv)
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]} (of ${APT_PACKAGES[*]})"
+  sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "setup: creating $VENV"
+  python3 -m venv "$VENV"
+fi
+pip=("$VENV/bin/python" -m pip install -q --disable-pip-version-check)
+if ! "$VENV/bin/python" -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '${TORCH_SPEC#torch==}')" 2>/dev/null; then
+  echo "setup: installing $TORCH_SPEC first"
+  "${pip[@]}" "$TORCH_SPEC"
+fi
+echo "setup: installing facevoice[$EXTRAS]"
+"${pip[@]}" -e ".[$EXTRAS]"

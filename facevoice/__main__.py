@@ -1,0 +1,5 @@
+import sys
+
+from facevoice.cli import main
+
+sys.exit(main())

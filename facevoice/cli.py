@@ -1,0 +1,47 @@
+"""`facevoice VERB [SUBVERB] ...`: each verb is one module with `add_arguments` and `run`.
+
+The table below is the whole map from command to code (clip-retrieval style); modules are
+imported only when their verb runs, so `--help` stays fast and the service never loads
+training code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+VERBS: dict[tuple[str, ...], tuple[str, str]] = {
+    ("corpus", "synth"): ("training.corpus.synth", "build the synthetic demo corpus"),
+    ("corpus", "voxceleb"): ("training.corpus.voxceleb", "write VoxCeleb1 as a corpus"),
+    ("demo",): ("facevoice.demo", "the main job on the embedded default (make demo)"),
+}
+
+
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="facevoice", description=__doc__.splitlines()[0])
+    groups: dict[str, argparse._SubParsersAction] = {}
+    top = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    for path, (module, help_text) in VERBS.items():
+        if len(path) == 1:
+            sub = top.add_parser(path[0], help=help_text)
+        else:
+            if path[0] not in groups:
+                group = top.add_parser(path[0], help=f"{path[0]} commands")
+                groups[path[0]] = group.add_subparsers(dest="subverb", required=True, metavar="VERB")
+            sub = groups[path[0]].add_parser(path[1], help=help_text)
+        sub.set_defaults(module=module)
+        # only the chosen verb's module is imported to add its arguments
+        if [a for a in argv if not a.startswith("-")][: len(path)] == list(path):
+            importlib.import_module(module).add_arguments(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
+    return importlib.import_module(args.module).run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""Audio bytes -> model inputs: decode, mono, polyphase resample, the two papers' front ends."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
+import soundfile as sf
+from scipy.signal import resample_poly
+
+from service.media.errors import (
+    EmptyMediaError,
+    InvalidSignalError,
+    MediaDecodeError,
+    MediaError,
+    MediaTooLargeError,
+)
+from service.media.limits import DEFAULT_LIMITS, MediaLimits, check_size
+
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 4_000, 192_000
+MAX_CHANNELS = 32
+_BLOCK = 1 << 16
+
+
+@dataclass(frozen=True)
+class AssociationAudio:
+    """Kim et al. 2018 sec. 4.3: 22,050 Hz, 10 s, shorter clips tiled back to back, then trimmed."""
+
+    sample_rate: int = 22_050
+    seconds: float = 10.0
+
+    @property
+    def samples(self) -> int:
+        return round(self.sample_rate * self.seconds)
+
+
+@dataclass(frozen=True)
+class Speech2FaceAudio:
+    """Oh et al. 2019 sec. 3 (implementation details): 16 kHz, 6 s (repeated if shorter), STFT
+    with a 25 ms Hann window, 10 ms hop, 512-point FFT, sgn(S)|S|^0.3 on real and imaginary parts."""
+
+    sample_rate: int = 16_000
+    seconds: float = 6.0
+    window_ms: float = 25.0
+    hop_ms: float = 10.0
+    n_fft: int = 512
+    power: float = 0.3
+
+    @property
+    def samples(self) -> int:
+        return round(self.sample_rate * self.seconds)
+
+    @property
+    def window(self) -> int:
+        return round(self.sample_rate * self.window_ms / 1000)
+
+    @property
+    def hop(self) -> int:
+        return round(self.sample_rate * self.hop_ms / 1000)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """[real/imag, time, frequency]: (2, 598, 257) for the paper's 6 s."""
+        return (2, 1 + (self.samples - self.window) // self.hop, self.n_fft // 2 + 1)
+
+
+def decode_audio(data: bytes, limits: MediaLimits = DEFAULT_LIMITS) -> tuple[np.ndarray, int]:
+    """WAV/FLAC/OGG bytes -> (mono float32 samples, sample rate), within `limits`."""
+    check_size(data, limits, "audio")
+    try:
+        with sf.SoundFile(io.BytesIO(bytes(data))) as f:
+            sr, channels, frames = f.samplerate, f.channels, f.frames
+            _check_header(sr, channels, frames, limits)
+            cap = int(limits.max_audio_seconds * sr)
+            blocks = []
+            read = 0
+            while read <= cap:  # read in blocks and downmix as we go: memory stays mono
+                block = f.read(min(_BLOCK, cap + 1 - read), dtype="float32", always_2d=True)
+                if len(block) == 0:
+                    break
+                blocks.append(block.mean(axis=1))
+                read += len(block)
+    except MediaError:
+        raise
+    except Exception as e:  # libsndfile's many complaints about bad files, as one type
+        why = getattr(e, "error_string", None) or str(e)  # libsndfile's words, without a repr
+        raise MediaDecodeError(f"audio: not a readable WAV/FLAC/OGG file ({why})") from e
+    x = np.concatenate(blocks) if blocks else np.zeros(0, np.float32)
+    _check_signal(x, sr, limits)
+    return x, sr
+
+
+def _check_header(sr: int, channels: int, frames: int, limits: MediaLimits) -> None:
+    if not MIN_SAMPLE_RATE <= sr <= MAX_SAMPLE_RATE:
+        raise MediaDecodeError(
+            f"audio: sample rate {sr} Hz outside {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz")
+    if not 1 <= channels <= MAX_CHANNELS:
+        raise MediaDecodeError(f"audio: {channels} channels (1-{MAX_CHANNELS} supported)")
+    if 0 < frames < 2**62 and frames / sr > limits.max_audio_seconds:
+        raise MediaTooLargeError(
+            f"audio: {frames / sr:.1f} s is over the {limits.max_audio_seconds:g} s limit")
+
+
+def _check_signal(x: np.ndarray, sr: int, limits: MediaLimits) -> None:
+    if x.size == 0:
+        raise EmptyMediaError("audio: no samples could be decoded (zero-length or truncated file)")
+    if x.size > limits.max_audio_seconds * sr:
+        raise MediaTooLargeError(f"audio: longer than the {limits.max_audio_seconds:g} s limit")
+    if not np.isfinite(x).all():
+        raise InvalidSignalError("audio: contains NaN or Inf samples")
+    if x.size < limits.min_audio_seconds * sr:
+        raise InvalidSignalError(
+            f"audio: {x.size / sr * 1000:.0f} ms is shorter than {limits.min_audio_seconds:g} s")
+    peak = float(np.max(np.abs(x)))
+    if peak < 10 ** (limits.silence_peak_dbfs / 20):
+        level = -np.inf if peak == 0 else 20 * np.log10(peak)
+        raise InvalidSignalError(
+            f"audio: silent (peak {level:.0f} dBFS, below {limits.silence_peak_dbfs:g} dBFS)")
+
+
+def resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
+    """Polyphase resampling (Kaiser-windowed FIR); exotic rate ratios approximated to 1e-6."""
+    if sr_in == sr_out:
+        return x.astype(np.float32, copy=False)
+    ratio = Fraction(sr_out, sr_in).limit_denominator(1000)
+    return resample_poly(x, ratio.numerator, ratio.denominator).astype(np.float32)
+
+
+def tile_to_length(x: np.ndarray, n: int) -> np.ndarray:
+    """Repeat a clip back to back until it is n samples long, then trim (Kim 4.3, Oh sec. 3)."""
+    reps = -(-n // len(x))
+    return np.tile(x, reps)[:n]
+
+
+def association_waveform(data: bytes, cfg: AssociationAudio = AssociationAudio(),
+                         limits: MediaLimits = DEFAULT_LIMITS) -> np.ndarray:
+    """Bytes -> the voice subnetwork's input: float32 [cfg.samples] at cfg.sample_rate."""
+    x, sr = decode_audio(data, limits)
+    return tile_to_length(resample(x, sr, cfg.sample_rate), cfg.samples)
+
+
+def complex_spectrogram(x: np.ndarray, cfg: Speech2FaceAudio) -> np.ndarray:
+    """STFT without centring: Hann window of cfg.window samples zero-padded to n_fft; [T, F]."""
+    frames = np.lib.stride_tricks.sliding_window_view(x, cfg.window)[:: cfg.hop]
+    window = np.hanning(cfg.window + 1)[:-1]  # periodic Hann, as torch.hann_window
+    return np.fft.rfft(frames * window, n=cfg.n_fft, axis=1)
+
+
+def power_law(spec: np.ndarray, power: float) -> np.ndarray:
+    """sgn(S)|S|^p applied to real and imaginary parts independently -> float32 [2, T, F]."""
+    parts = np.stack([spec.real, spec.imag])
+    return (np.sign(parts) * np.abs(parts) ** power).astype(np.float32)
+
+
+def speech2face_spectrogram(data: bytes, cfg: Speech2FaceAudio = Speech2FaceAudio(),
+                            limits: MediaLimits = DEFAULT_LIMITS) -> np.ndarray:
+    """Bytes -> the Speech2Face voice encoder's input: float32 [2, 598, 257] for 6 s."""
+    x, sr = decode_audio(data, limits)
+    x = tile_to_length(resample(x, sr, cfg.sample_rate), cfg.samples)
+    return power_law(complex_spectrogram(x, cfg), cfg.power)

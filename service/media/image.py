@@ -1,0 +1,115 @@
+"""Image bytes -> model inputs: decode, orient, RGB, optional face box, resize, normalise."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps
+
+from service.media.errors import (
+    InvalidSignalError,
+    MediaDecodeError,
+    MediaError,
+    MediaTooLargeError,
+)
+from service.media.limits import DEFAULT_LIMITS, MediaLimits, check_size
+
+FORMATS = ("JPEG", "PNG", "WEBP", "GIF")
+ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, not a grey half-image
+
+
+@dataclass(frozen=True)
+class FaceImage:
+    """Face subnetwork input. Kim et al. 2018 sec. 4.3: 224x224; sec. 4.2: face boxes enlarged
+    1.5x. Normalised with the ImageNet statistics VGG16 was trained with."""
+
+    size: int = 224
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    box_scale: float = 1.5
+
+
+def decode_image(data: bytes, limits: MediaLimits = DEFAULT_LIMITS) -> Image.Image:
+    """JPEG/PNG/WebP/GIF bytes -> an upright RGB image (first frame of an animation)."""
+    check_size(data, limits, "image")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(bytes(data)), formats=FORMATS)
+            w, h = img.size
+            if w * h > limits.max_image_pixels:  # from the header, before any pixel is decoded
+                raise MediaTooLargeError(
+                    f"image: {w}x{h} is over the {limits.max_image_pixels:,}-pixel limit")
+            if min(w, h) < limits.min_image_side:
+                raise InvalidSignalError(
+                    f"image: {w}x{h} is too small (sides of at least {limits.min_image_side} px)")
+            img.seek(0)
+            img.load()
+    except MediaError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise MediaTooLargeError(f"image: decompression bomb ({e})") from e
+    except Exception as e:  # Pillow's many complaints about bad files, as one type
+        raise MediaDecodeError(f"image: not a readable {'/'.join(FORMATS)} file ({e})") from e
+    return to_rgb(_upright(img))
+
+
+def _upright(img: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation; a malformed EXIF block leaves the image as stored."""
+    try:
+        return ImageOps.exif_transpose(img)
+    except Exception:
+        return img
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any Pillow mode -> RGB; transparency composited over white, 16-bit scaled to 8."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float32)
+        scale = 257.0 if arr.max() > 255 else 1.0
+        img = Image.fromarray(np.clip(arr / scale, 0, 255).astype(np.uint8), "L")
+    elif img.mode == "F":
+        img = Image.fromarray(np.clip(np.nan_to_num(np.asarray(img)), 0, 255).astype(np.uint8), "L")
+    if (img.mode == "P" and "transparency" in img.info) or img.mode in ("LA", "PA"):
+        img = img.convert("RGBA")
+    if img.mode == "RGBA":
+        white = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(white, img)
+    return img.convert("RGB")
+
+
+def crop_face(img: Image.Image, box: tuple[float, float, float, float] | None,
+              scale: float = 1.5) -> Image.Image:
+    """Square crop: the face box (x, y, w, h) enlarged `scale` times about its centre, or the
+    centre square when there is no box. Outside the image is black."""
+    if box is None:
+        side = min(img.size)
+        x0, y0 = (img.width - side) / 2, (img.height - side) / 2
+    else:
+        x, y, w, h = box
+        if not (np.isfinite([x, y, w, h]).all() and w > 0 and h > 0):
+            raise InvalidSignalError(f"image: face box {box} needs a positive, finite width and height")
+        side = max(w, h) * scale
+        x0, y0 = x + w / 2 - side / 2, y + h / 2 - side / 2
+        if x0 + side <= 0 or y0 + side <= 0 or x0 >= img.width or y0 >= img.height:
+            raise InvalidSignalError(f"image: face box {box} lies outside the {img.size} image")
+    return img.crop((round(x0), round(y0), round(x0 + side), round(y0 + side)))
+
+
+def normalise(img: Image.Image, cfg: FaceImage) -> np.ndarray:
+    """Resize to cfg.size and normalise -> float32 [3, size, size]."""
+    img = img.resize((cfg.size, cfg.size), Image.BICUBIC)
+    arr = np.asarray(img, dtype=np.float32) / 255.0
+    arr = (arr - np.array(cfg.mean, np.float32)) / np.array(cfg.std, np.float32)
+    return np.ascontiguousarray(arr.transpose(2, 0, 1))
+
+
+def face_input(data: bytes, cfg: FaceImage = FaceImage(),
+               box: tuple[float, float, float, float] | None = None,
+               limits: MediaLimits = DEFAULT_LIMITS) -> np.ndarray:
+    """Bytes -> the face subnetwork's input: float32 [3, cfg.size, cfg.size]."""
+    img = decode_image(data, limits)
+    return normalise(crop_face(img, box, cfg.box_scale), cfg)

@@ -1,0 +1,202 @@
+"""`facevoice corpus synth`: the demo corpus, made offline in minutes (docs/corpus.md)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import shutil
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+from tqdm import tqdm
+
+from training.corpus import sheet
+from training.corpus.faces import FaceNuisance, render_face
+from training.corpus.manifest import IDENTITIES, Item, write_csv, write_manifest
+from training.corpus.oracle import CONTROLS, DIRECTIONS, oracle_table
+from training.corpus.people import Person, PopulationModel, person_row, sample_population
+from training.corpus.splits import assign_splits, split_counts
+from training.corpus.voices import ESPEAK, SAMPLE_RATE, ClipNuisance, synthesize_clip
+
+FORMAT_VERSION = 1
+# Best published VoxCeleb 1:2 matching, V->F (DESIGN.md): the level the oracle is calibrated to.
+PUBLISHED = {"-": 0.88, "G": 0.78}
+
+
+@dataclass
+class SynthConfig:
+    identities: int = 300
+    seed: int = 0
+    faces: int = 4
+    clips: int = 4
+    face_size: int = 128
+    splits: tuple[float, float, float] = (0.7, 0.1, 0.2)
+    workers: int = 2
+    oracle_trials: int = 4000
+    oracle_population: int = 5000
+    model: PopulationModel = field(default_factory=PopulationModel)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    d = SynthConfig()
+    p.add_argument("--out", type=Path, required=True, help="corpus directory to create")
+    p.add_argument("--identities", type=int, default=d.identities)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--faces", type=int, default=d.faces, help="face images per identity")
+    p.add_argument("--clips", type=int, default=d.clips, help="voice clips per identity")
+    p.add_argument("--face-size", type=int, default=d.face_size, help="pixels (>= 128)")
+    p.add_argument("--split", type=float, nargs=3, default=d.splits, metavar=("TRAIN", "VAL", "TEST"))
+    p.add_argument("--workers", type=int, default=d.workers)
+    p.add_argument("--oracle-trials", type=int, default=d.oracle_trials,
+                   help="1:2 trials per oracle cell (0: skip the oracle)")
+    p.add_argument("--force", action="store_true", help="replace an existing corpus directory")
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = SynthConfig(identities=args.identities, seed=args.seed, faces=args.faces, clips=args.clips,
+                      face_size=args.face_size, splits=tuple(args.split), workers=args.workers,
+                      oracle_trials=args.oracle_trials)
+    summary = build_corpus(args.out, cfg, force=args.force)
+    print(format_summary(summary))
+    return 0
+
+
+def _validate(cfg: SynthConfig) -> None:
+    if cfg.identities < 2:
+        raise SystemExit("--identities must be at least 2")
+    if cfg.faces < 1 or cfg.clips < 1:
+        raise SystemExit("--faces and --clips must be at least 1")
+    if cfg.face_size < 128:
+        raise SystemExit("--face-size must be at least 128 pixels")
+    if shutil.which(ESPEAK) is None:
+        raise SystemExit(f"{ESPEAK} not found: install it (apt-get install espeak-ng)")
+
+
+def _make_person(job: tuple[Path, Person, str, SynthConfig, int]) -> list[Item]:
+    """Render one person's faces and speak their clips; returns their manifest rows."""
+    out, person, split, cfg, index = job
+    rng = np.random.default_rng([cfg.seed, index, 1])  # media nuisance, apart from the people stream
+    attrs = {k: getattr(person.shared, k)
+             for k in ("gender", "age_group", "appearance_group", "first_language")}
+    pid = person.identity
+    (out / "faces" / pid).mkdir(parents=True, exist_ok=True)
+    (out / "voices" / pid).mkdir(parents=True, exist_ok=True)
+    items = []
+    canonical = f"faces/{pid}/canonical.png"
+    render_face(person.face, FaceNuisance.canonical(), cfg.face_size).save(out / canonical)
+    items.append(Item(f"{pid}-canonical", pid, "canonical_face", canonical, split, **attrs))
+    for k in range(cfg.faces):
+        path = f"faces/{pid}/{k}.jpg"
+        render_face(person.face, FaceNuisance.sample(rng), cfg.face_size, rng).save(
+            out / path, quality=90)
+        items.append(Item(f"{pid}-face-{k}", pid, "face", path, split, **attrs))
+    for k in range(cfg.clips):
+        path = f"voices/{pid}/{k}.wav"
+        audio = synthesize_clip(person.voice, ClipNuisance.sample(rng))
+        sf.write(out / path, audio, SAMPLE_RATE, subtype="PCM_16")
+        items.append(Item(f"{pid}-voice-{k}", pid, "voice", path, split, **attrs))
+    return items
+
+
+def build_corpus(out: Path, cfg: SynthConfig, force: bool = False, progress: bool = True) -> dict:
+    """Write the whole corpus under `out`; returns the summary also stored in corpus.json."""
+    _validate(cfg)
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        if not force:
+            raise SystemExit(f"{out} exists and is not empty (use --force to replace it)")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    population = sample_population(cfg.identities, cfg.seed, cfg.model)
+    people = population.people
+    split_of = assign_splits([p.identity for p in people],
+                             split_counts(len(people), cfg.splits), cfg.seed)
+    jobs = [(out, p, split_of[p.identity], cfg, i) for i, p in enumerate(people)]
+    items: list[Item] = []
+    bar = tqdm(total=len(jobs), desc="synthesising people", unit="id", disable=not progress)
+    if cfg.workers > 1:
+        with mp.get_context("fork").Pool(cfg.workers) as pool:
+            for rows in pool.imap_unordered(_make_person, jobs, chunksize=4):
+                items.extend(rows)
+                bar.update()
+    else:
+        for job in jobs:
+            items.extend(_make_person(job))
+            bar.update()
+    bar.close()
+    items.sort(key=lambda i: i.item_id)
+    write_manifest(out, items)
+    write_csv(out / IDENTITIES, [{**person_row(p), "split": split_of[p.identity]} for p in people])
+    media_seconds = time.perf_counter() - start
+    summary = {
+        "format_version": FORMAT_VERSION,
+        "generator": "facevoice corpus synth",
+        "espeak_ng": _espeak_version(),
+        "config": {k: v for k, v in asdict(cfg).items() if k != "model"},
+        "population_model": asdict(cfg.model),
+        "counts": _counts(items, split_of),
+        "oracle": _oracle(cfg, people, split_of) if cfg.oracle_trials else {},
+    }
+    (out / "corpus.json").write_text(json.dumps(summary, indent=2) + "\n")
+    sheet.contact_sheet(out, out / "contact_sheet.png")
+    sheet.listening_page(out, out / "listen.html")
+    summary["timing"] = {"media_s": round(media_seconds, 1),
+                         "total_s": round(time.perf_counter() - start, 1)}
+    summary["out"] = str(out)
+    return summary
+
+
+def _espeak_version() -> str:
+    done = subprocess.run([ESPEAK, "--version"], capture_output=True, text=True, check=False)
+    return done.stdout.strip()
+
+
+def _counts(items: list[Item], split_of: dict[str, str]) -> dict:
+    splits = sorted(set(split_of.values()))
+    return {
+        "identities": {s: sum(v == s for v in split_of.values()) for s in splits},
+        "items": {m: sum(i.modality == m for i in items)
+                  for m in ("face", "canonical_face", "voice")},
+    }
+
+
+def _oracle(cfg: SynthConfig, people: list[Person], split_of: dict[str, str]) -> dict:
+    """The ceiling twice: on a large parameter-only population of the same model (stable: the
+    calibration), and on this corpus's test identities (what a model will be compared with)."""
+    reference = sample_population(cfg.oracle_population, cfg.seed + 1, cfg.model).people
+    test = [p for p in people if split_of[p.identity] == "test"]
+    return {
+        "population": {"identities": len(reference), "trials": cfg.oracle_trials,
+                       "accuracy": oracle_table(cfg.model, reference, cfg.oracle_trials, cfg.seed)},
+        "test_split": {"identities": len(test), "trials": cfg.oracle_trials,
+                       "accuracy": oracle_table(cfg.model, test, cfg.oracle_trials, cfg.seed)},
+    }
+
+
+def format_summary(s: dict) -> str:
+    """The one-screen summary printed at the end of `corpus synth`."""
+    c = s["counts"]
+    lines = [
+        f"corpus written to {s['out']} in {s['timing']['total_s']} s "
+        f"(media {s['timing']['media_s']} s)",
+        "identities: " + ", ".join(f"{k} {v}" for k, v in c["identities"].items()),
+        "items:      " + ", ".join(f"{k} {v}" for k, v in c["items"].items()),
+    ]
+    if s["oracle"]:
+        lines.append("oracle 1:2 matching accuracy (chance 50%):")
+        lines.append(f"  {'':24s}" + "".join(f"{k:>9s}" for k in CONTROLS))
+        for scope, res in s["oracle"].items():
+            for d in DIRECTIONS:
+                row = res["accuracy"][d]
+                cells = "".join("      n/a" if row[k] is None else f"{row[k]:9.1%}" for k in CONTROLS)
+                lines.append(f"  {scope + ' ' + d:24s}{cells}")
+        lines.append(f"  {'published VoxCeleb best':24s}" + "".join(
+            f"{PUBLISHED[k]:9.0%}" if k in PUBLISHED else "        -" for k in CONTROLS))
+    lines.append(f"look: {s['out']}/contact_sheet.png   listen: {s['out']}/listen.html")
+    return "\n".join(lines)

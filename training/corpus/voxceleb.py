@@ -1,0 +1,208 @@
+"""`facevoice corpus voxceleb`: VoxCeleb1 in the corpus format, with Kim et al.'s split.
+
+Audio `wav/<VoxCeleb1 ID>/<ytid>/<n>.wav` and faces `unzippedFaces/<VGGFace1 name>/1.6/<ytid>/
+<frame>.jpg` are joined through `vox1_meta.csv` (VoxCeleb1 ID, VGGFace1 ID, gender,
+nationality). The media stay where they are: the corpus links to both roots. Every file is put
+through the service's media pipeline; one that is missing or unreadable is listed in
+skipped.csv and in the summary, never dropped silently.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import multiprocessing as mp
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from service.media import MediaError, decode_audio, decode_image
+from training.corpus.manifest import IDENTITIES, Item, write_csv, write_manifest
+from training.corpus.splits import SPLITS, assign_splits
+
+KIM_TEST_IDENTITIES, VOXCELEB1_IDENTITIES = 250, 1251  # Kim et al. 2018 sec. 4.2
+PINS_SETS = {"1": "train", "2": "val", "3": "seen_test", "4": "test"}  # Nagrani et al. 2018
+GENDERS = {"m": "male", "f": "female", "male": "male", "female": "female"}
+ANNOTATED = ("age_group", "appearance_group", "first_language")
+
+
+@dataclass
+class Speaker:
+    vox_id: str
+    name: str
+    gender: str
+    nationality: str
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--wav-root", type=Path, required=True, help="folder holding wav/<id>/...")
+    p.add_argument("--faces-root", type=Path, required=True,
+                   help="folder holding unzippedFaces/<Name>/1.6/...")
+    p.add_argument("--meta", type=Path, required=True, help="vox1_meta.csv")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--seed", type=int, default=0, help="seed of Kim et al.'s random split")
+    p.add_argument("--val", type=int, default=0,
+                   help="identities moved from Kim's train split to a validation split")
+    p.add_argument("--pins-splits", type=Path,
+                   help="Learnable-PINs identity_splits.txt; replaces Kim's split")
+    p.add_argument("--annotations", type=Path,
+                   help="CSV of per-identity demographics (identity or name column, and any of "
+                        + ", ".join(ANNOTATED) + ")")
+    p.add_argument("--frames", choices=("first", "all"), default="first",
+                   help="face frames per video: the first (Kim 4.2) or all")
+    p.add_argument("--workers", type=int, default=2)
+
+
+def read_meta(path: Path) -> list[Speaker]:
+    """vox1_meta.csv: tab-separated, header `VoxCeleb1 ID, VGGFace1 ID, Gender, Nationality, Set`."""
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f, delimiter="\t"))
+    if not rows or len(rows[0]) < 4:
+        raise SystemExit(f"{path}: expected a tab-separated vox1_meta.csv with at least 4 columns")
+    speakers = []
+    for n, row in enumerate(rows[1:], start=2):
+        if not any(c.strip() for c in row):
+            continue
+        if len(row) < 4 or row[2].strip().lower() not in GENDERS:
+            raise SystemExit(f"{path}:{n}: cannot read row {row!r}")
+        speakers.append(Speaker(row[0].strip(), row[1].strip(), GENDERS[row[2].strip().lower()],
+                                row[3].strip()))
+    return speakers
+
+
+def kim_split(ids: list[str], seed: int, n_val: int = 0) -> dict[str, str]:
+    """Kim et al. sec. 4.2: 250 random test identities of 1,251 (the same share of fewer)."""
+    n = len(ids)
+    n_test = KIM_TEST_IDENTITIES if n >= VOXCELEB1_IDENTITIES else round(
+        n * KIM_TEST_IDENTITIES / VOXCELEB1_IDENTITIES)
+    if n_val + n_test >= n:
+        raise SystemExit(f"--val {n_val} leaves no training identities of {n}")
+    return assign_splits(ids, (n - n_test - n_val, n_val, n_test), seed)
+
+
+def pins_split(path: Path, speakers: list[Speaker]) -> dict[str, str]:
+    """identity_splits.txt lines `$name $set` (1 train, 2 val, 3 seen-heard test, 4 unseen-unheard
+    test); $name may be the VGGFace1 name or the VoxCeleb1 ID."""
+    by_key = {s.name: s.vox_id for s in speakers} | {s.vox_id: s.vox_id for s in speakers}
+    out = {}
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 2 or parts[1] not in PINS_SETS:
+            raise SystemExit(f"{path}:{n}: expected `name set` with set 1-4, got {line!r}")
+        if parts[0] in by_key:
+            out[by_key[parts[0]]] = PINS_SETS[parts[1]]
+    return out
+
+
+def read_annotations(path: Path, speakers: list[Speaker]) -> dict[str, dict[str, str]]:
+    by_key = {s.name: s.vox_id for s in speakers} | {s.vox_id: s.vox_id for s in speakers}
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    out = {}
+    for row in rows:
+        key = row.get("identity") or row.get("name") or ""
+        if key in by_key:
+            out[by_key[key]] = {k: row[k] for k in ANNOTATED if row.get(k)}
+    return out
+
+
+def _probe(job: tuple[str, Path]) -> str | None:
+    """None if the file decodes through the media pipeline, else why not."""
+    modality, path = job
+    try:
+        data = path.read_bytes()
+        (decode_audio if modality == "voice" else decode_image)(data)
+    except (OSError, MediaError) as e:
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def _candidates(speakers: list[Speaker], wav_root: Path, faces_root: Path, frames: str):
+    """(speaker, modality, absolute path, path inside the corpus) for every media file found,
+    plus (speaker, what, why) for speakers with nothing on disk."""
+    found, missing = [], []
+    for s in speakers:
+        wavs = sorted((wav_root / "wav" / s.vox_id).glob("*/*.wav"))
+        videos = sorted(p for p in (faces_root / "unzippedFaces" / s.name / "1.6").glob("*")
+                        if p.is_dir())
+        faces = [f for v in videos for f in (sorted(v.glob("*.jpg"))[:1] if frames == "first"
+                                             else sorted(v.glob("*.jpg")))]
+        if not wavs:
+            missing.append((s, "voice", f"no wav/{s.vox_id}/*/*.wav"))
+        if not faces:
+            missing.append((s, "face", f"no unzippedFaces/{s.name}/1.6/*/*.jpg"))
+        found += [(s, "voice", w, w.relative_to(wav_root).as_posix()) for w in wavs]
+        found += [(s, "face", f, f.relative_to(faces_root).as_posix()) for f in faces]
+    return found, missing
+
+
+def _link(out: Path, name: str, target: Path) -> None:
+    link = out / name
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    os.symlink(target.resolve() / name, link)
+
+
+def run(args: argparse.Namespace) -> int:
+    speakers = read_meta(args.meta)
+    ids = [s.vox_id for s in speakers]
+    split_of = pins_split(args.pins_splits, speakers) if args.pins_splits else kim_split(
+        ids, args.seed, args.val)
+    notes = read_annotations(args.annotations, speakers) if args.annotations else {}
+    speakers = [s for s in speakers if s.vox_id in split_of]
+    found, missing = _candidates(speakers, args.wav_root, args.faces_root, args.frames)
+    jobs = [(modality, path) for _, modality, path, _ in found]
+    with mp.get_context("fork").Pool(max(1, args.workers)) as pool:
+        verdicts = list(tqdm(pool.imap(_probe, jobs, chunksize=16), total=len(jobs),
+                             desc="checking media", unit="file"))
+    args.out.mkdir(parents=True, exist_ok=True)
+    _link(args.out, "wav", args.wav_root)
+    _link(args.out, "unzippedFaces", args.faces_root)
+    items, skipped = [], [{"identity": s.vox_id, "path": what, "reason": why}
+                          for s, what, why in missing]
+    for (s, modality, _, rel), why in zip(found, verdicts, strict=True):
+        if why:
+            skipped.append({"identity": s.vox_id, "path": rel, "reason": why})
+            continue
+        video, stem = Path(rel).parts[-2], Path(rel).stem
+        item_id = f"{s.vox_id}-{modality}-{video}-{stem}"
+        items.append(Item(item_id, s.vox_id, modality, rel, split_of[s.vox_id], gender=s.gender,
+                          nationality=s.nationality, **notes.get(s.vox_id, {})))
+    write_manifest(args.out, items)
+    write_csv(args.out / IDENTITIES, [
+        {"identity": s.vox_id, "name": s.name, "gender": s.gender, "nationality": s.nationality,
+         "split": split_of[s.vox_id], **{k: notes.get(s.vox_id, {}).get(k, "") for k in ANNOTATED}}
+        for s in speakers])
+    write_csv(args.out / "skipped.csv", skipped, ("identity", "path", "reason"))
+    summary = _summary(args, speakers, split_of, items, skipped)
+    (args.out / "corpus.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(_format(summary, skipped))
+    return 0
+
+
+def _summary(args, speakers, split_of, items, skipped) -> dict:
+    splits = [s for s in (*SPLITS, "seen_test") if s in set(split_of.values())]
+    return {
+        "format_version": 1, "generator": "facevoice corpus voxceleb",
+        "split": "learnable-pins" if args.pins_splits else f"kim2018 seed {args.seed}",
+        "frames": args.frames,
+        "identities": {s: sum(split_of[sp.vox_id] == s for sp in speakers) for s in splits},
+        "items": {m: sum(i.modality == m for i in items) for m in ("face", "voice")},
+        "skipped": len(skipped),
+    }
+
+
+def _format(s: dict, skipped: list[dict]) -> str:
+    lines = [f"VoxCeleb1 corpus ({s['split']}):",
+             "identities: " + ", ".join(f"{k} {v}" for k, v in s["identities"].items()),
+             "items:      " + ", ".join(f"{k} {v}" for k, v in s["items"].items()),
+             f"skipped:    {s['skipped']} (see skipped.csv)"]
+    lines += [f"  {r['identity']} {r['path']}: {r['reason']}" for r in skipped[:10]]
+    if len(skipped) > 10:
+        lines.append(f"  ... and {len(skipped) - 10} more")
+    return "\n".join(lines)
