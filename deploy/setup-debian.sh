@@ -2,7 +2,7 @@
 # Everything facevoice needs on a fresh Debian 12 machine, idempotently: system packages, a
 # virtual environment with torch installed FIRST (the CPU build; any other order pulls GBs of
 # CUDA wheels), then the project itself. Used by `make demo`, `make test`, .ci/run and the
-# Dockerfile. VENV and EXTRAS may be overridden.
+# Dockerfile. VENV and EXTRAS may be overridden; SKIP_APT=1 leaves system packages alone.
 set -euo pipefail
 VENV=${VENV:-.venv}
 EXTRAS=${EXTRAS:-dev}
@@ -12,8 +12,8 @@ APT_PACKAGES=(espeak-ng redis-server python3-venv)
 missing=()
 command -v espeak-ng >/dev/null || missing+=(espeak-ng)
 command -v redis-server >/dev/null || missing+=(redis-server)
-python3 -c "import venv, ensurepip" 2>/dev/null || missing+=(python3-venv)
-if ((${#missing[@]})); then
+python3 -c "import venv, ensurepip" 2>/dev/null || missing+=(python3 python3-venv)
+if ((${#missing[@]})) && [ "${SKIP_APT:-0}" != 1 ]; then
   echo "setup: installing ${missing[*]} (of ${APT_PACKAGES[*]})"
   sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
   $sudo apt-get update -qq

@@ -1,0 +1,106 @@
+"""A 20-identity synthetic corpus: counts, identity-disjoint splits, decodable media, determinism."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from service.media import decode_audio, decode_image
+from training.corpus.manifest import read_identities, read_manifest
+from training.corpus.people import person_from_row
+from training.corpus.splits import assign_splits, split_counts
+from training.corpus.synth import build_corpus, format_summary
+from tests.conftest import SMALL
+
+
+def test_counts_per_identity_and_modality(corpus):
+    out, summary = corpus
+    items = read_manifest(out)
+    per = Counter((i.identity, i.modality) for i in items)
+    assert len({i.identity for i in items}) == 20
+    assert set(per.values()) == {1, 2}  # one canonical face, 2 faces, 2 clips each
+    assert summary["counts"]["items"] == {"face": 40, "canonical_face": 20, "voice": 40}
+    assert summary["counts"]["identities"] == {"test": 4, "train": 14, "val": 2}  # 70/10/20
+
+
+def test_splits_are_identity_disjoint(corpus):
+    out, _ = corpus
+    split_of = {}
+    for item in read_manifest(out):
+        assert split_of.setdefault(item.identity, item.split) == item.split
+    rows = read_identities(out)
+    assert {r["identity"]: r["split"] for r in rows} == split_of
+
+
+def test_every_file_decodes_through_the_media_pipeline(corpus):
+    out, _ = corpus
+    for item in read_manifest(out):
+        data = (out / item.path).read_bytes()
+        if item.modality == "voice":
+            x, sr = decode_audio(data)
+            assert sr == 22_050 and 2.0 < len(x) / sr < 30.0
+        else:
+            assert decode_image(data).size == (128, 128)
+
+
+def test_attributes_in_manifest_match_identities(corpus):
+    out, _ = corpus
+    people = {r["identity"]: person_from_row(r) for r in read_identities(out)}
+    for item in read_manifest(out):
+        s = people[item.identity].shared
+        assert (item.gender, item.age_group, item.appearance_group, item.first_language) == \
+            (s.gender, s.age_group, s.appearance_group, s.first_language)
+
+
+def test_canonical_face_is_plain_and_frontal(corpus):
+    out, _ = corpus
+    img = np.asarray(Image.open(out / "faces" / "id00000" / "canonical.png"))
+    assert (img[2, 2] == (232, 232, 232)).all() and (img[2, -3] == (232, 232, 232)).all()
+
+
+def test_corpus_json_oracle_and_summary(corpus):
+    out, summary = corpus
+    stored = json.loads((out / "corpus.json").read_text())
+    assert stored["config"]["seed"] == 7 and stored["format_version"] == 1
+    acc = stored["oracle"]["population"]["accuracy"]
+    assert acc["v2f"]["-"] > acc["v2f"]["G"] > 0.5
+    text = format_summary(summary)
+    assert "oracle 1:2 matching accuracy" in text and "identities: test 4, train 14, val 2" in text
+    assert Image.open(out / "contact_sheet.png").size[0] > 128 * 3
+    assert "<audio" in (out / "listen.html").read_text()
+
+
+def _digest(path):
+    return {p.relative_to(path).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def test_deterministic_per_seed(corpus, tmp_path):
+    out, _ = corpus
+    again = build_corpus(tmp_path / "again", SMALL, progress=False)
+    assert again["counts"] == corpus[1]["counts"]
+    assert _digest(tmp_path / "again") == _digest(out)
+    build_corpus(tmp_path / "other", replace(SMALL, seed=8, oracle_trials=0), progress=False)
+    assert _digest(tmp_path / "other")["manifest.csv"] != _digest(out)["manifest.csv"]
+
+
+def test_refuses_to_overwrite_without_force(corpus):
+    out, _ = corpus
+    with pytest.raises(SystemExit, match="--force"):
+        build_corpus(out, SMALL, progress=False)
+
+
+def test_split_arithmetic():
+    assert split_counts(300, (0.7, 0.1, 0.2)) == (210, 30, 60)
+    assert split_counts(7, (0.7, 0.1, 0.2)) == (5, 1, 1)
+    with pytest.raises(ValueError):
+        split_counts(10, (0.5, 0.5, 0.5))
+    split = assign_splits(list("abcdefghij"), (7, 1, 2), 0)
+    assert Counter(split.values()) == {"train": 7, "val": 1, "test": 2}
+    assert split == assign_splits(list("jihgfedcba"), (7, 1, 2), 0)  # order of input irrelevant

@@ -1,0 +1,140 @@
+"""VoxCeleb1 ingest on a tiny fixture tree made here, with missing and unreadable files."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+from PIL import Image
+
+from facevoice.cli import build_parser
+from training.corpus import voxceleb
+from training.corpus.manifest import read_identities, read_manifest
+from tests.conftest import image_bytes, tone, wav_bytes
+
+SPEAKERS = [  # VoxCeleb1 ID, VGGFace1 ID, gender, nationality
+    ("id10001", "A.J._Buckley", "m", "Ireland"),
+    ("id10002", "A.R._Rahman", "m", "India"),
+    ("id10003", "Aamir_Khan", "m", "India"),
+    ("id10004", "Aaron_Tveit", "m", "USA"),
+    ("id10005", "Aaron_Yoo", "m", "USA"),
+    ("id10006", "Abbie_Cornish", "f", "Australia"),
+    ("id10007", "Abigail_Breslin", "f", "USA"),
+    ("id10008", "Adam_Beach", "m", "Canada"),  # has faces, no audio
+]
+
+
+@pytest.fixture
+def tree(tmp_path):
+    wav, faces = tmp_path / "vox1", tmp_path / "vggface"
+    good_wav = wav_bytes(tone(sr=16_000, seconds=1.0), 16_000)
+    good_jpg = image_bytes(Image.new("RGB", (64, 64), (180, 140, 120)), "JPEG")
+    for vox_id, name, *_ in SPEAKERS:
+        for yt in ("1zcIwhmdeo4", "7w0IBEWc9Qw"):
+            if vox_id != "id10008":
+                d = wav / "wav" / vox_id / yt
+                d.mkdir(parents=True)
+                (d / "00001.wav").write_bytes(good_wav)
+                (d / "00002.wav").write_bytes(good_wav)
+            f = faces / "unzippedFaces" / name / "1.6" / yt
+            f.mkdir(parents=True)
+            (f / "0000375.jpg").write_bytes(good_jpg)
+            (f / "0000400.jpg").write_bytes(good_jpg)
+    (wav / "wav/id10002/1zcIwhmdeo4/00002.wav").write_text("this is not audio\n")  # text as .wav
+    (wav / "wav/id10003/1zcIwhmdeo4/00001.wav").write_bytes(good_wav[:30])  # truncated header
+    (faces / "unzippedFaces/Aamir_Khan/1.6/7w0IBEWc9Qw/0000375.jpg").write_bytes(good_jpg[:200])
+    meta = tmp_path / "vox1_meta.csv"
+    meta.write_text("VoxCeleb1 ID\tVGGFace1 ID\tGender\tNationality\tSet\n"
+                    + "".join(f"{a}\t{b}\t{c}\t{d}\tdev\n" for a, b, c, d in SPEAKERS))
+    return tmp_path, wav, faces, meta
+
+
+def _args(tmp_path, wav, faces, meta, *extra):
+    argv = ["corpus", "voxceleb", "--wav-root", str(wav), "--faces-root", str(faces),
+            "--meta", str(meta), "--out", str(tmp_path / "corpus"), *extra]
+    return build_parser(argv).parse_args(argv)
+
+
+def test_manifest_and_skipped_report(tree, capsys):
+    tmp_path, wav, faces, meta = tree
+    assert voxceleb.run(_args(tmp_path, wav, faces, meta)) == 0
+    out = tmp_path / "corpus"
+    items = read_manifest(out)
+    by = Counter(i.modality for i in items)
+    # 7 speakers x 2 videos x 2 clips, less the 2 unreadable; first frame of 8 x 2 videos, less 1
+    assert by == {"voice": 26, "face": 15}
+    skipped = (out / "skipped.csv").read_text()
+    assert "id10002,wav/id10002/1zcIwhmdeo4/00002.wav,MediaDecodeError" in skipped
+    assert "wav/id10003/1zcIwhmdeo4/00001.wav" in skipped
+    assert "unzippedFaces/Aamir_Khan/1.6/7w0IBEWc9Qw/0000375.jpg" in skipped
+    assert "id10008,voice,no wav/id10008/*/*.wav" in skipped
+    printed = capsys.readouterr().out
+    assert "skipped:    4" in printed and "id10008" in printed
+    for item in items:  # documented layout, reachable through the corpus's links
+        assert (out / item.path).is_file()
+        assert item.path.startswith("wav/id1" if item.modality == "voice" else "unzippedFaces/")
+    first = [i for i in items if i.identity == "id10001" and i.modality == "face"]
+    assert all(i.path.endswith("0000375.jpg") for i in first)
+
+
+def test_kim_split_is_seeded_and_identity_disjoint(tree):
+    tmp_path, wav, faces, meta = tree
+    voxceleb.run(_args(tmp_path, wav, faces, meta, "--seed", "3"))
+    rows = read_identities(tmp_path / "corpus")
+    assert Counter(r["split"] for r in rows) == {"train": 6, "test": 2}  # 250/1251 of 8, rounded
+    split = {r["identity"]: r["split"] for r in rows}
+    assert all(split[i.identity] == i.split for i in read_manifest(tmp_path / "corpus"))
+    full = Counter(voxceleb.kim_split([f"id{i}" for i in range(1251)], 0).values())
+    assert full == {"train": 1001, "test": 250}
+    assert voxceleb.kim_split(sorted(split), 3) == split
+
+
+def test_learnable_pins_split_and_annotations(tree):
+    tmp_path, wav, faces, meta = tree
+    pins = tmp_path / "identity_splits.txt"
+    pins.write_text("A.J._Buckley 1\nA.R._Rahman 1\nAamir_Khan 2\nid10004 4\nAaron_Yoo 3\n")
+    notes = tmp_path / "notes.csv"
+    notes.write_text("name,age_group,appearance_group,first_language\n"
+                     "A.J._Buckley,40s,white,native\n")
+    voxceleb.run(_args(tmp_path, wav, faces, meta, "--pins-splits", str(pins),
+                       "--annotations", str(notes)))
+    rows = {r["identity"]: r for r in read_identities(tmp_path / "corpus")}
+    assert {k: r["split"] for k, r in rows.items()} == {
+        "id10001": "train", "id10002": "train", "id10003": "val", "id10004": "test",
+        "id10005": "seen_test"}
+    assert rows["id10001"]["age_group"] == "40s"
+    item = next(i for i in read_manifest(tmp_path / "corpus") if i.identity == "id10001")
+    assert (item.gender, item.nationality, item.first_language) == ("male", "Ireland", "native")
+    summary = json.loads((tmp_path / "corpus" / "corpus.json").read_text())
+    assert summary["split"] == "learnable-pins"
+
+
+@pytest.mark.parametrize("content,message", [
+    ("", "tab-separated"),
+    ("VoxCeleb1 ID\tVGGFace1 ID\tGender\tNationality\tSet\nid1\tX\tq\tUSA\tdev\n", "cannot read row"),
+])
+def test_bad_meta_file_is_a_clear_error(tmp_path, content, message):
+    meta = tmp_path / "meta.csv"
+    meta.write_text(content)
+    with pytest.raises(SystemExit, match=message):
+        voxceleb.read_meta(meta)
+
+
+def test_bad_pins_line_is_a_clear_error(tmp_path):
+    pins = tmp_path / "s.txt"
+    pins.write_text("Someone 7\n")
+    with pytest.raises(SystemExit, match="set 1-4"):
+        voxceleb.pins_split(pins, [voxceleb.Speaker("id1", "Someone", "male", "USA")])
+
+
+def test_all_frames_option(tree):
+    tmp_path, wav, faces, meta = tree
+    voxceleb.run(_args(tmp_path, wav, faces, meta, "--frames", "all"))
+    assert Counter(i.modality for i in read_manifest(tmp_path / "corpus"))["face"] == 31
+
+
+def test_parser_has_the_issue_flags():
+    argv = ["corpus", "voxceleb", "--wav-root", "a", "--faces-root", "b", "--meta", "m", "--out", "o"]
+    args = build_parser(argv).parse_args(argv)
+    assert (args.frames, args.seed, args.val, args.pins_splits) == ("first", 0, 0, None)
