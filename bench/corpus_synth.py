@@ -40,7 +40,7 @@ Each identity: 4 face images + 1 canonical face (128x128) and 4 voice clips (esp
 |---|---|---|---|
 | 1 worker, no oracle (baseline) | {t1:.1f} s | {1000 * t1 / n:.0f} ms | 1.00 |
 | 2 workers, no oracle | {t2:.1f} s | {1000 * t2 / n:.0f} ms | {t1 / t2:.2f}x faster |
-| 2 workers + oracle tables (the default command) | {full:.1f} s | {1000 * full / n:.0f} ms | {t1 / full:.2f}x |
+| 2 workers + oracle (the default) | {full:.1f} s | {1000 * full / n:.0f} ms | {t1 / full:.2f}x |
 
 Target (issue 2): 300 identities in under 3 minutes on this 2-core machine."""
     print(body)

@@ -12,11 +12,11 @@ import pytest
 from PIL import Image
 
 from service.media import decode_audio, decode_image
+from tests.conftest import SMALL
 from training.corpus.manifest import read_identities, read_manifest
 from training.corpus.people import person_from_row
 from training.corpus.splits import assign_splits, split_counts
 from training.corpus.synth import build_corpus, format_summary
-from tests.conftest import SMALL
 
 
 def test_counts_per_identity_and_modality(corpus):

@@ -8,10 +8,19 @@ import numpy as np
 import pytest
 
 from training.corpus.oracle import (
-    CONTROLS, log_voice_given_face, oracle_accuracy, sample_trials, shared_attrs,
+    CONTROLS,
+    log_voice_given_face,
+    oracle_accuracy,
+    sample_trials,
+    shared_attrs,
 )
 from training.corpus.people import (
-    AGE_GROUPS, ENGLISH_ACCENTS, PopulationModel, age_group, person_from_row, person_row,
+    AGE_GROUPS,
+    ENGLISH_ACCENTS,
+    PopulationModel,
+    age_group,
+    person_from_row,
+    person_row,
     sample_population,
 )
 
