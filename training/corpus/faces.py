@@ -82,6 +82,7 @@ class _Painter:
         self.hh = 0.32 + 0.018 * p.face_height
         self.jaw = 0.72 + 0.06 * p.jaw
         self.dx = 0.05 * n.yaw  # features slide toward the side the head turns to
+        self.eye_dx = 0.105 + 0.01 * p.eye_spacing  # centre of each eye from the midline
         grey = greying(p.face_age)
         self.hair = _mix(p.hair_rgb, (205, 205, 205), grey)
         self.skin = p.skin_rgb
@@ -150,7 +151,7 @@ class _Painter:
 
     def eyes(self):
         p, n = self.p, self.n
-        spacing = 0.105 + 0.01 * p.eye_spacing
+        spacing = self.eye_dx
         ew = 0.052 + 0.006 * p.eye_size
         eh = ew * 0.55 * p.eye_openness * n.eye_open
         y = self.cy - 0.02
@@ -170,7 +171,7 @@ class _Painter:
 
     def brows(self):
         p, n = self.p, self.n
-        spacing = 0.105 + 0.01 * p.eye_spacing
+        spacing = self.eye_dx
         y = self.cy - 0.075 - 0.01 * p.brow_height - 0.012 * n.brow_raise
         thick = (0.012 + 0.004 * p.brow_thickness + (0.004 if p.gender == "male" else 0)) * self.s
         colour = _mix(self.hair, (0, 0, 0), 0.15)
@@ -255,7 +256,7 @@ class _Painter:
     def glasses(self):
         if not self.p.glasses:
             return
-        spacing = 0.105 + 0.01 * self.p.eye_spacing
+        spacing = self.eye_dx
         y = self.cy - 0.02
         w = max(2, int(0.008 * self.s))
         for side in (-1, 1):

@@ -83,10 +83,15 @@ def kim_split(ids: list[str], seed: int, n_val: int = 0) -> dict[str, str]:
     return assign_splits(ids, (n - n_test - n_val, n_val, n_test), seed)
 
 
+def _by_name_or_id(speakers: list[Speaker]) -> dict[str, str]:
+    """VGGFace1 name or VoxCeleb1 ID -> VoxCeleb1 ID: split and annotation files use either."""
+    return {s.name: s.vox_id for s in speakers} | {s.vox_id: s.vox_id for s in speakers}
+
+
 def pins_split(path: Path, speakers: list[Speaker]) -> dict[str, str]:
     """identity_splits.txt lines `$name $set` (1 train, 2 val, 3 seen-heard test, 4 unseen-unheard
     test); $name may be the VGGFace1 name or the VoxCeleb1 ID."""
-    by_key = {s.name: s.vox_id for s in speakers} | {s.vox_id: s.vox_id for s in speakers}
+    by_key = _by_name_or_id(speakers)
     out = {}
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         parts = line.split()
@@ -100,7 +105,7 @@ def pins_split(path: Path, speakers: list[Speaker]) -> dict[str, str]:
 
 
 def read_annotations(path: Path, speakers: list[Speaker]) -> dict[str, dict[str, str]]:
-    by_key = {s.name: s.vox_id for s in speakers} | {s.vox_id: s.vox_id for s in speakers}
+    by_key = _by_name_or_id(speakers)
     with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     out = {}
