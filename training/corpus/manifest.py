@@ -7,6 +7,7 @@ to the corpus directory.
 from __future__ import annotations
 
 import csv
+from collections import Counter
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -64,3 +65,17 @@ def read_manifest(corpus: Path) -> list[Item]:
 def read_identities(corpus: Path) -> list[dict[str, str]]:
     with open(Path(corpus) / IDENTITIES, newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f))
+
+
+def corpus_counts(items: list[Item], split_of: dict[str, str], splits: list[str],
+                  modalities: tuple[str, ...]) -> dict[str, dict[str, int]]:
+    """Identities per split and items per modality, in the orders given."""
+    per_split, per_modality = Counter(split_of.values()), Counter(i.modality for i in items)
+    return {"identities": {s: per_split[s] for s in splits},
+            "items": {m: per_modality[m] for m in modalities}}
+
+
+def count_lines(counts: dict[str, dict[str, int]]) -> list[str]:
+    """The two summary lines every corpus command prints."""
+    return ["identities: " + ", ".join(f"{k} {v}" for k, v in counts["identities"].items()),
+            "items:      " + ", ".join(f"{k} {v}" for k, v in counts["items"].items())]

@@ -17,7 +17,14 @@ from tqdm import tqdm
 
 from training.corpus import sheet
 from training.corpus.faces import FaceNuisance, render_face
-from training.corpus.manifest import IDENTITIES, Item, write_csv, write_manifest
+from training.corpus.manifest import (
+    IDENTITIES,
+    Item,
+    corpus_counts,
+    count_lines,
+    write_csv,
+    write_manifest,
+)
 from training.corpus.oracle import CONTROLS, DIRECTIONS, oracle_table
 from training.corpus.people import Person, PopulationModel, person_row, sample_population
 from training.corpus.splits import assign_splits, split_counts
@@ -140,7 +147,8 @@ def build_corpus(out: Path, cfg: SynthConfig, force: bool = False, progress: boo
         "espeak_ng": _espeak_version(),
         "config": {k: v for k, v in asdict(cfg).items() if k != "model"},
         "population_model": asdict(cfg.model),
-        "counts": _counts(items, split_of),
+        "counts": corpus_counts(items, split_of, sorted(set(split_of.values())),
+                                ("face", "canonical_face", "voice")),
         "oracle": _oracle(cfg, people, split_of) if cfg.oracle_trials else {},
     }
     (out / "corpus.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -155,15 +163,6 @@ def build_corpus(out: Path, cfg: SynthConfig, force: bool = False, progress: boo
 def _espeak_version() -> str:
     done = subprocess.run([ESPEAK, "--version"], capture_output=True, text=True, check=False)
     return done.stdout.strip()
-
-
-def _counts(items: list[Item], split_of: dict[str, str]) -> dict:
-    splits = sorted(set(split_of.values()))
-    return {
-        "identities": {s: sum(v == s for v in split_of.values()) for s in splits},
-        "items": {m: sum(i.modality == m for i in items)
-                  for m in ("face", "canonical_face", "voice")},
-    }
 
 
 def _oracle(cfg: SynthConfig, people: list[Person], split_of: dict[str, str]) -> dict:
@@ -181,12 +180,10 @@ def _oracle(cfg: SynthConfig, people: list[Person], split_of: dict[str, str]) ->
 
 def format_summary(s: dict) -> str:
     """The one-screen summary printed at the end of `corpus synth`."""
-    c = s["counts"]
     lines = [
         f"corpus written to {s['out']} in {s['timing']['total_s']} s "
         f"(media {s['timing']['media_s']} s)",
-        "identities: " + ", ".join(f"{k} {v}" for k, v in c["identities"].items()),
-        "items:      " + ", ".join(f"{k} {v}" for k, v in c["items"].items()),
+        *count_lines(s["counts"]),
     ]
     if s["oracle"]:
         lines.append("oracle 1:2 matching accuracy (chance 50%):")

@@ -20,7 +20,14 @@ from pathlib import Path
 from tqdm import tqdm
 
 from service.media import MediaError, decode_audio, decode_image
-from training.corpus.manifest import IDENTITIES, Item, write_csv, write_manifest
+from training.corpus.manifest import (
+    IDENTITIES,
+    Item,
+    corpus_counts,
+    count_lines,
+    write_csv,
+    write_manifest,
+)
 from training.corpus.splits import SPLITS, assign_splits
 
 KIM_TEST_IDENTITIES, VOXCELEB1_IDENTITIES = 250, 1251  # Kim et al. 2018 sec. 4.2
@@ -196,16 +203,14 @@ def _summary(args, speakers, split_of, items, skipped) -> dict:
         "format_version": 1, "generator": "facevoice corpus voxceleb",
         "split": "learnable-pins" if args.pins_splits else f"kim2018 seed {args.seed}",
         "frames": args.frames,
-        "identities": {s: sum(split_of[sp.vox_id] == s for sp in speakers) for s in splits},
-        "items": {m: sum(i.modality == m for i in items) for m in ("face", "voice")},
+        **corpus_counts(items, {sp.vox_id: split_of[sp.vox_id] for sp in speakers}, splits,
+                        ("face", "voice")),
         "skipped": len(skipped),
     }
 
 
 def _format(s: dict, skipped: list[dict]) -> str:
-    lines = [f"VoxCeleb1 corpus ({s['split']}):",
-             "identities: " + ", ".join(f"{k} {v}" for k, v in s["identities"].items()),
-             "items:      " + ", ".join(f"{k} {v}" for k, v in s["items"].items()),
+    lines = [f"VoxCeleb1 corpus ({s['split']}):", *count_lines(s),
              f"skipped:    {s['skipped']} (see skipped.csv)"]
     lines += [f"  {r['identity']} {r['path']}: {r['reason']}" for r in skipped[:10]]
     if len(skipped) > 10:
