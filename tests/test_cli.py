@@ -8,9 +8,9 @@ import sys
 from facevoice.cli import VERBS
 
 
-def _run(*args, cwd=None):
+def _run(*args):
     return subprocess.run([sys.executable, "-m", "facevoice", *args], capture_output=True,
-                          text=True, cwd=cwd, timeout=240)
+                          text=True, timeout=240)
 
 
 def test_help_lists_every_verb():
