@@ -1,0 +1,113 @@
+"""Kim et al. 2018 sec. 4.1 architecture, eq. (1) loss and the configs."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from training.association.config import load_config
+from training.association.loss import hardest, triplet_loss
+from training.association.model import (
+    SOUNDNET_LAYERS,
+    AssociationModel,
+    FaceEncoder,
+    VoiceEncoder,
+    count_parameters,
+    load_face_backbone,
+    load_voice_backbone,
+)
+
+PAPER = load_config("paper")
+
+
+def test_vgg16_conv_parameters_match_the_published_network():
+    face = FaceEncoder(PAPER.face, PAPER.embedding)
+    # torchvision's vgg16.features: 14,714,688 parameters (conv1_1 .. conv5_3)
+    assert count_parameters(face.features) == 14_714_688
+    # FC 512->128 + ReLU, FC 128->128
+    assert count_parameters(face.head) == 512 * 128 + 128 + 128 * 128 + 128
+    convs = [m for m in face.features if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 13 and [c.out_channels for c in convs][-3:] == [512, 512, 512]
+
+
+def test_soundnet_conv1_to_conv6_parameters():
+    voice = VoiceEncoder(PAPER.voice, PAPER.embedding)
+    widths, cin, expected = PAPER.voice.widths, 1, 0
+    for w, (k, *_rest) in zip(widths, SOUNDNET_LAYERS, strict=True):
+        expected += cin * w * k + w + 2 * w  # conv weight, bias, batch-norm scale and shift
+        cin = w
+    assert expected == 774_096
+    assert count_parameters(voice.features) == expected
+
+
+def test_paper_shapes_face_224_and_ten_seconds_of_voice():
+    model = AssociationModel(PAPER).eval()
+    with torch.no_grad():
+        feats = model.face_encoder.features(torch.zeros(1, 3, 224, 224))
+        assert feats.shape == (1, 512, 7, 7)
+        sound = model.voice_encoder.features(torch.zeros(1, 220_500))
+        # 220500 -conv1-> 110251 -pool8-> 13781 -conv2-> 6891 -pool8-> 861 -conv3-> 431 -conv4-> 216
+        # -conv5-> 109 -pool4-> 27 -conv6-> 14
+        assert sound.shape == (1, 512, 14)
+        f, v = model(torch.zeros(2, 3, 224, 224), torch.zeros(2, 220_500))
+    assert f.shape == v.shape == (2, 128)
+
+
+def test_voice_encoder_takes_any_length():
+    small = load_config("small")
+    enc = VoiceEncoder(small.voice, small.embedding).eval()
+    with torch.no_grad():
+        for seconds in (1, 3, 7.5):
+            assert enc(torch.randn(1, int(22_050 * seconds))).shape == (1, 128)
+
+
+def test_loss_on_a_hand_computed_example():
+    a, p, n = torch.tensor([[0.0, 0.0]]), torch.tensor([[3.0, 4.0]]), torch.tensor([[0.0, 6.0]])
+    # d+ = 5, d- = 6: softmax([5, 6]) = [0.26894, 0.73106]; loss = 0.26894^2 + 0.26894^2
+    s = 1 / (1 + math.e)
+    assert triplet_loss(a, p, n).item() == pytest.approx(2 * s * s, rel=1e-6)
+    assert triplet_loss(a, n, p).item() == pytest.approx(2 * (1 - s) ** 2, rel=1e-6)
+    assert triplet_loss(a, a + 1, a + 1).item() == pytest.approx(0.5)
+
+
+def test_loss_gradient_is_finite_when_anchor_and_positive_coincide():
+    a = torch.zeros(1, 4, requires_grad=True)
+    triplet_loss(a, torch.zeros(1, 4), torch.ones(1, 4)).sum().backward()
+    assert torch.isfinite(a.grad).all()
+
+
+def test_hardest_keeps_the_highest_losses():
+    assert sorted(hardest(torch.tensor([0.1, 0.9, 0.3, 0.7]), 2).tolist()) == [1, 3]
+    assert len(hardest(torch.tensor([0.1]), 8)) == 1
+
+
+def test_configs_are_files_with_overrides():
+    small = load_config("small", ["train.iterations=7", "face.widths=[8, 8, 8, 8, 8]"])
+    assert small.train.iterations == 7 and small.face.widths == (8, 8, 8, 8, 8)
+    assert PAPER.train.batch == 8 and PAPER.train.iterations == 240_000 and PAPER.train.hard_after == 120_000
+    assert PAPER.face.size == 224 and PAPER.voice.seconds == 10.0 and PAPER.train.lr_backbone == 1e-5
+    with pytest.raises(ValueError, match="unknown TrainConfig keys: itrations"):
+        load_config("small", ["train.itrations=7"])
+    with pytest.raises(ValueError, match=r"expected section\.key=value"):
+        load_config("small", ["iterations=7"])
+    with pytest.raises(ValueError, match=r"no config 'huge'"):
+        load_config("huge")
+
+
+def test_backbone_weights_load_from_torchvision_style_files(tmp_path):
+    small = load_config("small")
+    src, dst = AssociationModel(small), AssociationModel(small)
+    torch.save({f"features.{k}": v for k, v in src.face_encoder.features.state_dict().items()},
+               tmp_path / "vgg.pth")
+    # SoundNet ports keep 2-D kernels [out, in, k, 1]
+    sound = {k: (v[..., None] if k.endswith("weight") and v.dim() == 3 else v)
+             for k, v in src.voice_encoder.features.state_dict().items()}
+    torch.save({"state_dict": sound}, tmp_path / "soundnet.pth")
+    assert load_face_backbone(dst.face_encoder, tmp_path / "vgg.pth") > 0
+    assert load_voice_backbone(dst.voice_encoder, tmp_path / "soundnet.pth") > 0
+    for a, b in zip(src.backbone_parameters(), dst.backbone_parameters(), strict=True):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match=r"no weights for face backbone"):
+        load_face_backbone(AssociationModel(PAPER).face_encoder, tmp_path / "vgg.pth")

@@ -1,0 +1,136 @@
+"""Association model configuration: TOML files in configs/ (`small`, `paper`) or any path."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from service.media import AssociationAudio, FaceImage
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+@dataclass(frozen=True)
+class FaceConfig:
+    size: int = 224
+    widths: tuple[int, ...] = (64, 128, 256, 512, 512)
+    convs: tuple[int, ...] = (2, 2, 3, 3, 3)
+    batch_norm: bool = False
+    augment: bool = False
+
+    def frontend(self) -> FaceImage:
+        return FaceImage(size=self.size)
+
+
+@dataclass(frozen=True)
+class VoiceConfig:
+    sample_rate: int = 22_050
+    seconds: float = 10.0
+    widths: tuple[int, ...] = (16, 32, 64, 128, 256, 512)
+    crop: str = "first"
+    input_scale: float = 256.0
+    augment: bool = False
+
+    def frontend(self) -> AssociationAudio:
+        """What the service feeds the voice encoder; evaluation uses it too."""
+        return AssociationAudio(self.sample_rate, self.seconds)
+
+    def cache_frontend(self) -> AssociationAudio:
+        """What is decoded once for training: 10 s (sec. 4.3), longer if the window is longer."""
+        return AssociationAudio(self.sample_rate, max(10.0, self.seconds))
+
+
+@dataclass(frozen=True)
+class EmbeddingConfig:
+    hidden: int = 128
+    dim: int = 128
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    batch: int = 8
+    iterations: int = 240_000
+    lr_head: float = 1e-3
+    lr_backbone: float = 1e-5
+    lr_backbone_scratch: float = 1e-3
+    lr_decay: float = 0.1
+    lr_decay_every: int = 80_000
+    hard_after: int = 120_000
+    hard_pool: int = 2
+    negatives: str = "any"
+    eval_every: int = 5000
+    val_trials: int = 2000
+    checkpoint_every: int = 5000
+
+
+@dataclass(frozen=True)
+class AssociationConfig:
+    name: str = "paper"
+    face: FaceConfig = field(default_factory=FaceConfig)
+    voice: VoiceConfig = field(default_factory=VoiceConfig)
+    embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+_SECTIONS = {"face": FaceConfig, "voice": VoiceConfig, "embedding": EmbeddingConfig, "train": TrainConfig}
+
+
+def _section(kind, values: dict):
+    known = {f.name: f for f in fields(kind)}
+    unknown = set(values) - set(known)
+    if unknown:
+        raise ValueError(f"unknown {kind.__name__} keys: {', '.join(sorted(unknown))}")
+    return kind(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+def from_dict(d: dict) -> AssociationConfig:
+    unknown = set(d) - {"name", *_SECTIONS}
+    if unknown:
+        raise ValueError(f"unknown config sections: {', '.join(sorted(unknown))}")
+    cfg = AssociationConfig(name=d.get("name", "custom"),
+                            **{k: _section(kind, d.get(k, {})) for k, kind in _SECTIONS.items()})
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: AssociationConfig) -> None:
+    if len(cfg.face.widths) != len(cfg.face.convs):
+        raise ValueError("face.widths and face.convs must have one entry per VGG block")
+    if len(cfg.voice.widths) != 6:
+        raise ValueError("voice.widths must give SoundNet conv1..conv6")
+    if cfg.voice.crop not in ("first", "random"):
+        raise ValueError("voice.crop must be 'first' or 'random'")
+    if cfg.train.negatives not in ("any", "same-gender"):
+        raise ValueError("train.negatives must be 'any' or 'same-gender'")
+    if cfg.train.hard_pool < 1 or cfg.train.batch < 1:
+        raise ValueError("train.batch and train.hard_pool must be positive")
+
+
+def _parse_value(text: str):
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def load_config(name_or_path: str, overrides: list[str] = ()) -> AssociationConfig:
+    """A named config (`small`, `paper`) or a TOML file, then `section.key=value` overrides."""
+    path = CONFIG_DIR / f"{name_or_path}.toml"
+    if not path.exists():
+        path = Path(name_or_path)
+    if not path.exists():
+        names = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.toml")))
+        raise ValueError(f"no config {name_or_path!r}: give one of {names} or a TOML file")
+    d = tomllib.loads(path.read_text())
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not sep or not dot or section not in _SECTIONS:
+            raise ValueError(f"override {item!r}: expected section.key=value, section one of "
+                             f"{', '.join(_SECTIONS)}")
+        d.setdefault(section, {})[name] = _parse_value(value.strip())
+    return from_dict(d)

@@ -1,0 +1,30 @@
+"""Kim et al. 2018 eq. (1) and the hard-negative selection of sec. 4.3."""
+
+from __future__ import annotations
+
+import torch
+
+EPS = 1e-12  # keeps the distance differentiable when two representations coincide
+
+
+def l2_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Row-wise Euclidean distance ||a - b||_2."""
+    return ((a - b).pow(2).sum(dim=-1) + EPS).sqrt()
+
+
+def triplet_loss(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
+    """Eq. (1), per tuple: || softmax([d+, d-]) - [0, 1] ||_2^2 with d the L2 distance between the
+    anchor's representation and the positive's / negative's.
+
+    Expanded: with s = softmax([d+, d-]), the loss is s_0^2 + (s_1 - 1)^2 = 2 sigmoid(d+ - d-)^2;
+    the softmax form is kept so it reads as the paper writes it.
+    """
+    d = torch.stack([l2_distance(anchor, positive), l2_distance(anchor, negative)], dim=-1)
+    target = torch.zeros_like(d)
+    target[..., 1] = 1.0
+    return (torch.softmax(d, dim=-1) - target).pow(2).sum(dim=-1)
+
+
+def hardest(losses: torch.Tensor, keep: int) -> torch.Tensor:
+    """Sec. 4.3 after 120k iterations: of the tuples drawn, the `keep` with the highest loss."""
+    return losses.topk(min(keep, losses.numel())).indices

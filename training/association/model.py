@@ -1,0 +1,152 @@
+"""Kim et al. 2018 sec. 4.1: a VGG16 face subnetwork and a SoundNet voice subnetwork, each
+globally average-pooled (512-d) and followed by FC 128 + ReLU, FC 128."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from training.association.config import AssociationConfig, EmbeddingConfig, FaceConfig, VoiceConfig
+
+# SoundNet 8-layer (Aytar et al. 2016), conv1..conv6: (kernel, stride, padding, max-pool after)
+SOUNDNET_LAYERS = ((64, 2, 32, 8), (32, 2, 16, 8), (16, 2, 8, 0), (8, 2, 4, 0), (4, 2, 2, 4), (4, 2, 2, 0))
+
+
+def vgg_features(cfg: FaceConfig) -> nn.Sequential:
+    """VGG16 conv1_1..conv5_3 with its five max-pools, laid out as torchvision's `vgg16.features`
+    (or `vgg16_bn.features` with batch norm) so their state dicts load by index."""
+    layers: list[nn.Module] = []
+    cin = 3
+    for width, n in zip(cfg.widths, cfg.convs, strict=True):
+        for _ in range(n):
+            layers.append(nn.Conv2d(cin, width, 3, padding=1))
+            if cfg.batch_norm:
+                layers.append(nn.BatchNorm2d(width))
+            layers.append(nn.ReLU(inplace=True))
+            cin = width
+        layers.append(nn.MaxPool2d(2, 2))
+    return nn.Sequential(*layers)
+
+
+class SoundNet(nn.Module):
+    """SoundNet conv1..conv6 on the raw waveform (1-D convolutions, batch norm, ReLU)."""
+
+    def __init__(self, cfg: VoiceConfig):
+        super().__init__()
+        self.input_scale = cfg.input_scale
+        cin = 1
+        for i, (width, (k, s, p, pool)) in enumerate(zip(cfg.widths, SOUNDNET_LAYERS, strict=True), 1):
+            self.add_module(f"conv{i}", nn.Conv1d(cin, width, k, s, p))
+            self.add_module(f"bn{i}", nn.BatchNorm1d(width))
+            if pool:
+                self.add_module(f"pool{i}", nn.MaxPool1d(pool, pool))
+            cin = width
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        """[B, samples] -> [B, C, T]."""
+        x = wave.unsqueeze(1) * self.input_scale  # SoundNet was trained on [-256, 256] waveforms
+        for i in range(1, 7):
+            x = torch.relu(getattr(self, f"bn{i}")(getattr(self, f"conv{i}")(x)))
+            pool = getattr(self, f"pool{i}", None)
+            if pool is not None:
+                x = pool(x)
+        return x
+
+
+def projection(cin: int, cfg: EmbeddingConfig) -> nn.Sequential:
+    """FC hidden + ReLU, FC dim without ReLU (sec. 4.1)."""
+    return nn.Sequential(nn.Linear(cin, cfg.hidden), nn.ReLU(inplace=True), nn.Linear(cfg.hidden, cfg.dim))
+
+
+class FaceEncoder(nn.Module):
+    """f_F: image [B, 3, S, S] -> representation [B, dim]."""
+
+    def __init__(self, cfg: FaceConfig, emb: EmbeddingConfig):
+        super().__init__()
+        self.features = vgg_features(cfg)
+        self.head = projection(cfg.widths[-1], emb)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(image).mean(dim=(2, 3)))
+
+
+class VoiceEncoder(nn.Module):
+    """f_V: waveform [B, samples] -> representation [B, dim]; any length of at least ~1 s."""
+
+    def __init__(self, cfg: VoiceConfig, emb: EmbeddingConfig):
+        super().__init__()
+        self.features = SoundNet(cfg)
+        self.head = projection(cfg.widths[-1], emb)
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(wave).mean(dim=2))
+
+
+class AssociationModel(nn.Module):
+    """The two heterogeneous subnetworks of the triplet network. The two towers of the candidate
+    modality share weights, so each modality has one encoder."""
+
+    def __init__(self, cfg: AssociationConfig):
+        super().__init__()
+        self.face_encoder = FaceEncoder(cfg.face, cfg.embedding)
+        self.voice_encoder = VoiceEncoder(cfg.voice, cfg.embedding)
+
+    def forward(self, faces: torch.Tensor, voices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.face_encoder(faces), self.voice_encoder(voices)
+
+    def backbone_parameters(self) -> list[nn.Parameter]:
+        return [*self.face_encoder.features.parameters(), *self.voice_encoder.features.parameters()]
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        return [*self.face_encoder.head.parameters(), *self.voice_encoder.head.parameters()]
+
+
+def _state_dict_from_file(path: Path) -> dict[str, torch.Tensor]:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: expected a state dict, found {type(state).__name__}")
+    return state
+
+
+def load_face_backbone(encoder: FaceEncoder, path: Path) -> int:
+    """VGG16 / VGG-Face conv weights (torchvision `features.N.*` keys, or bare `N.*`); returns the
+    number of tensors loaded. The classifier layers in the file are ignored."""
+    state = _state_dict_from_file(path)
+    wanted = encoder.features.state_dict()
+    picked = {}
+    for key, value in state.items():
+        name = key.removeprefix("module.").removeprefix("features.")
+        if name in wanted:
+            picked[name] = value
+    missing = sorted(set(wanted) - set(picked))
+    if missing:
+        raise ValueError(f"{path}: no weights for face backbone {missing[:4]}... "
+                         "(batch_norm and widths must match the file)")
+    encoder.features.load_state_dict(picked)
+    return len(picked)
+
+
+def load_voice_backbone(encoder: VoiceEncoder, path: Path) -> int:
+    """SoundNet conv1..conv6 weights; 2-D kernels [C, C', k, 1] of the common ports are squeezed."""
+    state = _state_dict_from_file(path)
+    wanted = encoder.features.state_dict()
+    picked = {}
+    for key, value in state.items():
+        name = key.removeprefix("module.").removeprefix("features.").replace(".0.", ".")
+        if name in wanted:
+            if value.dim() == 4 and value.shape[-1] == 1:
+                value = value[..., 0]
+            picked[name] = value
+    missing = sorted(k for k in set(wanted) - set(picked) if not k.endswith("num_batches_tracked"))
+    if missing:
+        raise ValueError(f"{path}: no weights for voice backbone {missing[:4]}...")
+    encoder.features.load_state_dict(picked, strict=False)
+    return len(picked)
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
