@@ -14,6 +14,9 @@ import sys
 VERBS: dict[tuple[str, ...], tuple[str, str]] = {
     ("corpus", "synth"): ("training.corpus.synth", "build the synthetic demo corpus"),
     ("corpus", "voxceleb"): ("training.corpus.voxceleb", "write VoxCeleb1 as a corpus"),
+    ("train", "backbones"): ("training.association.pretrain", "pretrain VGG/SoundNet backbones offline"),
+    ("train", "association"): ("training.association.train", "train the Kim et al. face/voice encoders"),
+    ("eval", "association"): ("training.association.evaluate", "the Kim et al. evaluation on test identities"),
     ("demo",): ("facevoice.demo", "the main job on the embedded default (make demo)"),
 }
 

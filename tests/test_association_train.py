@@ -1,0 +1,152 @@
+"""Train -> evaluate end to end on a trivially separable corpus, resume, DDP and trial lists."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from facevoice.cli import main
+from tests.toy_corpus import TINY, build_toy_corpus
+from training.association.data import load_split
+from training.association.evaluate import load_run, split_embeddings
+from training.association.protocol import matching_cell
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory) -> Path:
+    return build_toy_corpus(tmp_path_factory.mktemp("toy"))
+
+
+def _train(toy: Path, out: Path, *extra: str, iterations: int = 120, direction: str = "both") -> int:
+    sets = [a for s in [*TINY, f"train.iterations={iterations}", "train.hard_after=80"] for a in ("--set", s)]
+    return main(["train", "association", "--corpus", str(toy), "--config", "small", "--direction", direction,
+                 "--out", str(out), "--workers", "1", "--no-progress", "--threads", "2", *sets, *extra])
+
+
+@pytest.fixture(scope="module")
+def trained(toy, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("run")
+    assert _train(toy, out) == 0
+    return out
+
+
+def test_training_writes_its_artifacts(trained, capsys):
+    for name in ("best.pt", "checkpoints/last.pt", "metrics.csv", "training.png", "run.json"):
+        assert (trained / name).exists(), name
+    assert list((trained / "tensorboard").glob("events.out.tfevents.*"))
+    rows = (trained / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("step,loss") and len(rows) == 1 + 120 // 20
+    assert rows[-1].split(",")[5] == "1"  # hard-negative mining was on at the end
+    meta = json.loads((trained / "run.json").read_text())
+    assert meta["direction"] == "both" and meta["config"]["train"]["iterations"] == 120
+
+
+def test_trained_model_beats_chance_on_separable_data(trained, toy):
+    model, cfg, _ = load_run(trained, "best.pt", torch.device("cpu"))
+    split = load_split(toy, "test", cfg, trained / "cache", workers=1, progress=False,
+                       voice_frontend=cfg.voice.frontend())
+    emb = split_embeddings(model, cfg, split, "cpu")
+    for direction in ("v2f", "f2v"):
+        cell = matching_cell(emb, split, direction, "-", 1000, seed=0)
+        assert cell["ci95"][0] > 0.5, (direction, cell)
+
+
+def test_evaluation_report(trained, toy, tmp_path, capsys):
+    out = tmp_path / "report"
+    assert main(["eval", "association", "--run", str(trained), "--corpus", str(toy), "--out", str(out),
+                 "--trials", "300", "--probe-trials", "3", "--workers", "1", "--no-progress"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert set(m["matching"]["v2f"]) >= {"-", "G", "E", "G/E", "G/E/F/A", "largest group"}
+    assert m["matching"]["v2f"]["-"]["trials"] == 300
+    assert sorted(m["one_of_n"]["v2f"], key=int)[0] == "2" and len(m["one_of_n"]["v2f"]) == 5  # 6 test ids
+    assert 0.0 <= m["verification"]["eer"] <= 1.0 and m["verification"]["positives"] == 6 * 2 * 2
+    assert m["retrieval"]["sizes"] == [12]  # fewer test pairs than 250: one set of all of them
+    assert set(m["probes"]) == {"gender", "appearance_group"}  # single-valued attributes are skipped
+    for fig in m["figures"]:
+        assert (out / fig).stat().st_size > 1000
+    report = (out / "report.md").read_text()
+    assert "## 1:2 matching (Table 3)" in report and "Kim et al. Table 3" in report
+    assert "1:2 accuracy %" in capsys.readouterr().out
+
+
+def test_resume_continues_exactly(toy, tmp_path):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert _train(toy, straight, iterations=40, direction="v2f") == 0
+    assert _train(toy, resumed, iterations=20, direction="v2f") == 0
+    assert _train(toy, resumed, "--resume", iterations=40, direction="v2f") == 0
+    a = torch.load(straight / "checkpoints/last.pt", weights_only=False)
+    b = torch.load(resumed / "checkpoints/last.pt", weights_only=False)
+    assert a["step"] == b["step"] == 40
+    for k, v in a["model"].items():
+        assert torch.allclose(v.float(), b["model"][k].float(), atol=1e-5), k
+    assert len((resumed / "metrics.csv").read_text().splitlines()) == 1 + 2
+
+
+def test_resume_without_a_checkpoint_is_a_clear_error(toy, tmp_path):
+    with pytest.raises(SystemExit, match="no checkpoint"):
+        _train(toy, tmp_path / "empty", "--resume", iterations=2)
+
+
+def test_torchrun_ddp_on_two_cpu_processes(toy, tmp_path):
+    out = tmp_path / "ddp"
+    sets = [a for s in [*TINY, "train.iterations=10"] for a in ("--set", s)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "facevoice", "train", "association", "--corpus", str(toy), "--out", str(out),
+                           "--workers", "1", "--no-progress", *sets],
+                          capture_output=True, text=True, timeout=240, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((out / "run.json").read_text())["world_size"] == 2
+    assert "trained 10 iterations" in done.stdout
+
+
+def test_trial_list_matching_and_verification(trained, toy, tmp_path):
+    import csv
+    rows = list(csv.DictReader((toy / "manifest.csv").open()))
+    test = [r for r in rows if r["split"] == "test"]
+    voices = {r["identity"]: r["path"] for r in test if r["modality"] == "voice"}
+    faces = {r["identity"]: r["path"] for r in test if r["modality"] == "face"}
+    ids = sorted(voices)
+    lines = [f"{voices[a]} {faces[a]} {faces[b]} A" for a, b in zip(ids, ids[1:] + ids[:1], strict=True)]
+    lines += [f"{voices[a]},{faces[b]},{faces[a]},1" for a, b in zip(ids, ids[1:] + ids[:1], strict=True)]
+    lines.append(f"{voices[ids[0]]} missing.png {faces[ids[1]]} B")
+    (tmp_path / "match.txt").write_text("# probe a b label\n" + "\n".join(lines) + "\n")
+    verify = [f"1 {voices[a]} {faces[a]}" for a in ids] + [f"0 {voices[a]} {faces[b]}"
+                                                          for a, b in zip(ids, ids[1:] + ids[:1], strict=True)]
+    (tmp_path / "verify.txt").write_text("\n".join(verify) + "\n")
+    for name in ("match.txt", "verify.txt"):
+        out = tmp_path / name.replace(".txt", "")
+        assert main(["eval", "association", "--run", str(trained), "--trial-list", str(tmp_path / name),
+                     "--media-root", str(toy), "--out", str(out)]) == 0
+    m = json.loads((tmp_path / "match" / "trial_list.json").read_text())
+    assert m["kind"] == "matching" and m["trials"] == 2 * len(ids) and list(m["skipped_files"]) == ["missing.png"]
+    v = json.loads((tmp_path / "verify" / "trial_list.json").read_text())
+    assert v["kind"] == "verification" and v["trials"] == 2 * len(ids) and 0 <= v["auc"] <= 1
+
+
+def test_trial_list_rejects_malformed_lines(trained, tmp_path):
+    bad = tmp_path / "bad.txt"
+    bad.write_text("a.wav b.png\n")
+    with pytest.raises(ValueError, match=r"bad\.txt:1: expected"):
+        main(["eval", "association", "--run", str(trained), "--trial-list", str(bad)])
+
+
+def test_backbone_pretraining_writes_loadable_weights(toy, tmp_path, capsys):
+    sets = [a for s in TINY for a in ("--set", s)]
+    out = tmp_path / "bb"
+    assert main(["train", "backbones", "--corpus", str(toy), "--out", str(out), "--steps", "5", "--batch", "4",
+                 "--workers", "1", "--no-progress", *sets]) == 0
+    assert "identity accuracy" in capsys.readouterr().out
+    run = tmp_path / "run"
+    assert _train(toy, run, "--face-weights", str(out / "face_backbone.pt"), "--voice-weights",
+                  str(out / "voice_backbone.pt"), iterations=2) == 0
+    meta = json.loads((run / "run.json").read_text())
+    assert meta["pretrained"] is True
+    state = torch.load(run / "checkpoints/last.pt", weights_only=False)
+    assert state["optimizer"]["param_groups"][1]["lr"] == 1e-5  # the paper's fine-tuning rate

@@ -1,0 +1,199 @@
+"""Decode a corpus split once into arrays (memory-mapped .npy in a cache directory) and draw
+Kim et al. 2018 sec. 4.3 training tuples from them."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing as mp
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from service.media import AssociationAudio, FaceImage, MediaError
+from training.association.augment import augment_faces, augment_voices
+from training.association.config import AssociationConfig
+from training.corpus.manifest import ATTRIBUTES, MANIFEST, Item, read_manifest
+from training.datasets import load_item
+
+STORE = np.float16  # halves the cache; inputs are normalised images and [-1, 1] waveforms
+
+
+@dataclass
+class Modality:
+    """The decoded items of one modality: data [N, ...] and each item's identity index."""
+
+    data: np.ndarray
+    identity: np.ndarray
+    item_ids: list[str]
+
+
+@dataclass
+class SplitData:
+    identities: list[str]
+    attributes: list[dict[str, str]]
+    face: Modality
+    voice: Modality
+
+
+def _cache_key(corpus: Path, split: str, modality: str, frontend) -> str:
+    manifest = (corpus / MANIFEST).stat()
+    text = json.dumps([str(corpus.resolve()), manifest.st_size, manifest.st_mtime_ns, split, modality,
+                       repr(frontend)])
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+_WORKER: tuple[Path, object] | None = None
+
+
+def _set_worker(corpus: Path, frontend) -> None:
+    global _WORKER
+    _WORKER = (corpus, frontend)
+
+
+def _init_worker(corpus: Path, frontend) -> None:
+    torch.set_num_threads(1)  # in the decode processes only: the parent keeps its threads
+    _set_worker(corpus, frontend)
+
+
+def _decode(item: Item) -> np.ndarray:
+    corpus, frontend = _WORKER
+    try:
+        return load_item(corpus, item, frontend).numpy().astype(STORE)
+    except MediaError as e:
+        raise MediaError(f"{item.item_id} ({item.path}): {e}") from e
+
+
+def decode_items(corpus: Path, items: list[Item], frontend: FaceImage | AssociationAudio,
+                 cache_dir: Path, key: str, workers: int = 2, progress: bool = True) -> np.ndarray:
+    """Every item through service.media once; later calls map the cached file."""
+    path = cache_dir / f"{key}.npy"
+    if path.exists():
+        return np.load(path, mmap_mode="r")
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    _set_worker(corpus, frontend)
+    shape = (len(items), *_decode(items[0]).shape)
+    tmp = cache_dir / f"{key}.{os.getpid()}.tmp.npy"
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=STORE, shape=shape)
+    bar = tqdm(total=len(items), desc=f"decode {key[:8]}", unit="item", disable=not progress, leave=False)
+    if workers > 1:
+        with mp.get_context("fork").Pool(workers, _init_worker, (corpus, frontend)) as pool:
+            for k, arr in enumerate(pool.imap(_decode, items, chunksize=8)):
+                out[k] = arr
+                bar.update()
+    else:
+        for k, item in enumerate(items):
+            out[k] = _decode(item)
+            bar.update()
+    bar.close()
+    out.flush()
+    del out
+    tmp.rename(path)
+    return np.load(path, mmap_mode="r")
+
+
+def load_split(corpus: Path, split: str, cfg: AssociationConfig, cache_dir: Path, workers: int = 2,
+               progress: bool = True, voice_frontend: AssociationAudio | None = None) -> SplitData:
+    """Faces at cfg.face.size and voices of cfg.voice.cache_frontend() for one split."""
+    corpus = Path(corpus)
+    items = [i for i in read_manifest(corpus) if i.split == split]
+    identities = sorted({i.identity for i in items})
+    index = {name: k for k, name in enumerate(identities)}
+    attributes: list[dict[str, str]] = [{} for _ in identities]
+    for i in items:
+        attributes[index[i.identity]] = {a: getattr(i, a) for a in ATTRIBUTES}
+    mods = {}
+    frontends = {"face": cfg.face.frontend(), "voice": voice_frontend or cfg.voice.cache_frontend()}
+    for modality, frontend in frontends.items():
+        chosen = [i for i in items if i.modality == modality]
+        if not chosen:
+            raise ValueError(f"{corpus}: no {modality} items in split {split!r}")
+        data = decode_items(corpus, chosen, frontend, Path(cache_dir),
+                            _cache_key(corpus, split, modality, frontend), workers, progress)
+        mods[modality] = Modality(data, np.array([index[i.identity] for i in chosen]),
+                                  [i.item_id for i in chosen])
+    return SplitData(identities, attributes, mods["face"], mods["voice"])
+
+
+@dataclass
+class Batch:
+    """Inputs for one step: the faces and voices to encode, and for each tuple the rows of
+    cat([face representations, voice representations]) that are its anchor, positive, negative."""
+
+    faces: torch.Tensor
+    voices: torch.Tensor
+    anchor: torch.Tensor
+    positive: torch.Tensor
+    negative: torch.Tensor
+    voice_anchor: torch.Tensor  # True where the tuple is V->F
+
+    def to(self, device: torch.device) -> Batch:
+        return Batch(*(t.to(device, non_blocking=True) for t in
+                       (self.faces, self.voices, self.anchor, self.positive, self.negative,
+                        self.voice_anchor)))
+
+
+class TupleSampler:
+    """Sec. 4.3: a random anchor of the reference modality, a random item of the other modality
+    of the same identity, and one of a different identity (optionally of the same gender)."""
+
+    def __init__(self, split: SplitData, cfg: AssociationConfig, direction: str, seed: int):
+        self.split, self.cfg, self.direction = split, cfg, direction
+        self.rng = np.random.default_rng(seed)
+        n = len(split.identities)
+        self.by_identity = {m: [np.flatnonzero(getattr(split, m).identity == i) for i in range(n)]
+                            for m in ("face", "voice")}
+        usable = [i for i in range(n) if len(self.by_identity["face"][i]) and len(self.by_identity["voice"][i])]
+        if len(usable) < 2:
+            raise ValueError("training needs at least two identities with both a face and a voice")
+        self.usable = np.array(usable)
+        key = "gender" if cfg.train.negatives == "same-gender" else None
+        self.peers = {}
+        for i in usable:
+            group = [j for j in usable if j != i and (key is None or
+                     split.attributes[j][key] == split.attributes[i][key])]
+            self.peers[i] = np.array(group or [j for j in usable if j != i])
+        self.voice_len = cfg.voice.frontend().samples
+
+    def _item(self, modality: str, identity: int) -> int:
+        return int(self.rng.choice(self.by_identity[modality][identity]))
+
+    def draw(self, n: int) -> Batch:
+        faces, voices, triples, voice_anchor = [], [], [], []
+
+        def add(modality: str, row: int) -> int:
+            bucket = faces if modality == "face" else voices
+            bucket.append(row)
+            return len(bucket) - 1 if modality == "face" else -len(bucket)  # voices resolved below
+
+        for _ in range(n):
+            v2f = self.direction == "v2f" or (self.direction == "both" and self.rng.random() < 0.5)
+            ref, other = ("voice", "face") if v2f else ("face", "voice")
+            ident = int(self.rng.choice(self.usable))
+            impostor = int(self.rng.choice(self.peers[ident]))
+            triples.append((add(ref, self._item(ref, ident)), add(other, self._item(other, ident)),
+                            add(other, self._item(other, impostor))))
+            voice_anchor.append(v2f)
+        nf = len(faces)
+        rows = torch.tensor([[r if r >= 0 else nf + (-r - 1) for r in t] for t in triples])
+        return Batch(self._faces(faces), self._voices(voices), rows[:, 0], rows[:, 1], rows[:, 2],
+                     torch.tensor(voice_anchor))
+
+    def _faces(self, rows: list[int]) -> torch.Tensor:
+        x = torch.from_numpy(np.asarray(self.split.face.data[rows], dtype=np.float32))
+        return augment_faces(x, self.rng) if self.cfg.face.augment else x
+
+    def _voices(self, rows: list[int]) -> torch.Tensor:
+        data = self.split.voice.data
+        out = np.empty((len(rows), self.voice_len), dtype=np.float32)
+        for k, r in enumerate(rows):
+            start = 0
+            if self.cfg.voice.crop == "random":
+                start = int(self.rng.integers(data.shape[1] - self.voice_len + 1))
+            out[k] = data[r, start:start + self.voice_len]
+        x = torch.from_numpy(out)
+        return augment_voices(x, self.rng) if self.cfg.voice.augment else x

@@ -1,0 +1,149 @@
+"""`facevoice eval association`: the whole Kim et al. 2018 evaluation of a run on the test
+identities -> REPORT_DIR/report.md, metrics.json and PNG figures."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from training.association import plots
+from training.association.config import AssociationConfig, from_dict
+from training.association.data import SplitData, load_split
+from training.association.embed import embed
+from training.association.model import AssociationModel
+from training.association.protocol import (
+    Embeddings,
+    linear_probes,
+    matching_table,
+    one_of_n,
+    retrieval,
+    verification,
+)
+from training.association.report import format_summary, write_report
+from training.corpus.manifest import read_identities
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run", type=Path, required=True, help="a `facevoice train association` run directory")
+    p.add_argument("--corpus", type=Path, help="test corpus (default: the run's training corpus)")
+    p.add_argument("--out", type=Path, help="report directory (default RUN/report)")
+    p.add_argument("--checkpoint", default="best.pt", help="file in RUN (best.pt or checkpoints/last.pt)")
+    p.add_argument("--split", default="test")
+    p.add_argument("--trials", type=int, default=4000, help="trials per 1:2 and 1:N cell")
+    p.add_argument("--probe-trials", type=int, default=20, help="holdout trials per linear probe")
+    p.add_argument("--trial-list", type=Path, help="score a trial list instead (probe A B label lines)")
+    p.add_argument("--media-root", type=Path, help="where the trial list's paths are (default: corpus)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--cache-dir", type=Path, help="decoded arrays (default RUN/cache)")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def load_run(run: Path, checkpoint: str, device: torch.device) -> tuple[AssociationModel, AssociationConfig, dict]:
+    path = run / checkpoint
+    if not path.exists():
+        raise SystemExit(f"{path}: no checkpoint (train first, or pass --checkpoint)")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    cfg = from_dict(state["config"])
+    model = AssociationModel(cfg)
+    model.load_state_dict(state["model"])
+    model.to(device).eval()
+    return model, cfg, state
+
+
+def split_embeddings(model: AssociationModel, cfg: AssociationConfig, split: SplitData, device) -> Embeddings:
+    return Embeddings(face=embed(model, "face", split.face.data, device=device),
+                      voice=embed(model, "voice", split.voice.data, cfg.voice.frontend().samples, device=device))
+
+
+def corpus_oracle(corpus: Path, split: str) -> dict | None:
+    """The generator's exact oracle for this split, when the corpus is synthetic."""
+    meta = corpus / "corpus.json"
+    if not meta.exists():
+        return None
+    oracle = json.loads(meta.read_text()).get("oracle", {})
+    return oracle.get(f"{split}_split", {}).get("accuracy")
+
+
+def tsne_figures(emb: Embeddings, split: SplitData, corpus: Path, out: Path, seed: int) -> list[Path]:
+    """Fig. 1 (identity, gender, age, group) and Fig. 2 (voice pitch) as t-SNE panels."""
+    from sklearn.manifold import TSNE
+
+    xy = {}
+    for modality in ("face", "voice"):
+        x = emb.of(modality)
+        xy[modality] = TSNE(2, perplexity=min(30, max(5, len(x) // 4)), init="pca",
+                            random_state=seed).fit_transform(x)
+    rng = np.random.default_rng(seed)
+    shown = set(rng.choice(len(split.identities), size=min(10, len(split.identities)), replace=False).tolist())
+
+    def per_item(values: list) -> dict[str, list]:
+        return {m: [values[i] for i in getattr(split, m).identity] for m in ("face", "voice")}
+
+    colourings = {"identity (10)": per_item([split.identities[i] if i in shown else None
+                                             for i in range(len(split.identities))])}
+    for attr in ("gender", "age_group", "appearance_group"):
+        colourings[attr] = per_item([a.get(attr, "") for a in split.attributes])
+    paths = [plots.tsne_panels(xy, colourings, out / "fig1_tsne.png", "t-SNE of test representations")]
+    rows = {r["identity"]: r for r in read_identities(corpus)} if (corpus / "identities.csv").exists() else {}
+    pitch = [float(rows[i]["voice_pitch"]) if i in rows and rows[i].get("voice_pitch") else None
+             for i in split.identities]
+    if any(p is not None for p in pitch):
+        paths.append(plots.tsne_panels(xy, {"voice pitch": per_item(pitch)}, out / "fig2_tsne_pitch.png",
+                                       "t-SNE coloured by the speaker's voice pitch"))
+    return paths
+
+
+def run(args: argparse.Namespace) -> int:
+    device = torch.device(args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
+    model, cfg, state = load_run(args.run, args.checkpoint, device)
+    run_meta = json.loads((args.run / "run.json").read_text()) if (args.run / "run.json").exists() else {}
+    corpus = args.corpus or Path(run_meta.get("corpus", ""))
+    out = args.out or args.run / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    if args.trial_list:
+        from training.association.trial_list import score_trial_list
+        result = score_trial_list(model, cfg, args.trial_list, args.media_root or corpus, device)
+        (out / "trial_list.json").write_text(json.dumps(result, indent=2))
+        print(result["summary"])
+        return 0
+
+    split = load_split(corpus, args.split, cfg, args.cache_dir or args.run / "cache", args.workers,
+                       not args.no_progress, voice_frontend=cfg.voice.frontend())
+    emb = split_embeddings(model, cfg, split, device)
+    steps = [("1:2 matching", lambda: matching_table(emb, split, args.trials, args.seed)),
+             ("1:N matching", lambda: one_of_n(emb, split, args.trials, args.seed)),
+             ("verification", lambda: verification(emb, split)),
+             ("retrieval", lambda: retrieval(emb, split, args.seed)),
+             ("linear probes", lambda: linear_probes(emb, split, args.probe_trials, args.seed))]
+    metrics: dict = {"run": str(args.run), "checkpoint": args.checkpoint, "trained_direction": state["direction"],
+                     "step": state["step"], "config": cfg.name, "corpus": str(corpus), "split": args.split,
+                     "identities": len(split.identities), "faces": len(split.face.item_ids),
+                     "voices": len(split.voice.item_ids), "oracle": corpus_oracle(corpus, args.split)}
+    keys = ["matching", "one_of_n", "verification", "retrieval", "probes"]
+    bar = tqdm(steps, desc="evaluate", disable=args.no_progress)
+    for key, (name, fn) in zip(keys, bar, strict=True):
+        bar.set_postfix_str(name)
+        metrics[key] = fn()
+    figures = [
+        plots.matching_bars({d: {c: v for c, v in metrics["matching"][d].items()} for d in ("v2f", "f2v")},
+                            metrics["oracle"], out / "matching.png"),
+        plots.one_of_n_curve(metrics["one_of_n"], out / "one_of_n.png"),
+        plots.roc_curves({"voice-face": (np.array(metrics["verification"]["roc"]["fpr"]),
+                                         np.array(metrics["verification"]["roc"]["tpr"]),
+                                         metrics["verification"]["auc"])}, out / "roc.png"),
+        plots.recall_curves({d: metrics["retrieval"][d] for d in ("v2f", "f2v")},
+                            metrics["retrieval"]["random"], out / "recall.png"),
+        *tsne_figures(emb, split, corpus, out, args.seed),
+    ]
+    metrics["figures"] = [f.name for f in figures]
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
+    write_report(metrics, out / "report.md")
+    print(format_summary(metrics, out))
+    return 0

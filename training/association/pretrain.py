@@ -1,0 +1,105 @@
+"""`facevoice train backbones`: our offline stand-in for the pretrained VGG16 and SoundNet that
+Kim et al. 2018 sec. 4.3 fine-tune. No weights can be downloaded here, so each backbone is first
+trained to classify the *training* identities from its own modality alone (as VGG-Face and
+speaker-ID networks are), then saved as a weight file that `train association --face-weights /
+--voice-weights` loads like a user's VGG16 / SoundNet file. It sees no test identity and no
+demographic label; docs/association.md lists it among the deviations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from training.association.augment import augment_faces, augment_voices
+from training.association.config import AssociationConfig, load_config
+from training.association.data import SplitData, load_split
+from training.association.model import FaceEncoder, VoiceEncoder
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--corpus", type=Path, required=True)
+    p.add_argument("--config", default="small", help="small | paper | a TOML file")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    p.add_argument("--out", type=Path, required=True, help="directory for face_backbone.pt, voice_backbone.pt")
+    p.add_argument("--steps", type=int, default=600, help="optimiser steps per backbone")
+    p.add_argument("--modalities", nargs="+", choices=("face", "voice"), default=["face", "voice"])
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--cache-dir", type=Path, help="decoded arrays (default OUT/cache)")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _inputs(split: SplitData, modality: str, cfg: AssociationConfig, rows: np.ndarray,
+            rng: np.random.Generator) -> torch.Tensor:
+    data = getattr(split, modality).data
+    if modality == "face":
+        return augment_faces(torch.from_numpy(np.asarray(data[rows], dtype=np.float32)), rng)
+    n = cfg.voice.frontend().samples
+    starts = rng.integers(data.shape[1] - n + 1, size=len(rows))
+    windows = [np.asarray(data[r, s:s + n], np.float32) for r, s in zip(rows, starts, strict=True)]
+    return augment_voices(torch.from_numpy(np.stack(windows)), rng)
+
+
+def classify_identities(split: SplitData, modality: str, cfg: AssociationConfig, steps: int, batch: int,
+                        lr: float, seed: int, device: torch.device, progress: bool) -> tuple[nn.Module, dict]:
+    """Softmax over the training identities on top of the backbone's pooled features."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    encoder = (FaceEncoder(cfg.face, cfg.embedding) if modality == "face"
+               else VoiceEncoder(cfg.voice, cfg.embedding)).features.to(device)
+    width = cfg.face.widths[-1] if modality == "face" else cfg.voice.widths[-1]
+    labels = getattr(split, modality).identity
+    classifier = nn.Linear(width, len(split.identities)).to(device)
+    opt = torch.optim.Adam([*encoder.parameters(), *classifier.parameters()], lr)
+    pool = (2, 3) if modality == "face" else (2,)
+    losses, correct, start = [], [], time.perf_counter()
+    bar = tqdm(range(steps), desc=f"pretrain {modality} backbone", disable=not progress, dynamic_ncols=True)
+    for step in bar:
+        rows = rng.integers(len(labels), size=batch)
+        y = torch.from_numpy(labels[rows]).long().to(device)
+        logits = classifier(encoder(_inputs(split, modality, cfg, rows, rng).to(device)).mean(dim=pool))
+        loss = nn.functional.cross_entropy(logits, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        correct.append((logits.argmax(1) == y).float().mean().item())
+        if step % 20 == 19:
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", acc=f"{np.mean(correct[-20:]):.2f}")
+    return encoder, {"steps": steps, "final_loss": float(np.mean(losses[-50:])),
+                     "final_train_accuracy": float(np.mean(correct[-50:])), "classes": len(split.identities),
+                     "seconds": time.perf_counter() - start}
+
+
+def run(args: argparse.Namespace) -> int:
+    device = torch.device(args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = load_config(args.config, args.set)
+    args.out.mkdir(parents=True, exist_ok=True)
+    train = load_split(args.corpus, "train", cfg, args.cache_dir or args.out / "cache", args.workers,
+                       not args.no_progress)
+    lines = [f"backbones pretrained on {len(train.identities)} training identities -> {args.out}"]
+    for modality in args.modalities:
+        encoder, stats = classify_identities(train, modality, cfg, args.steps, args.batch, args.lr, args.seed,
+                                             device, not args.no_progress)
+        path = args.out / f"{modality}_backbone.pt"
+        torch.save({k: v.cpu() for k, v in encoder.state_dict().items()}, path)
+        lines.append(f"  {modality}: {stats['steps']} steps in {stats['seconds']:.0f} s, identity accuracy on "
+                     f"training batches {100 * stats['final_train_accuracy']:.0f}% (chance "
+                     f"{100 / stats['classes']:.1f}%) -> {path.name}")
+    lines.append(f"  next: facevoice train association ... --face-weights {args.out / 'face_backbone.pt'} "
+                 f"--voice-weights {args.out / 'voice_backbone.pt'}")
+    print("\n".join(lines))
+    return 0

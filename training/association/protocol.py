@@ -1,0 +1,177 @@
+"""Kim et al. 2018's evaluation protocols on test embeddings: 1:2 matching under demographic
+controls (Table 3), 1:N, verification, retrieval recall@K (Table 6) and linear attribute probes
+(Table 4). Inputs are embeddings; nothing here touches a model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from training.association.data import SplitData
+from training.association.trials import LARGEST_GROUP, REFERENCE, annotated, largest_group, matching_trials
+from training.corpus.oracle import CONTROLS
+from training.metrics import (
+    cluster_bootstrap_interval,
+    mean_interval,
+    one_of_n_correct,
+    pairwise_l2,
+    random_map,
+    random_recall_at_k,
+    recall_at_k,
+    retrieval_map,
+    roc_auc_eer,
+    wilson_interval,
+)
+
+MATCH_CONTROLS = (*CONTROLS, LARGEST_GROUP)
+RECALL_KS = (1, 5, 10, 50, 100)
+SET_SIZES = (250, 1000, 5000)
+PROBE_ATTRIBUTES = ("gender", "age_group", "appearance_group", "first_language")
+
+
+@dataclass
+class Embeddings:
+    face: np.ndarray
+    voice: np.ndarray
+
+    def of(self, modality: str) -> np.ndarray:
+        return self.face if modality == "face" else self.voice
+
+
+def matching_cell(emb: Embeddings, split: SplitData, direction: str, control: str, n: int,
+                  seed: int, n_way: int = 2) -> dict | None:
+    """Accuracy, Wilson 95% CI over trials, identity-bootstrap 95% CI, trial and identity counts."""
+    if control != "-" and not annotated(split, control):
+        return None
+    try:
+        t = matching_trials(split, direction, control, n, seed, n_way)
+    except ValueError:
+        return None
+    ref, other = REFERENCE[direction]
+    right = one_of_n_correct(emb.of(ref)[t.probe], emb.of(other)[t.candidates])
+    return {"accuracy": float(right.mean()), "ci95": wilson_interval(right.sum(), len(right)),
+            "ci95_identity_bootstrap": cluster_bootstrap_interval(right, t.anchor_identity),
+            "trials": len(right), "identities": len(np.unique(t.anchor_identity))}
+
+
+def matching_table(emb: Embeddings, split: SplitData, n: int, seed: int) -> dict:
+    """Table 3: both directions x every control (None where the test set cannot form the trials)."""
+    table = {d: {c: matching_cell(emb, split, d, c, n, seed) for c in MATCH_CONTROLS} for d in REFERENCE}
+    if annotated(split, "G/E/F/A"):
+        name, members = largest_group(split)
+        table["largest_group"] = {"attributes": dict(zip(CONTROLS["G/E/F/A"], name, strict=True)),
+                                  "identities": len(members)}
+    return table
+
+
+def one_of_n(emb: Embeddings, split: SplitData, n: int, seed: int, ns=range(2, 11)) -> dict:
+    """1:N accuracy without demographic control, N = 2..10."""
+    out: dict[str, dict[int, float]] = {}
+    for d in REFERENCE:
+        out[d] = {}
+        for k in ns:
+            cell = matching_cell(emb, split, d, "-", n, seed, n_way=k)
+            if cell is not None:
+                out[d][k] = cell["accuracy"]
+    return out
+
+
+def verification(emb: Embeddings, split: SplitData) -> dict:
+    """Every (voice, face) pair of the test set; score = -L2 distance; ROC AUC and EER."""
+    from sklearn.metrics import roc_curve
+
+    d = pairwise_l2(emb.voice, emb.face)
+    same = split.voice.identity[:, None] == split.face.identity[None, :]
+    auc, eer = roc_auc_eer(-d.ravel(), same.ravel())
+    fpr, tpr, _ = roc_curve(same.ravel(), -d.ravel())
+    keep = np.unique(np.linspace(0, len(fpr) - 1, 300).astype(int))
+    return {"auc": auc, "eer": eer, "pairs": int(same.size), "positives": int(same.sum()),
+            "roc": {"fpr": fpr[keep].tolist(), "tpr": tpr[keep].tolist()}}
+
+
+def _pairs(split: SplitData, rng: np.random.Generator) -> np.ndarray:
+    """(voice row, face row) pairs, each identity contributing as many pairs as it has of both."""
+    pairs = []
+    for i in range(len(split.identities)):
+        v = rng.permutation(np.flatnonzero(split.voice.identity == i))
+        f = rng.permutation(np.flatnonzero(split.face.identity == i))
+        pairs += list(zip(v, f, strict=False))
+    return rng.permutation(np.array(pairs, dtype=int).reshape(-1, 2))
+
+
+def retrieval(emb: Embeddings, split: SplitData, seed: int, sizes=SET_SIZES, ks=RECALL_KS) -> dict:
+    """Table 6: the test pairs split into disjoint sets of each size (all pairs when fewer); in a set
+    each voice queries the set's faces (V->F) and back; recall@K and mAP averaged over sets."""
+    pairs = _pairs(split, np.random.default_rng(seed))
+    usable = sorted({min(s, len(pairs)) for s in sizes})
+    out = {"sizes": usable, "v2f": {}, "f2v": {}, "random": {}, "map": {"v2f": {}, "f2v": {}},
+           "random_map": {}}
+    for size in usable:
+        sets = [pairs[k:k + size] for k in range(0, len(pairs) - size + 1, size)]
+        acc = {"v2f": [], "f2v": [], "random": [], "map_v2f": [], "map_f2v": [], "random_map": []}
+        for s in sets:
+            vid, fid = split.voice.identity[s[:, 0]], split.face.identity[s[:, 1]]
+            d = pairwise_l2(emb.voice[s[:, 0]], emb.face[s[:, 1]])
+            acc["v2f"].append(recall_at_k(d, vid, fid, ks))
+            acc["f2v"].append(recall_at_k(d.T, fid, vid, ks))
+            acc["random"].append(random_recall_at_k(fid, vid, ks))
+            acc["map_v2f"].append(retrieval_map(d, vid, fid))
+            acc["map_f2v"].append(retrieval_map(d.T, fid, vid))
+            acc["random_map"].append(random_map(fid, vid))
+        for key in ("v2f", "f2v", "random"):
+            out[key][size] = {k: float(np.mean([r[k] for r in acc[key]])) for k in ks}
+        out["map"]["v2f"][size] = float(np.mean(acc["map_v2f"]))
+        out["map"]["f2v"][size] = float(np.mean(acc["map_f2v"]))
+        out["random_map"][size] = float(np.mean(acc["random_map"]))
+        out.setdefault("sets", {})[size] = len(sets)
+    return out
+
+
+def linear_probes(emb: Embeddings, split: SplitData, trials: int = 20, seed: int = 0) -> dict:
+    """Table 4: one-vs-rest linear SVMs predict each attribute from each modality's representation;
+    average precision per class, mean and 99% CI over `trials` holdouts. Holdouts split identities
+    (not items) in half, so a probe cannot recognise a person it was trained on."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.metrics import average_precision_score
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import LinearSVC
+
+    rng = np.random.default_rng(seed)
+    out: dict = {}
+    for attr in PROBE_ATTRIBUTES:
+        values = [a.get(attr, "") for a in split.attributes]
+        classes = sorted({v for v in values if v})
+        if len(classes) < 2:
+            continue
+        out[attr] = {}
+        for modality in ("face", "voice"):
+            m = getattr(split, modality)
+            y = np.array([values[i] for i in m.identity])
+            x = emb.of(modality)
+            per_class: dict[str, list[float]] = {c: [] for c in classes}
+            idents = np.unique(m.identity)
+            for _ in range(trials):
+                train_ids = rng.permutation(idents)[: len(idents) // 2]
+                tr = np.isin(m.identity, train_ids)
+                if len(set(y[tr])) < 2:
+                    continue
+                scaler = StandardScaler().fit(x[tr])
+                with warnings.catch_warnings():  # a not-quite-converged linear SVM is still a probe
+                    warnings.simplefilter("ignore", ConvergenceWarning)
+                    svm = LinearSVC(C=1.0, max_iter=5000).fit(scaler.transform(x[tr]), y[tr])
+                scores = svm.decision_function(scaler.transform(x[~tr]))
+                if scores.ndim == 1:  # binary: the score is for svm.classes_[1]
+                    scores = np.stack([-scores, scores], 1)
+                for k, c in enumerate(svm.classes_):
+                    if (y[~tr] == c).any():
+                        per_class[c].append(average_precision_score(y[~tr] == c, scores[:, k]))
+            cells = {}
+            for c in classes:
+                if per_class[c]:
+                    mean, half = mean_interval(np.array(per_class[c]), 0.99)
+                    cells[c] = {"ap": mean, "ci99": half, "chance": float(np.mean(y == c))}
+            out[attr][modality] = cells
+    return out

@@ -1,0 +1,270 @@
+"""`facevoice train association`: Kim et al. 2018 sec. 4.3, one loop for CPU, GPU and torchrun DDP.
+
+Read top to bottom: config, data, model, optimiser, loop (tuples -> eq. (1) -> hard negatives
+after `hard_after`), validation 1:2 accuracy for model selection, checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm import tqdm
+
+from training.association.config import AssociationConfig, load_config
+from training.association.data import Batch, SplitData, TupleSampler, load_split
+from training.association.embed import embed
+from training.association.loss import hardest, triplet_loss
+from training.association.model import AssociationModel, load_face_backbone, load_voice_backbone
+from training.association.trials import matching_trials
+from training.metrics import one_of_n_correct
+
+DIRECTIONS = ("v2f", "f2v", "both")
+CSV_FIELDS = ("step", "loss", "lr_head", "lr_backbone", "triplets_per_s", "hard", "val_v2f", "val_f2v")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--corpus", type=Path, required=True)
+    p.add_argument("--config", default="small", help="small | paper | a TOML file")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one config value, e.g. train.iterations=500")
+    p.add_argument("--direction", choices=DIRECTIONS, default="v2f")
+    p.add_argument("--out", type=Path, required=True, help="run directory")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: all cores)")
+    p.add_argument("--workers", type=int, default=2, help="processes that decode the corpus once")
+    p.add_argument("--cache-dir", type=Path, help="decoded arrays (default OUT/cache)")
+    p.add_argument("--face-weights", type=Path, help="VGG16 / VGG-Face conv weights (state dict)")
+    p.add_argument("--voice-weights", type=Path, help="SoundNet conv1..conv6 weights (state dict)")
+    p.add_argument("--no-progress", action="store_true")
+
+
+class TripletNet(nn.Module):
+    """Wraps the two encoders so one forward gives every tuple's eq. (1) loss (and DDP sees one call)."""
+
+    def __init__(self, model: AssociationModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        f, v = self.model(batch.faces, batch.voices)
+        e = torch.cat([f, v]).float()
+        return triplet_loss(e[batch.anchor], e[batch.positive], e[batch.negative])
+
+
+def pick_device(name: str, local_rank: int) -> torch.device:
+    if name == "auto":
+        name = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def build_optimizer(model: AssociationModel, cfg: AssociationConfig, pretrained: bool) -> torch.optim.Adam:
+    """Sec. 4.3: Adam(0.9, 0.999); FC layers at lr_head, the backbones at lr_backbone when they were
+    loaded from weights, at lr_backbone_scratch when trained from scratch (our deviation)."""
+    t = cfg.train
+    return torch.optim.Adam([
+        {"params": model.head_parameters(), "lr": t.lr_head},
+        {"params": model.backbone_parameters(), "lr": t.lr_backbone if pretrained else t.lr_backbone_scratch},
+    ], betas=(0.9, 0.999))
+
+
+def lr_factor(step: int, cfg: AssociationConfig) -> float:
+    """Sec. 4.3: x0.1 every 80k iterations (lr_decay every lr_decay_every)."""
+    return cfg.train.lr_decay ** (step // cfg.train.lr_decay_every)
+
+
+def validate(model: AssociationModel, val: SplitData, cfg: AssociationConfig, device) -> dict[str, float]:
+    """1:2 accuracy without demographic control on the validation identities (model selection)."""
+    faces = embed(model, "face", val.face.data, device=device)
+    voices = embed(model, "voice", val.voice.data, cfg.voice.frontend().samples, device=device)
+    emb = {"face": faces, "voice": voices}
+    out = {}
+    for direction, (ref, other) in (("v2f", ("voice", "face")), ("f2v", ("face", "voice"))):
+        t = matching_trials(val, direction, "-", cfg.train.val_trials, seed=1)
+        out[f"val_{direction}"] = float(one_of_n_correct(emb[ref][t.probe], emb[other][t.candidates]).mean())
+    return out
+
+
+def selection_score(val: dict[str, float], direction: str) -> float:
+    if direction == "both":
+        return (val["val_v2f"] + val["val_f2v"]) / 2
+    return val[f"val_{direction}"]
+
+
+class RunLog:
+    """metrics.csv and TensorBoard events in the run directory (rank 0 only)."""
+
+    def __init__(self, out: Path, resume: bool):
+        self.path = out / "metrics.csv"
+        fresh = not (resume and self.path.exists())
+        self.file = self.path.open("w" if fresh else "a", newline="")
+        self.writer = csv.DictWriter(self.file, CSV_FIELDS)
+        if fresh:
+            self.writer.writeheader()
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+            self.tb = SummaryWriter(str(out / "tensorboard"))
+        except ImportError:  # tensorboard is a dependency; a stripped install still trains
+            self.tb = None
+
+    def write(self, row: dict) -> None:
+        self.writer.writerow({k: row.get(k, "") for k in CSV_FIELDS})
+        self.file.flush()
+        if self.tb is not None:
+            for k, v in row.items():
+                if k != "step" and v != "":
+                    self.tb.add_scalar(k, v, row["step"])
+
+    def close(self) -> None:
+        self.file.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def save_checkpoint(path: Path, **state) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)  # atomic: a crash mid-save never leaves a torn checkpoint
+
+
+def run(args: argparse.Namespace) -> int:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    device = pick_device(args.device, local_rank)
+    if world > 1:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    main = rank == 0
+    cfg = load_config(args.config, args.set)
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(args.seed + rank)
+    progress = main and not args.no_progress
+
+    cache = args.cache_dir or out / "cache"
+    train = load_split(args.corpus, "train", cfg, cache, args.workers, progress)
+    val = load_split(args.corpus, "val", cfg, cache, args.workers, progress) if main else None
+
+    model = AssociationModel(cfg)
+    pretrained = False
+    if args.face_weights:
+        load_face_backbone(model.face_encoder, args.face_weights)
+        pretrained = True
+    if args.voice_weights:
+        load_voice_backbone(model.voice_encoder, args.voice_weights)
+        pretrained = True
+    model.to(device)
+    if device.type == "cuda":
+        model.face_encoder.to(memory_format=torch.channels_last)
+    net: nn.Module = TripletNet(model)
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    optimizer = build_optimizer(model, cfg, pretrained)
+    base_lrs = [g["lr"] for g in optimizer.param_groups]
+    sampler = TupleSampler(train, cfg, args.direction, seed=args.seed * 1000 + rank)
+
+    step, best, best_step = 0, -1.0, 0
+    last = out / "checkpoints" / "last.pt"
+    if args.resume:
+        if not last.exists():
+            raise SystemExit(f"--resume: no checkpoint at {last}")
+        state = torch.load(last, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        step, best, best_step = state["step"], state["best"], state["best_step"]
+        sampler.rng.bit_generator.state = state["sampler_rng"][rank] if rank < len(state["sampler_rng"]) \
+            else sampler.rng.bit_generator.state
+        torch.set_rng_state(state["torch_rng"])
+    if main:
+        (out / "run.json").write_text(json.dumps({
+            "config": cfg.to_dict(), "direction": args.direction, "corpus": str(args.corpus.resolve()),
+            "seed": args.seed, "world_size": world, "device": str(device), "pretrained": pretrained,
+            "torch": torch.__version__, "train_identities": len(train.identities),
+            "command": " ".join(sys.argv)}, indent=2))
+    log = RunLog(out, args.resume) if main else None
+
+    t = cfg.train
+    amp = device.type == "cuda"
+    bar = tqdm(total=t.iterations, initial=step, desc=f"train {args.direction}", unit="it",
+               disable=not progress, dynamic_ncols=True)
+    window_start, window_tuples, losses = time.perf_counter(), 0, []
+    val_scores: dict[str, float] = {}
+    net.train()
+    while step < t.iterations:
+        hard = step >= t.hard_after
+        for g, lr in zip(optimizer.param_groups, base_lrs, strict=True):
+            g["lr"] = lr * lr_factor(step, cfg)
+        batch = sampler.draw(t.batch * (t.hard_pool if hard else 1)).to(device)
+        if amp:
+            batch.faces = batch.faces.contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cuda", torch.bfloat16, enabled=amp):
+            per_tuple = net(batch)
+        loss = per_tuple[hardest(per_tuple.detach(), t.batch)].mean() if hard else per_tuple.mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+        losses.append(loss.item())
+        window_tuples += t.batch * world
+        bar.update()
+        if main and (step % t.eval_every == 0 or step == t.iterations):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            rate = window_tuples / (time.perf_counter() - window_start)
+            val_scores = validate(model, val, cfg, device)
+            score = selection_score(val_scores, args.direction)
+            if score > best:
+                best, best_step = score, step
+                save_checkpoint(out / "best.pt", model=model.state_dict(), config=cfg.to_dict(),
+                                direction=args.direction, step=step, val=val_scores)
+            log.write({"step": step, "loss": float(np.mean(losses)), "lr_head": optimizer.param_groups[0]["lr"],
+                       "lr_backbone": optimizer.param_groups[1]["lr"], "triplets_per_s": rate,
+                       "hard": int(hard), **val_scores})
+            bar.set_postfix(loss=f"{np.mean(losses):.4f}", val=f"{score:.3f}", best=f"{best:.3f}",
+                            tps=f"{rate:.0f}")
+            losses, window_tuples = [], 0
+            net.train()
+            window_start = time.perf_counter()
+        if main and (step % t.checkpoint_every == 0 or step == t.iterations):
+            rngs = [sampler.rng.bit_generator.state]
+            save_checkpoint(last, model=model.state_dict(), optimizer=optimizer.state_dict(), step=step,
+                            best=best, best_step=best_step, sampler_rng=rngs, torch_rng=torch.get_rng_state(),
+                            config=cfg.to_dict(), direction=args.direction)
+    bar.close()
+    if main:
+        log.close()
+        from training.association.plots import training_curves
+        training_curves(out / "metrics.csv", out / "training.png")
+        print(summary(out, args.direction, step, best, best_step, val_scores))
+    if world > 1:
+        dist.destroy_process_group()
+    return 0
+
+
+def summary(out: Path, direction: str, step: int, best: float, best_step: int, last_val: dict) -> str:
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    rates = [float(r["triplets_per_s"]) for r in rows if r["triplets_per_s"]]
+    return "\n".join([
+        f"association model ({direction}) trained {step} iterations -> {out}",
+        f"  best validation 1:2 accuracy {best:.3f} at step {best_step} (saved as best.pt); "
+        f"last {', '.join(f'{k} {v:.3f}' for k, v in last_val.items())}",
+        f"  throughput {np.median(rates):.1f} triplets/s (median of {len(rates)} windows)" if rates else "",
+        f"  metrics.csv, tensorboard/, training.png; next: facevoice eval association --run {out}",
+    ])
