@@ -111,3 +111,17 @@ def test_backbone_weights_load_from_torchvision_style_files(tmp_path):
         assert torch.equal(a, b)
     with pytest.raises(ValueError, match=r"no weights for face backbone"):
         load_face_backbone(AssociationModel(PAPER).face_encoder, tmp_path / "vgg.pth")
+
+
+@pytest.mark.parametrize("content", [b"", b"\x80\x04garbage", b"PK\x03\x04truncated zip", b"not a weight file"])
+def test_unreadable_weight_files_are_clear_errors(tmp_path, content):
+    path = tmp_path / "w.pt"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match="not a readable weight file"):
+        load_face_backbone(AssociationModel(load_config("small")).face_encoder, path)
+
+
+def test_a_weight_file_of_the_wrong_type_is_a_clear_error(tmp_path):
+    torch.save([1, 2, 3], tmp_path / "list.pt")
+    with pytest.raises(ValueError, match="expected a state dict, found list"):
+        load_voice_backbone(AssociationModel(load_config("small")).voice_encoder, tmp_path / "list.pt")

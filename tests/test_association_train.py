@@ -80,8 +80,8 @@ def test_resume_continues_exactly(toy, tmp_path):
     assert _train(toy, straight, iterations=40, direction="v2f") == 0
     assert _train(toy, resumed, iterations=20, direction="v2f") == 0
     assert _train(toy, resumed, "--resume", iterations=40, direction="v2f") == 0
-    a = torch.load(straight / "checkpoints/last.pt", weights_only=False)
-    b = torch.load(resumed / "checkpoints/last.pt", weights_only=False)
+    a = torch.load(straight / "checkpoints/last.pt", weights_only=True)
+    b = torch.load(resumed / "checkpoints/last.pt", weights_only=True)
     assert a["step"] == b["step"] == 40
     for k, v in a["model"].items():
         assert torch.allclose(v.float(), b["model"][k].float(), atol=1e-5), k
@@ -108,7 +108,8 @@ def test_torchrun_ddp_on_two_cpu_processes(toy, tmp_path):
 
 def test_trial_list_matching_and_verification(trained, toy, tmp_path):
     import csv
-    rows = list(csv.DictReader((toy / "manifest.csv").open()))
+    with (toy / "manifest.csv").open() as f:
+        rows = list(csv.DictReader(f))
     test = [r for r in rows if r["split"] == "test"]
     voices = {r["identity"]: r["path"] for r in test if r["modality"] == "voice"}
     faces = {r["identity"]: r["path"] for r in test if r["modality"] == "face"}
@@ -148,5 +149,11 @@ def test_backbone_pretraining_writes_loadable_weights(toy, tmp_path, capsys):
                   str(out / "voice_backbone.pt"), iterations=2) == 0
     meta = json.loads((run / "run.json").read_text())
     assert meta["pretrained"] is True
-    state = torch.load(run / "checkpoints/last.pt", weights_only=False)
+    state = torch.load(run / "checkpoints/last.pt", weights_only=True)
     assert state["optimizer"]["param_groups"][1]["lr"] == 1e-5  # the paper's fine-tuning rate
+
+
+def test_evaluating_a_file_that_is_not_a_checkpoint_is_a_clear_error(tmp_path):
+    (tmp_path / "best.pt").write_bytes(b"\x00" * 64)
+    with pytest.raises(SystemExit, match="not a `facevoice train association` checkpoint"):
+        main(["eval", "association", "--run", str(tmp_path), "--corpus", str(tmp_path)])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -49,8 +50,11 @@ def load_run(run: Path, checkpoint: str, device: torch.device) -> tuple[Associat
     path = run / checkpoint
     if not path.exists():
         raise SystemExit(f"{path}: no checkpoint (train first, or pass --checkpoint)")
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    cfg = from_dict(state["config"])
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)  # never run code from a file
+        cfg = from_dict(state["config"])
+    except (OSError, RuntimeError, EOFError, KeyError, TypeError, ValueError, pickle.UnpicklingError) as e:
+        raise SystemExit(f"{path}: not a `facevoice train association` checkpoint ({type(e).__name__}: {e})") from e
     model = AssociationModel(cfg)
     model.load_state_dict(state["model"])
     model.to(device).eval()

@@ -3,6 +3,7 @@ globally average-pooled (512-d) and followed by FC 128 + ReLU, FC 128."""
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import torch
@@ -104,7 +105,10 @@ class AssociationModel(nn.Module):
 
 
 def _state_dict_from_file(path: Path) -> dict[str, torch.Tensor]:
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as e:  # truncated, not torch, code
+        raise ValueError(f"{path}: not a readable weight file ({type(e).__name__}: {str(e)[:200]})") from e
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     if not isinstance(state, dict):

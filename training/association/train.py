@@ -185,7 +185,7 @@ def run(args: argparse.Namespace) -> int:
     if args.resume:
         if not last.exists():
             raise SystemExit(f"--resume: no checkpoint at {last}")
-        state = torch.load(last, map_location=device, weights_only=False)
+        state = torch.load(last, map_location=device, weights_only=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         step, best, best_step = state["step"], state["best"], state["best_step"]
@@ -259,7 +259,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def summary(out: Path, direction: str, step: int, best: float, best_step: int, last_val: dict) -> str:
-    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    with (out / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
     rates = [float(r["triplets_per_s"]) for r in rows if r["triplets_per_s"]]
     return "\n".join([
         f"association model ({direction}) trained {step} iterations -> {out}",
