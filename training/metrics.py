@@ -60,14 +60,24 @@ def mean_interval(samples: np.ndarray, confidence: float = 0.99) -> tuple[float,
     return float(samples.mean()), float(half)
 
 
-def roc_auc_eer(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
-    """Verification: area under the ROC curve and the equal error rate (higher score = same)."""
-    from sklearn.metrics import roc_auc_score, roc_curve
+def roc(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Verification ROC (false and true positive rates; higher score = same identity)."""
+    from sklearn.metrics import roc_curve
 
     labels = np.asarray(labels).astype(bool)
     if labels.all() or not labels.any():
         raise ValueError("verification needs both same-identity and different-identity pairs")
     fpr, tpr, _ = roc_curve(labels, scores)
+    return fpr, tpr
+
+
+def roc_auc_eer(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """Verification: area under the ROC curve and the equal error rate (higher score = same)."""
+    return auc_eer(*roc(scores, labels))
+
+
+def auc_eer(fpr: np.ndarray, tpr: np.ndarray) -> tuple[float, float]:
+    """AUC (trapezoids, as sklearn's roc_auc_score) and EER of one ROC curve."""
     fnr = 1 - tpr
     k = int(np.argmax(fnr <= fpr))  # first point where the curves cross
     if k == 0:
@@ -76,7 +86,9 @@ def roc_auc_eer(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
         d0, d1 = fpr[k - 1] - fnr[k - 1], fpr[k] - fnr[k]
         w = d0 / (d0 - d1) if d0 != d1 else 0.0
         eer = float(fpr[k - 1] + w * (fpr[k] - fpr[k - 1]))
-    return float(roc_auc_score(labels, scores)), eer
+    from sklearn.metrics import auc
+
+    return float(auc(fpr, tpr)), eer
 
 
 def recall_at_k(distances: np.ndarray, query_identity: np.ndarray, gallery_identity: np.ndarray,

@@ -119,6 +119,11 @@ def load_split(corpus: Path, split: str, cfg: AssociationConfig, cache_dir: Path
     return SplitData(identities, attributes, mods["face"], mods["voice"])
 
 
+def windows(data: np.ndarray, rows, starts, length: int) -> np.ndarray:
+    """float32 [len(rows), length]: data[row, start:start + length] for each (row, start)."""
+    return np.stack([np.asarray(data[r, s:s + length], np.float32) for r, s in zip(rows, starts, strict=True)])
+
+
 @dataclass
 class Batch:
     """Inputs for one step: the faces and voices to encode, and for each tuple the rows of
@@ -163,23 +168,19 @@ class TupleSampler:
         return int(self.rng.choice(self.by_identity[modality][identity]))
 
     def draw(self, n: int) -> Batch:
-        faces, voices, triples, voice_anchor = [], [], [], []
-
-        def add(modality: str, row: int) -> int:
-            bucket = faces if modality == "face" else voices
-            bucket.append(row)
-            return len(bucket) - 1 if modality == "face" else -len(bucket)  # voices resolved below
-
+        faces, voices, slots, voice_anchor = [], [], [], []
         for _ in range(n):
             v2f = self.direction == "v2f" or (self.direction == "both" and self.rng.random() < 0.5)
             ref, other = ("voice", "face") if v2f else ("face", "voice")
             ident = int(self.rng.choice(self.usable))
             impostor = int(self.rng.choice(self.peers[ident]))
-            triples.append((add(ref, self._item(ref, ident)), add(other, self._item(other, ident)),
-                            add(other, self._item(other, impostor))))
+            for modality, identity in ((ref, ident), (other, ident), (other, impostor)):
+                bucket = voices if modality == "voice" else faces
+                slots.append((modality == "voice", len(bucket)))
+                bucket.append(self._item(modality, identity))
             voice_anchor.append(v2f)
-        nf = len(faces)
-        rows = torch.tensor([[r if r >= 0 else nf + (-r - 1) for r in t] for t in triples])
+        # voice representations follow the face ones in cat([faces, voices])
+        rows = torch.tensor([k + len(faces) * is_voice for is_voice, k in slots]).view(n, 3)
         return Batch(self._faces(faces), self._voices(voices), rows[:, 0], rows[:, 1], rows[:, 2],
                      torch.tensor(voice_anchor))
 
@@ -189,11 +190,7 @@ class TupleSampler:
 
     def _voices(self, rows: list[int]) -> torch.Tensor:
         data = self.split.voice.data
-        out = np.empty((len(rows), self.voice_len), dtype=np.float32)
-        for k, r in enumerate(rows):
-            start = 0
-            if self.cfg.voice.crop == "random":
-                start = int(self.rng.integers(data.shape[1] - self.voice_len + 1))
-            out[k] = data[r, start:start + self.voice_len]
-        x = torch.from_numpy(out)
+        random = self.cfg.voice.crop == "random"
+        starts = [int(self.rng.integers(data.shape[1] - self.voice_len + 1)) if random else 0 for _ in rows]
+        x = torch.from_numpy(windows(data, rows, starts, self.voice_len))
         return augment_voices(x, self.rng) if self.cfg.voice.augment else x

@@ -26,6 +26,7 @@ from training.association.protocol import (
     verification,
 )
 from training.association.report import format_summary, write_report
+from training.association.train import pick_device
 from training.corpus.manifest import read_identities
 
 
@@ -105,7 +106,7 @@ def tsne_figures(emb: Embeddings, split: SplitData, corpus: Path, out: Path, see
 
 
 def run(args: argparse.Namespace) -> int:
-    device = torch.device(args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
+    device = pick_device(args.device, local_rank=0)
     model, cfg, state = load_run(args.run, args.checkpoint, device)
     run_meta = json.loads((args.run / "run.json").read_text()) if (args.run / "run.json").exists() else {}
     corpus = args.corpus or Path(run_meta.get("corpus", ""))
@@ -136,8 +137,8 @@ def run(args: argparse.Namespace) -> int:
         bar.set_postfix_str(name)
         metrics[key] = fn()
     figures = [
-        plots.matching_bars({d: {c: v for c, v in metrics["matching"][d].items()} for d in ("v2f", "f2v")},
-                            metrics["oracle"], out / "matching.png"),
+        plots.matching_bars({d: metrics["matching"][d] for d in ("v2f", "f2v")}, metrics["oracle"],
+                            out / "matching.png"),
         plots.one_of_n_curve(metrics["one_of_n"], out / "one_of_n.png"),
         plots.roc_curves({"voice-face": (np.array(metrics["verification"]["roc"]["fpr"]),
                                          np.array(metrics["verification"]["roc"]["tpr"]),

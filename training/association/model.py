@@ -140,7 +140,7 @@ def load_voice_backbone(encoder: VoiceEncoder, path: Path) -> int:
     wanted = encoder.features.state_dict()
     picked = {}
     for key, value in state.items():
-        name = key.removeprefix("module.").removeprefix("features.").replace(".0.", ".")
+        name = key.removeprefix("module.").removeprefix("features.")
         if name in wanted:
             if value.dim() == 4 and value.shape[-1] == 1:
                 value = value[..., 0]

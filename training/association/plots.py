@@ -85,12 +85,12 @@ def recall_curves(recall: dict, random: dict, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(5, 3.6))
     for direction, by_size in recall.items():
         for size, rk in by_size.items():
-            ks = sorted(int(k) for k in rk)
-            ax.plot(ks, [rk[str(k)] if str(k) in rk else rk[k] for k in ks], "o-",
+            ks = sorted(rk)
+            ax.plot(ks, [rk[k] for k in ks], "o-",
                     label=f"{direction.replace('2', '→').upper()}, set {size}")
     for size, rk in random.items():
-        ks = sorted(int(k) for k in rk)
-        ax.plot(ks, [rk[str(k)] if str(k) in rk else rk[k] for k in ks], ":", color="grey",
+        ks = sorted(rk)
+        ax.plot(ks, [rk[k] for k in ks], ":", color="grey",
                 label=f"random, set {size}")
     ax.set(xscale="log", xlabel="K", ylabel="recall@K", title="cross-modal retrieval")
     ax.legend(fontsize=7)

@@ -19,8 +19,9 @@ from tqdm import tqdm
 
 from training.association.augment import augment_faces, augment_voices
 from training.association.config import AssociationConfig, load_config
-from training.association.data import SplitData, load_split
-from training.association.model import FaceEncoder, VoiceEncoder
+from training.association.data import SplitData, load_split, windows
+from training.association.model import SoundNet, vgg_features
+from training.association.train import pick_device
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -47,8 +48,7 @@ def _inputs(split: SplitData, modality: str, cfg: AssociationConfig, rows: np.nd
         return augment_faces(torch.from_numpy(np.asarray(data[rows], dtype=np.float32)), rng)
     n = cfg.voice.frontend().samples
     starts = rng.integers(data.shape[1] - n + 1, size=len(rows))
-    windows = [np.asarray(data[r, s:s + n], np.float32) for r, s in zip(rows, starts, strict=True)]
-    return augment_voices(torch.from_numpy(np.stack(windows)), rng)
+    return augment_voices(torch.from_numpy(windows(data, rows, starts, n)), rng)
 
 
 def classify_identities(split: SplitData, modality: str, cfg: AssociationConfig, steps: int, batch: int,
@@ -56,8 +56,7 @@ def classify_identities(split: SplitData, modality: str, cfg: AssociationConfig,
     """Softmax over the training identities on top of the backbone's pooled features."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    encoder = (FaceEncoder(cfg.face, cfg.embedding) if modality == "face"
-               else VoiceEncoder(cfg.voice, cfg.embedding)).features.to(device)
+    encoder = (vgg_features(cfg.face) if modality == "face" else SoundNet(cfg.voice)).to(device)
     width = cfg.face.widths[-1] if modality == "face" else cfg.voice.widths[-1]
     labels = getattr(split, modality).identity
     classifier = nn.Linear(width, len(split.identities)).to(device)
@@ -83,7 +82,7 @@ def classify_identities(split: SplitData, modality: str, cfg: AssociationConfig,
 
 
 def run(args: argparse.Namespace) -> int:
-    device = torch.device(args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
+    device = pick_device(args.device, local_rank=0)
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = load_config(args.config, args.set)

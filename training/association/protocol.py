@@ -12,6 +12,7 @@ from training.association.data import SplitData
 from training.association.trials import LARGEST_GROUP, REFERENCE, annotated, largest_group, matching_trials
 from training.corpus.oracle import CONTROLS
 from training.metrics import (
+    auc_eer,
     cluster_bootstrap_interval,
     mean_interval,
     one_of_n_correct,
@@ -20,7 +21,7 @@ from training.metrics import (
     random_recall_at_k,
     recall_at_k,
     retrieval_map,
-    roc_auc_eer,
+    roc,
     wilson_interval,
 )
 
@@ -79,12 +80,10 @@ def one_of_n(emb: Embeddings, split: SplitData, n: int, seed: int, ns=range(2, 1
 
 def verification(emb: Embeddings, split: SplitData) -> dict:
     """Every (voice, face) pair of the test set; score = -L2 distance; ROC AUC and EER."""
-    from sklearn.metrics import roc_curve
-
     d = pairwise_l2(emb.voice, emb.face)
     same = split.voice.identity[:, None] == split.face.identity[None, :]
-    auc, eer = roc_auc_eer(-d.ravel(), same.ravel())
-    fpr, tpr, _ = roc_curve(same.ravel(), -d.ravel())
+    fpr, tpr = roc(-d.ravel(), same.ravel())
+    auc, eer = auc_eer(fpr, tpr)
     keep = np.unique(np.linspace(0, len(fpr) - 1, 300).astype(int))
     return {"auc": auc, "eer": eer, "pairs": int(same.size), "positives": int(same.sum()),
             "roc": {"fpr": fpr[keep].tolist(), "tpr": tpr[keep].tolist()}}
@@ -105,7 +104,7 @@ def retrieval(emb: Embeddings, split: SplitData, seed: int, sizes=SET_SIZES, ks=
     each voice queries the set's faces (V->F) and back; recall@K and mAP averaged over sets."""
     pairs = _pairs(split, np.random.default_rng(seed))
     usable = sorted({min(s, len(pairs)) for s in sizes})
-    out = {"sizes": usable, "v2f": {}, "f2v": {}, "random": {}, "map": {"v2f": {}, "f2v": {}},
+    out = {"sizes": usable, "sets": {}, "v2f": {}, "f2v": {}, "random": {}, "map": {"v2f": {}, "f2v": {}},
            "random_map": {}}
     for size in usable:
         sets = [pairs[k:k + size] for k in range(0, len(pairs) - size + 1, size)]
@@ -124,7 +123,7 @@ def retrieval(emb: Embeddings, split: SplitData, seed: int, sizes=SET_SIZES, ks=
         out["map"]["v2f"][size] = float(np.mean(acc["map_v2f"]))
         out["map"]["f2v"][size] = float(np.mean(acc["map_f2v"]))
         out["random_map"][size] = float(np.mean(acc["random_map"]))
-        out.setdefault("sets", {})[size] = len(sets)
+        out["sets"][size] = len(sets)
     return out
 
 

@@ -189,8 +189,8 @@ def run(args: argparse.Namespace) -> int:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         step, best, best_step = state["step"], state["best"], state["best_step"]
-        sampler.rng.bit_generator.state = state["sampler_rng"][rank] if rank < len(state["sampler_rng"]) \
-            else sampler.rng.bit_generator.state
+        if rank < len(state["sampler_rng"]):  # only rank 0's stream is saved; other ranks start afresh
+            sampler.rng.bit_generator.state = state["sampler_rng"][rank]
         torch.set_rng_state(state["torch_rng"])
     if main:
         (out / "run.json").write_text(json.dumps({
