@@ -104,3 +104,19 @@ def test_split_arithmetic():
     split = assign_splits(list("abcdefghij"), (7, 1, 2), 0)
     assert Counter(split.values()) == {"train": 7, "val": 1, "test": 2}
     assert split == assign_splits(list("jihgfedcba"), (7, 1, 2), 0)  # order of input irrelevant
+
+
+@pytest.mark.parametrize("score", [-6.0, 6.0])
+def test_faces_render_at_extreme_geometry_scores(score):
+    """Scores are standard normal, so at thousands of people one lands past -4.5 sd; a size that
+    went negative there used to crash `corpus synth` (seen at 1,500 identities)."""
+    from training.corpus.faces import FaceNuisance, render_face
+    from training.corpus.people import sample_population
+
+    face = sample_population(1, seed=0).people[0].face
+    geometry = ("face_width", "nose_width", "face_height", "jaw", "nose_length", "eye_spacing", "eye_size",
+                "lip_thickness", "mouth_width", "brow_thickness", "brow_height")
+    extreme = replace(face, **{k: score for k in geometry})
+    for nuisance in (FaceNuisance.canonical(), FaceNuisance.sample(np.random.default_rng(0))):
+        img = render_face(extreme, nuisance, 128, np.random.default_rng(0))
+        assert img.size == (128, 128) and np.asarray(img).std() > 10

@@ -152,7 +152,7 @@ class _Painter:
     def eyes(self):
         p, n = self.p, self.n
         spacing = self.eye_dx
-        ew = 0.052 + 0.006 * p.eye_size
+        ew = max(0.01, 0.052 + 0.006 * p.eye_size)  # sizes stay positive however far out a score is
         eh = ew * 0.55 * p.eye_openness * n.eye_open
         y = self.cy - 0.02
         for side in (-1, 1):
@@ -183,7 +183,7 @@ class _Painter:
 
     def nose(self):
         p = self.p
-        nw = 0.032 + 0.007 * p.nose_width
+        nw = max(0.004, 0.032 + 0.007 * p.nose_width)
         nl = 0.11 + 0.012 * p.nose_length
         x, top, tip = self.cx + self.dx * 1.3, self.cy - 0.01, self.cy - 0.01 + nl
         shadow = _shade(self.skin, 0.82)
@@ -202,7 +202,7 @@ class _Painter:
     def mouth(self):
         p, n = self.p, self.n
         mw = 0.065 + 0.008 * p.mouth_width
-        lip = 0.012 + 0.003 * p.lip_thickness
+        lip = max(0.002, 0.012 + 0.003 * p.lip_thickness)
         x, y = self.cx + self.dx * 1.1, self.cy + 0.17 + 0.01 * self.hh / 0.32
         lip_rgb = _mix(self.skin, (160, 60, 70), 0.45 if p.gender == "female" else 0.25)
         bend = 0.02 * n.smile
