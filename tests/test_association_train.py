@@ -16,6 +16,7 @@ from tests.toy_corpus import TINY, build_toy_corpus
 from training.association.data import load_split
 from training.association.evaluate import load_run, split_embeddings
 from training.association.protocol import matching_cell
+from training.association.report import label_provenance
 
 
 @pytest.fixture(scope="module")
@@ -142,13 +143,18 @@ def test_backbone_pretraining_writes_loadable_weights(toy, tmp_path, capsys):
     sets = [a for s in TINY for a in ("--set", s)]
     out = tmp_path / "bb"
     assert main(["train", "backbones", "--corpus", str(toy), "--out", str(out), "--steps", "5", "--batch", "4",
-                 "--workers", "1", "--no-progress", *sets]) == 0
+                 "--workers", "1", "--no-progress", "--attributes", "gender", *sets]) == 0
     assert "identity accuracy" in capsys.readouterr().out
+    record = json.loads((out / "backbones.json").read_text())
+    assert record["face_backbone.pt"]["attributes"] == ["gender"] and record["voice_backbone.pt"]["split"] == "train"
     run = tmp_path / "run"
     assert _train(toy, run, "--face-weights", str(out / "face_backbone.pt"), "--voice-weights",
                   str(out / "voice_backbone.pt"), iterations=2) == 0
     meta = json.loads((run / "run.json").read_text())
     assert meta["pretrained"] is True
+    assert meta["backbones"]["face"]["trained_on"]["attributes"] == ["gender"]  # reports say which labels it saw
+    assert "pretrained with the face backbone on gender" in label_provenance(meta["backbones"])
+    assert label_provenance({}) == "No attribute label was used in training."
     state = torch.load(run / "checkpoints/last.pt", weights_only=True)
     assert state["optimizer"]["param_groups"][1]["lr"] == 1e-5  # the paper's fine-tuning rate
 

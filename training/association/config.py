@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import tomllib
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from service.media import AssociationAudio, FaceImage
+from training.configfile import build_config, read_config
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -79,20 +79,8 @@ class AssociationConfig:
 _SECTIONS = {"face": FaceConfig, "voice": VoiceConfig, "embedding": EmbeddingConfig, "train": TrainConfig}
 
 
-def _section(kind, values: dict):
-    known = {f.name: f for f in fields(kind)}
-    unknown = set(values) - set(known)
-    if unknown:
-        raise ValueError(f"unknown {kind.__name__} keys: {', '.join(sorted(unknown))}")
-    return kind(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
-
-
 def from_dict(d: dict) -> AssociationConfig:
-    unknown = set(d) - {"name", *_SECTIONS}
-    if unknown:
-        raise ValueError(f"unknown config sections: {', '.join(sorted(unknown))}")
-    cfg = AssociationConfig(name=d.get("name", "custom"),
-                            **{k: _section(kind, d.get(k, {})) for k, kind in _SECTIONS.items()})
+    cfg = build_config(AssociationConfig, _SECTIONS, d)
     validate(cfg)
     return cfg
 
@@ -110,27 +98,6 @@ def validate(cfg: AssociationConfig) -> None:
         raise ValueError("train.batch and train.hard_pool must be positive")
 
 
-def _parse_value(text: str):
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
 def load_config(name_or_path: str, overrides: list[str] = ()) -> AssociationConfig:
     """A named config (`small`, `paper`) or a TOML file, then `section.key=value` overrides."""
-    path = CONFIG_DIR / f"{name_or_path}.toml"
-    if not path.exists():
-        path = Path(name_or_path)
-    if not path.exists():
-        names = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.toml")))
-        raise ValueError(f"no config {name_or_path!r}: give one of {names} or a TOML file")
-    d = tomllib.loads(path.read_text())
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        section, dot, name = key.strip().partition(".")
-        if not sep or not dot or section not in _SECTIONS:
-            raise ValueError(f"override {item!r}: expected section.key=value, section one of "
-                             f"{', '.join(_SECTIONS)}")
-        d.setdefault(section, {})[name] = _parse_value(value.strip())
-    return from_dict(d)
+    return from_dict(read_config(CONFIG_DIR, name_or_path, overrides, _SECTIONS))

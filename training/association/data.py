@@ -40,7 +40,7 @@ class SplitData:
     voice: Modality
 
 
-def _cache_key(corpus: Path, split: str, modality: str, frontend) -> str:
+def cache_key(corpus: Path, split: str, modality: str, frontend) -> str:
     manifest = (corpus / MANIFEST).stat()
     text = json.dumps([str(corpus.resolve()), manifest.st_size, manifest.st_mtime_ns, split, modality,
                        repr(frontend)])
@@ -113,7 +113,7 @@ def load_split(corpus: Path, split: str, cfg: AssociationConfig, cache_dir: Path
         if not chosen:
             raise ValueError(f"{corpus}: no {modality} items in split {split!r}")
         data = decode_items(corpus, chosen, frontend, Path(cache_dir),
-                            _cache_key(corpus, split, modality, frontend), workers, progress)
+                            cache_key(corpus, split, modality, frontend), workers, progress)
         mods[modality] = Modality(data, np.array([index[i.identity] for i in chosen]),
                                   [i.item_id for i in chosen])
     return SplitData(identities, attributes, mods["face"], mods["voice"])

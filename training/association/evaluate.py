@@ -26,8 +26,8 @@ from training.association.protocol import (
     verification,
 )
 from training.association.report import format_summary, write_report
-from training.association.train import pick_device
 from training.corpus.manifest import read_identities
+from training.runs import pick_device
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -130,7 +130,8 @@ def run(args: argparse.Namespace) -> int:
     metrics: dict = {"run": str(args.run), "checkpoint": args.checkpoint, "trained_direction": state["direction"],
                      "step": state["step"], "config": cfg.name, "corpus": str(corpus), "split": args.split,
                      "identities": len(split.identities), "faces": len(split.face.item_ids),
-                     "voices": len(split.voice.item_ids), "oracle": corpus_oracle(corpus, args.split)}
+                     "voices": len(split.voice.item_ids), "oracle": corpus_oracle(corpus, args.split),
+                     "backbones": run_meta.get("backbones", {})}
     keys = ["matching", "one_of_n", "verification", "retrieval", "probes"]
     bar = tqdm(steps, desc="evaluate", disable=args.no_progress)
     for key, (name, fn) in zip(keys, bar, strict=True):

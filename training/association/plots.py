@@ -53,7 +53,7 @@ def matching_bars(table: dict, oracle: dict | None, path: Path) -> Path:
             ax.bar(x + 0.2, [oracle[direction].get(c) or np.nan for c in controls], 0.4, label="oracle",
                    color="tab:green", alpha=0.7)
         ax.axhline(0.5, color="grey", ls=":", label="chance")
-        ax.set_xticks(x, controls)
+        ax.set_xticks(x, [c.replace(" ", "\n") for c in controls])  # "largest group" on two lines
         ax.set(ylim=(0.3, 1.0), ylabel="1:2 accuracy", title=direction.replace("2", "→").upper())
         ax.legend(fontsize=8)
     return _save(fig, path)

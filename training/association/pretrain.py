@@ -9,6 +9,7 @@ demographic label; docs/association.md lists it among the deviations.
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from training.association.augment import augment_faces, augment_voices
 from training.association.config import AssociationConfig, load_config
 from training.association.data import SplitData, load_split, windows
 from training.association.model import SoundNet, vgg_features
-from training.association.train import pick_device
+from training.runs import pick_device
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -33,6 +34,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--modalities", nargs="+", choices=("face", "voice"), default=["face", "voice"])
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--attributes", nargs="*", default=[], metavar="ATTR",
+                   help="also classify these manifest attributes of the training identities "
+                        "(e.g. gender age_group appearance_group): a documented deviation, see docs/association.md")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=0)
@@ -51,24 +55,44 @@ def _inputs(split: SplitData, modality: str, cfg: AssociationConfig, rows: np.nd
     return augment_voices(torch.from_numpy(windows(data, rows, starts, n)), rng)
 
 
+def attribute_targets(split: SplitData, attributes: list[str]) -> dict[str, np.ndarray]:
+    """identity index -> class index of each attribute, classes sorted by name."""
+    out = {}
+    for attr in attributes:
+        values = [a.get(attr, "") for a in split.attributes]
+        classes = sorted(set(values))
+        if len(classes) < 2:
+            raise SystemExit(f"--attributes {attr}: the training split has {len(classes)} value(s) of it, need 2+")
+        out[attr] = np.array([classes.index(v) for v in values])
+    return out
+
+
 def classify_identities(split: SplitData, modality: str, cfg: AssociationConfig, steps: int, batch: int,
-                        lr: float, seed: int, device: torch.device, progress: bool) -> tuple[nn.Module, dict]:
-    """Softmax over the training identities on top of the backbone's pooled features."""
+                        lr: float, seed: int, device: torch.device, progress: bool,
+                        attributes: list[str] = ()) -> tuple[nn.Module, dict]:
+    """Softmax over the training identities on top of the backbone's pooled features; with
+    `attributes`, one more softmax head per attribute, their cross-entropies added with weight 1."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     encoder = (vgg_features(cfg.face) if modality == "face" else SoundNet(cfg.voice)).to(device)
     width = cfg.face.widths[-1] if modality == "face" else cfg.voice.widths[-1]
     labels = getattr(split, modality).identity
     classifier = nn.Linear(width, len(split.identities)).to(device)
-    opt = torch.optim.Adam([*encoder.parameters(), *classifier.parameters()], lr)
+    targets = attribute_targets(split, list(attributes))
+    heads = nn.ModuleDict({a: nn.Linear(width, int(t.max()) + 1) for a, t in targets.items()}).to(device)
+    opt = torch.optim.Adam([*encoder.parameters(), *classifier.parameters(), *heads.parameters()], lr)
     pool = (2, 3) if modality == "face" else (2,)
     losses, correct, start = [], [], time.perf_counter()
     bar = tqdm(range(steps), desc=f"pretrain {modality} backbone", disable=not progress, dynamic_ncols=True)
     for step in bar:
         rows = rng.integers(len(labels), size=batch)
         y = torch.from_numpy(labels[rows]).long().to(device)
-        logits = classifier(encoder(_inputs(split, modality, cfg, rows, rng).to(device)).mean(dim=pool))
+        pooled = encoder(_inputs(split, modality, cfg, rows, rng).to(device)).mean(dim=pool)
+        logits = classifier(pooled)
         loss = nn.functional.cross_entropy(logits, y)
+        for attr, head in heads.items():
+            y_attr = torch.from_numpy(targets[attr][labels[rows]]).to(device)
+            loss = loss + nn.functional.cross_entropy(head(pooled), y_attr)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -79,6 +103,25 @@ def classify_identities(split: SplitData, modality: str, cfg: AssociationConfig,
     return encoder, {"steps": steps, "final_loss": float(np.mean(losses[-50:])),
                      "final_train_accuracy": float(np.mean(correct[-50:])), "classes": len(split.identities),
                      "seconds": time.perf_counter() - start}
+
+
+PROVENANCE = "backbones.json"
+
+
+def record_provenance(weights: Path, info: dict) -> None:
+    """What a weight file was trained on, in backbones.json beside it (keyed by file name), so a
+    report can say which labels its backbones saw."""
+    path = weights.parent / PROVENANCE
+    known = json.loads(path.read_text()) if path.exists() else {}
+    known[weights.name] = info
+    path.write_text(json.dumps(known, indent=2) + "\n")
+
+
+def provenance(weights: Path | None) -> dict | None:
+    """The backbones.json entry of a weight file, or None (a user's own file)."""
+    if weights is None or not (Path(weights).parent / PROVENANCE).exists():
+        return None
+    return json.loads((Path(weights).parent / PROVENANCE).read_text()).get(Path(weights).name)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -92,9 +135,12 @@ def run(args: argparse.Namespace) -> int:
     lines = [f"backbones pretrained on {len(train.identities)} training identities -> {args.out}"]
     for modality in args.modalities:
         encoder, stats = classify_identities(train, modality, cfg, args.steps, args.batch, args.lr, args.seed,
-                                             device, not args.no_progress)
+                                             device, not args.no_progress, args.attributes)
         path = args.out / f"{modality}_backbone.pt"
         torch.save({k: v.cpu() for k, v in encoder.state_dict().items()}, path)
+        record_provenance(path, {"corpus": str(args.corpus.resolve()), "split": "train",
+                                 "identities": len(train.identities), "attributes": list(args.attributes),
+                                 **{k: v for k, v in stats.items() if k != "seconds"}})
         lines.append(f"  {modality}: {stats['steps']} steps in {stats['seconds']:.0f} s, identity accuracy on "
                      f"training batches {100 * stats['final_train_accuracy']:.0f}% (chance "
                      f"{100 / stats['classes']:.1f}%) -> {path.name}")

@@ -63,6 +63,19 @@ def probe_lines(p: dict) -> list[str]:
     return lines
 
 
+def label_provenance(backbones: dict) -> str:
+    """Which attribute labels the model saw: the association loss uses none; a backbone from
+    `train backbones --attributes` saw those of the training identities."""
+    seen = {m: b["trained_on"]["attributes"] for m, b in backbones.items()
+            if (b.get("trained_on") or {}).get("attributes")}
+    if not seen:
+        return "No attribute label was used in training."
+    return ("The association training used no attribute label, but its backbones were pretrained with "
+            + "; ".join(f"the {m} backbone on {', '.join(a)}" for m, a in seen.items())
+            + " of the training identities (docs/association.md, deviations), so probes of those attributes "
+            "measure what pretraining put there as much as what association learned.")
+
+
 def write_report(m: dict, path: Path) -> Path:
     v = m["verification"]
     lg = m["matching"].get("largest_group")
@@ -117,8 +130,8 @@ def write_report(m: dict, path: Path) -> Path:
         "",
         "## Linear probes (Table 4)",
         "",
-        "One-vs-rest linear SVMs on standardised representations; holdouts split identities in half; "
-        "none of these attributes was used in training.",
+        "One-vs-rest linear SVMs on standardised representations; holdouts split identities in half. "
+        + label_provenance(m.get("backbones", {})),
         "",
         *probe_lines(m["probes"]),
         "",

@@ -7,7 +7,6 @@ after `hard_after`), validation 1:2 accuracy for model selection, checkpoint.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import sys
@@ -25,8 +24,10 @@ from training.association.data import Batch, SplitData, TupleSampler, load_split
 from training.association.embed import embed
 from training.association.loss import hardest, triplet_loss
 from training.association.model import AssociationModel, load_face_backbone, load_voice_backbone
+from training.association.pretrain import provenance
 from training.association.trials import matching_trials
 from training.metrics import one_of_n_correct
+from training.runs import RunLog, configure_cuda, pick_device, read_metrics, restore, save_checkpoint
 
 DIRECTIONS = ("v2f", "f2v", "both")
 CSV_FIELDS = ("step", "loss", "lr_head", "lr_backbone", "triplets_per_s", "hard", "val_v2f", "val_f2v")
@@ -63,12 +64,6 @@ class TripletNet(nn.Module):
         return triplet_loss(e[batch.anchor], e[batch.positive], e[batch.negative])
 
 
-def pick_device(name: str, local_rank: int) -> torch.device:
-    if name == "auto":
-        name = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
-
-
 def build_optimizer(model: AssociationModel, cfg: AssociationConfig, pretrained: bool) -> torch.optim.Adam:
     """Sec. 4.3: Adam(0.9, 0.999); FC layers at lr_head, the backbones at lr_backbone when they were
     loaded from weights, at lr_backbone_scratch when trained from scratch (our deviation)."""
@@ -102,43 +97,6 @@ def selection_score(val: dict[str, float], direction: str) -> float:
     return val[f"val_{direction}"]
 
 
-class RunLog:
-    """metrics.csv and TensorBoard events in the run directory (rank 0 only)."""
-
-    def __init__(self, out: Path, resume: bool):
-        self.path = out / "metrics.csv"
-        fresh = not (resume and self.path.exists())
-        self.file = self.path.open("w" if fresh else "a", newline="")
-        self.writer = csv.DictWriter(self.file, CSV_FIELDS)
-        if fresh:
-            self.writer.writeheader()
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-            self.tb = SummaryWriter(str(out / "tensorboard"))
-        except ImportError:  # tensorboard is a dependency; a stripped install still trains
-            self.tb = None
-
-    def write(self, row: dict) -> None:
-        self.writer.writerow({k: row.get(k, "") for k in CSV_FIELDS})
-        self.file.flush()
-        if self.tb is not None:
-            for k, v in row.items():
-                if k != "step" and v != "":
-                    self.tb.add_scalar(k, v, row["step"])
-
-    def close(self) -> None:
-        self.file.close()
-        if self.tb is not None:
-            self.tb.close()
-
-
-def save_checkpoint(path: Path, **state) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)  # atomic: a crash mid-save never leaves a torn checkpoint
-
-
 def run(args: argparse.Namespace) -> int:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
@@ -147,10 +105,7 @@ def run(args: argparse.Namespace) -> int:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     if args.threads:
         torch.set_num_threads(args.threads)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True
+    configure_cuda(device)
     main = rank == 0
     cfg = load_config(args.config, args.set)
     out: Path = args.out
@@ -183,22 +138,16 @@ def run(args: argparse.Namespace) -> int:
     step, best, best_step = 0, -1.0, 0
     last = out / "checkpoints" / "last.pt"
     if args.resume:
-        if not last.exists():
-            raise SystemExit(f"--resume: no checkpoint at {last}")
-        state = torch.load(last, map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        step, best, best_step = state["step"], state["best"], state["best_step"]
-        if rank < len(state["sampler_rng"]):  # only rank 0's stream is saved; other ranks start afresh
-            sampler.rng.bit_generator.state = state["sampler_rng"][rank]
-        torch.set_rng_state(state["torch_rng"])
+        step, best, best_step = restore(last, device, model, optimizer, sampler.rng, rank)
     if main:
         (out / "run.json").write_text(json.dumps({
             "config": cfg.to_dict(), "direction": args.direction, "corpus": str(args.corpus.resolve()),
             "seed": args.seed, "world_size": world, "device": str(device), "pretrained": pretrained,
+            "backbones": {m: {"path": str(w), "trained_on": provenance(w)}
+                          for m, w in (("face", args.face_weights), ("voice", args.voice_weights)) if w},
             "torch": torch.__version__, "train_identities": len(train.identities),
             "command": " ".join(sys.argv)}, indent=2))
-    log = RunLog(out, args.resume) if main else None
+    log = RunLog(out, args.resume, CSV_FIELDS) if main else None
 
     t = cfg.train
     amp = device.type == "cuda"
@@ -259,8 +208,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def summary(out: Path, direction: str, step: int, best: float, best_step: int, last_val: dict) -> str:
-    with (out / "metrics.csv").open() as f:
-        rows = list(csv.DictReader(f))
+    rows = read_metrics(out / "metrics.csv")
     rates = [float(r["triplets_per_s"]) for r in rows if r["triplets_per_s"]]
     return "\n".join([
         f"association model ({direction}) trained {step} iterations -> {out}",
