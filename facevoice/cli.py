@@ -17,6 +17,10 @@ VERBS: dict[tuple[str, ...], tuple[str, str]] = {
     ("train", "backbones"): ("training.association.pretrain", "pretrain VGG/SoundNet backbones offline"),
     ("train", "association"): ("training.association.train", "train the Kim et al. face/voice encoders"),
     ("eval", "association"): ("training.association.evaluate", "the Kim et al. evaluation on test identities"),
+    ("train", "face-features"): ("training.speech2face.features", "train the Speech2Face face feature network"),
+    ("train", "face-decoder"): ("training.speech2face.decoder", "train the Speech2Face face decoder"),
+    ("train", "s2f"): ("training.speech2face.train", "train the Speech2Face voice encoder"),
+    ("eval", "s2f"): ("training.speech2face.evaluate", "the Speech2Face evaluation on test identities"),
     ("demo",): ("facevoice.demo", "the main job on the embedded default (make demo)"),
 }
 

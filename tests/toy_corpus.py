@@ -13,7 +13,9 @@ from PIL import Image
 from training.corpus.manifest import Item, write_manifest
 
 
-def build_toy_corpus(out: Path, identities: int = 24, faces: int = 2, clips: int = 2, seed: int = 0) -> Path:
+def build_toy_corpus(out: Path, identities: int = 24, faces: int = 2, clips: int = 2, seed: int = 0,
+                     canonical: bool = False) -> Path:
+    """With `canonical`, each person also gets a noiseless face (the Speech2Face decoder's target)."""
     rng = np.random.default_rng(seed)
     items = []
     for k in range(identities):
@@ -29,6 +31,9 @@ def build_toy_corpus(out: Path, identities: int = 24, faces: int = 2, clips: int
             img = np.clip(rgb + rng.normal(0, 12, (48, 48, 3)), 0, 255).astype(np.uint8)
             Image.fromarray(img).save(out / ident / f"{j}.png")
             items.append(Item(f"{ident}-face-{j}", ident, "face", f"{ident}/{j}.png", split, **attrs))
+        if canonical:
+            Image.fromarray(np.full((48, 48, 3), rgb, np.uint8)).save(out / ident / "canonical.png")
+            items.append(Item(f"{ident}-canonical", ident, "canonical_face", f"{ident}/canonical.png", split, **attrs))
         for j in range(clips):
             sr, freq = 22_050, 110 * 2 ** (3 * u)
             t = np.arange(int(sr * 1.5)) / sr

@@ -1,0 +1,144 @@
+"""Speech2Face networks and eq. (1): Table 1 shapes, parameter counts, each loss term on
+hand-checked inputs, configs."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from service.media import Speech2FaceAudio
+from training.speech2face.config import load_config
+from training.speech2face.loss import distillation, normalised_l2, s2f_loss, s2f_terms
+from training.speech2face.model import FaceDecoder, FaceNet, VoiceEncoder, count_parameters, same_padding
+
+
+def _frames(seconds: float) -> int:
+    return Speech2FaceAudio(seconds=seconds).shape[1]
+
+
+def test_spectrogram_frames_for_3_6_10_seconds():
+    assert [_frames(s) for s in (3.0, 6.0, 10.0)] == [298, 598, 998]  # Table 1 caption: 598 x 257 for 6 s
+
+
+@pytest.mark.parametrize(("seconds", "times"), [
+    # time after conv1..conv9: max-pool 2x1 after conv3-6 (floor), stride 2 at conv8-9 ('SAME': ceil)
+    (3.0, [298, 298, 149, 74, 37, 18, 18, 9, 5]),
+    (6.0, [598, 598, 299, 149, 74, 37, 37, 19, 10]),
+    (10.0, [998, 998, 499, 249, 124, 62, 62, 31, 16]),
+])
+def test_table1_layer_shapes(seconds, times):
+    cfg = load_config("small")
+    enc = VoiceEncoder(cfg.voice, feature_dim=32).eval()
+    shapes = []
+    for bn in enc.bns:  # BN closes each block, after the block's max-pool
+        bn.register_forward_hook(lambda m, i, o: shapes.append(tuple(o.shape[1:])))
+    with torch.no_grad():
+        out = enc(torch.randn(2, 2, _frames(seconds), 257))
+    widths = cfg.voice.widths
+    freqs = [257] * 7 + [129, 65]
+    assert [s[0] for s in shapes] == list(widths)
+    assert [s[2] for s in shapes] == freqs
+    assert [s[1] for s in shapes] == times
+    assert out.shape == (2, 32)
+
+
+def test_paper_voice_encoder_parameters_and_output():
+    cfg = load_config("paper")
+    enc = VoiceEncoder(cfg.voice, feature_dim=4096)
+    widths = (2, 64, 64, 128, 128, 128, 256, 512, 512, 512)
+    convs = sum(cin * cout * 16 + cout + 2 * cout for cin, cout in itertools.pairwise(widths))  # weights, bias, BN
+    pooled = 512 * 65
+    fcs = 2 * pooled + pooled * 4096 + 4096 + 4096 * 4096 + 4096  # BN after the pool, FC, FC
+    assert count_parameters(enc) == convs + fcs
+    with torch.no_grad():
+        assert enc.eval()(torch.randn(1, 2, 598, 257)).shape == (1, 4096)
+
+
+def test_paper_face_network_is_vgg_face_sized():
+    cfg = load_config("paper")
+    net = FaceNet(cfg.face, classes=2622)  # VGG-Face: 2,622 identities
+    vgg16_conv, fc6, fc7, fc8 = 14_714_688, 25088 * 4096 + 4096, 4096 * 4096 + 4096, 4096 * 2622 + 2622
+    assert count_parameters(net) == vgg16_conv + fc6 + fc7 + fc8 == 145_002_878
+
+
+def test_small_networks_shapes():
+    cfg = load_config("small")
+    net = FaceNet(cfg.face, classes=7).eval()
+    faces = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        v = net.features(faces)
+        assert v.shape == (3, 256) and (v >= 0).all()  # fc7 after its ReLU
+        assert net.logits(v).shape == (3, 7)
+        dec = FaceDecoder(cfg.decoder, 256).eval()
+        img = dec(v)
+        assert img.shape == (3, 3, 64, 64) and img.min() >= 0 and img.max() <= 1
+        assert dec.first_layer(v).shape == (3, cfg.decoder.first_layer)
+
+
+def test_paper_decoder_draws_224_pixels():
+    cfg = load_config("paper")
+    dec = FaceDecoder(cfg.decoder, 4096).eval()
+    with torch.no_grad():
+        assert dec(torch.rand(1, 4096)).shape == (1, 3, 224, 224)
+    assert dec.first.out_features == 1000  # f_dec: R^4096 -> R^1000
+
+
+def test_voice_encoder_rejects_bad_input():
+    enc = VoiceEncoder(load_config("small").voice, feature_dim=8)
+    with pytest.raises(ValueError, match="2, time, frequency"):
+        enc(torch.randn(1, 1, 100, 257))
+    with pytest.raises(ValueError, match="at least 16"):
+        enc(torch.randn(1, 2, 15, 257))
+
+
+def test_same_padding_matches_tensorflow():
+    assert same_padding(598, 4, 1) == (1, 2)  # total 3, the odd one at the end
+    assert same_padding(37, 4, 2) == (1, 2)  # out 19: (19-1)*2 + 4 - 37 = 3
+    assert same_padding(10, 4, 2) == (1, 1)  # out 5: 8 + 4 - 10 = 2
+
+
+def test_distillation_by_hand():
+    zero = torch.zeros(1, 2)
+    assert distillation(zero, zero, 2.0).item() == pytest.approx(math.log(2))
+    # teacher [2, 0] at T=2 -> p = softmax([1, 0]); student [4, 0] -> log softmax([2, 0])
+    p0 = math.e / (math.e + 1)
+    want = -(p0 * (2 - math.log(math.e ** 2 + 1)) + (1 - p0) * (-math.log(math.e ** 2 + 1)))
+    assert distillation(torch.tensor([[2.0, 0.0]]), torch.tensor([[4.0, 0.0]]), 2.0).item() == pytest.approx(want)
+    # a student equal to the teacher minimises it: the entropy of p
+    entropy = -(p0 * math.log(p0) + (1 - p0) * math.log(1 - p0))
+    assert distillation(torch.tensor([[2.0, 0.0]]), torch.tensor([[2.0, 0.0]]), 2.0).item() == pytest.approx(entropy)
+
+
+def test_normalised_l2_by_hand():
+    assert normalised_l2(torch.tensor([[3.0, 4.0]]), torch.tensor([[6.0, 8.0]])).item() == pytest.approx(0)
+    assert normalised_l2(torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 2.0]])).item() == pytest.approx(2)
+    assert normalised_l2(torch.tensor([[1.0, 0.0]]), torch.tensor([[-5.0, 0.0]])).item() == pytest.approx(4)
+
+
+def test_eq1_total_by_hand():
+    v_f, v_s = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 2.0]])
+    terms = s2f_terms(v_f, v_s, f_dec=lambda v: v, f_vgg=lambda v: torch.zeros(len(v), 2), temperature=2.0)
+    assert terms["decoder_l1"].item() == pytest.approx(3.0)  # |1-0| + |0-2|
+    assert terms["feature_l2"].item() == pytest.approx(2.0)
+    assert terms["distill"].item() == pytest.approx(math.log(2))
+    total = s2f_loss(terms, lambda1=0.025, lambda2=200.0).item()
+    assert total == pytest.approx(3.0 + 0.025 * 2.0 + 200 * math.log(2))
+
+
+def test_config_overrides_and_errors():
+    cfg = load_config("small", ["train.iterations=7", "voice.seconds=6.0"])
+    assert cfg.train.iterations == 7 and cfg.voice.seconds == 6.0
+    paper = load_config("paper")
+    assert (paper.train.beta1, paper.train.eps, paper.train.lambda1, paper.train.lambda2) == (0.5, 1e-4, 0.025, 200.0)
+    assert paper.voice.widths == (64, 64, 128, 128, 128, 256, 512, 512, 512)
+    with pytest.raises(ValueError, match="nine conv layers"):
+        load_config("small", ["voice.widths=[8, 8]"])
+    with pytest.raises(ValueError, match=r"decoder\.size"):
+        load_config("small", ["decoder.size=100"])
+    with pytest.raises(ValueError, match="unknown DecoderConfig keys"):
+        load_config("small", ["decoder.nope=1"])
+    with pytest.raises(ValueError, match="no config"):
+        load_config("nonexistent")

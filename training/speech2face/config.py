@@ -1,0 +1,117 @@
+"""Speech2Face configuration: TOML files in configs/ (`small`, `paper`) or any path, plus
+`section.key=value` overrides. Defaults are the paper's (Oh et al. 2019 sec. 3, Table 1)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from service.media import FaceImage, Speech2FaceAudio
+from training.configfile import build_config, read_config
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+TABLE1_WIDTHS = (64, 64, 128, 128, 128, 256, 512, 512, 512)
+
+
+@dataclass(frozen=True)
+class FaceNetConfig:
+    """The face feature network (VGG-Face stand-in): VGG16 conv, fc6, fc7 (the feature), fc8."""
+
+    size: int = 224
+    widths: tuple[int, ...] = (64, 128, 256, 512, 512)
+    convs: tuple[int, ...] = (2, 2, 3, 3, 3)
+    batch_norm: bool = False
+    augment: bool = True
+    fc: int = 4096  # fc6 and fc7 width; fc7 (after ReLU) is the face feature v_f
+    dropout: float = 0.5
+    attributes: tuple[str, ...] = ()  # extra softmax heads while training (our deviation, see docs)
+    steps: int = 50_000
+    batch: int = 64
+    lr: float = 1e-3
+
+    def frontend(self) -> FaceImage:
+        return FaceImage(size=self.size)
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    """Face decoder after Cole et al. 2017: feature -> canonical face."""
+
+    first_layer: int = 1000  # f_dec: R^4096 -> R^1000, the layer eq. (1) compares
+    size: int = 224  # output pixels
+    base: int = 7  # the first feature map is base x base
+    widths: tuple[int, ...] = (512, 256, 128, 64, 32, 32)  # channels at each resolution, doubling from base
+    feature_weight: float = 1.0  # feature consistency: f_face(decoded) vs v_f
+    steps: int = 100_000
+    batch: int = 32
+    lr: float = 1e-3
+
+
+@dataclass(frozen=True)
+class VoiceNetConfig:
+    """Table 1: nine CONV-ReLU-BN blocks (4x4), max-pool 2x1 after conv3-6, stride 2 at conv8-9,
+    average pooling over time, FC, ReLU, FC to the face feature."""
+
+    sample_rate: int = 16_000
+    seconds: float = 6.0  # training input (sec. 3: up to 6 s from the beginning, repeated if shorter)
+    widths: tuple[int, ...] = TABLE1_WIDTHS
+
+    def frontend(self, seconds: float | None = None) -> Speech2FaceAudio:
+        return Speech2FaceAudio(sample_rate=self.sample_rate, seconds=seconds or self.seconds)
+
+
+@dataclass(frozen=True)
+class S2FTrainConfig:
+    """Sec. 3: Adam(beta1 0.5, eps 1e-4), lr 1e-3 x0.95 every 10k iterations, batch 8; eq. (1)."""
+
+    batch: int = 8
+    iterations: int = 637_500  # 3 epochs of 1.7M pairs at batch 8
+    lr: float = 1e-3
+    beta1: float = 0.5
+    eps: float = 1e-4
+    lr_decay: float = 0.95
+    lr_decay_every: int = 10_000
+    lambda1: float = 0.025
+    lambda2: float = 200.0
+    temperature: float = 2.0
+    eval_every: int = 5000
+    checkpoint_every: int = 5000
+
+
+@dataclass(frozen=True)
+class S2FConfig:
+    name: str = "paper"
+    face: FaceNetConfig = field(default_factory=FaceNetConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    voice: VoiceNetConfig = field(default_factory=VoiceNetConfig)
+    train: S2FTrainConfig = field(default_factory=S2FTrainConfig)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+_SECTIONS = {"face": FaceNetConfig, "decoder": DecoderConfig, "voice": VoiceNetConfig, "train": S2FTrainConfig}
+
+
+def from_dict(d: dict) -> S2FConfig:
+    cfg = build_config(S2FConfig, _SECTIONS, d)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: S2FConfig) -> None:
+    if len(cfg.face.widths) != len(cfg.face.convs):
+        raise ValueError("face.widths and face.convs must have one entry per VGG block")
+    if cfg.face.size % 2 ** len(cfg.face.widths):
+        raise ValueError(f"face.size must be a multiple of {2 ** len(cfg.face.widths)} (one halving per block)")
+    if len(cfg.voice.widths) != len(TABLE1_WIDTHS):
+        raise ValueError("voice.widths must give Table 1's nine conv layers")
+    if cfg.decoder.base * 2 ** (len(cfg.decoder.widths) - 1) != cfg.decoder.size:
+        raise ValueError("decoder.size must be decoder.base doubled once per decoder.widths entry after the first")
+    if cfg.voice.seconds <= 0 or cfg.train.batch < 1:
+        raise ValueError("voice.seconds and train.batch must be positive")
+
+
+def load_config(name_or_path: str, overrides: list[str] = ()) -> S2FConfig:
+    """A named config (`small`, `paper`) or a TOML file, then `section.key=value` overrides."""
+    return from_dict(read_config(CONFIG_DIR, name_or_path, overrides, _SECTIONS))

@@ -1,0 +1,80 @@
+"""A corpus split decoded once for Speech2Face (memory-mapped float16 arrays, as the association
+model's): face images and canonical faces through `FaceImage`, voices through `Speech2FaceAudio`
+(the [2, T, 257] power-law complex spectrogram). Everything goes through service.media."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from service.media import FaceImage
+from training.association.data import Modality, cache_key, decode_items
+from training.corpus.manifest import ATTRIBUTES, read_manifest
+from training.speech2face.config import S2FConfig
+
+
+@dataclass
+class S2FSplit:
+    identities: list[str]
+    attributes: list[dict[str, str]]
+    face: Modality
+    voice: Modality
+    canonical: np.ndarray | None  # [identities, 3, size, size] normalised; None where the corpus has none
+
+    def items_of(self, modality: str, identity: int) -> np.ndarray:
+        return np.flatnonzero(getattr(self, modality).identity == identity)
+
+
+def load_s2f_split(corpus: Path, split: str, cfg: S2FConfig, cache_dir: Path, workers: int = 2,
+                   progress: bool = True, seconds: float | None = None, modalities=("face", "voice")) -> S2FSplit:
+    """Faces (and canonical faces) at cfg.face.size, voices as `seconds` (default cfg.voice.seconds)
+    of spectrogram. `modalities` limits what is decoded."""
+    corpus = Path(corpus)
+    items = [i for i in read_manifest(corpus) if i.split == split]
+    identities = sorted({i.identity for i in items})
+    if not identities:
+        raise ValueError(f"{corpus}: no items in split {split!r}")
+    index = {name: k for k, name in enumerate(identities)}
+    attributes: list[dict[str, str]] = [{} for _ in identities]
+    for i in items:
+        attributes[index[i.identity]] = {a: getattr(i, a) for a in ATTRIBUTES}
+    frontends = {"face": cfg.face.frontend(), "voice": cfg.voice.frontend(seconds)}
+    mods: dict[str, Modality | None] = {"face": None, "voice": None}
+    for modality in modalities:
+        chosen = [i for i in items if i.modality == modality]
+        if not chosen:
+            raise ValueError(f"{corpus}: no {modality} items in split {split!r}")
+        data = decode_items(corpus, chosen, frontends[modality], Path(cache_dir),
+                            cache_key(corpus, split, modality, frontends[modality]), workers, progress)
+        mods[modality] = Modality(data, np.array([index[i.identity] for i in chosen]), [i.item_id for i in chosen])
+    canonical = None
+    chosen = [i for i in items if i.modality == "canonical_face"]
+    if "face" in modalities and chosen:
+        data = decode_items(corpus, chosen, frontends["face"], Path(cache_dir),
+                            cache_key(corpus, split, "canonical_face", frontends["face"]), workers, progress)
+        canonical = np.zeros((len(identities), *data.shape[1:]), dtype=data.dtype)
+        for k, item in enumerate(chosen):
+            canonical[index[item.identity]] = data[k]
+    return S2FSplit(identities, attributes, mods["face"], mods["voice"], canonical)
+
+
+def to_rgb(normalised: torch.Tensor, frontend: FaceImage) -> torch.Tensor:
+    """FaceImage-normalised [B, 3, H, W] -> RGB in [0, 1] (the decoder's output space)."""
+    mean = torch.tensor(frontend.mean, device=normalised.device).view(1, 3, 1, 1)
+    std = torch.tensor(frontend.std, device=normalised.device).view(1, 3, 1, 1)
+    return (normalised * std + mean).clamp(0, 1)
+
+
+def to_normalised(rgb: torch.Tensor, frontend: FaceImage) -> torch.Tensor:
+    """RGB in [0, 1] -> the face network's input normalisation."""
+    mean = torch.tensor(frontend.mean, device=rgb.device).view(1, 3, 1, 1)
+    std = torch.tensor(frontend.std, device=rgb.device).view(1, 3, 1, 1)
+    return (rgb - mean) / std
+
+
+def rows_tensor(data: np.ndarray, rows) -> torch.Tensor:
+    """float32 tensor of data[rows] (data may be a float16 memmap)."""
+    return torch.from_numpy(np.asarray(data[np.asarray(rows)], dtype=np.float32))

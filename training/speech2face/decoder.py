@@ -1,0 +1,127 @@
+"""`facevoice train face-decoder`: the face decoder of Oh et al. 2019 sec. 3 (after Cole et al.
+2017), trained apart from the voice encoder and fixed afterwards. Input: the face network's
+feature of a training photo; target: that person's canonical face (frontal, neutral, plain
+background; the synthetic corpus ships it). Loss: pixel L1 + decoder.feature_weight x the
+normalised squared L2 between the face network's feature of the decoded image and the input
+feature (Cole et al.'s feature consistency). Writes OUT/decoder.pt, metrics.csv, training.png,
+f2f_val.png."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from training.association.augment import augment_faces
+from training.runs import RunLog, load_checkpoint, save_checkpoint
+from training.speech2face.config import S2FConfig, from_dict
+from training.speech2face.data import S2FSplit, load_s2f_split, rows_tensor, to_normalised, to_rgb
+from training.speech2face.features import add_common, config_with, face_features, setup, write_run_json
+from training.speech2face.loss import normalised_l2
+from training.speech2face.model import FaceDecoder, FaceNet
+
+FIELDS = ("step", "loss", "pixel_l1", "feature_l2", "val_pixel_l1")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_common(p)
+    p.add_argument("--face-net", type=Path, required=True, help="face_net.pt from `train face-features`")
+
+
+def load_face_net(path: Path, device: torch.device) -> tuple[FaceNet, S2FConfig]:
+    """A frozen face network in eval mode and the config it was trained with."""
+    state = load_checkpoint(path, "face network checkpoint (face_net.pt from `train face-features`)",
+                            ("model", "config", "identities"))
+    cfg = from_dict(state["config"])
+    net = FaceNet(cfg.face, len(state["identities"]))
+    net.load_state_dict(state["model"])
+    net.to(device).eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net, cfg
+
+
+def canonical_targets(split: S2FSplit, rows: np.ndarray, cfg: S2FConfig) -> torch.Tensor:
+    """The canonical face (RGB in [0, 1]) of each face row's identity."""
+    if split.canonical is None:
+        raise SystemExit("the corpus has no canonical_face items: the decoder needs them as targets")
+    ids = split.face.identity[rows]
+    return to_rgb(torch.from_numpy(np.asarray(split.canonical[ids], dtype=np.float32)), cfg.face.frontend())
+
+
+def decoder_losses(decoder: FaceDecoder, net: FaceNet, v_f: torch.Tensor, target: torch.Tensor,
+                   cfg: S2FConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(total, pixel L1, feature term), each averaged over the batch."""
+    out = decoder(v_f)
+    pixel = (out - target).abs().mean()
+    feature = normalised_l2(v_f, net.features(to_normalised(out, cfg.face.frontend()))).mean()
+    return pixel + cfg.decoder.feature_weight * feature, pixel, feature
+
+
+@torch.no_grad()
+def validation_l1(decoder: FaceDecoder, net: FaceNet, split: S2FSplit, cfg: S2FConfig, device) -> float:
+    decoder.eval()
+    v_f = face_features(net, split.face.data, device).to(device)
+    rows = np.arange(len(v_f))
+    l1 = (decoder(v_f).cpu() - canonical_targets(split, rows, cfg)).abs().mean().item()
+    decoder.train()
+    return l1
+
+
+def run(args: argparse.Namespace) -> int:
+    _, device, cache = setup(args)
+    net, trained = load_face_net(args.face_net, device)
+    cfg = config_with(args, trained.to_dict(), ("face",))
+    progress = not args.no_progress
+    d = cfg.decoder
+    train = load_s2f_split(args.corpus, "train", cfg, cache, args.workers, progress, modalities=("face",))
+    val = load_s2f_split(args.corpus, "val", cfg, cache, args.workers, progress, modalities=("face",))
+    rng = np.random.default_rng(args.seed)
+    decoder = FaceDecoder(d, cfg.face.fc).to(device)
+    opt = torch.optim.Adam(decoder.parameters(), d.lr)
+    write_run_json(args, cfg, device, face_net=str(args.face_net), train_identities=len(train.identities))
+    log = RunLog(args.out, False, FIELDS)
+    hist: dict[str, list[float]] = {"loss": [], "pixel_l1": [], "feature_l2": []}
+    val_l1, start = float("nan"), time.perf_counter()
+    bar = tqdm(range(1, d.steps + 1), desc="train face-decoder", disable=not progress, dynamic_ncols=True)
+    for step in bar:
+        rows = rng.integers(len(train.face.identity), size=d.batch)
+        x = rows_tensor(train.face.data, rows)
+        x = (augment_faces(x, rng) if cfg.face.augment else x).to(device)
+        with torch.no_grad():
+            v_f = net.features(x)
+        loss, pixel, feature = decoder_losses(decoder, net, v_f, canonical_targets(train, rows, cfg).to(device), cfg)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        for k, v in zip(hist, (loss, pixel, feature), strict=True):
+            hist[k].append(v.item())
+        if step % max(1, d.steps // 20) == 0 or step == d.steps:
+            val_l1 = validation_l1(decoder, net, val, cfg, device)
+            log.write({"step": step, **{k: float(np.mean(v)) for k, v in hist.items()}, "val_pixel_l1": val_l1})
+            bar.set_postfix(loss=f"{np.mean(hist['loss']):.3f}", val_l1=f"{val_l1:.3f}")
+            hist = {k: [] for k in hist}
+    log.close()
+    decoder.eval()
+    path = args.out / "decoder.pt"
+    save_checkpoint(path, model=decoder.state_dict(), config=cfg.to_dict(), face_net=str(args.face_net))
+    from training.speech2face.plots import face_grid, training_curves
+    training_curves(args.out / "metrics.csv", args.out / "training.png", "face decoder")
+    first = [int(np.flatnonzero(val.face.identity == i)[0]) for i in range(min(8, len(val.identities)))]
+    with torch.no_grad():
+        f2f = decoder(face_features(net, val.face.data[first], device).to(device)).cpu()
+    hwc = lambda t: t.permute(0, 2, 3, 1).numpy()  # noqa: E731
+    grid = face_grid({"photo": hwc(to_rgb(rows_tensor(val.face.data, first), cfg.face.frontend())),
+                      "canonical": hwc(canonical_targets(val, np.array(first), cfg)), "F2F": hwc(f2f)},
+                     args.out / "f2f_val.png")
+    print("\n".join([
+        f"face decoder ({cfg.name}): {d.steps} steps in {time.perf_counter() - start:.0f} s -> {path}",
+        f"  validation pixel L1 to the canonical face {val_l1:.4f} (RGB in [0, 1])",
+        f"  look: {grid}",
+        f"  next: facevoice train s2f --face-net {args.face_net} --decoder {path} ...",
+    ]))
+    return 0

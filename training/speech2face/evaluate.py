@@ -1,0 +1,270 @@
+"""`facevoice eval s2f`: the evaluation of Oh et al. 2019 sec. 4 on test identities. Writes
+report.md, metrics.json and PNG figures:
+
+- feature similarity (Table 2): angle, L2 and L1 between v_s and v_f, per input duration;
+- S2F -> face retrieval (Table 3): recall@1/2/5/10 over a gallery of test faces, L1 / L2 / cosine;
+- attribute agreement (Fig. 4): confusion matrices between the attributes of the original photo
+  and of the S2F reconstruction, from a classifier trained on training faces (our Face++);
+- geometry (Fig. 5): Pearson r between geometry read off F2F and S2F reconstructions (synthetic
+  corpora: a ridge regressor for the generator's face parameters), with a random-pair baseline;
+- pictures: true | F2F | S2F for 16 people (Fig. 3), several clips of one person (Fig. 9), the
+  training curves (Fig. 8);
+- a cross-check with the association task: 1:2 V->F by distance to the S2F reconstruction.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import stats
+from sklearn.linear_model import LogisticRegression, Ridge
+from tqdm import tqdm
+
+from training.association.trials import matching_trials
+from training.metrics import random_recall_at_k, recall_at_k, wilson_interval
+from training.runs import load_checkpoint, pick_device
+from training.speech2face.config import S2FConfig, from_dict
+from training.speech2face.data import S2FSplit, load_s2f_split, rows_tensor, to_normalised, to_rgb
+from training.speech2face.decoder import load_face_net
+from training.speech2face.features import face_features
+from training.speech2face.model import FaceDecoder, FaceNet, VoiceEncoder
+from training.speech2face.train import load_decoder, voice_features
+
+KS = (1, 2, 5, 10)
+ATTRS = ("gender", "age_group", "appearance_group")
+GEOMETRY = ("face_width", "face_height", "jaw", "nose_width", "nose_length", "eye_spacing", "eye_size",
+            "mouth_width", "lip_thickness")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run", type=Path, required=True, help="a `train s2f` run directory")
+    p.add_argument("--corpus", type=Path, help="default: the run's corpus")
+    p.add_argument("--out", type=Path, help="report directory (default RUN/report)")
+    p.add_argument("--checkpoint", default="best.pt")
+    p.add_argument("--split", default="test")
+    p.add_argument("--seconds", type=float, nargs="+", default=[3.0, 6.0], help="input durations (Table 2)")
+    p.add_argument("--trials", type=int, default=4000, help="1:2 cross-check trials")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--cache-dir", type=Path, help="decoded arrays (default RUN/cache)")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def load_s2f_run(run: Path, checkpoint: str, device) -> tuple[VoiceEncoder, FaceNet, FaceDecoder, S2FConfig, dict]:
+    path = run / checkpoint
+    if not path.exists():
+        raise SystemExit(f"{path}: no checkpoint (train first, or pass --checkpoint)")
+    state = load_checkpoint(path, "Speech2Face voice encoder checkpoint (from `train s2f`)",
+                            ("model", "config", "face_net", "decoder"))
+    net, _ = load_face_net(Path(state["face_net"]), device)
+    cfg = from_dict(state["config"])
+    decoder, _ = load_decoder(Path(state["decoder"]), cfg, device)
+    encoder = VoiceEncoder(cfg.voice, cfg.face.fc)
+    encoder.load_state_dict(state["model"])
+    return encoder.to(device).eval(), net, decoder, cfg, state
+
+
+def feature_similarity(v_s: torch.Tensor, v_f: torch.Tensor, split: S2FSplit) -> dict:
+    """Table 2: over every (clip, photo of the same person) pair, and over (clip, photo of someone
+    else) pairs as the baseline."""
+    same = split.voice.identity[:, None] == split.face.identity[None, :]
+    cos = torch.nn.functional.normalize(v_s, dim=1) @ torch.nn.functional.normalize(v_f, dim=1).T
+    angle = torch.rad2deg(torch.acos(cos.clamp(-1, 1))).numpy()
+    l2 = torch.cdist(v_s, v_f).numpy()
+    l1 = torch.cdist(v_s, v_f, p=1).numpy()
+    return {name: {"same_person": float(m[same].mean()), "other_people": float(m[~same].mean())}
+            for name, m in (("angle_deg", angle), ("l2", l2), ("l1", l1))}
+
+
+def distances(q: torch.Tensor, g: torch.Tensor, metric: str) -> np.ndarray:
+    if metric == "cosine":
+        return (1 - torch.nn.functional.normalize(q, dim=1) @ torch.nn.functional.normalize(g, dim=1).T).numpy()
+    return torch.cdist(q, g, p=1 if metric == "l1" else 2).numpy()
+
+
+def retrieval(v_s: torch.Tensor, v_f: torch.Tensor, split: S2FSplit) -> dict:
+    """Table 3: each clip's v_s queries every test photo's v_f; a hit is a photo of the speaker."""
+    out = {m: recall_at_k(distances(v_s, v_f, m), split.voice.identity, split.face.identity, KS)
+           for m in ("l1", "l2", "cosine")}
+    out["random"] = random_recall_at_k(split.face.identity, split.voice.identity, KS)
+    out["gallery"] = len(v_f)
+    return out
+
+
+def _labels(split: S2FSplit, attr: str, rows_identity: np.ndarray) -> np.ndarray:
+    return np.array([split.attributes[i].get(attr, "") for i in rows_identity])
+
+
+def attribute_agreement(train: S2FSplit, train_vf: torch.Tensor, test: S2FSplit, photo_vf: torch.Tensor,
+                        s2f_vf: torch.Tensor) -> dict:
+    """Fig. 4: a logistic classifier on face features, trained on training photos (our Face++),
+    labels each test photo and the S2F reconstruction of each of the person's clips; the
+    confusion matrix counts (photo class, reconstruction class) over same-person pairs."""
+    out = {}
+    pairs = [(c, f) for c in range(len(test.voice.identity)) for f in test.items_of("face", test.voice.identity[c])]
+    c, f = map(np.array, zip(*pairs, strict=True))
+    for attr in ATTRS:
+        y = _labels(train, attr, train.face.identity)
+        if len(set(y)) < 2 or "" in set(y):
+            continue
+        clf = LogisticRegression(max_iter=2000, C=1.0).fit(train_vf.numpy(), y)
+        classes = list(clf.classes_)
+        photo = clf.predict(photo_vf.numpy())
+        recon = clf.predict(s2f_vf.numpy())
+        matrix = np.zeros((len(classes), len(classes)), dtype=int)
+        for a, b in zip(photo[f], recon[c], strict=True):
+            matrix[classes.index(a), classes.index(b)] += 1
+        truth = _labels(test, attr, test.face.identity)
+        out[attr] = {"classes": classes, "confusion": matrix.tolist(),
+                     "agreement": float(np.trace(matrix) / matrix.sum()),
+                     "photo_accuracy": float((photo == truth).mean()),
+                     "s2f_accuracy": float((recon[c] == truth[f]).mean()),
+                     "majority": float(max((truth == k).mean() for k in classes))}
+    return out
+
+
+def geometry(corpus: Path, train: S2FSplit, test: S2FSplit, f2f_train: np.ndarray, f2f: np.ndarray,
+             s2f: np.ndarray, seed: int) -> dict | None:
+    """Fig. 5 on a synthetic corpus: a ridge regressor from a reconstruction's pixels to the
+    generator's face parameters, fitted on training F2F reconstructions; then Pearson r between
+    the values read off each test clip's S2F reconstruction and off the F2F reconstruction of a
+    photo of the same person, and the same for random pairs (the baseline)."""
+    path = corpus / "identities.csv"
+    if not path.exists():
+        return None
+    with path.open() as fh:
+        rows = {r["identity"]: r for r in csv.DictReader(fh)}
+    columns = {k: k if k.startswith("face_") else f"face_{k}" for k in GEOMETRY}  # people.person_row's names
+    keys = [k for k in GEOMETRY if columns[k] in next(iter(rows.values()), {})]
+    if not keys or any(train.identities[i] not in rows for i in np.unique(train.face.identity)):
+        return None
+    target = np.array([[float(rows[train.identities[i]][columns[k]]) for k in keys] for i in train.face.identity])
+    reg = Ridge(alpha=10.0).fit(f2f_train.reshape(len(f2f_train), -1), target)
+    read_f2f = reg.predict(f2f.reshape(len(f2f), -1))
+    read_s2f = reg.predict(s2f.reshape(len(s2f), -1))
+    rng = np.random.default_rng(seed)
+    photo = np.array([rng.choice(test.items_of("face", i)) for i in test.voice.identity])
+    shuffled = rng.permutation(photo)
+    out = {}
+    for j, k in enumerate(keys):
+        r, p = stats.pearsonr(read_f2f[photo, j], read_s2f[:, j])
+        r0, _ = stats.pearsonr(read_f2f[shuffled, j], read_s2f[:, j])
+        truth = np.array([float(rows[test.identities[i]][columns[k]]) for i in test.face.identity])
+        out[k] = {"r": float(r), "p": float(p), "random_r": float(r0),
+                  "regressor_r_on_f2f": float(stats.pearsonr(read_f2f[:, j], truth)[0])}
+    return out
+
+
+def cross_check(split: S2FSplit, recon_vf: torch.Tensor, v_s: torch.Tensor, v_f: torch.Tensor, n: int,
+                seed: int) -> dict:
+    """1:2 V->F without control: pick the photo whose feature is nearer (cosine) to the S2F
+    reconstruction's feature, or directly to v_s."""
+    t = matching_trials(split, "v2f", "-", n, seed)
+    out = {}
+    for name, q in (("via_reconstruction", recon_vf), ("via_feature", v_s)):
+        d = distances(q[t.probe], v_f, "cosine")
+        right = d[np.arange(n), t.candidates[:, 0]] < d[np.arange(n), t.candidates[:, 1]]
+        out[name] = {"accuracy": float(right.mean()), "ci95": list(wilson_interval(float(right.sum()), n)),
+                     "trials": n}
+    return out
+
+
+@torch.no_grad()
+def decode(decoder: FaceDecoder, v: torch.Tensor, device, batch: int = 64) -> torch.Tensor:
+    return torch.cat([decoder(v[i:i + batch].to(device)).cpu() for i in range(0, len(v), batch)])
+
+
+def run(args: argparse.Namespace) -> int:
+    device = pick_device(args.device)
+    encoder, net, decoder, cfg, state = load_s2f_run(args.run, args.checkpoint, device)
+    meta = json.loads((args.run / "run.json").read_text()) if (args.run / "run.json").exists() else {}
+    corpus = args.corpus or Path(meta.get("corpus", ""))
+    out = args.out or args.run / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    cache = args.cache_dir or args.run / "cache"
+    progress = not args.no_progress
+    frontend = cfg.face.frontend()
+    steps = tqdm(total=6 + len(args.seconds), desc="evaluate s2f", disable=not progress)
+
+    train = load_s2f_split(corpus, "train", cfg, cache, args.workers, progress, modalities=("face",))
+    test = {s: load_s2f_split(corpus, args.split, cfg, cache, args.workers, progress, seconds=s)
+            for s in args.seconds}
+    split = test[args.seconds[-1]]
+    train_vf = face_features(net, train.face.data, device)
+    v_f = face_features(net, split.face.data, device)
+    steps.update()
+    metrics: dict = {"run": str(args.run), "checkpoint": args.checkpoint, "step": state.get("step"),
+                     "config": cfg.name, "corpus": str(corpus), "split": args.split,
+                     "identities": len(split.identities), "faces": len(split.face.item_ids),
+                     "voices": len(split.voice.item_ids), "similarity": {}}
+    v_s = {}
+    for s in args.seconds:
+        v_s[s] = voice_features(encoder, test[s].voice.data, device)
+        metrics["similarity"][f"{s:g}s"] = feature_similarity(v_s[s], v_f, split)
+        steps.update()
+    main_s = v_s[args.seconds[-1]]
+    metrics["retrieval"] = retrieval(main_s, v_f, split)
+    steps.update()
+    f2f = decode(decoder, v_f, device)
+    s2f = decode(decoder, main_s, device)
+    f2f_train = decode(decoder, train_vf, device)
+    s2f_vf = face_features(net, to_normalised(s2f, frontend).numpy(), device)
+    steps.update()
+    metrics["attributes"] = attribute_agreement(train, train_vf, split, v_f, s2f_vf)
+    steps.update()
+    metrics["geometry"] = geometry(corpus, train, split, f2f_train.numpy(), f2f.numpy(), s2f.numpy(), args.seed)
+    steps.update()
+    metrics["cross_check"] = cross_check(split, s2f_vf, main_s, v_f, args.trials, args.seed)
+    steps.update()
+    figures = pictures(split, f2f, s2f, frontend, out, args.seed)
+    if (args.run / "training.png").exists():
+        shutil.copy(args.run / "training.png", out / "training.png")
+        figures.append(out / "training.png")
+    figures.append(confusion_figure(metrics["attributes"], out / "attributes.png"))
+    metrics["figures"] = [p.name for p in figures]
+    steps.update()
+    steps.close()
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    from training.speech2face.report import format_summary, write_report
+    write_report(metrics, out / "report.md")
+    print(format_summary(metrics, out))
+    return 0
+
+
+def pictures(split: S2FSplit, f2f: torch.Tensor, s2f: torch.Tensor, frontend, out: Path, seed: int) -> list[Path]:
+    """Fig. 3 (true | F2F | S2F for up to 16 people) and Fig. 9 (one person, each clip)."""
+    from training.speech2face.plots import face_grid
+    hwc = lambda t: t.permute(0, 2, 3, 1).numpy()  # noqa: E731
+    people = range(min(16, len(split.identities)))
+    photo = [int(split.items_of("face", i)[0]) for i in people]
+    clip = [int(split.items_of("voice", i)[0]) for i in people]
+    labels = [f"{split.identities[i]} {split.attributes[i].get('gender', '')[:1]} "
+              f"{split.attributes[i].get('age_group', '')}" for i in people]
+    true = to_rgb(rows_tensor(split.face.data, photo), frontend)
+    figs = [face_grid({"photo": hwc(true), "F2F": hwc(f2f[photo]), "S2F": hwc(s2f[clip])}, out / "faces.png",
+                      labels)]
+    clips = split.items_of("voice", 0)
+    figs.append(face_grid({f"clip {k}": hwc(s2f[[c]]) for k, c in enumerate(clips)} |
+                          {"photo": hwc(true[:1])}, out / "one_person.png", [labels[0]]))
+    return figs
+
+
+def confusion_figure(attributes: dict, path: Path) -> Path:
+    from training.association.plots import _save, plt
+    fig, axes = plt.subplots(1, max(1, len(attributes)), figsize=(4 * max(1, len(attributes)), 3.6), squeeze=False)
+    for ax, (attr, a) in zip(axes[0], attributes.items(), strict=False):
+        m = np.array(a["confusion"], dtype=float)
+        m = m / np.maximum(m.sum(1, keepdims=True), 1)
+        ax.imshow(m, vmin=0, vmax=1, cmap="Blues")
+        ax.set_xticks(range(len(a["classes"])), a["classes"], rotation=45, fontsize=7)
+        ax.set_yticks(range(len(a["classes"])), a["classes"], fontsize=7)
+        ax.set(xlabel="S2F reconstruction", ylabel="original photo",
+               title=f"{attr}: agreement {100 * a['agreement']:.0f}%")
+    return _save(fig, path)

@@ -1,0 +1,142 @@
+"""`facevoice train face-features`: the face feature network, our stand-in for the pretrained
+VGG-Face that Oh et al. 2019 sec. 3 take fc7 features from. Trained with a softmax over the
+training identities (as VGG-Face was, on other people); the `face.attributes` heads are our
+documented deviation (docs/speech2face.md). Writes OUT/face_net.pt, metrics.csv, training.png."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+from tqdm import tqdm
+
+from training.association.augment import augment_faces
+from training.association.pretrain import attribute_targets
+from training.runs import RunLog, configure_cuda, pick_device, save_checkpoint
+from training.speech2face.config import S2FConfig, from_dict, load_config
+from training.speech2face.data import S2FSplit, load_s2f_split, rows_tensor
+from training.speech2face.model import FaceNet
+
+FIELDS = ("step", "loss", "identity_acc", "val_gender_acc")
+
+
+def add_common(p: argparse.ArgumentParser) -> None:
+    """Arguments every Speech2Face command shares."""
+    p.add_argument("--corpus", type=Path, required=True)
+    p.add_argument("--config", default="small", help="small | paper | a TOML file")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one config value, e.g. train.iterations=500")
+    p.add_argument("--out", type=Path, required=True, help="run directory")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: all cores)")
+    p.add_argument("--workers", type=int, default=2, help="processes that decode the corpus once")
+    p.add_argument("--cache-dir", type=Path, help="decoded arrays (default OUT/cache)")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_common(p)
+
+
+def setup(args: argparse.Namespace, local_rank: int = 0) -> tuple[S2FConfig, torch.device, Path]:
+    device = pick_device(args.device, local_rank)
+    configure_cuda(device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = load_config(args.config, args.set)
+    args.out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(args.seed)
+    return cfg, device, args.cache_dir or args.out / "cache"
+
+
+def config_with(args: argparse.Namespace, trained: dict, sections: tuple[str, ...]) -> S2FConfig:
+    """The command's config (--config, --set) with `sections` taken from a trained network's
+    config: a network is used with the shapes it was trained with, whatever the flags say."""
+    return from_dict({**load_config(args.config, args.set).to_dict(), **{s: trained[s] for s in sections}})
+
+
+def write_run_json(args: argparse.Namespace, cfg: S2FConfig, device: torch.device, **extra) -> None:
+    (args.out / "run.json").write_text(json.dumps({
+        "config": cfg.to_dict(), "corpus": str(args.corpus.resolve()), "seed": args.seed, "device": str(device),
+        "torch": torch.__version__, "command": " ".join(sys.argv), **extra}, indent=2))
+
+
+@torch.no_grad()
+def face_features(net: FaceNet, data: np.ndarray, device: torch.device, batch: int = 128) -> torch.Tensor:
+    """v_f of every row of `data` (normalised faces), eval mode, on the CPU as float32."""
+    was = net.training
+    net.eval()
+    out = [net.features(rows_tensor(data, range(i, min(i + batch, len(data)))).to(device)).float().cpu()
+           for i in range(0, len(data), batch)]
+    net.train(was)
+    return torch.cat(out) if out else torch.zeros(0, net.fc7.out_features)
+
+
+def gender_accuracy(net: FaceNet, head: nn.Module, split: S2FSplit, device) -> float:
+    """The gender head on held-out identities: how much of gender the feature carries."""
+    labels = np.array([a["gender"] for a in split.attributes])[split.face.identity]
+    classes = sorted(set(labels))
+    with torch.no_grad():
+        pred = head(face_features(net, split.face.data, device).to(device)).argmax(1).cpu().numpy()
+    return float((np.array(classes)[pred] == labels).mean())
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg, device, cache = setup(args)
+    progress = not args.no_progress
+    f = cfg.face
+    train = load_s2f_split(args.corpus, "train", cfg, cache, args.workers, progress, modalities=("face",))
+    val = load_s2f_split(args.corpus, "val", cfg, cache, args.workers, progress, modalities=("face",))
+    rng = np.random.default_rng(args.seed)
+    net = FaceNet(f, len(train.identities)).to(device)
+    targets = attribute_targets(train, list(f.attributes))
+    heads = nn.ModuleDict({a: nn.Linear(f.fc, int(t.max()) + 1) for a, t in targets.items()}).to(device)
+    opt = torch.optim.Adam([*net.parameters(), *heads.parameters()], f.lr)
+    write_run_json(args, cfg, device, train_identities=len(train.identities))
+    log = RunLog(args.out, False, FIELDS)
+    labels = train.face.identity
+    losses, correct, val_acc, start = [], [], None, time.perf_counter()
+    bar = tqdm(range(1, f.steps + 1), desc="train face-features", disable=not progress, dynamic_ncols=True)
+    for step in bar:
+        rows = rng.integers(len(labels), size=f.batch)
+        x = rows_tensor(train.face.data, rows)
+        x = (augment_faces(x, rng) if f.augment else x).to(device)
+        y = torch.from_numpy(labels[rows]).long().to(device)
+        feature = net.features(x)
+        logits = net.logits(feature)
+        loss = F.cross_entropy(logits, y)
+        for attr, head in heads.items():
+            loss = loss + F.cross_entropy(head(feature), torch.from_numpy(targets[attr][labels[rows]]).to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        correct.append((logits.argmax(1) == y).float().mean().item())
+        if step % max(1, f.steps // 20) == 0 or step == f.steps:
+            if "gender" in heads:
+                val_acc = gender_accuracy(net, heads["gender"], val, device)
+            log.write({"step": step, "loss": float(np.mean(losses)), "identity_acc": float(np.mean(correct)),
+                       "val_gender_acc": "" if val_acc is None else val_acc})
+            bar.set_postfix(loss=f"{np.mean(losses):.3f}", acc=f"{np.mean(correct):.2f}")
+            losses, correct = [], []
+    log.close()
+    path = args.out / "face_net.pt"
+    save_checkpoint(path, model=net.state_dict(), config=cfg.to_dict(), identities=train.identities)
+    from training.speech2face.plots import training_curves
+    training_curves(args.out / "metrics.csv", args.out / "training.png", "face feature network")
+    print("\n".join([
+        f"face feature network ({cfg.name}): {f.steps} steps in {time.perf_counter() - start:.0f} s on "
+        f"{len(train.identities)} training identities -> {path}",
+        "  held-out gender from the feature (gender head, val identities): "
+        + ("n/a (no gender head)" if val_acc is None else f"{100 * val_acc:.1f}%"),
+        f"  next: facevoice train face-decoder --face-net {path} ...",
+    ]))
+    return 0

@@ -1,0 +1,99 @@
+"""report.md and the printed summary of `facevoice eval s2f`, with Oh et al. 2019's figures
+beside ours where the paper gives them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# Oh et al. 2019 Table 3 (AVSpeech, gallery 5,000, cosine): R@1/2/5/10 of S2F features
+PAPER_RECALL = {1: 5.86, 2: 10.02, 5: 18.98, 10: 28.92}
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+def write_report(m: dict, path: Path) -> Path:
+    r = m["retrieval"]
+    ks = sorted(int(k) for k in r["random"])
+    lines = [
+        f"# Speech2Face evaluation: {m['run']}",
+        "",
+        f"Checkpoint `{m['checkpoint']}` (step {m['step']}, config `{m['config']}`), corpus `{m['corpus']}`, "
+        f"split `{m['split']}`: {m['identities']} identities, {m['faces']} photos, {m['voices']} clips. "
+        "Protocols: Oh et al. 2019 sec. 4.",
+        "",
+        "## Feature similarity (Table 2)",
+        "",
+        "Between the predicted feature v_s and the face feature v_f of a photo of the same person, "
+        "and of other people (the baseline). Lower is better.",
+        "",
+        "| input | angle (deg) same / other | L2 same / other | L1 same / other |",
+        "|---|---|---|---|",
+        *[f"| {s} | {v['angle_deg']['same_person']:.1f} / {v['angle_deg']['other_people']:.1f} | "
+          f"{v['l2']['same_person']:.3f} / {v['l2']['other_people']:.3f} | "
+          f"{v['l1']['same_person']:.2f} / {v['l1']['other_people']:.2f} |" for s, v in m["similarity"].items()],
+        "",
+        "## S2F -> face retrieval (Table 3)",
+        "",
+        f"Each clip's v_s queries all {r['gallery']} test photos; a hit is any photo of the speaker in the top K.",
+        "",
+        "| metric | " + " | ".join(f"R@{k}" for k in ks) + " |",
+        "|---|" + "---|" * len(ks),
+        *[f"| {name} | " + " | ".join(_pct(r[name][k] if k in r[name] else r[name][str(k)]) for k in ks) + " |"
+          for name in ("l1", "l2", "cosine")],
+        "| random | " + " | ".join(_pct(r["random"][k] if k in r["random"] else r["random"][str(k)])
+                                     for k in ks) + " |",
+        "| Oh et al. (AVSpeech, 5,000 faces, cosine) | " + " | ".join(f"{PAPER_RECALL[k]:.1f}" for k in ks) + " |",
+        "",
+        "## Attribute agreement (Fig. 4)",
+        "",
+        "A logistic classifier on face features, trained on the training photos (our stand-in for Face++), "
+        "labels each test photo and the S2F reconstruction of each clip of the same person.",
+        "",
+        "| attribute | agreement photo vs S2F | photo classifier accuracy | S2F accuracy | majority class |",
+        "|---|---|---|---|---|",
+        *[f"| {a} | **{_pct(v['agreement'])}** | {_pct(v['photo_accuracy'])} | {_pct(v['s2f_accuracy'])} | "
+          f"{_pct(v['majority'])} |" for a, v in m["attributes"].items()],
+        "",
+        "![attributes](attributes.png)",
+        "",
+    ]
+    if m["geometry"]:
+        lines += ["## Geometry (Fig. 5)", "",
+                  "A ridge regressor from reconstruction pixels to the generator's face parameters (fitted on "
+                  "training F2F reconstructions) reads each parameter off the F2F and the S2F reconstruction; "
+                  "Pearson r between the two over test clips, and for random pairs.", "",
+                  "| parameter | r (F2F vs S2F) | p | random pairs r | regressor r vs truth on F2F |",
+                  "|---|---|---|---|---|",
+                  *[f"| {k} | **{v['r']:.2f}** | {v['p']:.1g} | {v['random_r']:.2f} | {v['regressor_r_on_f2f']:.2f} |"
+                    for k, v in m["geometry"].items()], ""]
+    c = m["cross_check"]
+    lines += ["## Cross-check: 1:2 V->F through S2F", "",
+              "| by | accuracy | 95% CI | trials |", "|---|---|---|---|",
+              *[f"| {k.replace('_', ' ')} | {_pct(v['accuracy'])} | {_pct(v['ci95'][0])}-{_pct(v['ci95'][1])} | "
+                f"{v['trials']} |" for k, v in c.items()],
+              "| chance | 50.0 | | |", "",
+              "## Pictures (Fig. 3, 9, 8)", "",
+              *[f"![{f}]({f})" for f in m["figures"] if f != "attributes.png"], ""]
+    path.write_text("\n".join(lines))
+    return path
+
+
+def format_summary(m: dict, out: Path) -> str:
+    r = m["retrieval"]
+    get = lambda d, k: d[k] if k in d else d[str(k)]  # noqa: E731 - JSON keys are strings
+    sim = "; ".join(f"{s}: {v['angle_deg']['same_person']:.1f} deg vs {v['angle_deg']['other_people']:.1f} other"
+                    for s, v in m["similarity"].items())
+    attrs = ", ".join(f"{a} {_pct(v['agreement'])}%" for a, v in m["attributes"].items())
+    cc = m["cross_check"]["via_reconstruction"]
+    return "\n".join([
+        f"Speech2Face evaluation of {m['run']} on {m['identities']} {m['split']} identities -> {out}",
+        f"  feature angle v_s to own v_f: {sim}",
+        f"  retrieval over {r['gallery']} photos (cosine) R@1/5/10 = "
+        + "/".join(_pct(get(r["cosine"], k)) for k in (1, 5, 10))
+        + " vs random " + "/".join(_pct(get(r["random"], k)) for k in (1, 5, 10)),
+        f"  attribute agreement photo vs S2F: {attrs}",
+        f"  1:2 V->F via the reconstruction {_pct(cc['accuracy'])}% (chance 50%)",
+        f"  report.md, metrics.json, {len(m['figures'])} figures",
+    ])

@@ -1,0 +1,204 @@
+"""`facevoice train s2f`: the Speech2Face voice encoder (Oh et al. 2019 sec. 3). The face network
+and the face decoder are pretrained and fixed; the voice encoder (Table 1) regresses the face
+feature v_f of a face of the same person from a spectrogram, with eq. (1). One loop for CPU, CUDA
+(bf16 autocast) and torchrun DDP, with resume, metrics.csv, TensorBoard and a progress bar.
+
+Read top to bottom: config, frozen networks, data (v_f of every face computed once), loop,
+validation (eq. (1) loss and feature angle on held-out people), checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm import tqdm
+
+from training.runs import RunLog, load_checkpoint, read_metrics, restore, save_checkpoint
+from training.speech2face.config import S2FConfig, from_dict
+from training.speech2face.data import S2FSplit, load_s2f_split, rows_tensor
+from training.speech2face.decoder import load_face_net
+from training.speech2face.features import add_common, config_with, face_features, setup, write_run_json
+from training.speech2face.loss import s2f_loss, s2f_terms
+from training.speech2face.model import FaceDecoder, FaceNet, VoiceEncoder
+
+FIELDS = ("step", "loss", "decoder_l1", "feature_l2", "distill", "lr", "pairs_per_s", "val_loss", "val_angle_deg")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_common(p)
+    p.add_argument("--face-net", type=Path, required=True, help="face_net.pt from `train face-features`")
+    p.add_argument("--decoder", type=Path, required=True, help="decoder.pt from `train face-decoder`")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
+
+
+def load_decoder(path: Path, face_cfg: S2FConfig, device: torch.device) -> tuple[FaceDecoder, S2FConfig]:
+    """A frozen face decoder in eval mode and its config; it must have been trained on a face
+    network of `face_cfg`."""
+    state = load_checkpoint(path, "face decoder checkpoint (decoder.pt from `train face-decoder`)",
+                            ("model", "config"))
+    cfg = from_dict(state["config"])
+    if cfg.face != face_cfg.face:
+        raise SystemExit(f"{path}: was trained on another face network config than --face-net")
+    decoder = FaceDecoder(cfg.decoder, cfg.face.fc)
+    decoder.load_state_dict(state["model"])
+    decoder.to(device).eval()
+    for p in decoder.parameters():
+        p.requires_grad_(False)
+    return decoder, cfg
+
+
+class PairSampler:
+    """Random (voice clip, face of the same person) pairs: the paper pairs a clip with a frame of
+    its own video; a corpus pairs a clip with any photo of the speaker."""
+
+    def __init__(self, split: S2FSplit, seed: int):
+        self.split = split
+        self.rng = np.random.default_rng(seed)
+        self.faces_of = [split.items_of("face", i) for i in range(len(split.identities))]
+
+    def draw(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        voices = self.rng.integers(len(self.split.voice.identity), size=n)
+        faces = np.array([self.rng.choice(self.faces_of[i]) for i in self.split.voice.identity[voices]])
+        return voices, faces
+
+
+def lr_factor(step: int, cfg: S2FConfig) -> float:
+    """Sec. 3: lr x0.95 every 10,000 iterations (exponential decay, staircase)."""
+    return cfg.train.lr_decay ** (step // cfg.train.lr_decay_every)
+
+
+@torch.no_grad()
+def voice_features(encoder: VoiceEncoder, data: np.ndarray, device: torch.device, batch: int = 32) -> torch.Tensor:
+    """v_s of every spectrogram row, eval mode, float32 on the CPU."""
+    was = encoder.training
+    encoder.eval()
+    out = [encoder(rows_tensor(data, range(i, min(i + batch, len(data)))).to(device)).float().cpu()
+           for i in range(0, len(data), batch)]
+    encoder.train(was)
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def validate(encoder: VoiceEncoder, val: S2FSplit, val_vf: torch.Tensor, net: FaceNet, decoder: FaceDecoder,
+             cfg: S2FConfig, device) -> dict[str, float]:
+    """Eq. (1) over every (val clip, val face of the same person) pair, and the mean angle between
+    v_s and the person's mean v_f."""
+    v_s = voice_features(encoder, val.voice.data, device)
+    pairs = [(c, f) for c, i in enumerate(val.voice.identity) for f in val.items_of("face", i)]
+    c, f = map(np.array, zip(*pairs, strict=True))
+    terms = s2f_terms(val_vf[f].to(device), v_s[c].to(device), decoder.first_layer, net.logits, cfg.train.temperature)
+    loss = s2f_loss(terms, cfg.train.lambda1, cfg.train.lambda2).mean().item()
+    means = torch.stack([val_vf[val.items_of("face", i)].mean(0) for i in range(len(val.identities))])
+    cos = nn.functional.cosine_similarity(v_s, means[val.voice.identity], dim=1).clamp(-1, 1)
+    return {"val_loss": loss, "val_angle_deg": float(torch.rad2deg(torch.acos(cos)).mean())}
+
+
+def run(args: argparse.Namespace) -> int:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    _, device, cache = setup(args, local_rank)
+    if world > 1:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    torch.manual_seed(args.seed + rank)
+    main = rank == 0
+    progress = main and not args.no_progress
+    net, face_cfg = load_face_net(args.face_net, device)
+    decoder, dec_cfg = load_decoder(args.decoder, face_cfg, device)
+    cfg = config_with(args, dec_cfg.to_dict(), ("face", "decoder"))
+    t = cfg.train
+
+    train = load_s2f_split(args.corpus, "train", cfg, cache, args.workers, progress)
+    val = load_s2f_split(args.corpus, "val", cfg, cache, args.workers, progress) if main else None
+    train_vf = face_features(net, train.face.data, device)
+    val_vf = face_features(net, val.face.data, device) if main else None
+
+    encoder = VoiceEncoder(cfg.voice, cfg.face.fc, train.voice.data.shape[-1]).to(device)
+    model: nn.Module = encoder
+    if world > 1:
+        ids = [device.index] if device.type == "cuda" else None
+        model = nn.parallel.DistributedDataParallel(encoder, device_ids=ids)
+    optimizer = torch.optim.Adam(encoder.parameters(), t.lr, betas=(t.beta1, 0.999), eps=t.eps)
+    sampler = PairSampler(train, seed=args.seed * 1000 + rank)
+
+    step, best, best_step = 0, math.inf, 0
+    last = args.out / "checkpoints" / "last.pt"
+    if args.resume:
+        step, best, best_step = restore(last, device, encoder, optimizer, sampler.rng, rank)
+    if main:
+        write_run_json(args, cfg, device, face_net=str(args.face_net), decoder=str(args.decoder), world_size=world,
+                       train_identities=len(train.identities))
+    log = RunLog(args.out, args.resume, FIELDS) if main else None
+
+    amp = device.type == "cuda"
+    bar = tqdm(total=t.iterations, initial=step, desc="train s2f", unit="it", disable=not progress,
+               dynamic_ncols=True)
+    hist: dict[str, list[float]] = {"loss": [], "decoder_l1": [], "feature_l2": [], "distill": []}
+    window_start, window_pairs, val_scores = time.perf_counter(), 0, {}
+    encoder.train()
+    while step < t.iterations:
+        for g in optimizer.param_groups:
+            g["lr"] = t.lr * lr_factor(step, cfg)
+        voices, faces = sampler.draw(t.batch)
+        spec = rows_tensor(train.voice.data, voices).to(device)
+        v_f = train_vf[faces].to(device)
+        with torch.autocast("cuda", torch.bfloat16, enabled=amp):
+            v_s = model(spec)
+        terms = s2f_terms(v_f, v_s.float(), decoder.first_layer, net.logits, t.temperature)
+        loss = s2f_loss(terms, t.lambda1, t.lambda2).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+        hist["loss"].append(loss.item())
+        for k, v in terms.items():
+            hist[k].append(v.mean().item())
+        window_pairs += t.batch * world
+        bar.update()
+        if main and (step % t.eval_every == 0 or step == t.iterations):
+            if amp:
+                torch.cuda.synchronize()
+            rate = window_pairs / (time.perf_counter() - window_start)
+            val_scores = validate(encoder, val, val_vf, net, decoder, cfg, device)
+            if val_scores["val_loss"] < best:
+                best, best_step = val_scores["val_loss"], step
+                save_checkpoint(args.out / "best.pt", model=encoder.state_dict(), config=cfg.to_dict(), step=step,
+                                val=val_scores, face_net=str(args.face_net), decoder=str(args.decoder))
+            log.write({"step": step, **{k: float(np.mean(v)) for k, v in hist.items()},
+                       "lr": optimizer.param_groups[0]["lr"], "pairs_per_s": rate, **val_scores})
+            bar.set_postfix(loss=f"{np.mean(hist['loss']):.3f}", val=f"{val_scores['val_loss']:.3f}",
+                            angle=f"{val_scores['val_angle_deg']:.1f}", pps=f"{rate:.0f}")
+            hist = {k: [] for k in hist}
+            window_pairs, window_start = 0, time.perf_counter()
+        if main and (step % t.checkpoint_every == 0 or step == t.iterations):
+            save_checkpoint(last, model=encoder.state_dict(), optimizer=optimizer.state_dict(), step=step, best=best,
+                            best_step=best_step, sampler_rng=[sampler.rng.bit_generator.state],
+                            torch_rng=torch.get_rng_state(), config=cfg.to_dict(), face_net=str(args.face_net),
+                            decoder=str(args.decoder))  # `eval s2f --checkpoint checkpoints/last.pt` works too
+    bar.close()
+    if main:
+        log.close()
+        from training.speech2face.plots import training_curves
+        training_curves(args.out / "metrics.csv", args.out / "training.png", "Speech2Face voice encoder")
+        print(summary(args.out, step, best, best_step, val_scores))
+    if world > 1:
+        dist.destroy_process_group()
+    return 0
+
+
+def summary(out: Path, step: int, best: float, best_step: int, last_val: dict) -> str:
+    rows = read_metrics(out / "metrics.csv")
+    rates = [float(r["pairs_per_s"]) for r in rows if r["pairs_per_s"]]
+    return "\n".join([
+        f"Speech2Face voice encoder trained {step} iterations -> {out}",
+        f"  best validation eq. (1) loss {best:.4f} at step {best_step} (best.pt); last "
+        + ", ".join(f"{k} {v:.3f}" for k, v in last_val.items()),
+        f"  throughput {np.median(rates):.1f} pairs/s (median of {len(rates)} windows)" if rates else "",
+        f"  metrics.csv, tensorboard/, training.png; next: facevoice eval s2f --run {out}",
+    ])
