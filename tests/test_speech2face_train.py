@@ -81,6 +81,10 @@ def test_wrong_files_are_clear_errors(nets, tmp_path):
     junk.write_bytes(b"not a checkpoint")
     with pytest.raises(SystemExit, match="not a readable face network checkpoint"):
         main(["train", "face-decoder", *common, "--out", str(tmp_path / "d"), "--face-net", str(junk), *_sets()])
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes((out / "face" / "face_net.pt").read_bytes()[:1000])  # a copy interrupted mid-file
+    with pytest.raises(SystemExit, match="not a readable face network checkpoint"):
+        main(["train", "face-decoder", *common, "--out", str(tmp_path / "d"), "--face-net", str(cut), *_sets()])
     # an s2f checkpoint is not a face network
     with pytest.raises(SystemExit, match=r"not a face network checkpoint \(face_net\.pt"):
         main(["train", "face-decoder", *common, "--out", str(tmp_path / "d"),
