@@ -2,8 +2,9 @@
 Kim et al. 2018 sec. 4.3 fine-tune. No weights can be downloaded here, so each backbone is first
 trained to classify the *training* identities from its own modality alone (as VGG-Face and
 speaker-ID networks are), then saved as a weight file that `train association --face-weights /
---voice-weights` loads like a user's VGG16 / SoundNet file. It sees no test identity and no
-demographic label; docs/association.md lists it among the deviations.
+--voice-weights` loads like a user's VGG16 / SoundNet file. It sees no test identity; with
+`--attributes` it also learns the training identities' demographic labels. backbones.json beside
+the weights records which. docs/association.md lists both among the deviations.
 """
 
 from __future__ import annotations
@@ -67,6 +68,17 @@ def attribute_targets(split: SplitData, attributes: list[str]) -> dict[str, np.n
     return out
 
 
+def attribute_loss(heads: nn.ModuleDict, targets: dict[str, np.ndarray], feature: torch.Tensor,
+                   identities: np.ndarray) -> torch.Tensor | float:
+    """Sum of the attribute heads' cross-entropies for a batch of these identity indices (0
+    without heads)."""
+    loss = 0.0
+    for attr, head in heads.items():
+        y = torch.from_numpy(targets[attr][identities]).to(feature.device)
+        loss = loss + nn.functional.cross_entropy(head(feature), y)
+    return loss
+
+
 def classify_identities(split: SplitData, modality: str, cfg: AssociationConfig, steps: int, batch: int,
                         lr: float, seed: int, device: torch.device, progress: bool,
                         attributes: list[str] = ()) -> tuple[nn.Module, dict]:
@@ -89,10 +101,7 @@ def classify_identities(split: SplitData, modality: str, cfg: AssociationConfig,
         y = torch.from_numpy(labels[rows]).long().to(device)
         pooled = encoder(_inputs(split, modality, cfg, rows, rng).to(device)).mean(dim=pool)
         logits = classifier(pooled)
-        loss = nn.functional.cross_entropy(logits, y)
-        for attr, head in heads.items():
-            y_attr = torch.from_numpy(targets[attr][labels[rows]]).to(device)
-            loss = loss + nn.functional.cross_entropy(head(pooled), y_attr)
+        loss = nn.functional.cross_entropy(logits, y) + attribute_loss(heads, targets, pooled, labels[rows])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -119,9 +128,10 @@ def record_provenance(weights: Path, info: dict) -> None:
 
 def provenance(weights: Path | None) -> dict | None:
     """The backbones.json entry of a weight file, or None (a user's own file)."""
-    if weights is None or not (Path(weights).parent / PROVENANCE).exists():
+    if weights is None:
         return None
-    return json.loads((Path(weights).parent / PROVENANCE).read_text()).get(Path(weights).name)
+    path = Path(weights).parent / PROVENANCE
+    return json.loads(path.read_text()).get(Path(weights).name) if path.exists() else None
 
 
 def run(args: argparse.Namespace) -> int:

@@ -73,9 +73,9 @@ def validation_l1(decoder: FaceDecoder, net: FaceNet, split: S2FSplit, cfg: S2FC
 
 
 def run(args: argparse.Namespace) -> int:
-    _, device, cache = setup(args)
+    flags, device, cache = setup(args)
     net, trained = load_face_net(args.face_net, device)
-    cfg = config_with(args, trained.to_dict(), ("face",))
+    cfg = config_with(flags, trained, ("face",))
     progress = not args.no_progress
     d = cfg.decoder
     train = load_s2f_split(args.corpus, "train", cfg, cache, args.workers, progress, modalities=("face",))

@@ -18,7 +18,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from training.association.augment import augment_faces
-from training.association.pretrain import attribute_targets
+from training.association.pretrain import attribute_loss, attribute_targets
 from training.runs import RunLog, configure_cuda, pick_device, save_checkpoint
 from training.speech2face.config import S2FConfig, from_dict, load_config
 from training.speech2face.data import S2FSplit, load_s2f_split, rows_tensor
@@ -57,10 +57,10 @@ def setup(args: argparse.Namespace, local_rank: int = 0) -> tuple[S2FConfig, tor
     return cfg, device, args.cache_dir or args.out / "cache"
 
 
-def config_with(args: argparse.Namespace, trained: dict, sections: tuple[str, ...]) -> S2FConfig:
+def config_with(cfg: S2FConfig, trained: S2FConfig, sections: tuple[str, ...]) -> S2FConfig:
     """The command's config (--config, --set) with `sections` taken from a trained network's
     config: a network is used with the shapes it was trained with, whatever the flags say."""
-    return from_dict({**load_config(args.config, args.set).to_dict(), **{s: trained[s] for s in sections}})
+    return from_dict({**cfg.to_dict(), **{s: trained.to_dict()[s] for s in sections}})
 
 
 def write_run_json(args: argparse.Namespace, cfg: S2FConfig, device: torch.device, **extra) -> None:
@@ -112,9 +112,7 @@ def run(args: argparse.Namespace) -> int:
         y = torch.from_numpy(labels[rows]).long().to(device)
         feature = net.features(x)
         logits = net.logits(feature)
-        loss = F.cross_entropy(logits, y)
-        for attr, head in heads.items():
-            loss = loss + F.cross_entropy(head(feature), torch.from_numpy(targets[attr][labels[rows]]).to(device))
+        loss = F.cross_entropy(logits, y) + attribute_loss(heads, targets, feature, labels[rows])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

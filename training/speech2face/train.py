@@ -103,7 +103,7 @@ def validate(encoder: VoiceEncoder, val: S2FSplit, val_vf: torch.Tensor, net: Fa
 def run(args: argparse.Namespace) -> int:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    _, device, cache = setup(args, local_rank)
+    flags, device, cache = setup(args, local_rank)
     if world > 1:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     torch.manual_seed(args.seed + rank)
@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     progress = main and not args.no_progress
     net, face_cfg = load_face_net(args.face_net, device)
     decoder, dec_cfg = load_decoder(args.decoder, face_cfg, device)
-    cfg = config_with(args, dec_cfg.to_dict(), ("face", "decoder"))
+    cfg = config_with(flags, dec_cfg, ("face", "decoder"))
     t = cfg.train
 
     train = load_s2f_split(args.corpus, "train", cfg, cache, args.workers, progress)
