@@ -31,3 +31,19 @@ if ! "$VENV/bin/python" -c "import torch, sys; sys.exit(torch.__version__.split(
 fi
 echo "setup: installing facevoice[$EXTRAS]"
 "${pip[@]}" -e ".[$EXTRAS]"
+
+# The real tritonserver for tests and the demo's Triton path. nvidia-pytriton's Python API pins
+# numpy<2, which we do not use: take only its server binary (--no-deps). Its python-backend stub
+# needs NumPy 1.x, so the models' numpy and onnxruntime live in their own site directory.
+if [ "${SKIP_TRITON:-0}" != 1 ]; then
+  "$VENV/bin/python" -c "import importlib.util as u, sys; sys.exit(u.find_spec('pytriton') is None)" || {
+    echo "setup: installing nvidia-pytriton (tritonserver binary only)"
+    "${pip[@]}" --no-deps "nvidia-pytriton==0.7.0"
+  }
+  if [ ! -f "$VENV/triton-site/.complete" ]; then
+    echo "setup: installing numpy<2 + onnxruntime for Triton's python backend into $VENV/triton-site"
+    rm -rf "$VENV/triton-site"
+    "${pip[@]}" --target "$VENV/triton-site" "numpy<2" "onnxruntime>=1.18"
+    touch "$VENV/triton-site/.complete"
+  fi
+fi

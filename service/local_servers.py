@@ -1,0 +1,155 @@
+"""Real `tritonserver` and `redis-server` on free loopback ports, for tests, benchmarks and the demo.
+
+The Triton is the one nvidia-pytriton ships (python backend only). Its python-backend stub is built
+against NumPy 1.x, so the models' NumPy and onnxruntime come from a separate site directory
+(`$VENV/triton-site`, made by deploy/setup-debian.sh); with NumPy 2 the stub reads and writes
+garbage tensors without any error.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(check, timeout: float, what: str, proc: subprocess.Popen | None = None, log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            tail = log.read_text()[-3000:] if log and log.exists() else ""
+            raise RuntimeError(f"{what} exited with {proc.returncode}:\n{tail}")
+        try:
+            if check():
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{what} not ready after {timeout:.0f} s")
+
+
+def pytriton_dir() -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("nvidia-pytriton is not installed (deploy/setup-debian.sh installs it)")
+    return Path(spec.submodule_search_locations[0]) / "tritonserver"
+
+
+def triton_site() -> Path:
+    return Path(sys.prefix) / "triton-site"
+
+
+class LocalTriton:
+    """`tritonserver` serving MODEL_REPO with the configs/python.pbtxt variant, on free ports."""
+
+    def __init__(self, repo: Path, config_name: str = "python", workdir: Path | None = None):
+        self.repo, self.config_name = Path(repo), config_name
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="facevoice-triton-"))
+        self.http_port, self.grpc_port, self.metrics_port = free_port(), free_port(), free_port()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def _backends(self) -> Path:
+        """pytriton keeps the stubs per Python version; Triton wants the stub beside the backend."""
+        src = pytriton_dir()
+        dst = self.workdir / "backends" / "python"
+        dst.mkdir(parents=True, exist_ok=True)
+        for f in (src / "backends" / "python").iterdir():
+            if f.is_file() and not (dst / f.name).exists():
+                os.symlink(f, dst / f.name)
+        version = f"{sys.version_info.major}.{sys.version_info.minor}"
+        stub = src / "python_backend_stubs" / version / "triton_python_backend_stub"
+        if not (dst / stub.name).exists():
+            os.symlink(stub, dst / stub.name)
+        return dst.parent
+
+    def start(self, timeout: float = 120.0) -> LocalTriton:
+        if not triton_site().is_dir():
+            raise RuntimeError(f"{triton_site()} is missing (deploy/setup-debian.sh makes it)")
+        env = dict(os.environ, LD_LIBRARY_PATH=sysconfig.get_config_var("LIBDIR"),
+                   PYTHONPATH=str(triton_site()), FACEVOICE_ORT_THREADS="1")
+        cmd = [str(pytriton_dir() / "bin" / "tritonserver"), "--model-repository", str(self.repo),
+               "--model-config-name", self.config_name, "--backend-directory", str(self._backends()),
+               "--http-port", str(self.http_port), "--grpc-port", str(self.grpc_port),
+               "--metrics-port", str(self.metrics_port), "--allow-cpu-metrics", "true", "--exit-timeout-secs", "5"]
+        self.log = self.workdir / "tritonserver.log"
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        url = f"http://127.0.0.1:{self.http_port}/v2/health/ready"
+        wait_for(lambda: urllib.request.urlopen(url, timeout=1).status == 200, timeout, "tritonserver",
+                 self.proc, self.log)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def __enter__(self) -> LocalTriton:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+class LocalRedis:
+    """`redis-server` on a free loopback port, no persistence."""
+
+    def __init__(self, port: int | None = None):
+        self.port = port or free_port()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 20.0) -> LocalRedis:
+        exe = shutil.which("redis-server")
+        if exe is None:
+            raise RuntimeError("redis-server is not installed (deploy/setup-debian.sh installs it)")
+        self.proc = subprocess.Popen([exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                                      "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     start_new_session=True)
+
+        def ping() -> bool:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+
+        wait_for(ping, timeout, "redis-server", self.proc)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+    def __enter__(self) -> LocalRedis:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,79 @@
+"""`facevoice export`: the model repository's layout, configs, manifest, and ONNX == PyTorch."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from facevoice.cli import main
+from training.association.evaluate import load_run
+from training.export.command import FaceFeatures
+from training.speech2face.evaluate import load_s2f_run
+
+NETWORKS = ("face_encoder", "voice_encoder", "s2f_voice_encoder", "face_features", "face_decoder")
+
+
+def _torch_networks(stack):
+    model, _, _ = load_run(stack.association, "best.pt", torch.device("cpu"))
+    encoder, net, decoder, _, _ = load_s2f_run(stack.s2f, "best.pt", torch.device("cpu"))
+    return {"face_encoder": model.face_encoder, "voice_encoder": model.voice_encoder,
+            "s2f_voice_encoder": encoder, "face_features": FaceFeatures(net).eval(), "face_decoder": decoder}
+
+
+def test_repository_layout_and_configs(stack):
+    manifest = json.loads((stack.repo / "facevoice.json").read_text())
+    v = manifest["triton_version"]
+    for name in NETWORKS:
+        d = stack.repo / name
+        assert (d / str(v) / "model.onnx").stat().st_size > 0
+        assert (d / str(v) / "model.py").read_text().startswith('"""Triton python-backend model')
+        configs = {p.stem: p.read_text() for p in (d / "configs").glob("*.pbtxt")}
+        assert set(configs) == {"gpu", "cpu", "python"}
+        assert (d / "config.pbtxt").read_text() == configs["cpu"]  # --default-config cpu
+        for variant, backend, kind in (("gpu", "onnxruntime", "KIND_GPU"), ("cpu", "onnxruntime", "KIND_CPU"),
+                                       ("python", "python", "KIND_CPU")):
+            text = configs[variant]
+            assert f'name: "{name}"' in text and f'backend: "{backend}"' in text and f"kind: {kind}" in text
+            assert "dynamic_batching" in text and "max_batch_size: 64" in text
+            assert re.search(r"preferred_batch_size: \[ 4, 8, 16, 32 \]", text)
+    assert (stack.repo / f"facevoice.v{v}.json").read_text() == (stack.repo / "facevoice.json").read_text()
+    assert not [p for p in stack.repo.iterdir() if p.is_dir() and p.name not in NETWORKS]  # Triton reads every dir
+
+
+def test_every_network_matches_pytorch(stack):
+    manifest = json.loads((stack.repo / "facevoice.json").read_text())
+    entries = {**manifest["association"]["networks"], **manifest["speech2face"]["networks"]}
+    nets = _torch_networks(stack)
+    rng = np.random.default_rng(1)
+    for name, e in entries.items():
+        x = rng.standard_normal((5, *e["input_dims"]), dtype=np.float32)
+        with torch.no_grad():
+            ref = nets[name].eval()(torch.from_numpy(x)).numpy()
+        path = stack.repo / name / str(e["triton_version"]) / "model.onnx"
+        out = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run([e["output"]], {e["input"]: x})[0]
+        assert out.shape == (5, *e["output_dims"])
+        assert np.abs(out - ref).max() <= 1e-4, name
+        assert e["parity_max_abs_diff"] <= 1e-4
+
+
+def test_a_second_export_is_the_next_version_and_keeps_the_first(stack, tmp_path, capsys):
+    repo = tmp_path / "repo"
+    assert main(["export", "--association", str(stack.association), "--out", str(repo)]) == 0
+    assert main(["export", "--association", str(stack.association), "--out", str(repo)]) == 0
+    assert sorted(p.name for p in (repo / "face_encoder").iterdir() if p.name.isdigit()) == ["1", "2"]
+    first, second = (json.loads((repo / f"facevoice.v{v}.json").read_text()) for v in (1, 2))
+    assert json.loads((repo / "facevoice.json").read_text())["triton_version"] == 2
+    # same weights, same content hash: indexes built by version 1 stay valid
+    assert first["association"]["version"] == second["association"]["version"]
+    assert "speech2face" not in second
+    assert "exported Triton version 2" in capsys.readouterr().out
+
+
+def test_exporting_a_directory_that_is_not_a_run_is_a_clear_error(tmp_path):
+    with pytest.raises(SystemExit, match="no checkpoint"):
+        main(["export", "--association", str(tmp_path), "--out", str(tmp_path / "repo")])
