@@ -37,3 +37,11 @@ def image_bytes(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:
 def tone(freq: float = 220.0, sr: int = 16_000, seconds: float = 1.0, amp: float = 0.5) -> np.ndarray:
     t = np.arange(int(sr * seconds)) / sr
     return (amp * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory):
+    """Tiny trained association + Speech2Face runs, exported, with published indexes."""
+    from tests.serving import build_stack
+
+    return build_stack(tmp_path_factory.mktemp("stack"))

@@ -1,0 +1,128 @@
+"""Index versions on disk: `ROOT/NAME/VERSION/` (index.faiss, items.jsonl, meta.json, checksums),
+immutable once written, and `ROOT/NAME/current`, a one-line file naming the served version that
+is replaced atomically. A build that dies leaves only a `.tmp-*` directory, never a half version."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+
+import faiss
+
+from service.index import BuildPlan, Gallery, Item, apply_params
+
+FILES = ("index.faiss", "items.jsonl", "meta.json")
+NAMES = ("face", "voice", "face_feature")
+
+
+class IndexError_(Exception):
+    """An index version that must not be served (bad checksum, wrong model version, unreadable)."""
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def new_version() -> str:
+    """Sorts by creation time (microseconds), unique across builders."""
+    now = datetime.now(UTC)
+    return f"{now:%Y%m%dT%H%M%S}.{now.microsecond:06d}Z-{uuid.uuid4().hex[:6]}"
+
+
+def write_version(root: Path, name: str, index: faiss.Index, items: list[Item], plan: BuildPlan, *,
+                  model_version: str, metric: str, extra: dict | None = None) -> str:
+    """Writes a new immutable version (not yet served); returns its name."""
+    version = new_version()
+    tmp = Path(root) / name / f".tmp-{version}"
+    tmp.mkdir(parents=True)
+    faiss.write_index(faiss.index_gpu_to_cpu(index) if faiss.get_num_gpus() else index, str(tmp / "index.faiss"))
+    with open(tmp / "items.jsonl", "w") as f:
+        for row, it in enumerate(items):
+            f.write(json.dumps({"row": row, **asdict(it)}) + "\n")
+    meta = {"name": name, "version": version, "model_version": model_version, "metric": metric,
+            "size": len(items), "dim": index.d, "kind": plan.kind, "params": plan.params,
+            "recall_at_10": plan.recall_at_10, "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            **(extra or {})}
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+    (tmp / "checksums.sha256").write_text("".join(f"{sha256(tmp / f)}  {f}\n" for f in FILES))
+    for f in tmp.iterdir():
+        fd = os.open(f, os.O_RDONLY)
+        os.fsync(fd)
+        os.close(fd)
+    os.replace(tmp, Path(root) / name / version)
+    return version
+
+
+def publish(root: Path, name: str, version: str) -> None:
+    """Points NAME's `current` at VERSION, atomically."""
+    if not (Path(root) / name / version / "meta.json").exists():
+        raise IndexError_(f"{root}/{name}/{version}: no such index version")
+    tmp = Path(root) / name / f".current-{uuid.uuid4().hex[:8]}"
+    tmp.write_text(version + "\n")
+    os.replace(tmp, Path(root) / name / "current")
+
+
+def current_version(root: Path, name: str) -> str | None:
+    try:
+        return (Path(root) / name / "current").read_text().strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def read_meta(root: Path, name: str, version: str) -> dict:
+    return json.loads((Path(root) / name / version / "meta.json").read_text())
+
+
+def verify(path: Path) -> None:
+    try:
+        lines = (path / "checksums.sha256").read_text().splitlines()
+    except OSError as e:
+        raise IndexError_(f"{path}: no checksums ({e})") from e
+    for line in lines:
+        digest, _, fname = line.partition("  ")
+        if fname not in FILES or not (path / fname).exists() or sha256(path / fname) != digest:
+            raise IndexError_(f"{path}/{fname}: checksum mismatch")
+
+
+def load_version(root: Path, name: str, version: str, model_version: str, use_gpu: bool = False) -> Gallery:
+    """Verified and ready to search; refuses an index built by another model version."""
+    path = Path(root) / name / version
+    verify(path)
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+        if meta["model_version"] != model_version:
+            raise IndexError_(f"{path}: built by model version {meta['model_version']}, "
+                              f"the service runs {model_version}")
+        index = faiss.read_index(str(path / "index.faiss"))
+        items = {}
+        with open(path / "items.jsonl") as f:
+            for line in f:
+                d = json.loads(line)
+                row = d.pop("row")
+                items[row] = Item(**d)
+        plan = BuildPlan(meta["kind"], meta["params"], meta["recall_at_10"])
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
+        raise IndexError_(f"{path}: unreadable ({type(e).__name__}: {e})") from e
+    apply_params(index, plan)
+    return Gallery(index, items, meta["metric"], plan, use_gpu=use_gpu, meta=meta)
+
+
+def prune(root: Path, name: str, keep: int = 3) -> list[str]:
+    """Deletes all but the newest `keep` versions (never the current one); returns what went."""
+    cur = current_version(root, name)
+    versions = sorted(p.name for p in (Path(root) / name).iterdir() if p.is_dir() and not p.name.startswith("."))
+    gone = [v for v in versions[:-keep] if v != cur]
+    for v in gone:
+        shutil.rmtree(Path(root) / name / v)
+    return gone

@@ -1,0 +1,82 @@
+"""`facevoice index build`: versions per space, bad gallery items skipped, resume, Triton runner."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from facevoice.cli import main
+from service.index_store import current_version, load_version, read_meta
+from service.local_servers import LocalTriton
+
+
+def _gallery_with_a_broken_item(stack, tmp_path):
+    gallery = tmp_path / "gallery"
+    shutil.copytree(stack.corpus, gallery)
+    (gallery / "toy000" / "0.png").write_bytes(b"not a png")
+    return gallery / "manifest.csv"
+
+
+def test_build_skips_bad_items_and_resumes(stack, tmp_path, capsys):
+    manifest = _gallery_with_a_broken_item(stack, tmp_path)
+    out = tmp_path / "indexes"
+    args = ["index", "build", "--gallery", str(manifest), "--model-repo", str(stack.repo), "--out", str(out),
+            "--batch", "8", "--no-progress"]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "47 items (1 skipped)" in text and "48 items (0 skipped)" in text
+    with open(out / "skipped-face.csv") as f:
+        rows = list(csv.reader(f))
+    assert rows[1][0] == "toy000-face-0" and "not a readable" in rows[1][1]
+    first = {n: current_version(out, n) for n in ("face", "voice", "face_feature")}
+    meta = read_meta(out, "face", first["face"])
+    assert meta["size"] == 47 and meta["tuned_on"] == "queries"
+    # resume: the finished batches are reused, not embedded again (their files stay untouched)
+    batches = sorted((out / ".build").rglob("*.npz"))
+    stamps = [p.stat().st_mtime_ns for p in batches]
+    assert main(args) == 0
+    assert [p.stat().st_mtime_ns for p in batches] == stamps
+    second = {n: current_version(out, n) for n in first}
+    assert all(second[n] != first[n] for n in first)  # a new immutable version each time
+    a = load_version(out, "face", first["face"], meta["model_version"])
+    b = load_version(out, "face", second["face"], meta["model_version"])
+    q = np.zeros(a.dim, np.float32)
+    assert [it.item_id for it, _ in a.search(q, 5)] == [it.item_id for it, _ in b.search(q, 5)]
+
+
+def test_no_publish_leaves_current_alone(stack, tmp_path):
+    out = tmp_path / "indexes"
+    shutil.copytree(stack.index_root, out)
+    before = current_version(out, "voice")
+    assert main(["index", "build", "--gallery", str(stack.corpus / "manifest.csv"), "--model-repo", str(stack.repo),
+                 "--out", str(out), "--modalities", "voice", "--no-publish", "--no-progress"]) == 0
+    assert current_version(out, "voice") == before
+    assert len([p for p in (out / "voice").iterdir() if p.is_dir()]) == 2
+
+
+def test_build_through_triton_equals_the_embedded_build(stack, tmp_path):
+    out = tmp_path / "indexes"
+    with LocalTriton(stack.repo, workdir=tmp_path / "triton") as triton:
+        assert main(["index", "build", "--gallery", str(stack.corpus / "manifest.csv"), "--model-repo",
+                     str(stack.repo), "--triton-url", triton.grpc_url, "--out", str(out), "--concurrency", "4",
+                     "--batch", "4", "--no-progress"]) == 0
+    version = current_version(out, "face")
+    meta = json.loads((out / "face" / version / "meta.json").read_text())
+    assert meta["runner"] == "triton"
+    ours = load_version(out, "face", version, meta["model_version"])
+    ref_root = stack.index_root
+    ref = load_version(ref_root, "face", current_version(ref_root, "face"), meta["model_version"])
+    a = ours.index.reconstruct_n(0, ours.size)
+    b = ref.index.reconstruct_n(0, ref.size)
+    assert np.abs(a - b).max() <= 1e-4
+
+
+def test_a_gallery_that_is_not_a_manifest_is_a_clear_error(stack, tmp_path):
+    bad = tmp_path / "manifest.csv"
+    bad.write_text("just,some\ncolumns,here\n")
+    with pytest.raises(SystemExit, match="manifest"):
+        main(["index", "build", "--gallery", str(bad), "--model-repo", str(stack.repo), "--out", str(tmp_path / "o")])
