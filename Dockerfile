@@ -14,9 +14,10 @@ COPY deploy/setup-debian.sh deploy/
 COPY facevoice facevoice
 COPY service service
 COPY training training
-# torch first (CPU build), then the project; EXTRAS=gpu on a CUDA host adds faiss-gpu
+# torch first (CPU build), then the project; EXTRAS=gpu on a CUDA host adds faiss-gpu. No local
+# tritonserver (SKIP_TRITON): Triton runs in its own NGC image.
 ARG EXTRAS=dev
-RUN SKIP_APT=1 VENV=/opt/venv EXTRAS=${EXTRAS} bash deploy/setup-debian.sh \
+RUN SKIP_APT=1 SKIP_TRITON=1 VENV=/opt/venv EXTRAS=${EXTRAS} bash deploy/setup-debian.sh \
  && rm -rf /root/.cache/pip
 
 ENV PATH=/opt/venv/bin:$PATH

@@ -2,16 +2,18 @@
 # Everything facevoice needs on a fresh Debian 12 machine, idempotently: system packages, a
 # virtual environment with torch installed FIRST (the CPU build; any other order pulls GBs of
 # CUDA wheels), then the project itself. Used by `make demo`, `make test`, .ci/run and the
-# Dockerfile. VENV and EXTRAS may be overridden; SKIP_APT=1 leaves system packages alone.
+# Dockerfile. VENV and EXTRAS may be overridden; SKIP_APT=1 leaves system packages alone;
+# SKIP_TRITON=1 leaves out the local tritonserver (tests and benchmarks need it, images do not).
 set -euo pipefail
 VENV=${VENV:-.venv}
 EXTRAS=${EXTRAS:-dev}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
-APT_PACKAGES=(espeak-ng redis-server python3-venv)
+APT_PACKAGES=(espeak-ng redis-server python3-venv openssl)
 
 missing=()
 command -v espeak-ng >/dev/null || missing+=(espeak-ng)
 command -v redis-server >/dev/null || missing+=(redis-server)
+command -v openssl >/dev/null || missing+=(openssl)  # the TLS test makes a certificate
 python3 -c "import venv, ensurepip" 2>/dev/null || missing+=(python3 python3-venv)
 if ((${#missing[@]})) && [ "${SKIP_APT:-0}" != 1 ]; then
   echo "setup: installing ${missing[*]} (of ${APT_PACKAGES[*]})"

@@ -98,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     verb = args.subverb
     if verb in ("faces", "voices"):
-        print(f"{len(r.hits)} {verb} (model {r.model_version}, index {r.index_version}{', cached' if r.cached else ''})")
+        cached = ", cached" if r.cached else ""
+        print(f"{len(r.hits)} {verb} (model {r.model_version}, index {r.index_version}{cached})")
         print(format_hits(r.hits))
     elif verb == "match":
         print(f"ranking of {len(r.ranking)} candidates (model {r.model_version}), best first:")

@@ -41,6 +41,10 @@ class Cache:
         self._open_until = 0.0
         self._last_warning = -float("inf")
 
+    @property
+    def enabled(self) -> bool:
+        return self.client is not None
+
     def _usable(self, cache: str) -> bool:
         if self.client is None:
             return False

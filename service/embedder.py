@@ -8,8 +8,9 @@ import io
 import numpy as np
 from PIL import Image
 
-from service.media import DEFAULT_LIMITS, MediaLimits, association_waveform, face_input, speech2face_spectrogram
+from service.media import DEFAULT_LIMITS, MediaLimits
 from service.models import EmbeddedRunner, Manifest, TritonRunner
+from service.preprocess import face_query, voice_query
 
 Box = tuple[float, float, float, float]
 Runner = EmbeddedRunner | TritonRunner
@@ -20,18 +21,19 @@ class Embedder:
         self.manifest, self.runner, self.limits = manifest, runner, limits
         self.assoc = manifest.association.networks
 
-    # decode: bytes -> one model input (MediaError on bad media)
+    # decode: bytes -> one model input (MediaError on bad media); the path tests/test_parity.py
+    # checks against the training datasets
     def voice_input(self, audio: bytes) -> np.ndarray:
-        return association_waveform(audio, self.manifest.voice_frontend, self.limits)
+        return voice_query(audio, self.manifest.voice_frontend, self.limits)[0]
 
     def face_input(self, image: bytes, box: Box | None = None) -> np.ndarray:
-        return face_input(image, self.manifest.face_frontend, box, self.limits)
+        return face_query(image, self.manifest.face_frontend, box, self.limits)[0]
 
     def s2f_input(self, audio: bytes) -> np.ndarray:
-        return speech2face_spectrogram(audio, self.manifest.s2f_audio, self.limits)
+        return voice_query(audio, self.manifest.s2f_audio, self.limits)[0]
 
     def face_feature_input(self, image: bytes, box: Box | None = None) -> np.ndarray:
-        return face_input(image, self.manifest.s2f_face, box, self.limits)
+        return face_query(image, self.manifest.s2f_face, box, self.limits)[0]
 
     # embed: batches of model inputs -> vectors
     def voices(self, x: np.ndarray, deadline: float | None = None) -> np.ndarray:

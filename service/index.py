@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import faiss
@@ -81,7 +82,8 @@ def plan_and_build(vectors: np.ndarray, metric: str, exact_below: int = 50_000, 
     if kind == "ivf":
         nlist = int(max(1, min(4 * math.sqrt(n), n // 39)))  # FAISS wants >= 39 training points per list
         index = faiss.IndexIVFFlat(exact_index(dim, metric), dim, nlist, faiss_metric)
-        index.train(vectors[rng.choice(n, size=min(n, 256 * nlist), replace=False)])
+        index.cp.niter = 10  # k-means on 2 cores: 10 rounds on 50 points per list is plenty for the lists
+        index.train(vectors[rng.choice(n, size=min(n, 50 * nlist), replace=False)])
         index.add(vectors)
         knob, values, setter = "nprobe", [v for v in (1, 2, 4, 8, 16, 32, 64, 128, 256) if v < nlist] + [nlist], \
             lambda v: setattr(index, "nprobe", v)
@@ -111,8 +113,42 @@ def apply_params(index: faiss.Index, plan: BuildPlan) -> None:
         faiss.downcast_index(index).hnsw.efSearch = plan.params["efSearch"]
 
 
+class ReadWriteLock:
+    """Many searches at once (FAISS releases the GIL), or one edit alone."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writing = False
+
+    @contextmanager
+    def read(self):
+        with self._cond:
+            self._cond.wait_for(lambda: not self._writing)
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def write(self):
+        with self._cond:
+            self._cond.wait_for(lambda: not self._writing)
+            self._writing = True  # new readers wait from here
+            self._cond.wait_for(lambda: self._readers == 0)
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writing = False
+                self._cond.notify_all()
+
+
 class Gallery:
-    """FAISS index (IDs = row numbers) + items; reads run in parallel, writes take a lock."""
+    """FAISS index (IDs = row numbers) + items; searches run in parallel, edits one at a time."""
 
     def __init__(self, index: faiss.Index, items: dict[int, Item], metric: str, plan: BuildPlan,
                  use_gpu: bool = False, meta: dict | None = None):
@@ -123,7 +159,7 @@ class Gallery:
         # flat and HNSW number their rows in order, so a new row's id is ntotal; IVF takes ids
         self.next_id = max(max(items, default=-1) + 1, index.ntotal)
         self.tombstones: set[int] = set(range(index.ntotal)) - set(items)  # rows flat/HNSW cannot remove
-        self.lock = threading.RLock()
+        self.lock = ReadWriteLock()
         self.index = index
         self.device = "cpu"
         if use_gpu and faiss.get_num_gpus() > 0 and plan.kind != "hnsw":
@@ -159,7 +195,7 @@ class Gallery:
                ) -> list[tuple[Item, float]]:
         """Best first: (item, distance) with L2 distance, or 1 - cosine."""
         q = self._prepare(query)
-        with self.lock:
+        with self.lock.read():
             allowed = self.allowed(filters or {})
             if allowed is not None and len(allowed) == 0:
                 return []
@@ -193,8 +229,8 @@ class Gallery:
 
     def upsert(self, items: list[Item], vectors: np.ndarray) -> None:
         x = self._prepare(vectors)
-        with self.lock:
-            self.delete([it.item_id for it in items if it.item_id in self.by_item_id])
+        with self.lock.write():
+            self._delete([it.item_id for it in items if it.item_id in self.by_item_id])
             ids = np.arange(self.next_id, self.next_id + len(items), dtype=np.int64)
             if self.plan.kind == "ivf":
                 self.index.add_with_ids(x, ids)
@@ -208,16 +244,19 @@ class Gallery:
 
     def delete(self, item_ids: list[str]) -> list[str]:
         """Removes the items; returns the ids that were not there."""
+        with self.lock.write():
+            return self._delete(item_ids)
+
+    def _delete(self, item_ids: list[str]) -> list[str]:
         missing = []
-        with self.lock:
-            for item_id in item_ids:
-                row = self.by_item_id.pop(item_id, None)
-                if row is None:
-                    missing.append(item_id)
-                    continue
-                del self.items[row]
-                if self.plan.kind == "ivf":
-                    self.index.remove_ids(np.asarray([row], np.int64))
-                else:
-                    self.tombstones.add(row)
+        for item_id in item_ids:
+            row = self.by_item_id.pop(item_id, None)
+            if row is None:
+                missing.append(item_id)
+                continue
+            del self.items[row]
+            if self.plan.kind == "ivf":
+                self.index.remove_ids(np.asarray([row], np.int64))
+            else:
+                self.tombstones.add(row)
         return missing

@@ -132,7 +132,9 @@ def embed_modality(args: argparse.Namespace, emb: Embedder, modality: str, galle
         spaces, decode = {"voice": emb.voices}, {"voice": emb.voice_input}
     start = time.perf_counter()
     versions = sorted({group_of(manifest, n).version for n in spaces})
-    work = args.out / ".build" / f"{gallery_hash}-{modality}-{'-'.join(versions)}"
+    # finished batches are reused only by the same gallery, models, split and batch size
+    split = "+".join(sorted(args.split or ["all"]))
+    work = args.out / ".build" / f"{gallery_hash}-{modality}-{split}-b{args.batch}-{'-'.join(versions)}"
     kept, vectors, bad = embed_batches(rows, decode, spaces, work, args.batch, args.concurrency,
                                        not args.no_progress, f"embedding {modality}s")
     return Embedded([rows[i].item for i in kept], vectors, bad, time.perf_counter() - start)

@@ -27,7 +27,9 @@ def free_port() -> int:
 
 
 def wait_for(check, timeout: float, what: str, proc: subprocess.Popen | None = None, log: Path | None = None) -> None:
+    """Polls check() until it is true; any exception it raises means "not ready yet"."""
     deadline = time.monotonic() + timeout
+    last: Exception | None = None
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             tail = log.read_text()[-3000:] if log and log.exists() else ""
@@ -35,10 +37,10 @@ def wait_for(check, timeout: float, what: str, proc: subprocess.Popen | None = N
         try:
             if check():
                 return
-        except OSError:
-            pass
+        except Exception as e:  # e.g. connection refused while it starts
+            last = e
         time.sleep(0.1)
-    raise TimeoutError(f"{what} not ready after {timeout:.0f} s")
+    raise TimeoutError(f"{what} not ready after {timeout:.0f} s (last: {last})")
 
 
 def pytriton_dir() -> Path:
@@ -54,14 +56,45 @@ def triton_site() -> Path:
     return Path(sys.prefix) / "triton-site"
 
 
-class LocalTriton:
+class LocalProcess:
+    """A server process we started: stop() ends it; usable as a context manager."""
+
+    proc: subprocess.Popen | None = None
+
+    def start(self):
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def kill(self) -> None:
+        """SIGKILL: the crash a dependency can have, not a clean shutdown."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+class LocalTriton(LocalProcess):
     """`tritonserver` serving MODEL_REPO with the configs/python.pbtxt variant, on free ports."""
 
     def __init__(self, repo: Path, config_name: str = "python", workdir: Path | None = None):
         self.repo, self.config_name = Path(repo), config_name
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="facevoice-triton-"))
         self.http_port, self.grpc_port, self.metrics_port = free_port(), free_port(), free_port()
-        self.proc: subprocess.Popen | None = None
 
     @property
     def grpc_url(self) -> str:
@@ -98,29 +131,13 @@ class LocalTriton:
                  self.proc, self.log)
         return self
 
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-
-    def __enter__(self) -> LocalTriton:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
 
-class LocalRedis:
+class LocalRedis(LocalProcess):
     """`redis-server` on a free loopback port, no persistence."""
 
     def __init__(self, port: int | None = None):
         self.port = port or free_port()
-        self.proc: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
@@ -141,15 +158,3 @@ class LocalRedis:
 
         wait_for(ping, timeout, "redis-server", self.proc)
         return self
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self.proc = None
-
-    def __enter__(self) -> LocalRedis:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()

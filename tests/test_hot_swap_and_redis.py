@@ -37,13 +37,37 @@ def _metric(running, line_start: str) -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(line_start))
 
 
-def _hammer(stub, request, stop: threading.Event, failures: list, answered: list) -> None:
-    while not stop.is_set():
-        try:
-            r = stub.SearchFaces(request, timeout=30)
-            answered.append(r.index_version)
-        except grpc.RpcError as e:  # every failure is kept for the assertion
-            failures.append(f"{e.code()}: {e.details()}")
+class Traffic:
+    """Four client threads calling SearchFaces until the block ends; keeps every answer and failure."""
+
+    def __init__(self, stub, request):
+        self.stub, self.request = stub, request
+        self.answered: list[str] = []
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run) for _ in range(4)]
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.answered.append(self.stub.SearchFaces(self.request, timeout=30).index_version)
+            except grpc.RpcError as e:
+                self.failures.append(f"{e.code()}: {e.details()}")
+
+    def more(self, n: int) -> None:
+        """Waits for n more answers."""
+        start = len(self.answered)
+        assert _wait(lambda: len(self.answered) >= start + n)
+
+    def __enter__(self) -> Traffic:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join()
 
 
 def _rebuild(stack, root, *extra) -> None:
@@ -68,54 +92,41 @@ def test_results_and_embeddings_are_cached(stack, redis_server, tmp_path):
 
 def test_redis_killed_during_queries(stack, redis_server):
     running, stub = start_service(stack, redis_url=redis_server.url)
-    stop, failures, answered = threading.Event(), [], []
     request = pb.SearchFacesRequest(voice=pb.Audio(data=media(stack, "toy001", "voice")), top_k=3)
-    workers = [threading.Thread(target=_hammer, args=(stub, request, stop, failures, answered)) for _ in range(4)]
     try:
-        for w in workers:
-            w.start()
-        assert _wait(lambda: len(answered) > 20)
-        redis_server.stop()
-        n = len(answered)
-        assert _wait(lambda: len(answered) > n + 50)
+        with Traffic(stub, request) as traffic:
+            traffic.more(20)
+            redis_server.kill()
+            traffic.more(50)
         bypassed = _metric(running, "facevoice_cache_bypassed_total")
         redis_errors = _metric(running, 'facevoice_dependency_errors_total{dependency="redis"}')
     finally:
-        stop.set()
-        for w in workers:
-            w.join()
         running.stop(0)
-    assert failures == []
+    assert traffic.failures == []
     assert bypassed > 0 and redis_errors > 0
 
 
 def test_hot_swap_on_announcement_while_queries_run(stack, redis_server, tmp_path):
     root = copy_indexes(stack, tmp_path / "indexes")
     running, stub = start_service(stack, index_root=root, redis_url=redis_server.url, poll_s=0.0)  # no polling
-    stop, failures, answered = threading.Event(), [], []
     request = pb.SearchFacesRequest(voice=pb.Audio(data=media(stack, "toy002", "voice")), top_k=5)
-    workers = [threading.Thread(target=_hammer, args=(stub, request, stop, failures, answered)) for _ in range(4)]
+    before = current_version(root, "face")
+    versions = []
     try:
-        before = current_version(root, "face")
-        for w in workers:
-            w.start()
-        versions = []
-        for _ in range(3):
-            _rebuild(stack, root, "--redis", redis_server.url)
-            versions.append(current_version(root, "face"))
-            assert _wait(lambda v=versions[-1]: any(i.version == v for i in
-                                                    stub.GetIndexInfo(pb.GetIndexInfoRequest()).indexes))
-        n = len(answered)
-        assert _wait(lambda: len(answered) > n + 10)
+        with Traffic(stub, request) as traffic:
+            traffic.more(10)
+            for _ in range(3):
+                _rebuild(stack, root, "--redis", redis_server.url)
+                versions.append(current_version(root, "face"))
+                assert _wait(lambda v=versions[-1]: any(i.version == v for i in
+                                                        stub.GetIndexInfo(pb.GetIndexInfoRequest()).indexes))
+            traffic.more(10)
         swaps = _metric(running, 'facevoice_index_swaps_total{index="face",result="swapped"}')
     finally:
-        stop.set()
-        for w in workers:
-            w.join()
         running.stop(0)
-    assert failures == []
+    assert traffic.failures == []
     assert before not in versions and len(set(versions)) == 3
-    seen = set(answered)
+    seen = set(traffic.answered)
     assert before in seen and versions[-1] in seen  # queries ran before and after the swaps
     assert swaps >= 4  # the first load, then one per announcement
 

@@ -1,0 +1,89 @@
+"""`facevoice query ...` against the real server, and the demo's query stage."""
+
+from __future__ import annotations
+
+import pytest
+
+from facevoice.cli import main
+from facevoice.demo import serve_and_query
+from tests.serving import start_service
+
+
+@pytest.fixture(scope="module")
+def server(stack):
+    running, _ = start_service(stack, token="t0ken")
+    yield f"127.0.0.1:{running.port}"
+    running.stop(0)
+
+
+def _files(stack, identity):
+    d = stack.corpus / identity
+    return d / "0.wav", d / "0.png"
+
+
+def test_every_query_verb(stack, server, tmp_path, capsys):
+    voice, face = _files(stack, "toy003")
+    common = ["--server", server, "--token", "t0ken"]
+    assert main(["query", "faces", "--voice", str(voice), "--top-k", "3", "--filter", "gender=male", *common]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("3 faces (model ") and out.count("gender=male") == 3
+    assert main(["query", "voices", "--face", str(face), *common]) == 0
+    assert capsys.readouterr().out.startswith("5 voices")
+    others = [str(_files(stack, p)[1]) for p in ("toy003", "toy010", "toy020")]
+    assert main(["query", "match", "--voice", str(voice), "--candidates", *others, *common]) == 0
+    out = capsys.readouterr().out
+    assert "ranking of 3 candidates" in out and all(o in out for o in others)
+    png = tmp_path / "face.png"
+    assert main(["query", "reconstruct", "--voice", str(voice), "--out", str(png), *common]) == 0
+    assert png.read_bytes().startswith(b"\x89PNG")
+    assert main(["query", "info", *common]) == 0
+    assert "face_feature" in capsys.readouterr().out
+
+
+def test_errors_are_one_line_and_a_nonzero_exit(stack, server, tmp_path, capsys):
+    voice, _ = _files(stack, "toy003")
+    assert main(["query", "faces", "--voice", str(voice), "--server", server]) == 1  # no token
+    assert "UNAUTHENTICATED" in capsys.readouterr().err
+    junk = tmp_path / "junk.wav"
+    junk.write_bytes(b"junk")
+    assert main(["query", "faces", "--voice", str(junk), "--server", server, "--token", "t0ken"]) == 1
+    assert "INVALID_ARGUMENT: audio:" in capsys.readouterr().err
+    assert main(["query", "faces", "--voice", str(tmp_path / "missing.wav"), "--server", server]) == 2
+    with pytest.raises(SystemExit, match="NAME=V1,V2"):
+        main(["query", "faces", "--voice", str(voice), "--server", server, "--filter", "gender"])
+
+
+def test_service_recall_equals_offline_recall(stack, tmp_path):
+    """Served test-split gallery, every test query through gRPC: the offline evaluation's recall@K."""
+    import numpy as np
+    import torch
+
+    from facevoice.demo import service_recall
+    from training.association.data import load_split
+    from training.association.evaluate import load_run, split_embeddings
+    from training.metrics import pairwise_l2, recall_at_k
+
+    model, cfg, _ = load_run(stack.association, "best.pt", torch.device("cpu"))
+    split = load_split(stack.corpus, "test", cfg, tmp_path / "cache", workers=1, progress=False)
+    emb = split_embeddings(model, cfg, split, "cpu")
+    d = pairwise_l2(emb.voice, emb.face)
+    offline = {"v2f": recall_at_k(d, split.voice.identity, split.face.identity, (1, 5, 10)),
+               "f2v": recall_at_k(d.T, split.face.identity, split.voice.identity, (1, 5, 10))}
+    root = tmp_path / "indexes"
+    assert main(["index", "build", "--gallery", str(stack.corpus / "manifest.csv"), "--model-repo", str(stack.repo),
+                 "--out", str(root), "--split", "test", "--no-progress"]) == 0
+    running, stub = start_service(stack, index_root=root)
+    try:
+        served = service_recall(stub, stack.corpus)
+    finally:
+        running.stop(0)
+    for direction in ("v2f", "f2v"):
+        assert np.allclose(list(served[direction].values()), list(offline[direction].values()), atol=1e-9), direction
+
+
+def test_demo_query_stage(stack, tmp_path):
+    text = serve_and_query(stack.repo, stack.index_root, stack.corpus, tmp_path, people=2, top_k=3)
+    assert text.count("SearchFaces, voice") == 2 and text.count("Match, voice vs") == 2
+    assert len(list(tmp_path.glob("*_s2f.png"))) == 2
+    assert "true identity in the top 3" in text and (tmp_path / "queries.txt").read_text().strip() == text
+    assert "recall@1/5/10 through the service, every test voice -> faces" in text
