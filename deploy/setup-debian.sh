@@ -40,12 +40,12 @@ echo "setup: installing facevoice[$EXTRAS]"
 if [ "${SKIP_TRITON:-0}" != 1 ]; then
   "$VENV/bin/python" -c "import importlib.util as u, sys; sys.exit(u.find_spec('pytriton') is None)" || {
     echo "setup: installing nvidia-pytriton (tritonserver binary only)"
-    "${pip[@]}" --no-deps "nvidia-pytriton==0.7.0"
+    "${pip[@]}" --no-deps --no-warn-conflicts "nvidia-pytriton==0.7.0"
   }
   if [ ! -f "$VENV/triton-site/.complete" ]; then
     echo "setup: installing numpy<2 + onnxruntime for Triton's python backend into $VENV/triton-site"
     rm -rf "$VENV/triton-site"
-    "${pip[@]}" --target "$VENV/triton-site" "numpy<2" "onnxruntime>=1.18"
+    "${pip[@]}" --no-warn-conflicts --target "$VENV/triton-site" "numpy<2" "onnxruntime>=1.18"
     touch "$VENV/triton-site/.complete"
   fi
 fi

@@ -100,6 +100,9 @@ def test_graceful_stop_under_load_loses_no_call(stack):
     done.set()
     for t in threads:
         t.join()
-    # calls in flight finished; calls after the stop were refused as UNAVAILABLE, never cut short
-    assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}
-    assert codes.count(grpc.StatusCode.OK) > 20
+    # calls arriving after the stop are refused (UNAVAILABLE, or CANCELLED when they raced the
+    # shutdown before any handler saw them); every call a handler started reached its client
+    assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
+    handled = running.metrics.registry.get_sample_value("facevoice_requests_total",
+                                                        {"method": "SearchFaces", "code": "OK"})
+    assert codes.count(grpc.StatusCode.OK) == handled > 20
