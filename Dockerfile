@@ -1,28 +1,41 @@
-# One image for the offline jobs and the service (Triton runs in its own NGC image; see deploy/).
-# Not built in CI: these machines have no Docker engine. The same set-up script as `make` runs here.
-FROM python:3.11-slim-bookworm
+# syntax=docker/dockerfile:1
+# The facevoice service and the index rebuild job: one image, no torch (the online path never
+# imports training code). Triton runs in its own NGC image (deploy/compose.yaml); training runs
+# with `make demo` / the `facevoice train` commands on a training host.
+#
+#   docker build -t facevoice:0.1.0 .                              # faiss-cpu
+#   docker build --build-arg VARIANT=gpu -t facevoice:0.1.0-gpu .  # faiss-gpu-cu12 (CUDA from wheels)
+#
+# Not built in CI: these machines have no Docker engine. tests/test_deploy.py checks what can be
+# checked without one (paths, entrypoint, ports, health check).
+ARG PYTHON_IMAGE=python:3.11.10-slim-bookworm
 
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
-    OMP_NUM_THREADS=2 MKL_NUM_THREADS=2
-RUN apt-get update \
- && apt-get install -y --no-install-recommends espeak-ng \
- && rm -rf /var/lib/apt/lists/*
+FROM ${PYTHON_IMAGE} AS build
+ARG VARIANT=cpu
+ARG FAISS_GPU=faiss-gpu-cu12==1.15.1
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /opt/venv
+COPY deploy/requirements-service.txt /tmp/requirements-service.txt
+RUN /opt/venv/bin/pip install -r /tmp/requirements-service.txt \
+ && if [ "$VARIANT" = gpu ]; then \
+      /opt/venv/bin/pip uninstall -y faiss-cpu && /opt/venv/bin/pip install "$FAISS_GPU"; \
+    fi
+COPY pyproject.toml README.md /src/
+COPY facevoice /src/facevoice
+COPY service /src/service
+RUN /opt/venv/bin/pip install --no-deps /src
 
-WORKDIR /app
-COPY pyproject.toml README.md ./
-COPY deploy/setup-debian.sh deploy/
-COPY facevoice facevoice
-COPY service service
-COPY training training
-# torch first (CPU build), then the project; EXTRAS=gpu on a CUDA host adds faiss-gpu. No local
-# tritonserver (SKIP_TRITON): Triton runs in its own NGC image.
-ARG EXTRAS=dev
-RUN SKIP_APT=1 SKIP_TRITON=1 VENV=/opt/venv EXTRAS=${EXTRAS} bash deploy/setup-debian.sh \
- && rm -rf /root/.cache/pip
-
-ENV PATH=/opt/venv/bin:$PATH
-RUN useradd --create-home facevoice && mkdir /data && chown facevoice /data
-USER facevoice
-VOLUME /data
+FROM ${PYTHON_IMAGE}
+ENV PATH=/opt/venv/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
+    OMP_NUM_THREADS=1 \
+    FACEVOICE_MODEL_REPO=/models FACEVOICE_INDEX_ROOT=/indexes \
+    FACEVOICE_PORT=50051 FACEVOICE_METRICS_PORT=9464
+RUN useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin facevoice \
+ && mkdir /models /indexes && chown facevoice /indexes
+COPY --from=build /opt/venv /opt/venv
+USER 10001
+EXPOSE 50051 9464
+HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
+  CMD ["facevoice", "health", "--server", "127.0.0.1:50051"]
 ENTRYPOINT ["facevoice"]
-CMD ["demo", "--out", "/data/demo"]
+CMD ["serve"]

@@ -8,18 +8,20 @@ set -euo pipefail
 VENV=${VENV:-.venv}
 EXTRAS=${EXTRAS:-dev}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
-APT_PACKAGES=(espeak-ng redis-server python3-venv openssl)
+APT_PACKAGES=(espeak-ng redis-server python3-venv openssl prometheus)
 
 missing=()
 command -v espeak-ng >/dev/null || missing+=(espeak-ng)
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v openssl >/dev/null || missing+=(openssl)  # the TLS test makes a certificate
+command -v promtool >/dev/null || missing+=(prometheus)  # tests scrape the service and check deploy/prometheus
 python3 -c "import venv, ensurepip" 2>/dev/null || missing+=(python3 python3-venv)
 if ((${#missing[@]})) && [ "${SKIP_APT:-0}" != 1 ]; then
   echo "setup: installing ${missing[*]} (of ${APT_PACKAGES[*]})"
   sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+  # no recommends: prometheus would bring node-exporter, which takes port 9100 and starts itself
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
 if [ ! -x "$VENV/bin/python" ]; then

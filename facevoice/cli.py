@@ -23,12 +23,14 @@ VERBS: dict[tuple[str, ...], tuple[str, str]] = {
     ("eval", "s2f"): ("training.speech2face.evaluate", "the Speech2Face evaluation on test identities"),
     ("export",): ("training.export.command", "trained runs -> Triton model repository (ONNX)"),
     ("index", "build"): ("service.index_build", "embed a gallery and publish new FAISS index versions"),
+    ("index", "publish"): ("service.index_publish", "point an index at an existing version (rollback)"),
     ("serve",): ("service.serve", "the gRPC service (embedded default, or --triton-url)"),
     ("query", "faces"): ("facevoice.query", "voice -> nearest gallery faces (SearchFaces)"),
     ("query", "voices"): ("facevoice.query", "face -> nearest gallery voices (SearchVoices)"),
     ("query", "match"): ("facevoice.query", "one probe against 2..100 candidates (Match)"),
     ("query", "reconstruct"): ("facevoice.query", "voice -> Speech2Face face PNG (ReconstructFace)"),
     ("query", "info"): ("facevoice.query", "the served indexes and model versions (GetIndexInfo)"),
+    ("health",): ("facevoice.health", "gRPC health check of a running service (exit 0 when SERVING)"),
     ("demo",): ("facevoice.demo", "the main job on the embedded default (make demo)"),
 }
 

@@ -41,7 +41,7 @@ class ServeConfig:
     index_root: Path | None = None
     host: str = "0.0.0.0"
     port: int = 50051
-    metrics_port: int = 9100  # 0 picks a free port; -1 turns /metrics off
+    metrics_port: int = 9464  # 0 picks a free port; -1 turns /metrics off
     triton_url: str | None = None  # gRPC host:port; none = embedded onnxruntime
     triton_retries: int = 2
     redis_url: str | None = None

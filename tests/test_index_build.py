@@ -55,7 +55,16 @@ def test_no_publish_leaves_current_alone(stack, tmp_path):
     assert main(["index", "build", "--gallery", str(stack.corpus / "manifest.csv"), "--model-repo", str(stack.repo),
                  "--out", str(out), "--modalities", "voice", "--no-publish", "--no-progress"]) == 0
     assert current_version(out, "voice") == before
-    assert len([p for p in (out / "voice").iterdir() if p.is_dir()]) == 2
+    versions = sorted(p.name for p in (out / "voice").iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert len(versions) == 2
+    new = next(v for v in versions if v != before)
+    # publishing it, then rolling back to the first
+    assert main(["index", "publish", "--out", str(out), "--index", "voice", "--version", new]) == 0
+    assert current_version(out, "voice") == new
+    assert main(["index", "publish", "--out", str(out), "--index", "voice", "--version", before]) == 0
+    assert current_version(out, "voice") == before
+    with pytest.raises(SystemExit, match="no such index version"):
+        main(["index", "publish", "--out", str(out), "--index", "voice", "--version", "20990101T000000Z-x"])
 
 
 def test_build_through_triton_equals_the_embedded_build(stack, tmp_path):

@@ -6,6 +6,7 @@ import pytest
 
 from facevoice.cli import main
 from facevoice.demo import serve_and_query
+from service.local_servers import free_port
 from tests.serving import start_service
 
 
@@ -38,6 +39,13 @@ def test_every_query_verb(stack, server, tmp_path, capsys):
     assert png.read_bytes().startswith(b"\x89PNG")
     assert main(["query", "info", *common]) == 0
     assert "face_feature" in capsys.readouterr().out
+
+
+def test_health_verb(server, capsys):
+    assert main(["health", "--server", server]) == 0
+    assert "SERVING" in capsys.readouterr().out
+    assert main(["health", "--server", f"127.0.0.1:{free_port()}", "--timeout", "1"]) == 1
+    assert "UNAVAILABLE" in capsys.readouterr().err
 
 
 def test_errors_are_one_line_and_a_nonzero_exit(stack, server, tmp_path, capsys):

@@ -78,7 +78,7 @@ dynamic_batching {{
   max_queue_delay_microseconds: 500
 }}
 instance_group [ {{ count: {instances} kind: {kind} }} ]
-version_policy: {{ latest: {{ num_versions: 1 }} }}
+version_policy: {{ latest: {{ num_versions: 2 }} }}
 """
 
 
