@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def test_people(corpus: Path, n: int) -> list[dict[str, dict]]:
+def people_of_test_split(corpus: Path, n: int) -> list[dict[str, dict]]:
     """The first n test identities with a face and a voice: {modality: manifest row}."""
     with open(corpus / "manifest.csv", newline="") as f:
         rows = [r for r in csv.DictReader(f) if r["split"] == "test" and r["modality"] in ("face", "voice")]
@@ -167,7 +167,7 @@ def serve_and_query(repo: Path, indexes: Path, corpus: Path, out: Path, people: 
     stub = pb_grpc.FaceVoiceStub(grpc.insecure_channel(f"127.0.0.1:{running.port}"))
     lines = [f"service on 127.0.0.1:{running.port} ({running.embedder.runner.name} runner)"]
     found = {"SearchFaces": 0, "SearchVoices": 0, "Match": 0}
-    chosen = test_people(corpus, people + 1)
+    chosen = people_of_test_split(corpus, people + 1)
     try:
         for k, person in enumerate(chosen[:people]):
             face_row, voice_row = person["face"], person["voice"]
