@@ -142,3 +142,24 @@ def test_config_overrides_and_errors():
         load_config("small", ["decoder.nope=1"])
     with pytest.raises(ValueError, match="no config"):
         load_config("nonexistent")
+
+
+def test_voice_augment_windows_gains_and_off_by_default():
+    import numpy as np
+
+    from training.speech2face.train import VoiceAugment
+
+    spec = torch.arange(2 * 2 * 10 * 3, dtype=torch.float32).view(2, 2, 10, 3) + 1
+    paper = load_config("paper")
+    assert paper.train.crop_from == 0 and paper.train.gain_db == 0
+    off = VoiceAugment(paper, frames=10, rng=np.random.default_rng(0))
+    assert torch.equal(off(spec), spec)  # the paper setting: the first voice.seconds, untouched
+    on = VoiceAugment(load_config("paper", ["train.gain_db=6"]), frames=4, rng=np.random.default_rng(0))
+    out = on(spec)
+    assert out.shape == (2, 2, 4, 3)
+    for b in range(2):
+        ratios = [out[b] / spec[b, :, o:o + 4] for o in range(7)]
+        windows = [r for r in ratios if torch.allclose(r, r.flatten()[0].expand_as(r))]
+        assert len(windows) == 1  # one contiguous window of the cached clip, scaled by one gain
+        gain = windows[0].flatten()[0].item()
+        assert 10 ** (-6 / 20 * 0.3) - 1e-6 <= gain <= 10 ** (6 / 20 * 0.3) + 1e-6

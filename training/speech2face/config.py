@@ -76,6 +76,11 @@ class S2FTrainConfig:
     temperature: float = 2.0
     eval_every: int = 5000
     checkpoint_every: int = 5000
+    # Our deviation against over-fitting, off in the paper config: train on random voice.seconds
+    # windows of the first crop_from seconds (0: always the first voice.seconds, as sec. 3), with
+    # a random gain of +-gain_db (a gain g scales the power-law spectrogram by g^power).
+    crop_from: float = 0.0
+    gain_db: float = 0.0
 
 
 @dataclass(frozen=True)

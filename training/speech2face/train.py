@@ -69,6 +69,24 @@ class PairSampler:
         return voices, faces
 
 
+class VoiceAugment:
+    """Training-time voice windows and gains (S2FTrainConfig.crop_from, gain_db); identity when off."""
+
+    def __init__(self, cfg: S2FConfig, frames: int, rng: np.random.Generator):
+        self.frames, self.rng = frames, rng
+        self.gain_db, self.power = cfg.train.gain_db, cfg.voice.frontend().power
+
+    def __call__(self, spec: torch.Tensor) -> torch.Tensor:
+        """[B, 2, T_cached, F] -> [B, 2, frames, F]."""
+        if spec.shape[2] > self.frames:
+            starts = self.rng.integers(0, spec.shape[2] - self.frames + 1, size=len(spec))
+            spec = torch.stack([s[:, o:o + self.frames] for s, o in zip(spec, starts, strict=True)])
+        if self.gain_db:
+            gain = 10 ** (self.rng.uniform(-self.gain_db, self.gain_db, size=(len(spec), 1, 1, 1)) / 20)
+            spec = spec * torch.from_numpy((gain ** self.power).astype(np.float32))
+        return spec
+
+
 def lr_factor(step: int, cfg: S2FConfig) -> float:
     """Sec. 3: lr x0.95 every 10,000 iterations (exponential decay, staircase)."""
     return cfg.train.lr_decay ** (step // cfg.train.lr_decay_every)
@@ -114,7 +132,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_with(flags, dec_cfg, ("face", "decoder"))
     t = cfg.train
 
-    train = load_s2f_split(args.corpus, "train", cfg, cache, args.workers, progress)
+    crop = t.crop_from if t.crop_from > cfg.voice.seconds else None  # longer training clips to crop from
+    train = load_s2f_split(args.corpus, "train", cfg, cache, args.workers, progress, seconds=crop)
     val = load_s2f_split(args.corpus, "val", cfg, cache, args.workers, progress) if main else None
     train_vf = face_features(net, train.face.data, device)
     val_vf = face_features(net, val.face.data, device) if main else None
@@ -126,6 +145,7 @@ def run(args: argparse.Namespace) -> int:
         model = nn.parallel.DistributedDataParallel(encoder, device_ids=ids)
     optimizer = torch.optim.Adam(encoder.parameters(), t.lr, betas=(t.beta1, 0.999), eps=t.eps)
     sampler = PairSampler(train, seed=args.seed * 1000 + rank)
+    augment = VoiceAugment(cfg, cfg.voice.frontend().shape[1], sampler.rng)
 
     step, best, best_step = 0, math.inf, 0
     last = args.out / "checkpoints" / "last.pt"
@@ -146,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
         for g in optimizer.param_groups:
             g["lr"] = t.lr * lr_factor(step, cfg)
         voices, faces = sampler.draw(t.batch)
-        spec = rows_tensor(train.voice.data, voices).to(device)
+        spec = augment(rows_tensor(train.voice.data, voices)).to(device)
         v_f = train_vf[faces].to(device)
         with torch.autocast("cuda", torch.bfloat16, enabled=amp):
             v_s = model(spec)
