@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from service.index_store import NAMES, IndexError_, current_version, publish, read_meta
+from service.index_store import NAMES, IndexVersionError, current_version, publish, read_meta
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -22,7 +22,7 @@ def run(args: argparse.Namespace) -> int:
     before = current_version(args.out, args.index)
     try:
         publish(args.out, args.index, args.version)
-    except IndexError_ as e:
+    except IndexVersionError as e:
         raise SystemExit(str(e)) from e
     meta = read_meta(args.out, args.index, args.version)
     if args.redis:

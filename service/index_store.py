@@ -22,7 +22,7 @@ FILES = ("index.faiss", "items.jsonl", "meta.json")
 NAMES = ("face", "voice", "face_feature")
 
 
-class IndexError_(Exception):
+class IndexVersionError(Exception):
     """An index version that must not be served (bad checksum, wrong model version, unreadable)."""
 
 
@@ -67,7 +67,7 @@ def write_version(root: Path, name: str, index: faiss.Index, items: list[Item], 
 def publish(root: Path, name: str, version: str) -> None:
     """Points NAME's `current` at VERSION, atomically."""
     if not (Path(root) / name / version / "meta.json").exists():
-        raise IndexError_(f"{root}/{name}/{version}: no such index version")
+        raise IndexVersionError(f"{root}/{name}/{version}: no such index version")
     tmp = Path(root) / name / f".current-{uuid.uuid4().hex[:8]}"
     tmp.write_text(version + "\n")
     os.replace(tmp, Path(root) / name / "current")
@@ -88,11 +88,11 @@ def verify(path: Path) -> None:
     try:
         lines = (path / "checksums.sha256").read_text().splitlines()
     except OSError as e:
-        raise IndexError_(f"{path}: no checksums ({e})") from e
+        raise IndexVersionError(f"{path}: no checksums ({e})") from e
     for line in lines:
         digest, _, fname = line.partition("  ")
         if fname not in FILES or not (path / fname).exists() or sha256(path / fname) != digest:
-            raise IndexError_(f"{path}/{fname}: checksum mismatch")
+            raise IndexVersionError(f"{path}/{fname}: checksum mismatch")
 
 
 def load_version(root: Path, name: str, version: str, model_version: str, use_gpu: bool = False) -> Gallery:
@@ -102,7 +102,7 @@ def load_version(root: Path, name: str, version: str, model_version: str, use_gp
     try:
         meta = json.loads((path / "meta.json").read_text())
         if meta["model_version"] != model_version:
-            raise IndexError_(f"{path}: built by model version {meta['model_version']}, "
+            raise IndexVersionError(f"{path}: built by model version {meta['model_version']}, "
                               f"the service runs {model_version}")
         index = faiss.read_index(str(path / "index.faiss"))
         items = {}
@@ -113,7 +113,7 @@ def load_version(root: Path, name: str, version: str, model_version: str, use_gp
                 items[row] = Item(**d)
         plan = BuildPlan(meta["kind"], meta["params"], meta["recall_at_10"])
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
-        raise IndexError_(f"{path}: unreadable ({type(e).__name__}: {e})") from e
+        raise IndexVersionError(f"{path}: unreadable ({type(e).__name__}: {e})") from e
     apply_params(index, plan)
     return Gallery(index, items, meta["metric"], plan, use_gpu=use_gpu, meta=meta)
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import logging
 import threading
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 
 from service.errors import NotLoaded
 from service.index import Gallery, Item
-from service.index_store import NAMES, IndexError_, current_version, load_version
+from service.index_store import NAMES, IndexVersionError, current_version, load_version
 from service.metrics import Metrics
 
 log = logging.getLogger("facevoice.indexes")
@@ -51,7 +52,7 @@ class IndexSet:
                     continue
                 try:
                     gallery = load_version(self.root, name, version, model_version, self.use_gpu)
-                except (IndexError_, OSError) as e:
+                except (IndexVersionError, OSError) as e:
                     self.metrics.index_swaps.labels(name, "refused").inc()
                     log.error("not serving %s/%s: %s", name, version, e)
                     continue
@@ -71,10 +72,8 @@ class IndexSet:
             self.metrics.index_info.remove(name, om["version"], om["model_version"], om["kind"])
         self.metrics.index_info.labels(name, m["version"], m["model_version"], m["kind"]).set(1)
         self.metrics.index_items.labels(name).set(gallery.size)
-        from datetime import datetime
-
-        self.metrics.index_built.labels(name).set(datetime.fromisoformat(m["built_at"].replace("Z", "+00:00"))
-                                                  .timestamp())
+        built = datetime.fromisoformat(m["built_at"].replace("Z", "+00:00"))
+        self.metrics.index_built.labels(name).set(built.timestamp())
 
     @staticmethod
     def _apply(gallery: Gallery, entry: tuple) -> None:

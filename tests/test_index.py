@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 
 from service.index import Gallery, Item, normalise, plan_and_build, recall_at_10
-from service.index_store import IndexError_, current_version, load_version, prune, publish, read_meta, write_version
+from service.index_store import (
+    IndexVersionError,
+    current_version,
+    load_version,
+    prune,
+    publish,
+    read_meta,
+    write_version,
+)
 
 
 def clustered(n: int, dim: int = 16, clusters: int = 40, seed: int = 0) -> np.ndarray:
@@ -97,14 +105,14 @@ def test_versions_publish_load_and_refuse(tmp_path):
     g = load_version(tmp_path, "face", v1, "m1")
     assert g.size == 500 and g.search(x[7], 1)[0][0].item_id == "item7"
     assert read_meta(tmp_path, "face", v1)["model_version"] == "m1"
-    with pytest.raises(IndexError_, match="model version m1"):
+    with pytest.raises(IndexVersionError, match="model version m1"):
         load_version(tmp_path, "face", v1, "m2")
     # tampering with any file is caught by the checksums
     path = tmp_path / "face" / v1 / "items.jsonl"
     path.write_text(path.read_text().replace("item7", "item8"))
-    with pytest.raises(IndexError_, match="checksum"):
+    with pytest.raises(IndexVersionError, match="checksum"):
         load_version(tmp_path, "face", v1, "m1")
-    with pytest.raises(IndexError_, match="no such"):
+    with pytest.raises(IndexVersionError, match="no such"):
         publish(tmp_path, "face", "nope")
 
 

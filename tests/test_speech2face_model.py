@@ -163,3 +163,18 @@ def test_voice_augment_windows_gains_and_off_by_default():
         assert len(windows) == 1  # one contiguous window of the cached clip, scaled by one gain
         gain = windows[0].flatten()[0].item()
         assert 10 ** (-6 / 20 * 0.3) - 1e-6 <= gain <= 10 ** (6 / 20 * 0.3) + 1e-6
+
+
+def test_match_score_by_hand():
+    from training.speech2face.train import match_score
+
+    means = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    # clip 0 points at person 0: both others are farther -> 1.0; clip 1 (person 1) points at person 0:
+    # person 0 nearer, person 2 farther -> 0.5; clip 2 (person 2) points at person 0: both nearer -> 0.0
+    v_s = torch.tensor([[2.0, 0.1], [1.0, 0.0], [1.0, 0.0]])
+    assert match_score(v_s, means, torch.tensor([0, 1, 2])) == pytest.approx((1.0 + 0.5 + 0.0) / 3)
+
+
+def test_select_must_be_known():
+    with pytest.raises(ValueError, match=r"train\.select"):
+        load_config("paper", ["train.select=angle"])

@@ -75,6 +75,23 @@ def test_resume_continues_from_the_last_checkpoint(nets, tmp_path, capsys):
     assert "trained 40 iterations" in capsys.readouterr().out
 
 
+def test_best_checkpoint_follows_the_selection_rule(nets, tmp_path):
+    """train.select=match keeps the step with the highest val_match (loss keeps the lowest val_loss)."""
+    import torch
+
+    out, common = nets
+    default = list(csv.DictReader((out / "s2f" / "metrics.csv").open()))
+    best = torch.load(out / "s2f" / "best.pt", map_location="cpu", weights_only=True)
+    assert best["step"] == int(min(default, key=lambda r: float(r["val_loss"]))["step"])
+    assert all(0.0 <= float(r["val_match"]) <= 1.0 for r in default)
+    assert main(["train", "s2f", *common, "--out", str(tmp_path), "--face-net", str(out / "face" / "face_net.pt"),
+                 "--decoder", str(out / "decoder" / "decoder.pt"),
+                 *_sets(["train.iterations=80", "train.select=match"])]) == 0
+    rows = list(csv.DictReader((tmp_path / "metrics.csv").open()))
+    best = torch.load(tmp_path / "best.pt", map_location="cpu", weights_only=True)
+    assert best["step"] == int(max(rows, key=lambda r: float(r["val_match"]))["step"])
+
+
 def test_wrong_files_are_clear_errors(nets, tmp_path):
     out, common = nets
     junk = tmp_path / "junk.pt"

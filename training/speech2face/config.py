@@ -81,6 +81,10 @@ class S2FTrainConfig:
     # a random gain of +-gain_db (a gain g scales the power-law spectrogram by g^power).
     crop_from: float = 0.0
     gain_db: float = 0.0
+    # Which validation score picks best.pt (the paper names none): "loss", the lowest eq. (1), or
+    # "match", the highest share of other validation people whose mean face feature is farther
+    # (cosine) from a clip's v_s than its own person's.
+    select: str = "loss"
 
 
 @dataclass(frozen=True)
@@ -115,6 +119,12 @@ def validate(cfg: S2FConfig) -> None:
         raise ValueError("decoder.size must be decoder.base doubled once per decoder.widths entry after the first")
     if cfg.voice.seconds <= 0 or cfg.train.batch < 1:
         raise ValueError("voice.seconds and train.batch must be positive")
+    if cfg.train.select not in SELECT:
+        raise ValueError(f"train.select must be one of {sorted(SELECT)}, got {cfg.train.select!r}")
+
+
+# train.select -> (the validation score, +1 when higher is better)
+SELECT = {"loss": ("val_loss", -1.0), "match": ("val_match", 1.0)}
 
 
 def load_config(name_or_path: str, overrides: list[str] = ()) -> S2FConfig:

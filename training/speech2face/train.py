@@ -21,14 +21,15 @@ from torch import nn
 from tqdm import tqdm
 
 from training.runs import RunLog, load_checkpoint, read_metrics, restore, save_checkpoint
-from training.speech2face.config import S2FConfig, from_dict
+from training.speech2face.config import SELECT, S2FConfig, from_dict
 from training.speech2face.data import S2FSplit, load_s2f_split, rows_tensor
 from training.speech2face.decoder import load_face_net
 from training.speech2face.features import add_common, config_with, face_features, setup, write_run_json
 from training.speech2face.loss import s2f_loss, s2f_terms
 from training.speech2face.model import FaceDecoder, FaceNet, VoiceEncoder
 
-FIELDS = ("step", "loss", "decoder_l1", "feature_l2", "distill", "lr", "pairs_per_s", "val_loss", "val_angle_deg")
+FIELDS = ("step", "loss", "decoder_l1", "feature_l2", "distill", "lr", "pairs_per_s", "val_loss", "val_angle_deg",
+          "val_match")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -115,7 +116,16 @@ def validate(encoder: VoiceEncoder, val: S2FSplit, val_vf: torch.Tensor, net: Fa
     loss = s2f_loss(terms, cfg.train.lambda1, cfg.train.lambda2).mean().item()
     means = torch.stack([val_vf[val.items_of("face", i)].mean(0) for i in range(len(val.identities))])
     cos = nn.functional.cosine_similarity(v_s, means[val.voice.identity], dim=1).clamp(-1, 1)
-    return {"val_loss": loss, "val_angle_deg": float(torch.rad2deg(torch.acos(cos)).mean())}
+    return {"val_loss": loss, "val_angle_deg": float(torch.rad2deg(torch.acos(cos)).mean()),
+            "val_match": match_score(v_s, means, torch.as_tensor(val.voice.identity))}
+
+
+def match_score(v_s: torch.Tensor, means: torch.Tensor, identity: torch.Tensor) -> float:
+    """Mean over clips of the share of other people whose mean v_f is less cosine-similar to v_s
+    than the clip's own person's: 0.5 at chance, 1 when every clip ranks its speaker first."""
+    sim = nn.functional.normalize(v_s, dim=1) @ nn.functional.normalize(means, dim=1).T
+    own = sim[torch.arange(len(sim)), identity]
+    return float(((sim < own[:, None]).sum(1).float() / (sim.shape[1] - 1)).mean())
 
 
 def run(args: argparse.Namespace) -> int:
@@ -147,7 +157,8 @@ def run(args: argparse.Namespace) -> int:
     sampler = PairSampler(train, seed=args.seed * 1000 + rank)
     augment = VoiceAugment(cfg, cfg.voice.frontend().shape[1], sampler.rng)
 
-    step, best, best_step = 0, math.inf, 0
+    key, sign = SELECT[t.select]  # best.pt: the highest sign * validation score
+    step, best, best_step = 0, -math.inf, 0
     last = args.out / "checkpoints" / "last.pt"
     if args.resume:
         step, best, best_step = restore(last, device, encoder, optimizer, sampler.rng, rank)
@@ -186,8 +197,9 @@ def run(args: argparse.Namespace) -> int:
                 torch.cuda.synchronize()
             rate = window_pairs / (time.perf_counter() - window_start)
             val_scores = validate(encoder, val, val_vf, net, decoder, cfg, device)
-            if val_scores["val_loss"] < best:
-                best, best_step = val_scores["val_loss"], step
+            score = sign * val_scores[key]
+            if score > best:
+                best, best_step = score, step
                 save_checkpoint(args.out / "best.pt", model=encoder.state_dict(), config=cfg.to_dict(), step=step,
                                 val=val_scores, face_net=str(args.face_net), decoder=str(args.decoder))
             log.write({"step": step, **{k: float(np.mean(v)) for k, v in hist.items()},
@@ -206,18 +218,18 @@ def run(args: argparse.Namespace) -> int:
         log.close()
         from training.speech2face.plots import training_curves
         training_curves(args.out / "metrics.csv", args.out / "training.png", "Speech2Face voice encoder")
-        print(summary(args.out, step, best, best_step, val_scores))
+        print(summary(args.out, step, sign * best, best_step, val_scores, key))
     if world > 1:
         dist.destroy_process_group()
     return 0
 
 
-def summary(out: Path, step: int, best: float, best_step: int, last_val: dict) -> str:
+def summary(out: Path, step: int, best: float, best_step: int, last_val: dict, key: str = "val_loss") -> str:
     rows = read_metrics(out / "metrics.csv")
     rates = [float(r["pairs_per_s"]) for r in rows if r["pairs_per_s"]]
     return "\n".join([
         f"Speech2Face voice encoder trained {step} iterations -> {out}",
-        f"  best validation eq. (1) loss {best:.4f} at step {best_step} (best.pt); last "
+        f"  best {key} {best:.4f} at step {best_step} (best.pt); last "
         + ", ".join(f"{k} {v:.3f}" for k, v in last_val.items()),
         f"  throughput {np.median(rates):.1f} pairs/s (median of {len(rates)} windows)" if rates else "",
         f"  metrics.csv, tensorboard/, training.png; next: facevoice eval s2f --run {out}",
