@@ -114,9 +114,6 @@ class EmbeddedRunner:
     def infer(self, info: NetworkInfo, x: np.ndarray, deadline: float | None = None) -> np.ndarray:
         return self._session(info).run([info.output], {info.input: np.ascontiguousarray(x, np.float32)})[0]
 
-    def ready(self) -> bool:
-        return True
-
 
 class TritonRunner:
     """The same networks on a Triton server, through tritonclient's gRPC client.
@@ -161,9 +158,3 @@ class TritonRunner:
                     raise DependencyUnavailable(f"Triton at {self.url}: {info.model}: {e.message()}") from e
                 attempt += 1
                 time.sleep(self.backoff_s * attempt)
-
-    def ready(self) -> bool:
-        try:
-            return bool(self.client.is_server_ready(client_timeout=1.0))
-        except Exception:
-            return False

@@ -93,16 +93,43 @@ def _check_top_k(top_k: int, allow_zero: bool = False) -> None:
         raise BadRequest(f"top_k must be in {low}..{MAX_TOP_K}, got {top_k}")
 
 
+def _score(distance: float, metric: str) -> float:
+    """The proto's Hit.score: the cosine in a cosine space, 1 / (1 + Euclidean distance) otherwise."""
+    return (1.0 - distance) if metric == "cosine" else 1.0 / (1.0 + distance)
+
+
 def _hits(found: list, metric: str) -> list[pb.Hit]:
-    """Score: the cosine in a cosine space, 1 / (1 + Euclidean distance) otherwise (the proto's Hit)."""
     return [pb.Hit(item_id=it.item_id, identity=it.identity, distance=d, attributes=it.attributes,
-                   score=(1.0 - d) if metric == "cosine" else 1.0 / (1.0 + d)) for it, d in found]
+                   score=_score(d, metric)) for it, d in found]
 
 
 class FaceVoiceService(pb_grpc.FaceVoiceServicer):
     def __init__(self, embedder: Embedder, indexes: IndexSet, cache: Cache, metrics: Metrics):
         self.embedder, self.indexes, self.cache, self.metrics = embedder, indexes, cache, metrics
         self.manifest = embedder.manifest
+        e = embedder
+        # space -> (Media -> model input, model inputs -> vectors)
+        self.spaces = {"voice": (lambda m: e.voice_input(m.audio.data), e.voices),
+                       "face": (lambda m: e.face_input(m.image.data, _box(m.image)), e.faces),
+                       "face_feature": (lambda m: e.face_feature_input(m.image.data, _box(m.image)),
+                                        e.face_features)}
+
+    def _decode_all(self, method: str, space: str, media: list, labels: list[str]) -> np.ndarray:
+        """Every item decoded, or BadRequest naming the first bad one; [N, ...] inputs."""
+        decode = self.spaces[space][0]
+        with self.metrics.timed(method, "decode"):
+            inputs = []
+            for label, m in zip(labels, media, strict=True):
+                try:
+                    inputs.append(decode(m))
+                except MediaError as err:
+                    raise BadRequest(f"{label}: {err}") from err
+        return np.stack(inputs)
+
+    def _embed_all(self, method: str, space: str, x: np.ndarray, deadline) -> np.ndarray:
+        with self.metrics.timed(method, "embed"):
+            self.metrics.batch.labels(space).observe(len(x))
+            return self.spaces[space][1](x, deadline)
 
     # stages -------------------------------------------------------------------------------
     def _embed_one(self, method: str, kind: str, data: bytes, decode, embed, deadline, extra: bytes = b""
@@ -140,10 +167,12 @@ class FaceVoiceService(pb_grpc.FaceVoiceServicer):
         gallery = self.indexes.get(name)
         filters = _filters(request, gallery)
         _check_top_k(request.top_k)
-        key = hashlib.sha256(query.tobytes() + json.dumps(
-            [gallery.meta["version"], request.top_k, sorted((k, sorted(v)) for k, v in filters.items())]
-        ).encode()).hexdigest()
-        if self.cache.enabled and not self.indexes.journal[name]:  # a live-edited index's results are not cached
+        # a live-edited index's results are not cached
+        cacheable = self.cache.enabled and not self.indexes.journal[name]
+        if cacheable:
+            key = hashlib.sha256(query.tobytes() + json.dumps(
+                [gallery.meta["version"], request.top_k, sorted((k, sorted(v)) for k, v in filters.items())]
+            ).encode()).hexdigest()
             with self.metrics.timed(method, "cache"):
                 hit = self.cache.get("result", key)
             if hit is not None:
@@ -157,7 +186,7 @@ class FaceVoiceService(pb_grpc.FaceVoiceServicer):
         response = pb.SearchResponse(hits=_hits(found, gallery.metric),
                                      model_version=gallery.meta["model_version"],
                                      index_version=gallery.meta["version"])
-        if self.cache.enabled and not self.indexes.journal[name]:
+        if cacheable:
             with self.metrics.timed(method, "cache"):
                 self.cache.put("result", key, response.SerializeToString())
         return response
@@ -186,28 +215,15 @@ class FaceVoiceService(pb_grpc.FaceVoiceServicer):
         for i, c in enumerate(request.candidates):
             _require(c.WhichOneof("kind") == want, f"candidate {i} must be {want} (the other modality of the probe)")
         if probe_kind == "audio":
-            probe = self._voice("Match", request.probe.audio, deadline)
-            decode = [functools.partial(self.embedder.face_input, c.image.data, _box(c.image))
-                      for c in request.candidates]
-            embed = self.embedder.faces
+            probe, space = self._voice("Match", request.probe.audio, deadline), "face"
         else:
-            probe = self._face("Match", request.probe.image, deadline)
-            decode = [functools.partial(self.embedder.voice_input, c.audio.data) for c in request.candidates]
-            embed = self.embedder.voices
-        with self.metrics.timed("Match", "decode"):
-            inputs = []
-            for i, d in enumerate(decode):
-                try:
-                    inputs.append(d())
-                except MediaError as e:
-                    raise BadRequest(f"candidate {i}: {e}") from e
-        with self.metrics.timed("Match", "embed"):
-            self.metrics.batch.labels("face" if probe_kind == "audio" else "voice").observe(n)
-            cands = embed(np.stack(inputs), deadline)
+            probe, space = self._face("Match", request.probe.image, deadline), "voice"
+        x = self._decode_all("Match", space, list(request.candidates), [f"candidate {i}" for i in range(n)])
+        cands = self._embed_all("Match", space, x, deadline)
         dist = np.linalg.norm(cands.astype(np.float64) - probe.astype(np.float64), axis=1)
         order = np.argsort(dist, kind="stable")
         return pb.MatchResponse(ranking=[pb.RankedCandidate(index=int(i), distance=float(dist[i]),
-                                                            score=float(1 / (1 + dist[i]))) for i in order],
+                                                            score=_score(float(dist[i]), "l2")) for i in order],
                                 model_version=self.manifest.association.version)
 
     @rpc
@@ -254,35 +270,22 @@ class FaceVoiceService(pb_grpc.FaceVoiceServicer):
         ids = [it.item_id for it in request.items]
         _require(all(ids), "every item needs an item_id")
         _require(len(set(ids)) == n, "item_ids repeat within the call")
-        by_kind: dict[str, list] = {"audio": [], "image": []}
+        with_features = self.manifest.speech2face is not None and "face_feature" in self.indexes.galleries
+        by_space: dict[str, list] = {}
         for it in request.items:
             kind = it.media.WhichOneof("kind")
             _require(kind is not None, f"item {it.item_id!r} has no audio or image")
-            by_kind[kind].append(it)
-        sizes = {}
-        e = self.embedder
-        for kind, items in by_kind.items():  # decode everything first: one bad item rejects the call
-            if not items:
-                continue
-            spaces = ({"voice": (e.voice_input, e.voices)} if kind == "audio" else
-                      {"face": (lambda b, box: e.face_input(b, box), e.faces)})
-            if kind == "image" and self.manifest.speech2face is not None and "face_feature" in self.indexes.galleries:
-                spaces["face_feature"] = (lambda b, box: e.face_feature_input(b, box), e.face_features)
-            with self.metrics.timed("UpsertItems", "decode"):
-                inputs = {name: [] for name in spaces}
-                for it in items:
-                    try:
-                        for name, (decode, _) in spaces.items():
-                            inputs[name].append(decode(it.media.audio.data) if kind == "audio"
-                                                else decode(it.media.image.data, _box(it.media.image)))
-                    except MediaError as err:
-                        raise BadRequest(f"item {it.item_id!r}: {err}") from err
-            meta = [Item(it.item_id, it.identity, dict(it.attributes)) for it in items]
-            for name, (_, embed) in spaces.items():
-                with self.metrics.timed("UpsertItems", "embed"):
-                    self.metrics.batch.labels(name).observe(len(items))
-                    vectors = embed(np.stack(inputs[name]), deadline)
-                sizes[name] = self.indexes.upsert(name, meta, vectors)
+            for space in (["voice"] if kind == "audio" else ["face", "face_feature"] if with_features else ["face"]):
+                by_space.setdefault(space, []).append(it)
+        # decode and embed everything before touching an index: a bad item or a failed call changes nothing
+        vectors = {}
+        for space, items in by_space.items():
+            x = self._decode_all("UpsertItems", space, [it.media for it in items],
+                                 [f"item {it.item_id!r}" for it in items])
+            vectors[space] = self._embed_all("UpsertItems", space, x, deadline)
+        sizes = {space: self.indexes.upsert(space, [Item(it.item_id, it.identity, dict(it.attributes))
+                                                    for it in items], vectors[space])
+                 for space, items in by_space.items()}
         return pb.UpsertItemsResponse(upserted=n, index_size=sizes)
 
     @rpc

@@ -110,6 +110,16 @@ def test_upsert_then_delete(stack, service):
     assert "new-face" not in [h.item_id for h in stub.SearchFaces(pb.SearchFacesRequest(voice=voice, top_k=48)).hits]
 
 
+def test_a_bad_item_rejects_the_whole_upsert(stack, service):
+    _, stub = service
+    sizes = {i.name: i.size for i in stub.GetIndexInfo(pb.GetIndexInfoRequest()).indexes}
+    good = pb.GalleryItem(item_id="fine-voice", media=pb.Media(audio=pb.Audio(data=media(stack, "toy005", "voice"))))
+    bad = pb.GalleryItem(item_id="broken", media=pb.Media(image=pb.Image(data=b"not an image")))
+    code, details = _code(stub.UpsertItems, pb.UpsertItemsRequest(items=[good, bad]))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("item 'broken': image:")
+    assert {i.name: i.size for i in stub.GetIndexInfo(pb.GetIndexInfoRequest()).indexes} == sizes
+
+
 def test_index_info(service):
     _, stub = service
     info = stub.GetIndexInfo(pb.GetIndexInfoRequest())
