@@ -155,7 +155,11 @@ class Gallery:
         self.metric, self.plan, self.meta = metric, plan, meta or {}
         self.items = items
         self.by_item_id = {it.item_id: i for i, it in items.items()}
-        self._attribute_names = {k for it in items.values() for k in it.attributes}
+        # rows by attribute value and by attribute name, so a filter costs its matches, not the gallery
+        self.rows_with: dict[tuple[str, str], set[int]] = {}
+        self.rows_having: dict[str, set[int]] = {}
+        for row, it in items.items():
+            self._index_attributes(row, it)
         # flat and HNSW number their rows in order, so a new row's id is ntotal; IVF takes ids
         self.next_id = max(max(items, default=-1) + 1, index.ntotal)
         self.tombstones: set[int] = set(range(index.ntotal)) - set(items)  # rows flat/HNSW cannot remove
@@ -166,8 +170,14 @@ class Gallery:
             self.index = faiss.index_cpu_to_all_gpus(index)  # faiss does not fall back by itself
             self.device = "gpu"
 
+    def _index_attributes(self, row: int, item: Item) -> None:
+        for name, value in item.attributes.items():
+            self.rows_with.setdefault((name, value), set()).add(row)
+            self.rows_having.setdefault(name, set()).add(row)
+
     def attribute_names(self) -> set[str]:
-        return self._attribute_names
+        """Every attribute name the gallery has held (one whose items were deleted stays filterable)."""
+        return set(self.rows_having)
 
     @property
     def size(self) -> int:
@@ -184,12 +194,17 @@ class Gallery:
         return normalise(x) if self.metric == "cosine" else x
 
     def allowed(self, filters: dict[str, set[str]]) -> np.ndarray | None:
-        """Row IDs passing every attribute filter (None: no filter and nothing deleted)."""
-        if not filters and not self.tombstones:
+        """Row IDs passing every attribute filter (None: no filter). An item without the attribute
+        reads as the value ""."""
+        if not filters:
             return None
-        ids = [i for i, it in self.items.items()
-               if all(it.attributes.get(name, "") in values for name, values in filters.items())]
-        return np.asarray(ids, np.int64)
+        rows: set[int] | None = None
+        for name, values in filters.items():
+            match = set().union(*(self.rows_with.get((name, v), ()) for v in values))
+            if "" in values:
+                match |= self.items.keys() - self.rows_having.get(name, set())
+            rows = match if rows is None else rows & match
+        return np.fromiter(sorted(rows), np.int64, len(rows))
 
     def search(self, query: np.ndarray, k: int, filters: dict[str, set[str]] | None = None
                ) -> list[tuple[Item, float]]:
@@ -202,16 +217,18 @@ class Gallery:
             k_eff = min(k, self.size if allowed is None else len(allowed))
             if k_eff == 0:
                 return []
-            if allowed is None:
+            dead = np.fromiter(self.tombstones, np.int64, len(self.tombstones)) if allowed is None else None
+            if allowed is None and not len(dead):
                 dist, ids = self.index.search(q, k_eff)
-            elif self.device == "gpu":
+            elif self.device == "gpu":  # GPU indexes take no selector: search wider, then filter
                 wider = min(self.index.ntotal, max(4 * k_eff, k_eff + len(self.tombstones)))
                 dist, ids = self.index.search(q, wider)
-                keep = np.isin(ids[0], allowed)
+                keep = np.isin(ids[0], allowed) if allowed is not None else ~np.isin(ids[0], dead)
                 dist, ids = dist[:, keep][:, :k_eff], ids[:, keep][:, :k_eff]
             else:
-                params = self._search_params(faiss.IDSelectorBatch(allowed))
-                dist, ids = self.index.search(q, k_eff, params=params)
+                inner = faiss.IDSelectorBatch(allowed if allowed is not None else dead)
+                selector = inner if allowed is not None else faiss.IDSelectorNot(inner)
+                dist, ids = self.index.search(q, k_eff, params=self._search_params(selector))
             return [(self.items[int(i)], self._distance(float(d))) for d, i in zip(dist[0], ids[0], strict=True)
                     if i >= 0 and int(i) in self.items]
 
@@ -237,7 +254,7 @@ class Gallery:
             else:
                 self.index.add(x)
             for i, it in zip(ids, items, strict=True):
-                self._attribute_names |= it.attributes.keys()
+                self._index_attributes(int(i), it)
                 self.items[int(i)] = it
                 self.by_item_id[it.item_id] = int(i)
             self.next_id += len(items)
@@ -254,7 +271,9 @@ class Gallery:
             if row is None:
                 missing.append(item_id)
                 continue
-            del self.items[row]
+            for name, value in self.items.pop(row).attributes.items():
+                self.rows_with[(name, value)].discard(row)
+                self.rows_having[name].discard(row)
             if self.plan.kind == "ivf":
                 self.index.remove_ids(np.asarray([row], np.int64))
             else:
