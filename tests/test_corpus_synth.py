@@ -14,7 +14,8 @@ from PIL import Image
 from service.media import decode_audio, decode_image
 from tests.conftest import SMALL
 from training.corpus.manifest import read_identities, read_manifest
-from training.corpus.people import person_from_row
+from training.corpus.oracle import corpus_people
+from training.corpus.people import person_from_row, sample_population
 from training.corpus.splits import assign_splits, split_counts
 from training.corpus.synth import build_corpus, format_summary
 
@@ -74,6 +75,18 @@ def test_corpus_json_oracle_and_summary(corpus):
     assert "oracle 1:2 matching accuracy" in text and "identities: test 4, train 14, val 2" in text
     assert Image.open(out / "contact_sheet.png").size[0] > 128 * 3
     assert "<audio" in (out / "listen.html").read_text()
+
+
+def test_written_corpus_gives_back_its_generator(corpus):
+    """Evaluation rebuilds the oracle from corpus.json + identities.csv: the same model and people."""
+    out, _ = corpus
+    model, people = corpus_people(out)
+    assert model == SMALL.model
+    expected = sample_population(SMALL.identities, SMALL.seed, SMALL.model).people
+    assert sorted(people) == [p.identity for p in expected]
+    for p in expected:
+        assert people[p.identity].voice.pitch == pytest.approx(p.voice.pitch, abs=1e-5)
+    assert corpus_people(out / "missing") is None
 
 
 def _digest(path):

@@ -7,8 +7,11 @@ import pytest
 import torch
 
 from training.association.data import Modality
+from training.corpus.oracle import identity_scores, oracle_recall_at_k
+from training.corpus.people import Person, sample_population
+from training.metrics import one_per_identity_galleries
 from training.speech2face.data import S2FSplit
-from training.speech2face.evaluate import attribute_agreement, cross_check, feature_similarity, retrieval
+from training.speech2face.evaluate import KS, attribute_agreement, cross_check, feature_similarity, retrieval
 
 
 def _split(people: int = 10, per: int = 2) -> S2FSplit:
@@ -38,14 +41,59 @@ def test_retrieval_perfect_random_and_reversed():
     s = _split()
     v_f = _features(s)
     r = retrieval(v_f.clone(), v_f, s)
+    assert r["gallery"] == 10 and r["draws"] == 2 and r["all_photos"]["gallery"] == 20
     for metric in ("l1", "l2", "cosine"):
-        assert r[metric][1] == 1.0
-    # 20 photos, 2 per person: a random ranking finds one of the 2 in the top 1 with p = 2/20
-    assert r["random"][1] == pytest.approx(0.1)
-    assert r["random"][10] == pytest.approx(1 - (10 * 9) / (20 * 19))
+        assert r[metric][1] == 1.0 and r["all_photos"][metric][1] == 1.0
+    assert r["cosine_ci"][1] == (1.0, 1.0)
+    # the paper's protocol: one true image among 10 people -> random R@K = K / 10
+    assert r["random"][1] == pytest.approx(0.1) and r["random"][5] == pytest.approx(0.5)
+    # all 20 photos, 2 per person: a random ranking finds one of the 2 in the top 1 with p = 2/20
+    assert r["all_photos"]["random"][1] == pytest.approx(0.1)
+    assert r["all_photos"]["random"][10] == pytest.approx(1 - (10 * 9) / (20 * 19))
     # reversed: each voice points at the next person's face -> never in the top 1
     shifted = _features(s)[(np.arange(20) + 2) % 20]
-    assert retrieval(shifted, v_f, s)["cosine"][1] == 0.0
+    wrong = retrieval(shifted, v_f, s)
+    assert wrong["cosine"][1] == 0.0 and wrong["cosine_ci"][1] == (0.0, 0.0)
+    # half the speakers right, half wrong: the interval over speakers straddles one half
+    half = torch.where(torch.from_numpy(s.voice.identity < 5)[:, None], v_f, shifted)
+    lo, hi = retrieval(half, v_f, s)["cosine_ci"][1]
+    assert lo < 0.5 < hi
+
+
+def test_one_per_identity_galleries_cover_every_photo_once_per_person():
+    ident = np.array([0, 0, 0, 1, 2, 2])
+    draws = one_per_identity_galleries(ident)
+    assert len(draws) == 3
+    for rows in draws:
+        assert sorted(ident[rows]) == [0, 1, 2]
+    assert set(np.concatenate(draws)) == set(range(6))
+
+
+def test_oracle_recall_is_a_ceiling_that_reads_the_generator():
+    """On generated people the oracle's recall beats random, and scrambling which face belongs to
+    which voice breaks it."""
+    pop = sample_population(200, seed=3)
+    ident = np.arange(200)
+    ks = (1, 10)
+    right = oracle_recall_at_k(identity_scores(pop.model, pop.people, "v2f"), ident, ident, ks)
+    back = oracle_recall_at_k(identity_scores(pop.model, pop.people, "f2v"), ident, ident, ks)
+    assert right[10] > 3 * 10 / 200 and back[10] > 3 * 10 / 200
+    rng = np.random.default_rng(0)
+    scrambled = [Person(p.identity, p.shared, p.face, q.voice)
+                 for p, q in zip(pop.people, rng.permutation(pop.people), strict=True)]
+    chance = oracle_recall_at_k(identity_scores(pop.model, scrambled, "v2f"), ident, ident, ks)
+    assert chance[10] < 0.5 * right[10]
+
+
+def test_retrieval_reports_the_oracle_on_the_same_galleries():
+    pop = sample_population(10, seed=1)
+    s = _split()
+    v_f = _features(s)
+    scores = identity_scores(pop.model, pop.people, "v2f")
+    r = retrieval(v_f.clone(), v_f, s, scores)
+    assert set(r["oracle"]) == set(r["random"]) and set(r["all_photos"]["oracle"]) == set(r["random"])
+    assert all(0 <= v <= 1 for v in r["oracle"].values())
+    assert r["oracle"] == oracle_recall_at_k(scores, s.voice.identity, np.arange(10), KS)
 
 
 def test_attribute_agreement_identical_and_flipped():
@@ -69,3 +117,33 @@ def test_cross_check_perfect_and_reversed():
     assert lo < 1.0 <= hi + 1e-9
     wrong = cross_check(s, -v_f, -v_f, v_f, n=200, seed=0)  # pointing away from the speaker's face
     assert wrong["via_feature"]["accuracy"] < 0.5
+
+
+def test_voice_parameter_readout_recovers_a_feature_made_of_voice_parameters(tmp_path):
+    """When v_f is a linear function of the audible voice parameters, the readout fitted on
+    training people predicts test people's v_f; a corpus without a generator gives None."""
+    import json
+    from dataclasses import asdict
+
+    from training.corpus.manifest import IDENTITIES, write_csv
+    from training.corpus.people import person_row
+    from training.speech2face.evaluate import voice_parameter_readout
+
+    pop = sample_population(80, seed=5)
+    write_csv(tmp_path / IDENTITIES, [person_row(p) for p in pop.people])
+    (tmp_path / "corpus.json").write_text(json.dumps({"population_model": asdict(pop.model)}))
+
+    def split(people):
+        ident = np.arange(len(people))
+        mod = lambda: Modality(np.zeros((len(ident), 1)), ident.copy(), [p.identity for p in people])  # noqa: E731
+        return S2FSplit([p.identity for p in people], [{} for _ in people], mod(), mod(), None)
+
+    def feature(people):
+        return torch.tensor([[p.voice.pitch / 10, p.voice.speed / 20, float(p.voice.gender == "male"), 1.0]
+                             for p in people])
+
+    train, test = pop.people[:60], pop.people[60:]
+    pred = voice_parameter_readout(tmp_path, split(train), feature(train), split(test))
+    assert pred.shape == (20, 4)
+    assert torch.nn.functional.cosine_similarity(pred, feature(test)).min() > 0.95
+    assert voice_parameter_readout(tmp_path / "elsewhere", split(train), feature(train), split(test)) is None

@@ -131,7 +131,10 @@ def test_evaluation_report(nets, toy, tmp_path, capsys):
         assert heading in text
     m = json.loads((report / "metrics.json").read_text())
     assert set(m["similarity"]) == {"1s", "2s"}
-    assert m["retrieval"]["gallery"] == 12 and m["geometry"] is None  # the toy corpus has no generator file
+    # one photo per person (6) in the paper's protocol, all 12 in the other; no generator, no oracle
+    r = m["retrieval"]
+    assert r["gallery"] == 6 and r["all_photos"]["gallery"] == 12 and r["draws"] == 2
+    assert "oracle" not in r and "voice_params" not in r and m["geometry"] is None
     assert m["cross_check"]["via_reconstruction"]["trials"] == 300
     for f in m["figures"]:
         assert (report / f).stat().st_size > 0

@@ -94,10 +94,15 @@ def auc_eer(fpr: np.ndarray, tpr: np.ndarray) -> tuple[float, float]:
 def recall_at_k(distances: np.ndarray, query_identity: np.ndarray, gallery_identity: np.ndarray,
                 ks: tuple[int, ...]) -> dict[int, float]:
     """Kim Table 6: fraction of queries with an item of their identity among the K nearest."""
+    first = first_hit(distances, query_identity, gallery_identity)
+    return {k: float((first < k).mean()) for k in ks}
+
+
+def first_hit(distances: np.ndarray, query_identity: np.ndarray, gallery_identity: np.ndarray) -> np.ndarray:
+    """Per query, the 0-based rank of the first gallery item of its identity (gallery size if none)."""
     order = np.argsort(distances, axis=1, kind="stable")
     hit = np.asarray(gallery_identity)[order] == np.asarray(query_identity)[:, None]
-    first = np.where(hit.any(1), hit.argmax(1), distances.shape[1])
-    return {k: float((first < k).mean()) for k in ks}
+    return np.where(hit.any(1), hit.argmax(1), distances.shape[1])
 
 
 def random_recall_at_k(gallery_identity: np.ndarray, query_identity: np.ndarray,
@@ -114,6 +119,16 @@ def random_recall_at_k(gallery_identity: np.ndarray, query_identity: np.ndarray,
         miss = np.array([math.comb(size - mi, k_eff) / math.comb(size, k_eff) for mi in m])
         out[k] = float((1 - miss).mean())
     return out
+
+
+def one_per_identity_galleries(gallery_identity: np.ndarray) -> list[np.ndarray]:
+    """Gallery rows with exactly one item per identity, as many draws as the most items any
+    identity has: draw j takes each identity's j-th item (cycling where it has fewer). Every item
+    is in some draw; a query's true match is then one image, as in Oh et al. Table 3."""
+    gallery_identity = np.asarray(gallery_identity)
+    rows = {i: np.flatnonzero(gallery_identity == i) for i in np.unique(gallery_identity)}
+    draws = max(len(r) for r in rows.values())
+    return [np.array([r[j % len(r)] for r in rows.values()]) for j in range(draws)]
 
 
 def average_precision(ranked_relevance: np.ndarray) -> float:

@@ -27,6 +27,7 @@ from training.association.protocol import (
 )
 from training.association.report import format_summary, write_report
 from training.corpus.manifest import read_identities
+from training.corpus.oracle import split_oracle
 from training.runs import pick_device
 
 
@@ -122,10 +123,11 @@ def run(args: argparse.Namespace) -> int:
     split = load_split(corpus, args.split, cfg, args.cache_dir or args.run / "cache", args.workers,
                        not args.no_progress, voice_frontend=cfg.voice.frontend())
     emb = split_embeddings(model, cfg, split, device)
+    oracle = split_oracle(corpus, split.identities) or None
     steps = [("1:2 matching", lambda: matching_table(emb, split, args.trials, args.seed)),
              ("1:N matching", lambda: one_of_n(emb, split, args.trials, args.seed)),
              ("verification", lambda: verification(emb, split)),
-             ("retrieval", lambda: retrieval(emb, split, args.seed)),
+             ("retrieval", lambda: retrieval(emb, split, args.seed, oracle=oracle)),
              ("linear probes", lambda: linear_probes(emb, split, args.probe_trials, args.seed))]
     metrics: dict = {"run": str(args.run), "checkpoint": args.checkpoint, "trained_direction": state["direction"],
                      "step": state["step"], "config": cfg.name, "corpus": str(corpus), "split": args.split,

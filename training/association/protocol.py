@@ -10,7 +10,7 @@ import numpy as np
 
 from training.association.data import SplitData
 from training.association.trials import LARGEST_GROUP, REFERENCE, annotated, largest_group, matching_trials
-from training.corpus.oracle import CONTROLS
+from training.corpus.oracle import CONTROLS, oracle_recall_at_k
 from training.metrics import (
     auc_eer,
     cluster_bootstrap_interval,
@@ -99,26 +99,33 @@ def _pairs(split: SplitData, rng: np.random.Generator) -> np.ndarray:
     return rng.permutation(np.array(pairs, dtype=int).reshape(-1, 2))
 
 
-def retrieval(emb: Embeddings, split: SplitData, seed: int, sizes=SET_SIZES, ks=RECALL_KS) -> dict:
+def retrieval(emb: Embeddings, split: SplitData, seed: int, sizes=SET_SIZES, ks=RECALL_KS,
+              oracle: dict[str, np.ndarray] | None = None) -> dict:
     """Table 6: the test pairs split into disjoint sets of each size (all pairs when fewer); in a set
-    each voice queries the set's faces (V->F) and back; recall@K and mAP averaged over sets."""
+    each voice queries the set's faces (V->F) and back; recall@K and mAP averaged over sets.
+    `oracle` = {"v2f": scores, "f2v": scores} (`identity_scores` over split.identities) adds the
+    generator's Bayes-optimal ranking on the same sets (`oracle_v2f`, `oracle_f2v`): the ceiling."""
     pairs = _pairs(split, np.random.default_rng(seed))
     usable = sorted({min(s, len(pairs)) for s in sizes})
-    out = {"sizes": usable, "sets": {}, "v2f": {}, "f2v": {}, "random": {}, "map": {"v2f": {}, "f2v": {}},
+    directions = ("v2f", "f2v", "random") + (("oracle_v2f", "oracle_f2v") if oracle else ())
+    out = {"sizes": usable, "sets": {}, **{d: {} for d in directions}, "map": {"v2f": {}, "f2v": {}},
            "random_map": {}}
     for size in usable:
         sets = [pairs[k:k + size] for k in range(0, len(pairs) - size + 1, size)]
-        acc = {"v2f": [], "f2v": [], "random": [], "map_v2f": [], "map_f2v": [], "random_map": []}
+        acc = {**{d: [] for d in directions}, "map_v2f": [], "map_f2v": [], "random_map": []}
         for s in sets:
             vid, fid = split.voice.identity[s[:, 0]], split.face.identity[s[:, 1]]
             d = pairwise_l2(emb.voice[s[:, 0]], emb.face[s[:, 1]])
             acc["v2f"].append(recall_at_k(d, vid, fid, ks))
             acc["f2v"].append(recall_at_k(d.T, fid, vid, ks))
             acc["random"].append(random_recall_at_k(fid, vid, ks))
+            if oracle:
+                acc["oracle_v2f"].append(oracle_recall_at_k(oracle["v2f"], vid, fid, ks))
+                acc["oracle_f2v"].append(oracle_recall_at_k(oracle["f2v"], fid, vid, ks))
             acc["map_v2f"].append(retrieval_map(d, vid, fid))
             acc["map_f2v"].append(retrieval_map(d.T, fid, vid))
             acc["random_map"].append(random_map(fid, vid))
-        for key in ("v2f", "f2v", "random"):
+        for key in directions:
             out[key][size] = {k: float(np.mean([r[k] for r in acc[key]])) for k in ks}
         out["map"]["v2f"][size] = float(np.mean(acc["map_v2f"]))
         out["map"]["f2v"][size] = float(np.mean(acc["map_f2v"]))

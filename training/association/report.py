@@ -48,6 +48,10 @@ def retrieval_lines(r: dict) -> list[str]:
                          + " | ".join(_pct(row[k]) for k in ks) + f" | {_pct(r['map'][d][size])} |")
         lines.append(f"| random | {size} | | " + " | ".join(_pct(r["random"][size][k]) for k in ks)
                      + f" | {_pct(r['random_map'][size])} |")
+        for d in ("v2f", "f2v"):
+            if f"oracle_{d}" in r:
+                lines.append(f"| oracle {ARROW[d]} | {size} | | "
+                             + " | ".join(_pct(r[f"oracle_{d}"][size][k]) for k in ks) + " | |")
     return lines
 
 

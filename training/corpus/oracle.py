@@ -12,11 +12,14 @@ group (E, the ethnicity analogue), both (G/E), or gender, group, first language 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from scipy.special import ndtr
 
+from training.corpus.manifest import read_identities
 from training.corpus.people import (
     ENGLISH_ACCENTS,
     FEMALE_VARIANTS,
@@ -26,8 +29,11 @@ from training.corpus.people import (
     Person,
     PopulationModel,
     VoiceParams,
+    person_from_row,
+    population_model_from_dict,
     variant_bins,
 )
+from training.metrics import recall_at_k
 
 CONTROLS: dict[str, tuple[str, ...]] = {
     "-": (),
@@ -192,3 +198,50 @@ def oracle_table(model: PopulationModel, people: list[Person], n_trials: int = 4
             except ValueError:
                 table[d][c] = None
     return table
+
+
+def identity_scores(model: PopulationModel, people: list[Person], direction: str) -> np.ndarray:
+    """[query, candidate] oracle scores over `people` in both roles, higher = more likely the match.
+
+    V->F: log p(v_q | f_c); F->V: log p(v_c | f_q) - log p(v_c), the posterior ratio that clip c's
+    speaker has face q. Ranking the candidates by it is Bayes-optimal for recall@K."""
+    n = len(people)
+    s = np.array([[log_voice_given_face(model, people[q].voice, people[c].face) if direction == "v2f"
+                   else log_voice_given_face(model, people[c].voice, people[q].face)
+                   for c in range(n)] for q in range(n)])
+    if direction == "f2v":
+        s = s - np.array([log_voice_marginal(model, p.voice) for p in people])[None, :]
+    return s
+
+
+def oracle_recall_at_k(scores: np.ndarray, query_identity: np.ndarray, gallery_identity: np.ndarray,
+                       ks: tuple[int, ...]) -> dict[int, float]:
+    """Recall@K of the oracle on the same queries and gallery as a model (identity indices into
+    the rows and columns of `identity_scores`): the ceiling next to `random_recall_at_k`. Every
+    photo of a person has the same parameters, so a person's photos tie and stay together; ties
+    between people (gender mismatch, -inf) are always below the true match."""
+    q, g = np.asarray(query_identity), np.asarray(gallery_identity)
+    return recall_at_k(-scores[np.ix_(q, g)], q, g, ks)
+
+
+def corpus_people(corpus: Path) -> tuple[PopulationModel, dict[str, Person]] | None:
+    """The generator's model and people of a synthetic corpus (None for any other corpus)."""
+    meta = Path(corpus) / "corpus.json"
+    if not meta.exists():
+        return None
+    summary = json.loads(meta.read_text())
+    if "population_model" not in summary:
+        return None
+    people = {row["identity"]: person_from_row(row) for row in read_identities(Path(corpus))}
+    return population_model_from_dict(summary["population_model"]), people
+
+
+def split_oracle(corpus: Path, identities: list[str], directions=DIRECTIONS) -> dict[str, np.ndarray]:
+    """`identity_scores` per direction over these identities of a synthetic corpus; {} for any
+    other corpus (the reports then show no oracle)."""
+    generator = corpus_people(corpus)
+    if generator is None:
+        return {}
+    model, people = generator
+    chosen = [people[i] for i in identities]
+    return {d: identity_scores(model, chosen, d) for d in directions}

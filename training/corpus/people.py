@@ -269,6 +269,19 @@ def sample_population(n: int, seed: int, model: PopulationModel | None = None) -
     return Population(model, people)
 
 
+def population_model_from_dict(d: dict) -> PopulationModel:
+    """The inverse of `dataclasses.asdict(PopulationModel)` (as corpus.json stores it): JSON lists
+    back to tuples, groups back to `AppearanceGroup`."""
+    def tuples(x):
+        return tuple(tuples(v) for v in x) if isinstance(x, list) else x
+
+    known = {f.name for f in fields(PopulationModel)}
+    kwargs = {k: tuples(v) for k, v in d.items() if k in known and k != "groups"}
+    if "groups" in d:
+        kwargs["groups"] = tuple(AppearanceGroup(**{k: tuples(v) for k, v in g.items()}) for g in d["groups"])
+    return PopulationModel(**kwargs)
+
+
 _SECTIONS = (("", SharedFactors), ("face_", FaceParams), ("voice_", VoiceParams))
 
 
