@@ -13,7 +13,8 @@ S2F_TINY = ["face.size=32", "face.widths=[4, 8, 8, 16, 16]", "face.batch_norm=tr
             "face.steps=30", "face.batch=16", "face.dropout=0.0", "face.attributes=['gender']",
             "decoder.first_layer=16", "decoder.size=32", "decoder.base=4", "decoder.widths=[16, 8, 8, 8]",
             "decoder.steps=10", "decoder.batch=16", "voice.seconds=1.0", "voice.widths=[4, 4, 8, 8, 8, 8, 16, 16, 16]",
-            "train.batch=8", "train.iterations=10", "train.eval_every=10", "train.checkpoint_every=10"]
+            "train.batch=8", "train.iterations=10", "train.eval_every=10", "train.checkpoint_every=10",
+            "train.attributes=['gender']"]  # the toy corpus has one age group
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,11 @@ import pytest
 
 from facevoice.cli import main
 from tests.toy_corpus import build_toy_corpus
+from training.speech2face.config import load_config
 
 TINY = ["face.size=32", "face.widths=[4, 8, 8, 16, 16]", "face.batch_norm=true", "face.fc=16",
-        "face.attributes=['gender']", "face.steps=150", "face.batch=16", "face.dropout=0.0",
+        "face.attributes=['gender']", "train.attributes=['gender']", "face.steps=150", "face.batch=16",
+        "face.dropout=0.0",
         "decoder.first_layer=16", "decoder.size=32", "decoder.base=4", "decoder.widths=[16, 8, 8, 8]",
         "decoder.steps=40", "decoder.batch=16",
         "voice.seconds=1.0", "voice.widths=[4, 4, 8, 8, 8, 8, 16, 16, 16]",
@@ -75,21 +77,66 @@ def test_resume_continues_from_the_last_checkpoint(nets, tmp_path, capsys):
     assert "trained 40 iterations" in capsys.readouterr().out
 
 
+def test_attribute_heads_and_mean_target_train_resume_and_stay_out_of_the_encoder(nets, tmp_path):
+    """train.attributes adds a logged cross-entropy whose heads live in last.pt (so --resume
+    continues them) but not in best.pt, which holds only the encoder that eval and export load."""
+    import torch
+
+    out, common = nets
+    args = ["train", "s2f", *common, "--out", str(tmp_path), "--face-net", str(out / "face" / "face_net.pt"),
+            "--decoder", str(out / "decoder" / "decoder.pt")]
+    extra = ["train.attributes=['gender']", "train.attribute_weight=2.0", "train.target=mean"]
+    assert main([*args, *_sets([*extra, "train.iterations=20"])]) == 0
+    assert main([*args, "--resume", *_sets([*extra, "train.iterations=40"])]) == 0
+    rows = list(csv.DictReader((tmp_path / "metrics.csv").open()))
+    assert [int(r["step"]) for r in rows] == [20, 40] and all(float(r["attributes"]) > 0 for r in rows)
+    last = torch.load(tmp_path / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
+    assert set(last["heads"]) == {"gender.weight", "gender.bias"}
+    best = torch.load(tmp_path / "best.pt", map_location="cpu", weights_only=True)
+    assert "heads" not in best and not any(k.startswith("gender") for k in best["model"])
+    with pytest.raises(ValueError, match=r"train\.target must be one of"):
+        load_config("small", ["train.target=median"])
+
+
 def test_best_checkpoint_follows_the_selection_rule(nets, tmp_path):
-    """train.select=match keeps the step with the highest val_match (loss keeps the lowest val_loss)."""
+    """`small` keeps the last model; train.select=loss keeps the lowest val_loss and match the
+    highest val_match."""
     import torch
 
     out, common = nets
     default = list(csv.DictReader((out / "s2f" / "metrics.csv").open()))
-    best = torch.load(out / "s2f" / "best.pt", map_location="cpu", weights_only=True)
-    assert best["step"] == int(min(default, key=lambda r: float(r["val_loss"]))["step"])
+    assert torch.load(out / "s2f" / "best.pt", map_location="cpu", weights_only=True)["step"] == 160
     assert all(0.0 <= float(r["val_match"]) <= 1.0 for r in default)
-    assert main(["train", "s2f", *common, "--out", str(tmp_path), "--face-net", str(out / "face" / "face_net.pt"),
-                 "--decoder", str(out / "decoder" / "decoder.pt"),
-                 *_sets(["train.iterations=80", "train.select=match"])]) == 0
-    rows = list(csv.DictReader((tmp_path / "metrics.csv").open()))
-    best = torch.load(tmp_path / "best.pt", map_location="cpu", weights_only=True)
-    assert best["step"] == int(max(rows, key=lambda r: float(r["val_match"]))["step"])
+    for rule, pick in (("loss", lambda rows: min(rows, key=lambda r: float(r["val_loss"]))),
+                       ("match", lambda rows: max(rows, key=lambda r: float(r["val_match"])))):
+        run = tmp_path / rule
+        assert main(["train", "s2f", *common, "--out", str(run), "--face-net", str(out / "face" / "face_net.pt"),
+                     "--decoder", str(out / "decoder" / "decoder.pt"),
+                     *_sets(["train.iterations=80", f"train.select={rule}"])]) == 0
+        rows = list(csv.DictReader((run / "metrics.csv").open()))
+        best = torch.load(run / "best.pt", map_location="cpu", weights_only=True)
+        assert best["step"] == int(pick(rows)["step"]), rule
+
+
+def test_torchrun_ddp_with_attribute_heads_on_two_cpu_processes(nets, tmp_path):
+    """Two gloo ranks train the voice encoder with attribute heads, whose gradients (the heads sit
+    outside DDP) are all-reduced by hand; rank 0 saves them with the encoder."""
+    import os
+    import subprocess
+    import sys
+
+    import torch
+
+    out, common = nets
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "facevoice", "train", "s2f", *common, "--out", str(tmp_path),
+                           "--face-net", str(out / "face" / "face_net.pt"),
+                           "--decoder", str(out / "decoder" / "decoder.pt"), *_sets(["train.iterations=20"])],
+                          capture_output=True, text=True, timeout=240, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((tmp_path / "run.json").read_text())["world_size"] == 2
+    assert "gender.weight" in torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)["heads"]
 
 
 def test_wrong_files_are_clear_errors(nets, tmp_path):

@@ -81,14 +81,19 @@ def save_checkpoint(path: Path, **state) -> None:
 
 
 def restore(path: Path, device: torch.device, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-            rng, rank: int) -> tuple[int, float, int]:
+            rng, rank: int, extra: dict[str, torch.nn.Module] | None = None) -> tuple[int, float, int]:
     """Load `checkpoints/last.pt` into the model, optimiser, the sampler's numpy `rng` and torch's
-    RNG; returns (step, best, best_step). Only rank 0's sampler stream is saved: other ranks
-    start theirs afresh."""
+    RNG (and each `extra` module from the checkpoint key of its name); returns (step, best,
+    best_step). Only rank 0's sampler stream is saved: other ranks start theirs afresh."""
     if not path.exists():
         raise SystemExit(f"--resume: no checkpoint at {path}")
     state = torch.load(path, map_location=device, weights_only=True)
     model.load_state_dict(state["model"])
+    for key, module in (extra or {}).items():
+        if key in state:
+            module.load_state_dict(state[key])
+        elif any(True for _ in module.parameters()):
+            raise SystemExit(f"--resume: {path} has no {key!r}: it was trained without them")
     optimizer.load_state_dict(state["optimizer"])
     if rank < len(state["sampler_rng"]):
         rng.bit_generator.state = state["sampler_rng"][rank]

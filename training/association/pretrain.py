@@ -63,7 +63,8 @@ def attribute_targets(split: SplitData, attributes: list[str]) -> dict[str, np.n
         values = [a.get(attr, "") for a in split.attributes]
         classes = sorted(set(values))
         if len(classes) < 2:
-            raise SystemExit(f"--attributes {attr}: the training split has {len(classes)} value(s) of it, need 2+")
+            raise SystemExit(f"attribute {attr!r}: the training split has {len(classes)} value(s) of it, need 2+ "
+                             "(leave it out of the attributes)")
         out[attr] = np.array([classes.index(v) for v in values])
     return out
 

@@ -45,6 +45,8 @@ class DecoderConfig:
     steps: int = 100_000
     batch: int = 32
     lr: float = 1e-3
+    # "constant", or "cosine" (lr falls to 0 over `steps`): our choice, Cole et al. give no schedule
+    lr_schedule: str = "constant"
 
 
 @dataclass(frozen=True)
@@ -81,10 +83,22 @@ class S2FTrainConfig:
     # a random gain of +-gain_db (a gain g scales the power-law spectrogram by g^power).
     crop_from: float = 0.0
     gain_db: float = 0.0
-    # Which validation score picks best.pt (the paper names none): "loss", the lowest eq. (1), or
+    # Which validation score picks best.pt (the paper names none): "loss", the lowest eq. (1);
     # "match", the highest share of other validation people whose mean face feature is farther
-    # (cosine) from a clip's v_s than its own person's.
+    # (cosine) from a clip's v_s than its own person's; or "last", the model at the end of the
+    # schedule, as a paper that trains for a fixed number of epochs uses.
     select: str = "loss"
+    # The regression target v_f: "photo", the feature of one photo of the speaker, drawn per pair
+    # (sec. 3 pairs a clip with a frame of its own video); or "mean", the mean feature over the
+    # speaker's training photos, which a voice can predict no worse (pose, light and expression
+    # are not in the voice). Our deviation; the paper config keeps "photo".
+    target: str = "photo"
+    # Softmax heads on v_s for these attributes of the training speakers (gender, age_group,
+    # appearance_group, first_language), added to eq. (1) with `attribute_weight`: our deviation,
+    # as the face network's `face.attributes`; () is the paper setting. The heads are dropped
+    # after training: eval and export see only the encoder.
+    attributes: tuple[str, ...] = ()
+    attribute_weight: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -121,10 +135,15 @@ def validate(cfg: S2FConfig) -> None:
         raise ValueError("voice.seconds and train.batch must be positive")
     if cfg.train.select not in SELECT:
         raise ValueError(f"train.select must be one of {sorted(SELECT)}, got {cfg.train.select!r}")
+    if cfg.decoder.lr_schedule not in ("constant", "cosine"):
+        raise ValueError(f"decoder.lr_schedule must be 'constant' or 'cosine', got {cfg.decoder.lr_schedule!r}")
+    if cfg.train.target not in TARGETS:
+        raise ValueError(f"train.target must be one of {list(TARGETS)}, got {cfg.train.target!r}")
 
 
 # train.select -> (the validation score, +1 when higher is better)
-SELECT = {"loss": ("val_loss", -1.0), "match": ("val_match", 1.0)}
+SELECT = {"loss": ("val_loss", -1.0), "match": ("val_match", 1.0), "last": ("step", 1.0)}
+TARGETS = ("photo", "mean")
 
 
 def load_config(name_or_path: str, overrides: list[str] = ()) -> S2FConfig:

@@ -9,6 +9,7 @@ f2f_val.png."""
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from pathlib import Path
 
@@ -89,6 +90,8 @@ def run(args: argparse.Namespace) -> int:
     val_l1, start = float("nan"), time.perf_counter()
     bar = tqdm(range(1, d.steps + 1), desc="train face-decoder", disable=not progress, dynamic_ncols=True)
     for step in bar:
+        if d.lr_schedule == "cosine":
+            opt.param_groups[0]["lr"] = d.lr * 0.5 * (1 + math.cos(math.pi * (step - 1) / d.steps))
         rows = rng.integers(len(train.face.identity), size=d.batch)
         x = rows_tensor(train.face.data, rows)
         x = (augment_faces(x, rng) if cfg.face.augment else x).to(device)

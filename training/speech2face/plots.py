@@ -13,7 +13,7 @@ from training.runs import read_metrics
 def training_curves(metrics_csv: Path, path: Path, title: str) -> Path:
     """One panel per logged column against the step (Oh et al. Fig. 8 for the voice encoder)."""
     rows = read_metrics(metrics_csv)
-    keys = [k for k in (rows[0] if rows else {}) if k != "step" and any(r[k] for r in rows)]
+    keys = [k for k in (rows[0] if rows else {}) if k != "step" and any(float(r[k] or 0) for r in rows)]
     fig, axes = plt.subplots(1, max(1, len(keys)), figsize=(3.6 * max(1, len(keys)), 3.2), squeeze=False)
     for ax, key in zip(axes[0], keys, strict=False):
         pts = [(int(r["step"]), float(r[key])) for r in rows if r[key]]

@@ -20,6 +20,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
+from training.association.pretrain import attribute_loss, attribute_targets
 from training.runs import RunLog, load_checkpoint, read_metrics, restore, save_checkpoint
 from training.speech2face.config import SELECT, S2FConfig, from_dict
 from training.speech2face.data import S2FSplit, load_s2f_split, rows_tensor
@@ -28,8 +29,8 @@ from training.speech2face.features import add_common, config_with, face_features
 from training.speech2face.loss import s2f_loss, s2f_terms
 from training.speech2face.model import FaceDecoder, FaceNet, VoiceEncoder
 
-FIELDS = ("step", "loss", "decoder_l1", "feature_l2", "distill", "lr", "pairs_per_s", "val_loss", "val_angle_deg",
-          "val_match")
+FIELDS = ("step", "loss", "decoder_l1", "feature_l2", "distill", "attributes", "lr", "pairs_per_s", "val_loss",
+          "val_angle_deg", "val_match")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -146,6 +147,9 @@ def run(args: argparse.Namespace) -> int:
     train = load_s2f_split(args.corpus, "train", cfg, cache, args.workers, progress, seconds=crop)
     val = load_s2f_split(args.corpus, "val", cfg, cache, args.workers, progress) if main else None
     train_vf = face_features(net, train.face.data, device)
+    if cfg.train.target == "mean":  # every photo's target becomes its person's mean feature
+        means = torch.stack([train_vf[train.items_of("face", i)].mean(0) for i in range(len(train.identities))])
+        train_vf = means[torch.as_tensor(train.face.identity)]
     val_vf = face_features(net, val.face.data, device) if main else None
 
     encoder = VoiceEncoder(cfg.voice, cfg.face.fc, train.voice.data.shape[-1]).to(device)
@@ -153,7 +157,10 @@ def run(args: argparse.Namespace) -> int:
     if world > 1:
         ids = [device.index] if device.type == "cuda" else None
         model = nn.parallel.DistributedDataParallel(encoder, device_ids=ids)
-    optimizer = torch.optim.Adam(encoder.parameters(), t.lr, betas=(t.beta1, 0.999), eps=t.eps)
+    targets = attribute_targets(train, list(t.attributes))
+    heads = nn.ModuleDict({a: nn.Linear(cfg.face.fc, int(y.max()) + 1) for a, y in targets.items()}).to(device)
+    optimizer = torch.optim.Adam([*encoder.parameters(), *heads.parameters()], t.lr, betas=(t.beta1, 0.999),
+                                 eps=t.eps)
     sampler = PairSampler(train, seed=args.seed * 1000 + rank)
     augment = VoiceAugment(cfg, cfg.voice.frontend().shape[1], sampler.rng)
 
@@ -161,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
     step, best, best_step = 0, -math.inf, 0
     last = args.out / "checkpoints" / "last.pt"
     if args.resume:
-        step, best, best_step = restore(last, device, encoder, optimizer, sampler.rng, rank)
+        step, best, best_step = restore(last, device, encoder, optimizer, sampler.rng, rank, {"heads": heads})
     if main:
         write_run_json(args, cfg, device, face_net=str(args.face_net), decoder=str(args.decoder), world_size=world,
                        train_identities=len(train.identities))
@@ -170,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
     amp = device.type == "cuda"
     bar = tqdm(total=t.iterations, initial=step, desc="train s2f", unit="it", disable=not progress,
                dynamic_ncols=True)
-    hist: dict[str, list[float]] = {"loss": [], "decoder_l1": [], "feature_l2": [], "distill": []}
+    hist: dict[str, list[float]] = {k: [] for k in ("loss", "decoder_l1", "feature_l2", "distill", "attributes")}
     window_start, window_pairs, val_scores = time.perf_counter(), 0, {}
     encoder.train()
     while step < t.iterations:
@@ -183,8 +190,15 @@ def run(args: argparse.Namespace) -> int:
             v_s = model(spec)
         terms = s2f_terms(v_f, v_s.float(), decoder.first_layer, net.logits, t.temperature)
         loss = s2f_loss(terms, t.lambda1, t.lambda2).mean()
+        if heads:
+            terms["attributes"] = attribute_loss(heads, targets, v_s.float(), train.voice.identity[voices]).reshape(1)
+            loss = loss + t.attribute_weight * terms["attributes"].mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if world > 1 and heads:  # DDP syncs the encoder's gradients; the heads sit outside it
+            for p in heads.parameters():
+                dist.all_reduce(p.grad)
+                p.grad /= world
         optimizer.step()
         step += 1
         hist["loss"].append(loss.item())
@@ -197,12 +211,12 @@ def run(args: argparse.Namespace) -> int:
                 torch.cuda.synchronize()
             rate = window_pairs / (time.perf_counter() - window_start)
             val_scores = validate(encoder, val, val_vf, net, decoder, cfg, device)
-            score = sign * val_scores[key]
+            score = sign * {**val_scores, "step": step}[key]
             if score > best:
                 best, best_step = score, step
                 save_checkpoint(args.out / "best.pt", model=encoder.state_dict(), config=cfg.to_dict(), step=step,
                                 val=val_scores, face_net=str(args.face_net), decoder=str(args.decoder))
-            log.write({"step": step, **{k: float(np.mean(v)) for k, v in hist.items()},
+            log.write({"step": step, **{k: float(np.mean(v)) if v else 0.0 for k, v in hist.items()},
                        "lr": optimizer.param_groups[0]["lr"], "pairs_per_s": rate, **val_scores})
             bar.set_postfix(loss=f"{np.mean(hist['loss']):.3f}", val=f"{val_scores['val_loss']:.3f}",
                             angle=f"{val_scores['val_angle_deg']:.1f}", pps=f"{rate:.0f}")
@@ -211,7 +225,8 @@ def run(args: argparse.Namespace) -> int:
         if main and (step % t.checkpoint_every == 0 or step == t.iterations):
             save_checkpoint(last, model=encoder.state_dict(), optimizer=optimizer.state_dict(), step=step, best=best,
                             best_step=best_step, sampler_rng=[sampler.rng.bit_generator.state],
-                            torch_rng=torch.get_rng_state(), config=cfg.to_dict(), face_net=str(args.face_net),
+                            torch_rng=torch.get_rng_state(), heads=heads.state_dict(), config=cfg.to_dict(),
+                            face_net=str(args.face_net),
                             decoder=str(args.decoder))  # `eval s2f --checkpoint checkpoints/last.pt` works too
     bar.close()
     if main:
@@ -229,7 +244,8 @@ def summary(out: Path, step: int, best: float, best_step: int, last_val: dict, k
     rates = [float(r["pairs_per_s"]) for r in rows if r["pairs_per_s"]]
     return "\n".join([
         f"Speech2Face voice encoder trained {step} iterations -> {out}",
-        f"  best {key} {best:.4f} at step {best_step} (best.pt); last "
+        (f"  best.pt is the model at step {best_step} (train.select=last); last " if key == "step" else
+         f"  best {key} {best:.4f} at step {best_step} (best.pt); last ")
         + ", ".join(f"{k} {v:.3f}" for k, v in last_val.items()),
         f"  throughput {np.median(rates):.1f} pairs/s (median of {len(rates)} windows)" if rates else "",
         f"  metrics.csv, tensorboard/, training.png; next: facevoice eval s2f --run {out}",
