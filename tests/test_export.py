@@ -77,3 +77,28 @@ def test_a_second_export_is_the_next_version_and_keeps_the_first(stack, tmp_path
 def test_exporting_a_directory_that_is_not_a_run_is_a_clear_error(tmp_path):
     with pytest.raises(SystemExit, match="no checkpoint"):
         main(["export", "--association", str(tmp_path), "--out", str(tmp_path / "repo")])
+
+
+def test_parity_runs_on_the_networks_probe_inputs():
+    """The parity check feeds a network inputs like the service's (its `probe`), and the S2F probe
+    is a real front-end spectrogram of audio-like input."""
+    from service.media.audio import Speech2FaceAudio
+    from training.export.command import spectrogram_probe
+    from training.export.repository import Network, parity, to_onnx
+
+    class Cube(torch.nn.Module):  # fp32 error grows with the input's scale
+        def forward(self, x):
+            return (x * 1000) ** 3
+
+    net = Network("cube", Cube(), "x", "y", (8,))
+    onnx_bytes, _ = to_onnx(net)
+    seen = []
+
+    def probe(rng, n):
+        seen.append(n)
+        return rng.uniform(0, 1e-3, size=(n, 8)).astype(np.float32)
+
+    assert parity(Network("cube", Cube(), "x", "y", (8,), probe=probe), onnx_bytes) <= 1e-4 and seen == [3]
+    audio = Speech2FaceAudio(seconds=1.0)
+    spec = spectrogram_probe(np.random.default_rng(0), audio)
+    assert spec.shape == audio.shape and spec.dtype == np.float32 and 0 < np.abs(spec).max() < 10

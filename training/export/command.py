@@ -14,9 +14,11 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
+from service.media.audio import complex_spectrogram, power_law
 from training.export.repository import VARIANTS, Network, next_version, write_network
 
 MANIFEST = "facevoice.json"
@@ -61,12 +63,21 @@ def s2f_networks(run: Path, checkpoint: str) -> tuple[list[Network], dict]:
 
     encoder, net, decoder, cfg, _ = load_s2f_run(run, checkpoint, torch.device("cpu"))
     audio, face = cfg.voice.frontend(), cfg.face.frontend()
-    nets = [Network("s2f_voice_encoder", encoder, "spectrogram", "face_feature", audio.shape),
+    nets = [Network("s2f_voice_encoder", encoder, "spectrogram", "face_feature", audio.shape,
+                    probe=lambda rng, n: np.stack([spectrogram_probe(rng, audio) for _ in range(n)])),
             Network("face_features", FaceFeatures(net), "image", "face_feature", (3, face.size, face.size)),
             Network("face_decoder", decoder, "face_feature", "image", (cfg.face.fc,))]
     meta = {"run": str(run), "dim": cfg.face.fc, "metric": "cosine", "image_size": cfg.decoder.size,
             "frontends": {"s2f_voice_encoder": asdict(audio), "face_features": asdict(face)}}
     return nets, meta
+
+
+def spectrogram_probe(rng: np.random.Generator, audio) -> np.ndarray:
+    """A spectrogram from the real front end of audio-like input (tones plus noise, peak < 1)."""
+    t = np.arange(audio.samples) / audio.sample_rate
+    tones = sum(np.sin(2 * np.pi * f * t + rng.uniform(0, 6.3)) for f in rng.uniform(80, 4000, size=4))
+    x = 0.05 * tones + 0.02 * rng.standard_normal(audio.samples)
+    return power_law(complex_spectrogram(x, audio), audio.power)
 
 
 def model_version(entries: list[dict]) -> str:
