@@ -80,7 +80,7 @@ def decode_audio(data: bytes, limits: MediaLimits = DEFAULT_LIMITS) -> tuple[np.
                 block = f.read(min(_BLOCK, cap + 1 - read), dtype="float32", always_2d=True)
                 if len(block) == 0:
                     break
-                blocks.append(block.mean(axis=1))
+                blocks.append(block[:, 0] if channels == 1 else block.mean(axis=1))
                 read += len(block)
     except MediaError:
         raise
@@ -108,12 +108,13 @@ def _check_signal(x: np.ndarray, sr: int, limits: MediaLimits) -> None:
         raise EmptyMediaError("audio: no samples could be decoded (zero-length or truncated file)")
     if x.size > limits.max_audio_seconds * sr:
         raise MediaTooLargeError(f"audio: longer than the {limits.max_audio_seconds:g} s limit")
-    if not np.isfinite(x).all():
+    hi, lo = float(x.max()), float(x.min())  # NaN and Inf reach these; no temporary arrays
+    if not (np.isfinite(hi) and np.isfinite(lo)):
         raise InvalidSignalError("audio: contains NaN or Inf samples")
     if x.size < limits.min_audio_seconds * sr:
         raise InvalidSignalError(
             f"audio: {x.size / sr * 1000:.0f} ms is shorter than {limits.min_audio_seconds:g} s")
-    peak = float(np.max(np.abs(x)))
+    peak = max(hi, -lo)
     if peak < 10 ** (limits.silence_peak_dbfs / 20):
         level = -np.inf if peak == 0 else 20 * np.log10(peak)
         raise InvalidSignalError(
