@@ -13,23 +13,20 @@ from __future__ import annotations
 import argparse
 import csv
 import re
-import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
-import grpc
 import numpy as np
 import tritonclient.grpc as tc
 from tqdm import tqdm
 
 from bench.report import machine, write_section
+from bench.search_service import ServeProcess
 from facevoice.v1 import facevoice_pb2 as pb
-from facevoice.v1 import facevoice_pb2_grpc as pb_grpc
 from service.embedder import Embedder
-from service.local_servers import LocalTriton, free_port, wait_for
+from service.local_servers import LocalTriton, free_port
 from service.models import EmbeddedRunner, read_manifest
 
 STAGES = ("decode", "embed", "search")
@@ -62,30 +59,19 @@ def server_stages(metrics_url: str) -> dict[str, tuple[float, float]]:
     return out
 
 
-def serve(args, extra: list[str]) -> tuple[subprocess.Popen, pb_grpc.FaceVoiceStub, str]:
-    port, metrics_port = free_port(), free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "facevoice", "serve", "--model-repo", str(args.model_repo), "--index-root",
-         str(args.index_root), "--host", "127.0.0.1", "--port", str(port), "--metrics-port", str(metrics_port),
-         "--poll-s", "0", "--workers", "8", "--ort-threads", "1", "--faiss-threads", "1", *extra],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    stub = pb_grpc.FaceVoiceStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
-    wait_for(lambda: bool(stub.GetIndexInfo(pb.GetIndexInfoRequest(), timeout=1).indexes), 300, "serve", proc)
-    return proc, stub, f"http://127.0.0.1:{metrics_port}/metrics"
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model-repo", type=Path, default=Path("demo/model_repo"))
     p.add_argument("--corpus", type=Path, default=Path("demo/corpus"))
     p.add_argument("--index-root", type=Path, default=Path("demo/indexes"))
     p.add_argument("--calls", type=int, default=300)
+    p.add_argument("--threads", type=int, default=1, help="the service's FAISS and onnxruntime threads")
     args = p.parse_args()
     manifest = read_manifest(args.model_repo)
     with open(args.corpus / "manifest.csv", newline="") as f:
         rows = [r for r in csv.DictReader(f) if r["split"] == "test" and r["modality"] == "voice"][:16]
     voices = [(args.corpus / r["path"]).read_bytes() for r in rows]
-    embedder = Embedder(manifest, EmbeddedRunner(manifest, threads=1))
+    embedder = Embedder(manifest, EmbeddedRunner(manifest, threads=args.threads))
     wave = embedder.voice_input(voices[0])[None]
     info = manifest.association.networks["voice_encoder"]
     triton = LocalTriton(args.model_repo, workdir=Path(tempfile.mkdtemp(prefix="facevoice-breakdown-"))).start()
@@ -101,8 +87,9 @@ def main() -> None:
         raw = {"triton": timed(triton_call, args.calls, "triton direct"),
                "decode": timed(lambda i: embedder.voice_input(voices[i % len(voices)]), args.calls, "decode")}
         for path, extra in (("embedded", []), ("triton", ["--triton-url", triton.grpc_url])):
-            proc, stub, metrics_url = serve(args, extra)
-            try:
+            service = ServeProcess(args, args.index_root, 8, extra, metrics_port=free_port())
+            metrics_url = f"http://127.0.0.1:{service.metrics_port}/metrics"
+            with service as stub:
                 def call(i, stub=stub):
                     return stub.SearchFaces(pb.SearchFacesRequest(voice=pb.Audio(data=voices[i % len(voices)]),
                                                                   top_k=10), timeout=60)
@@ -110,9 +97,6 @@ def main() -> None:
                 before = server_stages(metrics_url)
                 client_side = timed(call, args.calls, f"SearchFaces {path}")
                 after = server_stages(metrics_url)
-            finally:
-                proc.terminate()
-                proc.wait(60)
             server = {k: 1000 * (after[k][0] - before.get(k, (0, 0))[0]) / (after[k][1] - before.get(k, (0, 0))[1])
                       for k in after if after[k][1] > before.get(k, (0, 0))[1]}
             results[path] = {"client": client_side, "server": server}

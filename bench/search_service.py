@@ -81,10 +81,11 @@ def load(fn, concurrency: int, seconds: float) -> dict:
 class ServeProcess:
     """`facevoice serve` in its own process, as users run it (no GIL shared with the load)."""
 
-    def __init__(self, args, root: Path, workers: int, extra: list[str]):
-        self.port = free_port()
+    def __init__(self, args, root: Path, workers: int, extra: list[str], metrics_port: int = -1):
+        self.port, self.metrics_port = free_port(), metrics_port
         cmd = [sys.executable, "-m", "facevoice", "serve", "--model-repo", str(args.model_repo), "--index-root",
-               str(root), "--host", "127.0.0.1", "--port", str(self.port), "--metrics-port", "-1", "--poll-s", "0",
+               str(root), "--host", "127.0.0.1", "--port", str(self.port), "--metrics-port", str(metrics_port),
+               "--poll-s", "0",
                "--workers", str(workers), "--ort-threads", str(args.threads), "--faiss-threads", str(args.threads),
                *extra]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

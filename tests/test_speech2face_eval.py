@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from training.association.data import Modality
-from training.corpus.oracle import identity_scores, oracle_recall_at_k
+from training.corpus.oracle import corpus_people, identity_scores, oracle_recall_at_k
 from training.corpus.people import Person, sample_population
 from training.metrics import one_per_identity_galleries
 from training.speech2face.data import S2FSplit
@@ -121,7 +121,8 @@ def test_cross_check_perfect_and_reversed():
 
 def test_voice_parameter_readout_recovers_a_feature_made_of_voice_parameters(tmp_path):
     """When v_f is a linear function of the audible voice parameters, the readout fitted on
-    training people predicts test people's v_f; a corpus without a generator gives None."""
+    training people (read back from the corpus files) predicts test people's v_f; a corpus
+    without a generator gives none."""
     import json
     from dataclasses import asdict
 
@@ -143,7 +144,8 @@ def test_voice_parameter_readout_recovers_a_feature_made_of_voice_parameters(tmp
                              for p in people])
 
     train, test = pop.people[:60], pop.people[60:]
-    pred = voice_parameter_readout(tmp_path, split(train), feature(train), split(test))
+    people = corpus_people(tmp_path)[1]
+    pred = voice_parameter_readout(people, split(train), feature(train), split(test))
     assert pred.shape == (20, 4)
     assert torch.nn.functional.cosine_similarity(pred, feature(test)).min() > 0.95
-    assert voice_parameter_readout(tmp_path / "elsewhere", split(train), feature(train), split(test)) is None
+    assert corpus_people(tmp_path / "elsewhere") is None  # no generator: eval s2f shows no readout

@@ -94,7 +94,11 @@ def auc_eer(fpr: np.ndarray, tpr: np.ndarray) -> tuple[float, float]:
 def recall_at_k(distances: np.ndarray, query_identity: np.ndarray, gallery_identity: np.ndarray,
                 ks: tuple[int, ...]) -> dict[int, float]:
     """Kim Table 6: fraction of queries with an item of their identity among the K nearest."""
-    first = first_hit(distances, query_identity, gallery_identity)
+    return recall_from_first_hit(first_hit(distances, query_identity, gallery_identity), ks)
+
+
+def recall_from_first_hit(first: np.ndarray, ks: tuple[int, ...]) -> dict[int, float]:
+    """Recall@K from each query's 0-based first-hit rank (`first_hit`)."""
     return {k: float((first < k).mean()) for k in ks}
 
 

@@ -28,13 +28,14 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from tqdm import tqdm
 
 from training.association.trials import matching_trials
-from training.corpus.oracle import corpus_people, oracle_recall_at_k, split_oracle
+from training.corpus.oracle import corpus_people, identity_scores, oracle_recall_at_k
+from training.corpus.people import Person
 from training.metrics import (
     cluster_bootstrap_interval,
     first_hit,
     one_per_identity_galleries,
     random_recall_at_k,
-    recall_at_k,
+    recall_from_first_hit,
     wilson_interval,
 )
 from training.runs import load_checkpoint, pick_device
@@ -110,20 +111,20 @@ def retrieval(v_s: torch.Tensor, v_f: torch.Tensor, split: S2FSplit, oracle: np.
     dist = {m: distances(v_s, v_f, m) for m in ("l1", "l2", "cosine")}
     qid, gid = split.voice.identity, split.face.identity
 
-    def scores(rows: np.ndarray) -> dict:
-        out = {m: recall_at_k(d[:, rows], qid, gid[rows], KS) for m, d in dist.items()}
+    def scores(rows: np.ndarray) -> tuple[dict, np.ndarray]:
+        """Recall@K per metric on these gallery rows, and each query's cosine first-hit rank."""
+        first = {m: first_hit(d[:, rows], qid, gid[rows]) for m, d in dist.items()}
+        out = {m: recall_from_first_hit(f, KS) for m, f in first.items()}
         out["random"] = random_recall_at_k(gid[rows], qid, KS)
         if oracle is not None:
             out["oracle"] = oracle_recall_at_k(oracle, qid, gid[rows], KS)
-        return out
+        return out, first["cosine"]
 
-    galleries = one_per_identity_galleries(gid)
-    draws = [scores(rows) for rows in galleries]
+    draws, firsts = zip(*(scores(rows) for rows in one_per_identity_galleries(gid)), strict=True)
     paper = {key: {k: float(np.mean([d[key][k] for d in draws])) for k in KS} for key in draws[0]}
     # 95% interval of cosine R@K, resampling whole speakers (their clips are not independent)
-    first = np.stack([first_hit(dist["cosine"][:, rows], qid, gid[rows]) for rows in galleries])
-    ci = {k: cluster_bootstrap_interval((first < k).mean(0), qid) for k in KS}
-    everything = scores(np.arange(len(gid)))
+    ci = {k: cluster_bootstrap_interval((np.stack(firsts) < k).mean(0), qid) for k in KS}
+    everything, _ = scores(np.arange(len(gid)))
     return {**paper, "cosine_ci": ci, "gallery": len(split.identities), "draws": len(draws),
             "all_photos": {**everything, "gallery": len(gid)}}
 
@@ -163,17 +164,14 @@ def attribute_agreement(train: S2FSplit, train_vf: torch.Tensor, test: S2FSplit,
 AUDIBLE = ("gender", "accent", "variant", "pitch", "pitch_range", "speed")  # VoiceParams espeak-ng hears
 
 
-def voice_parameter_readout(corpus: Path, train: S2FSplit, train_vf: torch.Tensor,
-                            test: S2FSplit) -> torch.Tensor | None:
+def voice_parameter_readout(people: dict[str, Person], train: S2FSplit, train_vf: torch.Tensor,
+                            test: S2FSplit) -> torch.Tensor:
     """A diagnostic for synthetic corpora: ridge regression from the generator's audible voice
     parameters (one-hot accent and variant, pitch, range, speed) to v_f, fitted on training
     photos, then one prediction per test clip. It is what a voice encoder that heard those
     parameters perfectly and mapped them linearly would give: retrieval with it separates what the
-    face feature space allows from what the voice encoder misses. None for other corpora."""
-    generator = corpus_people(corpus)
-    if generator is None:
-        return None
-    people = generator[1]
+    face feature space allows from what the voice encoder misses. `people`: the generator's people
+    by identity (`corpus_people`)."""
     voices = [people[i].voice for i in (*train.identities, *test.identities)]
     levels = {k: sorted({getattr(v, k) for v in voices}) for k in AUDIBLE if isinstance(getattr(voices[0], k), str)}
 
@@ -271,10 +269,11 @@ def run(args: argparse.Namespace) -> int:
         metrics["similarity"][f"{s:g}s"] = feature_similarity(v_s[s], v_f, split)
         steps.update()
     main_s = v_s[args.seconds[-1]]
-    metrics["retrieval"] = retrieval(main_s, v_f, split, split_oracle(corpus, split.identities, ("v2f",)).get("v2f"))
-    readout = voice_parameter_readout(corpus, train, train_vf, split)
-    if readout is not None:  # the same galleries queried by the parameter readout: keep its cosine rows
-        r = retrieval(readout, v_f, split)
+    generator = corpus_people(corpus)  # synthetic corpora only: the oracle and the readout
+    oracle = identity_scores(generator[0], [generator[1][i] for i in split.identities], "v2f") if generator else None
+    metrics["retrieval"] = retrieval(main_s, v_f, split, oracle)
+    if generator:  # the same galleries queried by the parameter readout: keep its cosine rows
+        r = retrieval(voice_parameter_readout(generator[1], train, train_vf, split), v_f, split)
         metrics["retrieval"]["voice_params"] = r["cosine"]
         metrics["retrieval"]["all_photos"]["voice_params"] = r["all_photos"]["cosine"]
     steps.update()
