@@ -11,7 +11,16 @@ from training.corpus.oracle import corpus_people, identity_scores, oracle_recall
 from training.corpus.people import Person, sample_population
 from training.metrics import one_per_identity_galleries
 from training.speech2face.data import S2FSplit
-from training.speech2face.evaluate import KS, attribute_agreement, cross_check, feature_similarity, retrieval
+from training.speech2face.evaluate import (
+    KS,
+    age_trend,
+    attribute_agreement,
+    cross_check,
+    feature_similarity,
+    ordered,
+    retrieval,
+    voice_hearing,
+)
 
 
 def _split(people: int = 10, per: int = 2) -> S2FSplit:
@@ -149,3 +158,60 @@ def test_voice_parameter_readout_recovers_a_feature_made_of_voice_parameters(tmp
     assert pred.shape == (20, 4)
     assert torch.nn.functional.cosine_similarity(pred, feature(test)).min() > 0.95
     assert corpus_people(tmp_path / "elsewhere") is None  # no generator: eval s2f shows no readout
+
+
+def _aged_split(people: int = 20, per: int = 2) -> tuple[S2FSplit, torch.Tensor]:
+    """People spread over the five age groups, and photo features whose first axis is the age."""
+    s = _split(people, per)
+    groups = ("<30", "30s", "40s", "50s", ">=60")
+    for i, a in enumerate(s.attributes):
+        a["age_group"] = groups[i % 5]
+    g = torch.Generator().manual_seed(3)
+    years = torch.tensor([25.0 + 10 * (i % 5) for i in s.face.identity])
+    v_f = torch.cat([years[:, None] / 10, torch.randn(len(years), 7, generator=g)], 1)
+    return s, v_f
+
+
+def test_age_trend_follows_the_age_read_off_the_query():
+    s, v_f = _aged_split()
+    out = age_trend(s, v_f, s, v_f, {"same": v_f.clone(), "older": v_f[(np.arange(40) + 2) % 40]}, seed=0)
+    assert out["regressor_r_on_photos"] > 0.99  # the first axis is the age
+    assert out["same"]["r"] > 0.99 and out["same"]["p"] < 1e-6
+    assert abs(out["same"]["random_r"]) < 0.5
+    # each clip's query is the person one over: one age group older, but the oldest read as youngest
+    assert out["older"]["r"] < out["same"]["r"] - 0.5
+    assert abs(out["same"]["mean_years"] - out["photo_mean_years"]) < 1e-3
+
+
+def test_age_trend_needs_age_groups():
+    s, v_f = _aged_split()
+    for a in s.attributes:
+        a["age_group"] = "30s"
+    assert age_trend(s, v_f, s, v_f, {"same": v_f}, seed=0) is None
+
+
+def test_age_groups_are_ordered_by_age_and_other_classes_by_name():
+    assert ordered(["30s", "40s", "50s", "<30", ">=60"]) == ["<30", "30s", "40s", "50s", ">=60"]
+    assert ordered(["male", "female"]) == ["female", "male"]
+
+
+def test_voice_hearing_reads_the_parameters_a_feature_carries():
+    """v_s made of pitch and speed: both are heard on new speakers, pitch range is not."""
+    pop = sample_population(120, seed=7)
+    people = {p.identity: p for p in pop.people}
+
+    def split(group):
+        ident = np.repeat(np.arange(len(group)), 2)
+        mod = lambda: Modality(np.zeros((len(ident), 1)), ident.copy(), [str(k) for k in ident])  # noqa: E731
+        return S2FSplit([p.identity for p in group], [{} for _ in group], mod(), mod(), None)
+
+    def v_s(group, seed):
+        g = torch.Generator().manual_seed(seed)
+        clean = torch.tensor([[p.voice.pitch / 10, p.voice.speed / 20] for p in group for _ in range(2)])
+        return torch.cat([clean, 0.05 * torch.randn(len(clean), 6, generator=g)], 1)
+
+    train, test = pop.people[:90], pop.people[90:]
+    out = voice_hearing(people, split(train), v_s(train, 0), split(test), v_s(test, 1))
+    assert out["pitch"]["test_r"] > 0.95 and out["speed"]["test_r"] > 0.95
+    assert abs(out["pitch_range"]["test_r"]) < 0.5
+    assert set(out) == {"pitch", "speed", "pitch_range", "variant_score", "age"}

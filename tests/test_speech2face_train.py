@@ -182,6 +182,8 @@ def test_evaluation_report(nets, toy, tmp_path, capsys):
     r = m["retrieval"]
     assert r["gallery"] == 6 and r["all_photos"]["gallery"] == 12 and r["draws"] == 2
     assert "oracle" not in r and "voice_params" not in r and m["geometry"] is None
+    assert "hearing" not in m  # needs the generator's voice parameters
+    assert m["age_trend"] is None and "Age trend" not in text  # the toy corpus has one age group
     assert m["cross_check"]["via_reconstruction"]["trials"] == 300
     for f in m["figures"]:
         assert (report / f).stat().st_size > 0

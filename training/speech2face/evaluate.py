@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from training.association.trials import matching_trials
 from training.corpus.oracle import corpus_people, identity_scores, oracle_recall_at_k
-from training.corpus.people import Person
+from training.corpus.people import AGE_GROUPS, Person
 from training.metrics import (
     cluster_bootstrap_interval,
     first_hit,
@@ -48,6 +48,7 @@ from training.speech2face.train import load_decoder, voice_features
 
 KS = (1, 2, 5, 10)
 ATTRS = ("gender", "age_group", "appearance_group")
+AGE_YEARS = {g: 25.0 + 10 * k for k, g in enumerate(AGE_GROUPS)}  # a year for each of the paper's age bins
 GEOMETRY = ("face_width", "face_height", "jaw", "nose_width", "nose_length", "eye_spacing", "eye_size",
             "mouth_width", "lip_thickness")
 
@@ -133,20 +134,32 @@ def _labels(split: S2FSplit, attr: str, rows_identity: np.ndarray) -> np.ndarray
     return np.array([split.attributes[i].get(attr, "") for i in rows_identity])
 
 
+def same_person_pairs(test: S2FSplit) -> tuple[np.ndarray, np.ndarray]:
+    """(clip row, photo row) for every clip and every photo of the same person."""
+    pairs = [(c, f) for c in range(len(test.voice.identity)) for f in test.items_of("face", test.voice.identity[c])]
+    c, f = map(np.array, zip(*pairs, strict=True))
+    return c, f
+
+
+def ordered(classes: list[str]) -> list[str]:
+    """Age groups youngest first, as Fig. 4 draws them (sorting by name puts "<30" after "50s");
+    any other classes by name."""
+    return sorted(classes, key=AGE_GROUPS.index) if set(classes) <= set(AGE_GROUPS) else sorted(classes)
+
+
 def attribute_agreement(train: S2FSplit, train_vf: torch.Tensor, test: S2FSplit, photo_vf: torch.Tensor,
                         s2f_vf: torch.Tensor) -> dict:
     """Fig. 4: a logistic classifier on face features, trained on training photos (our Face++),
     labels each test photo and the S2F reconstruction of each of the person's clips; the
     confusion matrix counts (photo class, reconstruction class) over same-person pairs."""
     out = {}
-    pairs = [(c, f) for c in range(len(test.voice.identity)) for f in test.items_of("face", test.voice.identity[c])]
-    c, f = map(np.array, zip(*pairs, strict=True))
+    c, f = same_person_pairs(test)
     for attr in ATTRS:
         y = _labels(train, attr, train.face.identity)
         if len(set(y)) < 2 or "" in set(y):
             continue
         clf = LogisticRegression(max_iter=2000, C=1.0).fit(train_vf.numpy(), y)
-        classes = list(clf.classes_)
+        classes = ordered(list(clf.classes_))
         photo = clf.predict(photo_vf.numpy())
         recon = clf.predict(s2f_vf.numpy())
         matrix = np.zeros((len(classes), len(classes)), dtype=int)
@@ -158,6 +171,55 @@ def attribute_agreement(train: S2FSplit, train_vf: torch.Tensor, test: S2FSplit,
                      "photo_accuracy": float((photo == truth).mean()),
                      "s2f_accuracy": float((recon[c] == truth[f]).mean()),
                      "majority": float(max((truth == k).mean() for k in classes))}
+    return out
+
+
+def age_trend(train: S2FSplit, train_vf: torch.Tensor, test: S2FSplit, photo_vf: torch.Tensor,
+              queries: dict[str, torch.Tensor], seed: int) -> dict | None:
+    """Fig. 4's age trend as a number, which five-way agreement hides: a ridge regressor from v_f to
+    age (each training photo's age group as a year, AGE_YEARS: our Face++ age estimate) reads an
+    age off every test photo and off every clip's query feature (`queries`: name -> one v_f-space
+    feature per clip, e.g. the S2F reconstruction's). Per query: Pearson r and p between the age
+    read off the clip's query and off each photo of the same person, r over random pairs (the
+    baseline), and the mean age read. None when the corpus has no age groups."""
+    groups = [a.get("age_group", "") for a in train.attributes]
+    if not set(groups) <= set(AGE_GROUPS) or len(set(groups)) < 2:
+        return None
+    reg = Ridge(alpha=10.0).fit(train_vf.numpy(), np.array([AGE_YEARS[g] for g in groups])[train.face.identity])
+    photo_age = reg.predict(photo_vf.numpy())
+    c, f = same_person_pairs(test)
+    shuffled = np.random.default_rng(seed).permutation(f)
+    truth = np.array([AGE_YEARS.get(test.attributes[i].get("age_group", ""), np.nan) for i in test.face.identity])
+    known = ~np.isnan(truth)
+    out = {"regressor_r_on_photos": float(stats.pearsonr(photo_age[known], truth[known])[0]) if known.sum() > 2
+           else None, "photo_mean_years": float(photo_age.mean())}
+    for name, q in queries.items():
+        age = reg.predict(q.numpy())
+        r, p = stats.pearsonr(age[c], photo_age[f])
+        out[name] = {"r": float(r), "p": float(p), "random_r": float(stats.pearsonr(age[c], photo_age[shuffled])[0]),
+                     "mean_years": float(age.mean())}
+    return out
+
+
+HEARD = ("pitch", "speed", "pitch_range", "variant_score")  # VoiceParams the voice encoder could recover
+
+
+def voice_hearing(people: dict[str, Person], train: S2FSplit, train_vs: torch.Tensor, test: S2FSplit,
+                  test_vs: torch.Tensor) -> dict:
+    """What the voice encoder hears, on synthetic corpora: a ridge regressor from v_s to each of the
+    generator's continuous voice parameters and the speaker's age, fitted on training clips; Pearson
+    r between its reading and the truth on test clips (new speakers) and on the training clips. A
+    gap between the two is the encoder memorising its training speakers."""
+    def truth(split: S2FSplit, name: str) -> np.ndarray:
+        who = [people[split.identities[i]] for i in split.voice.identity]
+        return np.array([p.shared.age if name == "age" else getattr(p.voice, name) for p in who], dtype=float)
+
+    out = {}
+    for name in (*HEARD, "age"):
+        y = truth(train, name)
+        reg = Ridge(alpha=10.0).fit(train_vs.numpy(), y)
+        out[name] = {"test_r": float(stats.pearsonr(reg.predict(test_vs.numpy()), truth(test, name))[0]),
+                     "train_r": float(stats.pearsonr(reg.predict(train_vs.numpy()), y)[0])}
     return out
 
 
@@ -272,10 +334,15 @@ def run(args: argparse.Namespace) -> int:
     generator = corpus_people(corpus)  # synthetic corpora only: the oracle and the readout
     oracle = identity_scores(generator[0], [generator[1][i] for i in split.identities], "v2f") if generator else None
     metrics["retrieval"] = retrieval(main_s, v_f, split, oracle)
+    readout = voice_parameter_readout(generator[1], train, train_vf, split) if generator else None
     if generator:  # the same galleries queried by the parameter readout: keep its cosine rows
-        r = retrieval(voice_parameter_readout(generator[1], train, train_vf, split), v_f, split)
+        r = retrieval(readout, v_f, split)
         metrics["retrieval"]["voice_params"] = r["cosine"]
         metrics["retrieval"]["all_photos"]["voice_params"] = r["all_photos"]["cosine"]
+        train_voice = load_s2f_split(corpus, "train", cfg, cache, args.workers, progress,
+                                     seconds=args.seconds[-1], modalities=("voice",))
+        train_vs = voice_features(encoder, train_voice.voice.data, device)
+        metrics["hearing"] = voice_hearing(generator[1], train_voice, train_vs, split, main_s)
     steps.update()
     f2f = decode(decoder, v_f, device)
     s2f = decode(decoder, main_s, device)
@@ -283,6 +350,9 @@ def run(args: argparse.Namespace) -> int:
     s2f_vf = face_features(net, to_normalised(s2f, frontend).numpy(), device)
     steps.update()
     metrics["attributes"] = attribute_agreement(train, train_vf, split, v_f, s2f_vf)
+    metrics["age_trend"] = age_trend(train, train_vf, split, v_f, {
+        "reconstruction": s2f_vf, "feature": main_s, **({"voice_params": readout} if readout is not None else {})},
+        args.seed)
     steps.update()
     metrics["geometry"] = geometry(corpus, train, split, f2f_train.numpy(), f2f.numpy(), s2f.numpy(), args.seed)
     steps.update()

@@ -79,6 +79,26 @@ def write_report(m: dict, path: Path) -> Path:
         "![attributes](attributes.png)",
         "",
     ]
+    if m.get("age_trend"):
+        a = m["age_trend"]
+        names = {"reconstruction": "S2F reconstruction", "feature": "v_s itself",
+                 "voice_params": "voice-parameter readout (ceiling)"}
+        lines += ["### Age trend", "",
+                  "A ridge regressor from face features to age (training photos' age groups as years) reads an "
+                  "age off each test photo and off each clip's S2F output; Pearson r between the two over "
+                  "same-person pairs, and over random pairs. Its r against the test photos' own age groups is "
+                  f"{a['regressor_r_on_photos']:.2f}." if a["regressor_r_on_photos"] is not None else "", "",
+                  "| read off | r with the photo's age | p | random pairs r | mean age read |", "|---|---|---|---|---|",
+                  *[f"| {names.get(k, k)} | **{v['r']:.2f}** | {v['p']:.1g} | {v['random_r']:.2f} | "
+                    f"{v['mean_years']:.0f} (photos {a['photo_mean_years']:.0f}) |"
+                    for k, v in a.items() if isinstance(v, dict)], ""]
+    if m.get("hearing"):
+        lines += ["## What the voice encoder hears", "",
+                  "A ridge regressor from v_s to each of the generator's voice parameters (and the speaker's "
+                  "age), fitted on training clips: Pearson r with the truth on test clips (new speakers) and "
+                  "on the training clips. A large gap is the encoder memorising its training speakers.", "",
+                  "| parameter | r, test speakers | r, training speakers |", "|---|---|---|",
+                  *[f"| {k} | **{v['test_r']:.2f}** | {v['train_r']:.2f} |" for k, v in m["hearing"].items()], ""]
     if m["geometry"]:
         lines += ["## Geometry (Fig. 5)", "",
                   "A ridge regressor from reconstruction pixels to the generator's face parameters (fitted on "
@@ -115,6 +135,9 @@ def format_summary(m: dict, out: Path) -> str:
         + " vs random " + "/".join(_pct(_get(r["random"], k)) for k in (1, 5, 10))
         + ("; oracle " + "/".join(_pct(_get(r["oracle"], k)) for k in (1, 5, 10)) if "oracle" in r else ""),
         f"  attribute agreement photo vs S2F: {attrs}",
+        *([f"  age trend: r = {m['age_trend']['reconstruction']['r']:.2f} between the age read off the photo and "
+           f"off the reconstruction (random pairs {m['age_trend']['reconstruction']['random_r']:.2f})"]
+          if m.get("age_trend") else []),
         f"  1:2 V->F via the reconstruction {_pct(cc['accuracy'])}% (chance 50%)",
         f"  report.md, metrics.json, {len(m['figures'])} figures",
     ])
