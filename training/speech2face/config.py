@@ -25,6 +25,7 @@ class FaceNetConfig:
     fc: int = 4096  # fc6 and fc7 width; fc7 (after ReLU) is the face feature v_f
     dropout: float = 0.5
     attributes: tuple[str, ...] = ()  # extra softmax heads while training (our deviation, see docs)
+    attribute_weight: float = 1.0  # their cross-entropies' weight against the identity softmax
     steps: int = 50_000
     batch: int = 64
     lr: float = 1e-3

@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
         y = torch.from_numpy(labels[rows]).long().to(device)
         feature = net.features(x)
         logits = net.logits(feature)
-        loss = F.cross_entropy(logits, y) + attribute_loss(heads, targets, feature, labels[rows])
+        loss = F.cross_entropy(logits, y) + f.attribute_weight * attribute_loss(heads, targets, feature, labels[rows])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
