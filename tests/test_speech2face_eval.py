@@ -215,3 +215,85 @@ def test_voice_hearing_reads_the_parameters_a_feature_carries():
     assert out["pitch"]["test_r"] > 0.95 and out["speed"]["test_r"] > 0.95
     assert abs(out["pitch_range"]["test_r"]) < 0.5
     assert set(out) == {"pitch", "speed", "pitch_range", "variant_score", "age"}
+
+
+def _generator_corpus(tmp_path, n: int, seed: int):
+    import json
+    from dataclasses import asdict
+
+    from training.corpus.manifest import IDENTITIES, write_csv
+    from training.corpus.people import person_row
+
+    pop = sample_population(n, seed=seed)
+    write_csv(tmp_path / IDENTITIES, [person_row(p) for p in pop.people])
+    (tmp_path / "corpus.json").write_text(json.dumps({"population_model": asdict(pop.model)}))
+    return pop.people, corpus_people(tmp_path)[1]
+
+
+def _per_person(people) -> S2FSplit:
+    ident = np.arange(len(people))
+    mod = lambda: Modality(np.zeros((len(ident), 1)), ident.copy(), [p.identity for p in people])  # noqa: E731
+    return S2FSplit([p.identity for p in people], [{} for _ in people], mod(), mod(), None)
+
+
+def test_ranking_readout_finds_people_by_a_feature_made_of_voice_parameters(tmp_path):
+    """v_f made of (centred) pitch, speed and gender: the map trained for cosine ranking puts the
+    speaker first far above chance (1 in 20), and the ridge readout does too."""
+    from training.speech2face.ceiling import ranking_readout
+    from training.speech2face.evaluate import voice_parameter_readout
+
+    pop, people = _generator_corpus(tmp_path, 80, seed=5)
+
+    def feature(group):
+        return torch.tensor([[(p.voice.pitch - 50) / 10, (p.voice.speed - 165) / 15,
+                              2 * float(p.voice.gender == "male") - 1] for p in group])
+
+    train, test = _per_person(pop[:60]), _per_person(pop[60:])
+    for readout in (ranking_readout, voice_parameter_readout):
+        pred = readout(people, train, feature(pop[:60]), test)
+        assert pred.shape == (20, 3)
+        r = retrieval(pred, feature(pop[60:]), test)
+        assert r["cosine"][1] >= 0.4 and r["random"][1] == pytest.approx(0.05)
+
+
+def test_ideal_features_hold_the_named_face_parameters(tmp_path):
+    from training.speech2face.ceiling import IDEAL, ideal_features
+
+    pop, _ = _generator_corpus(tmp_path, 30, seed=2)
+    widths = {name: ideal_features(pop, parts).shape for name, parts in IDEAL.items()}
+    assert widths == {"demographics": (30, 7), "demographics + linked geometry": (30, 9), "all": (30, 16)}
+    geometry = ideal_features(pop, ("linked geometry",))
+    assert torch.equal(geometry[:, 0], torch.tensor([p.face.face_width for p in pop]))
+
+
+def test_ceilings_need_a_generator(tmp_path):
+    from training.speech2face.ceiling import main
+
+    with pytest.raises(SystemExit, match="no generator parameters"):
+        main(["--corpus", str(tmp_path), "--face-net", str(tmp_path / "face_net.pt"), "--no-progress"])
+
+
+def test_geometry_reads_the_generator_parameters_off_reconstructions(tmp_path):
+    """Reconstructions that are the people's canonical faces: the tool (fitted on renders of other
+    people) measures face width on them, F2F and S2F agree; S2F drawn from other people does not."""
+    from service.media import FaceImage
+    from service.media.image import normalise
+    from training.corpus.faces import FaceNuisance, render_face
+    from training.speech2face.data import to_rgb
+    from training.speech2face.evaluate import geometry
+
+    pop, _ = _generator_corpus(tmp_path, 40, seed=4)
+    frontend = FaceImage(size=32)
+    s = _split(40, 2)
+    s.identities[:] = [p.identity for p in pop]
+    canonical = to_rgb(torch.from_numpy(np.stack([normalise(render_face(p.face, FaceNuisance.canonical(), 64), frontend)
+                                                  for p in pop])), frontend).numpy()
+    f2f, s2f = canonical[s.face.identity], canonical[s.voice.identity]
+    generator = corpus_people(tmp_path)
+    out = geometry(generator, s, f2f, s2f, frontend, seed=0, renders=300)
+    width = out["face_width"]
+    assert width["tool_r_on_renders"] > 0.9 and width["tool_r_on_f2f"] > 0.9 and width["tool_r_on_s2f"] > 0.9
+    assert width["r"] > 0.95 and width["p"] < 1e-6 and abs(width["random_r"]) < 0.5
+    others = geometry(generator, s, f2f, s2f[(np.arange(80) + 2) % 80], frontend, seed=0, renders=300)
+    assert others["face_width"]["r"] < 0.5
+    assert geometry(None, s, f2f, s2f, frontend, seed=0) is None  # not a synthetic corpus
