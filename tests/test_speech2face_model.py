@@ -11,7 +11,7 @@ import torch
 
 from service.media import Speech2FaceAudio
 from training.speech2face.config import load_config
-from training.speech2face.loss import distillation, normalised_l2, s2f_loss, s2f_terms
+from training.speech2face.loss import distillation, normalised_l2, ranking, s2f_loss, s2f_terms
 from training.speech2face.model import FaceDecoder, FaceNet, VoiceEncoder, count_parameters, same_padding
 
 
@@ -178,3 +178,23 @@ def test_match_score_by_hand():
 def test_select_must_be_known():
     with pytest.raises(ValueError, match=r"train\.select"):
         load_config("paper", ["train.select=angle"])
+
+
+def test_ranking_by_hand():
+    """Three people along the axes: v_s along person 0 (any length) has cosines (1, 0, 0), so at
+    temperature 1 the loss is log(e + 2) - 1 for person 0 and log(e + 2) for the others."""
+    gallery = torch.eye(3) * torch.tensor([[2.0], [0.5], [3.0]])
+    v_s = torch.tensor([[5.0, 0.0, 0.0], [0.1, 0.0, 0.0]])
+    own = ranking(v_s, gallery, torch.tensor([0, 0]), temperature=1.0)
+    assert own == pytest.approx(torch.full((2,), math.log(math.e + 2) - 1), abs=1e-6)
+    other = ranking(v_s, gallery, torch.tensor([1, 2]), temperature=1.0)
+    assert other == pytest.approx(torch.full((2,), math.log(math.e + 2)), abs=1e-6)
+    # a colder softmax punishes a wrong first place harder and a right one less
+    assert ranking(v_s, gallery, torch.tensor([0, 1]), temperature=0.1)[0] < own[0]
+    assert ranking(v_s, gallery, torch.tensor([0, 1]), temperature=0.1)[1] > other[0]
+
+
+def test_ranking_is_off_in_the_paper_config_and_checked():
+    assert load_config("paper").train.ranking_weight == 0
+    with pytest.raises(ValueError, match="ranking_temperature"):
+        load_config("small", ["train.ranking_temperature=0"])

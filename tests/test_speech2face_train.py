@@ -40,7 +40,8 @@ def nets(toy, tmp_path_factory):
     assert main(["train", "face-decoder", *common, "--out", str(out / "decoder"),
                  "--face-net", str(out / "face" / "face_net.pt"), *_sets()]) == 0
     assert main(["train", "s2f", *common, "--out", str(out / "s2f"), "--face-net", str(out / "face" / "face_net.pt"),
-                 "--decoder", str(out / "decoder" / "decoder.pt"), *_sets(["train.iterations=160"])]) == 0
+                 "--decoder", str(out / "decoder" / "decoder.pt"),
+                 *_sets(["train.iterations=160", "train.ranking_weight=1"])]) == 0
     return out, common
 
 
@@ -52,6 +53,7 @@ def test_each_command_writes_its_artifacts(nets, capsys):
     rows = list(csv.DictReader((out / "s2f" / "metrics.csv").open()))
     assert [int(r["step"]) for r in rows] == list(range(20, 161, 20))
     assert all(np.isfinite(float(r["val_loss"])) for r in rows)
+    assert all(float(r["ranking"]) > 0 for r in rows)  # the ranking term is on and logged
 
 
 def test_voice_encoder_learns(nets):

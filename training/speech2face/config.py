@@ -100,6 +100,10 @@ class S2FTrainConfig:
     # after training: eval and export see only the encoder.
     attributes: tuple[str, ...] = ()
     attribute_weight: float = 1.0
+    # `loss.ranking` added to eq. (1) with this weight: a softmax over the training speakers by
+    # cosine to their mean v_f, the ranking Table 3 measures. Our deviation; 0 is the paper setting.
+    ranking_weight: float = 0.0
+    ranking_temperature: float = 0.05
 
 
 @dataclass(frozen=True)
@@ -138,6 +142,8 @@ def validate(cfg: S2FConfig) -> None:
         raise ValueError(f"train.select must be one of {sorted(SELECT)}, got {cfg.train.select!r}")
     if cfg.decoder.lr_schedule not in ("constant", "cosine"):
         raise ValueError(f"decoder.lr_schedule must be 'constant' or 'cosine', got {cfg.decoder.lr_schedule!r}")
+    if cfg.train.ranking_weight < 0 or cfg.train.ranking_temperature <= 0:
+        raise ValueError("train.ranking_weight must be >= 0 and train.ranking_temperature > 0")
     if cfg.train.target not in TARGETS:
         raise ValueError(f"train.target must be one of {list(TARGETS)}, got {cfg.train.target!r}")
 

@@ -37,3 +37,11 @@ def s2f_terms(v_f: torch.Tensor, v_s: torch.Tensor, f_dec, f_vgg, temperature: f
 def s2f_loss(terms: dict[str, torch.Tensor], lambda1: float, lambda2: float) -> torch.Tensor:
     """Eq. (1) per sample from `s2f_terms`."""
     return terms["decoder_l1"] + lambda1 * terms["feature_l2"] + lambda2 * terms["distill"]
+
+
+def ranking(v_s: torch.Tensor, gallery: torch.Tensor, person: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Our addition to eq. (1), off in the paper config: cross-entropy of a softmax over the training
+    people by cosine between v_s and each person's mean face feature (`gallery`, [people, d]) at
+    `temperature`, so that v_s ranks its own person first, as retrieval (Table 3) asks. Per row."""
+    logits = F.normalize(v_s, dim=-1) @ F.normalize(gallery, dim=-1).T / temperature
+    return F.cross_entropy(logits, person, reduction="none")

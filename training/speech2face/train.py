@@ -26,11 +26,11 @@ from training.speech2face.config import SELECT, S2FConfig, from_dict
 from training.speech2face.data import S2FSplit, load_s2f_split, rows_tensor
 from training.speech2face.decoder import load_face_net
 from training.speech2face.features import add_common, config_with, face_features, setup, write_run_json
-from training.speech2face.loss import s2f_loss, s2f_terms
+from training.speech2face.loss import ranking, s2f_loss, s2f_terms
 from training.speech2face.model import FaceDecoder, FaceNet, VoiceEncoder
 
-FIELDS = ("step", "loss", "decoder_l1", "feature_l2", "distill", "attributes", "lr", "pairs_per_s", "val_loss",
-          "val_angle_deg", "val_match")
+LOSSES = ("loss", "decoder_l1", "feature_l2", "distill", "attributes", "ranking")  # logged per window
+FIELDS = ("step", *LOSSES, "lr", "pairs_per_s", "val_loss", "val_angle_deg", "val_match")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -147,8 +147,8 @@ def run(args: argparse.Namespace) -> int:
     train = load_s2f_split(args.corpus, "train", cfg, cache, args.workers, progress, seconds=crop)
     val = load_s2f_split(args.corpus, "val", cfg, cache, args.workers, progress) if main else None
     train_vf = face_features(net, train.face.data, device)
+    means = torch.stack([train_vf[train.items_of("face", i)].mean(0) for i in range(len(train.identities))])
     if cfg.train.target == "mean":  # every photo's target becomes its person's mean feature
-        means = torch.stack([train_vf[train.items_of("face", i)].mean(0) for i in range(len(train.identities))])
         train_vf = means[torch.as_tensor(train.face.identity)]
     val_vf = face_features(net, val.face.data, device) if main else None
 
@@ -177,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
     amp = device.type == "cuda"
     bar = tqdm(total=t.iterations, initial=step, desc="train s2f", unit="it", disable=not progress,
                dynamic_ncols=True)
-    hist: dict[str, list[float]] = {k: [] for k in ("loss", "decoder_l1", "feature_l2", "distill", "attributes")}
+    hist: dict[str, list[float]] = {k: [] for k in LOSSES}
     window_start, window_pairs, val_scores = time.perf_counter(), 0, {}
     encoder.train()
     while step < t.iterations:
@@ -193,6 +193,10 @@ def run(args: argparse.Namespace) -> int:
         if heads:
             terms["attributes"] = attribute_loss(heads, targets, v_s.float(), train.voice.identity[voices]).reshape(1)
             loss = loss + t.attribute_weight * terms["attributes"].mean()
+        if t.ranking_weight:
+            person = torch.from_numpy(train.voice.identity[voices]).to(device)
+            terms["ranking"] = ranking(v_s.float(), means.to(device), person, t.ranking_temperature)
+            loss = loss + t.ranking_weight * terms["ranking"].mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if world > 1 and heads:  # DDP syncs the encoder's gradients; the heads sit outside it
