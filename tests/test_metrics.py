@@ -74,3 +74,20 @@ def test_random_baselines():
     assert random_recall_at_k(np.array([0, 0, 1, 2]), np.array([0]), (1, 2)) == {1: 0.5, 2: pytest.approx(5 / 6)}
     # one relevant of 4: AP of a random rank r is 1/r, mean (1 + 1/2 + 1/3 + 1/4) / 4
     assert random_map(np.arange(4), np.array([0]), shuffles=4000) == pytest.approx(25 / 48, abs=0.02)
+
+
+def test_cluster_bootstrap_correlation_brackets_r_and_widens_with_fewer_speakers():
+    from training.metrics import cluster_bootstrap_correlation
+
+    rng = np.random.default_rng(0)
+    speaker = np.repeat(np.arange(200), 4)
+    x = rng.standard_normal(200)[speaker] + 0.5 * rng.standard_normal(800)
+    y = x + rng.standard_normal(800)
+    r = np.corrcoef(x, y)[0, 1]
+    lo, hi = cluster_bootstrap_correlation(x, y, speaker)
+    assert lo < r < hi and hi - lo < 0.15
+    few = speaker < 20
+    lo20, hi20 = cluster_bootstrap_correlation(x[few], y[few], speaker[few])
+    assert hi20 - lo20 > hi - lo
+    # perfectly related within every draw
+    assert cluster_bootstrap_correlation(x, 2 * x + 1, speaker) == pytest.approx((1.0, 1.0))

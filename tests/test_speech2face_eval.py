@@ -177,6 +177,7 @@ def test_age_trend_follows_the_age_read_off_the_query():
     out = age_trend(s, v_f, s, v_f, {"same": v_f.clone(), "older": v_f[(np.arange(40) + 2) % 40]}, seed=0)
     assert out["regressor_r_on_photos"] > 0.99  # the first axis is the age
     assert out["same"]["r"] > 0.99 and out["same"]["p"] < 1e-6
+    assert out["same"]["ci95"][0] > 0.95 and out["same"]["ci95"][0] <= out["same"]["r"] + 1e-9
     assert abs(out["same"]["random_r"]) < 0.5
     # each clip's query is the person one over: one age group older, but the oldest read as youngest
     assert out["older"]["r"] < out["same"]["r"] - 0.5
@@ -294,6 +295,7 @@ def test_geometry_reads_the_generator_parameters_off_reconstructions(tmp_path):
     width = out["face_width"]
     assert width["tool_r_on_renders"] > 0.9 and width["tool_r_on_f2f"] > 0.9 and width["tool_r_on_s2f"] > 0.9
     assert width["r"] > 0.95 and width["p"] < 1e-6 and abs(width["random_r"]) < 0.5
+    assert width["ci95"][0] > 0.9
     others = geometry(generator, s, f2f, s2f[(np.arange(80) + 2) % 80], frontend, seed=0, renders=300)
     assert others["face_width"]["r"] < 0.5
     assert geometry(None, s, f2f, s2f, frontend, seed=0) is None  # not a synthetic corpus

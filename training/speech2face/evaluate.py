@@ -33,6 +33,7 @@ from training.corpus.faces import FaceNuisance, render_face
 from training.corpus.oracle import corpus_people, identity_scores, oracle_recall_at_k
 from training.corpus.people import AGE_GROUPS, Person, PopulationModel, sample_population
 from training.metrics import (
+    cluster_bootstrap_correlation,
     cluster_bootstrap_interval,
     first_hit,
     one_per_identity_galleries,
@@ -199,6 +200,7 @@ def age_trend(train: S2FSplit, train_vf: torch.Tensor, test: S2FSplit, photo_vf:
         age = reg.predict(q.numpy())
         r, p = stats.pearsonr(age[c], photo_age[f])
         out[name] = {"r": float(r), "p": float(p), "random_r": float(stats.pearsonr(age[c], photo_age[shuffled])[0]),
+                     "ci95": list(cluster_bootstrap_correlation(age[c], photo_age[f], test.voice.identity[c])),
                      "mean_years": float(age.mean())}
     return out
 
@@ -293,7 +295,8 @@ def geometry(generator: tuple[PopulationModel, dict[str, Person]] | None, test: 
     out = {}
     for j, k in enumerate(GEOMETRY):
         r, p = stats.pearsonr(read_f2f[photo, j], read_s2f[:, j])
-        out[k] = {"r": float(r), "p": float(p),
+        ci = cluster_bootstrap_correlation(read_f2f[photo, j], read_s2f[:, j], test.voice.identity)
+        out[k] = {"r": float(r), "p": float(p), "ci95": list(ci),
                   "random_r": float(stats.pearsonr(read_f2f[shuffled, j], read_s2f[:, j])[0]),
                   "tool_r_on_renders": float(stats.pearsonr(held_out[:, j], truth_drawn[fit:, j])[0]),
                   "tool_r_on_f2f": float(stats.pearsonr(read_f2f[:, j], truth(test.face.identity, k))[0]),

@@ -17,6 +17,10 @@ def _get(d: dict, k: int):
     return d[k] if k in d else d[str(k)]  # JSON keys are strings
 
 
+def _ci(v: dict) -> str:
+    return "{:.2f} to {:.2f}".format(*v["ci95"]) if "ci95" in v else ""
+
+
 def _recall_table(r: dict, ks: list[int]) -> list[str]:
     names = [n for n in ("l1", "l2", "cosine", "random", "voice_params", "oracle") if n in r]
     return ["| metric | " + " | ".join(f"R@{k}" for k in ks) + " |", "|---|" + "---|" * len(ks),
@@ -88,8 +92,9 @@ def write_report(m: dict, path: Path) -> Path:
                   "age off each test photo and off each clip's S2F output; Pearson r between the two over "
                   "same-person pairs, and over random pairs. Its r against the test photos' own age groups is "
                   f"{a['regressor_r_on_photos']:.2f}." if a["regressor_r_on_photos"] is not None else "", "",
-                  "| read off | r with the photo's age | p | random pairs r | mean age read |", "|---|---|---|---|---|",
-                  *[f"| {names.get(k, k)} | **{v['r']:.2f}** | {v['p']:.1g} | {v['random_r']:.2f} | "
+                  "| read off | r with the photo's age | 95% interval over speakers | p (pairs as independent) | "
+                  "random pairs r | mean age read |", "|---|---|---|---|---|---|",
+                  *[f"| {names.get(k, k)} | **{v['r']:.2f}** | {_ci(v)} | {v['p']:.1g} | {v['random_r']:.2f} | "
                     f"{v['mean_years']:.0f} (photos {a['photo_mean_years']:.0f}) |"
                     for k, v in a.items() if isinstance(v, dict)], ""]
     if m.get("hearing"):
@@ -107,9 +112,10 @@ def write_report(m: dict, path: Path) -> Path:
                   "Pearson r between the two, and for random pairs. The last three columns are the tool's r "
                   "against the truth: on held-out renders (can it measure), on F2F (what the face feature and "
                   "decoder keep) and on S2F.", "",
-                  "| parameter | r (F2F vs S2F) | p | random pairs r | tool r: renders | F2F | S2F |",
-                  "|---|---|---|---|---|---|---|",
-                  *[f"| {k} | **{v['r']:.2f}** | {v['p']:.1g} | {v['random_r']:.2f} | {v['tool_r_on_renders']:.2f} | "
+                  "| parameter | r (F2F vs S2F) | 95% interval over speakers | p | random pairs r | "
+                  "tool r: renders | F2F | S2F |", "|---|---|---|---|---|---|---|---|",
+                  *[f"| {k} | **{v['r']:.2f}** | {_ci(v)} | {v['p']:.1g} | {v['random_r']:.2f} | "
+                    f"{v['tool_r_on_renders']:.2f} | "
                     f"{v['tool_r_on_f2f']:.2f} | {v['tool_r_on_s2f']:.2f} |" for k, v in m["geometry"].items()], ""]
     c = m["cross_check"]
     lines += ["## Cross-check: 1:2 V->F through S2F", "",
@@ -138,8 +144,9 @@ def format_summary(m: dict, out: Path) -> str:
         + " vs random " + "/".join(_pct(_get(r["random"], k)) for k in (1, 5, 10))
         + ("; oracle " + "/".join(_pct(_get(r["oracle"], k)) for k in (1, 5, 10)) if "oracle" in r else ""),
         f"  attribute agreement photo vs S2F: {attrs}",
-        *([f"  age trend: r = {m['age_trend']['reconstruction']['r']:.2f} between the age read off the photo and "
-           f"off the reconstruction (random pairs {m['age_trend']['reconstruction']['random_r']:.2f})"]
+        *([f"  age trend: r = {m['age_trend']['reconstruction']['r']:.2f} ({_ci(m['age_trend']['reconstruction'])}) "
+           f"between the age read off the photo and off the reconstruction (random pairs "
+           f"{m['age_trend']['reconstruction']['random_r']:.2f})"]
           if m.get("age_trend") else []),
         f"  1:2 V->F via the reconstruction {_pct(cc['accuracy'])}% (chance 50%)",
         f"  report.md, metrics.json, {len(m['figures'])} figures",
