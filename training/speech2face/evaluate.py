@@ -182,9 +182,10 @@ def age_trend(train: S2FSplit, train_vf: torch.Tensor, test: S2FSplit, photo_vf:
     """Fig. 4's age trend as a number, which five-way agreement hides: a ridge regressor from v_f to
     age (each training photo's age group as a year, AGE_YEARS: our Face++ age estimate) reads an
     age off every test photo and off every clip's query feature (`queries`: name -> one v_f-space
-    feature per clip, e.g. the S2F reconstruction's). Per query: Pearson r and p between the age
-    read off the clip's query and off each photo of the same person, r over random pairs (the
-    baseline), and the mean age read. None when the corpus has no age groups."""
+    feature per clip, e.g. the S2F reconstruction's). Per query: Pearson r between the age read off
+    the clip's query and off each photo of the same person, its 95% interval resampling speakers
+    (`ci95`; scipy's `p` treats the pairs as independent), r over random pairs (the baseline), and
+    the mean age read. None when the corpus has no age groups."""
     groups = [a.get("age_group", "") for a in train.attributes]
     if not set(groups) <= set(AGE_GROUPS) or len(set(groups)) < 2:
         return None
@@ -270,7 +271,8 @@ def geometry(generator: tuple[PopulationModel, dict[str, Person]] | None, test: 
     faces of `renders` new people drawn from the corpus's population and drawn by the generator:
     a landmark detector trained where the truth is known. It reads every parameter off each test
     clip's S2F reconstruction and off the F2F reconstruction of a photo of the same person. Per
-    parameter: Pearson r and p between the two, r for random pairs (the baseline), and the tool's r
+    parameter: Pearson r between the two with p and its 95% interval resampling speakers, r for
+    random pairs (the baseline), and the tool's r
     against the truth on held-out renders (can it measure at all?), on the F2F reconstructions (what
     the face feature and decoder keep) and on the S2F ones."""
     if generator is None:
