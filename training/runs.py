@@ -32,6 +32,15 @@ class RunLog:
         self.fields = tuple(fields)
         self.path = out / "metrics.csv"
         fresh = not (resume and self.path.exists())
+        if not fresh:
+            with self.path.open(newline="") as f:
+                old = csv.DictReader(f)
+                header, rows = tuple(old.fieldnames or ()), list(old)
+            if header != self.fields:  # a run logged by an older version: rewrite it under today's columns
+                with self.path.open("w", newline="") as f:
+                    w = csv.DictWriter(f, self.fields, extrasaction="ignore")
+                    w.writeheader()
+                    w.writerows({k: r.get(k, "") for k in self.fields} for r in rows)
         self.file = self.path.open("w" if fresh else "a", newline="")
         self.writer = csv.DictWriter(self.file, self.fields)
         if fresh:
