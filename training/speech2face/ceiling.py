@@ -60,7 +60,7 @@ def ranking_readout(people: dict[str, Person], train: S2FSplit, train_vf: torch.
     x_train, x_test = voice_parameters(people, train, test)
     x_train, x_test = torch.from_numpy(x_train).float(), torch.from_numpy(x_test).float()
     ident = torch.from_numpy(train.face.identity)
-    mean_vf = torch.stack([train_vf[ident == i].mean(0) for i in range(len(train.identities))])
+    mean_vf = train.face_means(train_vf)
     gallery = F.normalize(train_vf, dim=1)
     m = torch.nn.Linear(x_train.shape[1], train_vf.shape[1])
     opt = torch.optim.Adam(m.parameters(), 1e-2, weight_decay=1e-4)

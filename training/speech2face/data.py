@@ -27,6 +27,10 @@ class S2FSplit:
     def items_of(self, modality: str, identity: int) -> np.ndarray:
         return np.flatnonzero(getattr(self, modality).identity == identity)
 
+    def face_means(self, features: torch.Tensor) -> torch.Tensor:
+        """[identities, d]: the mean of `features` (one row per face) over each person's photos."""
+        return torch.stack([features[self.items_of("face", i)].mean(0) for i in range(len(self.identities))])
+
 
 def load_s2f_split(corpus: Path, split: str, cfg: S2FConfig, cache_dir: Path, workers: int = 2,
                    progress: bool = True, seconds: float | None = None, modalities=("face", "voice")) -> S2FSplit:

@@ -115,7 +115,7 @@ def validate(encoder: VoiceEncoder, val: S2FSplit, val_vf: torch.Tensor, net: Fa
     c, f = map(np.array, zip(*pairs, strict=True))
     terms = s2f_terms(val_vf[f].to(device), v_s[c].to(device), decoder.first_layer, net.logits, cfg.train.temperature)
     loss = s2f_loss(terms, cfg.train.lambda1, cfg.train.lambda2).mean().item()
-    means = torch.stack([val_vf[val.items_of("face", i)].mean(0) for i in range(len(val.identities))])
+    means = val.face_means(val_vf)
     cos = nn.functional.cosine_similarity(v_s, means[val.voice.identity], dim=1).clamp(-1, 1)
     return {"val_loss": loss, "val_angle_deg": float(torch.rad2deg(torch.acos(cos)).mean()),
             "val_match": match_score(v_s, means, torch.as_tensor(val.voice.identity))}
@@ -147,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
     train = load_s2f_split(args.corpus, "train", cfg, cache, args.workers, progress, seconds=crop)
     val = load_s2f_split(args.corpus, "val", cfg, cache, args.workers, progress) if main else None
     train_vf = face_features(net, train.face.data, device)
-    means = torch.stack([train_vf[train.items_of("face", i)].mean(0) for i in range(len(train.identities))])
+    means = train.face_means(train_vf)
     if cfg.train.target == "mean":  # every photo's target becomes its person's mean feature
         train_vf = means[torch.as_tensor(train.face.identity)]
     val_vf = face_features(net, val.face.data, device) if main else None
