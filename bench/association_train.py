@@ -14,7 +14,7 @@ import time
 import numpy as np
 import torch
 
-from bench.report import machine, write_section
+from bench.report import machine, publish, ratio_table
 from training.association.config import load_config
 from training.association.data import Batch
 from training.association.loss import hardest
@@ -68,8 +68,6 @@ def main() -> None:
             (f"batch 32, {cores} threads", 32, cores, False),
             (f"batch 16, {cores} threads, hard negatives (32 drawn)", 16, cores, True)]
     results = [(name, triplets_per_s(cfg, b, t, h, args.steps, device)) for name, b, t, h in rows]
-    base = results[0][1]
-    table = "\n".join(f"| {name} | {r:.1f} | {r / base:.2f} |" for name, r in results)
     body = f"""## Association model training throughput (`{args.config}` config, {device.type})
 
 Command: `python -m bench.association_train --config {args.config}` on {machine()}.
@@ -77,11 +75,8 @@ Synthetic inputs of the config's shapes (face {cfg.face.size}px, voice {cfg.voic
 optimiser step per measurement, median of {args.steps}; triplets/s counts back-propagated tuples.
 The paper's budget: 240k iterations x batch 8 in under a day on a Titan X, about 22 triplets/s.
 
-| configuration | triplets/s | ratio to baseline |
-|---|---|---|
-{table}"""
-    print(body)
-    print(f"written to {write_section(f'association-train-{args.config}-{device.type}', body)}")
+{ratio_table(results, "triplets/s")}"""
+    publish(f"association-train-{args.config}-{device.type}", body)
 
 
 if __name__ == "__main__":

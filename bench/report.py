@@ -30,3 +30,17 @@ def write_section(name: str, body: str) -> Path:
     DOC.parent.mkdir(exist_ok=True)
     DOC.write_text(text)
     return DOC
+
+
+def ratio_table(results: list[tuple[str, float]], unit: str, digits: int = 1) -> str:
+    """A markdown table of (configuration, rate) rows with each rate's ratio to the first row, the
+    baseline measured in the same run."""
+    base = results[0][1]
+    return "\n".join([f"| configuration | {unit} | ratio to baseline |", "|---|---|---|",
+                      *(f"| {name} | {r:.{digits}f} | {r / base:.{digits + 1}f} |" for name, r in results)])
+
+
+def publish(name: str, body: str) -> None:
+    """Print a benchmark's section and write it into docs/benchmarks.md."""
+    print(body)
+    print(f"written to {write_section(name, body)}")

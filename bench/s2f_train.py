@@ -16,7 +16,7 @@ import time
 import numpy as np
 import torch
 
-from bench.report import machine, write_section
+from bench.report import machine, publish, ratio_table
 from training.speech2face.config import load_config
 from training.speech2face.loss import s2f_loss, s2f_terms
 from training.speech2face.model import FaceDecoder, FaceNet, VoiceEncoder
@@ -71,8 +71,6 @@ def main() -> None:
     for name, config, batch, threads, steps in rows:
         results.append((name, pairs_per_s(config, batch, threads, steps, device)))
         print(f"{name}: {results[-1][1]:.2f} pairs/s", flush=True)
-    base = results[0][1]
-    table = "\n".join(f"| {name} | {r:.2f} | {r / base:.3f} |" for name, r in results)
     paper = results[-1][1]
     days = 637_500 * 8 / paper / 86_400
     body = f"""## Speech2Face voice encoder training throughput ({device.type})
@@ -83,11 +81,8 @@ forward and backward, eq. (1) through the frozen f_dec and f_VGG, Adam), median 
 (`paper`: {args.paper_steps}); {"bf16 autocast" if device.type == "cuda" else "float32"}.
 The paper config's schedule, 637,500 iterations at batch 8, would take {days:,.0f} days at this rate.
 
-| configuration | pairs/s | ratio to baseline |
-|---|---|---|
-{table}"""
-    print(body)
-    print(f"written to {write_section(f's2f-train-{device.type}', body)}")
+{ratio_table(results, "pairs/s", digits=2)}"""
+    publish(f"s2f-train-{device.type}", body)
 
 
 if __name__ == "__main__":
