@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 
 def pick_device(name: str, local_rank: int = 0) -> torch.device:
@@ -108,3 +109,13 @@ def restore(path: Path, device: torch.device, model: torch.nn.Module, optimizer:
         rng.bit_generator.state = state["sampler_rng"][rank]
     torch.set_rng_state(state["torch_rng"])
     return state["step"], state["best"], state["best_step"]
+
+
+def finish_distributed() -> None:
+    """End a torchrun process group: wait for every rank (rank 0 still writes plots and the
+    summary while the others are done), then destroy it. Without the barrier a rank that tears
+    down first can leave gloo's threads of a peer mid-operation, and that peer aborts (SIGABRT,
+    "terminate called without an active exception")."""
+    dist.barrier()
+    dist.destroy_process_group()
+

@@ -27,7 +27,15 @@ from training.association.model import AssociationModel, load_face_backbone, loa
 from training.association.pretrain import provenance
 from training.association.trials import matching_trials
 from training.metrics import one_of_n_correct
-from training.runs import RunLog, configure_cuda, pick_device, read_metrics, restore, save_checkpoint
+from training.runs import (
+    RunLog,
+    configure_cuda,
+    finish_distributed,
+    pick_device,
+    read_metrics,
+    restore,
+    save_checkpoint,
+)
 
 DIRECTIONS = ("v2f", "f2v", "both")
 CSV_FIELDS = ("step", "loss", "lr_head", "lr_backbone", "triplets_per_s", "hard", "val_v2f", "val_f2v")
@@ -203,7 +211,7 @@ def run(args: argparse.Namespace) -> int:
         training_curves(out / "metrics.csv", out / "training.png")
         print(summary(out, args.direction, step, best, best_step, val_scores))
     if world > 1:
-        dist.destroy_process_group()
+        finish_distributed()
     return 0
 
 

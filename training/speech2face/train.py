@@ -21,7 +21,7 @@ from torch import nn
 from tqdm import tqdm
 
 from training.association.pretrain import attribute_loss, attribute_targets
-from training.runs import RunLog, load_checkpoint, read_metrics, restore, save_checkpoint
+from training.runs import RunLog, finish_distributed, load_checkpoint, read_metrics, restore, save_checkpoint
 from training.speech2face.config import SELECT, S2FConfig, from_dict
 from training.speech2face.data import S2FSplit, load_s2f_split, rows_tensor
 from training.speech2face.decoder import load_face_net
@@ -239,7 +239,7 @@ def run(args: argparse.Namespace) -> int:
         training_curves(args.out / "metrics.csv", args.out / "training.png", "Speech2Face voice encoder")
         print(summary(args.out, step, sign * best, best_step, val_scores, key))
     if world > 1:
-        dist.destroy_process_group()
+        finish_distributed()
     return 0
 
 
