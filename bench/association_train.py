@@ -15,11 +15,11 @@ import numpy as np
 import torch
 
 from bench.report import machine, publish, ratio_table
-from training.association.config import load_config
-from training.association.data import Batch
-from training.association.loss import hardest
-from training.association.model import AssociationModel
-from training.association.train import TripletNet
+from facevoice.training.association.config import load_config
+from facevoice.training.association.data import Batch
+from facevoice.training.association.loss import hardest
+from facevoice.training.association.model import AssociationModel
+from facevoice.training.association.train import TripletNet
 
 
 def synthetic_batch(cfg, n: int, device) -> Batch:

@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from bench.report import machine, write_section
-from training.corpus.synth import SynthConfig, build_corpus
+from facevoice.training.corpus.synth import SynthConfig, build_corpus
 
 
 def timed(cfg: SynthConfig) -> float:

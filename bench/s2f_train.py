@@ -17,9 +17,9 @@ import numpy as np
 import torch
 
 from bench.report import machine, publish, ratio_table
-from training.speech2face.config import load_config
-from training.speech2face.loss import s2f_loss, s2f_terms
-from training.speech2face.model import FaceDecoder, FaceNet, VoiceEncoder
+from facevoice.training.speech2face.config import load_config
+from facevoice.training.speech2face.loss import s2f_loss, s2f_terms
+from facevoice.training.speech2face.model import FaceDecoder, FaceNet, VoiceEncoder
 
 PAPER_CLASSES = 2622  # VGG-Face's identities: the size of f_VGG's output in eq. (1)
 

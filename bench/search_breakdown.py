@@ -24,10 +24,10 @@ from tqdm import tqdm
 
 from bench.report import machine, write_section
 from bench.search_service import ServeProcess
+from facevoice.service.embedder import Embedder
+from facevoice.service.models import EmbeddedRunner, read_manifest
 from facevoice.v1 import facevoice_pb2 as pb
-from service.embedder import Embedder
-from service.local_servers import LocalTriton, free_port
-from service.models import EmbeddedRunner, read_manifest
+from tests.local_servers import LocalTriton, free_port
 
 STAGES = ("decode", "embed", "search")
 

@@ -27,13 +27,13 @@ import numpy as np
 import tritonclient.grpc as tc
 
 from bench.report import machine, write_section
+from facevoice.service.embedder import Embedder
+from facevoice.service.gallery import Item, plan_and_build
+from facevoice.service.models import EmbeddedRunner, read_manifest
+from facevoice.service.versions import publish, write_version
 from facevoice.v1 import facevoice_pb2 as pb
 from facevoice.v1 import facevoice_pb2_grpc as pb_grpc
-from service.embedder import Embedder
-from service.index import Item, plan_and_build
-from service.index_store import publish, write_version
-from service.local_servers import LocalTriton, free_port, wait_for
-from service.models import EmbeddedRunner, read_manifest
+from tests.local_servers import LocalTriton, free_port, wait_for
 
 
 def clustered(n: int, dim: int, seed: int = 0, clusters: int = 2000) -> np.ndarray:

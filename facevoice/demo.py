@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     stage = Stages(args.force)
 
     def corpus_stage():
-        from training.corpus.synth import SynthConfig, build_corpus, format_summary
+        from facevoice.training.corpus.synth import SynthConfig, build_corpus, format_summary
 
         print(format_summary(build_corpus(corpus, SynthConfig(identities=args.identities, seed=args.seed),
                                           force=True)))
@@ -157,9 +157,9 @@ def serve_and_query(repo: Path, indexes: Path, corpus: Path, out: Path, people: 
     import grpc
 
     from facevoice.query import format_hits
+    from facevoice.service.serve import Running, ServeConfig
     from facevoice.v1 import facevoice_pb2 as pb
     from facevoice.v1 import facevoice_pb2_grpc as pb_grpc
-    from service.serve import Running, ServeConfig
 
     out.mkdir(parents=True, exist_ok=True)
     running = Running(ServeConfig(model_repo=repo, index_root=indexes, host="127.0.0.1", port=0, metrics_port=-1,

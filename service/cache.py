@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import redis
 
-from service.metrics import Metrics
+from facevoice.service.metrics import Metrics
 
 CHANNEL = "facevoice:index"
 log = logging.getLogger("facevoice.cache")

@@ -8,9 +8,9 @@ import io
 import numpy as np
 from PIL import Image
 
-from service.media import DEFAULT_LIMITS, MediaLimits
-from service.models import EmbeddedRunner, Manifest, TritonRunner
-from service.preprocess import face_query, voice_query
+from facevoice.service.media import DEFAULT_LIMITS, MediaLimits
+from facevoice.service.models import EmbeddedRunner, Manifest, TritonRunner
+from facevoice.service.preprocess import face_query, voice_query
 
 Box = tuple[float, float, float, float]
 Runner = EmbeddedRunner | TritonRunner

@@ -1,4 +1,4 @@
-"""The service's error types; turned into gRPC status codes once, in service/server.py."""
+"""The service's error types; turned into gRPC status codes once, in service/handlers.py."""
 
 from __future__ import annotations
 

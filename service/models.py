@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from service.errors import DeadlineExceeded, DependencyUnavailable, Unsupported
-from service.media import AssociationAudio, FaceImage, Speech2FaceAudio
+from facevoice.service.errors import DeadlineExceeded, DependencyUnavailable, Unsupported
+from facevoice.service.media import AssociationAudio, FaceImage, Speech2FaceAudio
 
 MANIFEST = "facevoice.json"
 

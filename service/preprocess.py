@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from service.media import (
+from facevoice.service.media import (
     DEFAULT_LIMITS,
     AssociationAudio,
     FaceImage,

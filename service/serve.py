@@ -21,15 +21,15 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from facevoice.service.cache import Cache, Subscriber
+from facevoice.service.embedder import Embedder
+from facevoice.service.handlers import FaceVoiceService
+from facevoice.service.media import DEFAULT_LIMITS
+from facevoice.service.metrics import Metrics
+from facevoice.service.models import EmbeddedRunner, TritonRunner, read_manifest
+from facevoice.service.served import IndexSet
+from facevoice.service.versions import NAMES
 from facevoice.v1 import facevoice_pb2, facevoice_pb2_grpc
-from service.cache import Cache, Subscriber
-from service.embedder import Embedder
-from service.index_store import NAMES
-from service.indexes import IndexSet
-from service.media import DEFAULT_LIMITS
-from service.metrics import Metrics
-from service.models import EmbeddedRunner, TritonRunner, read_manifest
-from service.server import FaceVoiceService
 
 log = logging.getLogger("facevoice.serve")
 SERVICE_NAME = facevoice_pb2.DESCRIPTOR.services_by_name["FaceVoice"].full_name

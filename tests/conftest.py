@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
-from training.corpus.synth import SynthConfig, build_corpus
+from facevoice.training.corpus.synth import SynthConfig, build_corpus
 
 SMALL = SynthConfig(identities=20, seed=7, faces=2, clips=2, workers=2, oracle_trials=300,
                     oracle_population=400)

@@ -65,8 +65,8 @@ def start_service(stack: Stack, index_root: Path | None = None, **settings):
     """The real gRPC server on free loopback ports; returns (Running, stub)."""
     import grpc
 
+    from facevoice.service.serve import Running, ServeConfig
     from facevoice.v1 import facevoice_pb2_grpc
-    from service.serve import Running, ServeConfig
 
     cfg = ServeConfig(model_repo=stack.repo, index_root=index_root or stack.index_root, host="127.0.0.1", port=0,
                       metrics_port=0, grace_s=1.0, **settings)

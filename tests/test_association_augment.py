@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from training.association.augment import augment_faces, augment_voices
+from facevoice.training.association.augment import augment_faces, augment_voices
 
 
 def test_face_augmentation_keeps_shape_and_is_seeded():

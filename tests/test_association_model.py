@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from training.association.config import load_config
-from training.association.loss import hardest, triplet_loss
-from training.association.model import (
+from facevoice.training.association.config import load_config
+from facevoice.training.association.loss import hardest, triplet_loss
+from facevoice.training.association.model import (
     SOUNDNET_LAYERS,
     AssociationModel,
     FaceEncoder,

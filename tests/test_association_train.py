@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from facevoice.cli import main
+from facevoice.training.association.data import load_split
+from facevoice.training.association.evaluate import load_run, split_embeddings
+from facevoice.training.association.protocol import matching_cell
+from facevoice.training.association.report import label_provenance
 from tests.toy_corpus import TINY, build_toy_corpus
-from training.association.data import load_split
-from training.association.evaluate import load_run, split_embeddings
-from training.association.protocol import matching_cell
-from training.association.report import label_provenance
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from training.association.trial_list import modality, parse_trial_list
+from facevoice.training.association.trial_list import modality, parse_trial_list
 
 
 @pytest.mark.parametrize(("text", "message"), [

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.media import decode_audio, decode_image
+from facevoice.service.media import decode_audio, decode_image
+from facevoice.training.corpus.manifest import read_identities, read_manifest
+from facevoice.training.corpus.oracle import corpus_people
+from facevoice.training.corpus.people import person_from_row, sample_population
+from facevoice.training.corpus.splits import assign_splits, split_counts
+from facevoice.training.corpus.synth import build_corpus, format_summary
 from tests.conftest import SMALL
-from training.corpus.manifest import read_identities, read_manifest
-from training.corpus.oracle import corpus_people
-from training.corpus.people import person_from_row, sample_population
-from training.corpus.splits import assign_splits, split_counts
-from training.corpus.synth import build_corpus, format_summary
 
 
 def test_counts_per_identity_and_modality(corpus):
@@ -123,8 +123,8 @@ def test_split_arithmetic():
 def test_faces_render_at_extreme_geometry_scores(score):
     """Scores are standard normal, so at thousands of people one lands past -4.5 sd; a size that
     went negative there used to crash `corpus synth` (seen at 1,500 identities)."""
-    from training.corpus.faces import FaceNuisance, render_face
-    from training.corpus.people import sample_population
+    from facevoice.training.corpus.faces import FaceNuisance, render_face
+    from facevoice.training.corpus.people import sample_population
 
     face = sample_population(1, seed=0).people[0].face
     geometry = ("face_width", "nose_width", "face_height", "jaw", "nose_length", "eye_spacing", "eye_size",

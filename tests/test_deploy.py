@@ -19,8 +19,8 @@ from pathlib import Path
 import yaml
 
 from facevoice.cli import build_parser
-from service.local_servers import LocalProcess, free_port, wait_for
-from service.serve import ServeConfig, _convert
+from facevoice.service.serve import ServeConfig, _convert
+from tests.local_servers import LocalProcess, free_port, wait_for
 from tests.serving import media, start_service
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -81,8 +81,6 @@ def test_service_image_requirements_cover_the_online_imports():
             "numpy": "numpy", "scipy": "scipy", "soundfile": "soundfile", "tqdm": "tqdm"}
     online = [*(ROOT / "service").rglob("*.py"), *(ROOT / "facevoice" / n for n in ("cli.py", "query.py", "health.py"))]
     for path in online:
-        if path.name == "local_servers.py":  # tests' helper: starts tritonserver, not used by the image
-            continue
         for node in ast.walk(ast.parse(path.read_text())):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                 [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else []

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from facevoice.cli import main
-from training.association.evaluate import load_run
-from training.export.command import FaceFeatures
-from training.speech2face.evaluate import load_s2f_run
+from facevoice.training.association.evaluate import load_run
+from facevoice.training.export.command import FaceFeatures
+from facevoice.training.speech2face.evaluate import load_s2f_run
 
 NETWORKS = ("face_encoder", "voice_encoder", "s2f_voice_encoder", "face_features", "face_decoder")
 
@@ -82,9 +82,9 @@ def test_exporting_a_directory_that_is_not_a_run_is_a_clear_error(tmp_path):
 def test_parity_runs_on_the_networks_probe_inputs():
     """The parity check feeds a network inputs like the service's (its `probe`), and the S2F probe
     is a real front-end spectrogram of audio-like input."""
-    from service.media.audio import Speech2FaceAudio
-    from training.export.command import spectrogram_probe
-    from training.export.repository import Network, parity, to_onnx
+    from facevoice.service.media.audio import Speech2FaceAudio
+    from facevoice.training.export.command import spectrogram_probe
+    from facevoice.training.export.repository import Network, parity, to_onnx
 
     class Cube(torch.nn.Module):  # fp32 error grows with the input's scale
         def forward(self, x):

@@ -11,9 +11,9 @@ import grpc
 import pytest
 
 from facevoice.cli import main
+from facevoice.service.versions import current_version
 from facevoice.v1 import facevoice_pb2 as pb
-from service.index_store import current_version
-from service.local_servers import LocalRedis
+from tests.local_servers import LocalRedis
 from tests.serving import copy_indexes, media, start_service
 
 

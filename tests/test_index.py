@@ -8,8 +8,8 @@ import faiss
 import numpy as np
 import pytest
 
-from service.index import Gallery, Item, normalise, plan_and_build, recall_at_10
-from service.index_store import (
+from facevoice.service.gallery import Gallery, Item, normalise, plan_and_build, recall_at_10
+from facevoice.service.versions import (
     IndexVersionError,
     current_version,
     load_version,
@@ -89,7 +89,7 @@ def test_filters_deletes_and_upserts(kind):
 
 
 def test_wrong_dimension_is_a_bad_request():
-    from service.errors import BadRequest
+    from facevoice.service.errors import BadRequest
 
     with pytest.raises(BadRequest, match="dimensions"):
         gallery(clustered(50)).search(np.zeros(7, np.float32), 1)

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from facevoice.cli import main
-from service.index_store import current_version, load_version, read_meta
-from service.local_servers import LocalTriton
+from facevoice.service.versions import current_version, load_version, read_meta
+from tests.local_servers import LocalTriton
 
 
 def _gallery_with_a_broken_item(stack, tmp_path):

@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from service.media import (
+from facevoice.service.media import (
     AssociationAudio,
     Speech2FaceAudio,
     association_waveform,
     decode_audio,
     speech2face_spectrogram,
 )
-from service.media.audio import complex_spectrogram, power_law, resample, tile_to_length
+from facevoice.service.media.audio import complex_spectrogram, power_law, resample, tile_to_length
 from tests.conftest import tone, wav_bytes
 
 

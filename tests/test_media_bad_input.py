@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.media import (
+from facevoice.service.media import (
     EmptyMediaError,
     InvalidSignalError,
     MediaDecodeError,

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.media import FaceImage, decode_image, face_input
-from service.media.image import crop_face
+from facevoice.service.media import FaceImage, decode_image, face_input
+from facevoice.service.media.image import crop_face
 from tests.conftest import image_bytes
 
 

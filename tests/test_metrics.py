@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training.metrics import (
+from facevoice.training.metrics import (
     cluster_bootstrap_interval,
     mean_interval,
     one_of_n_correct,
@@ -77,7 +77,7 @@ def test_random_baselines():
 
 
 def test_cluster_bootstrap_correlation_brackets_r_and_widens_with_fewer_speakers():
-    from training.metrics import cluster_bootstrap_correlation
+    from facevoice.training.metrics import cluster_bootstrap_correlation
 
     rng = np.random.default_rng(0)
     speaker = np.repeat(np.arange(200), 4)

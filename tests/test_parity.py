@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from service.media import AssociationAudio, FaceImage, Speech2FaceAudio
-from service.preprocess import face_query, voice_query
-from training.datasets import MediaDataset
+from facevoice.service.media import AssociationAudio, FaceImage, Speech2FaceAudio
+from facevoice.service.preprocess import face_query, voice_query
+from facevoice.training.datasets import MediaDataset
 
 
 @pytest.mark.parametrize("modality,frontend", [

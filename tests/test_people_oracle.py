@@ -8,14 +8,14 @@ from dataclasses import asdict, replace
 import numpy as np
 import pytest
 
-from training.corpus.oracle import (
+from facevoice.training.corpus.oracle import (
     CONTROLS,
     log_voice_given_face,
     oracle_accuracy,
     sample_trials,
     shared_attrs,
 )
-from training.corpus.people import (
+from facevoice.training.corpus.people import (
     AGE_GROUPS,
     ENGLISH_ACCENTS,
     PopulationModel,
@@ -118,9 +118,9 @@ def test_without_links_the_oracle_is_at_chance_within_gender():
 def test_association_retrieval_reports_the_oracle_per_set():
     """Kim Table 6's sets get the oracle on the very same queries and galleries: a perfect model
     reaches 1.0 while the oracle, which sees only the linked factors, stays between chance and 1."""
-    from training.association.data import Modality, SplitData
-    from training.association.protocol import Embeddings, retrieval
-    from training.corpus.oracle import identity_scores
+    from facevoice.training.association.data import Modality, SplitData
+    from facevoice.training.association.protocol import Embeddings, retrieval
+    from facevoice.training.corpus.oracle import identity_scores
 
     people = POP.people[:40]
     ident = np.repeat(np.arange(40), 2)

@@ -6,7 +6,7 @@ import pytest
 
 from facevoice.cli import main
 from facevoice.demo import serve_and_query
-from service.local_servers import free_port
+from tests.local_servers import free_port
 from tests.serving import start_service
 
 
@@ -67,9 +67,9 @@ def test_service_recall_equals_offline_recall(stack, tmp_path):
     import torch
 
     from facevoice.demo import service_recall
-    from training.association.data import load_split
-    from training.association.evaluate import load_run, split_embeddings
-    from training.metrics import pairwise_l2, recall_at_k
+    from facevoice.training.association.data import load_split
+    from facevoice.training.association.evaluate import load_run, split_embeddings
+    from facevoice.training.metrics import pairwise_l2, recall_at_k
 
     model, cfg, _ = load_run(stack.association, "best.pt", torch.device("cpu"))
     split = load_split(stack.corpus, "test", cfg, tmp_path / "cache", workers=1, progress=False)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 
-from training.runs import RunLog
+from facevoice.training.runs import RunLog
 
 
 def _rows(path):

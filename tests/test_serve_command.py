@@ -14,10 +14,10 @@ import time
 import grpc
 import pytest
 
+from facevoice.service.serve import ServeConfig, add_arguments, load_config
 from facevoice.v1 import facevoice_pb2 as pb
 from facevoice.v1 import facevoice_pb2_grpc as pb_grpc
-from service.local_servers import free_port, wait_for
-from service.serve import ServeConfig, add_arguments, load_config
+from tests.local_servers import free_port, wait_for
 from tests.serving import media, start_service
 
 

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from training.association.data import Modality
-from training.corpus.oracle import corpus_people, identity_scores, oracle_recall_at_k
-from training.corpus.people import Person, sample_population
-from training.metrics import one_per_identity_galleries
-from training.speech2face.data import S2FSplit
-from training.speech2face.evaluate import (
+from facevoice.training.association.data import Modality
+from facevoice.training.corpus.oracle import corpus_people, identity_scores, oracle_recall_at_k
+from facevoice.training.corpus.people import Person, sample_population
+from facevoice.training.metrics import one_per_identity_galleries
+from facevoice.training.speech2face.data import S2FSplit
+from facevoice.training.speech2face.evaluate import (
     KS,
     age_trend,
     attribute_agreement,
@@ -135,9 +135,9 @@ def test_voice_parameter_readout_recovers_a_feature_made_of_voice_parameters(tmp
     import json
     from dataclasses import asdict
 
-    from training.corpus.manifest import IDENTITIES, write_csv
-    from training.corpus.people import person_row
-    from training.speech2face.evaluate import voice_parameter_readout
+    from facevoice.training.corpus.manifest import IDENTITIES, write_csv
+    from facevoice.training.corpus.people import person_row
+    from facevoice.training.speech2face.evaluate import voice_parameter_readout
 
     pop = sample_population(80, seed=5)
     write_csv(tmp_path / IDENTITIES, [person_row(p) for p in pop.people])
@@ -222,8 +222,8 @@ def _generator_corpus(tmp_path, n: int, seed: int):
     import json
     from dataclasses import asdict
 
-    from training.corpus.manifest import IDENTITIES, write_csv
-    from training.corpus.people import person_row
+    from facevoice.training.corpus.manifest import IDENTITIES, write_csv
+    from facevoice.training.corpus.people import person_row
 
     pop = sample_population(n, seed=seed)
     write_csv(tmp_path / IDENTITIES, [person_row(p) for p in pop.people])
@@ -240,8 +240,8 @@ def _per_person(people) -> S2FSplit:
 def test_ranking_readout_finds_people_by_a_feature_made_of_voice_parameters(tmp_path):
     """v_f made of (centred) pitch, speed and gender: the map trained for cosine ranking puts the
     speaker first far above chance (1 in 20), and the ridge readout does too."""
-    from training.speech2face.ceiling import ranking_readout
-    from training.speech2face.evaluate import voice_parameter_readout
+    from facevoice.training.speech2face.ceiling import ranking_readout
+    from facevoice.training.speech2face.evaluate import voice_parameter_readout
 
     pop, people = _generator_corpus(tmp_path, 80, seed=5)
 
@@ -258,7 +258,7 @@ def test_ranking_readout_finds_people_by_a_feature_made_of_voice_parameters(tmp_
 
 
 def test_ideal_features_hold_the_named_face_parameters(tmp_path):
-    from training.speech2face.ceiling import IDEAL, ideal_features
+    from facevoice.training.speech2face.ceiling import IDEAL, ideal_features
 
     pop, _ = _generator_corpus(tmp_path, 30, seed=2)
     widths = {name: ideal_features(pop, parts).shape for name, parts in IDEAL.items()}
@@ -268,7 +268,7 @@ def test_ideal_features_hold_the_named_face_parameters(tmp_path):
 
 
 def test_ceilings_need_a_generator(tmp_path):
-    from training.speech2face.ceiling import main
+    from facevoice.training.speech2face.ceiling import main
 
     with pytest.raises(SystemExit, match="no generator parameters"):
         main(["--corpus", str(tmp_path), "--face-net", str(tmp_path / "face_net.pt"), "--no-progress"])
@@ -277,11 +277,11 @@ def test_ceilings_need_a_generator(tmp_path):
 def test_geometry_reads_the_generator_parameters_off_reconstructions(tmp_path):
     """Reconstructions that are the people's canonical faces: the tool (fitted on renders of other
     people) measures face width on them, F2F and S2F agree; S2F drawn from other people does not."""
-    from service.media import FaceImage
-    from service.media.image import normalise
-    from training.corpus.faces import FaceNuisance, render_face
-    from training.speech2face.data import to_rgb
-    from training.speech2face.evaluate import geometry
+    from facevoice.service.media import FaceImage
+    from facevoice.service.media.image import normalise
+    from facevoice.training.corpus.faces import FaceNuisance, render_face
+    from facevoice.training.speech2face.data import to_rgb
+    from facevoice.training.speech2face.evaluate import geometry
 
     pop, _ = _generator_corpus(tmp_path, 40, seed=4)
     frontend = FaceImage(size=32)

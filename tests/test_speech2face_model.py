@@ -9,10 +9,10 @@ import math
 import pytest
 import torch
 
-from service.media import Speech2FaceAudio
-from training.speech2face.config import load_config
-from training.speech2face.loss import distillation, normalised_l2, ranking, s2f_loss, s2f_terms
-from training.speech2face.model import FaceDecoder, FaceNet, VoiceEncoder, count_parameters, same_padding
+from facevoice.service.media import Speech2FaceAudio
+from facevoice.training.speech2face.config import load_config
+from facevoice.training.speech2face.loss import distillation, normalised_l2, ranking, s2f_loss, s2f_terms
+from facevoice.training.speech2face.model import FaceDecoder, FaceNet, VoiceEncoder, count_parameters, same_padding
 
 
 def _frames(seconds: float) -> int:
@@ -147,7 +147,7 @@ def test_config_overrides_and_errors():
 def test_voice_augment_windows_gains_and_off_by_default():
     import numpy as np
 
-    from training.speech2face.train import VoiceAugment
+    from facevoice.training.speech2face.train import VoiceAugment
 
     spec = torch.arange(2 * 2 * 10 * 3, dtype=torch.float32).view(2, 2, 10, 3) + 1
     paper = load_config("paper")
@@ -166,7 +166,7 @@ def test_voice_augment_windows_gains_and_off_by_default():
 
 
 def test_match_score_by_hand():
-    from training.speech2face.train import match_score
+    from facevoice.training.speech2face.train import match_score
 
     means = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
     # clip 0 points at person 0: both others are farther -> 1.0; clip 1 (person 1) points at person 0:

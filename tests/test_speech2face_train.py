@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from facevoice.cli import main
+from facevoice.training.speech2face.config import load_config
 from tests.toy_corpus import build_toy_corpus
-from training.speech2face.config import load_config
 
 TINY = ["face.size=32", "face.widths=[4, 8, 8, 16, 16]", "face.batch_norm=true", "face.fc=16",
         "face.attributes=['gender']", "train.attributes=['gender']", "face.steps=150", "face.batch=16",

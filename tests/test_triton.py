@@ -13,7 +13,7 @@ import torch
 import tritonclient.grpc as tc
 
 from facevoice.v1 import facevoice_pb2 as pb
-from service.local_servers import LocalTriton
+from tests.local_servers import LocalTriton
 from tests.serving import media, start_service
 from tests.test_export import _torch_networks
 

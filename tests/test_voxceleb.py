@@ -9,9 +9,9 @@ import pytest
 from PIL import Image
 
 from facevoice.cli import build_parser
+from facevoice.training.corpus import voxceleb
+from facevoice.training.corpus.manifest import read_identities, read_manifest
 from tests.conftest import image_bytes, tone, wav_bytes
-from training.corpus import voxceleb
-from training.corpus.manifest import read_identities, read_manifest
 
 SPEAKERS = [  # VoxCeleb1 ID, VGGFace1 ID, gender, nationality
     ("id10001", "A.J._Buckley", "m", "Ireland"),

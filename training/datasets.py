@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from service.media import (
+from facevoice.service.media import (
     AssociationAudio,
     FaceImage,
     Speech2FaceAudio,
@@ -15,7 +15,7 @@ from service.media import (
     face_input,
     speech2face_spectrogram,
 )
-from training.corpus.manifest import Item, read_manifest
+from facevoice.training.corpus.manifest import Item, read_manifest
 
 Frontend = AssociationAudio | Speech2FaceAudio | FaceImage
 

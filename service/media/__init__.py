@@ -1,21 +1,21 @@
 """The one media pipeline: bytes -> model inputs, shared by training datasets and the service."""
 
-from service.media.audio import (
+from facevoice.service.media.audio import (
     AssociationAudio,
     Speech2FaceAudio,
     association_waveform,
     decode_audio,
     speech2face_spectrogram,
 )
-from service.media.errors import (
+from facevoice.service.media.errors import (
     EmptyMediaError,
     InvalidSignalError,
     MediaDecodeError,
     MediaError,
     MediaTooLargeError,
 )
-from service.media.image import FaceImage, decode_image, face_input
-from service.media.limits import DEFAULT_LIMITS, MediaLimits
+from facevoice.service.media.image import FaceImage, decode_image, face_input
+from facevoice.service.media.limits import DEFAULT_LIMITS, MediaLimits
 
 __all__ = [
     "DEFAULT_LIMITS",

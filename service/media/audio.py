@@ -10,14 +10,14 @@ import numpy as np
 import soundfile as sf
 from scipy.signal import resample_poly
 
-from service.media.errors import (
+from facevoice.service.media.errors import (
     EmptyMediaError,
     InvalidSignalError,
     MediaDecodeError,
     MediaError,
     MediaTooLargeError,
 )
-from service.media.limits import DEFAULT_LIMITS, MediaLimits, check_size
+from facevoice.service.media.limits import DEFAULT_LIMITS, MediaLimits, check_size
 
 MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 4_000, 192_000
 MAX_CHANNELS = 32

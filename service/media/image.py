@@ -9,13 +9,13 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
-from service.media.errors import (
+from facevoice.service.media.errors import (
     InvalidSignalError,
     MediaDecodeError,
     MediaError,
     MediaTooLargeError,
 )
-from service.media.limits import DEFAULT_LIMITS, MediaLimits, check_size
+from facevoice.service.media.limits import DEFAULT_LIMITS, MediaLimits, check_size
 
 FORMATS = ("JPEG", "PNG", "WEBP", "GIF")
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, not a grey half-image

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from service.media.errors import EmptyMediaError, MediaDecodeError, MediaTooLargeError
+from facevoice.service.media.errors import EmptyMediaError, MediaDecodeError, MediaTooLargeError
 
 
 @dataclass(frozen=True)

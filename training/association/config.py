@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from service.media import AssociationAudio, FaceImage
-from training.configfile import build_config, read_config
+from facevoice.service.media import AssociationAudio, FaceImage
+from facevoice.training.configfile import build_config, read_config
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 

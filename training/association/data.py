@@ -14,11 +14,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from service.media import AssociationAudio, FaceImage, MediaError
-from training.association.augment import augment_faces, augment_voices
-from training.association.config import AssociationConfig
-from training.corpus.manifest import ATTRIBUTES, MANIFEST, Item, read_manifest
-from training.datasets import load_item
+from facevoice.service.media import AssociationAudio, FaceImage, MediaError
+from facevoice.training.association.augment import augment_faces, augment_voices
+from facevoice.training.association.config import AssociationConfig
+from facevoice.training.corpus.manifest import ATTRIBUTES, MANIFEST, Item, read_manifest
+from facevoice.training.datasets import load_item
 
 STORE = np.float16  # halves the cache; inputs are normalised images and [-1, 1] waveforms
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from training.association.model import AssociationModel
+from facevoice.training.association.model import AssociationModel
 
 
 @torch.no_grad()

@@ -12,12 +12,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from training.association import plots
-from training.association.config import AssociationConfig, from_dict
-from training.association.data import SplitData, load_split
-from training.association.embed import embed
-from training.association.model import AssociationModel
-from training.association.protocol import (
+from facevoice.training.association import plots
+from facevoice.training.association.config import AssociationConfig, from_dict
+from facevoice.training.association.data import SplitData, load_split
+from facevoice.training.association.embed import embed
+from facevoice.training.association.model import AssociationModel
+from facevoice.training.association.protocol import (
     Embeddings,
     linear_probes,
     matching_table,
@@ -25,10 +25,10 @@ from training.association.protocol import (
     retrieval,
     verification,
 )
-from training.association.report import format_summary, write_report
-from training.corpus.manifest import read_identities
-from training.corpus.oracle import split_oracle
-from training.runs import pick_device
+from facevoice.training.association.report import format_summary, write_report
+from facevoice.training.corpus.manifest import read_identities
+from facevoice.training.corpus.oracle import split_oracle
+from facevoice.training.runs import pick_device
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -114,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or args.run / "report"
     out.mkdir(parents=True, exist_ok=True)
     if args.trial_list:
-        from training.association.trial_list import score_trial_list
+        from facevoice.training.association.trial_list import score_trial_list
         result = score_trial_list(model, cfg, args.trial_list, args.media_root or corpus, device)
         (out / "trial_list.json").write_text(json.dumps(result, indent=2))
         print(result["summary"])

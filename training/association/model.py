@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from training.association.config import AssociationConfig, EmbeddingConfig, FaceConfig, VoiceConfig
+from facevoice.training.association.config import AssociationConfig, EmbeddingConfig, FaceConfig, VoiceConfig
 
 # SoundNet 8-layer (Aytar et al. 2016), conv1..conv6: (kernel, stride, padding, max-pool after)
 SOUNDNET_LAYERS = ((64, 2, 32, 8), (32, 2, 16, 8), (16, 2, 8, 0), (8, 2, 4, 0), (4, 2, 2, 4), (4, 2, 2, 0))

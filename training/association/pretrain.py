@@ -19,11 +19,11 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from training.association.augment import augment_faces, augment_voices
-from training.association.config import AssociationConfig, load_config
-from training.association.data import SplitData, load_split, windows
-from training.association.model import SoundNet, vgg_features
-from training.runs import pick_device
+from facevoice.training.association.augment import augment_faces, augment_voices
+from facevoice.training.association.config import AssociationConfig, load_config
+from facevoice.training.association.data import SplitData, load_split, windows
+from facevoice.training.association.model import SoundNet, vgg_features
+from facevoice.training.runs import pick_device
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

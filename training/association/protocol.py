@@ -8,10 +8,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from training.association.data import SplitData
-from training.association.trials import LARGEST_GROUP, REFERENCE, annotated, largest_group, matching_trials
-from training.corpus.oracle import CONTROLS, oracle_recall_at_k
-from training.metrics import (
+from facevoice.training.association.data import SplitData
+from facevoice.training.association.trials import LARGEST_GROUP, REFERENCE, annotated, largest_group, matching_trials
+from facevoice.training.corpus.oracle import CONTROLS, oracle_recall_at_k
+from facevoice.training.metrics import (
     auc_eer,
     cluster_bootstrap_interval,
     mean_interval,

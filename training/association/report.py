@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from training.association.protocol import MATCH_CONTROLS
+from facevoice.training.association.protocol import MATCH_CONTROLS
 
 KIM_TABLE3 = {"v2f": {"-": 0.782, "G": 0.629, "E": 0.764, "G/E": 0.616, "G/E/F/A": 0.590},
               "f2v": {"-": 0.786, "G": 0.616, "E": 0.767, "G/E": 0.612, "G/E/F/A": 0.568}}

@@ -19,15 +19,15 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from training.association.config import AssociationConfig, load_config
-from training.association.data import Batch, SplitData, TupleSampler, load_split
-from training.association.embed import embed
-from training.association.loss import hardest, triplet_loss
-from training.association.model import AssociationModel, load_face_backbone, load_voice_backbone
-from training.association.pretrain import provenance
-from training.association.trials import matching_trials
-from training.metrics import one_of_n_correct
-from training.runs import (
+from facevoice.training.association.config import AssociationConfig, load_config
+from facevoice.training.association.data import Batch, SplitData, TupleSampler, load_split
+from facevoice.training.association.embed import embed
+from facevoice.training.association.loss import hardest, triplet_loss
+from facevoice.training.association.model import AssociationModel, load_face_backbone, load_voice_backbone
+from facevoice.training.association.pretrain import provenance
+from facevoice.training.association.trials import matching_trials
+from facevoice.training.metrics import one_of_n_correct
+from facevoice.training.runs import (
     RunLog,
     configure_cuda,
     finish_distributed,
@@ -207,7 +207,7 @@ def run(args: argparse.Namespace) -> int:
     bar.close()
     if main:
         log.close()
-        from training.association.plots import training_curves
+        from facevoice.training.association.plots import training_curves
         training_curves(out / "metrics.csv", out / "training.png")
         print(summary(out, args.direction, step, best, best_step, val_scores))
     if world > 1:

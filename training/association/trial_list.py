@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from service.media import MediaError, association_waveform, face_input
-from training.association.config import AssociationConfig
-from training.association.model import AssociationModel
-from training.metrics import one_of_n_correct, roc_auc_eer, wilson_interval
+from facevoice.service.media import MediaError, association_waveform, face_input
+from facevoice.training.association.config import AssociationConfig
+from facevoice.training.association.model import AssociationModel
+from facevoice.training.metrics import one_of_n_correct, roc_auc_eer, wilson_interval
 
 AUDIO = {".wav", ".flac", ".ogg", ".oga", ".m4a", ".mp3"}
 IMAGE = {".jpg", ".jpeg", ".png", ".webp", ".gif"}

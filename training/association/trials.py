@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from training.association.data import SplitData
-from training.corpus.oracle import CONTROLS, sample_trials
+from facevoice.training.association.data import SplitData
+from facevoice.training.corpus.oracle import CONTROLS, sample_trials
 
 REFERENCE = {"v2f": ("voice", "face"), "f2v": ("face", "voice")}
 LARGEST_GROUP = "largest group"

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from training.corpus.people import FaceParams
+from facevoice.training.corpus.people import FaceParams
 
 SUPERSAMPLE = 4
 CANONICAL_BACKGROUND = (232, 232, 232)

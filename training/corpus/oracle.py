@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 from scipy.special import ndtr
 
-from training.corpus.manifest import read_identities
-from training.corpus.people import (
+from facevoice.training.corpus.manifest import read_identities
+from facevoice.training.corpus.people import (
     ENGLISH_ACCENTS,
     FEMALE_VARIANTS,
     GENDERS,
@@ -33,7 +33,7 @@ from training.corpus.people import (
     population_model_from_dict,
     variant_bins,
 )
-from training.metrics import recall_at_k
+from facevoice.training.metrics import recall_at_k
 
 CONTROLS: dict[str, tuple[str, ...]] = {
     "-": (),

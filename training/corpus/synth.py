@@ -15,9 +15,9 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
-from training.corpus import sheet
-from training.corpus.faces import FaceNuisance, render_face
-from training.corpus.manifest import (
+from facevoice.training.corpus import sheet
+from facevoice.training.corpus.faces import FaceNuisance, render_face
+from facevoice.training.corpus.manifest import (
     IDENTITIES,
     Item,
     corpus_counts,
@@ -25,10 +25,10 @@ from training.corpus.manifest import (
     write_csv,
     write_manifest,
 )
-from training.corpus.oracle import CONTROLS, DIRECTIONS, oracle_table
-from training.corpus.people import Person, PopulationModel, person_row, sample_population
-from training.corpus.splits import assign_splits, split_counts
-from training.corpus.voices import ESPEAK, SAMPLE_RATE, ClipNuisance, synthesize_clip
+from facevoice.training.corpus.oracle import CONTROLS, DIRECTIONS, oracle_table
+from facevoice.training.corpus.people import Person, PopulationModel, person_row, sample_population
+from facevoice.training.corpus.splits import assign_splits, split_counts
+from facevoice.training.corpus.voices import ESPEAK, SAMPLE_RATE, ClipNuisance, synthesize_clip
 
 FORMAT_VERSION = 1
 # Best published VoxCeleb 1:2 matching, V->F (DESIGN.md): the level the oracle is calibrated to.

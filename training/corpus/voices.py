@@ -19,7 +19,7 @@ import numpy as np
 import soundfile as sf
 from scipy.signal import fftconvolve
 
-from training.corpus.people import VoiceParams
+from facevoice.training.corpus.people import VoiceParams
 
 ESPEAK = "espeak-ng"
 SAMPLE_RATE = 22050  # espeak-ng's native rate

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from service.media import MediaError, decode_audio, decode_image
-from training.corpus.manifest import (
+from facevoice.service.media import MediaError, decode_audio, decode_image
+from facevoice.training.corpus.manifest import (
     IDENTITIES,
     Item,
     corpus_counts,
@@ -28,7 +28,7 @@ from training.corpus.manifest import (
     write_csv,
     write_manifest,
 )
-from training.corpus.splits import SPLITS, assign_splits
+from facevoice.training.corpus.splits import SPLITS, assign_splits
 
 KIM_TEST_IDENTITIES, VOXCELEB1_IDENTITIES = 250, 1251  # Kim et al. 2018 sec. 4.2
 PINS_SETS = {"1": "train", "2": "val", "3": "seen_test", "4": "test"}  # Nagrani et al. 2018

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from service.media.audio import complex_spectrogram, power_law
-from training.export.repository import VARIANTS, Network, next_version, write_network
+from facevoice.service.media.audio import complex_spectrogram, power_law
+from facevoice.training.export.repository import VARIANTS, Network, next_version, write_network
 
 MANIFEST = "facevoice.json"
 
@@ -46,7 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def association_networks(run: Path, checkpoint: str) -> tuple[list[Network], dict]:
-    from training.association.evaluate import load_run
+    from facevoice.training.association.evaluate import load_run
 
     model, cfg, state = load_run(run, checkpoint, torch.device("cpu"))
     face, voice = cfg.face.frontend(), cfg.voice.frontend()
@@ -59,7 +59,7 @@ def association_networks(run: Path, checkpoint: str) -> tuple[list[Network], dic
 
 
 def s2f_networks(run: Path, checkpoint: str) -> tuple[list[Network], dict]:
-    from training.speech2face.evaluate import load_s2f_run
+    from facevoice.training.speech2face.evaluate import load_s2f_run
 
     encoder, net, decoder, cfg, _ = load_s2f_run(run, checkpoint, torch.device("cpu"))
     audio, face = cfg.voice.frontend(), cfg.face.frontend()

@@ -1,5 +1,5 @@
 """How much S2F retrieval a face feature space allows on a synthetic corpus, whatever the voice
-encoder: `python -m training.speech2face.ceiling --corpus demo/corpus --face-net FACE_NET.pt`.
+encoder: `python -m facevoice.training.speech2face.ceiling --corpus demo/corpus --face-net FACE_NET.pt`.
 
 Every row queries the paper's galleries (one photo per test person, `evaluate.retrieval`) by cosine
 with a prediction made from the generator's audible voice parameters, i.e. from a voice encoder that
@@ -24,13 +24,13 @@ import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from training.association.data import Modality
-from training.corpus.oracle import corpus_people, identity_scores
-from training.corpus.people import APPEARANCE_GROUPS, Person
-from training.speech2face.data import S2FSplit, load_s2f_split
-from training.speech2face.decoder import load_face_net
-from training.speech2face.evaluate import retrieval, voice_parameter_readout, voice_parameters
-from training.speech2face.features import face_features
+from facevoice.training.association.data import Modality
+from facevoice.training.corpus.oracle import corpus_people, identity_scores
+from facevoice.training.corpus.people import APPEARANCE_GROUPS, Person
+from facevoice.training.speech2face.data import S2FSplit, load_s2f_split
+from facevoice.training.speech2face.decoder import load_face_net
+from facevoice.training.speech2face.evaluate import retrieval, voice_parameter_readout, voice_parameters
+from facevoice.training.speech2face.features import face_features
 
 # face parameters by what a voice carries of them (training/corpus/people.py): demographics,
 # the two geometry scores linked to the voice, and parameters drawn independently of the voice

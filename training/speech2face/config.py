@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from service.media import FaceImage, Speech2FaceAudio
-from training.configfile import build_config, read_config
+from facevoice.service.media import FaceImage, Speech2FaceAudio
+from facevoice.training.configfile import build_config, read_config
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 TABLE1_WIDTHS = (64, 64, 128, 128, 128, 256, 512, 512, 512)

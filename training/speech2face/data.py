@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from service.media import FaceImage
-from training.association.data import Modality, cache_key, decode_items
-from training.corpus.manifest import ATTRIBUTES, read_manifest
-from training.speech2face.config import S2FConfig
+from facevoice.service.media import FaceImage
+from facevoice.training.association.data import Modality, cache_key, decode_items
+from facevoice.training.corpus.manifest import ATTRIBUTES, read_manifest
+from facevoice.training.speech2face.config import S2FConfig
 
 
 @dataclass

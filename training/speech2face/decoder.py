@@ -17,13 +17,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from training.association.augment import augment_faces
-from training.runs import RunLog, load_checkpoint, save_checkpoint
-from training.speech2face.config import S2FConfig, from_dict
-from training.speech2face.data import S2FSplit, load_s2f_split, rows_tensor, to_normalised, to_rgb
-from training.speech2face.features import add_common, config_with, face_features, setup, write_run_json
-from training.speech2face.loss import normalised_l2
-from training.speech2face.model import FaceDecoder, FaceNet
+from facevoice.training.association.augment import augment_faces
+from facevoice.training.runs import RunLog, load_checkpoint, save_checkpoint
+from facevoice.training.speech2face.config import S2FConfig, from_dict
+from facevoice.training.speech2face.data import S2FSplit, load_s2f_split, rows_tensor, to_normalised, to_rgb
+from facevoice.training.speech2face.features import add_common, config_with, face_features, setup, write_run_json
+from facevoice.training.speech2face.loss import normalised_l2
+from facevoice.training.speech2face.model import FaceDecoder, FaceNet
 
 FIELDS = ("step", "loss", "pixel_l1", "feature_l2", "val_pixel_l1")
 
@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     decoder.eval()
     path = args.out / "decoder.pt"
     save_checkpoint(path, model=decoder.state_dict(), config=cfg.to_dict(), face_net=str(args.face_net))
-    from training.speech2face.plots import face_grid, training_curves
+    from facevoice.training.speech2face.plots import face_grid, training_curves
     training_curves(args.out / "metrics.csv", args.out / "training.png", "face decoder")
     first = [int(np.flatnonzero(val.face.identity == i)[0]) for i in range(min(8, len(val.identities)))]
     with torch.no_grad():

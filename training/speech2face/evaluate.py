@@ -26,13 +26,13 @@ from scipy import stats
 from sklearn.linear_model import LogisticRegression, Ridge
 from tqdm import tqdm
 
-from service.media import FaceImage
-from service.media.image import normalise
-from training.association.trials import matching_trials
-from training.corpus.faces import FaceNuisance, render_face
-from training.corpus.oracle import corpus_people, identity_scores, oracle_recall_at_k
-from training.corpus.people import AGE_GROUPS, Person, PopulationModel, sample_population
-from training.metrics import (
+from facevoice.service.media import FaceImage
+from facevoice.service.media.image import normalise
+from facevoice.training.association.trials import matching_trials
+from facevoice.training.corpus.faces import FaceNuisance, render_face
+from facevoice.training.corpus.oracle import corpus_people, identity_scores, oracle_recall_at_k
+from facevoice.training.corpus.people import AGE_GROUPS, Person, PopulationModel, sample_population
+from facevoice.training.metrics import (
     cluster_bootstrap_correlation,
     cluster_bootstrap_interval,
     first_hit,
@@ -41,13 +41,13 @@ from training.metrics import (
     recall_from_first_hit,
     wilson_interval,
 )
-from training.runs import load_checkpoint, pick_device
-from training.speech2face.config import S2FConfig, from_dict
-from training.speech2face.data import S2FSplit, load_s2f_split, rows_tensor, to_normalised, to_rgb
-from training.speech2face.decoder import load_face_net
-from training.speech2face.features import face_features
-from training.speech2face.model import FaceDecoder, FaceNet, VoiceEncoder
-from training.speech2face.train import load_decoder, voice_features
+from facevoice.training.runs import load_checkpoint, pick_device
+from facevoice.training.speech2face.config import S2FConfig, from_dict
+from facevoice.training.speech2face.data import S2FSplit, load_s2f_split, rows_tensor, to_normalised, to_rgb
+from facevoice.training.speech2face.decoder import load_face_net
+from facevoice.training.speech2face.features import face_features
+from facevoice.training.speech2face.model import FaceDecoder, FaceNet, VoiceEncoder
+from facevoice.training.speech2face.train import load_decoder, voice_features
 
 KS = (1, 2, 5, 10)
 ATTRS = ("gender", "age_group", "appearance_group")
@@ -389,7 +389,7 @@ def run(args: argparse.Namespace) -> int:
     steps.update()
     steps.close()
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    from training.speech2face.report import format_summary, write_report
+    from facevoice.training.speech2face.report import format_summary, write_report
     write_report(metrics, out / "report.md")
     print(format_summary(metrics, out))
     return 0
@@ -397,7 +397,7 @@ def run(args: argparse.Namespace) -> int:
 
 def pictures(split: S2FSplit, f2f: torch.Tensor, s2f: torch.Tensor, frontend, out: Path, seed: int) -> list[Path]:
     """Fig. 3 (true | F2F | S2F for up to 16 people) and Fig. 9 (one person, each clip)."""
-    from training.speech2face.plots import face_grid
+    from facevoice.training.speech2face.plots import face_grid
     hwc = lambda t: t.permute(0, 2, 3, 1).numpy()  # noqa: E731
     people = range(min(16, len(split.identities)))
     photo = [int(split.items_of("face", i)[0]) for i in people]
@@ -414,7 +414,7 @@ def pictures(split: S2FSplit, f2f: torch.Tensor, s2f: torch.Tensor, frontend, ou
 
 
 def confusion_figure(attributes: dict, path: Path) -> Path:
-    from training.association.plots import _save, plt
+    from facevoice.training.association.plots import _save, plt
     fig, axes = plt.subplots(1, max(1, len(attributes)), figsize=(4 * max(1, len(attributes)), 3.6), squeeze=False)
     for ax, (attr, a) in zip(axes[0], attributes.items(), strict=False):
         m = np.array(a["confusion"], dtype=float)

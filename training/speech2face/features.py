@@ -17,12 +17,12 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from training.association.augment import augment_faces
-from training.association.pretrain import attribute_loss, attribute_targets
-from training.runs import RunLog, configure_cuda, pick_device, save_checkpoint
-from training.speech2face.config import S2FConfig, from_dict, load_config
-from training.speech2face.data import S2FSplit, load_s2f_split, rows_tensor
-from training.speech2face.model import FaceNet
+from facevoice.training.association.augment import augment_faces
+from facevoice.training.association.pretrain import attribute_loss, attribute_targets
+from facevoice.training.runs import RunLog, configure_cuda, pick_device, save_checkpoint
+from facevoice.training.speech2face.config import S2FConfig, from_dict, load_config
+from facevoice.training.speech2face.data import S2FSplit, load_s2f_split, rows_tensor
+from facevoice.training.speech2face.model import FaceNet
 
 FIELDS = ("step", "loss", "identity_acc", "val_gender_acc")
 
@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
     log.close()
     path = args.out / "face_net.pt"
     save_checkpoint(path, model=net.state_dict(), config=cfg.to_dict(), identities=train.identities)
-    from training.speech2face.plots import training_curves
+    from facevoice.training.speech2face.plots import training_curves
     training_curves(args.out / "metrics.csv", args.out / "training.png", "face feature network")
     print("\n".join([
         f"face feature network ({cfg.name}): {f.steps} steps in {time.perf_counter() - start:.0f} s on "

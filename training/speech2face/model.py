@@ -11,8 +11,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from training.association.model import vgg_features
-from training.speech2face.config import DecoderConfig, FaceNetConfig, VoiceNetConfig
+from facevoice.training.association.model import vgg_features
+from facevoice.training.speech2face.config import DecoderConfig, FaceNetConfig, VoiceNetConfig
 
 POOL_AFTER = (3, 4, 5, 6)  # Table 1: MAXPOOL 2x1 (time only) after conv3..conv6
 STRIDE2 = (8, 9)  # Table 1: stride 2 at conv8 and conv9

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from training.association.plots import _save, plt
-from training.runs import read_metrics
+from facevoice.training.association.plots import _save, plt
+from facevoice.training.runs import read_metrics
 
 
 def training_curves(metrics_csv: Path, path: Path, title: str) -> Path:

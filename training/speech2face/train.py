@@ -20,14 +20,14 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from training.association.pretrain import attribute_loss, attribute_targets
-from training.runs import RunLog, finish_distributed, load_checkpoint, read_metrics, restore, save_checkpoint
-from training.speech2face.config import SELECT, S2FConfig, from_dict
-from training.speech2face.data import S2FSplit, load_s2f_split, rows_tensor
-from training.speech2face.decoder import load_face_net
-from training.speech2face.features import add_common, config_with, face_features, setup, write_run_json
-from training.speech2face.loss import ranking, s2f_loss, s2f_terms
-from training.speech2face.model import FaceDecoder, FaceNet, VoiceEncoder
+from facevoice.training.association.pretrain import attribute_loss, attribute_targets
+from facevoice.training.runs import RunLog, finish_distributed, load_checkpoint, read_metrics, restore, save_checkpoint
+from facevoice.training.speech2face.config import SELECT, S2FConfig, from_dict
+from facevoice.training.speech2face.data import S2FSplit, load_s2f_split, rows_tensor
+from facevoice.training.speech2face.decoder import load_face_net
+from facevoice.training.speech2face.features import add_common, config_with, face_features, setup, write_run_json
+from facevoice.training.speech2face.loss import ranking, s2f_loss, s2f_terms
+from facevoice.training.speech2face.model import FaceDecoder, FaceNet, VoiceEncoder
 
 LOSSES = ("loss", "decoder_l1", "feature_l2", "distill", "attributes", "ranking")  # logged per window
 FIELDS = ("step", *LOSSES, "lr", "pairs_per_s", "val_loss", "val_angle_deg", "val_match")
@@ -235,7 +235,7 @@ def run(args: argparse.Namespace) -> int:
     bar.close()
     if main:
         log.close()
-        from training.speech2face.plots import training_curves
+        from facevoice.training.speech2face.plots import training_curves
         training_curves(args.out / "metrics.csv", args.out / "training.png", "Speech2Face voice encoder")
         print(summary(args.out, step, sign * best, best_step, val_scores, key))
     if world > 1:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from service.index_store import NAMES, IndexVersionError, current_version, publish, read_meta
+from facevoice.service.versions import NAMES, IndexVersionError, current_version, publish, read_meta
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(str(e)) from e
     meta = read_meta(args.out, args.index, args.version)
     if args.redis:
-        from service.cache import announce
+        from facevoice.service.cache import announce
 
         announce(args.redis, {args.index: args.version})
     print(f"{args.index}: {before} -> {args.version} ({meta['size']} items, model {meta['model_version']}, "

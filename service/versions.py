@@ -16,7 +16,7 @@ from pathlib import Path
 
 import faiss
 
-from service.index import BuildPlan, Gallery, Item, apply_params
+from facevoice.service.gallery import BuildPlan, Gallery, Item, apply_params
 
 FILES = ("index.faiss", "items.jsonl", "meta.json")
 NAMES = ("face", "voice", "face_feature")

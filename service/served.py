@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from service.errors import NotLoaded
-from service.index import Gallery, Item
-from service.index_store import NAMES, IndexVersionError, current_version, load_version
-from service.metrics import Metrics
+from facevoice.service.errors import NotLoaded
+from facevoice.service.gallery import Gallery, Item
+from facevoice.service.metrics import Metrics
+from facevoice.service.versions import NAMES, IndexVersionError, current_version, load_version
 
 log = logging.getLogger("facevoice.indexes")
 

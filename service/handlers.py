@@ -16,15 +16,22 @@ from collections.abc import Callable
 import grpc
 import numpy as np
 
+from facevoice.service.cache import Cache
+from facevoice.service.embedder import Embedder, to_png
+from facevoice.service.errors import (
+    BadRequest,
+    DeadlineExceeded,
+    DependencyUnavailable,
+    NotLoaded,
+    ServiceError,
+    Unsupported,
+)
+from facevoice.service.gallery import Item
+from facevoice.service.media import MediaError
+from facevoice.service.metrics import Metrics
+from facevoice.service.served import IndexSet
 from facevoice.v1 import facevoice_pb2 as pb
 from facevoice.v1 import facevoice_pb2_grpc as pb_grpc
-from service.cache import Cache
-from service.embedder import Embedder, to_png
-from service.errors import BadRequest, DeadlineExceeded, DependencyUnavailable, NotLoaded, ServiceError, Unsupported
-from service.index import Item
-from service.indexes import IndexSet
-from service.media import MediaError
-from service.metrics import Metrics
 
 log = logging.getLogger("facevoice.server")
 MAX_TOP_K = 1000

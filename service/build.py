@@ -21,11 +21,11 @@ import faiss
 import numpy as np
 from tqdm import tqdm
 
-from service.embedder import Embedder
-from service.index import Item, normalise, plan_and_build
-from service.index_store import publish, write_version
-from service.media import MediaError
-from service.models import EmbeddedRunner, TritonRunner, read_manifest
+from facevoice.service.embedder import Embedder
+from facevoice.service.gallery import Item, normalise, plan_and_build
+from facevoice.service.media import MediaError
+from facevoice.service.models import EmbeddedRunner, TritonRunner, read_manifest
+from facevoice.service.versions import publish, write_version
 
 BASE_COLUMNS = ("item_id", "identity", "modality", "path", "split")
 
@@ -180,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
             with open(args.out / f"skipped-{modality}.csv", "w", newline="") as f:
                 csv.writer(f).writerows([("item_id", "reason"), *e.bad])
     if args.redis and published:
-        from service.cache import announce
+        from facevoice.service.cache import announce
 
         announce(args.redis, published)
     print(f"index build: {args.gallery} -> {args.out} in {time.perf_counter() - start:.1f} s "

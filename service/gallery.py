@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import faiss
 import numpy as np
 
-from service.errors import BadRequest
+from facevoice.service.errors import BadRequest
 
 
 @dataclass
