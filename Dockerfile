@@ -23,6 +23,8 @@ RUN /opt/venv/bin/pip install -r /tmp/requirements-service.txt \
 COPY pyproject.toml README.md /src/
 COPY facevoice /src/facevoice
 COPY service /src/service
+# the offline path's source comes along (the package lists it) but not torch: its verbs say so
+COPY training /src/training
 RUN /opt/venv/bin/pip install --no-deps /src
 
 FROM ${PYTHON_IMAGE}

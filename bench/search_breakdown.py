@@ -25,7 +25,8 @@ from tqdm import tqdm
 from bench.report import machine, write_section
 from bench.search_service import ServeProcess
 from facevoice.service.embedder import Embedder
-from facevoice.service.models import EmbeddedRunner, read_manifest
+from facevoice.service.repository import VOICE, read_manifest
+from facevoice.service.runners import EmbeddedRunner
 from facevoice.v1 import facevoice_pb2 as pb
 from tests.local_servers import LocalTriton, free_port
 
@@ -71,9 +72,9 @@ def main() -> None:
     with open(args.corpus / "manifest.csv", newline="") as f:
         rows = [r for r in csv.DictReader(f) if r["split"] == "test" and r["modality"] == "voice"][:16]
     voices = [(args.corpus / r["path"]).read_bytes() for r in rows]
-    embedder = Embedder(manifest, EmbeddedRunner(manifest, threads=args.threads))
-    wave = embedder.voice_input(voices[0])[None]
-    info = manifest.association.networks["voice_encoder"]
+    embedder = Embedder(manifest, EmbeddedRunner(args.model_repo, threads=args.threads))
+    wave = embedder.decode(VOICE, voices[0])[None]
+    info = manifest.space(VOICE).network
     triton = LocalTriton(args.model_repo, workdir=Path(tempfile.mkdtemp(prefix="facevoice-breakdown-"))).start()
     results = {}
     try:
@@ -85,7 +86,7 @@ def main() -> None:
             return client.infer(info.model, [inp]).as_numpy(info.output)
 
         raw = {"triton": timed(triton_call, args.calls, "triton direct"),
-               "decode": timed(lambda i: embedder.voice_input(voices[i % len(voices)]), args.calls, "decode")}
+               "decode": timed(lambda i: embedder.decode(VOICE, voices[i % len(voices)]), args.calls, "decode")}
         for path, extra in (("embedded", []), ("triton", ["--triton-url", triton.grpc_url])):
             service = ServeProcess(args, args.index_root, 8, extra, metrics_port=free_port())
             metrics_url = f"http://127.0.0.1:{service.metrics_port}/metrics"

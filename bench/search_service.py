@@ -29,7 +29,8 @@ import tritonclient.grpc as tc
 from bench.report import machine, write_section
 from facevoice.service.embedder import Embedder
 from facevoice.service.gallery import Item, plan_and_build
-from facevoice.service.models import EmbeddedRunner, read_manifest
+from facevoice.service.repository import FACE, VOICE, read_manifest
+from facevoice.service.runners import EmbeddedRunner
 from facevoice.service.versions import publish, write_version
 from facevoice.v1 import facevoice_pb2 as pb
 from facevoice.v1 import facevoice_pb2_grpc as pb_grpc
@@ -123,15 +124,15 @@ def main() -> None:
         rows = [r for r in csv.DictReader(f) if r["split"] == "test"]
     voices = [(args.corpus / r["path"]).read_bytes() for r in rows if r["modality"] == "voice"][:16]
     faces = [(args.corpus / r["path"]).read_bytes() for r in rows if r["modality"] == "face"]
-    embedder = Embedder(manifest, EmbeddedRunner(manifest, threads=args.threads))
-    wave = embedder.voice_input(voices[0])[None]
-    dim = manifest.association.dim
+    embedder = Embedder(manifest, EmbeddedRunner(args.model_repo, threads=args.threads))
+    wave = embedder.decode(VOICE, voices[0])[None]
+    dim = manifest.space(VOICE).dim
     work = Path(tempfile.mkdtemp(prefix="facevoice-bench-"))
     results, notes = [], []
     triton = LocalTriton(args.model_repo, workdir=work / "triton").start()
     try:
         client = tc.InferenceServerClient(triton.grpc_url)
-        info = manifest.association.networks["voice_encoder"]
+        info = manifest.space(VOICE).network
 
         def triton_call():
             inp = tc.InferInput(info.input, list(wave.shape), "FP32")
@@ -140,14 +141,15 @@ def main() -> None:
 
         q = triton_call()
         k = iter(range(10**9))
-        decode = load(lambda: embedder.voice_input(voices[next(k) % len(voices)]), 1, args.seconds)["p50"]
+        decode = load(lambda: embedder.decode(VOICE, voices[next(k) % len(voices)]), 1, args.seconds)["p50"]
+        audio = manifest.space(VOICE).frontend
         notes.append(f"decoding the query clips alone (the same {len(voices)} WAVs the service gets -> "
-                     f"{manifest.voice_frontend.seconds:g} s at {manifest.voice_frontend.sample_rate} Hz): "
+                     f"{audio.seconds:g} s at {audio.sample_rate} Hz): "
                      f"p50 {decode:.2f} ms")
         for size in args.sizes:
             root = work / f"idx-{size}"
             t = time.perf_counter()
-            g = gallery_root(root, clustered(size, dim), manifest.association.version)
+            g = gallery_root(root, clustered(size, dim), manifest.space(VOICE).version)
             notes.append(f"{size:,} gallery: {g['kind']} {g['params']}, recall@10 {g['recall']:.3f} "
                          f"(built in {time.perf_counter() - t:.0f} s)")
             index = g["index"]
@@ -178,11 +180,11 @@ def build_throughput(args, embedder: Embedder, faces: list[bytes], triton: Local
     """Raw batched encoder (pre-decoded, batch 16) vs `index build` items/s on the same gallery."""
     from facevoice.cli import main as cli
 
-    x = np.stack([embedder.face_input(b) for b in faces[:64]])
+    x = np.stack([embedder.decode(FACE, b) for b in faces[:64]])
     t = time.perf_counter()
     for _ in range(5):
         for s in range(0, len(x), 16):
-            embedder.faces(x[s:s + 16])
+            embedder.embed(FACE, x[s:s + 16])
     raw = 5 * len(x) / (time.perf_counter() - t)
     with open(args.corpus / "manifest.csv", newline="") as f:
         items = sum(r["modality"] == "face" for r in csv.DictReader(f))

@@ -50,14 +50,31 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
         sub.set_defaults(module=module)
         # only the chosen verb's module is imported to add its arguments
         if [a for a in argv if not a.startswith("-")][: len(path)] == list(path):
-            importlib.import_module(module).add_arguments(sub)
+            load(module, " ".join(path)).add_arguments(sub)
     return parser
 
 
+def load(module: str, verb: str):
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name == "torch":  # the service image has the online path only
+            raise SystemExit(f"facevoice {verb}: needs torch, which this installation has not "
+                             "(training runs where `pip install facevoice` brought torch)") from e
+        raise
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Runs one verb. Every FacevoiceError a command meets is its message and exit status 1,
+    here, once; library code never exits."""
+    from facevoice.service.errors import FacevoiceError
+
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(argv).parse_args(argv)
-    return importlib.import_module(args.module).run(args)
+    try:
+        return importlib.import_module(args.module).run(args)
+    except FacevoiceError as e:
+        raise SystemExit(str(e)) from e
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ skipped when its artifact already exists (delete it, or pass --force, to redo it
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import shutil
 import time
@@ -17,6 +16,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from facevoice.cli import main as cli
+from facevoice.service.corpus import Item, read_manifest
+from facevoice.service.errors import FormatError
+from facevoice.service.repository import MANIFEST
+from facevoice.service.repository import read_manifest as read_repository
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -109,7 +112,12 @@ def run(args: argparse.Namespace) -> int:
         shutil.rmtree(repo, ignore_errors=True)
         check(cli(["export", "--association", str(assoc), "--s2f", str(s2f), "--out", str(repo)]), "export")
 
-    stage("export", repo / "facevoice.json", export_stage)
+    if (repo / MANIFEST).exists():
+        try:
+            read_repository(repo)
+        except FormatError:  # an export of an older format: export again
+            (repo / MANIFEST).unlink()
+    stage("export", repo / MANIFEST, export_stage)
     stage("index build", indexes / "face" / "current", lambda: check(cli(
         ["index", "build", "--gallery", str(corpus / "manifest.csv"), "--model-repo", str(repo), "--out",
          str(indexes), "--split", "test", *quiet]), "index build"))
@@ -120,13 +128,15 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def people_of_test_split(corpus: Path, n: int) -> list[dict[str, dict]]:
+def test_rows(corpus: Path) -> list[Item]:
+    return [i for i in read_manifest(corpus) if i.split == "test" and i.modality in ("face", "voice")]
+
+
+def people_of_test_split(corpus: Path, n: int) -> list[dict[str, Item]]:
     """The first n test identities with a face and a voice: {modality: manifest row}."""
-    with open(corpus / "manifest.csv", newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r["split"] == "test" and r["modality"] in ("face", "voice")]
     people: dict[str, dict] = {}
-    for r in rows:
-        people.setdefault(r["identity"], {}).setdefault(r["modality"], r)
+    for r in test_rows(corpus):
+        people.setdefault(r.identity, {}).setdefault(r.modality, r)
     return [p for p in people.values() if len(p) == 2][:n]
 
 
@@ -135,18 +145,16 @@ def service_recall(stub, corpus: Path, ks: tuple[int, ...] = (1, 5, 10)) -> dict
     sec. 4.4's retrieval, with the served gallery as the gallery)."""
     from facevoice.v1 import facevoice_pb2 as pb
 
-    with open(corpus / "manifest.csv", newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r["split"] == "test" and r["modality"] in ("face", "voice")]
     hits: dict[str, list[list[bool]]] = {"v2f": [], "f2v": []}
-    for r in rows:
-        data = (corpus / r["path"]).read_bytes()
-        if r["modality"] == "voice":
+    for r in test_rows(corpus):
+        data = (corpus / r.path).read_bytes()
+        if r.modality == "voice":
             found = stub.SearchFaces(pb.SearchFacesRequest(voice=pb.Audio(data=data), top_k=max(ks)), timeout=60)
             direction = "v2f"
         else:
             found = stub.SearchVoices(pb.SearchVoicesRequest(face=pb.Image(data=data), top_k=max(ks)), timeout=60)
             direction = "f2v"
-        hits[direction].append([h.identity == r["identity"] for h in found.hits])
+        hits[direction].append([h.identity == r.identity for h in found.hits])
     return {d: {k: sum(any(h[:k]) for h in rows_) / max(len(rows_), 1) for k in ks} for d, rows_ in hits.items()}
 
 
@@ -171,25 +179,25 @@ def serve_and_query(repo: Path, indexes: Path, corpus: Path, out: Path, people: 
     try:
         for k, person in enumerate(chosen[:people]):
             face_row, voice_row = person["face"], person["voice"]
-            ident = face_row["identity"]
-            truth = " ".join(f"{a}={face_row[a]}" for a in ("gender", "age_group", "appearance_group"))
-            voice = pb.Audio(data=(corpus / voice_row["path"]).read_bytes())
-            face = pb.Image(data=(corpus / face_row["path"]).read_bytes())
+            ident = face_row.identity
+            truth = " ".join(f"{a}={getattr(face_row, a)}" for a in ("gender", "age_group", "appearance_group"))
+            voice = pb.Audio(data=(corpus / voice_row.path).read_bytes())
+            face = pb.Image(data=(corpus / face_row.path).read_bytes())
             lines.append(f"\n{ident} ({truth})")
             r = stub.SearchFaces(pb.SearchFacesRequest(voice=voice, top_k=top_k), timeout=60)
             found["SearchFaces"] += any(h.identity == ident for h in r.hits)
-            lines += [f" SearchFaces, voice {voice_row['path']}:", format_hits(r.hits)]
+            lines += [f" SearchFaces, voice {voice_row.path}:", format_hits(r.hits)]
             r = stub.SearchVoices(pb.SearchVoicesRequest(face=face, top_k=top_k), timeout=60)
             found["SearchVoices"] += any(h.identity == ident for h in r.hits)
-            lines += [f" SearchVoices, face {face_row['path']}:", format_hits(r.hits)]
+            lines += [f" SearchVoices, face {face_row.path}:", format_hits(r.hits)]
             other = chosen[(k + 1) % len(chosen)]["face"]
             m = stub.Match(pb.MatchRequest(probe=pb.Media(audio=voice), candidates=[
-                pb.Media(image=face), pb.Media(image=pb.Image(data=(corpus / other["path"]).read_bytes()))]),
+                pb.Media(image=face), pb.Media(image=pb.Image(data=(corpus / other.path).read_bytes()))]),
                 timeout=60)
             right = m.ranking[0].index == 0
             found["Match"] += right
-            lines.append(f" Match, voice vs [{ident}, {other['identity']}]: chose "
-                         f"{[ident, other['identity']][m.ranking[0].index]} ({'right' if right else 'wrong'})")
+            lines.append(f" Match, voice vs [{ident}, {other.identity}]: chose "
+                         f"{[ident, other.identity][m.ranking[0].index]} ({'right' if right else 'wrong'})")
             try:
                 rec = stub.ReconstructFace(pb.ReconstructFaceRequest(voice=voice, top_k=3), timeout=60)
                 path = out / f"{ident}_s2f.png"

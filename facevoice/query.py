@@ -10,6 +10,7 @@ from pathlib import Path
 
 import grpc
 
+from facevoice.service.errors import UsageError
 from facevoice.v1 import facevoice_pb2 as pb
 from facevoice.v1 import facevoice_pb2_grpc as pb_grpc
 
@@ -51,7 +52,7 @@ def filters(specs: list[str]) -> list[pb.AttributeFilter]:
     for spec in specs:
         name, sep, values = spec.partition("=")
         if not sep or not name or not values:
-            raise SystemExit(f"--filter {spec!r}: expected NAME=V1,V2")
+            raise UsageError(f"--filter {spec!r}: expected NAME=V1,V2")
         out.append(pb.AttributeFilter(name=name, values=values.split(",")))
     return out
 

@@ -21,17 +21,17 @@ import faiss
 import numpy as np
 from tqdm import tqdm
 
+from facevoice.service.corpus import manifest_path, read_manifest
 from facevoice.service.embedder import Embedder
 from facevoice.service.gallery import Item, normalise, plan_and_build
 from facevoice.service.media import MediaError
-from facevoice.service.models import EmbeddedRunner, TritonRunner, read_manifest
+from facevoice.service.repository import read_manifest as read_repository
+from facevoice.service.runners import EmbeddedRunner, TritonRunner
 from facevoice.service.versions import publish, write_version
-
-BASE_COLUMNS = ("item_id", "identity", "modality", "path", "split")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--gallery", type=Path, required=True, help="manifest.csv (corpus format)")
+    p.add_argument("--gallery", type=Path, required=True, help="manifest.csv (corpus format), or its directory")
     p.add_argument("--model-repo", type=Path, required=True, help="the exported repository (its facevoice.json)")
     p.add_argument("--triton-url", help="run the networks on this Triton (gRPC host:port) instead of in-process")
     p.add_argument("--out", type=Path, required=True, help="index root")
@@ -48,28 +48,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true")
 
 
+
 @dataclass
 class Row:
     item: Item
     path: Path
 
 
-def read_gallery(path: Path, modality: str, splits: list[str] | None) -> list[Row]:
-    try:
-        with open(path, newline="") as f:
-            reader = csv.DictReader(f)
-            missing = set(BASE_COLUMNS) - set(reader.fieldnames or ())
-            if missing:
-                raise SystemExit(f"{path}: not a gallery manifest (no column {', '.join(sorted(missing))}; "
-                                 f"expected {', '.join(BASE_COLUMNS)}, then attributes)")
-            rows = [r for r in reader if r["modality"] == modality and (not splits or r["split"] in splits)]
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise SystemExit(f"{path}: unreadable gallery manifest ({e})") from e
-    return [Row(Item(r["item_id"], r["identity"], {k: v for k, v in r.items() if k not in BASE_COLUMNS and v}),
-                path.parent / r["path"]) for r in rows]
+def gallery_rows(manifest: Path, splits: list[str] | None) -> dict[str, list[Row]]:
+    """The gallery's items (of these splits, when given) with their media paths, by modality."""
+    manifest = manifest_path(manifest)
+    rows: dict[str, list[Row]] = {}
+    for r in read_manifest(manifest):
+        if not splits or r.split in splits:
+            rows.setdefault(r.modality, []).append(Row(Item(r.item_id, r.identity, r.attributes()),
+                                                       manifest.parent / r.path))
+    return rows
 
 
-def embed_batches(rows: list[Row], decode: dict, spaces: dict, work: Path, batch: int, concurrency: int,
+def embed_batches(rows: list[Row], emb: Embedder, spaces: list[str], work: Path, batch: int, concurrency: int,
                   progress: bool, label: str) -> tuple[list[int], dict[str, np.ndarray], list[tuple[str, str]]]:
     """Kept row numbers, vectors per space, and (item_id, why) for items that did not decode."""
     work.mkdir(parents=True, exist_ok=True)
@@ -83,15 +80,15 @@ def embed_batches(rows: list[Row], decode: dict, spaces: dict, work: Path, batch
         for i in range(start, min(start + batch, len(rows))):
             try:
                 data = rows[i].path.read_bytes()
-                decoded = {name: decode[name](data) for name in spaces}
+                decoded = {name: emb.decode(name, data) for name in spaces}
             except (MediaError, OSError) as e:
                 bad.append((rows[i].item.item_id, f"{type(e).__name__}: {e}"))
                 continue
             kept.append(i)
             for name, x in decoded.items():
                 inputs[name].append(x)
-        vectors = {name: fn(np.stack(inputs[name])) if kept else np.zeros((0, 0), np.float32)
-                   for name, fn in spaces.items()}
+        vectors = {name: emb.embed(name, np.stack(inputs[name])) if kept else np.zeros((0, 0), np.float32)
+                   for name in spaces}
         tmp = work / f".{start:08d}.tmp.npz"
         np.savez(tmp, kept=np.asarray(kept, np.int64), bad=json.dumps(bad), **vectors)
         tmp.replace(out)
@@ -119,39 +116,29 @@ class Embedded:
     seconds: float
 
 
-def embed_modality(args: argparse.Namespace, emb: Embedder, modality: str, gallery_hash: str) -> Embedded | None:
-    rows = read_gallery(args.gallery, modality, args.split)
-    if not rows:
-        return None
-    manifest = emb.manifest
-    if modality == "face":
-        spaces, decode = {"face": emb.faces}, {"face": emb.face_input}
-        if manifest.speech2face is not None:  # the S2F face features of the same photos
-            spaces["face_feature"], decode["face_feature"] = emb.face_features, emb.face_feature_input
-    else:
-        spaces, decode = {"voice": emb.voices}, {"voice": emb.voice_input}
+def embed_modality(emb: Embedder, rows: list[Row], modality: str, work: Path, batch: int, concurrency: int,
+                   progress: bool) -> Embedded:
+    """Every row embedded in each indexed space of its modality (faces: the association space and,
+    with Speech2Face networks, the face-feature space of the same photos)."""
+    spaces = [n for n, s in emb.manifest.indexed().items() if s.modality == modality]
     start = time.perf_counter()
-    versions = sorted({group_of(manifest, n).version for n in spaces})
     # finished batches are reused only by the same gallery, models, split and batch size
-    split = "+".join(sorted(args.split or ["all"]))
-    work = args.out / ".build" / f"{gallery_hash}-{modality}-{split}-b{args.batch}-{'-'.join(versions)}"
-    kept, vectors, bad = embed_batches(rows, decode, spaces, work, args.batch, args.concurrency,
-                                       not args.no_progress, f"embedding {modality}s")
+    work = work.with_name(f"{work.name}-{modality}-b{batch}-{'-'.join(sorted({emb.version(n) for n in spaces}))}")
+    kept, vectors, bad = embed_batches(rows, emb, spaces, work, batch, concurrency, progress, f"embedding {modality}s")
     return Embedded([rows[i].item for i in kept], vectors, bad, time.perf_counter() - start)
-
-
-def group_of(manifest, name: str):
-    return manifest.s2f() if name == "face_feature" else manifest.association
 
 
 def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     faiss.omp_set_num_threads(args.threads)
-    manifest = read_manifest(args.model_repo)
-    runner = TritonRunner(args.triton_url) if args.triton_url else EmbeddedRunner(manifest, threads=args.threads)
+    manifest = read_repository(args.model_repo)
+    runner = TritonRunner(args.triton_url) if args.triton_url else EmbeddedRunner(args.model_repo, args.threads)
     emb = Embedder(manifest, runner)
-    gallery_hash = hashlib.sha256(args.gallery.read_bytes()).hexdigest()[:12]
-    done = {m: embed_modality(args, emb, m, gallery_hash) for m in args.modalities}
+    rows = gallery_rows(args.gallery, args.split)
+    gallery_hash = hashlib.sha256(manifest_path(args.gallery).read_bytes()).hexdigest()[:12]
+    work = args.out / ".build" / f"{gallery_hash}-{'+'.join(sorted(args.split or ['all']))}"
+    done = {m: embed_modality(emb, rows[m], m, work, args.batch, args.concurrency, not args.no_progress)
+            if rows.get(m) else None for m in args.modalities}
     published, lines = {}, []
     for modality, e in done.items():
         if e is None:
@@ -159,14 +146,14 @@ def run(args: argparse.Namespace) -> int:
             continue
         rate = len(e.items) / max(e.seconds, 1e-9)
         for name, x in e.vectors.items():
-            group = group_of(manifest, name)
-            x = normalise(x) if group.metric == "cosine" else np.ascontiguousarray(x, np.float32)
+            space = manifest.spaces[name]
+            x = normalise(x) if space.metric == "cosine" else np.ascontiguousarray(x, np.float32)
             # the real queries of a face index are voices, and back: tune the search on them when built too
             other = {"face": "voice", "voice": "face"}.get(name)
             queries = next((d.vectors[other] for d in done.values() if d and other in d.vectors), None)
-            index, plan = plan_and_build(x, group.metric, args.exact_below, args.kind, args.target_recall, queries)
-            version = write_version(args.out, name, index, e.items, plan, model_version=group.version,
-                                    metric=group.metric, extra={"gallery": str(args.gallery), "gallery_sha256":
+            index, plan = plan_and_build(x, space.metric, args.exact_below, args.kind, args.target_recall, queries)
+            version = write_version(args.out, name, index, e.items, plan, model_version=space.version,
+                                    metric=space.metric, extra={"gallery": str(args.gallery), "gallery_sha256":
                                                                 gallery_hash, "embed_items_per_s": rate,
                                                                 "runner": runner.name,
                                                                 "tuned_on": "queries" if queries is not None

@@ -1,5 +1,6 @@
-"""Media bytes -> embeddings and pictures: the one media pipeline, then the exported networks
-(in-process or on Triton). What the gRPC handlers and the index build job call."""
+"""Media bytes -> embeddings and pictures: the one media pipeline with each space's front end,
+then the exported networks (in-process or on Triton). What the RPC handlers and the index build
+call; a space is named, and everything about it comes from the model repository's manifest."""
 
 from __future__ import annotations
 
@@ -9,48 +10,34 @@ import numpy as np
 from PIL import Image
 
 from facevoice.service.media import DEFAULT_LIMITS, MediaLimits
-from facevoice.service.models import EmbeddedRunner, Manifest, TritonRunner
-from facevoice.service.preprocess import face_query, voice_query
+from facevoice.service.media.frontends import model_input
+from facevoice.service.media.image import Box
+from facevoice.service.repository import Manifest
+from facevoice.service.runners import EmbeddedRunner, TritonRunner
 
-Box = tuple[float, float, float, float]
 Runner = EmbeddedRunner | TritonRunner
 
 
 class Embedder:
     def __init__(self, manifest: Manifest, runner: Runner, limits: MediaLimits = DEFAULT_LIMITS):
         self.manifest, self.runner, self.limits = manifest, runner, limits
-        self.assoc = manifest.association.networks
 
-    # decode: bytes -> one model input (MediaError on bad media); the path tests/test_parity.py
-    # checks against the training datasets
-    def voice_input(self, audio: bytes) -> np.ndarray:
-        return voice_query(audio, self.manifest.voice_frontend, self.limits)[0]
+    def decode(self, space: str, data: bytes, box: Box | None = None) -> np.ndarray:
+        """Bytes -> one model input of the space (MediaError on bad media); the path
+        tests/test_parity.py checks against what training feeds."""
+        return model_input(data, self.manifest.space(space).frontend, box, self.limits)
 
-    def face_input(self, image: bytes, box: Box | None = None) -> np.ndarray:
-        return face_query(image, self.manifest.face_frontend, box, self.limits)[0]
+    def embed(self, space: str, batch: np.ndarray, deadline: float | None = None) -> np.ndarray:
+        """[N, ...] model inputs -> [N, dim] vectors of the space."""
+        return self.runner.infer(self.manifest.space(space).network, batch, deadline)
 
-    def s2f_input(self, audio: bytes) -> np.ndarray:
-        return voice_query(audio, self.manifest.s2f_audio, self.limits)[0]
+    def version(self, space: str) -> str:
+        """The model version an index of this space must have been built by."""
+        return self.manifest.space(space).version
 
-    def face_feature_input(self, image: bytes, box: Box | None = None) -> np.ndarray:
-        return face_query(image, self.manifest.s2f_face, box, self.limits)[0]
-
-    # embed: batches of model inputs -> vectors
-    def voices(self, x: np.ndarray, deadline: float | None = None) -> np.ndarray:
-        return self.runner.infer(self.assoc["voice_encoder"], x, deadline)
-
-    def faces(self, x: np.ndarray, deadline: float | None = None) -> np.ndarray:
-        return self.runner.infer(self.assoc["face_encoder"], x, deadline)
-
-    def s2f_features(self, x: np.ndarray, deadline: float | None = None) -> np.ndarray:
-        return self.runner.infer(self.manifest.s2f().networks["s2f_voice_encoder"], x, deadline)
-
-    def face_features(self, x: np.ndarray, deadline: float | None = None) -> np.ndarray:
-        return self.runner.infer(self.manifest.s2f().networks["face_features"], x, deadline)
-
-    def decode_faces(self, features: np.ndarray, deadline: float | None = None) -> np.ndarray:
+    def draw_faces(self, features: np.ndarray, deadline: float | None = None) -> np.ndarray:
         """Face features -> [N, 3, S, S] pictures in [0, 1] (the Speech2Face face decoder)."""
-        return self.runner.infer(self.manifest.s2f().networks["face_decoder"], features, deadline)
+        return self.runner.infer(self.manifest.face_decoder(), features, deadline)
 
 
 def to_png(picture: np.ndarray) -> bytes:

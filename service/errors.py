@@ -1,9 +1,27 @@
-"""The service's error types; turned into gRPC status codes once, in service/handlers.py."""
+"""The project's error types. Request-path errors become gRPC status codes once, in
+service/handlers.py; every FacevoiceError a command meets becomes its message and exit status 2
+once, in facevoice/cli.py."""
 
 from __future__ import annotations
 
 
-class ServiceError(Exception):
+class FacevoiceError(Exception):
+    """Base of everything this project raises on purpose; the message says what to do."""
+
+
+class FormatError(FacevoiceError):
+    """A file that is not in the format it should be (a manifest, a checkpoint, a config)."""
+
+
+class UsageError(FacevoiceError):
+    """Settings or arguments that cannot work (a bad value, a missing tool, a refused overwrite)."""
+
+
+class CorpusError(FacevoiceError):
+    """A corpus that lacks what a command needs (a split, a modality, an attribute's values)."""
+
+
+class ServiceError(FacevoiceError):
     """Base of everything the request path raises on purpose."""
 
 

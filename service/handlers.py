@@ -28,7 +28,9 @@ from facevoice.service.errors import (
 )
 from facevoice.service.gallery import Item
 from facevoice.service.media import MediaError
+from facevoice.service.media.image import Box
 from facevoice.service.metrics import Metrics
+from facevoice.service.repository import ASSOCIATION, FACE, FACE_FEATURE, S2F_VOICE, SPEECH2FACE, VOICE
 from facevoice.service.served import IndexSet
 from facevoice.v1 import facevoice_pb2 as pb
 from facevoice.v1 import facevoice_pb2_grpc as pb_grpc
@@ -38,6 +40,9 @@ MAX_TOP_K = 1000
 MAX_CANDIDATES = 100
 MAX_UPSERT = 256
 MAX_DELETE = 10_000
+# Embed's (space == FACE_FEATURE, medium) -> the space that embeds it; unspecified is ASSOCIATION
+EMBED_SPACES = {(False, "audio"): VOICE, (False, "image"): FACE, (True, "audio"): S2F_VOICE,
+                (True, "image"): FACE_FEATURE}
 STATUS = [(MediaError, grpc.StatusCode.INVALID_ARGUMENT), (BadRequest, grpc.StatusCode.INVALID_ARGUMENT),
           (NotLoaded, grpc.StatusCode.NOT_FOUND), (Unsupported, grpc.StatusCode.FAILED_PRECONDITION),
           (DependencyUnavailable, grpc.StatusCode.UNAVAILABLE), (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED)]
@@ -75,11 +80,12 @@ def rpc(method: Callable) -> Callable:
     return wrapper
 
 
-def _box(image: pb.Image) -> tuple[float, float, float, float] | None:
-    if not image.HasField("box"):
-        return None
-    b = image.box
-    return (b.x, b.y, b.width, b.height)
+def _payload(message: pb.Audio | pb.Image) -> tuple[bytes, Box | None]:
+    """A query's bytes, and its face box when it is an image that has one."""
+    if isinstance(message, pb.Image) and message.HasField("box"):
+        b = message.box
+        return message.data, (b.x, b.y, b.width, b.height)
+    return message.data, None
 
 
 def _filters(request, gallery) -> dict[str, set[str]]:
@@ -114,21 +120,16 @@ class FaceVoiceService(pb_grpc.FaceVoiceServicer):
     def __init__(self, embedder: Embedder, indexes: IndexSet, cache: Cache, metrics: Metrics):
         self.embedder, self.indexes, self.cache, self.metrics = embedder, indexes, cache, metrics
         self.manifest = embedder.manifest
-        e = embedder
-        # space -> (Media -> model input, model inputs -> vectors)
-        self.spaces = {"voice": (lambda m: e.voice_input(m.audio.data), e.voices),
-                       "face": (lambda m: e.face_input(m.image.data, _box(m.image)), e.faces),
-                       "face_feature": (lambda m: e.face_feature_input(m.image.data, _box(m.image)),
-                                        e.face_features)}
 
-    def _decode_all(self, method: str, space: str, media: list, labels: list[str]) -> np.ndarray:
+    # stages -------------------------------------------------------------------------------
+    def _decode_all(self, method: str, space: str, media: list[pb.Media], labels: list[str]) -> np.ndarray:
         """Every item decoded, or BadRequest naming the first bad one; [N, ...] inputs."""
-        decode = self.spaces[space][0]
         with self.metrics.timed(method, "decode"):
             inputs = []
             for label, m in zip(labels, media, strict=True):
+                data, box = _payload(m.audio if m.WhichOneof("kind") == "audio" else m.image)
                 try:
-                    inputs.append(decode(m))
+                    inputs.append(self.embedder.decode(space, data, box))
                 except MediaError as err:
                     raise BadRequest(f"{label}: {err}") from err
         return np.stack(inputs)
@@ -136,39 +137,28 @@ class FaceVoiceService(pb_grpc.FaceVoiceServicer):
     def _embed_all(self, method: str, space: str, x: np.ndarray, deadline) -> np.ndarray:
         with self.metrics.timed(method, "embed"):
             self.metrics.batch.labels(space).observe(len(x))
-            return self.spaces[space][1](x, deadline)
+            return self.embedder.embed(space, x, deadline)
 
-    # stages -------------------------------------------------------------------------------
-    def _embed_one(self, method: str, kind: str, data: bytes, decode, embed, deadline, extra: bytes = b""
-                   ) -> np.ndarray:
-        """Decode + embed one item, through the embedding cache."""
+    def _embed_one(self, method: str, space: str, message: pb.Audio | pb.Image, deadline) -> np.ndarray:
+        """Decode + embed one query, through the embedding cache."""
+        data, box = _payload(message)
         key = None
         if self.cache.enabled:  # hashing the media costs ~0.1 ms per 100 kB: only with a cache
-            version = (self.manifest.s2f().version if kind in ("s2f", "face_feature")
-                       else self.manifest.association.version)
-            key = f"{kind}:{version}:{hashlib.sha256(data + extra).hexdigest()}"
+            digest = hashlib.sha256(data + (repr(box).encode() if isinstance(message, pb.Image) else b""))
+            key = f"{space}:{self.embedder.version(space)}:{digest.hexdigest()}"
             with self.metrics.timed(method, "cache"):
                 hit = self.cache.get("embedding", key)
             if hit is not None:
                 return np.frombuffer(hit, np.float32)
         with self.metrics.timed(method, "decode"):
-            x = decode(data)
+            x = self.embedder.decode(space, data, box)
         with self.metrics.timed(method, "embed"):
-            self.metrics.batch.labels(kind).observe(1)
-            v = embed(x[None], deadline)[0].astype(np.float32)
+            self.metrics.batch.labels(space).observe(1)
+            v = self.embedder.embed(space, x[None], deadline)[0].astype(np.float32)
         if key is not None:
             with self.metrics.timed(method, "cache"):
                 self.cache.put("embedding", key, v.tobytes())
         return v
-
-    def _voice(self, method, audio: pb.Audio, deadline) -> np.ndarray:
-        e = self.embedder
-        return self._embed_one(method, "voice", audio.data, e.voice_input, e.voices, deadline)
-
-    def _face(self, method, image: pb.Image, deadline) -> np.ndarray:
-        e, box = self.embedder, _box(image)
-        return self._embed_one(method, "face", image.data, lambda b: e.face_input(b, box), e.faces, deadline,
-                               repr(box).encode())
 
     def _search(self, method, name: str, query: np.ndarray, request, deadline) -> pb.SearchResponse:
         gallery = self.indexes.get(name)
@@ -198,53 +188,55 @@ class FaceVoiceService(pb_grpc.FaceVoiceServicer):
                 self.cache.put("result", key, response.SerializeToString())
         return response
 
+    def _gallery_spaces(self, modality: str) -> list[str]:
+        """The indexes an item of this modality is written to: the association space's (which must
+        be loaded), then every other indexed space of the modality that is loaded."""
+        spaces = [n for n, s in self.manifest.indexed().items() if s.modality == modality]
+        return [n for n in spaces if self.manifest.spaces[n].group == ASSOCIATION or n in self.indexes.galleries]
+
     # RPCs ---------------------------------------------------------------------------------
     @rpc
     def SearchFaces(self, request, context, deadline):
         _require(request.HasField("voice"), "voice is required")
-        return self._search("SearchFaces", "face", self._voice("SearchFaces", request.voice, deadline), request,
-                            deadline)
+        return self._search("SearchFaces", FACE, self._embed_one("SearchFaces", VOICE, request.voice, deadline),
+                            request, deadline)
 
     @rpc
     def SearchVoices(self, request, context, deadline):
         _require(request.HasField("face"), "face is required")
-        return self._search("SearchVoices", "voice", self._face("SearchVoices", request.face, deadline), request,
-                            deadline)
+        return self._search("SearchVoices", VOICE, self._embed_one("SearchVoices", FACE, request.face, deadline),
+                            request, deadline)
 
     @rpc
     def Match(self, request, context, deadline):
         _require(request.HasField("probe"), "probe is required")
         n = len(request.candidates)
         _require(2 <= n <= MAX_CANDIDATES, f"2..{MAX_CANDIDATES} candidates are needed, got {n}")
-        probe_kind = request.probe.WhichOneof("kind")
-        _require(probe_kind is not None, "probe has no audio or image")
-        want = "image" if probe_kind == "audio" else "audio"
+        medium = request.probe.WhichOneof("kind")
+        _require(medium is not None, "probe has no audio or image")
+        want = "image" if medium == "audio" else "audio"
         for i, c in enumerate(request.candidates):
             _require(c.WhichOneof("kind") == want, f"candidate {i} must be {want} (the other modality of the probe)")
-        if probe_kind == "audio":
-            probe, space = self._voice("Match", request.probe.audio, deadline), "face"
-        else:
-            probe, space = self._face("Match", request.probe.image, deadline), "voice"
+        probe_space, space = (VOICE, FACE) if medium == "audio" else (FACE, VOICE)
+        probe = self._embed_one("Match", probe_space, getattr(request.probe, medium), deadline)
         x = self._decode_all("Match", space, list(request.candidates), [f"candidate {i}" for i in range(n)])
         cands = self._embed_all("Match", space, x, deadline)
         dist = np.linalg.norm(cands.astype(np.float64) - probe.astype(np.float64), axis=1)
         order = np.argsort(dist, kind="stable")
         return pb.MatchResponse(ranking=[pb.RankedCandidate(index=int(i), distance=float(dist[i]),
                                                             score=_score(float(dist[i]), "l2")) for i in order],
-                                model_version=self.manifest.association.version)
+                                model_version=self.embedder.version(space))
 
     @rpc
     def ReconstructFace(self, request, context, deadline):
         _require(request.HasField("voice"), "voice is required")
         _check_top_k(request.top_k, allow_zero=True)
-        e = self.embedder
-        group = self.manifest.s2f()
-        feature = self._embed_one("ReconstructFace", "s2f", request.voice.data, e.s2f_input, e.s2f_features, deadline)
+        feature = self._embed_one("ReconstructFace", S2F_VOICE, request.voice, deadline)
         with self.metrics.timed("ReconstructFace", "embed"):
-            picture = e.decode_faces(feature[None], deadline)[0]
-        response = pb.ReconstructFaceResponse(png=to_png(picture), model_version=group.version)
+            picture = self.embedder.draw_faces(feature[None], deadline)[0]
+        response = pb.ReconstructFaceResponse(png=to_png(picture), model_version=self.embedder.version(S2F_VOICE))
         if request.top_k:
-            gallery = self.indexes.get("face_feature")
+            gallery = self.indexes.get(FACE_FEATURE)
             with self.metrics.timed("ReconstructFace", "search"):
                 found = gallery.search(feature, request.top_k)
             response.nearest.extend(_hits(found, gallery.metric))
@@ -254,21 +246,11 @@ class FaceVoiceService(pb_grpc.FaceVoiceServicer):
     @rpc
     def Embed(self, request, context, deadline):
         _require(request.HasField("media"), "media is required")
-        kind = request.media.WhichOneof("kind")
-        _require(kind is not None, "media has no audio or image")
-        e = self.embedder
-        if request.space == pb.FACE_FEATURE:
-            if kind == "audio":
-                v = self._embed_one("Embed", "s2f", request.media.audio.data, e.s2f_input, e.s2f_features, deadline)
-            else:
-                box = _box(request.media.image)
-                v = self._embed_one("Embed", "face_feature", request.media.image.data,
-                                    lambda b: e.face_feature_input(b, box), e.face_features, deadline,
-                                    repr(box).encode())
-            return pb.EmbedResponse(embedding=v.tolist(), model_version=self.manifest.s2f().version)
-        v = self._voice("Embed", request.media.audio, deadline) if kind == "audio" else \
-            self._face("Embed", request.media.image, deadline)
-        return pb.EmbedResponse(embedding=v.tolist(), model_version=self.manifest.association.version)
+        medium = request.media.WhichOneof("kind")
+        _require(medium is not None, "media has no audio or image")
+        space = EMBED_SPACES[(request.space == pb.FACE_FEATURE, medium)]
+        v = self._embed_one("Embed", space, getattr(request.media, medium), deadline)
+        return pb.EmbedResponse(embedding=v.tolist(), model_version=self.embedder.version(space))
 
     @rpc
     def UpsertItems(self, request, context, deadline):
@@ -277,12 +259,11 @@ class FaceVoiceService(pb_grpc.FaceVoiceServicer):
         ids = [it.item_id for it in request.items]
         _require(all(ids), "every item needs an item_id")
         _require(len(set(ids)) == n, "item_ids repeat within the call")
-        with_features = self.manifest.speech2face is not None and "face_feature" in self.indexes.galleries
         by_space: dict[str, list] = {}
         for it in request.items:
-            kind = it.media.WhichOneof("kind")
-            _require(kind is not None, f"item {it.item_id!r} has no audio or image")
-            for space in (["voice"] if kind == "audio" else ["face", "face_feature"] if with_features else ["face"]):
+            medium = it.media.WhichOneof("kind")
+            _require(medium is not None, f"item {it.item_id!r} has no audio or image")
+            for space in self._gallery_spaces("voice" if medium == "audio" else "face"):
                 by_space.setdefault(space, []).append(it)
         # decode and embed everything before touching an index: a bad item or a failed call changes nothing
         vectors = {}
@@ -300,8 +281,7 @@ class FaceVoiceService(pb_grpc.FaceVoiceServicer):
         _require(request.modality in (pb.FACE, pb.VOICE), "modality must be FACE or VOICE")
         n = len(request.item_ids)
         _require(1 <= n <= MAX_DELETE, f"1..{MAX_DELETE} item_ids per call, got {n}")
-        names = ["voice"] if request.modality == pb.VOICE else \
-            [x for x in ("face", "face_feature") if x in self.indexes.galleries]
+        names = self._gallery_spaces("voice" if request.modality == pb.VOICE else "face")
         missing = self.indexes.delete(names[0], list(request.item_ids))
         for other in names[1:]:
             self.indexes.delete(other, list(request.item_ids))
@@ -315,9 +295,10 @@ class FaceVoiceService(pb_grpc.FaceVoiceServicer):
             infos.append(pb.IndexInfo(name=name, version=m["version"], model_version=m["model_version"],
                                       size=g.size, kind=m["kind"], params={k: str(v) for k, v in m["params"].items()},
                                       recall_at_10=m["recall_at_10"], built_at=m["built_at"], device=g.device))
-        s2f = self.manifest.speech2face
-        return pb.GetIndexInfoResponse(indexes=infos, association_model_version=self.manifest.association.version,
-                                       speech2face_model_version=s2f.version if s2f else "")
+        groups = self.manifest.groups
+        s2f = groups[SPEECH2FACE].version if SPEECH2FACE in groups else ""
+        return pb.GetIndexInfoResponse(indexes=infos, association_model_version=groups[ASSOCIATION].version,
+                                       speech2face_model_version=s2f)
 
 
 def _require(ok: bool, message: str) -> None:

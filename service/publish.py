@@ -8,22 +8,19 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from facevoice.service.versions import NAMES, IndexVersionError, current_version, publish, read_meta
+from facevoice.service.versions import current_version, publish, read_meta
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True, help="index root")
-    p.add_argument("--index", required=True, choices=NAMES)
+    p.add_argument("--index", required=True, help="an index: face, voice or face_feature")
     p.add_argument("--version", required=True, help="a version directory under INDEX_ROOT/INDEX/")
     p.add_argument("--redis", help="announce on this Redis (redis://host:port/db)")
 
 
 def run(args: argparse.Namespace) -> int:
     before = current_version(args.out, args.index)
-    try:
-        publish(args.out, args.index, args.version)
-    except IndexVersionError as e:
-        raise SystemExit(str(e)) from e
+    publish(args.out, args.index, args.version)
     meta = read_meta(args.out, args.index, args.version)
     if args.redis:
         from facevoice.service.cache import announce

@@ -23,12 +23,13 @@ from grpc_reflection.v1alpha import reflection
 
 from facevoice.service.cache import Cache, Subscriber
 from facevoice.service.embedder import Embedder
+from facevoice.service.errors import UsageError
 from facevoice.service.handlers import FaceVoiceService
 from facevoice.service.media import DEFAULT_LIMITS
 from facevoice.service.metrics import Metrics
-from facevoice.service.models import EmbeddedRunner, TritonRunner, read_manifest
+from facevoice.service.repository import read_manifest
+from facevoice.service.runners import EmbeddedRunner, TritonRunner
 from facevoice.service.served import IndexSet
-from facevoice.service.versions import NAMES
 from facevoice.v1 import facevoice_pb2, facevoice_pb2_grpc
 
 log = logging.getLogger("facevoice.serve")
@@ -89,7 +90,7 @@ def load_config(args: argparse.Namespace | None = None, env: dict | None = None)
             values[f.name] = flag
     unknown = set(values) - {f.name for f in fields(ServeConfig)}
     if unknown:
-        raise SystemExit(f"unknown serve settings: {sorted(unknown)}")
+        raise UsageError(f"unknown serve settings: {sorted(unknown)}")
     return ServeConfig(**{k: _convert(k, v) for k, v in values.items()})
 
 
@@ -130,11 +131,9 @@ class Running:
         self.metrics = Metrics()
         manifest = read_manifest(cfg.model_repo)
         runner = (TritonRunner(cfg.triton_url, retries=cfg.triton_retries) if cfg.triton_url
-                  else EmbeddedRunner(manifest, threads=cfg.ort_threads))
+                  else EmbeddedRunner(cfg.model_repo, threads=cfg.ort_threads))
         self.embedder = Embedder(manifest, runner)
-        versions = {"face": manifest.association.version, "voice": manifest.association.version}
-        if manifest.speech2face is not None:
-            versions["face_feature"] = manifest.speech2face.version
+        versions = {name: space.version for name, space in manifest.indexed().items()}
         self.indexes = IndexSet(cfg.index_root, versions, self.metrics, use_gpu=cfg.gpu)
         self.indexes.refresh()
         self.cache = Cache(cfg.redis_url, self.metrics, ttl_s=cfg.cache_ttl_s)
@@ -187,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
     loaded = {n: (g.meta["version"], g.size) for n, g in running.indexes.galleries.items()}
     print(f"facevoice serve: gRPC on {cfg.host}:{running.port}, metrics on :{running.metrics_port}, "
           f"{running.embedder.runner.name} runner, indexes {loaded or 'none'}; "
-          f"missing: {[n for n in NAMES if n not in loaded] or 'none'}", flush=True)
+          f"missing: {[n for n in running.indexes.model_versions if n not in loaded] or 'none'}", flush=True)
     stopped = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stopped.set())

@@ -17,7 +17,7 @@ import numpy as np
 from facevoice.service.errors import NotLoaded
 from facevoice.service.gallery import Gallery, Item
 from facevoice.service.metrics import Metrics
-from facevoice.service.versions import NAMES, IndexVersionError, current_version, load_version
+from facevoice.service.versions import IndexVersionError, current_version, load_version
 
 log = logging.getLogger("facevoice.indexes")
 
@@ -28,7 +28,7 @@ class IndexSet:
         self.root, self.model_versions, self.metrics, self.use_gpu = root, model_versions, metrics, use_gpu
         self.galleries: dict[str, Gallery] = {}
         # live upserts/deletes, replayed onto each new version so a swap does not drop them
-        self.journal: dict[str, list[tuple]] = {n: [] for n in NAMES}
+        self.journal: dict[str, list[tuple]] = {n: [] for n in model_versions}
         self._swap_lock = threading.Lock()
         self._stop = threading.Event()
 
@@ -44,11 +44,10 @@ class IndexSet:
             return {}
         swapped = {}
         with self._swap_lock:
-            for name in NAMES:
-                model_version = self.model_versions.get(name)
+            for name, model_version in self.model_versions.items():
                 version = current_version(self.root, name)
                 loaded = self.galleries.get(name)
-                if model_version is None or version is None or (loaded and loaded.meta.get("version") == version):
+                if version is None or (loaded and loaded.meta.get("version") == version):
                     continue
                 try:
                     gallery = load_version(self.root, name, version, model_version, self.use_gpu)

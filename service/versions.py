@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import time
 import uuid
 from dataclasses import asdict
@@ -16,13 +15,13 @@ from pathlib import Path
 
 import faiss
 
+from facevoice.service.errors import FacevoiceError
 from facevoice.service.gallery import BuildPlan, Gallery, Item, apply_params
 
 FILES = ("index.faiss", "items.jsonl", "meta.json")
-NAMES = ("face", "voice", "face_feature")
 
 
-class IndexVersionError(Exception):
+class IndexVersionError(FacevoiceError):
     """An index version that must not be served (bad checksum, wrong model version, unreadable)."""
 
 
@@ -66,6 +65,8 @@ def write_version(root: Path, name: str, index: faiss.Index, items: list[Item], 
 
 def publish(root: Path, name: str, version: str) -> None:
     """Points NAME's `current` at VERSION, atomically."""
+    if any(p in ("", ".", "..") or "/" in p or "\\" in p for p in (name, version)):
+        raise IndexVersionError(f"{name!r} / {version!r}: an index and a version are plain names")
     if not (Path(root) / name / version / "meta.json").exists():
         raise IndexVersionError(f"{root}/{name}/{version}: no such index version")
     tmp = Path(root) / name / f".current-{uuid.uuid4().hex[:8]}"
@@ -117,12 +118,3 @@ def load_version(root: Path, name: str, version: str, model_version: str, use_gp
     apply_params(index, plan)
     return Gallery(index, items, meta["metric"], plan, use_gpu=use_gpu, meta=meta)
 
-
-def prune(root: Path, name: str, keep: int = 3) -> list[str]:
-    """Deletes all but the newest `keep` versions (never the current one); returns what went."""
-    cur = current_version(root, name)
-    versions = sorted(p.name for p in (Path(root) / name).iterdir() if p.is_dir() and not p.name.startswith("."))
-    gone = [v for v in versions[:-keep] if v != cur]
-    for v in gone:
-        shutil.rmtree(Path(root) / name / v)
-    return gone

@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from facevoice.cli import main
+from facevoice.training.association.checkpoints import load_run
 from facevoice.training.association.data import load_split
-from facevoice.training.association.evaluate import load_run, split_embeddings
+from facevoice.training.association.evaluate import split_embeddings
 from facevoice.training.association.protocol import matching_cell
 from facevoice.training.association.report import label_provenance
 from tests.toy_corpus import TINY, build_toy_corpus

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from facevoice.service.corpus import read_identities, read_manifest
+from facevoice.service.errors import UsageError
 from facevoice.service.media import decode_audio, decode_image
-from facevoice.training.corpus.manifest import read_identities, read_manifest
 from facevoice.training.corpus.oracle import corpus_people
 from facevoice.training.corpus.people import person_from_row, sample_population
 from facevoice.training.corpus.splits import assign_splits, split_counts
@@ -105,7 +106,7 @@ def test_deterministic_per_seed(corpus, tmp_path):
 
 def test_refuses_to_overwrite_without_force(corpus):
     out, _ = corpus
-    with pytest.raises(SystemExit, match="--force"):
+    with pytest.raises(UsageError, match="--force"):
         build_corpus(out, SMALL, progress=False)
 
 

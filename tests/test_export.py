@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from facevoice.cli import main
-from facevoice.training.association.evaluate import load_run
+from facevoice.training.association.checkpoints import load_run
 from facevoice.training.export.command import FaceFeatures
-from facevoice.training.speech2face.evaluate import load_s2f_run
+from facevoice.training.speech2face.checkpoints import load_s2f_run
 
 NETWORKS = ("face_encoder", "voice_encoder", "s2f_voice_encoder", "face_features", "face_decoder")
 
@@ -47,7 +47,7 @@ def test_repository_layout_and_configs(stack):
 
 def test_every_network_matches_pytorch(stack):
     manifest = json.loads((stack.repo / "facevoice.json").read_text())
-    entries = {**manifest["association"]["networks"], **manifest["speech2face"]["networks"]}
+    entries = {**manifest["groups"]["association"]["networks"], **manifest["groups"]["speech2face"]["networks"]}
     nets = _torch_networks(stack)
     rng = np.random.default_rng(1)
     for name, e in entries.items():
@@ -69,8 +69,8 @@ def test_a_second_export_is_the_next_version_and_keeps_the_first(stack, tmp_path
     first, second = (json.loads((repo / f"facevoice.v{v}.json").read_text()) for v in (1, 2))
     assert json.loads((repo / "facevoice.json").read_text())["triton_version"] == 2
     # same weights, same content hash: indexes built by version 1 stay valid
-    assert first["association"]["version"] == second["association"]["version"]
-    assert "speech2face" not in second
+    assert first["groups"]["association"]["version"] == second["groups"]["association"]["version"]
+    assert "speech2face" not in second["groups"]
     assert "exported Triton version 2" in capsys.readouterr().out
 
 

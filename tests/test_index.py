@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import faiss
 import numpy as np
 import pytest
@@ -13,7 +11,6 @@ from facevoice.service.versions import (
     IndexVersionError,
     current_version,
     load_version,
-    prune,
     publish,
     read_meta,
     write_version,
@@ -132,15 +129,3 @@ def test_a_crash_mid_write_leaves_the_served_version(tmp_path, monkeypatch):
     versions = [p.name for p in (tmp_path / "voice").iterdir() if p.is_dir() and not p.name.startswith(".")]
     assert versions == [v1]
     assert load_version(tmp_path, "voice", v1, "m").size == 100
-
-
-def test_prune_keeps_the_newest_and_the_current(tmp_path):
-    x = clustered(50)
-    index, plan = plan_and_build(x, "l2", kind="flat")
-    vs = [write_version(tmp_path, "face", index, items(50), plan, model_version="m", metric="l2") for _ in range(4)]
-    publish(tmp_path, "face", vs[0])
-    gone = prune(tmp_path, "face", keep=2)
-    assert gone == vs[1:2]
-    left = sorted(p.name for p in (tmp_path / "face").iterdir() if p.is_dir())
-    assert left == sorted([vs[0], *vs[2:]])
-    assert json.loads((tmp_path / "face" / vs[0] / "meta.json").read_text())["size"] == 50

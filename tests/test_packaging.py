@@ -39,3 +39,12 @@ def test_every_module_imports_by_its_namespaced_name_and_no_bare_name_exists(tmp
               "print(len(sys.modules))")
     done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_the_readme_layout_names_every_module():
+    readme = (ROOT / "README.md").read_text()
+    layout = readme[readme.index("## Layout"):readme.index("## Machine notes")]
+    for folder in installed_packages().values():
+        for p in folder.glob("*.py"):
+            if p.name not in ("__init__.py", "__main__.py") and p.parent.name != "v1":
+                assert f"`{p.name}`" in layout, p.relative_to(ROOT)

@@ -14,6 +14,7 @@ import time
 import grpc
 import pytest
 
+from facevoice.service.errors import UsageError
 from facevoice.service.serve import ServeConfig, add_arguments, load_config
 from facevoice.v1 import facevoice_pb2 as pb
 from facevoice.v1 import facevoice_pb2_grpc as pb_grpc
@@ -35,7 +36,7 @@ def test_settings_flags_over_env_over_file_over_defaults(tmp_path):
     assert (cfg.port, cfg.workers, cfg.redis_url, cfg.cache_ttl_s, cfg.gpu) == (8000, 3, "redis://file:1/0", 60, False)
     assert load_config(_args(), {}) == ServeConfig()
     f.write_text("[serve]\nprot = 1\n")
-    with pytest.raises(SystemExit, match="prot"):
+    with pytest.raises(UsageError, match="prot"):
         load_config(_args("--config", str(f)), {})
 
 

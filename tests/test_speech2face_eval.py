@@ -135,7 +135,7 @@ def test_voice_parameter_readout_recovers_a_feature_made_of_voice_parameters(tmp
     import json
     from dataclasses import asdict
 
-    from facevoice.training.corpus.manifest import IDENTITIES, write_csv
+    from facevoice.service.corpus import IDENTITIES, write_csv
     from facevoice.training.corpus.people import person_row
     from facevoice.training.speech2face.evaluate import voice_parameter_readout
 
@@ -222,7 +222,7 @@ def _generator_corpus(tmp_path, n: int, seed: int):
     import json
     from dataclasses import asdict
 
-    from facevoice.training.corpus.manifest import IDENTITIES, write_csv
+    from facevoice.service.corpus import IDENTITIES, write_csv
     from facevoice.training.corpus.people import person_row
 
     pop = sample_population(n, seed=seed)

@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from facevoice.service.media import Speech2FaceAudio
+from facevoice.training.association.model import count_parameters
 from facevoice.training.speech2face.config import load_config
 from facevoice.training.speech2face.loss import distillation, normalised_l2, ranking, s2f_loss, s2f_terms
-from facevoice.training.speech2face.model import FaceDecoder, FaceNet, VoiceEncoder, count_parameters, same_padding
+from facevoice.training.speech2face.model import FaceDecoder, FaceNet, VoiceEncoder, same_padding
 
 
 def _frames(seconds: float) -> int:

@@ -28,7 +28,7 @@ def triton(stack, tmp_path_factory):
 def test_every_model_loads_and_matches_pytorch(stack, triton):
     client = tc.InferenceServerClient(triton.grpc_url)
     manifest = json.loads((stack.repo / "facevoice.json").read_text())
-    entries = {**manifest["association"]["networks"], **manifest["speech2face"]["networks"]}
+    entries = {**manifest["groups"]["association"]["networks"], **manifest["groups"]["speech2face"]["networks"]}
     nets = _torch_networks(stack)
     rng = np.random.default_rng(2)
     for name, e in entries.items():

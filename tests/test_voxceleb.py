@@ -9,8 +9,9 @@ import pytest
 from PIL import Image
 
 from facevoice.cli import build_parser
+from facevoice.service.corpus import read_identities, read_manifest
+from facevoice.service.errors import FormatError
 from facevoice.training.corpus import voxceleb
-from facevoice.training.corpus.manifest import read_identities, read_manifest
 from tests.conftest import image_bytes, tone, wav_bytes
 
 SPEAKERS = [  # VoxCeleb1 ID, VGGFace1 ID, gender, nationality
@@ -117,14 +118,14 @@ def test_learnable_pins_split_and_annotations(tree):
 def test_bad_meta_file_is_a_clear_error(tmp_path, content, message):
     meta = tmp_path / "meta.csv"
     meta.write_text(content)
-    with pytest.raises(SystemExit, match=message):
+    with pytest.raises(FormatError, match=message):
         voxceleb.read_meta(meta)
 
 
 def test_bad_pins_line_is_a_clear_error(tmp_path):
     pins = tmp_path / "s.txt"
     pins.write_text("Someone 7\n")
-    with pytest.raises(SystemExit, match="set 1-4"):
+    with pytest.raises(FormatError, match="set 1-4"):
         voxceleb.pins_split(pins, [voxceleb.Speaker("id1", "Someone", "male", "USA")])
 
 

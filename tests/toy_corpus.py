@@ -10,7 +10,7 @@ import numpy as np
 import soundfile as sf
 from PIL import Image
 
-from facevoice.training.corpus.manifest import Item, write_manifest
+from facevoice.service.corpus import Item, write_manifest
 
 
 def build_toy_corpus(out: Path, identities: int = 24, faces: int = 2, clips: int = 2, seed: int = 0,

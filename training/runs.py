@@ -10,6 +10,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from facevoice.service.errors import FormatError
+
 
 def pick_device(name: str, local_rank: int = 0) -> torch.device:
     """`auto` is the local rank's GPU when there is one, else the CPU."""
@@ -77,9 +79,9 @@ def load_checkpoint(path: Path, what: str, keys: Sequence[str]) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a bad file (pickle, struct, zip, OS errors)
-        raise SystemExit(f"{path}: not a readable {what} ({type(e).__name__}: {e})") from e
+        raise FormatError(f"{path}: not a readable {what} ({type(e).__name__}: {e})") from e
     if not isinstance(state, dict) or not set(keys) <= set(state):
-        raise SystemExit(f"{path}: not a {what}")
+        raise FormatError(f"{path}: not a {what}")
     return state
 
 
@@ -96,14 +98,14 @@ def restore(path: Path, device: torch.device, model: torch.nn.Module, optimizer:
     RNG (and each `extra` module from the checkpoint key of its name); returns (step, best,
     best_step). Only rank 0's sampler stream is saved: other ranks start theirs afresh."""
     if not path.exists():
-        raise SystemExit(f"--resume: no checkpoint at {path}")
+        raise FormatError(f"--resume: no checkpoint at {path}")
     state = torch.load(path, map_location=device, weights_only=True)
     model.load_state_dict(state["model"])
     for key, module in (extra or {}).items():
         if key in state:
             module.load_state_dict(state[key])
         elif any(True for _ in module.parameters()):
-            raise SystemExit(f"--resume: {path} has no {key!r}: it was trained without them")
+            raise FormatError(f"--resume: {path} has no {key!r}: it was trained without them")
     optimizer.load_state_dict(state["optimizer"])
     if rank < len(state["sampler_rng"]):
         rng.bit_generator.state = state["sampler_rng"][rank]

@@ -18,6 +18,7 @@ from facevoice.service.media.errors import (
 from facevoice.service.media.limits import DEFAULT_LIMITS, MediaLimits, check_size
 
 FORMATS = ("JPEG", "PNG", "WEBP", "GIF")
+Box = tuple[float, float, float, float]  # a face box in pixels: x, y, width, height
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, not a grey half-image
 
 
@@ -81,8 +82,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def crop_face(img: Image.Image, box: tuple[float, float, float, float] | None,
-              scale: float = 1.5) -> Image.Image:
+def crop_face(img: Image.Image, box: Box | None, scale: float = 1.5) -> Image.Image:
     """Square crop: the face box (x, y, w, h) enlarged `scale` times about its centre, or the
     centre square when there is no box. Outside the image is black."""
     if box is None:
@@ -107,8 +107,7 @@ def normalise(img: Image.Image, cfg: FaceImage) -> np.ndarray:
     return np.ascontiguousarray(arr.transpose(2, 0, 1))
 
 
-def face_input(data: bytes, cfg: FaceImage = FaceImage(),
-               box: tuple[float, float, float, float] | None = None,
+def face_input(data: bytes, cfg: FaceImage = FaceImage(), box: Box | None = None,
                limits: MediaLimits = DEFAULT_LIMITS) -> np.ndarray:
     """Bytes -> the face subnetwork's input: float32 [3, cfg.size, cfg.size]."""
     img = decode_image(data, limits)

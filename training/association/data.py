@@ -14,13 +14,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from facevoice.service.media import AssociationAudio, FaceImage, MediaError
+from facevoice.service.corpus import ATTRIBUTES, MANIFEST, Item, read_manifest
+from facevoice.service.media import AssociationAudio, MediaError
+from facevoice.service.media.frontends import Frontend, model_input
 from facevoice.training.association.augment import augment_faces, augment_voices
 from facevoice.training.association.config import AssociationConfig
-from facevoice.training.corpus.manifest import ATTRIBUTES, MANIFEST, Item, read_manifest
-from facevoice.training.datasets import load_item
 
-STORE = np.float16  # halves the cache; inputs are normalised images and [-1, 1] waveforms
+# Training's cache holds float16 (half the memory; inputs are normalised images and [-1, 1]
+# waveforms). Evaluation decodes into float32, so it measures exactly what the service serves.
+STORE, EXACT = np.float16, np.float32
 
 
 @dataclass
@@ -40,48 +42,49 @@ class SplitData:
     voice: Modality
 
 
-def cache_key(corpus: Path, split: str, modality: str, frontend) -> str:
+def cache_key(corpus: Path, split: str, modality: str, frontend, store=STORE) -> str:
     manifest = (corpus / MANIFEST).stat()
     text = json.dumps([str(corpus.resolve()), manifest.st_size, manifest.st_mtime_ns, split, modality,
-                       repr(frontend)])
+                       repr(frontend)] + ([] if store is STORE else [np.dtype(store).name]))
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
-_WORKER: tuple[Path, object] | None = None
+_WORKER: tuple[Path, Frontend, type] | None = None
 
 
-def _set_worker(corpus: Path, frontend) -> None:
+def _set_worker(corpus: Path, frontend: Frontend, store) -> None:
     global _WORKER
-    _WORKER = (corpus, frontend)
+    _WORKER = (corpus, frontend, store)
 
 
-def _init_worker(corpus: Path, frontend) -> None:
+def _init_worker(corpus: Path, frontend: Frontend, store) -> None:
     torch.set_num_threads(1)  # in the decode processes only: the parent keeps its threads
-    _set_worker(corpus, frontend)
+    _set_worker(corpus, frontend, store)
 
 
 def _decode(item: Item) -> np.ndarray:
-    corpus, frontend = _WORKER
+    """One item through the service's own media front end (model_input), stored as `store`."""
+    corpus, frontend, store = _WORKER
     try:
-        return load_item(corpus, item, frontend).numpy().astype(STORE)
+        return model_input((corpus / item.path).read_bytes(), frontend).astype(store)
     except MediaError as e:
         raise MediaError(f"{item.item_id} ({item.path}): {e}") from e
 
 
-def decode_items(corpus: Path, items: list[Item], frontend: FaceImage | AssociationAudio,
-                 cache_dir: Path, key: str, workers: int = 2, progress: bool = True) -> np.ndarray:
-    """Every item through service.media once; later calls map the cached file."""
+def decode_items(corpus: Path, items: list[Item], frontend: Frontend, cache_dir: Path, key: str, workers: int = 2,
+                 progress: bool = True, store=STORE) -> np.ndarray:
+    """Every item through service.media once, as `store`; later calls map the cached file."""
     path = cache_dir / f"{key}.npy"
     if path.exists():
         return np.load(path, mmap_mode="r")
     cache_dir.mkdir(parents=True, exist_ok=True)
-    _set_worker(corpus, frontend)
+    _set_worker(corpus, frontend, store)
     shape = (len(items), *_decode(items[0]).shape)
     tmp = cache_dir / f"{key}.{os.getpid()}.tmp.npy"
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=STORE, shape=shape)
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=store, shape=shape)
     bar = tqdm(total=len(items), desc=f"decode {key[:8]}", unit="item", disable=not progress, leave=False)
     if workers > 1:
-        with mp.get_context("fork").Pool(workers, _init_worker, (corpus, frontend)) as pool:
+        with mp.get_context("fork").Pool(workers, _init_worker, (corpus, frontend, store)) as pool:
             for k, arr in enumerate(pool.imap(_decode, items, chunksize=8)):
                 out[k] = arr
                 bar.update()
@@ -97,8 +100,9 @@ def decode_items(corpus: Path, items: list[Item], frontend: FaceImage | Associat
 
 
 def load_split(corpus: Path, split: str, cfg: AssociationConfig, cache_dir: Path, workers: int = 2,
-               progress: bool = True, voice_frontend: AssociationAudio | None = None) -> SplitData:
-    """Faces at cfg.face.size and voices of cfg.voice.cache_frontend() for one split."""
+               progress: bool = True, voice_frontend: AssociationAudio | None = None, store=STORE) -> SplitData:
+    """Faces at cfg.face.size and voices of cfg.voice.cache_frontend() for one split, as `store`
+    (EXACT for evaluation)."""
     corpus = Path(corpus)
     items = [i for i in read_manifest(corpus) if i.split == split]
     identities = sorted({i.identity for i in items})
@@ -113,7 +117,7 @@ def load_split(corpus: Path, split: str, cfg: AssociationConfig, cache_dir: Path
         if not chosen:
             raise ValueError(f"{corpus}: no {modality} items in split {split!r}")
         data = decode_items(corpus, chosen, frontend, Path(cache_dir),
-                            cache_key(corpus, split, modality, frontend), workers, progress)
+                            cache_key(corpus, split, modality, frontend, store), workers, progress, store)
         mods[modality] = Modality(data, np.array([index[i.identity] for i in chosen]),
                                   [i.item_id for i in chosen])
     return SplitData(identities, attributes, mods["face"], mods["voice"])

@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import pickle
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
+from facevoice.service.corpus import read_identities
 from facevoice.training.association import plots
-from facevoice.training.association.config import AssociationConfig, from_dict
-from facevoice.training.association.data import SplitData, load_split
+from facevoice.training.association.checkpoints import load_run
+from facevoice.training.association.config import AssociationConfig
+from facevoice.training.association.data import EXACT, SplitData, load_split
 from facevoice.training.association.embed import embed
 from facevoice.training.association.model import AssociationModel
 from facevoice.training.association.protocol import (
@@ -26,7 +26,6 @@ from facevoice.training.association.protocol import (
     verification,
 )
 from facevoice.training.association.report import format_summary, write_report
-from facevoice.training.corpus.manifest import read_identities
 from facevoice.training.corpus.oracle import split_oracle
 from facevoice.training.runs import pick_device
 
@@ -46,21 +45,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--cache-dir", type=Path, help="decoded arrays (default RUN/cache)")
     p.add_argument("--no-progress", action="store_true")
-
-
-def load_run(run: Path, checkpoint: str, device: torch.device) -> tuple[AssociationModel, AssociationConfig, dict]:
-    path = run / checkpoint
-    if not path.exists():
-        raise SystemExit(f"{path}: no checkpoint (train first, or pass --checkpoint)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)  # never run code from a file
-        cfg = from_dict(state["config"])
-    except (OSError, RuntimeError, EOFError, KeyError, TypeError, ValueError, pickle.UnpicklingError) as e:
-        raise SystemExit(f"{path}: not a `facevoice train association` checkpoint ({type(e).__name__}: {e})") from e
-    model = AssociationModel(cfg)
-    model.load_state_dict(state["model"])
-    model.to(device).eval()
-    return model, cfg, state
 
 
 def split_embeddings(model: AssociationModel, cfg: AssociationConfig, split: SplitData, device) -> Embeddings:
@@ -121,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     split = load_split(corpus, args.split, cfg, args.cache_dir or args.run / "cache", args.workers,
-                       not args.no_progress, voice_frontend=cfg.voice.frontend())
+                       not args.no_progress, voice_frontend=cfg.voice.frontend(), store=EXACT)
     emb = split_embeddings(model, cfg, split, device)
     oracle = split_oracle(corpus, split.identities) or None
     steps = [("1:2 matching", lambda: matching_table(emb, split, args.trials, args.seed)),

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from facevoice.service.errors import CorpusError
 from facevoice.training.association.augment import augment_faces, augment_voices
 from facevoice.training.association.config import AssociationConfig, load_config
 from facevoice.training.association.data import SplitData, load_split, windows
@@ -63,7 +64,7 @@ def attribute_targets(split: SplitData, attributes: list[str]) -> dict[str, np.n
         values = [a.get(attr, "") for a in split.attributes]
         classes = sorted(set(values))
         if len(classes) < 2:
-            raise SystemExit(f"attribute {attr!r}: the training split has {len(classes)} value(s) of it, need 2+ "
+            raise CorpusError(f"attribute {attr!r}: the training split has {len(classes)} value(s) of it, need 2+ "
                              "(leave it out of the attributes)")
         out[attr] = np.array([classes.index(v) for v in values])
     return out

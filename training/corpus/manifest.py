@@ -1,70 +1,11 @@
-"""The corpus format shared by the synthetic generator and the VoxCeleb1 ingest (DESIGN.md, Data).
-
-manifest.csv: one row per media item; identities.csv: one row per person. Paths are relative
-to the corpus directory.
-"""
+"""What every corpus command prints of the corpus it wrote. The format itself (manifest.csv,
+identities.csv) is defined once, in facevoice.service.corpus."""
 
 from __future__ import annotations
 
-import csv
 from collections import Counter
-from dataclasses import dataclass, fields
-from pathlib import Path
 
-MANIFEST = "manifest.csv"
-IDENTITIES = "identities.csv"
-MODALITIES = ("face", "voice", "canonical_face")
-ATTRIBUTES = ("gender", "age_group", "appearance_group", "first_language", "nationality")
-
-
-@dataclass
-class Item:
-    """One manifest row."""
-
-    item_id: str
-    identity: str
-    modality: str
-    path: str
-    split: str
-    gender: str = ""
-    age_group: str = ""
-    appearance_group: str = ""
-    first_language: str = ""
-    nationality: str = ""
-
-
-MANIFEST_COLUMNS = tuple(f.name for f in fields(Item))
-
-
-def write_csv(path: Path, rows: list[dict], columns: tuple[str, ...] | None = None) -> None:
-    if columns is None:
-        columns = tuple(rows[0]) if rows else ()
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=list(columns))
-        w.writeheader()
-        w.writerows(rows)
-
-
-def write_manifest(corpus: Path, items: list[Item]) -> Path:
-    path = Path(corpus) / MANIFEST
-    write_csv(path, [vars(i) for i in items], MANIFEST_COLUMNS)
-    return path
-
-
-def read_manifest(corpus: Path) -> list[Item]:
-    """All rows of a corpus's manifest.csv; a missing column is a clear error."""
-    path = Path(corpus) / MANIFEST
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        missing = set(MANIFEST_COLUMNS) - set(reader.fieldnames or ())
-        if missing:
-            raise ValueError(f"{path}: missing columns {sorted(missing)}")
-        return [Item(**{k: row[k] for k in MANIFEST_COLUMNS}) for row in reader]
-
-
-def read_identities(corpus: Path) -> list[dict[str, str]]:
-    with open(Path(corpus) / IDENTITIES, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
+from facevoice.service.corpus import Item
 
 
 def corpus_counts(items: list[Item], split_of: dict[str, str], splits: list[str],

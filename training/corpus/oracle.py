@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from scipy.special import ndtr
 
-from facevoice.training.corpus.manifest import read_identities
+from facevoice.service.corpus import read_identities
 from facevoice.training.corpus.people import (
     ENGLISH_ACCENTS,
     FEMALE_VARIANTS,

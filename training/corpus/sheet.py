@@ -8,7 +8,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from facevoice.training.corpus.manifest import Item, read_manifest
+from facevoice.service.corpus import Item, read_manifest
 
 LABEL_W = 150
 

@@ -15,16 +15,11 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
+from facevoice.service.corpus import IDENTITIES, Item, write_csv, write_manifest
+from facevoice.service.errors import UsageError
 from facevoice.training.corpus import sheet
 from facevoice.training.corpus.faces import FaceNuisance, render_face
-from facevoice.training.corpus.manifest import (
-    IDENTITIES,
-    Item,
-    corpus_counts,
-    count_lines,
-    write_csv,
-    write_manifest,
-)
+from facevoice.training.corpus.manifest import corpus_counts, count_lines
 from facevoice.training.corpus.oracle import CONTROLS, DIRECTIONS, oracle_table
 from facevoice.training.corpus.people import Person, PopulationModel, person_row, sample_population
 from facevoice.training.corpus.splits import assign_splits, split_counts
@@ -75,13 +70,13 @@ def run(args: argparse.Namespace) -> int:
 
 def _validate(cfg: SynthConfig) -> None:
     if cfg.identities < 2:
-        raise SystemExit("--identities must be at least 2")
+        raise UsageError("--identities must be at least 2")
     if cfg.faces < 1 or cfg.clips < 1:
-        raise SystemExit("--faces and --clips must be at least 1")
+        raise UsageError("--faces and --clips must be at least 1")
     if cfg.face_size < 128:
-        raise SystemExit("--face-size must be at least 128 pixels")
+        raise UsageError("--face-size must be at least 128 pixels")
     if shutil.which(ESPEAK) is None:
-        raise SystemExit(f"{ESPEAK} not found: install it (apt-get install espeak-ng)")
+        raise UsageError(f"{ESPEAK} not found: install it (apt-get install espeak-ng)")
 
 
 def _make_person(job: tuple[Path, Person, str, SynthConfig, int]) -> list[Item]:
@@ -116,7 +111,7 @@ def build_corpus(out: Path, cfg: SynthConfig, force: bool = False, progress: boo
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         if not force:
-            raise SystemExit(f"{out} exists and is not empty (use --force to replace it)")
+            raise UsageError(f"{out} exists and is not empty (use --force to replace it)")
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()

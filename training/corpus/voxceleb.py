@@ -19,15 +19,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from facevoice.service.corpus import IDENTITIES, Item, write_csv, write_manifest
+from facevoice.service.errors import FormatError, UsageError
 from facevoice.service.media import MediaError, decode_audio, decode_image
-from facevoice.training.corpus.manifest import (
-    IDENTITIES,
-    Item,
-    corpus_counts,
-    count_lines,
-    write_csv,
-    write_manifest,
-)
+from facevoice.training.corpus.manifest import corpus_counts, count_lines
 from facevoice.training.corpus.splits import SPLITS, assign_splits
 
 KIM_TEST_IDENTITIES, VOXCELEB1_IDENTITIES = 250, 1251  # Kim et al. 2018 sec. 4.2
@@ -68,13 +63,13 @@ def read_meta(path: Path) -> list[Speaker]:
     with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.reader(f, delimiter="\t"))
     if not rows or len(rows[0]) < 4:
-        raise SystemExit(f"{path}: expected a tab-separated vox1_meta.csv with at least 4 columns")
+        raise FormatError(f"{path}: expected a tab-separated vox1_meta.csv with at least 4 columns")
     speakers = []
     for n, row in enumerate(rows[1:], start=2):
         if not any(c.strip() for c in row):
             continue
         if len(row) < 4 or row[2].strip().lower() not in GENDERS:
-            raise SystemExit(f"{path}:{n}: cannot read row {row!r}")
+            raise FormatError(f"{path}:{n}: cannot read row {row!r}")
         speakers.append(Speaker(row[0].strip(), row[1].strip(), GENDERS[row[2].strip().lower()],
                                 row[3].strip()))
     return speakers
@@ -86,7 +81,7 @@ def kim_split(ids: list[str], seed: int, n_val: int = 0) -> dict[str, str]:
     n_test = KIM_TEST_IDENTITIES if n >= VOXCELEB1_IDENTITIES else round(
         n * KIM_TEST_IDENTITIES / VOXCELEB1_IDENTITIES)
     if n_val + n_test >= n:
-        raise SystemExit(f"--val {n_val} leaves no training identities of {n}")
+        raise UsageError(f"--val {n_val} leaves no training identities of {n}")
     return assign_splits(ids, (n - n_test - n_val, n_val, n_test), seed)
 
 
@@ -105,7 +100,7 @@ def pins_split(path: Path, speakers: list[Speaker]) -> dict[str, str]:
         if not parts:
             continue
         if len(parts) != 2 or parts[1] not in PINS_SETS:
-            raise SystemExit(f"{path}:{n}: expected `name set` with set 1-4, got {line!r}")
+            raise FormatError(f"{path}:{n}: expected `name set` with set 1-4, got {line!r}")
         if parts[0] in by_key:
             out[by_key[parts[0]]] = PINS_SETS[parts[1]]
     return out

@@ -1,17 +1,16 @@
 """`facevoice export --association RUN [--s2f RUN] --out MODEL_REPO`.
 
 Writes every network as ONNX into a Triton model repository, checks each against PyTorch, and
-writes `facevoice.json`: the manifest the service reads (tensor names, media front ends, and the
-model version its indexes must match).
+writes `facevoice.json` (facevoice.service.repository): the spaces the service serves, each with
+its network, media front end and the model version its indexes must match.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import time
-from dataclasses import asdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +18,25 @@ import torch
 from torch import nn
 
 from facevoice.service.media.audio import complex_spectrogram, power_law
+from facevoice.service.media.frontends import Frontend
+from facevoice.service.repository import (
+    ASSOCIATION,
+    FACE,
+    FACE_FEATURE,
+    S2F_VOICE,
+    SPEECH2FACE,
+    VOICE,
+    Manifest,
+    ModelGroup,
+    NetworkEntry,
+    Space,
+    write_manifest,
+)
+from facevoice.training.association.checkpoints import load_run
 from facevoice.training.export.repository import VARIANTS, Network, next_version, write_network
+from facevoice.training.speech2face.checkpoints import load_s2f_run
 
-MANIFEST = "facevoice.json"
+DECODER = "face_decoder"
 
 
 class FaceFeatures(nn.Module):
@@ -45,31 +60,46 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="which variant becomes config.pbtxt (default: gpu when CUDA is here, else cpu)")
 
 
-def association_networks(run: Path, checkpoint: str) -> tuple[list[Network], dict]:
-    from facevoice.training.association.evaluate import load_run
+@dataclass(frozen=True)
+class SpaceSpec:
+    """A space an exported group serves: its name, modality, network and front end."""
 
+    name: str
+    modality: str
+    network: str
+    frontend: Frontend
+    indexed: bool
+
+
+@dataclass(frozen=True)
+class GroupSpec:
+    nets: list[Network]
+    metric: str
+    dim: int
+    spaces: list[SpaceSpec]
+    info: dict
+
+
+def association_networks(run: Path, checkpoint: str) -> GroupSpec:
     model, cfg, state = load_run(run, checkpoint, torch.device("cpu"))
     face, voice = cfg.face.frontend(), cfg.voice.frontend()
     nets = [Network("face_encoder", model.face_encoder, "image", "embedding", (3, face.size, face.size)),
             Network("voice_encoder", model.voice_encoder, "wave", "embedding", (voice.samples,))]
-    meta = {"run": str(run), "direction": state.get("direction"),
-            "dim": cfg.embedding.dim, "metric": "l2",
-            "frontends": {"face_encoder": asdict(face), "voice_encoder": asdict(voice)}}
-    return nets, meta
+    spaces = [SpaceSpec(FACE, "face", "face_encoder", face, True),
+              SpaceSpec(VOICE, "voice", "voice_encoder", voice, True)]
+    return GroupSpec(nets, "l2", cfg.embedding.dim, spaces, {"direction": state.get("direction")})
 
 
-def s2f_networks(run: Path, checkpoint: str) -> tuple[list[Network], dict]:
-    from facevoice.training.speech2face.evaluate import load_s2f_run
-
+def s2f_networks(run: Path, checkpoint: str) -> GroupSpec:
     encoder, net, decoder, cfg, _ = load_s2f_run(run, checkpoint, torch.device("cpu"))
     audio, face = cfg.voice.frontend(), cfg.face.frontend()
     nets = [Network("s2f_voice_encoder", encoder, "spectrogram", "face_feature", audio.shape,
                     probe=lambda rng, n: np.stack([spectrogram_probe(rng, audio) for _ in range(n)])),
             Network("face_features", FaceFeatures(net), "image", "face_feature", (3, face.size, face.size)),
-            Network("face_decoder", decoder, "face_feature", "image", (cfg.face.fc,))]
-    meta = {"run": str(run), "dim": cfg.face.fc, "metric": "cosine", "image_size": cfg.decoder.size,
-            "frontends": {"s2f_voice_encoder": asdict(audio), "face_features": asdict(face)}}
-    return nets, meta
+            Network(DECODER, decoder, "face_feature", "image", (cfg.face.fc,))]
+    spaces = [SpaceSpec(S2F_VOICE, "voice", "s2f_voice_encoder", audio, False),
+              SpaceSpec(FACE_FEATURE, "face", "face_features", face, True)]
+    return GroupSpec(nets, "cosine", cfg.face.fc, spaces, {"image_size": cfg.decoder.size})
 
 
 def spectrogram_probe(rng: np.random.Generator, audio) -> np.ndarray:
@@ -80,37 +110,36 @@ def spectrogram_probe(rng: np.random.Generator, audio) -> np.ndarray:
     return power_law(complex_spectrogram(x, audio), audio.power)
 
 
-def model_version(entries: list[dict]) -> str:
+def model_version(entries: list[NetworkEntry]) -> str:
     """Content hash of a model group's ONNX files: what an index built by it records."""
-    return hashlib.sha256("".join(e["sha256"] for e in entries).encode()).hexdigest()[:16]
+    return hashlib.sha256("".join(e.sha256 for e in entries).encode()).hexdigest()[:16]
 
 
 def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     torch.set_num_threads(min(torch.get_num_threads(), 2))
     default = args.default_config or ("gpu" if torch.cuda.is_available() else "cpu")
-    groups = {"association": association_networks(args.association, args.checkpoint)}
+    specs = {ASSOCIATION: association_networks(args.association, args.checkpoint)}
     if args.s2f:
-        groups["speech2face"] = s2f_networks(args.s2f, args.checkpoint)
-    names = [n.name for nets, _ in groups.values() for n in nets]
-    version = args.version or next_version(args.out, names)
-    manifest = {"format": 1, "triton_version": version, "default_config": default,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    lines = []
-    for group, (nets, meta) in groups.items():
-        entries = [write_network(args.out, n, version, default) for n in nets]
-        manifest[group] = {**meta, "version": model_version(entries), "networks": {e["model"]: e for e in entries}}
-        lines += [f"  {e['model']:<18} {e['input']}{e['input_dims']} -> {e['output']}{e['output_dims']}  "
-                  f"max |onnx - torch| {e['parity_max_abs_diff']:.1e}" for e in entries]
-    text = json.dumps(manifest, indent=2)
-    # every export's manifest stays (rollback); a directory here would be read by Triton as a model
-    (args.out / f"facevoice.v{version}.json").write_text(text)
-    tmp = args.out / f".{MANIFEST}.tmp"
-    tmp.write_text(text)
-    tmp.replace(args.out / MANIFEST)  # readers never see half a manifest
+        specs[SPEECH2FACE] = s2f_networks(args.s2f, args.checkpoint)
+    version = args.version or next_version(args.out, [n.name for spec in specs.values() for n in spec.nets])
+    runs = {ASSOCIATION: args.association, SPEECH2FACE: args.s2f}
+    groups, spaces, lines = {}, {}, []
+    for name, spec in specs.items():
+        entries = {n.name: write_network(args.out, n, version, default) for n in spec.nets}
+        group = ModelGroup(model_version(list(entries.values())), str(runs[name]), spec.metric, spec.dim, entries,
+                           spec.info)
+        groups[name] = group
+        spaces.update({s.name: Space(s.name, s.modality, name, entries[s.network], s.frontend, group.version,
+                                     spec.metric, spec.dim, s.indexed) for s in spec.spaces})
+        lines += [f"  {e.model:<18} {e.input}{list(e.input_dims)} -> {e.output}{list(e.output_dims)}  "
+                  f"max |onnx - torch| {e.parity_max_abs_diff:.1e}" for e in entries.values()]
+    manifest = Manifest(version, default, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), groups, spaces,
+                        DECODER if SPEECH2FACE in groups else None)
+    write_manifest(args.out, manifest)
     print(f"exported Triton version {version} to {args.out} in {time.perf_counter() - start:.1f} s "
           f"(config.pbtxt = {default}; others in each model's configs/)")
     print("\n".join(lines))
-    for group in groups:
-        print(f"  {group} model version {manifest[group]['version']}")
+    for name, group in groups.items():
+        print(f"  {name} model version {group.version}")
     return 0

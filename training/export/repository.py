@@ -15,6 +15,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from facevoice.service.errors import FacevoiceError
+from facevoice.service.repository import NetworkEntry
+
 TEMPLATE = Path(__file__).with_name("triton_model.py")
 MAX_BATCH = 64
 PARITY_TOLERANCE = 1e-4  # fp32 max abs difference, ONNX vs PyTorch (issue #5)
@@ -95,12 +98,12 @@ VARIANTS = {"gpu": ("onnxruntime", "KIND_GPU"), "cpu": ("onnxruntime", "KIND_CPU
             "python": ("python", "KIND_CPU")}
 
 
-def write_network(repo: Path, net: Network, version: int, default: str) -> dict:
+def write_network(repo: Path, net: Network, version: int, default: str) -> NetworkEntry:
     """Export `net` as `repo/NAME/VERSION/`; returns its manifest entry."""
     onnx_bytes, out_dims = to_onnx(net)
     diff = parity(net, onnx_bytes)
     if not diff <= PARITY_TOLERANCE:
-        raise SystemExit(f"{net.name}: onnxruntime differs from PyTorch by {diff:.2e} (> {PARITY_TOLERANCE})")
+        raise FacevoiceError(f"{net.name}: onnxruntime differs from PyTorch by {diff:.2e} (> {PARITY_TOLERANCE})")
     model_dir = repo / net.name
     version_dir = model_dir / str(version)
     if version_dir.exists():
@@ -114,9 +117,8 @@ def write_network(repo: Path, net: Network, version: int, default: str) -> dict:
         (model_dir / "configs" / f"{variant}.pbtxt").write_text(text)
         if variant == default:
             (model_dir / "config.pbtxt").write_text(text)
-    return {"model": net.name, "triton_version": version, "input": net.input, "output": net.output,
-            "input_dims": list(net.input_dims), "output_dims": list(out_dims),
-            "sha256": hashlib.sha256(onnx_bytes).hexdigest(), "parity_max_abs_diff": diff}
+    return NetworkEntry(net.name, version, net.input, net.output, tuple(net.input_dims), tuple(out_dims),
+                        hashlib.sha256(onnx_bytes).hexdigest(), diff)
 
 
 def next_version(repo: Path, names: list[str]) -> int:

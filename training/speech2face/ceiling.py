@@ -24,11 +24,12 @@ import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
+from facevoice.service.errors import CorpusError, FacevoiceError
 from facevoice.training.association.data import Modality
 from facevoice.training.corpus.oracle import corpus_people, identity_scores
 from facevoice.training.corpus.people import APPEARANCE_GROUPS, Person
+from facevoice.training.speech2face.checkpoints import load_face_net
 from facevoice.training.speech2face.data import S2FSplit, load_s2f_split
-from facevoice.training.speech2face.decoder import load_face_net
 from facevoice.training.speech2face.evaluate import retrieval, voice_parameter_readout, voice_parameters
 from facevoice.training.speech2face.features import face_features
 
@@ -89,7 +90,7 @@ def ceilings(corpus: Path, face_net: Path, cache: Path, workers: int = 2, progre
     """name -> cosine R@K on the paper's galleries (and its 95% interval at K = 10)."""
     generator = corpus_people(corpus)
     if generator is None:
-        raise SystemExit(f"{corpus}: no generator parameters (corpus.json, identities.csv): the ceilings need them")
+        raise CorpusError(f"{corpus}: no generator parameters (corpus.json, identities.csv): the ceilings need them")
     model, people = generator
     device = torch.device("cpu")
     net, cfg = load_face_net(face_net, device)
@@ -122,7 +123,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    out = ceilings(args.corpus, args.face_net, args.cache_dir, progress=not args.no_progress)
+    try:
+        out = ceilings(args.corpus, args.face_net, args.cache_dir, progress=not args.no_progress)
+    except FacevoiceError as e:  # the one place this command turns an error into an exit
+        raise SystemExit(str(e)) from e
     print(f"S2F retrieval ceilings of {args.face_net} on {args.corpus} (one photo per test person, cosine):")
     print(f"  {'query':40s} R@1   R@5   R@10  (95% interval)")
     for name, r in out.items():

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from facevoice.service.corpus import ATTRIBUTES, read_manifest
 from facevoice.service.media import FaceImage
-from facevoice.training.association.data import Modality, cache_key, decode_items
-from facevoice.training.corpus.manifest import ATTRIBUTES, read_manifest
+from facevoice.training.association.data import STORE, Modality, cache_key, decode_items
 from facevoice.training.speech2face.config import S2FConfig
 
 
@@ -33,9 +33,10 @@ class S2FSplit:
 
 
 def load_s2f_split(corpus: Path, split: str, cfg: S2FConfig, cache_dir: Path, workers: int = 2,
-                   progress: bool = True, seconds: float | None = None, modalities=("face", "voice")) -> S2FSplit:
+                   progress: bool = True, seconds: float | None = None, modalities=("face", "voice"),
+                   store=STORE) -> S2FSplit:
     """Faces (and canonical faces) at cfg.face.size, voices as `seconds` (default cfg.voice.seconds)
-    of spectrogram. `modalities` limits what is decoded."""
+    of spectrogram, as `store` (EXACT for evaluation). `modalities` limits what is decoded."""
     corpus = Path(corpus)
     items = [i for i in read_manifest(corpus) if i.split == split]
     identities = sorted({i.identity for i in items})
@@ -52,13 +53,14 @@ def load_s2f_split(corpus: Path, split: str, cfg: S2FConfig, cache_dir: Path, wo
         if not chosen:
             raise ValueError(f"{corpus}: no {modality} items in split {split!r}")
         data = decode_items(corpus, chosen, frontends[modality], Path(cache_dir),
-                            cache_key(corpus, split, modality, frontends[modality]), workers, progress)
+                            cache_key(corpus, split, modality, frontends[modality], store), workers, progress, store)
         mods[modality] = Modality(data, np.array([index[i.identity] for i in chosen]), [i.item_id for i in chosen])
     canonical = None
     chosen = [i for i in items if i.modality == "canonical_face"]
     if "face" in modalities and chosen:
         data = decode_items(corpus, chosen, frontends["face"], Path(cache_dir),
-                            cache_key(corpus, split, "canonical_face", frontends["face"]), workers, progress)
+                            cache_key(corpus, split, "canonical_face", frontends["face"], store), workers, progress,
+                            store)
         canonical = np.zeros((len(identities), *data.shape[1:]), dtype=data.dtype)
         for k, item in enumerate(chosen):
             canonical[index[item.identity]] = data[k]

@@ -17,9 +17,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from facevoice.service.errors import CorpusError
 from facevoice.training.association.augment import augment_faces
-from facevoice.training.runs import RunLog, load_checkpoint, save_checkpoint
-from facevoice.training.speech2face.config import S2FConfig, from_dict
+from facevoice.training.runs import RunLog, save_checkpoint
+from facevoice.training.speech2face.checkpoints import load_face_net
+from facevoice.training.speech2face.config import S2FConfig
 from facevoice.training.speech2face.data import S2FSplit, load_s2f_split, rows_tensor, to_normalised, to_rgb
 from facevoice.training.speech2face.features import add_common, config_with, face_features, setup, write_run_json
 from facevoice.training.speech2face.loss import normalised_l2
@@ -33,23 +35,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--face-net", type=Path, required=True, help="face_net.pt from `train face-features`")
 
 
-def load_face_net(path: Path, device: torch.device) -> tuple[FaceNet, S2FConfig]:
-    """A frozen face network in eval mode and the config it was trained with."""
-    state = load_checkpoint(path, "face network checkpoint (face_net.pt from `train face-features`)",
-                            ("model", "config", "identities"))
-    cfg = from_dict(state["config"])
-    net = FaceNet(cfg.face, len(state["identities"]))
-    net.load_state_dict(state["model"])
-    net.to(device).eval()
-    for p in net.parameters():
-        p.requires_grad_(False)
-    return net, cfg
-
-
 def canonical_targets(split: S2FSplit, rows: np.ndarray, cfg: S2FConfig) -> torch.Tensor:
     """The canonical face (RGB in [0, 1]) of each face row's identity."""
     if split.canonical is None:
-        raise SystemExit("the corpus has no canonical_face items: the decoder needs them as targets")
+        raise CorpusError("the corpus has no canonical_face items: the decoder needs them as targets")
     ids = split.face.identity[rows]
     return to_rgb(torch.from_numpy(np.asarray(split.canonical[ids], dtype=np.float32)), cfg.face.frontend())
 

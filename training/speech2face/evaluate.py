@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from facevoice.service.media import FaceImage
 from facevoice.service.media.image import normalise
+from facevoice.training.association.data import EXACT
 from facevoice.training.association.trials import matching_trials
 from facevoice.training.corpus.faces import FaceNuisance, render_face
 from facevoice.training.corpus.oracle import corpus_people, identity_scores, oracle_recall_at_k
@@ -41,13 +42,12 @@ from facevoice.training.metrics import (
     recall_from_first_hit,
     wilson_interval,
 )
-from facevoice.training.runs import load_checkpoint, pick_device
-from facevoice.training.speech2face.config import S2FConfig, from_dict
+from facevoice.training.runs import pick_device
+from facevoice.training.speech2face.checkpoints import load_s2f_run
 from facevoice.training.speech2face.data import S2FSplit, load_s2f_split, rows_tensor, to_normalised, to_rgb
-from facevoice.training.speech2face.decoder import load_face_net
 from facevoice.training.speech2face.features import face_features
-from facevoice.training.speech2face.model import FaceDecoder, FaceNet, VoiceEncoder
-from facevoice.training.speech2face.train import load_decoder, voice_features
+from facevoice.training.speech2face.model import FaceDecoder
+from facevoice.training.speech2face.train import voice_features
 
 KS = (1, 2, 5, 10)
 ATTRS = ("gender", "age_group", "appearance_group")
@@ -69,20 +69,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--cache-dir", type=Path, help="decoded arrays (default RUN/cache)")
     p.add_argument("--no-progress", action="store_true")
-
-
-def load_s2f_run(run: Path, checkpoint: str, device) -> tuple[VoiceEncoder, FaceNet, FaceDecoder, S2FConfig, dict]:
-    path = run / checkpoint
-    if not path.exists():
-        raise SystemExit(f"{path}: no checkpoint (train first, or pass --checkpoint)")
-    state = load_checkpoint(path, "Speech2Face voice encoder checkpoint (from `train s2f`)",
-                            ("model", "config", "face_net", "decoder"))
-    net, _ = load_face_net(Path(state["face_net"]), device)
-    cfg = from_dict(state["config"])
-    decoder, _ = load_decoder(Path(state["decoder"]), cfg, device)
-    encoder = VoiceEncoder(cfg.voice, cfg.face.fc)
-    encoder.load_state_dict(state["model"])
-    return encoder.to(device).eval(), net, decoder, cfg, state
 
 
 def feature_similarity(v_s: torch.Tensor, v_f: torch.Tensor, split: S2FSplit) -> dict:
@@ -338,7 +324,7 @@ def run(args: argparse.Namespace) -> int:
     steps = tqdm(total=6 + len(args.seconds), desc="evaluate s2f", disable=not progress)
 
     train = load_s2f_split(corpus, "train", cfg, cache, args.workers, progress, modalities=("face",))
-    test = {s: load_s2f_split(corpus, args.split, cfg, cache, args.workers, progress, seconds=s)
+    test = {s: load_s2f_split(corpus, args.split, cfg, cache, args.workers, progress, seconds=s, store=EXACT)
             for s in args.seconds}
     split = test[args.seconds[-1]]
     train_vf = face_features(net, train.face.data, device)

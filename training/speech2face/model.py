@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import math
-import pickle
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -129,23 +127,3 @@ class VoiceEncoder(nn.Module):
         x = x.mean(dim=2).flatten(1)  # AVGPOOL inf x 1: all time, each frequency kept
         x = self.pooled_bn(torch.relu(x))
         return self.fc2(torch.relu(self.fc1(x)))
-
-
-def count_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
-def load_facenet_weights(net: FaceNet, path: Path) -> None:
-    """A FaceNet state dict (from `train face-features` or converted VGG-Face weights: the conv
-    layers in torchvision's vgg16 order under `features_conv.`, then fc6, fc7, fc8)."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, pickle.UnpicklingError, EOFError) as e:
-        raise SystemExit(f"{path}: not a readable torch weight file ({e})") from e
-    state = state.get("model", state) if isinstance(state, dict) else state
-    if not isinstance(state, dict):
-        raise SystemExit(f"{path}: expected a state dict, got {type(state).__name__}")
-    try:
-        net.load_state_dict(state)
-    except RuntimeError as e:
-        raise SystemExit(f"{path}: does not fit this face network config ({str(e).splitlines()[0]})") from e

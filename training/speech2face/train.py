@@ -21,10 +21,10 @@ from torch import nn
 from tqdm import tqdm
 
 from facevoice.training.association.pretrain import attribute_loss, attribute_targets
-from facevoice.training.runs import RunLog, finish_distributed, load_checkpoint, read_metrics, restore, save_checkpoint
-from facevoice.training.speech2face.config import SELECT, S2FConfig, from_dict
+from facevoice.training.runs import RunLog, finish_distributed, read_metrics, restore, save_checkpoint
+from facevoice.training.speech2face.checkpoints import load_decoder, load_face_net
+from facevoice.training.speech2face.config import SELECT, S2FConfig
 from facevoice.training.speech2face.data import S2FSplit, load_s2f_split, rows_tensor
-from facevoice.training.speech2face.decoder import load_face_net
 from facevoice.training.speech2face.features import add_common, config_with, face_features, setup, write_run_json
 from facevoice.training.speech2face.loss import ranking, s2f_loss, s2f_terms
 from facevoice.training.speech2face.model import FaceDecoder, FaceNet, VoiceEncoder
@@ -38,22 +38,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--face-net", type=Path, required=True, help="face_net.pt from `train face-features`")
     p.add_argument("--decoder", type=Path, required=True, help="decoder.pt from `train face-decoder`")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
-
-
-def load_decoder(path: Path, face_cfg: S2FConfig, device: torch.device) -> tuple[FaceDecoder, S2FConfig]:
-    """A frozen face decoder in eval mode and its config; it must have been trained on a face
-    network of `face_cfg`."""
-    state = load_checkpoint(path, "face decoder checkpoint (decoder.pt from `train face-decoder`)",
-                            ("model", "config"))
-    cfg = from_dict(state["config"])
-    if cfg.face != face_cfg.face:
-        raise SystemExit(f"{path}: was trained on another face network config than --face-net")
-    decoder = FaceDecoder(cfg.decoder, cfg.face.fc)
-    decoder.load_state_dict(state["model"])
-    decoder.to(device).eval()
-    for p in decoder.parameters():
-        p.requires_grad_(False)
-    return decoder, cfg
 
 
 class PairSampler:

@@ -1,91 +1,16 @@
-"""The exported networks as the service sees them: the repository manifest (`facevoice.json`)
-and two runners for the same ONNX files, in-process onnxruntime (the embedded default) or Triton."""
+"""Two runners for the same exported ONNX files: in-process onnxruntime (the embedded default)
+or a Triton server."""
 
 from __future__ import annotations
 
-import json
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from facevoice.service.errors import DeadlineExceeded, DependencyUnavailable, Unsupported
-from facevoice.service.media import AssociationAudio, FaceImage, Speech2FaceAudio
-
-MANIFEST = "facevoice.json"
-
-
-@dataclass(frozen=True)
-class NetworkInfo:
-    model: str
-    triton_version: int
-    input: str
-    output: str
-    input_dims: tuple[int, ...]
-    output_dims: tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class ModelGroup:
-    """Networks exported together; `version` is what an index built by them records."""
-
-    version: str
-    metric: str
-    dim: int
-    networks: dict[str, NetworkInfo]
-    frontends: dict[str, dict]
-
-
-@dataclass(frozen=True)
-class Manifest:
-    repo: Path
-    triton_version: int
-    association: ModelGroup
-    speech2face: ModelGroup | None
-
-    @property
-    def face_frontend(self) -> FaceImage:
-        return _face(self.association.frontends["face_encoder"])
-
-    @property
-    def voice_frontend(self) -> AssociationAudio:
-        return AssociationAudio(**self.association.frontends["voice_encoder"])
-
-    def s2f(self) -> ModelGroup:
-        if self.speech2face is None:
-            raise Unsupported("this model repository has no Speech2Face networks (export with --s2f)")
-        return self.speech2face
-
-    @property
-    def s2f_audio(self) -> Speech2FaceAudio:
-        return Speech2FaceAudio(**self.s2f().frontends["s2f_voice_encoder"])
-
-    @property
-    def s2f_face(self) -> FaceImage:
-        return _face(self.s2f().frontends["face_features"])
-
-
-def _face(d: dict) -> FaceImage:
-    return FaceImage(size=d["size"], mean=tuple(d["mean"]), std=tuple(d["std"]), box_scale=d["box_scale"])
-
-
-def _group(d: dict) -> ModelGroup:
-    nets = {name: NetworkInfo(e["model"], e["triton_version"], e["input"], e["output"], tuple(e["input_dims"]),
-                              tuple(e["output_dims"])) for name, e in d["networks"].items()}
-    return ModelGroup(d["version"], d["metric"], d["dim"], nets, d["frontends"])
-
-
-def read_manifest(repo: Path) -> Manifest:
-    path = Path(repo) / MANIFEST
-    try:
-        d = json.loads(path.read_text())
-        return Manifest(Path(repo), d["triton_version"], _group(d["association"]),
-                        _group(d["speech2face"]) if "speech2face" in d else None)
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise SystemExit(f"{path}: not a facevoice model repository manifest ({type(e).__name__}: {e}); "
-                         "run `facevoice export` first") from e
+from facevoice.service.errors import DeadlineExceeded, DependencyUnavailable
+from facevoice.service.repository import NetworkEntry
 
 
 class EmbeddedRunner:
@@ -93,12 +18,12 @@ class EmbeddedRunner:
 
     name = "embedded"
 
-    def __init__(self, manifest: Manifest, threads: int = 1):
-        self.manifest, self.threads = manifest, threads
+    def __init__(self, repo: Path, threads: int = 1):
+        self.repo, self.threads = Path(repo), threads
         self._sessions: dict[str, object] = {}
         self._lock = threading.Lock()
 
-    def _session(self, info: NetworkInfo):
+    def _session(self, info: NetworkEntry):
         with self._lock:
             if info.model not in self._sessions:
                 import onnxruntime as ort
@@ -106,12 +31,12 @@ class EmbeddedRunner:
                 options = ort.SessionOptions()
                 options.intra_op_num_threads = self.threads  # deliberate: the service shares the cores
                 options.inter_op_num_threads = 1
-                path = self.manifest.repo / info.model / str(info.triton_version) / "model.onnx"
+                path = self.repo / info.model / str(info.triton_version) / "model.onnx"
                 self._sessions[info.model] = ort.InferenceSession(str(path), options,
                                                                   providers=["CPUExecutionProvider"])
             return self._sessions[info.model]
 
-    def infer(self, info: NetworkInfo, x: np.ndarray, deadline: float | None = None) -> np.ndarray:
+    def infer(self, info: NetworkEntry, x: np.ndarray, deadline: float | None = None) -> np.ndarray:
         return self._session(info).run([info.output], {info.input: np.ascontiguousarray(x, np.float32)})[0]
 
 
@@ -133,7 +58,7 @@ class TritonRunner:
             ("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", 1000)])
 
-    def infer(self, info: NetworkInfo, x: np.ndarray, deadline: float | None = None) -> np.ndarray:
+    def infer(self, info: NetworkEntry, x: np.ndarray, deadline: float | None = None) -> np.ndarray:
         from tritonclient.utils import InferenceServerException
 
         x = np.ascontiguousarray(x, np.float32)

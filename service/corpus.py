@@ -1,0 +1,92 @@
+"""The corpus format (DESIGN.md, Data), read and written here only: training's datasets, the
+corpus builders and the index build all use these functions.
+
+manifest.csv has one row per media item: the five base columns, then attribute columns (the
+known ones below, and any others a gallery brings). identities.csv has one row per person.
+Paths are relative to the manifest's directory."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from facevoice.service.errors import FormatError
+
+MANIFEST = "manifest.csv"
+IDENTITIES = "identities.csv"
+MODALITIES = ("face", "voice", "canonical_face")
+BASE_COLUMNS = ("item_id", "identity", "modality", "path", "split")
+ATTRIBUTES = ("gender", "age_group", "appearance_group", "first_language", "nationality")
+
+
+@dataclass
+class Item:
+    """One manifest row; `extra` holds attribute columns beyond the known ones."""
+
+    item_id: str
+    identity: str
+    modality: str
+    path: str
+    split: str
+    gender: str = ""
+    age_group: str = ""
+    appearance_group: str = ""
+    first_language: str = ""
+    nationality: str = ""
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def attributes(self) -> dict[str, str]:
+        """Every attribute the row has a value for, known ones first."""
+        known = {a: getattr(self, a) for a in ATTRIBUTES}
+        return {k: v for k, v in {**known, **self.extra}.items() if v}
+
+
+MANIFEST_COLUMNS = tuple(f.name for f in fields(Item) if f.name != "extra")
+
+
+def manifest_path(path: Path) -> Path:
+    """A corpus directory's manifest.csv, or the path itself when it names a file."""
+    path = Path(path)
+    return path / MANIFEST if path.is_dir() else path
+
+
+def write_csv(path: Path, rows: list[dict], columns: tuple[str, ...] | None = None) -> None:
+    if columns is None:
+        columns = tuple(rows[0]) if rows else ()
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=list(columns))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def write_manifest(corpus: Path, items: list[Item]) -> Path:
+    extra = tuple(dict.fromkeys(k for i in items for k in i.extra))
+    rows = [{**{c: getattr(i, c) for c in MANIFEST_COLUMNS}, **i.extra} for i in items]
+    path = Path(corpus) / MANIFEST
+    write_csv(path, rows, MANIFEST_COLUMNS + extra)
+    return path
+
+
+def read_manifest(path: Path) -> list[Item]:
+    """Every row of a manifest.csv (or of a corpus directory's); FormatError naming the file and
+    what is wrong when it is not one."""
+    path = manifest_path(path)
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            header = reader.fieldnames or ()
+            missing = [c for c in BASE_COLUMNS if c not in header]
+            if missing:
+                raise FormatError(f"{path}: not a corpus manifest (no column {', '.join(missing)}; expected "
+                                  f"{', '.join(BASE_COLUMNS)}, then attributes)")
+            others = [c for c in header if c not in MANIFEST_COLUMNS]
+            return [Item(**{c: row.get(c) or "" for c in MANIFEST_COLUMNS},
+                         extra={c: row[c] for c in others if row.get(c)}) for row in reader]
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise FormatError(f"{path}: unreadable corpus manifest ({e})") from e
+
+
+def read_identities(corpus: Path) -> list[dict[str, str]]:
+    with open(Path(corpus) / IDENTITIES, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
