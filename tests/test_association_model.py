@@ -107,8 +107,9 @@ def test_backbone_weights_load_from_torchvision_style_files(tmp_path):
     torch.save({"state_dict": sound}, tmp_path / "soundnet.pth")
     assert load_face_backbone(dst.face_encoder, tmp_path / "vgg.pth") > 0
     assert load_voice_backbone(dst.voice_encoder, tmp_path / "soundnet.pth") > 0
-    for a, b in zip(src.backbone_parameters(), dst.backbone_parameters(), strict=True):
-        assert torch.equal(a, b)
+    for modality in ("face", "voice"):
+        for a, b in zip(src.backbone_parameters(modality), dst.backbone_parameters(modality), strict=True):
+            assert torch.equal(a, b)
     with pytest.raises(ValueError, match=r"no weights for face backbone"):
         load_face_backbone(AssociationModel(PAPER).face_encoder, tmp_path / "vgg.pth")
 
@@ -125,3 +126,17 @@ def test_a_weight_file_of_the_wrong_type_is_a_clear_error(tmp_path):
     torch.save([1, 2, 3], tmp_path / "list.pt")
     with pytest.raises(ValueError, match="expected a state dict, found list"):
         load_voice_backbone(AssociationModel(load_config("small")).voice_encoder, tmp_path / "list.pt")
+
+
+def test_each_backbone_trains_at_the_rate_of_its_own_weights():
+    """Sec. 4.3 fine-tunes a loaded backbone at 1e-5; one without weights trains at the head rate."""
+    from facevoice.training.association.train import build_optimizer
+
+    small = load_config("small")
+    model = AssociationModel(small)
+    head, face, voice = build_optimizer(model, small, {"face"}).param_groups
+    assert (head["lr"], face["lr"], voice["lr"]) == (1e-3, 1e-5, 1e-3)
+    assert {id(p) for p in face["params"]} == {id(p) for p in model.face_encoder.features.parameters()}
+    assert {id(p) for p in voice["params"]} == {id(p) for p in model.voice_encoder.features.parameters()}
+    assert [g["lr"] for g in build_optimizer(model, small, set()).param_groups] == [1e-3, 1e-3, 1e-3]
+    assert [g["lr"] for g in build_optimizer(model, small, {"face", "voice"}).param_groups] == [1e-3, 1e-5, 1e-5]

@@ -199,3 +199,23 @@ def test_evaluating_a_non_s2f_checkpoint_is_a_clear_error(nets, tmp_path):
         main(["eval", "s2f", "--run", str(tmp_path), "--corpus", str(tmp_path), "--no-progress"])
     with pytest.raises(SystemExit, match="not a Speech2Face voice encoder checkpoint"):
         main(["eval", "s2f", "--run", str(out / "face"), "--checkpoint", "face_net.pt", "--no-progress"])
+
+
+def test_kims_split_without_validation_trains_every_network(tmp_path, capsys):
+    """A corpus with train and test identities only (Kim et al. sec. 4.2, VoxCeleb's default
+    ingest): every command runs its schedule; the voice encoder keeps its last model."""
+    import torch
+
+    corpus = build_toy_corpus(tmp_path / "kim", canonical=True, val=False)
+    common = ["--corpus", str(corpus), "--cache-dir", str(tmp_path / "cache"), "--threads", "2", "--workers", "1",
+              "--no-progress"]
+    short = _sets(["face.steps=20", "decoder.steps=10", "train.iterations=20", "train.select=loss"])
+    assert main(["train", "face-features", *common, "--out", str(tmp_path / "face"), *short]) == 0
+    assert "n/a (no validation split)" in capsys.readouterr().out
+    net = str(tmp_path / "face" / "face_net.pt")
+    assert main(["train", "face-decoder", *common, "--out", str(tmp_path / "decoder"), "--face-net", net, *short]) == 0
+    assert "no validation split" in capsys.readouterr().out and (tmp_path / "decoder" / "f2f_train.png").exists()
+    assert main(["train", "s2f", *common, "--out", str(tmp_path / "s2f"), "--face-net", net,
+                 "--decoder", str(tmp_path / "decoder" / "decoder.pt"), *short]) == 0
+    assert "no validation split: best.pt is the last model (step 20)" in capsys.readouterr().out
+    assert torch.load(tmp_path / "s2f" / "best.pt", map_location="cpu", weights_only=True)["step"] == 20

@@ -14,12 +14,13 @@ from facevoice.service.corpus import Item, write_manifest
 
 
 def build_toy_corpus(out: Path, identities: int = 24, faces: int = 2, clips: int = 2, seed: int = 0,
-                     canonical: bool = False) -> Path:
-    """With `canonical`, each person also gets a noiseless face (the Speech2Face decoder's target)."""
+                     canonical: bool = False, val: bool = True) -> Path:
+    """With `canonical`, each person also gets a noiseless face (the Speech2Face decoder's target);
+    without `val`, the validation identities train (Kim et al.'s split: train and test only)."""
     rng = np.random.default_rng(seed)
     items = []
     for k in range(identities):
-        split = "train" if k % 4 < 2 else "val" if k % 4 == 2 else "test"
+        split = "train" if k % 4 < 2 or (k % 4 == 2 and not val) else "val" if k % 4 == 2 else "test"
         ident = f"toy{k:03d}"
         u = k / identities  # the one shared factor
         gender = "female" if (k // 4) % 2 else "male"

@@ -99,6 +99,12 @@ def decode_items(corpus: Path, items: list[Item], frontend: Frontend, cache_dir:
     return np.load(path, mmap_mode="r")
 
 
+def has_items(corpus: Path, split: str, modalities: tuple[str, ...]) -> bool:
+    """Whether the split has items of every one of these modalities."""
+    found = {i.modality for i in read_manifest(corpus) if i.split == split}
+    return set(modalities) <= found
+
+
 def load_split(corpus: Path, split: str, cfg: AssociationConfig, cache_dir: Path, workers: int = 2,
                progress: bool = True, voice_frontend: AssociationAudio | None = None, store=STORE) -> SplitData:
     """Faces at cfg.face.size and voices of cfg.voice.cache_frontend() for one split, as `store`

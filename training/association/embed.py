@@ -17,7 +17,7 @@ def embed(model: AssociationModel, modality: str, data: np.ndarray, samples: int
     encoder.eval()
     out = []
     for start in range(0, len(data), batch):
-        chunk = np.asarray(data[start:start + batch], dtype=np.float32)
+        chunk = np.array(data[start:start + batch], dtype=np.float32)  # a copy: a float32 memmap is read-only
         if samples is not None:
             chunk = chunk[:, :samples]
         x = torch.from_numpy(chunk).to(device)

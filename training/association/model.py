@@ -97,8 +97,9 @@ class AssociationModel(nn.Module):
     def forward(self, faces: torch.Tensor, voices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.face_encoder(faces), self.voice_encoder(voices)
 
-    def backbone_parameters(self) -> list[nn.Parameter]:
-        return [*self.face_encoder.features.parameters(), *self.voice_encoder.features.parameters()]
+    def backbone_parameters(self, modality: str) -> list[nn.Parameter]:
+        encoder = self.face_encoder if modality == "face" else self.voice_encoder
+        return list(encoder.features.parameters())
 
     def head_parameters(self) -> list[nn.Parameter]:
         return [*self.face_encoder.head.parameters(), *self.voice_encoder.head.parameters()]

@@ -27,10 +27,13 @@ def training_curves(metrics_csv: Path, path: Path) -> Path:
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))
     a.plot(step, [float(r["loss"]) for r in rows])
     a.set(xlabel="iteration", ylabel="eq. (1) loss", title="training loss")
-    for key in ("val_v2f", "val_f2v"):
-        b.plot(step, [float(r[key]) for r in rows], label=key[4:].replace("2", "→").upper())
+    for key in ("val_v2f", "val_f2v"):  # empty without a validation split
+        pts = [(s, float(r[key])) for s, r in zip(step, rows, strict=True) if r[key]]
+        if pts:
+            b.plot(*zip(*pts, strict=True), label=key[4:].replace("2", "→").upper())
     b.axhline(0.5, color="grey", ls=":", label="chance")
-    b.set(xlabel="iteration", ylabel="1:2 accuracy", title="validation", ylim=(0.4, 1.0))
+    b.set(xlabel="iteration", ylabel="1:2 accuracy", ylim=(0.4, 1.0),
+          title="validation" if any(r["val_v2f"] or r["val_f2v"] for r in rows) else "no validation split")
     b.legend()
     hard = [s for s, r in zip(step, rows, strict=True) if r["hard"] == "1"]
     for ax in (a, b):

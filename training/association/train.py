@@ -20,7 +20,7 @@ from torch import nn
 from tqdm import tqdm
 
 from facevoice.training.association.config import AssociationConfig, load_config
-from facevoice.training.association.data import Batch, SplitData, TupleSampler, load_split
+from facevoice.training.association.data import Batch, SplitData, TupleSampler, has_items, load_split
 from facevoice.training.association.embed import embed
 from facevoice.training.association.loss import hardest, triplet_loss
 from facevoice.training.association.model import AssociationModel, load_face_backbone, load_voice_backbone
@@ -38,7 +38,8 @@ from facevoice.training.runs import (
 )
 
 DIRECTIONS = ("v2f", "f2v", "both")
-CSV_FIELDS = ("step", "loss", "lr_head", "lr_backbone", "triplets_per_s", "hard", "val_v2f", "val_f2v")
+CSV_FIELDS = ("step", "loss", "lr_head", "lr_face_backbone", "lr_voice_backbone", "triplets_per_s", "hard", "val_v2f",
+              "val_f2v")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -72,13 +73,15 @@ class TripletNet(nn.Module):
         return triplet_loss(e[batch.anchor], e[batch.positive], e[batch.negative])
 
 
-def build_optimizer(model: AssociationModel, cfg: AssociationConfig, pretrained: bool) -> torch.optim.Adam:
-    """Sec. 4.3: Adam(0.9, 0.999); FC layers at lr_head, the backbones at lr_backbone when they were
-    loaded from weights, at lr_backbone_scratch when trained from scratch (our deviation)."""
+def build_optimizer(model: AssociationModel, cfg: AssociationConfig, loaded: set[str]) -> torch.optim.Adam:
+    """Sec. 4.3: Adam(0.9, 0.999); FC layers at lr_head; each backbone in a group of its own, at
+    lr_backbone when its own weights were loaded (`loaded` holds "face" / "voice"), at
+    lr_backbone_scratch when it trains from scratch (our deviation; 1e-3, the head rate)."""
     t = cfg.train
     return torch.optim.Adam([
         {"params": model.head_parameters(), "lr": t.lr_head},
-        {"params": model.backbone_parameters(), "lr": t.lr_backbone if pretrained else t.lr_backbone_scratch},
+        *({"params": model.backbone_parameters(m), "lr": t.lr_backbone if m in loaded else t.lr_backbone_scratch}
+          for m in ("face", "voice")),
     ], betas=(0.9, 0.999))
 
 
@@ -123,23 +126,26 @@ def run(args: argparse.Namespace) -> int:
 
     cache = args.cache_dir or out / "cache"
     train = load_split(args.corpus, "train", cfg, cache, args.workers, progress)
-    val = load_split(args.corpus, "val", cfg, cache, args.workers, progress) if main else None
+    # Kim's own split (sec. 4.2) has no validation identities: then the whole schedule runs and
+    # the last model is kept, as sec. 4.3 describes no model selection
+    selecting = has_items(args.corpus, "val", ("face", "voice"))
+    val = load_split(args.corpus, "val", cfg, cache, args.workers, progress) if main and selecting else None
 
     model = AssociationModel(cfg)
-    pretrained = False
+    loaded = set()
     if args.face_weights:
         load_face_backbone(model.face_encoder, args.face_weights)
-        pretrained = True
+        loaded.add("face")
     if args.voice_weights:
         load_voice_backbone(model.voice_encoder, args.voice_weights)
-        pretrained = True
+        loaded.add("voice")
     model.to(device)
     if device.type == "cuda":
         model.face_encoder.to(memory_format=torch.channels_last)
     net: nn.Module = TripletNet(model)
     if world > 1:
         net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
-    optimizer = build_optimizer(model, cfg, pretrained)
+    optimizer = build_optimizer(model, cfg, loaded)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     sampler = TupleSampler(train, cfg, args.direction, seed=args.seed * 1000 + rank)
 
@@ -150,7 +156,8 @@ def run(args: argparse.Namespace) -> int:
     if main:
         (out / "run.json").write_text(json.dumps({
             "config": cfg.to_dict(), "direction": args.direction, "corpus": str(args.corpus.resolve()),
-            "seed": args.seed, "world_size": world, "device": str(device), "pretrained": pretrained,
+            "seed": args.seed, "world_size": world, "device": str(device), "pretrained": bool(loaded),
+            "pretrained_backbones": sorted(loaded), "model_selection": "validation" if selecting else "last",
             "backbones": {m: {"path": str(w), "trained_on": provenance(w)}
                           for m, w in (("face", args.face_weights), ("voice", args.voice_weights)) if w},
             "torch": torch.__version__, "train_identities": len(train.identities),
@@ -185,17 +192,23 @@ def run(args: argparse.Namespace) -> int:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             rate = window_tuples / (time.perf_counter() - window_start)
-            val_scores = validate(model, val, cfg, device)
-            score = selection_score(val_scores, args.direction)
-            if score > best:
-                best, best_step = score, step
+            if selecting:
+                val_scores = validate(model, val, cfg, device)
+                score = selection_score(val_scores, args.direction)
+                if score > best:
+                    best, best_step = score, step
+                    save_checkpoint(out / "best.pt", model=model.state_dict(), config=cfg.to_dict(),
+                                    direction=args.direction, step=step, val=val_scores)
+            elif step == t.iterations:  # no validation split: the last model is the one kept
+                best_step = step
                 save_checkpoint(out / "best.pt", model=model.state_dict(), config=cfg.to_dict(),
-                                direction=args.direction, step=step, val=val_scores)
+                                direction=args.direction, step=step, val={})
             log.write({"step": step, "loss": float(np.mean(losses)), "lr_head": optimizer.param_groups[0]["lr"],
-                       "lr_backbone": optimizer.param_groups[1]["lr"], "triplets_per_s": rate,
+                       "lr_face_backbone": optimizer.param_groups[1]["lr"],
+                       "lr_voice_backbone": optimizer.param_groups[2]["lr"], "triplets_per_s": rate,
                        "hard": int(hard), **val_scores})
-            bar.set_postfix(loss=f"{np.mean(losses):.4f}", val=f"{score:.3f}", best=f"{best:.3f}",
-                            tps=f"{rate:.0f}")
+            bar.set_postfix(loss=f"{np.mean(losses):.4f}", best=f"{best:.3f}", tps=f"{rate:.0f}", **(
+                {"val": f"{score:.3f}"} if selecting else {}))
             losses, window_tuples = [], 0
             net.train()
             window_start = time.perf_counter()
@@ -209,17 +222,20 @@ def run(args: argparse.Namespace) -> int:
         log.close()
         from facevoice.training.association.plots import training_curves
         training_curves(out / "metrics.csv", out / "training.png")
-        print(summary(out, args.direction, step, best, best_step, val_scores))
+        print(summary(out, args.direction, step, best if selecting else None, best_step, val_scores))
     if world > 1:
         finish_distributed()
     return 0
 
 
-def summary(out: Path, direction: str, step: int, best: float, best_step: int, last_val: dict) -> str:
+def summary(out: Path, direction: str, step: int, best: float | None, best_step: int, last_val: dict) -> str:
+    """`best` None: there was no validation split, and best.pt is the last model."""
     rows = read_metrics(out / "metrics.csv")
     rates = [float(r["triplets_per_s"]) for r in rows if r["triplets_per_s"]]
     return "\n".join([
         f"association model ({direction}) trained {step} iterations -> {out}",
+        f"  no validation split: the whole schedule ran and best.pt is the last model (step {best_step}; "
+        "sec. 4.3 describes no model selection)" if best is None else
         f"  best validation 1:2 accuracy {best:.3f} at step {best_step} (saved as best.pt); "
         f"last {', '.join(f'{k} {v:.3f}' for k, v in last_val.items())}",
         f"  throughput {np.median(rates):.1f} triplets/s (median of {len(rates)} windows)" if rates else "",

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from facevoice.service.errors import CorpusError
 from facevoice.training.association.augment import augment_faces
+from facevoice.training.association.data import has_items
 from facevoice.training.runs import RunLog, save_checkpoint
 from facevoice.training.speech2face.checkpoints import load_face_net
 from facevoice.training.speech2face.config import S2FConfig
@@ -69,7 +70,9 @@ def run(args: argparse.Namespace) -> int:
     progress = not args.no_progress
     d = cfg.decoder
     train = load_s2f_split(args.corpus, "train", cfg, cache, args.workers, progress, modalities=("face",))
-    val = load_s2f_split(args.corpus, "val", cfg, cache, args.workers, progress, modalities=("face",))
+    held_out = has_items(args.corpus, "val", ("face",))  # Kim et al.'s split has no validation identities
+    val = load_s2f_split(args.corpus, "val", cfg, cache, args.workers, progress, modalities=("face",)) \
+        if held_out else None
     rng = np.random.default_rng(args.seed)
     decoder = FaceDecoder(d, cfg.face.fc).to(device)
     opt = torch.optim.Adam(decoder.parameters(), d.lr)
@@ -93,8 +96,10 @@ def run(args: argparse.Namespace) -> int:
         for k, v in zip(hist, (loss, pixel, feature), strict=True):
             hist[k].append(v.item())
         if step % max(1, d.steps // 20) == 0 or step == d.steps:
-            val_l1 = validation_l1(decoder, net, val, cfg, device)
-            log.write({"step": step, **{k: float(np.mean(v)) for k, v in hist.items()}, "val_pixel_l1": val_l1})
+            if held_out:
+                val_l1 = validation_l1(decoder, net, val, cfg, device)
+            log.write({"step": step, **{k: float(np.mean(v)) for k, v in hist.items()},
+                       "val_pixel_l1": val_l1 if held_out else ""})
             bar.set_postfix(loss=f"{np.mean(hist['loss']):.3f}", val_l1=f"{val_l1:.3f}")
             hist = {k: [] for k in hist}
     log.close()
@@ -103,16 +108,18 @@ def run(args: argparse.Namespace) -> int:
     save_checkpoint(path, model=decoder.state_dict(), config=cfg.to_dict(), face_net=str(args.face_net))
     from facevoice.training.speech2face.plots import face_grid, training_curves
     training_curves(args.out / "metrics.csv", args.out / "training.png", "face decoder")
-    first = [int(np.flatnonzero(val.face.identity == i)[0]) for i in range(min(8, len(val.identities)))]
+    shown = val if held_out else train
+    first = [int(np.flatnonzero(shown.face.identity == i)[0]) for i in range(min(8, len(shown.identities)))]
     with torch.no_grad():
-        f2f = decoder(face_features(net, val.face.data[first], device).to(device)).cpu()
+        f2f = decoder(face_features(net, shown.face.data[first], device).to(device)).cpu()
     hwc = lambda t: t.permute(0, 2, 3, 1).numpy()  # noqa: E731
-    grid = face_grid({"photo": hwc(to_rgb(rows_tensor(val.face.data, first), cfg.face.frontend())),
-                      "canonical": hwc(canonical_targets(val, np.array(first), cfg)), "F2F": hwc(f2f)},
-                     args.out / "f2f_val.png")
+    grid = face_grid({"photo": hwc(to_rgb(rows_tensor(shown.face.data, first), cfg.face.frontend())),
+                      "canonical": hwc(canonical_targets(shown, np.array(first), cfg)), "F2F": hwc(f2f)},
+                     args.out / ("f2f_val.png" if held_out else "f2f_train.png"))
     print("\n".join([
         f"face decoder ({cfg.name}): {d.steps} steps in {time.perf_counter() - start:.0f} s -> {path}",
-        f"  validation pixel L1 to the canonical face {val_l1:.4f} (RGB in [0, 1])",
+        f"  validation pixel L1 to the canonical face {val_l1:.4f} (RGB in [0, 1])" if held_out else
+        "  no validation split: no held-out L1; the picture shows training identities",
         f"  look: {grid}",
         f"  next: facevoice train s2f --face-net {args.face_net} --decoder {path} ...",
     ]))

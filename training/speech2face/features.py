@@ -18,6 +18,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from facevoice.training.association.augment import augment_faces
+from facevoice.training.association.data import has_items
 from facevoice.training.association.pretrain import attribute_loss, attribute_targets
 from facevoice.training.runs import RunLog, configure_cuda, pick_device, save_checkpoint
 from facevoice.training.speech2face.config import S2FConfig, from_dict, load_config
@@ -80,10 +81,10 @@ def face_features(net: FaceNet, data: np.ndarray, device: torch.device, batch: i
     return torch.cat(out) if out else torch.zeros(0, net.fc7.out_features)
 
 
-def gender_accuracy(net: FaceNet, head: nn.Module, split: S2FSplit, device) -> float:
-    """The gender head on held-out identities: how much of gender the feature carries."""
+def gender_accuracy(net: FaceNet, head: nn.Module, split: S2FSplit, classes: list[str], device) -> float:
+    """The gender head (over the training split's `classes`) on held-out identities: how much of
+    gender the feature carries."""
     labels = np.array([a["gender"] for a in split.attributes])[split.face.identity]
-    classes = sorted(set(labels))
     with torch.no_grad():
         pred = head(face_features(net, split.face.data, device).to(device)).argmax(1).cpu().numpy()
     return float((np.array(classes)[pred] == labels).mean())
@@ -94,7 +95,9 @@ def run(args: argparse.Namespace) -> int:
     progress = not args.no_progress
     f = cfg.face
     train = load_s2f_split(args.corpus, "train", cfg, cache, args.workers, progress, modalities=("face",))
-    val = load_s2f_split(args.corpus, "val", cfg, cache, args.workers, progress, modalities=("face",))
+    # without validation identities (Kim et al.'s split) nothing is held out to report on
+    val = load_s2f_split(args.corpus, "val", cfg, cache, args.workers, progress, modalities=("face",)) \
+        if has_items(args.corpus, "val", ("face",)) else None
     rng = np.random.default_rng(args.seed)
     net = FaceNet(f, len(train.identities)).to(device)
     targets = attribute_targets(train, list(f.attributes))
@@ -119,8 +122,9 @@ def run(args: argparse.Namespace) -> int:
         losses.append(loss.item())
         correct.append((logits.argmax(1) == y).float().mean().item())
         if step % max(1, f.steps // 20) == 0 or step == f.steps:
-            if "gender" in heads:
-                val_acc = gender_accuracy(net, heads["gender"], val, device)
+            if "gender" in heads and val is not None:
+                genders = sorted({a["gender"] for a in train.attributes})
+                val_acc = gender_accuracy(net, heads["gender"], val, genders, device)
             log.write({"step": step, "loss": float(np.mean(losses)), "identity_acc": float(np.mean(correct)),
                        "val_gender_acc": "" if val_acc is None else val_acc})
             bar.set_postfix(loss=f"{np.mean(losses):.3f}", acc=f"{np.mean(correct):.2f}")
@@ -134,7 +138,8 @@ def run(args: argparse.Namespace) -> int:
         f"face feature network ({cfg.name}): {f.steps} steps in {time.perf_counter() - start:.0f} s on "
         f"{len(train.identities)} training identities -> {path}",
         "  held-out gender from the feature (gender head, val identities): "
-        + ("n/a (no gender head)" if val_acc is None else f"{100 * val_acc:.1f}%"),
+        + ("n/a (no validation split)" if val is None else "n/a (no gender head)" if val_acc is None
+           else f"{100 * val_acc:.1f}%"),
         f"  next: facevoice train face-decoder --face-net {path} ...",
     ]))
     return 0

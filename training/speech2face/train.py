@@ -20,6 +20,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
+from facevoice.training.association.data import has_items
 from facevoice.training.association.pretrain import attribute_loss, attribute_targets
 from facevoice.training.runs import RunLog, finish_distributed, read_metrics, restore, save_checkpoint
 from facevoice.training.speech2face.checkpoints import load_decoder, load_face_net
@@ -129,12 +130,14 @@ def run(args: argparse.Namespace) -> int:
 
     crop = t.crop_from if t.crop_from > cfg.voice.seconds else None  # longer training clips to crop from
     train = load_s2f_split(args.corpus, "train", cfg, cache, args.workers, progress, seconds=crop)
-    val = load_s2f_split(args.corpus, "val", cfg, cache, args.workers, progress) if main else None
+    # Kim et al.'s split has no validation identities: then best.pt is the last model
+    held_out = has_items(args.corpus, "val", ("face", "voice"))
+    val = load_s2f_split(args.corpus, "val", cfg, cache, args.workers, progress) if main and held_out else None
     train_vf = face_features(net, train.face.data, device)
     means = train.face_means(train_vf)
     if cfg.train.target == "mean":  # every photo's target becomes its person's mean feature
         train_vf = means[torch.as_tensor(train.face.identity)]
-    val_vf = face_features(net, val.face.data, device) if main else None
+    val_vf = face_features(net, val.face.data, device) if val is not None else None
 
     encoder = VoiceEncoder(cfg.voice, cfg.face.fc, train.voice.data.shape[-1]).to(device)
     model: nn.Module = encoder
@@ -148,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
     sampler = PairSampler(train, seed=args.seed * 1000 + rank)
     augment = VoiceAugment(cfg, cfg.voice.frontend().shape[1], sampler.rng)
 
-    key, sign = SELECT[t.select]  # best.pt: the highest sign * validation score
+    key, sign = SELECT[t.select if held_out else "last"]  # best.pt: the highest sign * validation score
     step, best, best_step = 0, -math.inf, 0
     last = args.out / "checkpoints" / "last.pt"
     if args.resume:
@@ -198,7 +201,8 @@ def run(args: argparse.Namespace) -> int:
             if amp:
                 torch.cuda.synchronize()
             rate = window_pairs / (time.perf_counter() - window_start)
-            val_scores = validate(encoder, val, val_vf, net, decoder, cfg, device)
+            if held_out:
+                val_scores = validate(encoder, val, val_vf, net, decoder, cfg, device)
             score = sign * {**val_scores, "step": step}[key]
             if score > best:
                 best, best_step = score, step
@@ -206,8 +210,9 @@ def run(args: argparse.Namespace) -> int:
                                 val=val_scores, face_net=str(args.face_net), decoder=str(args.decoder))
             log.write({"step": step, **{k: float(np.mean(v)) if v else 0.0 for k, v in hist.items()},
                        "lr": optimizer.param_groups[0]["lr"], "pairs_per_s": rate, **val_scores})
-            bar.set_postfix(loss=f"{np.mean(hist['loss']):.3f}", val=f"{val_scores['val_loss']:.3f}",
-                            angle=f"{val_scores['val_angle_deg']:.1f}", pps=f"{rate:.0f}")
+            bar.set_postfix(loss=f"{np.mean(hist['loss']):.3f}", pps=f"{rate:.0f}", **(
+                {"val": f"{val_scores['val_loss']:.3f}", "angle": f"{val_scores['val_angle_deg']:.1f}"}
+                if held_out else {}))
             hist = {k: [] for k in hist}
             window_pairs, window_start = 0, time.perf_counter()
         if main and (step % t.checkpoint_every == 0 or step == t.iterations):
@@ -221,18 +226,20 @@ def run(args: argparse.Namespace) -> int:
         log.close()
         from facevoice.training.speech2face.plots import training_curves
         training_curves(args.out / "metrics.csv", args.out / "training.png", "Speech2Face voice encoder")
-        print(summary(args.out, step, sign * best, best_step, val_scores, key))
+        print(summary(args.out, step, sign * best, best_step, val_scores, key, held_out))
     if world > 1:
         finish_distributed()
     return 0
 
 
-def summary(out: Path, step: int, best: float, best_step: int, last_val: dict, key: str = "val_loss") -> str:
+def summary(out: Path, step: int, best: float, best_step: int, last_val: dict, key: str = "val_loss",
+            held_out: bool = True) -> str:
     rows = read_metrics(out / "metrics.csv")
     rates = [float(r["pairs_per_s"]) for r in rows if r["pairs_per_s"]]
     return "\n".join([
         f"Speech2Face voice encoder trained {step} iterations -> {out}",
-        (f"  best.pt is the model at step {best_step} (train.select=last); last " if key == "step" else
+        (f"  no validation split: best.pt is the last model (step {best_step})" if not held_out else
+         f"  best.pt is the model at step {best_step} (train.select=last); last " if key == "step" else
          f"  best {key} {best:.4f} at step {best_step} (best.pt); last ")
         + ", ".join(f"{k} {v:.3f}" for k, v in last_val.items()),
         f"  throughput {np.median(rates):.1f} pairs/s (median of {len(rates)} windows)" if rates else "",
