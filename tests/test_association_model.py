@@ -140,3 +140,19 @@ def test_each_backbone_trains_at_the_rate_of_its_own_weights():
     assert {id(p) for p in voice["params"]} == {id(p) for p in model.voice_encoder.features.parameters()}
     assert [g["lr"] for g in build_optimizer(model, small, set()).param_groups] == [1e-3, 1e-3, 1e-3]
     assert [g["lr"] for g in build_optimizer(model, small, {"face", "voice"}).param_groups] == [1e-3, 1e-5, 1e-5]
+
+
+def test_kims_gefa_figure_sits_beside_the_largest_group_row():
+    """Kim et al. Table 3's G/E/F/A column is the single largest homogeneous group (sec. 4.4):
+    59.0 / 56.8 belong to our `largest group` row; our G/E/F/A row (any cohort) has no paper figure."""
+    from facevoice.training.association.report import matching_lines
+
+    cell = {"accuracy": 0.6, "ci95": (0.55, 0.65), "ci95_identity_bootstrap": (0.5, 0.7), "trials": 100,
+            "identities": 10}
+    m = {"matching": {d: {c: cell for c in ("-", "G", "E", "G/E", "G/E/F/A", "largest group")}
+                      for d in ("v2f", "f2v")}}
+    rows = {tuple(c.strip() for c in line.split("|")[1:3]): line.split("|")[-2].strip()
+            for line in matching_lines(m)[2:]}
+    assert rows[("V→F", "largest group")] == "59.0" and rows[("F→V", "largest group")] == "56.8"
+    assert rows[("V→F", "G/E/F/A")] == rows[("F→V", "G/E/F/A")] == "–"
+    assert rows[("V→F", "-")] == "78.2" and rows[("F→V", "G")] == "61.6"

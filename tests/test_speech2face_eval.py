@@ -299,3 +299,24 @@ def test_geometry_reads_the_generator_parameters_off_reconstructions(tmp_path):
     others = geometry(generator, s, f2f, s2f[(np.arange(80) + 2) % 80], frontend, seed=0, renders=300)
     assert others["face_width"]["r"] < 0.5
     assert geometry(None, s, f2f, s2f, frontend, seed=0) is None  # not a synthetic corpus
+
+
+def test_table3_puts_each_paper_row_beside_the_same_duration_and_distance():
+    """Oh et al. Table 3: 6 s cosine is 10.92 / 17.00 / 30.60 / 45.82; 3 s L2 is 5.86 / 10.02 /
+    18.98 / 28.92 (what the report once printed as cosine)."""
+    from facevoice.training.speech2face.report import table3_lines, table3_rows
+
+    def r(scale: float) -> dict:  # every distance `scale` times the random K / 60
+        return {m: {str(k): (1 if m == "random" else scale) * k / 60 for k in (1, 2, 5, 10)}
+                for m in ("l1", "l2", "cosine", "random")} | {"gallery": 60}
+    m = {"retrieval": r(3.0), "retrieval_by_seconds": {"3s": r(2.0), "6s": r(3.0)}}
+    rows = {(x["input"], x["metric"]): x for x in table3_rows(m)}
+    assert set(rows) == {(s, d) for s in ("3s", "6s") for d in ("l1", "l2", "cosine")}
+    assert rows[("6s", "cosine")]["paper"] == (10.92, 17.00, 30.60, 45.82)
+    assert rows[("3s", "l2")]["paper"] == (5.86, 10.02, 18.98, 28.92)
+    assert rows[("3s", "cosine")]["ours_x"] == pytest.approx([2.0] * 4)  # ours over our random K/60
+    assert rows[("6s", "cosine")]["paper_x_printed"][3] == pytest.approx(4.582)  # 45.82 / 10
+    assert rows[("6s", "cosine")]["paper_x_database"][3] == pytest.approx(229.1)  # 45.82 / 0.2
+    text = "\n".join(table3_lines(m))
+    assert ("| 6s | cosine | 5.0 / 10.0 / 25.0 / 50.0 | 3.00x / 3.00x / 3.00x / 3.00x | 10.9 / 17.0 / 30.6 / 45.8 |"
+            in text)

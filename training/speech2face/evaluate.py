@@ -343,6 +343,9 @@ def run(args: argparse.Namespace) -> int:
     generator = corpus_people(corpus)  # synthetic corpora only: the oracle and the readout
     oracle = identity_scores(generator[0], [generator[1][i] for i in split.identities], "v2f") if generator else None
     metrics["retrieval"] = retrieval(main_s, v_f, split, oracle)
+    # Table 3 has rows for 3 s and 6 s of speech: every duration's L1 / L2 / cosine recalls
+    metrics["retrieval_by_seconds"] = {f"{s:g}s": metrics["retrieval"] if s == args.seconds[-1] else
+                                       retrieval(v_s[s], v_f, split) for s in args.seconds}
     readout = voice_parameter_readout(generator[1], train, train_vf, split) if generator else None
     if generator:  # the same galleries queried by the parameter readout: keep its cosine rows
         r = retrieval(readout, v_f, split)
