@@ -46,7 +46,7 @@ def test_paper_shapes_face_224_and_ten_seconds_of_voice():
     model = AssociationModel(PAPER).eval()
     with torch.no_grad():
         feats = model.face_encoder.features(torch.zeros(1, 3, 224, 224))
-        assert feats.shape == (1, 512, 7, 7)
+        assert feats.shape == (1, 512, 14, 14)  # sec. 4.1 pools conv5_3, before the fifth max-pool
         sound = model.voice_encoder.features(torch.zeros(1, 220_500))
         # 220500 -conv1-> 110251 -pool8-> 13781 -conv2-> 6891 -pool8-> 861 -conv3-> 431 -conv4-> 216
         # -conv5-> 109 -pool4-> 27 -conv6-> 14
@@ -156,3 +156,13 @@ def test_kims_gefa_figure_sits_beside_the_largest_group_row():
     assert rows[("V→F", "largest group")] == "59.0" and rows[("F→V", "largest group")] == "56.8"
     assert rows[("V→F", "G/E/F/A")] == rows[("F→V", "G/E/F/A")] == "–"
     assert rows[("V→F", "-")] == "78.2" and rows[("F→V", "G")] == "61.6"
+
+
+def test_the_pool5_switch_pools_after_the_fifth_max_pool():
+    """face.pool=pool5 is the old deviation, a config away; both layouts load the same weights."""
+    old = load_config("paper", ["face.pool=pool5"])
+    assert AssociationModel(old).face_encoder.features(torch.zeros(1, 3, 224, 224)).shape == (1, 512, 7, 7)
+    paper, pool5 = AssociationModel(PAPER).face_encoder, AssociationModel(old).face_encoder
+    assert set(paper.features.state_dict()) == set(pool5.features.state_dict())
+    with pytest.raises(ValueError, match=r"face\.pool"):
+        load_config("paper", ["face.pool=max"])

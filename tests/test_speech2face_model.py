@@ -34,8 +34,8 @@ def test_table1_layer_shapes(seconds, times):
     cfg = load_config("small")
     enc = VoiceEncoder(cfg.voice, feature_dim=32).eval()
     shapes = []
-    for bn in enc.bns:  # BN closes each block, after the block's max-pool
-        bn.register_forward_hook(lambda m, i, o: shapes.append(tuple(o.shape[1:])))
+    for block in enc.blocks:
+        block.register_forward_hook(lambda m, i, o: shapes.append(tuple(o.shape[1:])))
     with torch.no_grad():
         out = enc(torch.randn(2, 2, _frames(seconds), 257))
     widths = cfg.voice.widths
@@ -46,11 +46,38 @@ def test_table1_layer_shapes(seconds, times):
     assert out.shape == (2, 32)
 
 
+# Oh et al. 2019 Table 1, transcribed: per conv layer (filters, stride, activation, norm, pool),
+# then the tail after conv9
+TABLE1 = [(64, 1, "RELU", "BN", None), (64, 1, "RELU", "BN", None), (128, 1, "RELU", "BN", "2x1"),
+          (128, 1, "RELU", "BN", "2x1"), (128, 1, "RELU", "BN", "2x1"), (256, 1, "RELU", "BN", "2x1"),
+          (512, 1, "RELU", "BN", None), (512, 2, "RELU", "BN", None), (512, 2, None, None, None)]
+TABLE1_TAIL = ["AVGPOOL", "RELU", "BN", "FC 4096", "RELU", "FC 4096"]
+
+
+def test_voice_encoder_layers_follow_the_transcription_of_table1():
+    """Within a block: CONV, ReLU, BN, then the max-pool where there is one; conv9 is a bare CONV."""
+    enc = VoiceEncoder(load_config("paper").voice, feature_dim=4096)
+    names = {torch.nn.ReLU: "RELU", torch.nn.BatchNorm2d: "BN", torch.nn.BatchNorm1d: "BN",
+             torch.nn.MaxPool2d: "MAXPOOL"}
+    assert len(enc.blocks) == len(TABLE1)
+    for block, (filters, stride, act, norm, pool) in zip(enc.blocks, TABLE1, strict=True):
+        conv, *rest = block
+        assert (conv.out_channels, conv.stride, conv.kernel_size) == (filters, (stride, stride), (4, 4))
+        expected = [x for x in (act, norm, pool and "MAXPOOL") if x]
+        assert [names[type(m)] for m in rest] == expected
+        if pool:
+            assert rest[-1].kernel_size == (2, 1)
+    tail = ["AVGPOOL"] + [f"FC {m.out_features}" if isinstance(m, torch.nn.Linear) else names[type(m)]
+                          for m in enc.head]
+    assert tail == TABLE1_TAIL
+
+
 def test_paper_voice_encoder_parameters_and_output():
     cfg = load_config("paper")
     enc = VoiceEncoder(cfg.voice, feature_dim=4096)
     widths = (2, 64, 64, 128, 128, 128, 256, 512, 512, 512)
-    convs = sum(cin * cout * 16 + cout + 2 * cout for cin, cout in itertools.pairwise(widths))  # weights, bias, BN
+    convs = sum(cin * cout * 16 + cout for cin, cout in itertools.pairwise(widths))  # weights, bias
+    convs += 2 * sum(widths[1:-1])  # BN scale and shift after conv1..conv8 (conv9 is a bare CONV)
     pooled = 512 * 65
     fcs = 2 * pooled + pooled * 4096 + 4096 + 4096 * 4096 + 4096  # BN after the pool, FC, FC
     assert count_parameters(enc) == convs + fcs

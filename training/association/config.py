@@ -18,6 +18,9 @@ class FaceConfig:
     convs: tuple[int, ...] = (2, 2, 3, 3, 3)
     batch_norm: bool = False
     augment: bool = False
+    # what is average-pooled globally: "conv5_3" as sec. 4.1 says (14x14 at 224 px), or "pool5",
+    # after VGG16's fifth max-pool (7x7; what this project did before, kept a switch away)
+    pool: str = "conv5_3"
 
     def frontend(self) -> FaceImage:
         return FaceImage(size=self.size)
@@ -90,6 +93,8 @@ def validate(cfg: AssociationConfig) -> None:
         raise ValueError("face.widths and face.convs must have one entry per VGG block")
     if len(cfg.voice.widths) != 6:
         raise ValueError("voice.widths must give SoundNet conv1..conv6")
+    if cfg.face.pool not in ("conv5_3", "pool5"):
+        raise ValueError("face.pool must be 'conv5_3' (sec. 4.1) or 'pool5'")
     if cfg.voice.crop not in ("first", "random"):
         raise ValueError("voice.crop must be 'first' or 'random'")
     if cfg.train.negatives not in ("any", "same-gender"):

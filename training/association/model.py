@@ -15,9 +15,11 @@ from facevoice.training.association.config import AssociationConfig, EmbeddingCo
 SOUNDNET_LAYERS = ((64, 2, 32, 8), (32, 2, 16, 8), (16, 2, 8, 0), (8, 2, 4, 0), (4, 2, 2, 4), (4, 2, 2, 0))
 
 
-def vgg_features(cfg: FaceConfig) -> nn.Sequential:
-    """VGG16 conv1_1..conv5_3 with its five max-pools, laid out as torchvision's `vgg16.features`
-    (or `vgg16_bn.features` with batch norm) so their state dicts load by index."""
+def vgg_features(cfg: FaceConfig, pool5: bool = True) -> nn.Sequential:
+    """VGG16 conv1_1..conv5_3 with its max-pools, laid out as torchvision's `vgg16.features` (or
+    `vgg16_bn.features` with batch norm) so their state dicts load by index. Without `pool5` the
+    last max-pool is left off and the output is conv5_3's (after its ReLU): what Kim et al.
+    sec. 4.1 pools."""
     layers: list[nn.Module] = []
     cin = 3
     for width, n in zip(cfg.widths, cfg.convs, strict=True):
@@ -28,7 +30,7 @@ def vgg_features(cfg: FaceConfig) -> nn.Sequential:
             layers.append(nn.ReLU(inplace=True))
             cin = width
         layers.append(nn.MaxPool2d(2, 2))
-    return nn.Sequential(*layers)
+    return nn.Sequential(*(layers if pool5 else layers[:-1]))
 
 
 class SoundNet(nn.Module):
@@ -66,10 +68,11 @@ class FaceEncoder(nn.Module):
 
     def __init__(self, cfg: FaceConfig, emb: EmbeddingConfig):
         super().__init__()
-        self.features = vgg_features(cfg)
+        self.features = vgg_features(cfg, pool5=cfg.pool == "pool5")
         self.head = projection(cfg.widths[-1], emb)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """Sec. 4.1: conv5_3 average-pooled globally (512-d), FC 128 + ReLU, FC 128."""
         return self.head(self.features(image).mean(dim=(2, 3)))
 
 

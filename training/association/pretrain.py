@@ -88,7 +88,8 @@ def classify_identities(split: SplitData, modality: str, cfg: AssociationConfig,
     `attributes`, one more softmax head per attribute, their cross-entropies added with weight 1."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    encoder = (vgg_features(cfg.face) if modality == "face" else SoundNet(cfg.voice)).to(device)
+    encoder = (vgg_features(cfg.face, pool5=cfg.face.pool == "pool5") if modality == "face"
+               else SoundNet(cfg.voice)).to(device)  # pooled as the association model pools it
     width = cfg.face.widths[-1] if modality == "face" else cfg.voice.widths[-1]
     labels = getattr(split, modality).identity
     classifier = nn.Linear(width, len(split.identities)).to(device)

@@ -81,36 +81,42 @@ def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
+class SameConv2d(nn.Conv2d):
+    """A convolution with TensorFlow's 'SAME' padding (the paper's framework)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        (kh, kw), (sh, sw) = self.kernel_size, self.stride
+        top, bottom = same_padding(x.shape[2], kh, sh)
+        left, right = same_padding(x.shape[3], kw, sw)
+        return super().forward(F.pad(x, (left, right, top, bottom)))
+
+
 class VoiceEncoder(nn.Module):
     """Table 1 of Oh et al. 2019. Input: the media pipeline's [2, T, 257] complex spectrogram
-    (T = 598 for 6 s); conv1..conv9 are 4x4 with 'SAME' padding, each CONV -> ReLU -> (MAXPOOL
-    2x1 along time after conv3..6) -> BN; conv8 and conv9 have stride 2. Then AVGPOOL over all
-    time (frequency kept), ReLU, BN, FC, ReLU, FC to the face feature. Any T >= 16 works."""
+    (T = 598 for 6 s). conv1..conv8 are blocks of CONV 4x4 ('SAME'), ReLU, BN, in the table's
+    order, with a MAXPOOL 2x1 (time only) closing the blocks of conv3..conv6; conv8 and conv9 have
+    stride 2, and conv9 is a bare CONV. Then AVGPOOL over all time (each frequency kept), ReLU,
+    BN, FC, ReLU, FC to the face feature. Any T >= 16 works."""
 
     kernel = 4
 
     def __init__(self, cfg: VoiceNetConfig, feature_dim: int, frequencies: int = 257):
         super().__init__()
-        self.convs = nn.ModuleList()
-        self.bns = nn.ModuleList()
+        self.blocks = nn.ModuleList()
         cin, freq = 2, frequencies
         for i, width in enumerate(cfg.widths, 1):
             stride = 2 if i in STRIDE2 else 1
-            self.convs.append(nn.Conv2d(cin, width, self.kernel, stride))
-            self.bns.append(nn.BatchNorm2d(width))
+            layers: list[nn.Module] = [SameConv2d(cin, width, self.kernel, stride)]
+            if i < len(cfg.widths):  # conv9: no activation, no normalisation
+                layers += [nn.ReLU(inplace=True), nn.BatchNorm2d(width)]
+            if i in POOL_AFTER:
+                layers.append(nn.MaxPool2d((2, 1), (2, 1)))
+            self.blocks.append(nn.Sequential(*layers))
             freq = math.ceil(freq / stride)
             cin = width
-        self.pooled_bn = nn.BatchNorm1d(cin * freq)
-        self.fc1 = nn.Linear(cin * freq, feature_dim)
-        self.fc2 = nn.Linear(feature_dim, feature_dim)
+        self.head = nn.Sequential(nn.ReLU(), nn.BatchNorm1d(cin * freq), nn.Linear(cin * freq, feature_dim),
+                                  nn.ReLU(inplace=True), nn.Linear(feature_dim, feature_dim))
         self.min_frames = 2 ** len(POOL_AFTER)
-
-    def _conv(self, i: int, x: torch.Tensor) -> torch.Tensor:
-        conv = self.convs[i - 1]
-        s = conv.stride[0]
-        top, bottom = same_padding(x.shape[2], self.kernel, s)
-        left, right = same_padding(x.shape[3], self.kernel, s)
-        return conv(F.pad(x, (left, right, top, bottom)))
 
     def forward(self, spec: torch.Tensor) -> torch.Tensor:
         """[B, 2, T, F] -> pseudo face feature v_s [B, feature_dim]."""
@@ -119,11 +125,6 @@ class VoiceEncoder(nn.Module):
         if spec.shape[2] < self.min_frames:
             raise ValueError(f"spectrogram has {spec.shape[2]} frames; Table 1 needs at least {self.min_frames}")
         x = spec
-        for i in range(1, len(self.convs) + 1):
-            x = torch.relu(self._conv(i, x))
-            if i in POOL_AFTER:
-                x = F.max_pool2d(x, (2, 1), (2, 1))
-            x = self.bns[i - 1](x)
-        x = x.mean(dim=2).flatten(1)  # AVGPOOL inf x 1: all time, each frequency kept
-        x = self.pooled_bn(torch.relu(x))
-        return self.fc2(torch.relu(self.fc1(x)))
+        for block in self.blocks:
+            x = block(x)
+        return self.head(x.mean(dim=2).flatten(1))  # AVGPOOL inf x 1: all time, each frequency kept
