@@ -1,9 +1,11 @@
 """The corpus format (DESIGN.md, Data), read and written here only: training's datasets, the
 corpus builders and the index build all use these functions.
 
-manifest.csv has one row per media item: the five base columns, then attribute columns (the
-known ones below, and any others a gallery brings). identities.csv has one row per person.
-Paths are relative to the manifest's directory."""
+manifest.csv has one row per media item: the five base columns, the optional `video` (the
+recording an item was cut from, so training can pair a clip with a face of another video) and
+`box` (a face box "x y width height" in pixels, which training and serving both crop by), then
+attribute columns (the known ones below, and any others a gallery brings). identities.csv has
+one row per person. Paths are relative to the manifest's directory."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from facevoice.service.errors import FormatError
+from facevoice.service.media.image import Box
 
 MANIFEST = "manifest.csv"
 IDENTITIES = "identities.csv"
@@ -34,7 +37,19 @@ class Item:
     appearance_group: str = ""
     first_language: str = ""
     nationality: str = ""
+    video: str = ""
+    box: str = ""
     extra: dict[str, str] = field(default_factory=dict)
+
+    def face_box(self) -> Box | None:
+        """The `box` column as (x, y, width, height), or None; FormatError if it is not four numbers."""
+        if not self.box:
+            return None
+        try:
+            x, y, w, h = (float(v) for v in self.box.split())
+        except ValueError as e:
+            raise FormatError(f"item {self.item_id}: box {self.box!r} is not 'x y width height'") from e
+        return (x, y, w, h)
 
     def attributes(self) -> dict[str, str]:
         """Every attribute the row has a value for, known ones first."""

@@ -166,3 +166,62 @@ def test_the_pool5_switch_pools_after_the_fifth_max_pool():
     assert set(paper.features.state_dict()) == set(pool5.features.state_dict())
     with pytest.raises(ValueError, match=r"face\.pool"):
         load_config("paper", ["face.pool=max"])
+
+
+def test_table6_sets_hold_the_same_number_of_samples_per_identity():
+    """Kim sec. 4.5: "the number of samples per identity was kept the same". Identity 0 has 6
+    pairs and the others 2: before, a set of 20 took whatever the shuffle gave it."""
+    import numpy as np
+
+    from facevoice.training.association.data import Modality, SplitData
+    from facevoice.training.association.protocol import Embeddings, retrieval, retrieval_sets, set_size
+
+    ident = np.array([0] * 6 + [i for i in range(1, 10) for _ in range(2)])
+    mod = lambda: Modality(np.zeros((len(ident), 1)), ident.copy(), [str(k) for k in range(len(ident))])  # noqa: E731
+    split = SplitData([f"p{i}" for i in range(10)], [{} for _ in range(10)], mod(), mod())
+    assert set_size(20, 10, 2) == 20 and set_size(15, 10, 2) == 10 and set_size(6, 10, 2) == 6
+    assert set_size(5000, 10, 2) == 20
+    rng = np.random.default_rng(0)
+    for size, expected_sets in ((20, 1), (10, 2), (5, 4)):
+        sets = retrieval_sets(split, size, rng)
+        assert len(sets) == expected_sets, size
+        for s in sets:
+            counts = np.bincount(split.voice.identity[s[:, 0]], minlength=10)
+            assert len(s) == size and len(set(counts[counts > 0])) == 1  # equal samples per identity
+            assert (split.voice.identity[s[:, 0]] == split.face.identity[s[:, 1]]).all()
+        used = np.concatenate(sets)
+        assert len({tuple(p) for p in used}) == len(used)  # disjoint
+    emb = Embeddings(face=np.eye(10)[ident] * 5, voice=np.eye(10)[ident] * 5)
+    r = retrieval(emb, split, seed=0, sizes=(20, 10), ks=(1,))
+    assert r["sizes"] == [10, 20] and r["v2f"][20][1] == 1.0
+    assert r["random"][10][1] == pytest.approx(1 / 10) and r["random"][20][1] == pytest.approx(2 / 20)
+
+
+def test_tuples_anchor_on_a_random_clip_and_pair_it_with_a_face_of_another_video():
+    """Sec. 4.3: a random voice (so a person with nine clips anchors nine times as often as one
+    with one), a face of the same identity from a different video where there is one."""
+    import numpy as np
+
+    from facevoice.training.association.data import Modality, SplitData, TupleSampler
+
+    small = load_config("small", ["voice.seconds=0.01"])
+    voice_id = np.array([0] * 9 + [1])
+    voice_video = np.array(["a"] * 5 + ["b"] * 4 + ["c"])
+    face_id = np.array([0, 0, 1])
+    face_video = np.array(["a", "b", "c"])
+    voices = Modality(np.zeros((10, 400), np.float16), voice_id, [f"v{k}" for k in range(10)], voice_video)
+    faces = Modality(np.zeros((3, 3, 64, 64), np.float16), face_id, ["f0", "f1", "f2"], face_video)
+    split = SplitData(["p0", "p1"], [{}, {}], faces, voices)
+    sampler = TupleSampler(split, small, "v2f", seed=0)
+    anchors, positives = [], []
+    for _ in range(400):
+        a = int(sampler.rng.choice(sampler.anchors["voice"]))
+        anchors.append(a)
+        positives.append(sampler._positive("voice", a, "face", int(voice_id[a])))
+    anchors, positives = np.array(anchors), np.array(positives)
+    assert 0.85 < (voice_id[anchors] == 0).mean() < 0.95  # 9 of 10 clips are person 0's
+    zero = voice_id[anchors] == 0
+    assert (face_video[positives[zero]] != voice_video[anchors[zero]]).all()  # always the other video
+    assert (positives[~zero] == 2).all()  # person 1 has one face: from the same video, the only one
+    batch = sampler.draw(8)
+    assert batch.faces.shape[0] == 16 and batch.voices.shape[0] == 8

@@ -32,6 +32,7 @@ class Modality:
     data: np.ndarray
     identity: np.ndarray
     item_ids: list[str]
+    video: np.ndarray | None = None  # each item's source recording ("" unknown), from the manifest
 
 
 @dataclass
@@ -125,7 +126,7 @@ def load_split(corpus: Path, split: str, cfg: AssociationConfig, cache_dir: Path
         data = decode_items(corpus, chosen, frontend, Path(cache_dir),
                             cache_key(corpus, split, modality, frontend, store), workers, progress, store)
         mods[modality] = Modality(data, np.array([index[i.identity] for i in chosen]),
-                                  [i.item_id for i in chosen])
+                                  [i.item_id for i in chosen], np.array([i.video for i in chosen]))
     return SplitData(identities, attributes, mods["face"], mods["voice"])
 
 
@@ -153,8 +154,11 @@ class Batch:
 
 
 class TupleSampler:
-    """Sec. 4.3: a random anchor of the reference modality, a random item of the other modality
-    of the same identity, and one of a different identity (optionally of the same gender)."""
+    """Sec. 4.3: "for a random voice, a random but distinct face of the same identity and a random
+    face of a different identity": a random item of the reference modality (an item, so a person
+    with more clips anchors more tuples), a random item of the other modality of the same
+    identity, from another video than the anchor's where the manifest records videos and the
+    person has one, and an item of a different identity (optionally of the same gender)."""
 
     def __init__(self, split: SplitData, cfg: AssociationConfig, direction: str, seed: int):
         self.split, self.cfg, self.direction = split, cfg, direction
@@ -166,6 +170,7 @@ class TupleSampler:
         if len(usable) < 2:
             raise ValueError("training needs at least two identities with both a face and a voice")
         self.usable = np.array(usable)
+        self.anchors = {m: np.concatenate([self.by_identity[m][i] for i in usable]) for m in ("face", "voice")}
         key = "gender" if cfg.train.negatives == "same-gender" else None
         self.peers = {}
         for i in usable:
@@ -177,17 +182,30 @@ class TupleSampler:
     def _item(self, modality: str, identity: int) -> int:
         return int(self.rng.choice(self.by_identity[modality][identity]))
 
+    def _positive(self, ref: str, anchor: int, other: str, identity: int) -> int:
+        """An item of `other` of the anchor's identity, from another video where there is one."""
+        rows = self.by_identity[other][identity]
+        video = getattr(self.split, ref).video
+        theirs = getattr(self.split, other).video
+        if video is not None and theirs is not None and video[anchor]:
+            elsewhere = rows[theirs[rows] != video[anchor]]
+            if len(elsewhere):
+                rows = elsewhere
+        return int(self.rng.choice(rows))
+
     def draw(self, n: int) -> Batch:
         faces, voices, slots, voice_anchor = [], [], [], []
         for _ in range(n):
             v2f = self.direction == "v2f" or (self.direction == "both" and self.rng.random() < 0.5)
             ref, other = ("voice", "face") if v2f else ("face", "voice")
-            ident = int(self.rng.choice(self.usable))
+            anchor = int(self.rng.choice(self.anchors[ref]))
+            ident = int(getattr(self.split, ref).identity[anchor])
             impostor = int(self.rng.choice(self.peers[ident]))
-            for modality, identity in ((ref, ident), (other, ident), (other, impostor)):
+            rows = (anchor, self._positive(ref, anchor, other, ident), self._item(other, impostor))
+            for modality, row in zip((ref, other, other), rows, strict=True):
                 bucket = voices if modality == "voice" else faces
                 slots.append((modality == "voice", len(bucket)))
-                bucket.append(self._item(modality, identity))
+                bucket.append(row)
             voice_anchor.append(v2f)
         # voice representations follow the face ones in cat([faces, voices])
         rows = torch.tensor([k + len(faces) * is_voice for is_voice, k in slots]).view(n, 3)

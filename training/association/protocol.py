@@ -89,29 +89,59 @@ def verification(emb: Embeddings, split: SplitData) -> dict:
             "roc": {"fpr": fpr[keep].tolist(), "tpr": tpr[keep].tolist()}}
 
 
-def _pairs(split: SplitData, rng: np.random.Generator) -> np.ndarray:
-    """(voice row, face row) pairs, each identity contributing as many pairs as it has of both."""
-    pairs = []
+def _pairs_by_identity(split: SplitData, rng: np.random.Generator) -> list[np.ndarray]:
+    """Per identity, its (voice row, face row) pairs in random order: as many as it has of both."""
+    out = []
     for i in range(len(split.identities)):
         v = rng.permutation(np.flatnonzero(split.voice.identity == i))
         f = rng.permutation(np.flatnonzero(split.face.identity == i))
-        pairs += list(zip(v, f, strict=False))
-    return rng.permutation(np.array(pairs, dtype=int).reshape(-1, 2))
+        out.append(np.array(list(zip(v, f, strict=False)), dtype=int).reshape(-1, 2))
+    return out
+
+
+def set_size(requested: int, identities: int, fewest: int) -> int:
+    """The size of the set Table 6 can build for a requested size: the same number of samples from
+    each identity (fewest = the fewest pairs any identity has), so a multiple of `identities`, or
+    fewer identities than there are, one sample each."""
+    if requested < identities:
+        return requested
+    return identities * min(fewest, requested // identities)
+
+
+def retrieval_sets(split: SplitData, size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Table 6's sets: disjoint sets of `size` pairs with the same number of samples per identity
+    ("the number of samples per identity was kept the same", sec. 4.5). With at least as many
+    pairs as identities a set takes size // identities pairs from every identity that has them;
+    with fewer, one pair each from `size` random identities. A set never reuses a pair."""
+    by_id = [p for p in _pairs_by_identity(split, rng) if len(p)]
+    if size < len(by_id):  # one sample each from `size` identities, as many sets as that allows
+        rounds = min(len(p) for p in by_id)
+        sets = []
+        for r in range(rounds):
+            order = rng.permutation(len(by_id))
+            sets += [np.stack([by_id[i][r] for i in order[k:k + size]])
+                     for k in range(0, len(order) - size + 1, size)]
+        return sets
+    per = size // len(by_id)
+    rounds = min(len(p) for p in by_id) // per
+    return [rng.permutation(np.concatenate([p[r * per:(r + 1) * per] for p in by_id])) for r in range(rounds)]
 
 
 def retrieval(emb: Embeddings, split: SplitData, seed: int, sizes=SET_SIZES, ks=RECALL_KS,
               oracle: dict[str, np.ndarray] | None = None) -> dict:
-    """Table 6: the test pairs split into disjoint sets of each size (all pairs when fewer); in a set
-    each voice queries the set's faces (V->F) and back; recall@K and mAP averaged over sets.
+    """Table 6: the test pairs split into disjoint sets of each size (all pairs when fewer), each
+    with the same number of samples per identity (`retrieval_sets`); in a set each voice queries
+    the set's faces (V->F) and back, and random is that set's own expected recall; recall@K and mAP averaged over sets.
     `oracle` = {"v2f": scores, "f2v": scores} (`identity_scores` over split.identities) adds the
     generator's Bayes-optimal ranking on the same sets (`oracle_v2f`, `oracle_f2v`): the ceiling."""
-    pairs = _pairs(split, np.random.default_rng(seed))
-    usable = sorted({min(s, len(pairs)) for s in sizes})
+    rng = np.random.default_rng(seed)
+    counts = [len(p) for p in _pairs_by_identity(split, np.random.default_rng(seed)) if len(p)]
+    usable = sorted({set_size(s, len(counts), min(counts)) for s in sizes})
     directions = ("v2f", "f2v", "random") + (("oracle_v2f", "oracle_f2v") if oracle else ())
     out = {"sizes": usable, "sets": {}, **{d: {} for d in directions}, "map": {"v2f": {}, "f2v": {}},
            "random_map": {}}
     for size in usable:
-        sets = [pairs[k:k + size] for k in range(0, len(pairs) - size + 1, size)]
+        sets = retrieval_sets(split, size, rng)
         acc = {**{d: [] for d in directions}, "map_v2f": [], "map_f2v": [], "random_map": []}
         for s in sets:
             vid, fid = split.voice.identity[s[:, 0]], split.face.identity[s[:, 1]]

@@ -54,7 +54,8 @@ def load_s2f_split(corpus: Path, split: str, cfg: S2FConfig, cache_dir: Path, wo
             raise ValueError(f"{corpus}: no {modality} items in split {split!r}")
         data = decode_items(corpus, chosen, frontends[modality], Path(cache_dir),
                             cache_key(corpus, split, modality, frontends[modality], store), workers, progress, store)
-        mods[modality] = Modality(data, np.array([index[i.identity] for i in chosen]), [i.item_id for i in chosen])
+        mods[modality] = Modality(data, np.array([index[i.identity] for i in chosen]), [i.item_id for i in chosen],
+                                  np.array([i.video for i in chosen]))
     canonical = None
     chosen = [i for i in items if i.modality == "canonical_face"]
     if "face" in modalities and chosen:

@@ -42,8 +42,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 class PairSampler:
-    """Random (voice clip, face of the same person) pairs: the paper pairs a clip with a frame of
-    its own video; a corpus pairs a clip with any photo of the speaker."""
+    """Random (voice clip, face of the same person) pairs. The paper pairs a clip with a frame of
+    its own video (sec. 3): where the manifest records videos, a face of the clip's video is
+    drawn when the person has one; otherwise any photo of the speaker."""
 
     def __init__(self, split: S2FSplit, seed: int):
         self.split = split
@@ -52,8 +53,17 @@ class PairSampler:
 
     def draw(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         voices = self.rng.integers(len(self.split.voice.identity), size=n)
-        faces = np.array([self.rng.choice(self.faces_of[i]) for i in self.split.voice.identity[voices]])
+        faces = np.array([self._face(int(v)) for v in voices])
         return voices, faces
+
+    def _face(self, clip: int) -> int:
+        rows = self.faces_of[self.split.voice.identity[clip]]
+        clips, photos = self.split.voice.video, self.split.face.video
+        if clips is not None and photos is not None and clips[clip]:
+            same = rows[photos[rows] == clips[clip]]
+            if len(same):
+                rows = same
+        return int(self.rng.choice(rows))
 
 
 class VoiceAugment:
