@@ -25,6 +25,7 @@ from facevoice.service.corpus import manifest_path, read_manifest
 from facevoice.service.embedder import Embedder
 from facevoice.service.gallery import Item, normalise, plan_and_build
 from facevoice.service.media import MediaError
+from facevoice.service.media.image import Box
 from facevoice.service.repository import read_manifest as read_repository
 from facevoice.service.runners import EmbeddedRunner, TritonRunner
 from facevoice.service.versions import publish, write_version
@@ -53,6 +54,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 class Row:
     item: Item
     path: Path
+    box: Box | None = None  # the manifest's face box: the index is built from the crop training saw
 
 
 def gallery_rows(manifest: Path, splits: list[str] | None) -> dict[str, list[Row]]:
@@ -62,7 +64,7 @@ def gallery_rows(manifest: Path, splits: list[str] | None) -> dict[str, list[Row
     for r in read_manifest(manifest):
         if not splits or r.split in splits:
             rows.setdefault(r.modality, []).append(Row(Item(r.item_id, r.identity, r.attributes()),
-                                                       manifest.parent / r.path))
+                                                       manifest.parent / r.path, r.face_box()))
     return rows
 
 
@@ -80,7 +82,7 @@ def embed_batches(rows: list[Row], emb: Embedder, spaces: list[str], work: Path,
         for i in range(start, min(start + batch, len(rows))):
             try:
                 data = rows[i].path.read_bytes()
-                decoded = {name: emb.decode(name, data) for name in spaces}
+                decoded = {name: emb.decode(name, data, rows[i].box) for name in spaces}
             except (MediaError, OSError) as e:
                 bad.append((rows[i].item.item_id, f"{type(e).__name__}: {e}"))
                 continue

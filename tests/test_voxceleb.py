@@ -139,3 +139,55 @@ def test_parser_has_the_issue_flags():
     argv = ["corpus", "voxceleb", "--wav-root", "a", "--faces-root", "b", "--meta", "m", "--out", "o"]
     args = build_parser(argv).parse_args(argv)
     assert (args.frames, args.seed, args.val, args.pins_splits) == ("first", 0, 0, None)
+
+
+def _tracks(tmp_path, first_frames: dict[str, int]) -> object:
+    """VoxCeleb1 txt files for id10001's clips of video 1zcIwhmdeo4, boxes in pixels."""
+    txt = tmp_path / "txt_root"
+    d = txt / "txt" / "id10001" / "1zcIwhmdeo4"
+    d.mkdir(parents=True)
+    for clip, frame in first_frames.items():
+        (d / f"{clip}.txt").write_text("Identity  : \tid10001\nReference : \t1zcIwhmdeo4\nOffset    : \t1\n\n"
+                                       f"FRAME \tX \tY \tW \tH \n{frame:06d} \t10 \t12 \t30 \t28 \n"
+                                       f"{frame + 1:06d} \t11 \t12 \t30 \t28 \n")
+    return txt
+
+
+def test_first_frame_of_each_clip_with_its_box(tree):
+    """Kim sec. 4.2: the first frame of each clip, its box enlarged 1.5x; the box reaches the
+    manifest, so training and serving crop the same face."""
+    import numpy as np
+
+    from facevoice.service.media import FaceImage, face_input
+    from facevoice.training.association.data import EXACT, decode_items
+
+    tmp_path, wav, faces, meta = tree
+    gradient = np.add.outer(np.arange(64), np.arange(64)).astype(np.uint8)[..., None].repeat(3, axis=2) * 2
+    for frame in ("0000375", "0000400"):  # a picture whose crop differs from its centre square
+        Image.fromarray(gradient).save(faces / "unzippedFaces/A.J._Buckley/1.6/1zcIwhmdeo4" / f"{frame}.jpg")
+    txt = _tracks(tmp_path, {"00001": 375, "00002": 390})  # clip 2 starts between the two frames
+    voxceleb.run(_args(tmp_path, wav, faces, meta, "--txt-root", str(txt), "--box-frames", "--seed", "1"))
+    out = tmp_path / "corpus"
+    items = read_manifest(out)
+    clips = sorted((i for i in items if i.identity == "id10001" and i.modality == "face" and i.video == "1zcIwhmdeo4"),
+                   key=lambda i: i.item_id)
+    assert [i.item_id for i in clips] == ["id10001-face-1zcIwhmdeo4-00001", "id10001-face-1zcIwhmdeo4-00002"]
+    assert [i.path.rsplit("/", 1)[1] for i in clips] == ["0000375.jpg", "0000400.jpg"]
+    assert all(i.box == "10 12 30 28" and i.face_box() == (10.0, 12.0, 30.0, 28.0) for i in clips)
+    other = next(i for i in items if i.identity == "id10001" and i.modality == "face" and i.video == "7w0IBEWc9Qw")
+    assert other.box == "" and other.path.endswith("0000375.jpg")  # no txt: the video's first frame
+    assert {i.video for i in items if i.identity == "id10001" and i.modality == "voice"} == {"1zcIwhmdeo4",
+                                                                                              "7w0IBEWc9Qw"}
+    trained = decode_items(out, clips, FaceImage(), tmp_path / "cache", "k", workers=1, progress=False, store=EXACT)
+    served = np.stack([face_input((out / i.path).read_bytes(), FaceImage(), i.face_box()) for i in clips])
+    assert np.array_equal(trained, served)
+    assert not np.array_equal(served[0], face_input((out / clips[0].path).read_bytes(), FaceImage()))
+    summary = json.loads((out / "corpus.json").read_text())
+    assert summary["frames"] == "first of each clip" and summary["boxes"].startswith("each clip's first box")
+
+
+def test_a_track_file_without_rows_is_a_clear_error(tmp_path):
+    bad = tmp_path / "00001.txt"
+    bad.write_text("Identity  : \tid10001\n\nFRAME \tX \tY \tW \tH \n")
+    with pytest.raises(FormatError, match="FRAME X Y W H"):
+        voxceleb.read_track(bad)

@@ -67,7 +67,8 @@ def _decode(item: Item) -> np.ndarray:
     """One item through the service's own media front end (model_input), stored as `store`."""
     corpus, frontend, store = _WORKER
     try:
-        return model_input((corpus / item.path).read_bytes(), frontend).astype(store)
+        # the manifest's face box, cropped as the index build and the service crop it
+        return model_input((corpus / item.path).read_bytes(), frontend, item.face_box()).astype(store)
     except MediaError as e:
         raise MediaError(f"{item.item_id} ({item.path}): {e}") from e
 

@@ -54,7 +54,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="CSV of per-identity demographics (identity or name column, and any of "
                         + ", ".join(ANNOTATED) + ")")
     p.add_argument("--frames", choices=("first", "all"), default="first",
-                   help="face frames per video: the first (Kim 4.2) or all")
+                   help="face frames: the first of each clip (Kim 4.2; of each video without --txt-root) or all")
+    p.add_argument("--txt-root", type=Path,
+                   help="folder holding txt/<id>/<ytid>/<clip>.txt, VoxCeleb1's per-clip face tracks (FRAME X Y W H)")
+    p.add_argument("--box-frames", action="store_true",
+                   help="the face images are whole video frames: record each clip's first box (the media "
+                        "pipeline enlarges it 1.5x, Kim 4.2); without it they are VGGFace1's crops, no box")
     p.add_argument("--workers", type=int, default=2)
 
 
@@ -129,22 +134,77 @@ def _probe(job: tuple[str, Path]) -> str | None:
     return None
 
 
-def _candidates(speakers: list[Speaker], wav_root: Path, faces_root: Path, frames: str):
-    """(speaker, modality, absolute path, path inside the corpus) for every media file found,
-    plus (speaker, what, why) for speakers with nothing on disk."""
+@dataclass
+class Track:
+    """A clip's face track from its VoxCeleb1 txt file: the first frame and its box."""
+
+    frame: int
+    box: tuple[float, float, float, float]
+
+
+def read_track(path: Path) -> Track:
+    """The first `FRAME X Y W H` row after the header of a VoxCeleb1 clip txt file."""
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    header = next((n for n, line in enumerate(lines) if line.split()[:1] == ["FRAME"]), None)
+    rows = [line.split() for line in lines[header + 1:] if line.strip()] if header is not None else []
+    try:
+        frame, *box = rows[0][:5]
+        x, y, w, h = (float(v) for v in box)
+        return Track(int(frame), (x, y, w, h))
+    except (IndexError, ValueError) as e:
+        raise FormatError(f"{path}: expected a FRAME X Y W H table with at least one row") from e
+
+
+def pixel_box(image: Path, box: tuple[float, float, float, float]) -> tuple[float, ...]:
+    """A track box in pixels: VoxCeleb1 writes pixels, VoxCeleb2 fractions of the frame (all <= 1)."""
+    if max(box) > 1.0:
+        return box
+    from PIL import Image
+
+    with Image.open(image) as img:
+        w, h = img.size
+    return (box[0] * w, box[1] * h, box[2] * w, box[3] * h)
+
+
+def _first_frame_of_clip(frames: list[Path], track: Track) -> Path:
+    """The video's face image at the clip's first frame, else the first one after it (else the last)."""
+    after = [f for f in frames if f.stem.isdigit() and int(f.stem) >= track.frame]
+    return after[0] if after else frames[-1]
+
+
+def _faces(s: Speaker, faces_root: Path, txt_root: Path | None, frames: str):
+    """(path, clip, box) for the speaker's face items: per clip (its first frame) with --txt-root,
+    else per video, or every frame."""
+    out = []
+    for video in sorted(p for p in (faces_root / "unzippedFaces" / s.name / "1.6").glob("*") if p.is_dir()):
+        jpgs = sorted(video.glob("*.jpg"))
+        tracks = sorted((txt_root / "txt" / s.vox_id / video.name).glob("*.txt")) if txt_root else []
+        if not jpgs:
+            continue
+        if frames == "all":
+            out += [(f, "", None) for f in jpgs]
+        elif tracks:
+            for t in tracks:
+                track = read_track(t)
+                out.append((_first_frame_of_clip(jpgs, track), t.stem, track.box))
+        else:
+            out.append((jpgs[0], "", None))
+    return out
+
+
+def _candidates(speakers: list[Speaker], wav_root: Path, faces_root: Path, frames: str, txt_root: Path | None):
+    """(speaker, modality, absolute path, path inside the corpus, clip, box) for every media item
+    found, plus (speaker, what, why) for speakers with nothing on disk."""
     found, missing = [], []
     for s in speakers:
         wavs = sorted((wav_root / "wav" / s.vox_id).glob("*/*.wav"))
-        videos = sorted(p for p in (faces_root / "unzippedFaces" / s.name / "1.6").glob("*")
-                        if p.is_dir())
-        faces = [f for v in videos for f in (sorted(v.glob("*.jpg"))[:1] if frames == "first"
-                                             else sorted(v.glob("*.jpg")))]
+        faces = _faces(s, faces_root, txt_root, frames)
         if not wavs:
             missing.append((s, "voice", f"no wav/{s.vox_id}/*/*.wav"))
         if not faces:
             missing.append((s, "face", f"no unzippedFaces/{s.name}/1.6/*/*.jpg"))
-        found += [(s, "voice", w, w.relative_to(wav_root).as_posix()) for w in wavs]
-        found += [(s, "face", f, f.relative_to(faces_root).as_posix()) for f in faces]
+        found += [(s, "voice", w, w.relative_to(wav_root).as_posix(), w.stem, None) for w in wavs]
+        found += [(s, "face", f, f.relative_to(faces_root).as_posix(), clip, box) for f, clip, box in faces]
     return found, missing
 
 
@@ -162,8 +222,8 @@ def run(args: argparse.Namespace) -> int:
         ids, args.seed, args.val)
     notes = read_annotations(args.annotations, speakers) if args.annotations else {}
     speakers = [s for s in speakers if s.vox_id in split_of]
-    found, missing = _candidates(speakers, args.wav_root, args.faces_root, args.frames)
-    jobs = [(modality, path) for _, modality, path, _ in found]
+    found, missing = _candidates(speakers, args.wav_root, args.faces_root, args.frames, args.txt_root)
+    jobs = [(modality, path) for _, modality, path, *_ in found]
     with mp.get_context("fork").Pool(max(1, args.workers)) as pool:
         verdicts = list(tqdm(pool.imap(_probe, jobs, chunksize=16), total=len(jobs),
                              desc="checking media", unit="file"))
@@ -172,14 +232,15 @@ def run(args: argparse.Namespace) -> int:
     _link(args.out, "unzippedFaces", args.faces_root)
     items, skipped = [], [{"identity": s.vox_id, "path": what, "reason": why}
                           for s, what, why in missing]
-    for (s, modality, _, rel), why in zip(found, verdicts, strict=True):
+    for (s, modality, path, rel, clip, box), why in zip(found, verdicts, strict=True):
         if why:
             skipped.append({"identity": s.vox_id, "path": rel, "reason": why})
             continue
         video, stem = Path(rel).parts[-2], Path(rel).stem
-        item_id = f"{s.vox_id}-{modality}-{video}-{stem}"
+        item_id = f"{s.vox_id}-{modality}-{video}-{clip or stem}"
+        box_text = " ".join(f"{v:g}" for v in pixel_box(path, box)) if box and args.box_frames else ""
         items.append(Item(item_id, s.vox_id, modality, rel, split_of[s.vox_id], gender=s.gender,
-                          nationality=s.nationality, **notes.get(s.vox_id, {})))
+                          nationality=s.nationality, video=video, box=box_text, **notes.get(s.vox_id, {})))
     write_manifest(args.out, items)
     write_csv(args.out / IDENTITIES, [
         {"identity": s.vox_id, "name": s.name, "gender": s.gender, "nationality": s.nationality,
@@ -197,7 +258,8 @@ def _summary(args, speakers, split_of, items, skipped) -> dict:
     return {
         "format_version": 1, "generator": "facevoice corpus voxceleb",
         "split": "learnable-pins" if args.pins_splits else f"kim2018 seed {args.seed}",
-        "frames": args.frames,
+        "frames": f"{args.frames} of each {'clip' if args.txt_root and args.frames == 'first' else 'video'}",
+        "boxes": "each clip's first box, enlarged 1.5x when cropped" if args.box_frames else "none (face crops)",
         **corpus_counts(items, {sp.vox_id: split_of[sp.vox_id] for sp in speakers}, splits,
                         ("face", "voice")),
         "skipped": len(skipped),
