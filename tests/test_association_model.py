@@ -225,3 +225,27 @@ def test_tuples_anchor_on_a_random_clip_and_pair_it_with_a_face_of_another_video
     assert (positives[~zero] == 2).all()  # person 1 has one face: from the same video, the only one
     batch = sampler.draw(8)
     assert batch.faces.shape[0] == 16 and batch.voices.shape[0] == 8
+
+
+def test_torchvision_vgg16_state_dict_loads_into_the_face_subnetwork(tmp_path):
+    """Kim et al. fine-tune ImageNet VGG16: torchvision's `vgg16` state dict (features.0 ..
+    features.28, classifier.0/3/6) loads by its own key layout; its input convention (RGB,
+    ImageNet mean and std) is the face front end's default, which export records."""
+    from facevoice.service.media import FaceImage
+    from facevoice.training.association.model import load_face_backbone
+
+    g = torch.Generator().manual_seed(0)
+    widths = [64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512]
+    indices = [0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28]  # torchvision.models.vgg16().features
+    state, cin = {}, 3
+    for i, w in zip(indices, widths, strict=True):
+        state[f"features.{i}.weight"] = torch.randn(w, cin, 3, 3, generator=g)
+        state[f"features.{i}.bias"] = torch.randn(w, generator=g)
+        cin = w
+    for i, (o, n) in zip((0, 3, 6), ((4096, 25088), (4096, 4096), (1000, 4096)), strict=True):
+        state[f"classifier.{i}.weight"], state[f"classifier.{i}.bias"] = torch.zeros(o, n), torch.zeros(o)
+    torch.save(state, tmp_path / "vgg16.pth")
+    face = AssociationModel(PAPER).face_encoder
+    assert load_face_backbone(face, tmp_path / "vgg16.pth") == 26
+    assert torch.equal(face.features[28].weight, state["features.28.weight"])
+    assert PAPER.face.frontend() == FaceImage(size=224) and FaceImage().channels == "RGB"

@@ -226,3 +226,69 @@ def test_ranking_is_off_in_the_paper_config_and_checked():
     assert load_config("paper").train.ranking_weight == 0
     with pytest.raises(ValueError, match="ranking_temperature"):
         load_config("small", ["train.ranking_temperature=0"])
+
+
+def _vggface_layout(net: FaceNet, cfg) -> dict:
+    """A state dict in the public VGG-Face conversion's key layout (conv1_1 .. conv5_3; fc6-fc8
+    as convolutions, as the Caffe model stores them), built from `net`'s weights."""
+    convs = [m for m in net.features_conv if isinstance(m, torch.nn.Conv2d)]
+    names = [f"conv{b + 1}_{k + 1}" for b, n in enumerate(cfg.face.convs) for k in range(n)]
+    out = {f"{name}.{p}": getattr(c, p).detach().clone() for name, c in zip(names, convs, strict=True)
+           for p in ("weight", "bias")}
+    side = cfg.face.size // 32
+    out["fc6.weight"] = net.fc6.weight.detach().reshape(cfg.face.fc, cfg.face.widths[-1], side, side).clone()
+    out["fc7.weight"] = net.fc7.weight.detach()[..., None, None].clone()
+    out["fc8.weight"] = net.fc8.weight.detach()[..., None, None].clone()
+    for n in (6, 7, 8):
+        out[f"fc{n}.bias"] = getattr(net, f"fc{n}").bias.detach().clone()
+    return out
+
+
+def test_published_vggface_weights_load_with_their_input_convention(tmp_path, capsys):
+    """Oh et al. use VGG-Face: its published weights become face_net.pt, and its convention (BGR,
+    0-255, mean-subtracted) travels in the config to every network and the export."""
+    from facevoice.cli import main
+    from facevoice.service.media import frontends
+    from facevoice.training.speech2face.checkpoints import VGGFACE_IDENTITIES, load_face_net
+
+    sets = ["face.size=32", "face.widths=[4, 8, 8, 16, 16]", "face.fc=16", "face.batch_norm=false"]
+    cfg = load_config("small", sets)
+    source = FaceNet(cfg.face, VGGFACE_IDENTITIES).eval()
+    torch.save(_vggface_layout(source, cfg), tmp_path / "vgg_face.pth")
+    def argv(weights):
+        return ["train", "face-features", "--corpus", str(tmp_path), "--config", "small", "--out",
+                str(tmp_path / "net"), "--vggface", str(weights), *[a for s in sets for a in ("--set", s)]]
+
+    assert main(argv(tmp_path / "vgg_face.pth")) == 0
+    assert "BGR" in capsys.readouterr().out
+    net, trained = load_face_net(tmp_path / "net" / "face_net.pt", torch.device("cpu"))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(net.features(x), source.features(x)) and torch.equal(net(x), source(x))
+    face = trained.face.frontend()
+    assert (trained.face.input, face.channels) == ("vggface", "BGR")
+    assert frontends.from_dict(frontends.to_dict(face)) == face  # what export writes and the service reads
+    torch.save({k: v for k, v in _vggface_layout(source, cfg).items() if k != "conv3_2.weight"}, tmp_path / "cut.pth")
+    with pytest.raises(SystemExit, match=r"no 'conv3_2\.weight'"):
+        main(argv(tmp_path / "cut.pth"))
+
+
+def test_the_vggface_convention_is_bgr_0_255_minus_the_mean():
+    import io
+
+    from PIL import Image
+
+    from facevoice.service.media import FaceImage, face_input
+    from facevoice.service.media.image import INPUT_CONVENTIONS
+    from facevoice.training.speech2face.data import to_normalised, to_rgb
+
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 32), (255, 0, 0)).save(buf, format="PNG")
+    cfg = FaceImage(size=16, **INPUT_CONVENTIONS["vggface"])
+    x = face_input(buf.getvalue(), cfg)
+    assert x[0].mean() == pytest.approx(0 - 93.5940, abs=1e-3)  # B
+    assert x[1].mean() == pytest.approx(0 - 104.7624, abs=1e-3)  # G
+    assert x[2].mean() == pytest.approx(255 - 129.1863, abs=1e-3)  # R
+    rgb = to_rgb(torch.from_numpy(x)[None], cfg)
+    assert rgb[0, :, 0, 0].tolist() == pytest.approx([1.0, 0.0, 0.0], abs=1e-5)
+    assert torch.allclose(to_normalised(rgb, cfg), torch.from_numpy(x)[None], atol=1e-3)

@@ -25,12 +25,23 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, not a g
 @dataclass(frozen=True)
 class FaceImage:
     """Face subnetwork input. Kim et al. 2018 sec. 4.3: 224x224; sec. 4.2: face boxes enlarged
-    1.5x. Normalised with the ImageNet statistics VGG16 was trained with."""
+    1.5x. By default normalised as torchvision's VGG16 expects (RGB, ImageNet statistics);
+    `channels`, `mean` and `std` (in the output channel order, on [0, 1] pixels) express any other
+    network's convention (INPUT_CONVENTIONS)."""
 
     size: int = 224
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     box_scale: float = 1.5
+    channels: str = "RGB"  # or "BGR"
+
+
+# How published face networks want their input. VGG-Face (Parkhi et al. 2015, the Caffe release
+# Oh et al. use): BGR, 0-255, minus the per-channel mean (93.5940, 104.7624, 129.1863), no scaling.
+INPUT_CONVENTIONS = {
+    "imagenet": {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225), "channels": "RGB"},
+    "vggface": {"mean": (93.5940 / 255, 104.7624 / 255, 129.1863 / 255), "std": (1 / 255,) * 3, "channels": "BGR"},
+}
 
 
 def decode_image(data: bytes, limits: MediaLimits = DEFAULT_LIMITS) -> Image.Image:
@@ -103,6 +114,8 @@ def normalise(img: Image.Image, cfg: FaceImage) -> np.ndarray:
     """Resize to cfg.size and normalise -> float32 [3, size, size]."""
     img = img.resize((cfg.size, cfg.size), Image.BICUBIC)
     arr = np.asarray(img, dtype=np.float32) / 255.0
+    if cfg.channels == "BGR":
+        arr = arr[..., ::-1]
     arr = (arr - np.array(cfg.mean, np.float32)) / np.array(cfg.std, np.float32)
     return np.ascontiguousarray(arr.transpose(2, 0, 1))
 

@@ -54,3 +54,32 @@ def load_s2f_run(run: Path, checkpoint: str, device) -> tuple[VoiceEncoder, Face
     encoder = VoiceEncoder(cfg.voice, cfg.face.fc)
     encoder.load_state_dict(state["model"])
     return encoder.to(device).eval(), net, decoder, cfg, state
+
+
+VGGFACE_IDENTITIES = 2622  # VGG-Face's fc8 (Parkhi et al. 2015)
+
+
+def vggface_state(path: Path, cfg: S2FConfig) -> dict[str, torch.Tensor]:
+    """A published VGG-Face conversion (the public PyTorch layout: conv1_1.weight .. conv5_3,
+    fc6 / fc7 / fc8, the fc layers either Linear [out, in] or Conv2d [out, in, k, k]) as a
+    FaceNet state dict of this config; FormatError naming what does not fit."""
+    state = load_checkpoint(path, "VGG-Face weight file (conv1_1 .. conv5_3, fc6, fc7, fc8)", ("conv1_1.weight",))
+    net = FaceNet(cfg.face, VGGFACE_IDENTITIES)
+    wanted = net.state_dict()
+    convs = [i for i, m in enumerate(net.features_conv) if isinstance(m, torch.nn.Conv2d)]
+    names = [f"conv{b + 1}_{k + 1}" for b, n in enumerate(cfg.face.convs) for k in range(n)]
+    mapping = {f"{name}.{p}": f"features_conv.{i}.{p}" for name, i in zip(names, convs, strict=True)
+               for p in ("weight", "bias")}
+    mapping |= {f"fc{n}.{p}": f"fc{n}.{p}" for n in (6, 7, 8) for p in ("weight", "bias")}
+    out = {}
+    for theirs, ours in mapping.items():
+        if theirs not in state:
+            raise FormatError(f"{path}: no {theirs!r} (expected VGG-Face's conv1_1 .. conv5_3, fc6, fc7, fc8)")
+        value = state[theirs]
+        if ours.startswith("fc") and value.dim() == 4:  # fc layers stored as convolutions
+            value = value.flatten(1)
+        if value.shape != wanted[ours].shape:
+            raise FormatError(f"{path}: {theirs} is {tuple(value.shape)}, this face network needs "
+                              f"{tuple(wanted[ours].shape)} (face.widths / face.fc / face.size)")
+        out[ours] = value
+    return out

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from facevoice.service.media import FaceImage, Speech2FaceAudio
+from facevoice.service.media.image import INPUT_CONVENTIONS
 from facevoice.training.configfile import build_config, read_config
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -29,9 +30,12 @@ class FaceNetConfig:
     steps: int = 50_000
     batch: int = 64
     lr: float = 1e-3
+    # the input convention (service.media.image.INPUT_CONVENTIONS): "imagenet" for the networks
+    # trained here, "vggface" for published VGG-Face weights (`train face-features --vggface`)
+    input: str = "imagenet"
 
     def frontend(self) -> FaceImage:
-        return FaceImage(size=self.size)
+        return FaceImage(size=self.size, **INPUT_CONVENTIONS[self.input])
 
 
 @dataclass(frozen=True)
@@ -128,6 +132,8 @@ def from_dict(d: dict) -> S2FConfig:
 
 
 def validate(cfg: S2FConfig) -> None:
+    if cfg.face.input not in INPUT_CONVENTIONS:
+        raise ValueError(f"face.input must be one of {sorted(INPUT_CONVENTIONS)}")
     if len(cfg.face.widths) != len(cfg.face.convs):
         raise ValueError("face.widths and face.convs must have one entry per VGG block")
     if cfg.face.size % 2 ** len(cfg.face.widths):

@@ -72,14 +72,15 @@ def to_rgb(normalised: torch.Tensor, frontend: FaceImage) -> torch.Tensor:
     """FaceImage-normalised [B, 3, H, W] -> RGB in [0, 1] (the decoder's output space)."""
     mean = torch.tensor(frontend.mean, device=normalised.device).view(1, 3, 1, 1)
     std = torch.tensor(frontend.std, device=normalised.device).view(1, 3, 1, 1)
-    return (normalised * std + mean).clamp(0, 1)
+    x = normalised * std + mean
+    return (x.flip(1) if frontend.channels == "BGR" else x).clamp(0, 1)
 
 
 def to_normalised(rgb: torch.Tensor, frontend: FaceImage) -> torch.Tensor:
-    """RGB in [0, 1] -> the face network's input normalisation."""
+    """RGB in [0, 1] -> the face network's input normalisation (its channel order too)."""
     mean = torch.tensor(frontend.mean, device=rgb.device).view(1, 3, 1, 1)
     std = torch.tensor(frontend.std, device=rgb.device).view(1, 3, 1, 1)
-    return (rgb - mean) / std
+    return ((rgb.flip(1) if frontend.channels == "BGR" else rgb) - mean) / std
 
 
 def rows_tensor(data: np.ndarray, rows) -> torch.Tensor:

@@ -21,6 +21,7 @@ from facevoice.training.association.augment import augment_faces
 from facevoice.training.association.data import has_items
 from facevoice.training.association.pretrain import attribute_loss, attribute_targets
 from facevoice.training.runs import RunLog, configure_cuda, pick_device, save_checkpoint
+from facevoice.training.speech2face.checkpoints import VGGFACE_IDENTITIES, vggface_state
 from facevoice.training.speech2face.config import S2FConfig, from_dict, load_config
 from facevoice.training.speech2face.data import S2FSplit, load_s2f_split, rows_tensor
 from facevoice.training.speech2face.model import FaceNet
@@ -45,6 +46,8 @@ def add_common(p: argparse.ArgumentParser) -> None:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_common(p)
+    p.add_argument("--vggface", type=Path, help="published VGG-Face weights (PyTorch conversion): use them as "
+                   "the face network instead of training one (Oh et al. sec. 3)")
 
 
 def setup(args: argparse.Namespace, local_rank: int = 0) -> tuple[S2FConfig, torch.device, Path]:
@@ -90,8 +93,28 @@ def gender_accuracy(net: FaceNet, head: nn.Module, split: S2FSplit, classes: lis
     return float((np.array(classes)[pred] == labels).mean())
 
 
+def from_vggface(args: argparse.Namespace, cfg: S2FConfig) -> int:
+    """face_net.pt from published VGG-Face weights, trained no further: what Oh et al. use. Its
+    config records VGG-Face's input convention (BGR, 0-255, mean-subtracted), which the decoder,
+    the voice encoder, export and the service then apply."""
+    cfg = from_dict({**cfg.to_dict(), "face": {**cfg.to_dict()["face"], "input": "vggface"}})
+    state = vggface_state(args.vggface, cfg)
+    path = args.out / "face_net.pt"
+    save_checkpoint(path, model=state, config=cfg.to_dict(), identities=[f"vggface-{k:04d}" for k in
+                                                                           range(VGGFACE_IDENTITIES)])
+    write_run_json(args, cfg, torch.device("cpu"), vggface=str(args.vggface))
+    f = cfg.face.frontend()
+    print("\n".join([f"face feature network from VGG-Face weights {args.vggface} -> {path} (not trained further)",
+                     f"  input convention: {f.channels}, mean {tuple(round(255 * m, 4) for m in f.mean)} "
+                     "on 0-255 pixels, recorded in the run and exported with the model",
+                     f"  next: facevoice train face-decoder --face-net {path} ..."]))
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     cfg, device, cache = setup(args)
+    if args.vggface:
+        return from_vggface(args, cfg)
     progress = not args.no_progress
     f = cfg.face
     train = load_s2f_split(args.corpus, "train", cfg, cache, args.workers, progress, modalities=("face",))
