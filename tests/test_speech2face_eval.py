@@ -320,3 +320,18 @@ def test_table3_puts_each_paper_row_beside_the_same_duration_and_distance():
     text = "\n".join(table3_lines(m))
     assert ("| 6s | cosine | 5.0 / 10.0 / 25.0 / 50.0 | 3.00x / 3.00x / 3.00x / 3.00x | 10.9 / 17.0 / 30.6 / 45.8 |"
             in text)
+
+
+def test_table2_reports_unit_and_raw_distances_beside_the_paper_angle():
+    from facevoice.training.speech2face.report import table2_lines
+
+    v_f = torch.tensor([[3.0, 0.0], [0.0, 2.0]])
+    v_s = torch.tensor([[1.0, 1.0], [0.0, 5.0]])  # 45 and 0 degrees from their own person's v_f
+    split = S2FSplit(["a", "b"], [{}, {}], Modality(np.zeros((2, 1)), np.array([0, 1]), ["fa", "fb"]),
+                     Modality(np.zeros((2, 1)), np.array([0, 1]), ["va", "vb"]), None)
+    sim = feature_similarity(v_s, v_f, split)
+    assert sim["angle_deg"]["same_person"] == pytest.approx(22.5)
+    assert sim["l2_unit"]["same_person"] == pytest.approx((2 * np.sin(np.radians(45) / 2) + 0) / 2)
+    assert sim["l2"]["same_person"] == pytest.approx((np.hypot(2, 1) + 3) / 2)
+    text = "\n".join(table2_lines({"6s": sim}))
+    assert "| 6s | 22.5 / " in text and "45.75 ± 5.09" in text and "0.18 ± 0.02 / 9.42 ± 1.54" in text

@@ -13,6 +13,10 @@ PAPER_TABLE3 = {("3s", "l2"): (5.86, 10.02, 18.98, 28.92), ("3s", "l1"): (6.22, 
                 ("3s", "cosine"): (8.54, 13.64, 24.80, 38.54), ("6s", "l2"): (8.28, 13.66, 24.66, 35.84),
                 ("6s", "l1"): (8.34, 13.70, 24.66, 36.22), ("6s", "cosine"): (10.92, 17.00, 30.60, 45.82)}
 PAPER_KS = (1, 2, 5, 10)
+# Oh et al. Table 2 (AVSpeech, 5,000 test samples): mean ± sd of cos (deg), L2, L1 between v_s and
+# the speaker's v_f, normalisation unstated (see evaluate.feature_similarity)
+PAPER_TABLE2 = {"3s": {"angle_deg": (48.43, 6.01), "l2": (0.19, 0.03), "l1": (9.81, 1.74)},
+                "6s": {"angle_deg": (45.75, 5.09), "l2": (0.18, 0.02), "l1": (9.42, 1.54)}}
 PAPER_RANDOM_PRINTED = dict(zip(PAPER_KS, (1.0, 2.0, 5.0, 10.0), strict=True))
 PAPER_GALLERY = 5000
 
@@ -33,6 +37,27 @@ def _recall_table(r: dict, ks: list[int]) -> list[str]:
     names = [n for n in ("l1", "l2", "cosine", "random", "voice_params", "oracle") if n in r]
     return ["| metric | " + " | ".join(f"R@{k}" for k in ks) + " |", "|---|" + "---|" * len(ks),
             *[f"| {n} | " + " | ".join(_pct(_get(r[n], k)) for k in ks) + " |" for n in names]]
+
+
+def table2_lines(similarity: dict) -> list[str]:
+    """Ours (same person / other people) beside Oh et al. Table 2 (same person, mean ± sd)."""
+    def cell(v: dict, name: str, fmt: str) -> str:
+        x = v.get(name)
+        return "–" if x is None else f"{x['same_person']:{fmt}} / {x['other_people']:{fmt}}"
+
+    lines = ["| input | angle (deg) same / other | Oh et al. angle | L2 / L1 on unit vectors (eq. (1)'s "
+             "normalisation), same / other | L2 / L1 raw, same / other | Oh et al. L2 / L1 (unstated) |",
+             "|---|---|---|---|---|---|"]
+    for s, v in similarity.items():
+        paper = PAPER_TABLE2.get(s)
+        angle = "–" if paper is None else "{:.2f} ± {:.2f}".format(*paper["angle_deg"])
+        dists = "–" if paper is None else "{:.2f} ± {:.2f} / {:.2f} ± {:.2f}".format(*paper["l2"], *paper["l1"])
+        lines.append(f"| {s} | {cell(v, 'angle_deg', '.1f')} | {angle} | "
+                     f"{cell(v, 'l2_unit', '.3f')}; {cell(v, 'l1_unit', '.2f')} | "
+                     f"{cell(v, 'l2', '.3f')}; {cell(v, 'l1', '.2f')} | {dists} |")
+    lines += ["", "Only the angle compares directly: the paper does not say how its L2 and L1 are normalised, "
+              "and its L2 of 0.18 at 45.75 degrees does not fit unit vectors (that would be 0.78)."]
+    return lines
 
 
 def table3_rows(m: dict) -> list[dict]:
@@ -88,11 +113,7 @@ def write_report(m: dict, path: Path) -> Path:
         "Between the predicted feature v_s and the face feature v_f of a photo of the same person, "
         "and of other people (the baseline). Lower is better.",
         "",
-        "| input | angle (deg) same / other | L2 same / other | L1 same / other |",
-        "|---|---|---|---|",
-        *[f"| {s} | {v['angle_deg']['same_person']:.1f} / {v['angle_deg']['other_people']:.1f} | "
-          f"{v['l2']['same_person']:.3f} / {v['l2']['other_people']:.3f} | "
-          f"{v['l1']['same_person']:.2f} / {v['l1']['other_people']:.2f} |" for s, v in m["similarity"].items()],
+        *table2_lines(m["similarity"]),
         "",
         "## S2F -> face retrieval (Table 3)",
         "",
