@@ -249,3 +249,14 @@ def test_torchvision_vgg16_state_dict_loads_into_the_face_subnetwork(tmp_path):
     assert load_face_backbone(face, tmp_path / "vgg16.pth") == 26
     assert torch.equal(face.features[28].weight, state["features.28.weight"])
     assert PAPER.face.frontend() == FaceImage(size=224) and FaceImage().channels == "RGB"
+
+
+def test_loudness_is_the_rms_level_in_dbfs():
+    import numpy as np
+
+    from facevoice.training.association.evaluate import loudness_dbfs
+
+    t = np.arange(22050) / 22050
+    waves = np.stack([np.sin(2 * np.pi * 220 * t), 0.1 * np.sin(2 * np.pi * 220 * t), np.zeros_like(t)])
+    db = loudness_dbfs(waves.astype(np.float32))
+    assert db[0] == pytest.approx(-3.01, abs=0.01) and db[1] == pytest.approx(-23.01, abs=0.01) and db[2] == -200

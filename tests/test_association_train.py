@@ -72,6 +72,7 @@ def test_evaluation_report(trained, toy, tmp_path, capsys):
     assert set(m["probes"]) == {"gender", "appearance_group"}  # single-valued attributes are skipped
     for fig in m["figures"]:
         assert (out / fig).stat().st_size > 1000
+    assert "fig2_tsne_prosody.png" in m["figures"]  # Fig. 2: loudness beside pitch
     report = (out / "report.md").read_text()
     assert "## 1:2 matching (Table 3)" in report and "Kim et al. Table 3" in report
     assert "1:2 accuracy %" in capsys.readouterr().out

@@ -335,3 +335,17 @@ def test_table2_reports_unit_and_raw_distances_beside_the_paper_angle():
     assert sim["l2"]["same_person"] == pytest.approx((np.hypot(2, 1) + 3) / 2)
     text = "\n".join(table2_lines({"6s": sim}))
     assert "| 6s | 22.5 / " in text and "45.75 ± 5.09" in text and "0.18 ± 0.02 / 9.42 ± 1.54" in text
+
+
+def test_convergence_figure_overlays_runs(tmp_path):
+    from facevoice.training.speech2face.convergence import main
+
+    for name, scale in (("bn", 1.0), ("nobn", 2.0)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.csv").write_text(
+            "step,loss,val_loss\n" + "".join(f"{s},{scale / s},{scale / s + 0.1}\n" for s in (10, 20, 30)))
+    out = tmp_path / "fig8.png"
+    assert main(["--run", f"BN={tmp_path / 'bn'}", "--run", f"no BN={tmp_path / 'nobn'}", "--out", str(out)]) == 0
+    assert out.stat().st_size > 5000
+    with pytest.raises(SystemExit, match="LABEL=RUN_DIR"):
+        main(["--run", str(tmp_path / "bn"), "--out", str(out)])

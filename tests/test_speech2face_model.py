@@ -292,3 +292,15 @@ def test_the_vggface_convention_is_bgr_0_255_minus_the_mean():
     rgb = to_rgb(torch.from_numpy(x)[None], cfg)
     assert rgb[0, :, 0, 0].tolist() == pytest.approx([1.0, 0.0, 0.0], abs=1e-5)
     assert torch.allclose(to_normalised(rgb, cfg), torch.from_numpy(x)[None], atol=1e-3)
+
+
+def test_the_batch_norm_switch_removes_every_bn_of_the_encoder():
+    """Oh et al. Fig. 8 compares training with and without batch normalisation."""
+    cfg = load_config("small", ["voice.batch_norm=false"])
+    enc = VoiceEncoder(cfg.voice, feature_dim=32).eval()
+    kinds = [type(m) for m in enc.modules()]
+    assert torch.nn.BatchNorm2d not in kinds and torch.nn.BatchNorm1d not in kinds
+    with_bn = VoiceEncoder(load_config("small").voice, feature_dim=32)
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in with_bn.modules()) == 8
+    with torch.no_grad():
+        assert enc(torch.randn(2, 2, 100, 257)).shape == (2, 32)

@@ -62,7 +62,7 @@ def corpus_oracle(corpus: Path, split: str) -> dict | None:
 
 
 def tsne_figures(emb: Embeddings, split: SplitData, corpus: Path, out: Path, seed: int) -> list[Path]:
-    """Fig. 1 (identity, gender, age, group) and Fig. 2 (voice pitch) as t-SNE panels."""
+    """Fig. 1 (identity, gender, age, group) and Fig. 2 (voice pitch and loudness) as t-SNE panels."""
     from sklearn.manifold import TSNE
 
     xy = {}
@@ -84,10 +84,27 @@ def tsne_figures(emb: Embeddings, split: SplitData, corpus: Path, out: Path, see
     rows = {r["identity"]: r for r in read_identities(corpus)} if (corpus / "identities.csv").exists() else {}
     pitch = [float(rows[i]["voice_pitch"]) if i in rows and rows[i].get("voice_pitch") else None
              for i in split.identities]
+    # Fig. 2: pitch (the generator's, per speaker, where the corpus records it) and loudness,
+    # measured per clip; a face takes its speaker's mean loudness
+    loud = loudness_dbfs(split.voice.data)
+    speaker_loud = [float(loud[split.voice.identity == i].mean()) if (split.voice.identity == i).any() else None
+                    for i in range(len(split.identities))]
+    prosody = {"voice loudness (dBFS)": {"face": [speaker_loud[i] for i in split.face.identity],
+                                         "voice": loud.tolist()}}
     if any(p is not None for p in pitch):
-        paths.append(plots.tsne_panels(xy, {"voice pitch": per_item(pitch)}, out / "fig2_tsne_pitch.png",
-                                       "t-SNE coloured by the speaker's voice pitch"))
+        prosody = {"voice pitch": per_item(pitch), **prosody}
+    paths.append(plots.tsne_panels(xy, prosody, out / "fig2_tsne_prosody.png",
+                                   "t-SNE coloured by prosody: voice pitch and loudness (Fig. 2)"))
     return paths
+
+
+def loudness_dbfs(waves: np.ndarray, batch: int = 256) -> np.ndarray:
+    """Each clip's RMS level in dB relative to full scale (the input window the encoder sees)."""
+    out = []
+    for start in range(0, len(waves), batch):
+        x = np.asarray(waves[start:start + batch], np.float64)
+        out.append(20 * np.log10(np.maximum(np.sqrt((x ** 2).mean(axis=1)), 1e-10)))
+    return np.concatenate(out) if out else np.zeros(0)
 
 
 def run(args: argparse.Namespace) -> int:

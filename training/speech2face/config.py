@@ -56,12 +56,14 @@ class DecoderConfig:
 
 @dataclass(frozen=True)
 class VoiceNetConfig:
-    """Table 1: nine CONV-ReLU-BN blocks (4x4), max-pool 2x1 after conv3-6, stride 2 at conv8-9,
-    average pooling over time, FC, ReLU, FC to the face feature."""
+    """Table 1: CONV-ReLU-BN blocks (4x4) with a max-pool 2x1 closing conv3-6, stride 2 at
+    conv8-9, a bare conv9, average pooling over time, ReLU, BN, FC, ReLU, FC to the face feature."""
 
     sample_rate: int = 16_000
     seconds: float = 6.0  # training input (sec. 3: up to 6 s from the beginning, repeated if shorter)
     widths: tuple[int, ...] = TABLE1_WIDTHS
+    # false removes every batch norm of the encoder: Fig. 8's "without BN" curves
+    batch_norm: bool = True
 
     def frontend(self, seconds: float | None = None) -> Speech2FaceAudio:
         return Speech2FaceAudio(sample_rate=self.sample_rate, seconds=seconds or self.seconds)

@@ -96,7 +96,8 @@ class VoiceEncoder(nn.Module):
     (T = 598 for 6 s). conv1..conv8 are blocks of CONV 4x4 ('SAME'), ReLU, BN, in the table's
     order, with a MAXPOOL 2x1 (time only) closing the blocks of conv3..conv6; conv8 and conv9 have
     stride 2, and conv9 is a bare CONV. Then AVGPOOL over all time (each frequency kept), ReLU,
-    BN, FC, ReLU, FC to the face feature. Any T >= 16 works."""
+    BN, FC, ReLU, FC to the face feature. Any T >= 16 works. `batch_norm = false` leaves out every
+    BN (Fig. 8's comparison)."""
 
     kernel = 4
 
@@ -108,14 +109,15 @@ class VoiceEncoder(nn.Module):
             stride = 2 if i in STRIDE2 else 1
             layers: list[nn.Module] = [SameConv2d(cin, width, self.kernel, stride)]
             if i < len(cfg.widths):  # conv9: no activation, no normalisation
-                layers += [nn.ReLU(inplace=True), nn.BatchNorm2d(width)]
+                layers += [nn.ReLU(inplace=True), *([nn.BatchNorm2d(width)] if cfg.batch_norm else [])]
             if i in POOL_AFTER:
                 layers.append(nn.MaxPool2d((2, 1), (2, 1)))
             self.blocks.append(nn.Sequential(*layers))
             freq = math.ceil(freq / stride)
             cin = width
-        self.head = nn.Sequential(nn.ReLU(), nn.BatchNorm1d(cin * freq), nn.Linear(cin * freq, feature_dim),
-                                  nn.ReLU(inplace=True), nn.Linear(feature_dim, feature_dim))
+        self.head = nn.Sequential(nn.ReLU(), *([nn.BatchNorm1d(cin * freq)] if cfg.batch_norm else []),
+                                  nn.Linear(cin * freq, feature_dim), nn.ReLU(inplace=True),
+                                  nn.Linear(feature_dim, feature_dim))
         self.min_frames = 2 ** len(POOL_AFTER)
 
     def forward(self, spec: torch.Tensor) -> torch.Tensor:
