@@ -260,3 +260,19 @@ def test_loudness_is_the_rms_level_in_dbfs():
     waves = np.stack([np.sin(2 * np.pi * 220 * t), 0.1 * np.sin(2 * np.pi * 220 * t), np.zeros_like(t)])
     db = loudness_dbfs(waves.astype(np.float32))
     assert db[0] == pytest.approx(-3.01, abs=0.01) and db[1] == pytest.approx(-23.01, abs=0.01) and db[2] == -200
+
+
+def test_table_a2_pools_by_two_for_representations_wider_than_the_last_conv_layer():
+    """Kim Table A.2: 128-d and 512-d pool conv5_3 / conv6 globally; 1024-4096-d average-pool by
+    2 along each non-singleton dimension first."""
+    wide = load_config("paper", ["embedding.hidden=4096", "embedding.dim=4096", "embedding.pool=2x"])
+    face = AssociationModel(wide).face_encoder
+    assert face.head[0].in_features == 512 * 7 * 7  # conv5_3 is 14x14 at 224 px
+    small = load_config("small", ["embedding.hidden=1024", "embedding.dim=1024", "embedding.pool=2x"])
+    model = AssociationModel(small).eval()
+    with torch.no_grad():
+        f, v = model(torch.zeros(2, 3, 64, 64), torch.zeros(2, small.voice.frontend().samples))
+    assert f.shape == v.shape == (2, 1024)
+    assert AssociationModel(PAPER).face_encoder.head[0].in_features == 512  # the paper's 128-d: global
+    with pytest.raises(ValueError, match="Table A.2"):
+        load_config("paper", ["embedding.pool=4x"])

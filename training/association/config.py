@@ -48,6 +48,9 @@ class VoiceConfig:
 class EmbeddingConfig:
     hidden: int = 128
     dim: int = 128
+    # Table A.2: up to 512-d the last conv layer is pooled globally; for larger representations
+    # it is average-pooled by 2 along each non-singleton dimension and flattened ("2x")
+    pool: str = "global"
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,8 @@ def validate(cfg: AssociationConfig) -> None:
         raise ValueError("face.widths and face.convs must have one entry per VGG block")
     if len(cfg.voice.widths) != 6:
         raise ValueError("voice.widths must give SoundNet conv1..conv6")
+    if cfg.embedding.pool not in ("global", "2x"):
+        raise ValueError("embedding.pool must be 'global' or '2x' (Table A.2)")
     if cfg.face.pool not in ("conv5_3", "pool5"):
         raise ValueError("face.pool must be 'conv5_3' (sec. 4.1) or 'pool5'")
     if cfg.voice.crop not in ("first", "random"):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from facevoice.training.association.config import AssociationConfig, EmbeddingConfig, FaceConfig, VoiceConfig
 
@@ -63,29 +64,49 @@ def projection(cin: int, cfg: EmbeddingConfig) -> nn.Sequential:
     return nn.Sequential(nn.Linear(cin, cfg.hidden), nn.ReLU(inplace=True), nn.Linear(cfg.hidden, cfg.dim))
 
 
+def pool(x: torch.Tensor, how: str) -> torch.Tensor:
+    """The last conv layer's [B, C, ...] output -> the FC input: averaged over every spatial
+    dimension ("global", sec. 4.1), or average-pooled by 2 along each and flattened ("2x", Table A.2)."""
+    if how == "global":
+        return x.mean(dim=tuple(range(2, x.dim())))
+    return (F.avg_pool2d(x, 2) if x.dim() == 4 else F.avg_pool1d(x, 2)).flatten(1)
+
+
+def pooled_width(features: nn.Module, example: torch.Tensor, how: str) -> int:
+    with torch.no_grad():
+        return pool(features(example), how).shape[1]
+
+
 class FaceEncoder(nn.Module):
     """f_F: image [B, 3, S, S] -> representation [B, dim]."""
 
     def __init__(self, cfg: FaceConfig, emb: EmbeddingConfig):
         super().__init__()
         self.features = vgg_features(cfg, pool5=cfg.pool == "pool5")
-        self.head = projection(cfg.widths[-1], emb)
+        self.how = emb.pool
+        width = cfg.widths[-1] if emb.pool == "global" else \
+            pooled_width(self.features, torch.zeros(1, 3, cfg.size, cfg.size), emb.pool)
+        self.head = projection(width, emb)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """Sec. 4.1: conv5_3 average-pooled globally (512-d), FC 128 + ReLU, FC 128."""
-        return self.head(self.features(image).mean(dim=(2, 3)))
+        return self.head(pool(self.features(image), self.how))
 
 
 class VoiceEncoder(nn.Module):
-    """f_V: waveform [B, samples] -> representation [B, dim]; any length of at least ~1 s."""
+    """f_V: waveform [B, samples] -> representation [B, dim]; with global pooling any length of at
+    least ~1 s, with Table A.2's "2x" pooling the configured length."""
 
     def __init__(self, cfg: VoiceConfig, emb: EmbeddingConfig):
         super().__init__()
         self.features = SoundNet(cfg)
-        self.head = projection(cfg.widths[-1], emb)
+        self.how = emb.pool
+        width = cfg.widths[-1] if emb.pool == "global" else \
+            pooled_width(self.features, torch.zeros(1, cfg.frontend().samples), emb.pool)
+        self.head = projection(width, emb)
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(wave).mean(dim=2))
+        return self.head(pool(self.features(wave), self.how))
 
 
 class AssociationModel(nn.Module):
