@@ -274,5 +274,18 @@ def test_table_a2_pools_by_two_for_representations_wider_than_the_last_conv_laye
         f, v = model(torch.zeros(2, 3, 64, 64), torch.zeros(2, small.voice.frontend().samples))
     assert f.shape == v.shape == (2, 1024)
     assert AssociationModel(PAPER).face_encoder.head[0].in_features == 512  # the paper's 128-d: global
-    with pytest.raises(ValueError, match="Table A.2"):
+    with pytest.raises(ValueError, match=r"Table A\.2"):
         load_config("paper", ["embedding.pool=4x"])
+
+
+def test_the_contrastive_loss_of_the_siamese_baseline():
+    """Table 7's Siamese net (sec. 4.6): d+^2 + max(0, margin - d-)^2, numbers by hand."""
+    from facevoice.training.association.loss import contrastive_loss
+
+    a = torch.tensor([[0.0, 0.0], [0.0, 0.0]])
+    p = torch.tensor([[3.0, 4.0], [0.0, 0.0]])
+    n = torch.tensor([[0.6, 0.8], [3.0, 0.0]])
+    assert contrastive_loss(a, p, n, margin=2.0).tolist() == pytest.approx([25.0 + 1.0, 0.0])
+    assert load_config("small", ["train.loss=contrastive"]).train.loss == "contrastive"
+    with pytest.raises(ValueError, match=r"train\.loss"):
+        load_config("small", ["train.loss=hinge"])

@@ -181,3 +181,12 @@ def test_kims_split_without_validation_trains_the_schedule_and_keeps_the_last_mo
     assert json.loads((out / "run.json").read_text())["model_selection"] == "last"
     assert main(["eval", "association", "--run", str(out), "--corpus", str(corpus), "--workers", "1",
                  "--no-progress", "--trials", "200", "--probe-trials", "2"]) == 0
+
+
+def test_the_siamese_baseline_trains_through_the_same_command(toy, tmp_path):
+    """Table 7's Siamese variant is a config away: train.loss=contrastive."""
+    out = tmp_path / "siamese"
+    assert _train(toy, out, "--set", "train.loss=contrastive", iterations=20) == 0
+    assert json.loads((out / "run.json").read_text())["config"]["train"]["loss"] == "contrastive"
+    losses = [float(line.split(",")[1]) for line in (out / "metrics.csv").read_text().splitlines()[1:]]
+    assert losses and all(x >= 0 for x in losses) and max(losses) > 0

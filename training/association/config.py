@@ -65,6 +65,9 @@ class TrainConfig:
     hard_after: int = 120_000
     hard_pool: int = 2
     negatives: str = "any"
+    # "triplet" (eq. (1), the paper's model) or "contrastive" (Table 7's Siamese baseline, sec. 4.6)
+    loss: str = "triplet"
+    margin: float = 1.0  # the contrastive loss's margin
     eval_every: int = 5000
     val_trials: int = 2000
     checkpoint_every: int = 5000
@@ -96,6 +99,8 @@ def validate(cfg: AssociationConfig) -> None:
         raise ValueError("face.widths and face.convs must have one entry per VGG block")
     if len(cfg.voice.widths) != 6:
         raise ValueError("voice.widths must give SoundNet conv1..conv6")
+    if cfg.train.loss not in ("triplet", "contrastive"):
+        raise ValueError("train.loss must be 'triplet' (eq. (1)) or 'contrastive' (Table 7's Siamese net)")
     if cfg.embedding.pool not in ("global", "2x"):
         raise ValueError("embedding.pool must be 'global' or '2x' (Table A.2)")
     if cfg.face.pool not in ("conv5_3", "pool5"):

@@ -1,4 +1,5 @@
-"""Kim et al. 2018 eq. (1) and the hard-negative selection of sec. 4.3."""
+"""Kim et al. 2018 eq. (1), the hard-negative selection of sec. 4.3, and the contrastive loss of
+the Siamese baseline that Table 7 compares against (sec. 4.6)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,15 @@ def triplet_loss(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.T
     target = torch.zeros_like(d)
     target[..., 1] = 1.0
     return (torch.softmax(d, dim=-1) - target).pow(2).sum(dim=-1)
+
+
+def contrastive_loss(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor,
+                     margin: float = 1.0) -> torch.Tensor:
+    """Table 7's "Siamese net with same subnets, trained with a contrastive loss" (Hadsell et al.
+    2006), per tuple: its positive pair pulled together, d+^2, and its negative pair pushed past
+    the margin, max(0, margin - d-)^2."""
+    d_pos, d_neg = l2_distance(anchor, positive), l2_distance(anchor, negative)
+    return d_pos.pow(2) + torch.clamp(margin - d_neg, min=0).pow(2)
 
 
 def hardest(losses: torch.Tensor, keep: int) -> torch.Tensor:

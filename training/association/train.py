@@ -22,7 +22,7 @@ from tqdm import tqdm
 from facevoice.training.association.config import AssociationConfig, load_config
 from facevoice.training.association.data import Batch, SplitData, TupleSampler, has_items, load_split
 from facevoice.training.association.embed import embed
-from facevoice.training.association.loss import hardest, triplet_loss
+from facevoice.training.association.loss import contrastive_loss, hardest, triplet_loss
 from facevoice.training.association.model import AssociationModel, load_face_backbone, load_voice_backbone
 from facevoice.training.association.pretrain import provenance
 from facevoice.training.association.trials import matching_trials
@@ -61,16 +61,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 class TripletNet(nn.Module):
-    """Wraps the two encoders so one forward gives every tuple's eq. (1) loss (and DDP sees one call)."""
+    """Wraps the two encoders so one forward gives every tuple's loss (and DDP sees one call):
+    eq. (1), or with train.loss = "contrastive" the Siamese baseline of Table 7."""
 
-    def __init__(self, model: AssociationModel):
+    def __init__(self, model: AssociationModel, loss: str = "triplet", margin: float = 1.0):
         super().__init__()
-        self.model = model
+        self.model, self.loss, self.margin = model, loss, margin
 
     def forward(self, batch: Batch) -> torch.Tensor:
         f, v = self.model(batch.faces, batch.voices)
         e = torch.cat([f, v]).float()
-        return triplet_loss(e[batch.anchor], e[batch.positive], e[batch.negative])
+        a, p, n = e[batch.anchor], e[batch.positive], e[batch.negative]
+        return triplet_loss(a, p, n) if self.loss == "triplet" else contrastive_loss(a, p, n, self.margin)
 
 
 def build_optimizer(model: AssociationModel, cfg: AssociationConfig, loaded: set[str]) -> torch.optim.Adam:
@@ -142,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
     model.to(device)
     if device.type == "cuda":
         model.face_encoder.to(memory_format=torch.channels_last)
-    net: nn.Module = TripletNet(model)
+    net: nn.Module = TripletNet(model, cfg.train.loss, cfg.train.margin)
     if world > 1:
         net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = build_optimizer(model, cfg, loaded)
