@@ -134,3 +134,20 @@ def test_faces_render_at_extreme_geometry_scores(score):
     for nuisance in (FaceNuisance.canonical(), FaceNuisance.sample(np.random.default_rng(0))):
         img = render_face(extreme, nuisance, 128, np.random.default_rng(0))
         assert img.size == (128, 128) and np.asarray(img).std() > 10
+
+
+def test_a_population_of_another_attribute_mix_for_cross_dataset_tests():
+    """Kim et al. Table 8 tests across datasets; here, across populations: other shares of men
+    and of appearance groups, everything else the generator's."""
+    from facevoice.training.corpus.people import PopulationModel, sample_population
+    from facevoice.training.corpus.synth import parse_prevalence, population
+
+    shifted = population(0.2, parse_prevalence(["A=0", "B=3"]))
+    people = sample_population(2000, 0, shifted).people
+    women = sum(p.shared.gender == "female" for p in people) / len(people)
+    groups = Counter(p.shared.appearance_group for p in people)
+    assert 0.75 < women < 0.85 and groups["A"] == 0 and groups["B"] > groups["C"] * 2
+    assert population(None, {}) == PopulationModel()
+    for bad in (lambda: parse_prevalence(["B"]), lambda: population(1.5, {}), lambda: population(None, {"Z": 1})):
+        with pytest.raises(UsageError):
+            bad()

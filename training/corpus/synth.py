@@ -8,7 +8,7 @@ import multiprocessing as mp
 import shutil
 import subprocess
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -57,12 +57,41 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--oracle-trials", type=int, default=d.oracle_trials,
                    help="1:2 trials per oracle cell (0: skip the oracle)")
     p.add_argument("--force", action="store_true", help="replace an existing corpus directory")
+    p.add_argument("--p-male", type=float, help=f"share of men (default {d.model.p_male}); with --prevalence, "
+                   "a population of another attribute mix, for cross-dataset tests (Kim et al. Table 8)")
+    p.add_argument("--prevalence", nargs="+", metavar="GROUP=WEIGHT",
+                   help="appearance-group weights, e.g. A=0.1 B=0.5 (groups not named keep theirs)")
+
+
+def population(p_male: float | None, prevalence: dict[str, float]) -> PopulationModel:
+    """The default population with another share of men and other appearance-group weights."""
+    base = PopulationModel()
+    unknown = set(prevalence) - {g.name for g in base.groups}
+    if unknown or any(w < 0 for w in prevalence.values()) or not (p_male is None or 0 <= p_male <= 1):
+        raise UsageError(f"--prevalence names groups {sorted(g.name for g in base.groups)} with weights >= 0, "
+                         "and --p-male is in 0..1")
+    groups = tuple(replace(g, prevalence=prevalence.get(g.name, g.prevalence)) for g in base.groups)
+    return replace(base, groups=groups, p_male=base.p_male if p_male is None else p_male)
+
+
+def parse_prevalence(specs: list[str] | None) -> dict[str, float]:
+    out = {}
+    for spec in specs or []:
+        name, sep, weight = spec.partition("=")
+        try:
+            out[name] = float(weight)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise UsageError(f"--prevalence {spec!r}: expected GROUP=WEIGHT")
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
     cfg = SynthConfig(identities=args.identities, seed=args.seed, faces=args.faces, clips=args.clips,
                       face_size=args.face_size, splits=tuple(args.split), workers=args.workers,
-                      oracle_trials=args.oracle_trials)
+                      oracle_trials=args.oracle_trials,
+                      model=population(args.p_male, parse_prevalence(args.prevalence)))
     summary = build_corpus(args.out, cfg, force=args.force)
     print(format_summary(summary))
     return 0
