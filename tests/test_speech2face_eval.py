@@ -349,3 +349,20 @@ def test_convergence_figure_overlays_runs(tmp_path):
     assert out.stat().st_size > 5000
     with pytest.raises(SystemExit, match="LABEL=RUN_DIR"):
         main(["--run", str(tmp_path / "bn"), "--out", str(out)])
+
+
+def test_segment_consistency_separates_same_video_other_video_and_other_speakers():
+    """Fig. 9: a speaker's clips from one video agree more than across videos, and both more than
+    two speakers'."""
+    from facevoice.training.speech2face.evaluate import segment_consistency
+
+    v_s = torch.tensor([[1.0, 0.0, 0.0], [1.0, 0.1, 0.0], [1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    voice = Modality(np.zeros((4, 1)), np.array([0, 0, 0, 1]), ["a", "b", "c", "d"], np.array(["v1", "v1", "v2", "v3"]))
+    split = S2FSplit(["p0", "p1"], [{}, {}], voice, voice, None)
+    c = segment_consistency(v_s, split)
+    assert c["same_speaker_same_video"]["pairs"] == 1 and c["same_speaker_other_video"]["pairs"] == 2
+    assert c["same_speaker_same_video"]["cosine"] == pytest.approx(1 / np.sqrt(1.01))
+    assert c["same_speaker_same_video"]["cosine"] > c["same_speaker_other_video"]["cosine"] > \
+        c["different_speakers"]["cosine"]
+    unknown = S2FSplit(["p0", "p1"], [{}, {}], voice, Modality(voice.data, voice.identity, voice.item_ids), None)
+    assert set(segment_consistency(v_s, unknown)) == {"same_speaker_any", "different_speakers"}

@@ -124,6 +124,23 @@ def retrieval(v_s: torch.Tensor, v_f: torch.Tensor, split: S2FSplit, oracle: np.
             "all_photos": {**everything, "gallery": len(gid)}}
 
 
+def segment_consistency(v_s: torch.Tensor, split: S2FSplit) -> dict:
+    """Fig. 9, temporal and cross-video consistency, as numbers: the mean cosine between the
+    predicted features of two clips of the same speaker from the same video, from different
+    videos (where the manifest records videos; otherwise "any"), and of two different speakers."""
+    unit = torch.nn.functional.normalize(v_s, dim=1)
+    cos = (unit @ unit.T).numpy()
+    ident = split.voice.identity
+    video = split.voice.video if split.voice.video is not None else np.array([""] * len(ident))
+    pair = ~np.eye(len(ident), dtype=bool)
+    same = (ident[:, None] == ident[None, :]) & pair
+    known = (video[:, None] != "") & (video[None, :] != "")
+    groups = {"same_speaker_same_video": same & known & (video[:, None] == video[None, :]),
+              "same_speaker_other_video": same & known & (video[:, None] != video[None, :]),
+              "same_speaker_any": same, "different_speakers": (ident[:, None] != ident[None, :])}
+    return {k: {"cosine": float(cos[m].mean()), "pairs": int(m.sum() // 2)} for k, m in groups.items() if m.any()}
+
+
 def _labels(split: S2FSplit, attr: str, rows_identity: np.ndarray) -> np.ndarray:
     return np.array([split.attributes[i].get(attr, "") for i in rows_identity])
 
@@ -348,6 +365,7 @@ def run(args: argparse.Namespace) -> int:
     generator = corpus_people(corpus)  # synthetic corpora only: the oracle and the readout
     oracle = identity_scores(generator[0], [generator[1][i] for i in split.identities], "v2f") if generator else None
     metrics["retrieval"] = retrieval(main_s, v_f, split, oracle)
+    metrics["consistency"] = segment_consistency(main_s, split)
     # Table 3 has rows for 3 s and 6 s of speech: every duration's L1 / L2 / cosine recalls
     metrics["retrieval_by_seconds"] = {f"{s:g}s": metrics["retrieval"] if s == args.seconds[-1] else
                                        retrieval(v_s[s], v_f, split) for s in args.seconds}

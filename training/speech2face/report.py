@@ -187,6 +187,14 @@ def write_report(m: dict, path: Path) -> Path:
                   *[f"| {k} | **{v['r']:.2f}** | {_ci(v)} | {v['p']:.1g} | {v['random_r']:.2f} | "
                     f"{v['tool_r_on_renders']:.2f} | "
                     f"{v['tool_r_on_f2f']:.2f} | {v['tool_r_on_s2f']:.2f} |" for k, v in m["geometry"].items()], ""]
+    if m.get("consistency"):
+        lines += ["## Consistency across segments (Fig. 9)", "",
+                  "Mean cosine between the predicted features of two clips: of the same speaker from the same "
+                  "video, from different videos (where the corpus records videos), and of different speakers.", "",
+                  "| clips | mean cosine of v_s | pairs |", "|---|---|---|",
+                  *[f"| {k.replace('_', ' ')} | {v['cosine']:.3f} | {v['pairs']} |"
+                    for k, v in m["consistency"].items()],
+                  ""]
     c = m["cross_check"]
     lines += ["## Cross-check: 1:2 V->F through S2F", "",
               "| by | accuracy | 95% CI | trials |", "|---|---|---|---|",
