@@ -14,7 +14,7 @@ import torch
 from facevoice.cli import main
 from facevoice.training.association.checkpoints import load_run
 from facevoice.training.association.data import load_split
-from facevoice.training.association.evaluate import split_embeddings
+from facevoice.training.association.embed import split_embeddings
 from facevoice.training.association.protocol import matching_cell
 from facevoice.training.association.report import label_provenance
 from tests.toy_corpus import TINY, build_toy_corpus
@@ -190,3 +190,28 @@ def test_the_siamese_baseline_trains_through_the_same_command(toy, tmp_path):
     assert json.loads((out / "run.json").read_text())["config"]["train"]["loss"] == "contrastive"
     losses = [float(line.split(",")[1]) for line in (out / "metrics.csv").read_text().splitlines()[1:]]
     assert losses and all(x >= 0 for x in losses) and max(losses) > 0
+
+
+def test_the_classification_network_baseline_trains_evaluates_and_is_not_exported(toy, tmp_path):
+    """Table 7's classification network (supp. A.2.2): pooled features, concatenated, FC 128 x 2,
+    FC 2; the 1:2 protocol picks the candidate it scores higher. It has no embedding space, so
+    export refuses it."""
+    from facevoice.training.association.embed import pair_distances
+
+    out = tmp_path / "clf"
+    assert _train(toy, out, "--set", "train.loss=classifier", iterations=60) == 0
+    model, cfg, _ = load_run(out, "best.pt", torch.device("cpu"))
+    assert model.classifier is not None and cfg.train.loss == "classifier"
+    split = load_split(toy, "test", cfg, out / "cache", workers=1, progress=False, voice_frontend=cfg.voice.frontend())
+    emb = split_embeddings(model, cfg, split, "cpu")
+    assert emb.cross.shape == (len(split.voice.identity), len(split.face.identity))
+    assert ((emb.cross >= 0) & (emb.cross <= 1)).all()
+    # the cross matrix is the classifier's own score of each pair
+    d = pair_distances(model, emb.face[:1], emb.voice[:1], "cpu")
+    assert d[0, 0] == pytest.approx(emb.cross[0, 0], abs=1e-6)
+    assert main(["eval", "association", "--run", str(out), "--corpus", str(toy), "--out", str(out / "report"),
+                 "--trials", "200", "--probe-trials", "2", "--workers", "1", "--no-progress"]) == 0
+    m = json.loads((out / "report" / "metrics.json").read_text())
+    assert 0.0 <= m["matching"]["v2f"]["-"]["accuracy"] <= 1.0
+    with pytest.raises(SystemExit, match="classification-network run"):
+        main(["export", "--association", str(out), "--out", str(tmp_path / "repo")])

@@ -69,7 +69,7 @@ def test_service_recall_equals_offline_recall(stack, tmp_path):
     from facevoice.demo import service_recall
     from facevoice.training.association.checkpoints import load_run
     from facevoice.training.association.data import load_split
-    from facevoice.training.association.evaluate import split_embeddings
+    from facevoice.training.association.embed import split_embeddings
     from facevoice.training.metrics import pairwise_l2, recall_at_k
 
     model, cfg, _ = load_run(stack.association, "best.pt", torch.device("cpu"))

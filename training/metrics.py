@@ -19,7 +19,12 @@ def pairwise_l2(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def one_of_n_correct(probe: np.ndarray, candidates: np.ndarray) -> np.ndarray:
     """Kim sec. 4.4: pick the candidate closest to the probe. probe [T, D], candidates [T, N, D]
     with the true match in column 0 -> per trial 1 (right), 0 (wrong) or 1/k (k-way tie)."""
-    d = np.linalg.norm(np.asarray(candidates, np.float64) - np.asarray(probe, np.float64)[:, None], axis=2)
+    return first_is_closest(np.linalg.norm(np.asarray(candidates, np.float64) - np.asarray(probe, np.float64)[:, None],
+                                           axis=2))
+
+
+def first_is_closest(d: np.ndarray) -> np.ndarray:
+    """[T, N] distances with the true match in column 0 -> per trial 1, 0 or 1/k (k-way tie)."""
     best = d.min(axis=1, keepdims=True)
     ties = (d == best).sum(axis=1)
     return np.where(d[:, 0] == best[:, 0], 1.0 / ties, 0.0)

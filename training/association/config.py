@@ -65,7 +65,8 @@ class TrainConfig:
     hard_after: int = 120_000
     hard_pool: int = 2
     negatives: str = "any"
-    # "triplet" (eq. (1), the paper's model) or "contrastive" (Table 7's Siamese baseline, sec. 4.6)
+    # "triplet" (eq. (1), the paper's model), or Table 7's baselines (sec. 4.6): "contrastive" (the
+    # Siamese net) and "classifier" (the classification network of supp. A.2.2)
     loss: str = "triplet"
     margin: float = 1.0  # the contrastive loss's margin
     eval_every: int = 5000
@@ -99,8 +100,8 @@ def validate(cfg: AssociationConfig) -> None:
         raise ValueError("face.widths and face.convs must have one entry per VGG block")
     if len(cfg.voice.widths) != 6:
         raise ValueError("voice.widths must give SoundNet conv1..conv6")
-    if cfg.train.loss not in ("triplet", "contrastive"):
-        raise ValueError("train.loss must be 'triplet' (eq. (1)) or 'contrastive' (Table 7's Siamese net)")
+    if cfg.train.loss not in ("triplet", "contrastive", "classifier"):
+        raise ValueError("train.loss must be 'triplet' (eq. (1)), 'contrastive' or 'classifier' (Table 7)")
     if cfg.embedding.pool not in ("global", "2x"):
         raise ValueError("embedding.pool must be 'global' or '2x' (Table A.2)")
     if cfg.face.pool not in ("conv5_3", "pool5"):

@@ -13,10 +13,8 @@ from tqdm import tqdm
 from facevoice.service.corpus import read_identities
 from facevoice.training.association import plots
 from facevoice.training.association.checkpoints import load_run
-from facevoice.training.association.config import AssociationConfig
 from facevoice.training.association.data import EXACT, SplitData, load_split
-from facevoice.training.association.embed import embed
-from facevoice.training.association.model import AssociationModel
+from facevoice.training.association.embed import split_embeddings
 from facevoice.training.association.protocol import (
     Embeddings,
     linear_probes,
@@ -45,11 +43,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--cache-dir", type=Path, help="decoded arrays (default RUN/cache)")
     p.add_argument("--no-progress", action="store_true")
-
-
-def split_embeddings(model: AssociationModel, cfg: AssociationConfig, split: SplitData, device) -> Embeddings:
-    return Embeddings(face=embed(model, "face", split.face.data, device=device),
-                      voice=embed(model, "voice", split.voice.data, cfg.voice.frontend().samples, device=device))
 
 
 def corpus_oracle(corpus: Path, split: str) -> dict | None:

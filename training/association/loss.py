@@ -35,6 +35,14 @@ def contrastive_loss(anchor: torch.Tensor, positive: torch.Tensor, negative: tor
     return d_pos.pow(2) + torch.clamp(margin - d_neg, min=0).pow(2)
 
 
+def pair_classification_loss(logits_positive: torch.Tensor, logits_negative: torch.Tensor) -> torch.Tensor:
+    """Table 7's classification network, per tuple: cross-entropy of its matching pair as class 1
+    (same person) plus its mismatched pair as class 0."""
+    ones = torch.ones(len(logits_positive), dtype=torch.long, device=logits_positive.device)
+    return (torch.nn.functional.cross_entropy(logits_positive, ones, reduction="none")
+            + torch.nn.functional.cross_entropy(logits_negative, 0 * ones, reduction="none"))
+
+
 def hardest(losses: torch.Tensor, keep: int) -> torch.Tensor:
     """Sec. 4.3 after 120k iterations: of the tuples drawn, the `keep` with the highest loss."""
     return losses.topk(min(keep, losses.numel())).indices

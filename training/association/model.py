@@ -109,14 +109,37 @@ class VoiceEncoder(nn.Module):
         return self.head(pool(self.features(wave), self.how))
 
 
+class PairClassifier(nn.Module):
+    """Table 7's classification network (Kim supp. A.2.2, after the L3 network): the 512-d
+    features pooled from conv5_3 and conv6, concatenated (1024-d), two FC 128 + ReLU, FC 2;
+    softmax. The positive class's probability scores how well a face and a voice match."""
+
+    def __init__(self, face_width: int, voice_width: int, hidden: int = 128):
+        super().__init__()
+        self.layers = nn.Sequential(nn.Linear(face_width + voice_width, hidden), nn.ReLU(inplace=True),
+                                    nn.Linear(hidden, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 2))
+
+    def forward(self, face: torch.Tensor, voice: torch.Tensor) -> torch.Tensor:
+        """Pooled features [B, C_f], [B, C_v] -> logits [B, 2] (column 1: same person)."""
+        return self.layers(torch.cat([face, voice], dim=-1))
+
+
 class AssociationModel(nn.Module):
     """The two heterogeneous subnetworks of the triplet network. The two towers of the candidate
-    modality share weights, so each modality has one encoder."""
+    modality share weights, so each modality has one encoder. With train.loss = "classifier" a
+    PairClassifier on the pooled features replaces the embedding heads' use (Table 7)."""
 
     def __init__(self, cfg: AssociationConfig):
         super().__init__()
         self.face_encoder = FaceEncoder(cfg.face, cfg.embedding)
         self.voice_encoder = VoiceEncoder(cfg.voice, cfg.embedding)
+        self.classifier = PairClassifier(cfg.face.widths[-1], cfg.voice.widths[-1], cfg.embedding.hidden) \
+            if cfg.train.loss == "classifier" else None
+
+    def pooled(self, modality: str, x: torch.Tensor) -> torch.Tensor:
+        """The globally pooled last conv layer (512-d in the paper): the classifier's input."""
+        encoder = self.face_encoder if modality == "face" else self.voice_encoder
+        return pool(encoder.features(x), "global")
 
     def forward(self, faces: torch.Tensor, voices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.face_encoder(faces), self.voice_encoder(voices)
@@ -126,7 +149,8 @@ class AssociationModel(nn.Module):
         return list(encoder.features.parameters())
 
     def head_parameters(self) -> list[nn.Parameter]:
-        return [*self.face_encoder.head.parameters(), *self.voice_encoder.head.parameters()]
+        extra = list(self.classifier.parameters()) if self.classifier is not None else []
+        return [*self.face_encoder.head.parameters(), *self.voice_encoder.head.parameters(), *extra]
 
 
 def _state_dict_from_file(path: Path) -> dict[str, torch.Tensor]:

@@ -14,8 +14,8 @@ from facevoice.training.corpus.oracle import CONTROLS, oracle_recall_at_k
 from facevoice.training.metrics import (
     auc_eer,
     cluster_bootstrap_interval,
+    first_is_closest,
     mean_interval,
-    one_of_n_correct,
     pairwise_l2,
     random_map,
     random_recall_at_k,
@@ -33,11 +33,29 @@ PROBE_ATTRIBUTES = ("gender", "age_group", "appearance_group", "first_language")
 
 @dataclass
 class Embeddings:
+    """Each test item's representation; `cross`, when a model scores pairs instead of embedding
+    (Table 7's classification network), holds the distance of every (voice, face) pair."""
+
     face: np.ndarray
     voice: np.ndarray
+    cross: np.ndarray | None = None  # [voices, faces]
 
     def of(self, modality: str) -> np.ndarray:
         return self.face if modality == "face" else self.voice
+
+    def distance(self, voices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+        """Elementwise (broadcast) distances between voice rows and face rows: L2 of the
+        representations (sec. 4.4), or the pair model's."""
+        if self.cross is not None:
+            return self.cross[voices, faces]
+        return np.linalg.norm(np.asarray(self.voice[voices], np.float64) - np.asarray(self.face[faces], np.float64),
+                              axis=-1)
+
+    def cross_distance(self, voices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+        """[len(voices), len(faces)] distances."""
+        if self.cross is not None:
+            return self.cross[np.ix_(voices, faces)]
+        return pairwise_l2(self.voice[voices], self.face[faces])
 
 
 def matching_cell(emb: Embeddings, split: SplitData, direction: str, control: str, n: int,
@@ -49,8 +67,10 @@ def matching_cell(emb: Embeddings, split: SplitData, direction: str, control: st
         t = matching_trials(split, direction, control, n, seed, n_way)
     except ValueError:
         return None
-    ref, other = REFERENCE[direction]
-    right = one_of_n_correct(emb.of(ref)[t.probe], emb.of(other)[t.candidates])
+    ref, _ = REFERENCE[direction]
+    probe = np.broadcast_to(np.asarray(t.probe)[:, None], np.shape(t.candidates))
+    voices, faces = (probe, t.candidates) if ref == "voice" else (t.candidates, probe)
+    right = first_is_closest(emb.distance(voices, faces))
     return {"accuracy": float(right.mean()), "ci95": wilson_interval(right.sum(), len(right)),
             "ci95_identity_bootstrap": cluster_bootstrap_interval(right, t.anchor_identity),
             "trials": len(right), "identities": len(np.unique(t.anchor_identity))}
@@ -80,7 +100,7 @@ def one_of_n(emb: Embeddings, split: SplitData, n: int, seed: int, ns=range(2, 1
 
 def verification(emb: Embeddings, split: SplitData) -> dict:
     """Every (voice, face) pair of the test set; score = -L2 distance; ROC AUC and EER."""
-    d = pairwise_l2(emb.voice, emb.face)
+    d = emb.cross_distance(np.arange(len(emb.voice)), np.arange(len(emb.face)))
     same = split.voice.identity[:, None] == split.face.identity[None, :]
     fpr, tpr = roc(-d.ravel(), same.ravel())
     auc, eer = auc_eer(fpr, tpr)
@@ -145,7 +165,7 @@ def retrieval(emb: Embeddings, split: SplitData, seed: int, sizes=SET_SIZES, ks=
         acc = {**{d: [] for d in directions}, "map_v2f": [], "map_f2v": [], "random_map": []}
         for s in sets:
             vid, fid = split.voice.identity[s[:, 0]], split.face.identity[s[:, 1]]
-            d = pairwise_l2(emb.voice[s[:, 0]], emb.face[s[:, 1]])
+            d = emb.cross_distance(s[:, 0], s[:, 1])
             acc["v2f"].append(recall_at_k(d, vid, fid, ks))
             acc["f2v"].append(recall_at_k(d.T, fid, vid, ks))
             acc["random"].append(random_recall_at_k(fid, vid, ks))

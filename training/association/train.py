@@ -21,12 +21,11 @@ from tqdm import tqdm
 
 from facevoice.training.association.config import AssociationConfig, load_config
 from facevoice.training.association.data import Batch, SplitData, TupleSampler, has_items, load_split
-from facevoice.training.association.embed import embed
-from facevoice.training.association.loss import contrastive_loss, hardest, triplet_loss
+from facevoice.training.association.embed import split_embeddings
+from facevoice.training.association.loss import contrastive_loss, hardest, pair_classification_loss, triplet_loss
 from facevoice.training.association.model import AssociationModel, load_face_backbone, load_voice_backbone
 from facevoice.training.association.pretrain import provenance
-from facevoice.training.association.trials import matching_trials
-from facevoice.training.metrics import one_of_n_correct
+from facevoice.training.association.protocol import matching_cell
 from facevoice.training.runs import (
     RunLog,
     configure_cuda,
@@ -69,10 +68,25 @@ class TripletNet(nn.Module):
         self.model, self.loss, self.margin = model, loss, margin
 
     def forward(self, batch: Batch) -> torch.Tensor:
+        if self.loss == "classifier":
+            return self._classification(batch)
         f, v = self.model(batch.faces, batch.voices)
         e = torch.cat([f, v]).float()
         a, p, n = e[batch.anchor], e[batch.positive], e[batch.negative]
         return triplet_loss(a, p, n) if self.loss == "triplet" else contrastive_loss(a, p, n, self.margin)
+
+    def _classification(self, batch: Batch) -> torch.Tensor:
+        """Each tuple's (anchor, positive) and (anchor, negative) pairs through the classifier, on
+        the pooled features; a pair's face is whichever of its two rows indexes a face."""
+        f = self.model.pooled("face", batch.faces).float()
+        v = self.model.pooled("voice", batch.voices).float()
+        nf = len(batch.faces)
+
+        def pair(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            face, voice = torch.where(x < nf, x, y), torch.where(x < nf, y, x) - nf
+            return self.model.classifier(f[face], v[voice])
+
+        return pair_classification_loss(pair(batch.anchor, batch.positive), pair(batch.anchor, batch.negative))
 
 
 def build_optimizer(model: AssociationModel, cfg: AssociationConfig, loaded: set[str]) -> torch.optim.Adam:
@@ -93,15 +107,11 @@ def lr_factor(step: int, cfg: AssociationConfig) -> float:
 
 
 def validate(model: AssociationModel, val: SplitData, cfg: AssociationConfig, device) -> dict[str, float]:
-    """1:2 accuracy without demographic control on the validation identities (model selection)."""
-    faces = embed(model, "face", val.face.data, device=device)
-    voices = embed(model, "voice", val.voice.data, cfg.voice.frontend().samples, device=device)
-    emb = {"face": faces, "voice": voices}
-    out = {}
-    for direction, (ref, other) in (("v2f", ("voice", "face")), ("f2v", ("face", "voice"))):
-        t = matching_trials(val, direction, "-", cfg.train.val_trials, seed=1)
-        out[f"val_{direction}"] = float(one_of_n_correct(emb[ref][t.probe], emb[other][t.candidates]).mean())
-    return out
+    """1:2 accuracy without demographic control on the validation identities (model selection),
+    by the same protocol code as the evaluation."""
+    emb = split_embeddings(model, cfg, val, device)
+    return {f"val_{d}": matching_cell(emb, val, d, "-", cfg.train.val_trials, seed=1)["accuracy"]
+            for d in ("v2f", "f2v")}
 
 
 def selection_score(val: dict[str, float], direction: str) -> float:

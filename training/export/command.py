@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from facevoice.service.errors import UsageError
 from facevoice.service.media.audio import complex_spectrogram, power_law
 from facevoice.service.media.frontends import Frontend
 from facevoice.service.repository import (
@@ -82,6 +83,9 @@ class GroupSpec:
 
 def association_networks(run: Path, checkpoint: str) -> GroupSpec:
     model, cfg, state = load_run(run, checkpoint, torch.device("cpu"))
+    if model.classifier is not None:
+        raise UsageError(f"{run}: a classification-network run (Table 7's baseline) scores pairs and has no "
+                         "embedding space to index; export a triplet or contrastive run")
     face, voice = cfg.face.frontend(), cfg.voice.frontend()
     nets = [Network("face_encoder", model.face_encoder, "image", "embedding", (3, face.size, face.size)),
             Network("voice_encoder", model.voice_encoder, "wave", "embedding", (voice.samples,))]
