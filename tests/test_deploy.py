@@ -85,6 +85,7 @@ def test_service_image_requirements_cover_the_online_imports():
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                 [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else []
             for name in names:
+                assert not name.startswith("facevoice.training"), f"{path.name} imports {name}: offline code"
                 top = name.split(".")[0]
                 if top in ("service", "facevoice", "__future__") or top in __import__("sys").stdlib_module_names:
                     continue
