@@ -155,7 +155,9 @@ def retrieval(emb: Embeddings, split: SplitData, seed: int, sizes=SET_SIZES, ks=
     `oracle` = {"v2f": scores, "f2v": scores} (`identity_scores` over split.identities) adds the
     generator's Bayes-optimal ranking on the same sets (`oracle_v2f`, `oracle_f2v`): the ceiling."""
     rng = np.random.default_rng(seed)
-    counts = [len(p) for p in _pairs_by_identity(split, np.random.default_rng(seed)) if len(p)]
+    # pairs per identity: as many as it has of both modalities (the identities with none drop out)
+    counts = [int(c) for c in np.minimum(np.bincount(split.voice.identity, minlength=len(split.identities)),
+                                    np.bincount(split.face.identity, minlength=len(split.identities))) if c]
     usable = sorted({set_size(s, len(counts), min(counts)) for s in sizes})
     directions = ("v2f", "f2v", "random") + (("oracle_v2f", "oracle_f2v") if oracle else ())
     out = {"sizes": usable, "sets": {}, **{d: {} for d in directions}, "map": {"v2f": {}, "f2v": {}},

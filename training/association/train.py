@@ -61,7 +61,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 class TripletNet(nn.Module):
     """Wraps the two encoders so one forward gives every tuple's loss (and DDP sees one call):
-    eq. (1), or with train.loss = "contrastive" the Siamese baseline of Table 7."""
+    eq. (1), or Table 7's baselines: train.loss = "contrastive" (the Siamese net) or "classifier"."""
 
     def __init__(self, model: AssociationModel, loss: str = "triplet", margin: float = 1.0):
         super().__init__()

@@ -22,6 +22,7 @@ from tqdm import tqdm
 from facevoice.service.corpus import IDENTITIES, Item, write_csv, write_manifest
 from facevoice.service.errors import FormatError, UsageError
 from facevoice.service.media import MediaError, decode_audio, decode_image
+from facevoice.service.media.image import Box
 from facevoice.training.corpus.manifest import corpus_counts, count_lines
 from facevoice.training.corpus.splits import SPLITS, assign_splits
 
@@ -139,7 +140,7 @@ class Track:
     """A clip's face track from its VoxCeleb1 txt file: the first frame and its box."""
 
     frame: int
-    box: tuple[float, float, float, float]
+    box: Box
 
 
 def read_track(path: Path) -> Track:
@@ -155,7 +156,7 @@ def read_track(path: Path) -> Track:
         raise FormatError(f"{path}: expected a FRAME X Y W H table with at least one row") from e
 
 
-def pixel_box(image: Path, box: tuple[float, float, float, float]) -> tuple[float, ...]:
+def pixel_box(image: Path, box: Box) -> Box:
     """A track box in pixels: VoxCeleb1 writes pixels, VoxCeleb2 fractions of the frame (all <= 1)."""
     if max(box) > 1.0:
         return box

@@ -129,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
     write_run_json(args, cfg, device, train_identities=len(train.identities))
     log = RunLog(args.out, False, FIELDS)
     labels = train.face.identity
+    genders = sorted({a.get("gender", "") for a in train.attributes})  # the gender head's classes, in its order
     losses, correct, val_acc, start = [], [], None, time.perf_counter()
     bar = tqdm(range(1, f.steps + 1), desc="train face-features", disable=not progress, dynamic_ncols=True)
     for step in bar:
@@ -146,7 +147,6 @@ def run(args: argparse.Namespace) -> int:
         correct.append((logits.argmax(1) == y).float().mean().item())
         if step % max(1, f.steps // 20) == 0 or step == f.steps:
             if "gender" in heads and val is not None:
-                genders = sorted({a["gender"] for a in train.attributes})
                 val_acc = gender_accuracy(net, heads["gender"], val, genders, device)
             log.write({"step": step, "loss": float(np.mean(losses)), "identity_acc": float(np.mean(correct)),
                        "val_gender_acc": "" if val_acc is None else val_acc})
