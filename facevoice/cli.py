@@ -24,6 +24,7 @@ VERBS: dict[tuple[str, ...], tuple[str, str]] = {
     ("export",): ("facevoice.training.export.command", "trained runs -> Triton model repository (ONNX)"),
     ("index", "build"): ("facevoice.service.build", "embed a gallery and publish new FAISS index versions"),
     ("index", "publish"): ("facevoice.service.publish", "point an index at an existing version (rollback)"),
+    ("index", "prune"): ("facevoice.service.prune", "delete old index versions and trim the gallery write log"),
     ("serve",): ("facevoice.service.serve", "the gRPC service (embedded default, or --triton-url)"),
     ("query", "faces"): ("facevoice.query", "voice -> nearest gallery faces (SearchFaces)"),
     ("query", "voices"): ("facevoice.query", "face -> nearest gallery voices (SearchVoices)"),

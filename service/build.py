@@ -4,6 +4,12 @@ Embeds a gallery (a corpus-format manifest.csv) in batches with concurrent reque
 (finished batches are kept under OUT/.build/), writes a new immutable index version per space,
 measures its recall, then moves each `current` pointer and announces it on Redis. A crash at any
 point leaves the served versions untouched.
+
+It also compacts the gallery write log (service/writelog.py): the log's end is read first, and
+every change up to it is folded in on top of the manifest, carried forward from the previous
+version: items deleted through the log stay out (even when the manifest still lists them), items
+upserted through it come in with their logged vectors. The new version records that offset, so a
+replica replays only what came after it.
 """
 
 from __future__ import annotations
@@ -26,9 +32,11 @@ from facevoice.service.embedder import Embedder
 from facevoice.service.gallery import Item, normalise, plan_and_build
 from facevoice.service.media import MediaError
 from facevoice.service.media.image import Box
+from facevoice.service.repository import FACE, VOICE
 from facevoice.service.repository import read_manifest as read_repository
 from facevoice.service.runners import EmbeddedRunner, TritonRunner
-from facevoice.service.versions import publish, write_version
+from facevoice.service.versions import Folded, current_version, publish, read_folded, read_meta, write_version
+from facevoice.service.writelog import WriteLog, offset_of, open_log
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -44,6 +52,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--exact-below", type=int, default=50_000, help="galleries smaller than this are exact")
     p.add_argument("--target-recall", type=float, default=0.95)
     p.add_argument("--redis", help="announce new versions on this Redis (redis://host:port/db)")
+    p.add_argument("--gallery-log", default="auto", choices=["auto", "file", "redis"],
+                   help="the write log to fold in, as the service's gallery_log (auto: Redis's with --redis)")
     p.add_argument("--no-publish", action="store_true", help="write the versions but leave `current` alone")
     p.add_argument("--threads", type=int, default=2, help="onnxruntime and FAISS threads")
     p.add_argument("--no-progress", action="store_true")
@@ -130,6 +140,37 @@ def embed_modality(emb: Embedder, rows: list[Row], modality: str, work: Path, ba
     return Embedded([rows[i].item for i in kept], vectors, bad, time.perf_counter() - start)
 
 
+def fold(wlog: WriteLog | None, root: Path, name: str, model_version: str, upto: str | None
+         ) -> tuple[Folded, str | None, list[tuple[str, str]]]:
+    """The previous version's folded writes plus the log's changes to `name` after its offset, up to
+    `upto`; (folded, where the replay started, dropped (item_id, why) for vectors of another model)."""
+    previous = current_version(root, name)
+    folded, after = Folded(), None
+    if previous is not None:
+        folded = read_folded(root, name, previous)
+        if wlog is not None:
+            after = offset_of(read_meta(root, name, previous), wlog)
+    dropped = []
+    if wlog is None or upto is None:
+        return folded, after, dropped
+    for _, change in wlog.entries(after, upto=upto):
+        if change.op == "delete" and name in change.indexes:
+            for item_id in change.item_ids:
+                folded.delete(item_id)
+        elif change.op == "upsert" and name in change.upserts:
+            u = change.upserts[name]
+            for it, v in zip(u.items, u.vectors, strict=True):
+                if u.model_version == model_version:
+                    folded.upsert(Item(**it), v)
+                else:
+                    folded.delete(it["item_id"])  # the old vector cannot stay; the manifest row may not either
+                    dropped.append((it["item_id"], f"upserted live with model {u.model_version}, the build embeds "
+                                                   f"with {model_version}: upsert it again, or add it to the gallery"))
+    for item_id in {i for i, _ in dropped} & folded.erased:
+        folded.erased.discard(item_id)  # a manifest row of it may come back; the live vector cannot
+    return folded, after, dropped
+
+
 def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     faiss.omp_set_num_threads(args.threads)
@@ -137,37 +178,59 @@ def run(args: argparse.Namespace) -> int:
     runner = TritonRunner(args.triton_url) if args.triton_url else EmbeddedRunner(args.model_repo, args.threads)
     emb = Embedder(manifest, runner)
     rows = gallery_rows(args.gallery, args.split)
+    wlog = open_log(args.gallery_log, args.out, args.redis)
+    upto = wlog.head() if wlog is not None else None  # what this build folds in; later writes replay on top
+    folds = {name: fold(wlog, args.out, name, space.version, upto) for name, space in manifest.indexed().items()}
+    # a manifest row edited through the log (deleted, or upserted anew) is not embedded from the manifest
+    for modality, name in (("face", FACE), ("voice", VOICE)):
+        if rows.get(modality) and name in folds:
+            edited = folds[name][0].erased | set(folds[name][0].upserted)
+            rows[modality] = [r for r in rows[modality] if r.item.item_id not in edited]
+    edits = hashlib.sha256(json.dumps({n: sorted(f[0].erased | set(f[0].upserted)) for n, f in folds.items()}
+                                      ).encode()).hexdigest()[:8]
     gallery_hash = hashlib.sha256(manifest_path(args.gallery).read_bytes()).hexdigest()[:12]
-    work = args.out / ".build" / f"{gallery_hash}-{'+'.join(sorted(args.split or ['all']))}"
+    work = args.out / ".build" / f"{gallery_hash}-{edits}-{'+'.join(sorted(args.split or ['all']))}"
     done = {m: embed_modality(emb, rows[m], m, work, args.batch, args.concurrency, not args.no_progress)
             if rows.get(m) else None for m in args.modalities}
     published, lines = {}, []
     for modality, e in done.items():
-        if e is None:
+        names = [n for n, s in manifest.indexed().items() if s.modality == modality]
+        if e is None and not any(folds[n][0].upserted for n in names):
             lines.append(f"  {modality}: no rows in {args.gallery}")
             continue
+        e = e or Embedded([], {n: np.zeros((0, manifest.spaces[n].dim), np.float32) for n in names}, [], 0.0)
         rate = len(e.items) / max(e.seconds, 1e-9)
+        skipped = list(e.bad)
         for name, x in e.vectors.items():
             space = manifest.spaces[name]
+            folded, after, dropped = folds[name]
+            live = list(folded.upserted.values())
+            items = e.items + [it for it, _ in live]
+            if live:
+                x = np.concatenate([x.reshape(len(e.items), -1), np.stack([v for _, v in live])]).astype(np.float32)
             x = normalise(x) if space.metric == "cosine" else np.ascontiguousarray(x, np.float32)
             # the real queries of a face index are voices, and back: tune the search on them when built too
             other = {"face": "voice", "voice": "face"}.get(name)
             queries = next((d.vectors[other] for d in done.values() if d and other in d.vectors), None)
             index, plan = plan_and_build(x, space.metric, args.exact_below, args.kind, args.target_recall, queries)
-            version = write_version(args.out, name, index, e.items, plan, model_version=space.version,
-                                    metric=space.metric, extra={"gallery": str(args.gallery), "gallery_sha256":
-                                                                gallery_hash, "embed_items_per_s": rate,
-                                                                "runner": runner.name,
-                                                                "tuned_on": "queries" if queries is not None
-                                                                else "perturbed gallery"})
+            log_meta = {"log": {"kind": wlog.kind, "offset": upto, "replayed_after": after}} if wlog else {}
+            version = write_version(args.out, name, index, items, plan, model_version=space.version,
+                                    metric=space.metric, folded=folded,
+                                    extra={"gallery": str(args.gallery), "gallery_sha256": gallery_hash,
+                                           "embed_items_per_s": rate, "runner": runner.name,
+                                           "tuned_on": "queries" if queries is not None else "perturbed gallery",
+                                           "folded": {"upserted": len(live), "erased": len(folded.erased)},
+                                           **log_meta})
             if not args.no_publish:
                 publish(args.out, name, version)
                 published[name] = version
-            lines.append(f"  {name:<12} {version}  {len(e.items):>6} items ({len(e.bad)} skipped)  {plan.kind} "
+            lines.append(f"  {name:<12} {version}  {len(items):>6} items ({len(e.bad)} skipped); log: "
+                         f"{len(live)} upserted, {len(folded.erased)} erased, to offset {upto};  {plan.kind} "
                          f"{plan.params}  recall@10 {plan.recall_at_10:.3f}  embed {rate:.1f} items/s")
-        if e.bad:
+            skipped += [d for d in dropped if d not in skipped]
+        if skipped:
             with open(args.out / f"skipped-{modality}.csv", "w", newline="") as f:
-                csv.writer(f).writerows([("item_id", "reason"), *e.bad])
+                csv.writer(f).writerows([("item_id", "reason"), *skipped])
     if args.redis and published:
         from facevoice.service.cache import announce
 

@@ -63,6 +63,10 @@ class Cache:
             self._last_warning = now
             log.warning("Redis at %s unreachable (%s); answering without the cache", self.url, e)
 
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+
     def get(self, cache: str, key: str) -> bytes | None:
         if not self._usable(cache):
             return None
@@ -90,19 +94,31 @@ class Subscriber(threading.Thread):
     def __init__(self, url: str, on_publish: Callable[[dict[str, str]], None], backoff_s: float = 0.5):
         super().__init__(name="facevoice-index-subscriber", daemon=True)
         self.url, self.on_publish, self.backoff_s = url, on_publish, backoff_s
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def run(self) -> None:
-        while not self._stop.is_set():
+        while not self._halt.is_set():
+            client = pubsub = None
             try:
-                pubsub = _client(self.url, 1.0).pubsub(ignore_subscribe_messages=True)
+                client = _client(self.url, 1.0)
+                pubsub = client.pubsub(ignore_subscribe_messages=True)
                 pubsub.subscribe(CHANNEL)
-                while not self._stop.is_set():
+                while not self._halt.is_set():
                     message = pubsub.get_message(timeout=0.5)
                     if message and message.get("type") == "message":
                         self._handle(message["data"])
             except redis.RedisError:
-                self._stop.wait(self.backoff_s)  # the service also polls the pointers, so nothing is missed
+                self._halt.wait(self.backoff_s)  # the service also polls the pointers, so nothing is missed
+            except Exception:  # a bug in a handler must not end the subscription
+                log.exception("index announcement handling failed; resubscribing")
+                self._halt.wait(self.backoff_s)
+            finally:  # every reconnect closes the connections of the last one
+                for c in (pubsub, client):
+                    if c is not None:
+                        try:
+                            c.close()
+                        except Exception:
+                            log.debug("closing a Redis connection failed", exc_info=True)
 
     def _handle(self, data: bytes) -> None:
         try:
@@ -115,4 +131,4 @@ class Subscriber(threading.Thread):
         self.on_publish({str(k): str(v) for k, v in published.items()})
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()

@@ -43,3 +43,7 @@ class DependencyUnavailable(ServiceError):
 
 class DeadlineExceeded(ServiceError):
     """The call's own deadline passed (DEADLINE_EXCEEDED)."""
+
+
+class Exhausted(ServiceError):
+    """A bound was reached (concurrent calls, the live-edit overlay); RESOURCE_EXHAUSTED."""

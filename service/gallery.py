@@ -3,8 +3,16 @@
 Below `exact_below` items the index is exact (flat); above it IVF (or HNSW), with nprobe /
 efSearch chosen at build time as the smallest value whose recall@10 against exact search reaches
 the target, measured on the gallery's own embeddings. Cosine spaces are L2-normalised and
-searched by inner product. Attribute filters and deletions from HNSW use an IDSelector on CPU;
-GPU indexes (which take no selector) are searched wider and post-filtered.
+searched by inner product.
+
+Filters follow the usual planner rule of vector databases: a selective filter (at most
+`exact_filter_rows` matching items) is searched exactly over the matching vectors; a broad one
+goes through the index with an IDSelector, widened (nprobe / efSearch x4 at a time) until top_k
+is reached, and exactly when even the widest search falls short. So a search returns fewer than
+top_k hits only when fewer items pass the filter. GPU indexes take no selector: they are searched
+wider (at most FAISS-GPU's k limit, GPU_MAX_K) and post-filtered, then exactly on the CPU copy
+when short. Deleted rows of flat and HNSW indexes (which cannot remove) are tombstones, compacted
+away by rebuilding the in-memory index once they pass `compact_at` of it.
 """
 
 from __future__ import annotations
@@ -18,6 +26,9 @@ import faiss
 import numpy as np
 
 from facevoice.service.errors import BadRequest
+
+GPU_MAX_K = 2048  # FAISS-GPU's largest k (and nprobe)
+EXACT_FILTER_ROWS = 20_000  # filters matching at most this many items are searched exactly
 
 
 @dataclass
@@ -85,6 +96,7 @@ def plan_and_build(vectors: np.ndarray, metric: str, exact_below: int = 50_000, 
         index.cp.niter = 10  # k-means on 2 cores: 10 rounds on 50 points per list is plenty for the lists
         index.train(vectors[rng.choice(n, size=min(n, 50 * nlist), replace=False)])
         index.add(vectors)
+        index.set_direct_map_type(faiss.DirectMap.Hashtable)  # reconstruct by id: exact filtered search
         knob, values, setter = "nprobe", [v for v in (1, 2, 4, 8, 16, 32, 64, 128, 256) if v < nlist] + [nlist], \
             lambda v: setattr(index, "nprobe", v)
         params = {"nlist": nlist}
@@ -108,7 +120,10 @@ def plan_and_build(vectors: np.ndarray, metric: str, exact_below: int = 50_000, 
 def apply_params(index: faiss.Index, plan: BuildPlan) -> None:
     """Search settings are not all stored in the index file; set them after reading it."""
     if plan.kind == "ivf":
-        faiss.extract_index_ivf(index).nprobe = plan.params["nprobe"]
+        ivf = faiss.extract_index_ivf(index)
+        ivf.nprobe = plan.params["nprobe"]
+        if ivf.direct_map.type == faiss.DirectMap.NoMap:  # versions built before the map was stored
+            ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
     elif plan.kind == "hnsw":
         faiss.downcast_index(index).hnsw.efSearch = plan.params["efSearch"]
 
@@ -147,12 +162,35 @@ class ReadWriteLock:
                 self._cond.notify_all()
 
 
+def gpu_k(k: int, ntotal: int, tombstones: int) -> int:
+    """How many neighbours a GPU index is asked for so that k survive post-filtering: 4x k or
+    k + every tombstone, never more than the index holds or FAISS-GPU's limit."""
+    return max(1, min(ntotal, GPU_MAX_K, max(4 * k, k + tombstones)))
+
+
 class Gallery:
-    """FAISS index (IDs = row numbers) + items; searches run in parallel, edits one at a time."""
+    """FAISS index (IDs = row numbers) + items; searches run in parallel, edits one at a time.
+
+    `applied` is the write-log offset this gallery has applied up to; `edited` the item ids
+    changed since its version was built (the live overlay, bounded by the caller)."""
 
     def __init__(self, index: faiss.Index, items: dict[int, Item], metric: str, plan: BuildPlan,
-                 use_gpu: bool = False, meta: dict | None = None):
+                 use_gpu: bool = False, meta: dict | None = None, exact_filter_rows: int = EXACT_FILTER_ROWS,
+                 compact_at: float = 0.25):
         self.metric, self.plan, self.meta = metric, plan, meta or {}
+        self.exact_filter_rows, self.compact_at = exact_filter_rows, compact_at
+        self.applied: str | None = None
+        self.edited: set[str] = set()
+        self._load(index, items)
+        self.lock = ReadWriteLock()
+        self.cpu_index = self.index
+        self.device = "cpu"
+        if use_gpu and faiss.get_num_gpus() > 0 and plan.kind != "hnsw":
+            self.index = faiss.index_cpu_to_all_gpus(index)  # faiss does not fall back by itself
+            self.device = "gpu"
+
+    def _load(self, index: faiss.Index, items: dict[int, Item]) -> None:
+        self.index = index
         self.items = items
         self.by_item_id = {it.item_id: i for i, it in items.items()}
         # rows by attribute value and by attribute name, so a filter costs its matches, not the gallery
@@ -163,12 +201,6 @@ class Gallery:
         # flat and HNSW number their rows in order, so a new row's id is ntotal; IVF takes ids
         self.next_id = max(max(items, default=-1) + 1, index.ntotal)
         self.tombstones: set[int] = set(range(index.ntotal)) - set(items)  # rows flat/HNSW cannot remove
-        self.lock = ReadWriteLock()
-        self.index = index
-        self.device = "cpu"
-        if use_gpu and faiss.get_num_gpus() > 0 and plan.kind != "hnsw":
-            self.index = faiss.index_cpu_to_all_gpus(index)  # faiss does not fall back by itself
-            self.device = "gpu"
 
     def _index_attributes(self, row: int, item: Item) -> None:
         for name, value in item.attributes.items():
@@ -186,6 +218,11 @@ class Gallery:
     @property
     def dim(self) -> int:
         return self.index.d
+
+    @property
+    def generation(self) -> str:
+        """Names this gallery's content: its version and the log offset applied on top of it."""
+        return f"{self.meta.get('version', '')}@{self.applied}"
 
     def _prepare(self, x: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(np.atleast_2d(x), np.float32)
@@ -208,7 +245,8 @@ class Gallery:
 
     def search(self, query: np.ndarray, k: int, filters: dict[str, set[str]] | None = None
                ) -> list[tuple[Item, float]]:
-        """Best first: (item, distance) with L2 distance, or 1 - cosine."""
+        """Best first: (item, distance) with L2 distance, or 1 - cosine. Fewer than k hits only
+        when fewer items pass the filter."""
         q = self._prepare(query)
         with self.lock.read():
             allowed = self.allowed(filters or {})
@@ -217,27 +255,77 @@ class Gallery:
             k_eff = min(k, self.size if allowed is None else len(allowed))
             if k_eff == 0:
                 return []
-            dead = np.fromiter(self.tombstones, np.int64, len(self.tombstones)) if allowed is None else None
-            if allowed is None and not len(dead):
+            if allowed is not None and len(allowed) <= self.exact_filter_rows:
+                dist, ids = self._exact(q, allowed, k_eff)
+            elif allowed is None and not self.tombstones:
                 dist, ids = self.index.search(q, k_eff)
-            elif self.device == "gpu":  # GPU indexes take no selector: search wider, then filter
-                wider = min(self.index.ntotal, max(4 * k_eff, k_eff + len(self.tombstones)))
-                dist, ids = self.index.search(q, wider)
-                keep = np.isin(ids[0], allowed) if allowed is not None else ~np.isin(ids[0], dead)
-                dist, ids = dist[:, keep][:, :k_eff], ids[:, keep][:, :k_eff]
+            elif self.device == "gpu":
+                dist, ids = self._gpu_filtered(q, k_eff, allowed)
             else:
-                inner = faiss.IDSelectorBatch(allowed if allowed is not None else dead)
-                selector = inner if allowed is not None else faiss.IDSelectorNot(inner)
-                dist, ids = self.index.search(q, k_eff, params=self._search_params(selector))
+                dist, ids = self._selected(q, k_eff, allowed)
             return [(self.items[int(i)], self._distance(float(d))) for d, i in zip(dist[0], ids[0], strict=True)
                     if i >= 0 and int(i) in self.items]
 
-    def _search_params(self, selector: faiss.IDSelector) -> faiss.SearchParameters:
+    def _exact(self, q: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact search over these rows only (their vectors read back from the CPU index)."""
+        vectors = self.cpu_index.reconstruct_batch(rows)
+        if self.metric == "cosine":
+            score = vectors @ q[0]
+            order = np.argsort(-score, kind="stable")[:k]
+        else:
+            score = ((vectors - q[0]) ** 2).sum(axis=1)
+            order = np.argsort(score, kind="stable")[:k]
+        return score[order][None].astype(np.float32), rows[order][None]
+
+    def _gpu_filtered(self, q: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """GPU indexes take no selector: search wider, post-filter, exactly on the CPU when short."""
+        dist, ids = self.index.search(q, gpu_k(k, self.index.ntotal, len(self.tombstones)))
+        dead = np.fromiter(self.tombstones, np.int64, len(self.tombstones))
+        keep = np.isin(ids[0], allowed) if allowed is not None else (ids[0] >= 0) & ~np.isin(ids[0], dead)
+        dist, ids = dist[:, keep][:, :k], ids[:, keep][:, :k]
+        if ids.shape[1] < k:
+            rows = allowed if allowed is not None else np.fromiter(self.items, np.int64, len(self.items))
+            return self._exact(q, rows, k)
+        return dist, ids
+
+    def _selected(self, q: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """The index with an IDSelector (allowed rows, or all but tombstones), widened until k
+        hits are found; exact when the widest setting still falls short."""
+        if allowed is not None:
+            selector = faiss.IDSelectorBatch(allowed)
+        else:
+            dead = np.fromiter(self.tombstones, np.int64, len(self.tombstones))
+            inner = faiss.IDSelectorBatch(dead)
+            selector = faiss.IDSelectorNot(inner)
+        share = 1.0 if allowed is None else len(allowed) / max(self.size, 1)
+        for params in self._widening(selector, share, k):
+            dist, ids = self.index.search(q, k, params=params)
+            if (ids[0] >= 0).sum() >= k:
+                return dist, ids
+        rows = allowed if allowed is not None else np.fromiter(self.items, np.int64, len(self.items))
+        return self._exact(q, rows, k)
+
+    def _widening(self, selector: faiss.IDSelector, share: float, k: int):
+        """Search settings from the tuned one up. A filter passing a share s of the gallery starts
+        at nprobe / s lists (efSearch / s), so as many passing candidates are scanned as an
+        unfiltered search scans; then x4 at a time."""
         if self.plan.kind == "ivf":
-            return faiss.SearchParametersIVF(sel=selector, nprobe=self.plan.params["nprobe"])
-        if self.plan.kind == "hnsw":
-            return faiss.SearchParametersHNSW(sel=selector, efSearch=self.plan.params["efSearch"])
-        return faiss.SearchParameters(sel=selector)
+            nlist = faiss.extract_index_ivf(self.cpu_index).nlist
+            nprobe = min(nlist, math.ceil(self.plan.params["nprobe"] / max(share, 1e-9)))
+            while True:
+                yield faiss.SearchParametersIVF(sel=selector, nprobe=nprobe)
+                if nprobe >= nlist:
+                    return
+                nprobe = min(nprobe * 4, nlist)
+        elif self.plan.kind == "hnsw":
+            ef = max(k, min(4096, math.ceil(self.plan.params["efSearch"] / max(share, 1e-9))))
+            while True:
+                yield faiss.SearchParametersHNSW(sel=selector, efSearch=ef)
+                if ef >= 4096:
+                    return
+                ef = min(ef * 4, 4096)
+        else:
+            yield faiss.SearchParameters(sel=selector)
 
     def _distance(self, d: float) -> float:
         if self.metric == "cosine":
@@ -257,25 +345,56 @@ class Gallery:
                 self._index_attributes(int(i), it)
                 self.items[int(i)] = it
                 self.by_item_id[it.item_id] = int(i)
+                self.edited.add(it.item_id)
             self.next_id += len(items)
+            self._maybe_compact()
 
     def delete(self, item_ids: list[str]) -> list[str]:
-        """Removes the items; returns the ids that were not there."""
-        with self.lock.write():
-            return self._delete(item_ids)
+        """Removes the items; returns the ids that were not there. Ids not in the gallery are
+        found under the read lock, so a delete of unknown ids never holds up a search."""
+        with self.lock.read():
+            present = [i for i in item_ids if i in self.by_item_id]
+        if present:
+            with self.lock.write():
+                self._delete(present)
+                self._maybe_compact()
+        present_set = set(present)
+        self.edited.update(item_ids)
+        return [i for i in item_ids if i not in present_set]
 
-    def _delete(self, item_ids: list[str]) -> list[str]:
-        missing = []
+    def _delete(self, item_ids: list[str]) -> None:
+        rows = []
         for item_id in item_ids:
             row = self.by_item_id.pop(item_id, None)
             if row is None:
-                missing.append(item_id)
                 continue
             for name, value in self.items.pop(row).attributes.items():
                 self.rows_with[(name, value)].discard(row)
                 self.rows_having[name].discard(row)
-            if self.plan.kind == "ivf":
-                self.index.remove_ids(np.asarray([row], np.int64))
-            else:
-                self.tombstones.add(row)
-        return missing
+            rows.append(row)
+        if not rows:
+            return
+        if self.plan.kind == "ivf":
+            self.index.remove_ids(np.asarray(rows, np.int64))
+        else:
+            self.tombstones.update(rows)
+
+    def _maybe_compact(self) -> None:
+        """Flat and HNSW keep deleted rows as tombstones: past `compact_at` of the index (and at
+        least 1,000 rows) the live rows are re-added to a fresh index and renumbered 0..n-1."""
+        if self.plan.kind == "ivf" or len(self.tombstones) < max(1000, self.compact_at * self.index.ntotal):
+            return
+        rows = np.fromiter(sorted(self.items), np.int64, len(self.items))
+        vectors = self.cpu_index.reconstruct_batch(rows) if len(rows) else np.zeros((0, self.dim), np.float32)
+        if self.plan.kind == "hnsw":
+            old = faiss.downcast_index(self.cpu_index)
+            index = faiss.IndexHNSWFlat(self.dim, self.plan.params.get("M", 32), old.metric_type)
+            index.hnsw.efConstruction = old.hnsw.efConstruction
+            index.hnsw.efSearch = old.hnsw.efSearch
+        else:
+            index = exact_index(self.dim, self.metric)
+        index.add(vectors)
+        self._load(index, {new: self.items[int(old)] for new, old in enumerate(rows)})
+        self.cpu_index = self.index
+        if self.device == "gpu":
+            self.index = faiss.index_cpu_to_all_gpus(index)

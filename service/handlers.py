@@ -22,6 +22,7 @@ from facevoice.service.errors import (
     BadRequest,
     DeadlineExceeded,
     DependencyUnavailable,
+    Exhausted,
     NotLoaded,
     ServiceError,
     Unsupported,
@@ -45,7 +46,9 @@ EMBED_SPACES = {(False, "audio"): VOICE, (False, "image"): FACE, (True, "audio")
                 (True, "image"): FACE_FEATURE}
 STATUS = [(MediaError, grpc.StatusCode.INVALID_ARGUMENT), (BadRequest, grpc.StatusCode.INVALID_ARGUMENT),
           (NotLoaded, grpc.StatusCode.NOT_FOUND), (Unsupported, grpc.StatusCode.FAILED_PRECONDITION),
-          (DependencyUnavailable, grpc.StatusCode.UNAVAILABLE), (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED)]
+          (DependencyUnavailable, grpc.StatusCode.UNAVAILABLE), (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
+          (Exhausted, grpc.StatusCode.RESOURCE_EXHAUSTED)]
+audit = logging.getLogger("facevoice.audit")
 
 
 def status_of(e: Exception) -> grpc.StatusCode:
@@ -164,11 +167,12 @@ class FaceVoiceService(pb_grpc.FaceVoiceServicer):
         gallery = self.indexes.get(name)
         filters = _filters(request, gallery)
         _check_top_k(request.top_k)
-        # a live-edited index's results are not cached
-        cacheable = self.cache.enabled and not self.indexes.journal[name]
+        # the key names the gallery's generation (version and log offset): a write, a delete above
+        # all, makes every earlier cached result unreachable
+        cacheable = self.cache.enabled
         if cacheable:
             key = hashlib.sha256(query.tobytes() + json.dumps(
-                [gallery.meta["version"], request.top_k, sorted((k, sorted(v)) for k, v in filters.items())]
+                [gallery.generation, request.top_k, sorted((k, sorted(v)) for k, v in filters.items())]
             ).encode()).hexdigest()
             with self.metrics.timed(method, "cache"):
                 hit = self.cache.get("result", key)
@@ -266,15 +270,20 @@ class FaceVoiceService(pb_grpc.FaceVoiceServicer):
             for space in self._gallery_spaces("voice" if medium == "audio" else "face"):
                 by_space.setdefault(space, []).append(it)
         # decode and embed everything before touching an index: a bad item or a failed call changes nothing
-        vectors = {}
+        upserts = {}
         for space, items in by_space.items():
             x = self._decode_all("UpsertItems", space, [it.media for it in items],
                                  [f"item {it.item_id!r}" for it in items])
-            vectors[space] = self._embed_all("UpsertItems", space, x, deadline)
-        sizes = {space: self.indexes.upsert(space, [Item(it.item_id, it.identity, dict(it.attributes))
-                                                    for it in items], vectors[space])
-                 for space, items in by_space.items()}
-        return pb.UpsertItemsResponse(upserted=n, index_size=sizes)
+            upserts[space] = ([Item(it.item_id, it.identity, dict(it.attributes)) for it in items],
+                              self._embed_all("UpsertItems", space, x, deadline))
+        actor = _actor(context)
+        try:
+            offset = self.indexes.upsert(upserts, actor=actor)
+        except ServiceError as e:
+            _audit(actor, "UpsertItems", sorted(upserts), ids, f"refused: {type(e).__name__}")
+            raise
+        _audit(actor, "UpsertItems", sorted(upserts), ids, "ok", offset)
+        return pb.UpsertItemsResponse(upserted=n, index_size={s: self.indexes.get(s).size for s in upserts})
 
     @rpc
     def DeleteItems(self, request, context, deadline):
@@ -282,9 +291,13 @@ class FaceVoiceService(pb_grpc.FaceVoiceServicer):
         n = len(request.item_ids)
         _require(1 <= n <= MAX_DELETE, f"1..{MAX_DELETE} item_ids per call, got {n}")
         names = self._gallery_spaces("voice" if request.modality == pb.VOICE else "face")
-        missing = self.indexes.delete(names[0], list(request.item_ids))
-        for other in names[1:]:
-            self.indexes.delete(other, list(request.item_ids))
+        ids, actor = list(request.item_ids), _actor(context)
+        try:
+            missing, offset = self.indexes.delete(names, ids, actor=actor)
+        except ServiceError as e:
+            _audit(actor, "DeleteItems", names, ids, f"refused: {type(e).__name__}")
+            raise
+        _audit(actor, "DeleteItems", names, ids, "ok", offset)
         return pb.DeleteItemsResponse(deleted=n - len(missing), not_found=missing)
 
     @rpc
@@ -299,6 +312,20 @@ class FaceVoiceService(pb_grpc.FaceVoiceServicer):
         s2f = groups[SPEECH2FACE].version if SPEECH2FACE in groups else ""
         return pb.GetIndexInfoResponse(indexes=infos, association_model_version=groups[ASSOCIATION].version,
                                        speech2face_model_version=s2f)
+
+
+def _actor(context: grpc.ServicerContext) -> str:
+    """Who wrote: the peer, and a fingerprint of the token it presented (never the token)."""
+    token = dict(context.invocation_metadata()).get("authorization", "")
+    who = f"token:{hashlib.sha256(token.encode()).hexdigest()[:12]}" if token else "anonymous"
+    return f"{who}@{context.peer()}"
+
+
+def _audit(actor: str, method: str, indexes: list[str], item_ids: list[str], result: str, offset: str = "") -> None:
+    """One line per gallery write: who, what, when (the log record's time), never the media."""
+    audit.info(json.dumps({"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "actor": actor,
+                           "method": method, "indexes": indexes, "items": len(item_ids),
+                           "item_ids": item_ids[:100], "result": result, "log_offset": offset}))
 
 
 def _require(ok: bool, message: str) -> None:

@@ -37,6 +37,14 @@ class Metrics:
                                       ["cache"], registry=r)
         self.dependency_errors = Counter("facevoice_dependency_errors", "Failed calls to a dependency",
                                          ["dependency"], registry=r)
+        self.overlay_items = Gauge("facevoice_index_overlay_items",
+                                   "Item ids edited live since the served version was built", ["index"], registry=r)
+        self.log_appends = Counter("facevoice_gallery_log_appends", "Gallery writes appended to the write log",
+                                   ["op"], registry=r)
+        self.rejected = Counter("facevoice_rejected", "RPCs refused before running, by reason",
+                                ["method", "reason"], registry=r)
+        self.in_flight = Gauge("facevoice_rpcs_in_flight", "FaceVoice RPCs accepted and not yet answered",
+                               registry=r)
         self.up = Gauge("facevoice_dependency_up", "1 when the dependency answered its last call",
                         ["dependency"], registry=r)
 

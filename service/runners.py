@@ -36,6 +36,9 @@ class EmbeddedRunner:
                                                                   providers=["CPUExecutionProvider"])
             return self._sessions[info.model]
 
+    def close(self) -> None:
+        pass
+
     def infer(self, info: NetworkEntry, x: np.ndarray, deadline: float | None = None) -> np.ndarray:
         return self._session(info).run([info.output], {info.input: np.ascontiguousarray(x, np.float32)})[0]
 
@@ -57,6 +60,9 @@ class TritonRunner:
         self.client = grpcclient.InferenceServerClient(url, channel_args=[
             ("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", 1000)])
+
+    def close(self) -> None:
+        self.client.close()
 
     def infer(self, info: NetworkEntry, x: np.ndarray, deadline: float | None = None) -> np.ndarray:
         from tritonclient.utils import InferenceServerException

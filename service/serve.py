@@ -7,6 +7,8 @@ else the defaults below. The embedded default needs only --model-repo (and --ind
 from __future__ import annotations
 
 import argparse
+import hmac
+import ipaddress
 import logging
 import os
 import signal
@@ -23,13 +25,14 @@ from grpc_reflection.v1alpha import reflection
 
 from facevoice.service.cache import Cache, Subscriber
 from facevoice.service.embedder import Embedder
-from facevoice.service.errors import UsageError
+from facevoice.service.errors import DependencyUnavailable, UsageError
 from facevoice.service.handlers import FaceVoiceService
 from facevoice.service.media import DEFAULT_LIMITS
 from facevoice.service.metrics import Metrics
 from facevoice.service.repository import read_manifest
 from facevoice.service.runners import EmbeddedRunner, TritonRunner
 from facevoice.service.served import IndexSet
+from facevoice.service.writelog import LogTrimmed, RedisLog, open_log
 from facevoice.v1 import facevoice_pb2, facevoice_pb2_grpc
 
 log = logging.getLogger("facevoice.serve")
@@ -40,14 +43,22 @@ SERVICE_NAME = facevoice_pb2.DESCRIPTOR.services_by_name["FaceVoice"].full_name
 class ServeConfig:
     model_repo: Path = Path("model_repo")
     index_root: Path | None = None
-    host: str = "0.0.0.0"
+    host: str = "127.0.0.1"  # loopback unless told; another address needs a token (or --insecure)
     port: int = 50051
     metrics_port: int = 9464  # 0 picks a free port; -1 turns /metrics off
     triton_url: str | None = None  # gRPC host:port; none = embedded onnxruntime
     triton_retries: int = 2
     redis_url: str | None = None
     cache_ttl_s: int = 300
-    token: str | None = None  # bearer token; none = no auth
+    token: str | None = None  # bearer token for searches; none = no auth
+    admin_token: str | None = None  # bearer token for gallery writes (UpsertItems / DeleteItems)
+    token_file: Path | None = None  # read the token from this file (a Docker / Kubernetes secret)
+    admin_token_file: Path | None = None
+    insecure: bool = False  # allow a non-loopback address without a token
+    gallery_log: str = "auto"  # auto (Redis stream with a Redis, else the index root's file), file, redis
+    volatile_log_ok: bool = False  # accept a Redis log without AOF (acknowledged writes may be lost)
+    max_overlay: int = 100_000  # live-edited item ids per index before writes are refused
+    max_concurrent_rpcs: int = 64  # FaceVoice calls accepted at once (queued or running); 0: no limit
     tls_cert: Path | None = None
     tls_key: Path | None = None
     workers: int = 8
@@ -91,7 +102,15 @@ def load_config(args: argparse.Namespace | None = None, env: dict | None = None)
     unknown = set(values) - {f.name for f in fields(ServeConfig)}
     if unknown:
         raise UsageError(f"unknown serve settings: {sorted(unknown)}")
-    return ServeConfig(**{k: _convert(k, v) for k, v in values.items()})
+    cfg = ServeConfig(**{k: _convert(k, v) for k, v in values.items()})
+    for name in ("token", "admin_token"):
+        path = getattr(cfg, f"{name}_file")
+        if path is not None:
+            try:
+                setattr(cfg, name, Path(path).read_text().strip() or None)
+            except OSError as e:
+                raise UsageError(f"{name}_file {path}: {e.strerror}") from e
+    return cfg
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -104,48 +123,166 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
             p.add_argument(flag, dest=f.name, default=None, help=f"(default {f.default})")
 
 
-class AuthInterceptor(grpc.ServerInterceptor):
-    """Bearer-token auth for the FaceVoice methods; health and reflection stay open."""
+WRITES = ("UpsertItems", "DeleteItems")
 
-    def __init__(self, token: str):
-        self.expected = f"Bearer {token}"
+
+def _refuse(code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
+    def deny(request, context):
+        context.abort(code, message)
+
+    return grpc.unary_unary_rpc_method_handler(deny)
+
+
+def _same(presented: str | None, token: str | None) -> bool:
+    return token is not None and presented is not None and hmac.compare_digest(
+        presented.encode(), f"Bearer {token}".encode())
+
+
+class AuthInterceptor(grpc.ServerInterceptor):
+    """Bearer tokens for the FaceVoice methods (compared in constant time): searches take the
+    search or the admin token; gallery writes only the admin token. Health and reflection stay open."""
+
+    def __init__(self, token: str | None, admin_token: str | None):
+        self.token, self.admin_token = token, admin_token
 
     def intercept_service(self, continuation, details):
         if not details.method.startswith(f"/{SERVICE_NAME}/"):
             return continuation(details)
-        if dict(details.invocation_metadata).get("authorization") == self.expected:
+        presented = dict(details.invocation_metadata).get("authorization")
+        write = details.method.rsplit("/", 1)[-1] in WRITES
+        if _same(presented, self.admin_token) or (not write and _same(presented, self.token)):
             return continuation(details)
+        if write and _same(presented, self.token):
+            return _refuse(grpc.StatusCode.PERMISSION_DENIED, "gallery writes need the admin token")
+        if write and self.admin_token is None and self.token is None:
+            return continuation(details)
+        if not write and self.token is None and self.admin_token is not None:
+            return continuation(details)  # only writes are protected
+        return _refuse(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
 
-        def deny(request, context):
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
 
-        return grpc.unary_unary_rpc_method_handler(deny)
+class ConcurrencyLimit(grpc.ServerInterceptor):
+    """At most `limit` FaceVoice calls accepted at once, queued or running: beyond it a call is
+    answered RESOURCE_EXHAUSTED at once (counted in facevoice_rejected_total{reason="concurrency"})
+    instead of waiting behind the others."""
+
+    def __init__(self, limit: int, metrics: Metrics):
+        self.limit, self.metrics = limit, metrics
+        self.in_flight = 0
+        self._lock = threading.Lock()
+
+    def intercept_service(self, continuation, details):
+        if not details.method.startswith(f"/{SERVICE_NAME}/"):
+            return continuation(details)
+        method = details.method.rsplit("/", 1)[-1]
+        with self._lock:
+            if self.in_flight >= self.limit:
+                self.metrics.rejected.labels(method, "concurrency").inc()
+                return _refuse(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                               f"the server is at its limit of {self.limit} concurrent calls; retry with back-off")
+            self.in_flight += 1
+            self.metrics.in_flight.set(self.in_flight)
+        try:
+            handler = continuation(details)
+        except BaseException:
+            self._done()
+            raise
+        if handler is None or handler.unary_unary is None:  # unknown method: gRPC answers UNIMPLEMENTED
+            self._done()
+            return handler
+
+        def behaviour(request, context, inner=handler.unary_unary):
+            try:
+                return inner(request, context)
+            finally:
+                self._done()
+
+        return grpc.unary_unary_rpc_method_handler(behaviour, request_deserializer=handler.request_deserializer,
+                                                   response_serializer=handler.response_serializer)
+
+    def _done(self) -> None:
+        with self._lock:
+            self.in_flight -= 1
+            self.metrics.in_flight.set(self.in_flight)
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_security(cfg: ServeConfig) -> None:
+    """Refuses settings that would serve less safely than they seem to (Redis's protected mode)."""
+    if bool(cfg.tls_cert) != bool(cfg.tls_key):
+        raise UsageError("--tls-cert and --tls-key go together: with only one the server would serve plaintext")
+    for path in (cfg.tls_cert, cfg.tls_key):
+        if path and not Path(path).is_file():
+            raise UsageError(f"{path}: no such TLS file")
+    if not is_loopback(cfg.host) and not (cfg.token or cfg.admin_token) and not cfg.insecure:
+        raise UsageError(f"refusing to listen on {cfg.host} without a token: anyone who can reach it could "
+                         "search and edit a biometric gallery. Set --token and --admin-token (FACEVOICE_TOKEN, "
+                         "FACEVOICE_ADMIN_TOKEN), listen on 127.0.0.1, or pass --insecure")
 
 
 class Running:
-    """A started service: its port, parts, and stop()."""
+    """A started service: its port, parts, and stop(). A failure part-way through start-up stops
+    what had started before it is raised."""
 
     def __init__(self, cfg: ServeConfig):
         self.cfg = cfg
+        check_security(cfg)
+        self.server = self.subscriber = self.metrics_server = self.cache = self.indexes = self.embedder = None
+        self.write_log = None
+        try:
+            self._start(cfg)
+        except BaseException:
+            self.stop(0)
+            raise
+
+    def _start(self, cfg: ServeConfig) -> None:
         faiss.omp_set_num_threads(cfg.faiss_threads)
         self.metrics = Metrics()
         manifest = read_manifest(cfg.model_repo)
         runner = (TritonRunner(cfg.triton_url, retries=cfg.triton_retries) if cfg.triton_url
                   else EmbeddedRunner(cfg.model_repo, threads=cfg.ort_threads))
         self.embedder = Embedder(manifest, runner)
+        self.write_log = open_log(cfg.gallery_log, cfg.index_root, cfg.redis_url)
+        if isinstance(self.write_log, RedisLog):
+            settings = self.write_log.durability()
+            if settings.get("appendonly") == "no" and not cfg.volatile_log_ok:
+                raise UsageError(f"Redis at {cfg.redis_url} has appendonly no: acknowledged gallery writes would be "
+                                 "lost with it. Configure AOF (appendonly yes, appendfsync always), use "
+                                 "--gallery-log file, or pass --volatile-log-ok")
+            if settings.get("appendfsync") not in (None, "always"):
+                log.warning("Redis appendfsync is %s: a power loss can lose up to a second of acknowledged "
+                            "gallery writes (docs/operations.md)", settings.get("appendfsync"))
         versions = {name: space.version for name, space in manifest.indexed().items()}
-        self.indexes = IndexSet(cfg.index_root, versions, self.metrics, use_gpu=cfg.gpu)
+        self.indexes = IndexSet(cfg.index_root, versions, self.metrics, use_gpu=cfg.gpu, write_log=self.write_log,
+                                max_overlay=cfg.max_overlay)
         self.indexes.refresh()
+        try:
+            self.indexes.catch_up()
+        except (DependencyUnavailable, LogTrimmed) as e:  # the follower keeps trying
+            log.warning("gallery log not applied at start-up: %s", e)
+        self.indexes.follow()
         self.cache = Cache(cfg.redis_url, self.metrics, ttl_s=cfg.cache_ttl_s)
-        self.subscriber = None
         if cfg.redis_url:
             self.subscriber = Subscriber(cfg.redis_url, lambda published: self.indexes.refresh())
             self.subscriber.start()
-        self.watcher = self.indexes.watch(cfg.poll_s) if cfg.index_root and cfg.poll_s > 0 else None
+        if cfg.index_root and cfg.poll_s > 0:
+            self.indexes.watch(cfg.poll_s)
 
         options = [("grpc.max_receive_message_length", cfg.max_message_bytes),
                    ("grpc.max_send_message_length", cfg.max_message_bytes)]
-        interceptors = [AuthInterceptor(cfg.token)] if cfg.token else []
+        interceptors = []
+        if cfg.max_concurrent_rpcs > 0:
+            interceptors.append(ConcurrencyLimit(cfg.max_concurrent_rpcs, self.metrics))
+        if cfg.token or cfg.admin_token:
+            interceptors.append(AuthInterceptor(cfg.token, cfg.admin_token))
         self.server = grpc.server(futures.ThreadPoolExecutor(cfg.workers, thread_name_prefix="facevoice-rpc"),
                                   options=options, interceptors=interceptors)
         facevoice_pb2_grpc.add_FaceVoiceServicer_to_server(
@@ -154,7 +291,7 @@ class Running:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
         address = f"{cfg.host}:{cfg.port}"
-        if cfg.tls_cert and cfg.tls_key:
+        if cfg.tls_cert:
             creds = grpc.ssl_server_credentials([(cfg.tls_key.read_bytes(), cfg.tls_cert.read_bytes())])
             self.port = self.server.add_secure_port(address, creds)
         else:
@@ -169,14 +306,26 @@ class Running:
         return self.metrics_server[0].server_port if self.metrics_server else None
 
     def stop(self, grace_s: float | None = None) -> None:
-        """Graceful: health says NOT_SERVING, new calls are refused, calls in flight finish."""
-        self.health.enter_graceful_shutdown()
-        self.server.stop(self.cfg.grace_s if grace_s is None else grace_s).wait()
-        self.indexes.stop()
+        """Graceful: health says NOT_SERVING, new calls are refused, calls in flight finish; then
+        every thread is joined and every client closed."""
+        if self.server is not None:
+            self.health.enter_graceful_shutdown()
+            self.server.stop(self.cfg.grace_s if grace_s is None else grace_s).wait()
         if self.subscriber:
             self.subscriber.stop()
+            self.subscriber.join(5.0)
+        if self.indexes is not None:
+            self.indexes.stop()  # joins the watcher and the log follower, closes the log
+        elif self.write_log is not None:
+            self.write_log.close()
         if self.metrics_server:
             self.metrics_server[0].shutdown()
+            self.metrics_server[0].server_close()
+            self.metrics_server[1].join(5.0)
+        if self.cache is not None:
+            self.cache.close()
+        if self.embedder is not None:
+            self.embedder.runner.close()
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,36 +1,50 @@
-"""The indexes a replica serves, and their hot swap.
+"""The indexes a replica serves: their hot swap, and the gallery write log applied on top.
 
 A query takes a reference to the current Gallery and keeps it to the end, so a swap never fails
-or blocks a query: the new version is read and verified beside the old one, then one reference
-assignment makes it current. Swaps are triggered by the Redis announcement and, as a backstop,
-by polling the `current` pointers."""
+or blocks a query: the new version is read, verified and brought up to date with the write log
+beside the old one, then one reference assignment makes it current. Swaps are triggered by the
+Redis announcement and, as a backstop, by polling the `current` pointers.
+
+Gallery writes go through the write log (service/writelog.py): `write` appends a change (only
+then is it acknowledged) and applies it here at once; a follower thread applies the changes
+other replicas append, in log order. A version replays the log from the offset it was built at.
+Live edits since a version are its overlay, bounded by `max_overlay` item ids per index;
+`facevoice index build` folds them into a new version.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 
-from facevoice.service.errors import NotLoaded
+from facevoice.service.errors import BadRequest, DependencyUnavailable, Exhausted, NotLoaded
 from facevoice.service.gallery import Gallery, Item
 from facevoice.service.metrics import Metrics
 from facevoice.service.versions import IndexVersionError, current_version, load_version
+from facevoice.service.writelog import Change, IndexChange, LogTrimmed, WriteLog, offset_of
 
 log = logging.getLogger("facevoice.indexes")
 
 
 class IndexSet:
     def __init__(self, root: Path | None, model_versions: dict[str, str], metrics: Metrics,
-                 use_gpu: bool = False):
+                 use_gpu: bool = False, write_log: WriteLog | None = None, max_overlay: int = 100_000,
+                 refused_backoff_s: tuple[float, float] = (5.0, 300.0)):
         self.root, self.model_versions, self.metrics, self.use_gpu = root, model_versions, metrics, use_gpu
+        self.log, self.max_overlay = write_log, max_overlay
         self.galleries: dict[str, Gallery] = {}
-        # live upserts/deletes, replayed onto each new version so a swap does not drop them
-        self.journal: dict[str, list[tuple]] = {n: [] for n in model_versions}
-        self._swap_lock = threading.Lock()
+        self.applied = write_log.start if write_log else "0"  # every loaded gallery is at least here
+        # (name, version) -> (retry after, current delay): a refused version is not re-read every poll
+        self.refused: dict[tuple[str, str], tuple[float, float]] = {}
+        self.refused_backoff_s = refused_backoff_s
+        self._swap_lock = threading.RLock()
         self._stop = threading.Event()
+        self.threads: list[threading.Thread] = []
 
     def get(self, name: str) -> Gallery:
         gallery = self.galleries.get(name)
@@ -38,31 +52,57 @@ class IndexSet:
             raise NotLoaded(f"no {name} index is loaded (build one with `facevoice index build`)")
         return gallery
 
+    # versions -----------------------------------------------------------------------------
     def refresh(self) -> dict[str, str]:
         """Loads every index whose `current` pointer moved; returns {name: new version}."""
         if self.root is None:
             return {}
         swapped = {}
         with self._swap_lock:
+            first_load = not self.galleries
             for name, model_version in self.model_versions.items():
                 version = current_version(self.root, name)
                 loaded = self.galleries.get(name)
                 if version is None or (loaded and loaded.meta.get("version") == version):
                     continue
+                retry = self.refused.get((name, version))
+                if retry and time.monotonic() < retry[0]:
+                    continue
                 try:
                     gallery = load_version(self.root, name, version, model_version, self.use_gpu)
-                except (IndexVersionError, OSError) as e:
+                    self._bring_up_to_date(name, gallery)
+                except (IndexVersionError, LogTrimmed, OSError) as e:
+                    delay = min(retry[1] * 2, self.refused_backoff_s[1]) if retry else self.refused_backoff_s[0]
+                    self.refused[(name, version)] = (time.monotonic() + delay, delay)
                     self.metrics.index_swaps.labels(name, "refused").inc()
-                    log.error("not serving %s/%s: %s", name, version, e)
+                    log.error("not serving %s/%s: %s (next try in %.0f s)", name, version, e, delay)
                     continue
-                for entry in self.journal[name]:
-                    self._apply(gallery, entry)
+                except DependencyUnavailable as e:  # the log is down: try again at the next poll
+                    log.warning("cannot load %s/%s yet: %s", name, version, e)
+                    continue
+                self.refused.pop((name, version), None)
                 old = self.galleries.get(name)
                 self.galleries[name] = gallery  # the swap: one reference assignment
                 self._export_metrics(name, gallery, old)
                 self.metrics.index_swaps.labels(name, "swapped").inc()
                 swapped[name] = version
+            if first_load and self.galleries and self.log is not None and self.applied == self.log.start:
+                # every entry up to the oldest loaded version's offset is folded into all of them
+                self.applied = min((g.applied for g in self.galleries.values()), key=self.log.key)
         return swapped
+
+    def _bring_up_to_date(self, name: str, gallery: Gallery) -> None:
+        """Replays the log from the version's offset up to what this replica has applied."""
+        if self.log is None:
+            return
+        gallery.applied = offset_of(gallery.meta, self.log)
+        if self.log.key(gallery.applied) < self.log.key(self.log.first()):
+            raise LogTrimmed(f"the gallery log was trimmed past this version's offset {gallery.applied}; "
+                             "build a new version")
+        for offset, change in self.log.entries(gallery.applied, upto=self.applied):
+            self._apply_one(name, gallery, offset, change)
+        if self.log.key(gallery.applied) < self.log.key(self.applied):
+            gallery.applied = self.applied  # entries up to here that touched other indexes only
 
     def _export_metrics(self, name: str, gallery: Gallery, old: Gallery | None) -> None:
         m = gallery.meta
@@ -70,33 +110,110 @@ class IndexSet:
             om = old.meta
             self.metrics.index_info.remove(name, om["version"], om["model_version"], om["kind"])
         self.metrics.index_info.labels(name, m["version"], m["model_version"], m["kind"]).set(1)
-        self.metrics.index_items.labels(name).set(gallery.size)
+        self._export_size(name, gallery)
         built = datetime.fromisoformat(m["built_at"].replace("Z", "+00:00"))
         self.metrics.index_built.labels(name).set(built.timestamp())
 
-    @staticmethod
-    def _apply(gallery: Gallery, entry: tuple) -> None:
-        if entry[0] == "upsert":
-            gallery.upsert(entry[1], entry[2])
-        else:
-            gallery.delete(entry[1])
+    def _export_size(self, name: str, gallery: Gallery) -> None:
+        self.metrics.index_items.labels(name).set(gallery.size)
+        self.metrics.overlay_items.labels(name).set(len(gallery.edited))
 
-    def upsert(self, name: str, items: list[Item], vectors: np.ndarray) -> int:
-        with self._swap_lock:
-            gallery = self.get(name)
-            entry = ("upsert", items, np.asarray(vectors, np.float32))
-            self._apply(gallery, entry)
-            self.journal[name].append(entry)
-            self.metrics.index_items.labels(name).set(gallery.size)
-            return gallery.size
+    # the write log --------------------------------------------------------------------------
+    def _apply_one(self, name: str, gallery: Gallery, offset: str, change: Change) -> None:
+        """Applies one log entry to one gallery, once (entries at or below its offset are skipped)."""
+        if gallery.applied is not None and not self.log.later(offset, gallery.applied):
+            return
+        if change.op == "upsert" and name in change.upserts:
+            u = change.upserts[name]
+            if u.model_version == gallery.meta.get("model_version"):
+                gallery.upsert([Item(**it) for it in u.items], u.vectors)
+            else:  # embedded by another model: this index cannot hold the vector
+                log.warning("log entry %s: %s vectors of model %s skipped (index runs %s)", offset, name,
+                            u.model_version, gallery.meta.get("model_version"))
+        elif change.op == "delete" and name in change.indexes:
+            gallery.delete(change.item_ids)
+        gallery.applied = offset
 
-    def delete(self, name: str, item_ids: list[str]) -> list[str]:
+    def _apply(self, entries: list[tuple[str, Change]]) -> None:
+        for offset, change in entries:
+            if not self.log.later(offset, self.applied):
+                continue
+            for name, gallery in self.galleries.items():
+                self._apply_one(name, gallery, offset, change)
+            self.applied = offset
+        for name, gallery in self.galleries.items():
+            self._export_size(name, gallery)
+
+    def catch_up(self, upto: str | None = None) -> None:
+        """Applies the log here up to `upto` (default: its end)."""
+        if self.log is None:
+            return
         with self._swap_lock:
+            while upto is None or self.log.later(upto, self.applied):
+                batch = self.log.read(self.applied, limit=1024)
+                if not batch:
+                    return
+                self._apply(batch)
+
+    def write(self, change: Change) -> str:
+        """Appends the change (durable when this returns) and applies it here; its log offset.
+        Every index it names must be loaded, so an upsert is all or nothing."""
+        if self.log is None:
+            raise DependencyUnavailable("no gallery log: serve with --index-root (or a Redis) to edit the gallery")
+        names = list(change.upserts) if change.op == "upsert" else change.indexes
+        for name in names:
             gallery = self.get(name)
-            missing = gallery.delete(item_ids)
-            self.journal[name].append(("delete", [i for i in item_ids if i not in set(missing)]))
-            self.metrics.index_items.labels(name).set(gallery.size)
-            return missing
+            if change.op == "upsert" and change.upserts[name].model_version != gallery.meta["model_version"]:
+                raise BadRequest(f"{name}: embedded by {change.upserts[name].model_version}, the index holds "
+                                 f"{gallery.meta['model_version']}")
+            if change.op == "upsert":
+                new = {it["item_id"] for it in change.upserts[name].items} - gallery.edited
+                if len(gallery.edited) + len(new) > self.max_overlay:
+                    raise Exhausted(f"the {name} index holds {len(gallery.edited)} live edits (max {self.max_overlay});"
+                                    " run `facevoice index build` to fold them into a new version")
+        offset = self.log.append(change)
+        self.metrics.log_appends.labels(change.op).inc()
+        self.catch_up(offset)
+        return offset
+
+    def upsert(self, upserts: dict[str, tuple[list[Item], np.ndarray]], actor: str = "") -> str:
+        change = Change("upsert", {name: IndexChange(self.get(name).meta["model_version"],
+                                                     [{"item_id": it.item_id, "identity": it.identity,
+                                                       "attributes": it.attributes} for it in items],
+                                                     np.asarray(v, np.float32))
+                                   for name, (items, v) in upserts.items()}, actor=actor)
+        return self.write(change)
+
+    def delete(self, names: list[str], item_ids: list[str], actor: str = "") -> tuple[list[str], str]:
+        """Deletes from every named index; (ids the first index did not hold, log offset)."""
+        first = self.get(names[0])
+        with first.lock.read():
+            missing = [i for i in item_ids if i not in first.by_item_id]
+        offset = self.write(Change("delete", indexes=list(names), item_ids=list(item_ids), actor=actor))
+        return missing, offset
+
+    # threads --------------------------------------------------------------------------------
+    def follow(self, wait_s: float = 0.5, backoff_s: float = 1.0) -> threading.Thread | None:
+        """Applies other replicas' writes as they are appended (a daemon thread)."""
+        if self.log is None:
+            return None
+
+        def loop() -> None:
+            while not self._stop.is_set():
+                try:
+                    if self.log.read(self.applied, limit=1, wait_s=wait_s):
+                        self.catch_up()
+                except LogTrimmed as e:
+                    log.error("gallery log: %s; this replica needs a newer index version", e)
+                    self._stop.wait(backoff_s * 10)
+                except DependencyUnavailable as e:
+                    log.warning("gallery log: %s", e)
+                    self._stop.wait(backoff_s)
+                except Exception:  # the follower must outlive any one bad entry
+                    log.exception("applying the gallery log failed")
+                    self._stop.wait(backoff_s)
+
+        return self._start(loop, "facevoice-log-follower")
 
     def watch(self, every_s: float) -> threading.Thread:
         """Polls the pointers every `every_s` seconds in a daemon thread."""
@@ -107,9 +224,17 @@ class IndexSet:
                 except Exception:  # the watcher must outlive any one bad version
                     log.exception("index refresh failed")
 
-        thread = threading.Thread(target=loop, name="facevoice-index-watch", daemon=True)
+        return self._start(loop, "facevoice-index-watch")
+
+    def _start(self, loop, name: str) -> threading.Thread:
+        thread = threading.Thread(target=loop, name=name, daemon=True)
         thread.start()
+        self.threads.append(thread)
         return thread
 
-    def stop(self) -> None:
+    def stop(self, timeout_s: float = 5.0) -> None:
         self._stop.set()
+        for thread in self.threads:
+            thread.join(timeout_s)
+        if self.log is not None:
+            self.log.close()

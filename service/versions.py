@@ -9,20 +9,49 @@ import json
 import os
 import time
 import uuid
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 import faiss
+import numpy as np
 
 from facevoice.service.errors import FacevoiceError
 from facevoice.service.gallery import BuildPlan, Gallery, Item, apply_params
 
 FILES = ("index.faiss", "items.jsonl", "meta.json")
+FOLDED = ("folded.json", "folded.npy")  # the write log folded in: what a later build carries forward
 
 
 class IndexVersionError(FacevoiceError):
     """An index version that must not be served (bad checksum, wrong model version, unreadable)."""
+
+
+@dataclass
+class Folded:
+    """The gallery writes a version holds beyond its manifest: the ids deleted through the log
+    (so a rebuild from the manifest does not bring them back) and the items upserted through it,
+    with their vectors (no media is kept, so these cannot be re-embedded by another model)."""
+
+    erased: set[str] = field(default_factory=set)
+    upserted: dict[str, tuple[Item, np.ndarray]] = field(default_factory=dict)
+
+    def upsert(self, item: Item, vector: np.ndarray) -> None:
+        self.erased.discard(item.item_id)
+        self.upserted[item.item_id] = (item, vector)
+
+    def delete(self, item_id: str) -> None:
+        self.upserted.pop(item_id, None)
+        self.erased.add(item_id)
+
+
+def read_folded(root: Path, name: str, version: str) -> Folded:
+    path = Path(root) / name / version
+    if not (path / FOLDED[0]).exists():
+        return Folded()
+    d = json.loads((path / FOLDED[0]).read_text())
+    vectors = np.load(path / FOLDED[1])
+    return Folded(set(d["erased"]), {it["item_id"]: (Item(**it), vectors[i]) for i, it in enumerate(d["upserted"])})
 
 
 def sha256(path: Path) -> str:
@@ -40,7 +69,7 @@ def new_version() -> str:
 
 
 def write_version(root: Path, name: str, index: faiss.Index, items: list[Item], plan: BuildPlan, *,
-                  model_version: str, metric: str, extra: dict | None = None) -> str:
+                  model_version: str, metric: str, extra: dict | None = None, folded: Folded | None = None) -> str:
     """Writes a new immutable version (not yet served); returns its name."""
     version = new_version()
     tmp = Path(root) / name / f".tmp-{version}"
@@ -54,7 +83,15 @@ def write_version(root: Path, name: str, index: faiss.Index, items: list[Item], 
             "recall_at_10": plan.recall_at_10, "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             **(extra or {})}
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-    (tmp / "checksums.sha256").write_text("".join(f"{sha256(tmp / f)}  {f}\n" for f in FILES))
+    files = FILES
+    if folded is not None:
+        ups = list(folded.upserted.values())
+        (tmp / FOLDED[0]).write_text(json.dumps({"erased": sorted(folded.erased),
+                                                 "upserted": [asdict(it) for it, _ in ups]}))
+        with open(tmp / FOLDED[1], "wb") as f:
+            np.save(f, np.stack([v for _, v in ups]).astype(np.float32) if ups else np.zeros((0, index.d), np.float32))
+        files = FILES + FOLDED
+    (tmp / "checksums.sha256").write_text("".join(f"{sha256(tmp / f)}  {f}\n" for f in files))
     for f in tmp.iterdir():
         fd = os.open(f, os.O_RDONLY)
         os.fsync(fd)
@@ -92,7 +129,7 @@ def verify(path: Path) -> None:
         raise IndexVersionError(f"{path}: no checksums ({e})") from e
     for line in lines:
         digest, _, fname = line.partition("  ")
-        if fname not in FILES or not (path / fname).exists() or sha256(path / fname) != digest:
+        if fname not in FILES + FOLDED or not (path / fname).exists() or sha256(path / fname) != digest:
             raise IndexVersionError(f"{path}/{fname}: checksum mismatch")
 
 

@@ -134,10 +134,13 @@ class LocalTriton(LocalProcess):
 
 
 class LocalRedis(LocalProcess):
-    """`redis-server` on a free loopback port, no persistence."""
+    """`redis-server` on a free loopback port. With `data_dir`, durable as the gallery log wants it
+    (AOF, appendfsync always) and restartable on the same data; without, a throw-away AOF in a
+    temporary directory."""
 
-    def __init__(self, port: int | None = None):
+    def __init__(self, port: int | None = None, data_dir: Path | None = None):
         self.port = port or free_port()
+        self.data_dir = data_dir
 
     @property
     def url(self) -> str:
@@ -147,9 +150,12 @@ class LocalRedis(LocalProcess):
         exe = shutil.which("redis-server")
         if exe is None:
             raise RuntimeError("redis-server is not installed (deploy/setup-debian.sh installs it)")
+        if self.data_dir is None:
+            self.data_dir = Path(tempfile.mkdtemp(prefix="facevoice-redis-"))
+        Path(self.data_dir).mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen([exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                                      "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                     start_new_session=True)
+                                      "--dir", str(self.data_dir), "--appendonly", "yes", "--appendfsync", "always"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
         def ping() -> bool:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:

@@ -62,13 +62,19 @@ def copy_indexes(stack: Stack, out: Path) -> Path:
 
 
 def start_service(stack: Stack, index_root: Path | None = None, **settings):
-    """The real gRPC server on free loopback ports; returns (Running, stub)."""
+    """The real gRPC server on free loopback ports; returns (Running, stub). Without `index_root`
+    it serves a private copy of the stack's indexes, so its gallery writes (and their write log)
+    reach no other test."""
+    import uuid
+
     import grpc
 
     from facevoice.service.serve import Running, ServeConfig
     from facevoice.v1 import facevoice_pb2_grpc
 
-    cfg = ServeConfig(model_repo=stack.repo, index_root=index_root or stack.index_root, host="127.0.0.1", port=0,
+    if index_root is None:
+        index_root = copy_indexes(stack, stack.index_root.parent / f"indexes-{uuid.uuid4().hex[:8]}")
+    cfg = ServeConfig(model_repo=stack.repo, index_root=index_root, host="127.0.0.1", port=0,
                       metrics_port=0, grace_s=1.0, **settings)
     running = Running(cfg)
     channel = grpc.insecure_channel(f"127.0.0.1:{running.port}",

@@ -89,3 +89,37 @@ def test_a_gallery_that_is_not_a_manifest_is_a_clear_error(stack, tmp_path):
     bad.write_text("just,some\ncolumns,here\n")
     with pytest.raises(SystemExit, match="manifest"):
         main(["index", "build", "--gallery", str(bad), "--model-repo", str(stack.repo), "--out", str(tmp_path / "o")])
+
+
+def test_build_then_prune_erases_a_deleted_item_everywhere_on_disk(stack, tmp_path):
+    """The privacy guarantee of docs/operations.md: after a delete, `index build` and `index prune
+    --keep 1`, no index version, resume cache or log segment under the root holds its vector."""
+    import faiss
+
+    from facevoice.service.versions import current_version, load_version
+    from facevoice.service.writelog import FileLog
+    from facevoice.v1 import facevoice_pb2 as pb
+    from tests.serving import copy_indexes, media, start_service
+
+    root = copy_indexes(stack, tmp_path / "indexes")
+    running, stub = start_service(stack, index_root=root)
+    try:
+        face = pb.Image(data=media(stack, "toy007", "face", 0))
+        stub.UpsertItems(pb.UpsertItemsRequest(items=[pb.GalleryItem(item_id="live", identity="p",
+                                                                     media=pb.Media(image=face))]))
+        stub.DeleteItems(pb.DeleteItemsRequest(modality=pb.FACE, item_ids=["toy003-face-0", "live"]))
+    finally:
+        running.stop(0)
+    model = running.embedder.version("face")
+    old = load_version(root, "face", current_version(root, "face"), model)
+    victim = faiss.rev_swig_ptr(old.index.get_xb(), old.index.ntotal * old.dim).reshape(-1, old.dim)[
+        old.by_item_id["toy003-face-0"]].tobytes()
+    assert any(victim in p.read_bytes() for p in root.rglob("*") if p.is_file())  # there before
+    assert main(["index", "build", "--gallery", str(stack.corpus / "manifest.csv"), "--model-repo", str(stack.repo),
+                 "--out", str(root), "--no-progress"]) == 0
+    assert main(["index", "prune", "--out", str(root), "--keep", "1"]) == 0
+    assert not any(victim in p.read_bytes() for p in root.rglob("*") if p.is_file())
+    assert not (root / ".build").exists() and FileLog(root).read(FileLog(root).first()) == []
+    served = load_version(root, "face", current_version(root, "face"), model)
+    assert "toy003-face-0" not in served.by_item_id and "live" not in served.by_item_id and served.size == 47
+    assert all(len(list((root / name).glob("2*"))) == 1 for name in ("face", "voice", "face_feature"))

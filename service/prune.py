@@ -1,0 +1,68 @@
+"""`facevoice index prune --out INDEX_ROOT [--keep N] [--gallery-log auto|file|redis] [--redis URL]`.
+
+Deletes all but the newest N versions of every index (never the one `current` names) and the
+resume cache of finished builds (`.build/`; do not prune while a build runs), then trims the
+gallery write log below the oldest offset any kept version replays from. After
+`index build` and `index prune --keep 1`, no index version on disk and no log entry holds the
+vector of an item deleted before that build (docs/operations.md, the privacy guarantee).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+from facevoice.service.errors import UsageError
+from facevoice.service.versions import current_version, read_meta
+from facevoice.service.writelog import offset_of, open_log
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", type=Path, required=True, help="index root")
+    p.add_argument("--keep", type=int, default=3, help="versions kept per index, the current one included")
+    p.add_argument("--gallery-log", default="auto", choices=["auto", "file", "redis"])
+    p.add_argument("--redis", help="the Redis of the gallery log (with --gallery-log auto or redis)")
+
+
+def versions_of(root: Path, name: str) -> list[str]:
+    """Finished versions, oldest first (names sort by creation time)."""
+    return sorted(p.name for p in (root / name).iterdir()
+                  if p.is_dir() and not p.name.startswith(".") and (p / "meta.json").exists())
+
+
+def prune(root: Path, keep: int, wlog) -> tuple[dict[str, list[str]], str | None, int]:
+    """({index: removed versions}, the offset the log was trimmed to, what the trim dropped)."""
+    if keep < 1:
+        raise UsageError("--keep must be at least 1 (the current version)")
+    # the resume cache of finished builds holds embeddings of every gallery row, deleted ones too
+    shutil.rmtree(root / ".build", ignore_errors=True)
+    removed, offsets = {}, []
+    for index_dir in sorted(p for p in root.iterdir() if p.is_dir() and (p / "current").exists()):
+        name, current = index_dir.name, current_version(root, index_dir.name)
+        versions = versions_of(root, name)
+        kept = set(versions[-keep:]) | {current}
+        removed[name] = [v for v in versions if v not in kept]
+        for v in removed[name]:
+            shutil.rmtree(index_dir / v)
+        if wlog is not None:
+            offsets += [offset_of(read_meta(root, name, v), wlog) for v in kept if v in versions]
+    if wlog is None or not offsets:
+        return removed, None, 0
+    low = min(offsets, key=wlog.key)
+    return removed, low, wlog.trim(low)
+
+
+def run(args: argparse.Namespace) -> int:
+    wlog = open_log(args.gallery_log, args.out, args.redis)
+    try:
+        removed, low, dropped = prune(args.out, args.keep, wlog)
+    finally:
+        if wlog is not None:
+            wlog.close()
+    for name, versions in removed.items():
+        kept = len(versions_of(args.out, name))
+        print(f"  {name:<12} removed {len(versions)} old versions, kept {kept}")
+    print(f"index prune: {args.out}; gallery log ({wlog.kind if wlog else 'none'}) trimmed below {low} "
+          f"({dropped} {'bytes' if wlog and wlog.kind == 'file' else 'entries'} dropped)")
+    return 0

@@ -1,0 +1,158 @@
+"""Gallery writes across two real `facevoice serve` processes: an acknowledged upsert reaches
+both replicas and survives SIGKILL + restart of either; a deleted item is gone everywhere and stays
+gone after `index build`; with Redis down, writes fail cleanly and searches go on. Once with the
+embedded default (the file log in the shared index root), once with the Redis stream."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import grpc
+import pytest
+
+from facevoice.cli import main
+from facevoice.v1 import facevoice_pb2 as pb
+from facevoice.v1 import facevoice_pb2_grpc as pb_grpc
+from tests.local_servers import LocalRedis, free_port, wait_for
+from tests.serving import copy_indexes, media
+
+
+class Replica:
+    """One `facevoice serve` process on a fixed port (a restart comes back on the same one)."""
+
+    def __init__(self, stack, root, *extra: str):
+        self.stack, self.root, self.extra = stack, root, extra
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+        self.stub = pb_grpc.FaceVoiceStub(grpc.insecure_channel(f"127.0.0.1:{self.port}"))
+
+    def start(self) -> Replica:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "facevoice", "serve", "--model-repo", str(self.stack.repo), "--index-root",
+             str(self.root), "--host", "127.0.0.1", "--port", str(self.port), "--metrics-port", "-1",
+             "--poll-s", "0.2", "--workers", "4", *self.extra],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        wait_for(lambda: bool(self.stub.GetIndexInfo(pb.GetIndexInfoRequest(), timeout=1).indexes), 90,
+                 "facevoice serve", self.proc)
+        return self
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+    def face_ids(self, stack) -> set[str]:
+        voice = pb.Audio(data=media(stack, "toy005", "voice"))
+        return {h.item_id for h in self.stub.SearchFaces(pb.SearchFacesRequest(voice=voice, top_k=200),
+                                                         timeout=30).hits}
+
+
+def _eventually(check, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _upsert(stub, item_id: str, stack) -> pb.UpsertItemsResponse:
+    face = pb.Image(data=media(stack, "toy007", "face", 0))
+    return stub.UpsertItems(pb.UpsertItemsRequest(items=[pb.GalleryItem(
+        item_id=item_id, identity="newcomer", media=pb.Media(image=face), attributes={"gender": "male"})]), timeout=30)
+
+
+def _rebuild(stack, root, *extra: str) -> None:
+    assert main(["index", "build", "--gallery", str(stack.corpus / "manifest.csv"), "--model-repo", str(stack.repo),
+                 "--out", str(root), "--modalities", "face", "--no-progress", *extra]) == 0
+
+
+def _lifecycle(stack, root, extra: tuple[str, ...], build_extra: tuple[str, ...]) -> None:
+    a, b = Replica(stack, root, *extra).start(), Replica(stack, root, *extra).start()
+    try:
+        assert _upsert(a.stub, "live-1", stack).upserted == 1
+        assert "live-1" in a.face_ids(stack)  # read your write on the replica that took it
+        assert _eventually(lambda: "live-1" in b.face_ids(stack))  # and on the other
+        # a replica SIGKILLed right after acknowledging comes back with the write
+        assert _upsert(a.stub, "live-2", stack).upserted == 1
+        a.kill()
+        a.start()
+        assert {"live-1", "live-2"} <= a.face_ids(stack)
+        b.kill()
+        b.start()
+        assert {"live-1", "live-2"} <= b.face_ids(stack)
+        # deletion: a live item and a manifest item, gone from both replicas
+        gone = b.stub.DeleteItems(pb.DeleteItemsRequest(modality=pb.FACE, item_ids=["live-1", "toy003-face-0"]))
+        assert gone.deleted == 2
+        assert _eventually(lambda: not {"live-1", "toy003-face-0"} & a.face_ids(stack))
+        assert not {"live-1", "toy003-face-0"} & b.face_ids(stack)
+        # the nightly rebuild from the manifest folds the log in: the deleted stay deleted, the live stay
+        before = {r.stub.GetIndexInfo(pb.GetIndexInfoRequest()).indexes[0].version for r in (a, b)}
+        _rebuild(stack, root, *build_extra)
+        for r in (a, b):
+            assert _eventually(lambda r=r: {i.version for i in r.stub.GetIndexInfo(pb.GetIndexInfoRequest()).indexes
+                                            if i.name == "face"} - before)
+            ids = r.face_ids(stack)
+            assert "live-2" in ids and not {"live-1", "toy003-face-0"} & ids
+        a.kill()  # and a restart on the new version replays nothing it already holds
+        a.start()
+        ids = a.face_ids(stack)
+        assert "live-2" in ids and not {"live-1", "toy003-face-0"} & ids and len(ids) == 48
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_two_replicas_on_the_file_log(stack, tmp_path):
+    root = copy_indexes(stack, tmp_path / "indexes")
+    _lifecycle(stack, root, ("--gallery-log", "file"), ())
+
+
+def test_two_replicas_on_the_redis_stream(stack, tmp_path):
+    root = copy_indexes(stack, tmp_path / "indexes")
+    with LocalRedis(data_dir=tmp_path / "redis") as redis_server:
+        _lifecycle(stack, root, ("--redis-url", redis_server.url), ("--redis", redis_server.url))
+
+
+def test_redis_down_writes_fail_cleanly_and_searches_go_on(stack, tmp_path):
+    root = copy_indexes(stack, tmp_path / "indexes")
+    redis_server = LocalRedis(data_dir=tmp_path / "redis").start()
+    a = Replica(stack, root, "--redis-url", redis_server.url).start()
+    try:
+        assert _upsert(a.stub, "kept", stack).upserted == 1
+        redis_server.kill()
+        with pytest.raises(grpc.RpcError) as e:
+            _upsert(a.stub, "refused", stack)
+        assert e.value.code() == grpc.StatusCode.UNAVAILABLE and "gallery log" in e.value.details()
+        with pytest.raises(grpc.RpcError) as e:
+            a.stub.DeleteItems(pb.DeleteItemsRequest(modality=pb.FACE, item_ids=["kept"]), timeout=30)
+        assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+        ids = a.face_ids(stack)  # searches go on, and nothing was half-applied
+        assert "kept" in ids and "refused" not in ids
+        redis_server = LocalRedis(port=redis_server.port, data_dir=tmp_path / "redis").start()  # same AOF
+        assert _eventually(lambda: _try(a, stack, "after"))  # writes work again once Redis is back
+        a.kill()
+        a.start()  # replays the acknowledged writes from Redis's AOF
+        ids = a.face_ids(stack)
+        assert {"kept", "after"} <= ids and "refused" not in ids
+    finally:
+        a.stop()
+        redis_server.stop()
+
+
+def _try(replica, stack, item_id: str) -> bool:
+    try:
+        return _upsert(replica.stub, item_id, stack).upserted == 1
+    except grpc.RpcError:
+        return False
