@@ -96,7 +96,7 @@ def test_service_image_requirements_cover_the_online_imports():
 def test_compose_matches_the_service():
     compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
     services = compose["services"]
-    assert set(services) == {"triton", "redis", "facevoice", "index-build", "prometheus", "grafana"}
+    assert set(services) == {"triton", "redis", "facevoice", "index-build", "index-prune", "prometheus", "grafana"}
     svc = services["facevoice"]
     cfg = check_settings(svc["environment"])
     parses_as_cli(svc["command"])
@@ -112,6 +112,15 @@ def test_compose_matches_the_service():
     assert args[args.index("--triton-url") + 1] == cfg.triton_url
     assert args[args.index("--out") + 1] == str(cfg.index_root) and job["profiles"] == ["jobs"]
     assert "--model-repository=/models" in services["triton"]["command"]
+    parses_as_cli(services["index-prune"]["command"])
+    # the gallery write log's Redis: durable, and nothing without a TTL evicted
+    redis_durable(services["redis"]["command"][1:])
+    assert "redis-data:/data" in services["redis"]["volumes"]
+    # listening on every address, so tokens are set, from secrets
+    assert cfg.host == "0.0.0.0" and {"facevoice_token", "facevoice_admin_token"} <= set(svc["secrets"])
+    for name in ("token", "admin_token"):
+        secret = svc["environment"][f"FACEVOICE_{name.upper()}_FILE"].rsplit("/", 1)[1]
+        assert secret in compose["secrets"]
     for name in ("prometheus", "grafana"):
         for volume in services[name]["volumes"]:
             assert (DEPLOY / volume.split(":")[0]).exists(), volume
@@ -119,6 +128,13 @@ def test_compose_matches_the_service():
     targets = {c["job_name"]: c["static_configs"][0]["targets"] for c in scrape}
     assert targets["facevoice"] == [f"facevoice:{cfg.metrics_port}"]
     assert targets["triton"] == ["triton:8002"] and "8002:8002" in services["triton"]["ports"]
+
+
+def redis_durable(args: list[str]) -> None:
+    """AOF on with fsync before each reply; eviction only of keys with a TTL (not the stream)."""
+    flags = dict(zip(args[::2], args[1::2], strict=False))
+    assert flags["--appendonly"] == "yes" and flags["--appendfsync"] == "always"
+    assert flags["--maxmemory-policy"].startswith("volatile-")
 
 
 # kubernetes -----------------------------------------------------------------------------------
@@ -170,7 +186,16 @@ def test_kubernetes_base_matches_the_service():
     triton_ports = {p["port"] for p in objects[("Service", "triton")]["spec"]["ports"]}
     assert 8001 in triton_ports and urllib.parse.urlparse(config.redis_url).hostname == "redis"
     job = objects[("CronJob", "index-rebuild")]["spec"]["jobTemplate"]["spec"]["template"]["spec"]
-    parses_as_cli(job["containers"][0]["args"])
+    build, prune = job["initContainers"][0]["args"], job["containers"][0]["args"]
+    parses_as_cli(build)
+    parses_as_cli(prune)
+    assert build[:2] == ["index", "build"] and prune[:2] == ["index", "prune"]
+    redis = objects[("Deployment", "redis")]["spec"]["template"]["spec"]
+    redis_durable(redis["containers"][0]["args"])
+    assert {v["persistentVolumeClaim"]["claimName"] for v in redis["volumes"]} <= claims
+    secrets = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"]}
+    assert {"FACEVOICE_TOKEN", "FACEVOICE_ADMIN_TOKEN"} <= set(secrets)
+    assert not any(ref.get("optional") for ref in secrets.values())  # no token, no start
     assert {v["persistentVolumeClaim"]["claimName"] for v in job["volumes"]} <= claims
     hpa = objects[("HorizontalPodAutoscaler", "facevoice")]["spec"]
     assert hpa["scaleTargetRef"]["name"] == "facevoice" and hpa["minReplicas"] >= 2
