@@ -164,3 +164,35 @@ class LocalRedis(LocalProcess):
 
         wait_for(ping, timeout, "redis-server", self.proc)
         return self
+
+
+class LocalService(LocalProcess):
+    """One `facevoice serve` process on a fixed loopback port (a restart comes back on the same
+    one); `stub` is its FaceVoice client."""
+
+    def __init__(self, repo: Path, index_root: Path, *extra: str, port: int | None = None):
+        import grpc
+
+        from facevoice.v1 import facevoice_pb2_grpc
+
+        self.repo, self.index_root, self.extra = Path(repo), Path(index_root), extra
+        self.port = port or free_port()
+        self.stub = facevoice_pb2_grpc.FaceVoiceStub(grpc.insecure_channel(f"127.0.0.1:{self.port}"))
+
+    def start(self, timeout: float = 90.0) -> LocalService:
+        from facevoice.v1 import facevoice_pb2 as pb
+
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "facevoice", "serve", "--model-repo", str(self.repo), "--index-root",
+             str(self.index_root), "--host", "127.0.0.1", "--port", str(self.port), "--metrics-port", "-1",
+             *self.extra], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        wait_for(lambda: bool(self.stub.GetIndexInfo(pb.GetIndexInfoRequest(), timeout=1).indexes), timeout,
+                 "facevoice serve", self.proc)
+        return self
+
+    def rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")

@@ -5,10 +5,6 @@ embedded default (the file log in the shared index root), once with the Redis st
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 
 import grpc
@@ -16,41 +12,13 @@ import pytest
 
 from facevoice.cli import main
 from facevoice.v1 import facevoice_pb2 as pb
-from facevoice.v1 import facevoice_pb2_grpc as pb_grpc
-from tests.local_servers import LocalRedis, free_port, wait_for
+from tests.local_servers import LocalRedis, LocalService
 from tests.serving import copy_indexes, media
 
 
-class Replica:
-    """One `facevoice serve` process on a fixed port (a restart comes back on the same one)."""
-
+class Replica(LocalService):
     def __init__(self, stack, root, *extra: str):
-        self.stack, self.root, self.extra = stack, root, extra
-        self.port = free_port()
-        self.proc: subprocess.Popen | None = None
-        self.stub = pb_grpc.FaceVoiceStub(grpc.insecure_channel(f"127.0.0.1:{self.port}"))
-
-    def start(self) -> Replica:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "facevoice", "serve", "--model-repo", str(self.stack.repo), "--index-root",
-             str(self.root), "--host", "127.0.0.1", "--port", str(self.port), "--metrics-port", "-1",
-             "--poll-s", "0.2", "--workers", "4", *self.extra],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ, PYTHONUNBUFFERED="1"))
-        wait_for(lambda: bool(self.stub.GetIndexInfo(pb.GetIndexInfoRequest(), timeout=1).indexes), 90,
-                 "facevoice serve", self.proc)
-        return self
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        super().__init__(stack.repo, root, "--poll-s", "0.2", "--workers", "4", *extra)
 
     def face_ids(self, stack) -> set[str]:
         voice = pb.Audio(data=media(stack, "toy005", "voice"))
