@@ -106,6 +106,7 @@ def call(stub, name: str, request, timeout: float = 30.0) -> str:
 def fuzz(svc: LocalService, n: int, media: tuple, rng: random.Random) -> dict:
     wavs, pngs, jpgs = media
     rss0 = svc.rss_mb()
+    rss: list[tuple[int, float]] = []
     codes: Counter = Counter()
     by_kind: Counter = Counter()
     start = time.perf_counter()
@@ -121,10 +122,11 @@ def fuzz(svc: LocalService, n: int, media: tuple, rng: random.Random) -> dict:
         codes[code] += 1
         by_kind[kind] += 1
         if k % 1000 == 999:
-            print(f"  fuzz {k + 1}/{n}: {dict(codes)}", flush=True)
+            rss.append((k + 1, svc.rss_mb()))
+            print(f"  fuzz {k + 1}/{n}: {dict(codes)}, RSS {rss[-1][1]:.0f} MB", flush=True)
     alive = call(svc.stub, "GetIndexInfo", pb.GetIndexInfoRequest()) == "OK" and svc.proc.poll() is None
     return {"n": n, "codes": dict(codes), "mutations": dict(by_kind), "alive": alive, "rss_before": rss0,
-            "rss_after": svc.rss_mb(), "seconds": time.perf_counter() - start}
+            "rss_after": svc.rss_mb(), "rss_by_1000": rss, "seconds": time.perf_counter() - start}
 
 
 class Load:
@@ -280,10 +282,13 @@ def faults(args, root_copy, media_, voice: bytes, face: bytes) -> list[dict]:
         triton.kill()
         time.sleep(3)
         triton.start()
+        ready = time.perf_counter() - t0
         rec = recovery(load, t0)
     lost = len(set(writer.acked) - present(svc, writer.acked, voice))
     rows.append({"fault": "Triton killed for 3 s, restarted", "failed_searches": load.failed(t0),
-                 "failed_writes": writer.failed, "recover_s": f"{rec:.2f} from the kill", "acked": len(writer.acked),
+                 "failed_writes": writer.failed,
+                 "recover_s": f"{rec:.2f} from the kill (Triton ready again at {ready:.2f})",
+                 "acked": len(writer.acked),
                  "lost": lost})
     svc.stop()
     triton.stop()
@@ -380,8 +385,9 @@ def report(args, fz: dict | None, sk: dict | None, fl: list[dict], rp: list[dict
                   f"Embed and UpsertItems, in {fz['seconds']:.0f} s.", "",
                   "| status | calls |", "|---|---|", *[f"| {k} | {v} |" for k, v in sorted(fz["codes"].items())], "",
                   f"Server alive afterwards: **{'yes' if fz['alive'] else 'NO'}**. "
-                  f"RSS {fz['rss_before']:.0f} MB before, "
-                  f"{fz['rss_after']:.0f} MB after.", ""]
+                  f"RSS {fz['rss_before']:.0f} MB before, {fz['rss_after']:.0f} MB after; "
+                  "after every 1,000 calls: "
+                  f"{', '.join(f'{r:.0f}' for _, r in fz['rss_by_1000'])} MB.", ""]
     if sk:
         lines += ["## Soak", "", f"Maximum SearchFaces QPS (8 clients, 15 s): {sk['max_qps']:.1f}; held at 70% "
                   f"({sk['target_qps']:.1f} QPS) for {len(sk['minutes'])} minutes.", "",

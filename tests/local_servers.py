@@ -43,6 +43,16 @@ def wait_for(check, timeout: float, what: str, proc: subprocess.Popen | None = N
     raise TimeoutError(f"{what} not ready after {timeout:.0f} s (last: {last})")
 
 
+def eventually(check, timeout: float = 20.0) -> bool:
+    """True as soon as check() is; False when it stays false for `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.05)
+    return False
+
+
 def pytriton_dir() -> Path:
     import importlib.util
 

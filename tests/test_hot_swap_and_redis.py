@@ -4,7 +4,6 @@ queries run, announced on pub/sub or found by polling."""
 from __future__ import annotations
 
 import threading
-import time
 import urllib.request
 
 import grpc
@@ -13,7 +12,7 @@ import pytest
 from facevoice.cli import main
 from facevoice.service.versions import current_version
 from facevoice.v1 import facevoice_pb2 as pb
-from tests.local_servers import LocalRedis
+from tests.local_servers import LocalRedis, eventually
 from tests.serving import copy_indexes, media, start_service
 
 
@@ -21,15 +20,6 @@ from tests.serving import copy_indexes, media, start_service
 def redis_server():
     with LocalRedis() as r:
         yield r
-
-
-def _wait(check, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def _metric(running, line_start: str) -> float:
@@ -57,7 +47,7 @@ class Traffic:
     def more(self, n: int) -> None:
         """Waits for n more answers."""
         start = len(self.answered)
-        assert _wait(lambda: len(self.answered) >= start + n)
+        assert eventually(lambda: len(self.answered) >= start + n)
 
     def __enter__(self) -> Traffic:
         for t in self._threads:
@@ -118,7 +108,7 @@ def test_hot_swap_on_announcement_while_queries_run(stack, redis_server, tmp_pat
             for _ in range(3):
                 _rebuild(stack, root, "--redis", redis_server.url)
                 versions.append(current_version(root, "face"))
-                assert _wait(lambda v=versions[-1]: any(i.version == v for i in
+                assert eventually(lambda v=versions[-1]: any(i.version == v for i in
                                                         stub.GetIndexInfo(pb.GetIndexInfoRequest()).indexes))
             traffic.more(10)
         swaps = _metric(running, 'facevoice_index_swaps_total{index="face",result="swapped"}')
@@ -141,12 +131,12 @@ def test_polling_swaps_without_redis_and_refuses_a_bad_version(stack, tmp_path):
         def served():
             return {i.name: i.version for i in stub.GetIndexInfo(pb.GetIndexInfoRequest()).indexes}["face"]
 
-        assert _wait(lambda: served() == new)
+        assert eventually(lambda: served() == new)
         # a corrupted version is published: the service keeps serving the good one
         _rebuild(stack, root)
         bad = current_version(root, "face")
         (root / "face" / bad / "index.faiss").write_bytes(b"corrupt")
-        assert _wait(lambda: _metric(running, 'facevoice_index_swaps_total{index="face",result="refused"}') >= 1)
+        assert eventually(lambda: _metric(running, 'facevoice_index_swaps_total{index="face",result="refused"}') >= 1)
         assert served() == new
         assert stub.SearchFaces(pb.SearchFacesRequest(voice=pb.Audio(data=media(stack, "toy001", "voice")),
                                                       top_k=2)).index_version == new
@@ -162,7 +152,7 @@ def test_live_upserts_survive_a_swap(stack, tmp_path):
         stub.UpsertItems(pb.UpsertItemsRequest(items=[pb.GalleryItem(item_id="live", identity="x", media=face)]))
         _rebuild(stack, root)
         new = current_version(root, "face")
-        assert _wait(lambda: any(i.version == new for i in stub.GetIndexInfo(pb.GetIndexInfoRequest()).indexes))
+        assert eventually(lambda: any(i.version == new for i in stub.GetIndexInfo(pb.GetIndexInfoRequest()).indexes))
         voice = pb.Audio(data=media(stack, "toy007", "voice"))
         assert "live" in [h.item_id for h in stub.SearchFaces(pb.SearchFacesRequest(voice=voice, top_k=49)).hits]
     finally:

@@ -5,14 +5,12 @@ embedded default (the file log in the shared index root), once with the Redis st
 
 from __future__ import annotations
 
-import time
-
 import grpc
 import pytest
 
 from facevoice.cli import main
 from facevoice.v1 import facevoice_pb2 as pb
-from tests.local_servers import LocalRedis, LocalService
+from tests.local_servers import LocalRedis, LocalService, eventually
 from tests.serving import copy_indexes, media
 
 
@@ -24,15 +22,6 @@ class Replica(LocalService):
         voice = pb.Audio(data=media(stack, "toy005", "voice"))
         return {h.item_id for h in self.stub.SearchFaces(pb.SearchFacesRequest(voice=voice, top_k=200),
                                                          timeout=30).hits}
-
-
-def _eventually(check, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def _upsert(stub, item_id: str, stack) -> pb.UpsertItemsResponse:
@@ -51,7 +40,7 @@ def _lifecycle(stack, root, extra: tuple[str, ...], build_extra: tuple[str, ...]
     try:
         assert _upsert(a.stub, "live-1", stack).upserted == 1
         assert "live-1" in a.face_ids(stack)  # read your write on the replica that took it
-        assert _eventually(lambda: "live-1" in b.face_ids(stack))  # and on the other
+        assert eventually(lambda: "live-1" in b.face_ids(stack))  # and on the other
         # a replica SIGKILLed right after acknowledging comes back with the write
         assert _upsert(a.stub, "live-2", stack).upserted == 1
         a.kill()
@@ -63,13 +52,13 @@ def _lifecycle(stack, root, extra: tuple[str, ...], build_extra: tuple[str, ...]
         # deletion: a live item and a manifest item, gone from both replicas
         gone = b.stub.DeleteItems(pb.DeleteItemsRequest(modality=pb.FACE, item_ids=["live-1", "toy003-face-0"]))
         assert gone.deleted == 2
-        assert _eventually(lambda: not {"live-1", "toy003-face-0"} & a.face_ids(stack))
+        assert eventually(lambda: not {"live-1", "toy003-face-0"} & a.face_ids(stack))
         assert not {"live-1", "toy003-face-0"} & b.face_ids(stack)
         # the nightly rebuild from the manifest folds the log in: the deleted stay deleted, the live stay
         before = {r.stub.GetIndexInfo(pb.GetIndexInfoRequest()).indexes[0].version for r in (a, b)}
         _rebuild(stack, root, *build_extra)
         for r in (a, b):
-            assert _eventually(lambda r=r: {i.version for i in r.stub.GetIndexInfo(pb.GetIndexInfoRequest()).indexes
+            assert eventually(lambda r=r: {i.version for i in r.stub.GetIndexInfo(pb.GetIndexInfoRequest()).indexes
                                             if i.name == "face"} - before)
             ids = r.face_ids(stack)
             assert "live-2" in ids and not {"live-1", "toy003-face-0"} & ids
@@ -109,7 +98,7 @@ def test_redis_down_writes_fail_cleanly_and_searches_go_on(stack, tmp_path):
         ids = a.face_ids(stack)  # searches go on, and nothing was half-applied
         assert "kept" in ids and "refused" not in ids
         redis_server = LocalRedis(port=redis_server.port, data_dir=tmp_path / "redis").start()  # same AOF
-        assert _eventually(lambda: _try(a, stack, "after"))  # writes work again once Redis is back
+        assert eventually(lambda: _try(a, stack, "after"))  # writes work again once Redis is back
         a.kill()
         a.start()  # replays the acknowledged writes from Redis's AOF
         ids = a.face_ids(stack)
