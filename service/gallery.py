@@ -359,7 +359,7 @@ class Gallery:
                 self._delete(present)
                 self._maybe_compact()
         present_set = set(present)
-        self.edited.update(item_ids)
+        self.edited.update(present)
         return [i for i in item_ids if i not in present_set]
 
     def _delete(self, item_ids: list[str]) -> None:

@@ -252,7 +252,11 @@ class Running:
         self.embedder = Embedder(manifest, runner)
         self.write_log = open_log(cfg.gallery_log, cfg.index_root, cfg.redis_url)
         if isinstance(self.write_log, RedisLog):
-            settings = self.write_log.durability()
+            try:
+                settings = self.write_log.durability()
+            except DependencyUnavailable as e:  # Redis is down now: serve; the check waits for a restart
+                log.warning("cannot check the gallery log's durability now: %s", e)
+                settings = {}
             if settings.get("appendonly") == "no" and not cfg.volatile_log_ok:
                 raise UsageError(f"Redis at {cfg.redis_url} has appendonly no: acknowledged gallery writes would be "
                                  "lost with it. Configure AOF (appendonly yes, appendfsync always), use "

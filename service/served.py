@@ -198,6 +198,8 @@ class IndexSet:
         if self.log is None:
             return None
 
+        last_warning = [-float("inf")]
+
         def loop() -> None:
             while not self._stop.is_set():
                 try:
@@ -207,7 +209,9 @@ class IndexSet:
                     log.error("gallery log: %s; this replica needs a newer index version", e)
                     self._stop.wait(backoff_s * 10)
                 except DependencyUnavailable as e:
-                    log.warning("gallery log: %s", e)
+                    if time.monotonic() - last_warning[0] > 30:  # one line per 30 s of an outage
+                        last_warning[0] = time.monotonic()
+                        log.warning("gallery log: %s", e)
                     self._stop.wait(backoff_s)
                 except Exception:  # the follower must outlive any one bad entry
                     log.exception("applying the gallery log failed")

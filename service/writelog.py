@@ -176,6 +176,7 @@ class FileLog(WriteLog):
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.segment_bytes = segment_bytes
         self._lock = threading.Lock()  # flock is per open file; one appender per process at a time
+        self._known = (-1, 0)  # (segment base, end of its records checked so far)
 
     def key(self, offset: str) -> tuple[int, ...]:
         return (int(offset),)
@@ -188,7 +189,8 @@ class FileLog(WriteLog):
 
     @staticmethod
     def _records(data: bytes, pos: int = 0) -> Iterator[tuple[int, int, bytes]]:
-        """(start, end, payload) of each whole, intact record from pos; stops at a torn one."""
+        """(start, end, payload) of each whole, intact record from pos; stops at a torn one (or
+        one being written)."""
         while pos + HEADER.size <= len(data):
             n, crc = HEADER.unpack_from(data, pos)
             end = pos + HEADER.size + n
@@ -210,11 +212,13 @@ class FileLog(WriteLog):
                 base = segments[-1]
                 path = self._path(base)
                 with open(path, "a+b") as f:
-                    f.seek(0)
-                    data = f.read()
-                    valid = max((end for _, end, _ in self._records(data)), default=0)
-                    if valid != len(data):  # a torn tail from a writer that died mid-record
-                        log.warning("gallery log %s: dropping a torn tail of %d bytes", path.name, len(data) - valid)
+                    size = os.fstat(f.fileno()).st_size
+                    # only what was appended since this process last looked is checked
+                    start = self._known[1] if self._known[0] == base and self._known[1] <= size else 0
+                    f.seek(start)
+                    valid = start + max((end for _, end, _ in self._records(f.read(size - start))), default=0)
+                    if valid != size:  # a torn tail from a writer that died mid-record
+                        log.warning("gallery log %s: dropping a torn tail of %d bytes", path.name, size - valid)
                         f.truncate(valid)
                     if valid >= self.segment_bytes:
                         base += valid
@@ -230,6 +234,7 @@ class FileLog(WriteLog):
                     dfd = os.open(self.dir, os.O_RDONLY)
                     os.fsync(dfd)
                     os.close(dfd)
+                self._known = (base, valid + len(record))
                 return str(base + valid + len(record))
         except OSError as e:
             raise DependencyUnavailable(f"the gallery log {self.dir} cannot be written ({e})") from e
@@ -257,12 +262,15 @@ class FileLog(WriteLog):
             end_of_segment = segments[i + 1] if i + 1 < len(segments) else None
             if end_of_segment is not None and after >= end_of_segment:
                 continue
+            skip = after - base if after > base else 0
             try:
-                data = self._path(base).read_bytes()
+                with open(self._path(base), "rb") as f:  # only the part after `after`
+                    f.seek(skip)
+                    data = f.read()
             except FileNotFoundError:  # trimmed while reading
                 raise LogTrimmed(f"gallery log segment {base} trimmed while being read") from None
-            for _, end, payload in self._records(data, after - base if after > base else 0):
-                out.append((str(base + end), Change.decode(payload)))
+            for _, end, payload in self._records(data):
+                out.append((str(base + skip + end), Change.decode(payload)))
                 if len(out) >= limit:
                     return out
         return out

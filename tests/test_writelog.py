@@ -51,6 +51,15 @@ def test_file_log_appends_reads_in_order_and_survives_a_torn_tail(tmp_path):
     assert len(log.read(log.start, limit=100)) == 6
 
 
+def test_two_writers_on_one_file_log_interleave_into_one_order(tmp_path):
+    """Two replicas on one index root: each appender checks what the other appended since."""
+    a, b = FileLog(tmp_path), FileLog(tmp_path)
+    offsets = [(a if i % 3 else b).append(upsert(i)) for i in range(9)]
+    got = FileLog(tmp_path).read(a.start, limit=100)
+    assert [o for o, _ in got] == offsets
+    assert [c.upserts["face"].items[0]["item_id"] for _, c in got] == [f"it{i}" for i in range(9)]
+
+
 def test_file_log_segments_roll_and_trim(tmp_path):
     log = FileLog(tmp_path, segment_bytes=300)
     offsets = [log.append(upsert(i)) for i in range(12)]
