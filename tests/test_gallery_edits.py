@@ -106,3 +106,29 @@ def test_a_refused_version_is_not_reread_every_poll(tmp_path, monkeypatch):
     s.refused[("face", v)] = (0.0, 60.0)  # the back-off has passed: one more try, a longer wait after
     s.refresh()
     assert len(loads) == 2 and s.refused[("face", v)][1] == 120.0
+
+
+def test_an_upsert_into_an_index_that_is_not_loaded_changes_nothing(tmp_path):
+    from facevoice.service.errors import NotLoaded
+    from facevoice.service.writelog import Change, FileLog
+
+    x = clustered(100)
+    index, plan = plan_and_build(x, "l2", kind="flat")
+    publish(tmp_path, "face", write_version(tmp_path, "face", index, [Item(f"i{i}", "p", {}) for i in range(100)],
+                                            plan, model_version="m1", metric="l2"))
+    wlog = FileLog(tmp_path)
+    s = IndexSet(tmp_path, {"face": "m1", "face_feature": "m2"}, Metrics(), write_log=wlog)
+    s.refresh()
+    new = [Item("new", "p", {})]
+    with pytest.raises(NotLoaded):  # face_feature has no version: neither index may change
+        s.write(Change("upsert", {"face": _change(new, x[:1]), "face_feature": _change(new, x[:1], "m2")}))
+    assert wlog.read(wlog.start) == [] and "new" not in s.get("face").by_item_id
+    s.upsert({"face": (new, x[:1])})  # one loaded index: written, logged, applied
+    assert "new" in s.get("face").by_item_id and len(wlog.read(wlog.start)) == 1
+
+
+def _change(items, vectors, model="m1"):
+    from facevoice.service.writelog import IndexChange
+
+    return IndexChange(model, [{"item_id": it.item_id, "identity": it.identity, "attributes": it.attributes}
+                               for it in items], vectors)
