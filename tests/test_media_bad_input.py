@@ -23,6 +23,7 @@ from facevoice.service.media import (
     speech2face_spectrogram,
 )
 from tests.conftest import image_bytes, tone, wav_bytes
+from tests.media_samples import encode, video_without_audio
 
 GOOD_WAV = wav_bytes(tone(seconds=1.0), 16_000)
 GOOD_FLAC = wav_bytes(tone(seconds=1.0), 16_000, "FLAC")
@@ -30,6 +31,11 @@ GOOD_OGG = wav_bytes(tone(seconds=1.0), 16_000, "OGG")
 GOOD_JPEG = image_bytes(Image.new("RGB", (64, 64), (200, 100, 50)), "JPEG")
 GOOD_PNG = image_bytes(Image.new("RGB", (64, 64), (200, 100, 50)), "PNG")
 RANDOM = np.random.default_rng(0).bytes(4096)
+# compressed formats, made by FFmpeg's encoders in the test (tests/media_samples.py)
+GOOD_MP3 = encode(tone(seconds=1.0), 16_000, "mp3")
+GOOD_OGG_OPUS = encode(tone(seconds=1.0), 16_000, "ogg-opus")
+GOOD_M4A = encode(tone(seconds=1.0), 16_000, "m4a")
+LONG_MP3 = encode(tone(sr=8_000, seconds=70, amp=0.1), 8_000, "mp3")
 
 
 def _png_bomb(side: int) -> bytes:
@@ -66,6 +72,19 @@ AUDIO_CASES = [
      MediaTooLargeError, "60 s limit"),
     ("over the byte cap", GOOD_WAV + b"\0" * (20 * 1024 * 1024), MediaTooLargeError, "byte limit"),
     ("sample rate 2 kHz", wav_bytes(tone(sr=2_000), 2_000), MediaDecodeError, "sample rate"),
+    ("mp3 truncated to 300 bytes", GOOD_MP3[:300], MediaDecodeError, "not a readable mp3"),
+    ("mp3 of 70 s, refused from its header", LONG_MP3, MediaTooLargeError, "70.0 s .* over the 60 s limit"),
+    ("opus with a bad OpusHead", GOOD_OGG_OPUS.replace(b"OpusHead", b"OpusHexx", 1), MediaDecodeError,
+     "not a readable"),
+    ("opus truncated", GOOD_OGG_OPUS[:200], MediaDecodeError, "not a readable"),
+    ("m4a truncated (no moov)", GOOD_M4A[: len(GOOD_M4A) // 2], MediaDecodeError, "not a readable mp4"),
+    ("mp4 with no audio track", video_without_audio(), MediaDecodeError, "no audio track"),
+    ("ftyp magic, then garbage", b"\0\0\0\x18ftypisom" + bytes(range(256)) * 4, MediaDecodeError,
+     "not a readable mp4"),
+    ("an HLS playlist (would fetch a URL)", b"#EXTM3U\n#EXT-X-VERSION:3\nhttp://127.0.0.1:1/x.ts\n",
+     MediaDecodeError, "not a readable audio file"),
+    ("an ffconcat list (would open a file)", b"ffconcat version 1.0\nfile '/etc/passwd'\n", MediaDecodeError,
+     "not a readable audio file"),
     ("str instead of bytes", "RIFF....WAVE", MediaDecodeError, "expected bytes"),
     ("None instead of bytes", None, MediaDecodeError, "expected bytes"),
 ]

@@ -10,6 +10,7 @@ import numpy as np
 import soundfile as sf
 from scipy.signal import resample_poly
 
+from facevoice.service.media.containers import decode_container, sniff
 from facevoice.service.media.errors import (
     EmptyMediaError,
     InvalidSignalError,
@@ -67,8 +68,28 @@ class Speech2FaceAudio:
 
 
 def decode_audio(data: bytes, limits: MediaLimits = DEFAULT_LIMITS) -> tuple[np.ndarray, int]:
-    """WAV/FLAC/OGG bytes -> (mono float32 samples, sample rate), within `limits`."""
+    """Audio bytes -> (mono float32 samples, sample rate), within `limits`. WAV, FLAC and
+    Ogg/Vorbis through libsndfile (what the training corpora are); MP3, AAC/M4A, Opus, WebM, MP4
+    and MKV (their audio track) through FFmpeg's libraries (`containers.py`)."""
     check_size(data, limits, "audio")
+    kind = sniff(data)
+    if kind not in ("wav", "flac", "ogg"):
+        x, sr = decode_container(data, limits)
+        _check_header(sr, 1, 0, limits)
+        _check_signal(x, sr, limits)
+        return x, sr
+    try:
+        return _decode_sndfile(data, limits)
+    except MediaDecodeError:
+        if kind != "ogg" or b"OpusHead" not in bytes(data[:128]):
+            raise
+        x, sr = decode_container(data, limits)  # Ogg/Opus, which libsndfile may not read
+        _check_header(sr, 1, 0, limits)
+        _check_signal(x, sr, limits)
+        return x, sr
+
+
+def _decode_sndfile(data: bytes, limits: MediaLimits) -> tuple[np.ndarray, int]:
     try:
         with sf.SoundFile(io.BytesIO(bytes(data))) as f:
             sr, channels, frames = f.samplerate, f.channels, f.frames
