@@ -31,6 +31,9 @@ class AssociationAudio:
 
     sample_rate: int = 22_050
     seconds: float = 10.0
+    # speech detection (not in the paper): trim silence, refuse clips with less speech than this
+    vad: bool = False
+    min_speech_seconds: float = 0.5
 
     @property
     def samples(self) -> int:
@@ -48,6 +51,8 @@ class Speech2FaceAudio:
     hop_ms: float = 10.0
     n_fft: int = 512
     power: float = 0.3
+    vad: bool = False  # as AssociationAudio.vad
+    min_speech_seconds: float = 0.5
 
     @property
     def samples(self) -> int:
@@ -142,6 +147,16 @@ def _check_signal(x: np.ndarray, sr: int, limits: MediaLimits) -> None:
             f"audio: silent (peak {level:.0f} dBFS, below {limits.silence_peak_dbfs:g} dBFS)")
 
 
+def speech_of(data: bytes, cfg: AssociationAudio | Speech2FaceAudio, limits: MediaLimits) -> tuple[np.ndarray, int]:
+    """Decoded, and trimmed to its speech when the front end asks for speech detection."""
+    x, sr = decode_audio(data, limits)
+    if cfg.vad:
+        from facevoice.service.media.speech import trim_to_speech
+
+        x = trim_to_speech(x, sr, cfg.min_speech_seconds)
+    return x, sr
+
+
 def resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
     """Polyphase resampling (Kaiser-windowed FIR); exotic rate ratios approximated to 1e-6."""
     if sr_in == sr_out:
@@ -159,7 +174,7 @@ def tile_to_length(x: np.ndarray, n: int) -> np.ndarray:
 def association_waveform(data: bytes, cfg: AssociationAudio = AssociationAudio(),
                          limits: MediaLimits = DEFAULT_LIMITS) -> np.ndarray:
     """Bytes -> the voice subnetwork's input: float32 [cfg.samples] at cfg.sample_rate."""
-    x, sr = decode_audio(data, limits)
+    x, sr = speech_of(data, cfg, limits)
     return tile_to_length(resample(x, sr, cfg.sample_rate), cfg.samples)
 
 
@@ -179,6 +194,6 @@ def power_law(spec: np.ndarray, power: float) -> np.ndarray:
 def speech2face_spectrogram(data: bytes, cfg: Speech2FaceAudio = Speech2FaceAudio(),
                             limits: MediaLimits = DEFAULT_LIMITS) -> np.ndarray:
     """Bytes -> the Speech2Face voice encoder's input: float32 [2, 598, 257] for 6 s."""
-    x, sr = decode_audio(data, limits)
+    x, sr = speech_of(data, cfg, limits)
     x = tile_to_length(resample(x, sr, cfg.sample_rate), cfg.samples)
     return power_law(complex_spectrogram(x, cfg), cfg.power)

@@ -34,14 +34,17 @@ class VoiceConfig:
     crop: str = "first"
     input_scale: float = 256.0
     augment: bool = False
+    # speech detection before the front end (not in the paper; for real recordings): the model
+    # records it and the service applies it
+    vad: bool = False
 
     def frontend(self) -> AssociationAudio:
         """What the service feeds the voice encoder; evaluation uses it too."""
-        return AssociationAudio(self.sample_rate, self.seconds)
+        return AssociationAudio(self.sample_rate, self.seconds, vad=self.vad)
 
     def cache_frontend(self) -> AssociationAudio:
         """What is decoded once for training: 10 s (sec. 4.3), longer if the window is longer."""
-        return AssociationAudio(self.sample_rate, max(10.0, self.seconds))
+        return AssociationAudio(self.sample_rate, max(10.0, self.seconds), vad=self.vad)
 
 
 @dataclass(frozen=True)

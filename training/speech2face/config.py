@@ -64,9 +64,10 @@ class VoiceNetConfig:
     widths: tuple[int, ...] = TABLE1_WIDTHS
     # false removes every batch norm of the encoder: Fig. 8's "without BN" curves
     batch_norm: bool = True
+    vad: bool = False  # speech detection before the front end (not in the paper), as voice.vad of association
 
     def frontend(self, seconds: float | None = None) -> Speech2FaceAudio:
-        return Speech2FaceAudio(sample_rate=self.sample_rate, seconds=seconds or self.seconds)
+        return Speech2FaceAudio(sample_rate=self.sample_rate, seconds=seconds or self.seconds, vad=self.vad)
 
 
 @dataclass(frozen=True)
