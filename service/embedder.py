@@ -10,8 +10,8 @@ import numpy as np
 from PIL import Image
 
 from facevoice.service.media import DEFAULT_LIMITS, MediaLimits
-from facevoice.service.media.frontends import model_input
-from facevoice.service.media.image import Box
+from facevoice.service.media.frontends import model_input_used
+from facevoice.service.media.image import Box, FaceUsed
 from facevoice.service.repository import Manifest
 from facevoice.service.runners import EmbeddedRunner, TritonRunner
 
@@ -22,10 +22,15 @@ class Embedder:
     def __init__(self, manifest: Manifest, runner: Runner, limits: MediaLimits = DEFAULT_LIMITS):
         self.manifest, self.runner, self.limits = manifest, runner, limits
 
-    def decode(self, space: str, data: bytes, box: Box | None = None) -> np.ndarray:
+    def decode(self, space: str, data: bytes, box: Box | None = None, face_index: int = 0) -> np.ndarray:
         """Bytes -> one model input of the space (MediaError on bad media); the path
         tests/test_parity.py checks against what training feeds."""
-        return model_input(data, self.manifest.space(space).frontend, box, self.limits)
+        return self.decode_used(space, data, box, face_index)[0]
+
+    def decode_used(self, space: str, data: bytes, box: Box | None = None, face_index: int = 0
+                    ) -> tuple[np.ndarray, FaceUsed | None]:
+        """decode, and for a face space the face the input was cut from."""
+        return model_input_used(data, self.manifest.space(space).frontend, box, self.limits, face_index)
 
     def embed(self, space: str, batch: np.ndarray, deadline: float | None = None) -> np.ndarray:
         """[N, ...] model inputs -> [N, dim] vectors of the space."""

@@ -6,6 +6,7 @@ never dies on a request: anything unexpected is logged and answered INTERNAL."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -28,8 +29,8 @@ from facevoice.service.errors import (
     Unsupported,
 )
 from facevoice.service.gallery import Item
-from facevoice.service.media import MediaError
-from facevoice.service.media.image import Box
+from facevoice.service.media import MediaError, frontends
+from facevoice.service.media.image import Box, FaceUsed
 from facevoice.service.metrics import Metrics
 from facevoice.service.repository import ASSOCIATION, FACE, FACE_FEATURE, S2F_VOICE, SPEECH2FACE, VOICE
 from facevoice.service.served import IndexSet
@@ -83,12 +84,25 @@ def rpc(method: Callable) -> Callable:
     return wrapper
 
 
-def _payload(message: pb.Audio | pb.Image) -> tuple[bytes, Box | None]:
-    """A query's bytes, and its face box when it is an image that has one."""
-    if isinstance(message, pb.Image) and message.HasField("box"):
-        b = message.box
-        return message.data, (b.x, b.y, b.width, b.height)
-    return message.data, None
+def _payload(message: pb.Audio | pb.Image) -> tuple[bytes, Box | None, int]:
+    """A query's bytes, its face box when it is an image that has one, and the face it names."""
+    if isinstance(message, pb.Image):
+        if message.face_index < 0:
+            raise BadRequest(f"face_index must be 0 or more, got {message.face_index}")
+        if message.HasField("box"):
+            b = message.box
+            return message.data, (b.x, b.y, b.width, b.height), message.face_index
+        return message.data, None, message.face_index
+    return message.data, None, 0
+
+
+def face_used_pb(used) -> pb.FaceUsed | None:
+    if used is None:
+        return None
+    out = pb.FaceUsed(score=used.score or 0.0, source=used.source)
+    if used.box is not None:
+        out.box.CopyFrom(pb.FaceBox(x=used.box[0], y=used.box[1], width=used.box[2], height=used.box[3]))
+    return out
 
 
 def _filters(request, gallery) -> dict[str, set[str]]:
@@ -125,16 +139,21 @@ class FaceVoiceService(pb_grpc.FaceVoiceServicer):
         self.manifest = embedder.manifest
 
     # stages -------------------------------------------------------------------------------
-    def _decode_all(self, method: str, space: str, media: list[pb.Media], labels: list[str]) -> np.ndarray:
-        """Every item decoded, or BadRequest naming the first bad one; [N, ...] inputs."""
+    def _decode_all(self, method: str, space: str, media: list[pb.Media], labels: list[str],
+                    used: list | None = None) -> np.ndarray:
+        """Every item decoded, or BadRequest naming the first bad one; [N, ...] inputs (and, into
+        `used`, the face each photo was cut from)."""
         with self.metrics.timed(method, "decode"):
             inputs = []
             for label, m in zip(labels, media, strict=True):
-                data, box = _payload(m.audio if m.WhichOneof("kind") == "audio" else m.image)
+                data, box, face_index = _payload(m.audio if m.WhichOneof("kind") == "audio" else m.image)
                 try:
-                    inputs.append(self.embedder.decode(space, data, box))
+                    x, face = self.embedder.decode_used(space, data, box, face_index)
                 except MediaError as err:
                     raise BadRequest(f"{label}: {err}") from err
+                inputs.append(x)
+                if used is not None and face is not None:
+                    used.append(face)
         return np.stack(inputs)
 
     def _embed_all(self, method: str, space: str, x: np.ndarray, deadline) -> np.ndarray:
@@ -142,26 +161,28 @@ class FaceVoiceService(pb_grpc.FaceVoiceServicer):
             self.metrics.batch.labels(space).observe(len(x))
             return self.embedder.embed(space, x, deadline)
 
-    def _embed_one(self, method: str, space: str, message: pb.Audio | pb.Image, deadline) -> np.ndarray:
-        """Decode + embed one query, through the embedding cache."""
-        data, box = _payload(message)
+    def _embed_one(self, method: str, space: str, message: pb.Audio | pb.Image, deadline
+                   ) -> tuple[np.ndarray, FaceUsed | None]:
+        """Decode + embed one query, through the embedding cache; (vector, the face used)."""
+        data, box, face_index = _payload(message)
         key = None
         if self.cache.enabled:  # hashing the media costs ~0.1 ms per 100 kB: only with a cache
-            digest = hashlib.sha256(data + (repr(box).encode() if isinstance(message, pb.Image) else b""))
+            extra = repr((box, face_index)).encode() if isinstance(message, pb.Image) else b""
+            digest = hashlib.sha256(data + extra)
             key = f"{space}:{self.embedder.version(space)}:{digest.hexdigest()}"
             with self.metrics.timed(method, "cache"):
                 hit = self.cache.get("embedding", key)
             if hit is not None:
-                return np.frombuffer(hit, np.float32)
+                return _from_cache(hit, self.manifest.space(space).dim)
         with self.metrics.timed(method, "decode"):
-            x = self.embedder.decode(space, data, box)
+            x, used = self.embedder.decode_used(space, data, box, face_index)
         with self.metrics.timed(method, "embed"):
             self.metrics.batch.labels(space).observe(1)
             v = self.embedder.embed(space, x[None], deadline)[0].astype(np.float32)
         if key is not None:
             with self.metrics.timed(method, "cache"):
-                self.cache.put("embedding", key, v.tobytes())
-        return v
+                self.cache.put("embedding", key, _to_cache(v, used))
+        return v, used
 
     def _search(self, method, name: str, query: np.ndarray, request, deadline) -> pb.SearchResponse:
         gallery = self.indexes.get(name)
@@ -202,14 +223,16 @@ class FaceVoiceService(pb_grpc.FaceVoiceServicer):
     @rpc
     def SearchFaces(self, request, context, deadline):
         _require(request.HasField("voice"), "voice is required")
-        return self._search("SearchFaces", FACE, self._embed_one("SearchFaces", VOICE, request.voice, deadline),
+        return self._search("SearchFaces", FACE, self._embed_one("SearchFaces", VOICE, request.voice, deadline)[0],
                             request, deadline)
 
     @rpc
     def SearchVoices(self, request, context, deadline):
         _require(request.HasField("face"), "face is required")
-        return self._search("SearchVoices", VOICE, self._embed_one("SearchVoices", FACE, request.face, deadline),
-                            request, deadline)
+        query, used = self._embed_one("SearchVoices", FACE, request.face, deadline)
+        response = self._search("SearchVoices", VOICE, query, request, deadline)
+        response.query_face.CopyFrom(face_used_pb(used))
+        return response
 
     @rpc
     def Match(self, request, context, deadline):
@@ -222,20 +245,21 @@ class FaceVoiceService(pb_grpc.FaceVoiceServicer):
         for i, c in enumerate(request.candidates):
             _require(c.WhichOneof("kind") == want, f"candidate {i} must be {want} (the other modality of the probe)")
         probe_space, space = (VOICE, FACE) if medium == "audio" else (FACE, VOICE)
-        probe = self._embed_one("Match", probe_space, getattr(request.probe, medium), deadline)
-        x = self._decode_all("Match", space, list(request.candidates), [f"candidate {i}" for i in range(n)])
+        probe, probe_face = self._embed_one("Match", probe_space, getattr(request.probe, medium), deadline)
+        faces = [probe_face] if probe_face is not None else []
+        x = self._decode_all("Match", space, list(request.candidates), [f"candidate {i}" for i in range(n)], faces)
         cands = self._embed_all("Match", space, x, deadline)
         dist = np.linalg.norm(cands.astype(np.float64) - probe.astype(np.float64), axis=1)
         order = np.argsort(dist, kind="stable")
         return pb.MatchResponse(ranking=[pb.RankedCandidate(index=int(i), distance=float(dist[i]),
                                                             score=_score(float(dist[i]), "l2")) for i in order],
-                                model_version=self.embedder.version(space))
+                                model_version=self.embedder.version(space), faces=[face_used_pb(f) for f in faces])
 
     @rpc
     def ReconstructFace(self, request, context, deadline):
         _require(request.HasField("voice"), "voice is required")
         _check_top_k(request.top_k, allow_zero=True)
-        feature = self._embed_one("ReconstructFace", S2F_VOICE, request.voice, deadline)
+        feature, _ = self._embed_one("ReconstructFace", S2F_VOICE, request.voice, deadline)
         with self.metrics.timed("ReconstructFace", "embed"):
             picture = self.embedder.draw_faces(feature[None], deadline)[0]
         response = pb.ReconstructFaceResponse(png=to_png(picture), model_version=self.embedder.version(S2F_VOICE))
@@ -253,8 +277,9 @@ class FaceVoiceService(pb_grpc.FaceVoiceServicer):
         medium = request.media.WhichOneof("kind")
         _require(medium is not None, "media has no audio or image")
         space = EMBED_SPACES[(request.space == pb.FACE_FEATURE, medium)]
-        v = self._embed_one("Embed", space, getattr(request.media, medium), deadline)
-        return pb.EmbedResponse(embedding=v.tolist(), model_version=self.embedder.version(space))
+        v, used = self._embed_one("Embed", space, getattr(request.media, medium), deadline)
+        return pb.EmbedResponse(embedding=v.tolist(), model_version=self.embedder.version(space),
+                                face=face_used_pb(used))
 
     @rpc
     def UpsertItems(self, request, context, deadline):
@@ -311,7 +336,23 @@ class FaceVoiceService(pb_grpc.FaceVoiceServicer):
         groups = self.manifest.groups
         s2f = groups[SPEECH2FACE].version if SPEECH2FACE in groups else ""
         return pb.GetIndexInfoResponse(indexes=infos, association_model_version=groups[ASSOCIATION].version,
-                                       speech2face_model_version=s2f)
+                                       speech2face_model_version=s2f,
+                                       frontends={n: json.dumps(frontends.to_dict(sp.frontend))
+                                                  for n, sp in self.manifest.spaces.items()})
+
+
+def _to_cache(v: np.ndarray, used: FaceUsed | None) -> bytes:
+    """The vector, then the face it came from as JSON (nothing of the media)."""
+    return v.astype(np.float32).tobytes() + (json.dumps(dataclasses.asdict(used)).encode() if used else b"")
+
+
+def _from_cache(value: bytes, dim: int) -> tuple[np.ndarray, FaceUsed | None]:
+    v = np.frombuffer(value[:4 * dim], np.float32)
+    rest = value[4 * dim:]
+    if not rest:
+        return v, None
+    d = json.loads(rest)
+    return v, FaceUsed(tuple(d["box"]) if d["box"] is not None else None, d["score"], d["source"])
 
 
 def _actor(context: grpc.ServicerContext) -> str:

@@ -75,7 +75,8 @@ def test_service_image_requirements_cover_the_online_imports():
     declared = {re.split(r"[<>=;\[ ]", d)[0].lower() for d in tomllib.loads(
         (ROOT / "pyproject.toml").read_text())["project"]["dependencies"]}
     assert reqs <= declared
-    dist = {"PIL": "pillow", "av": "av", "webrtcvad": "webrtcvad-wheels", "grpc": "grpcio",
+    dist = {"PIL": "pillow", "av": "av", "webrtcvad": "webrtcvad-wheels", "dlib": "dlib-bin",
+            "face_recognition_models": "face-recognition-models", "grpc": "grpcio",
             "grpc_health": "grpcio-health-checking",
             "grpc_reflection": "grpcio-reflection", "google": "protobuf", "prometheus_client": "prometheus-client",
             "faiss": "faiss-cpu", "tritonclient": "tritonclient", "onnxruntime": "onnxruntime", "redis": "redis",

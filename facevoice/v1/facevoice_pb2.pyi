@@ -46,14 +46,26 @@ class FaceBox(_message.Message):
     def __init__(self, x: _Optional[float] = ..., y: _Optional[float] = ..., width: _Optional[float] = ..., height: _Optional[float] = ...) -> None: ...
 
 class Image(_message.Message):
-    __slots__ = ("data", "format", "box")
+    __slots__ = ("data", "format", "box", "face_index")
     DATA_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     BOX_FIELD_NUMBER: _ClassVar[int]
+    FACE_INDEX_FIELD_NUMBER: _ClassVar[int]
     data: bytes
     format: str
     box: FaceBox
-    def __init__(self, data: _Optional[bytes] = ..., format: _Optional[str] = ..., box: _Optional[_Union[FaceBox, _Mapping]] = ...) -> None: ...
+    face_index: int
+    def __init__(self, data: _Optional[bytes] = ..., format: _Optional[str] = ..., box: _Optional[_Union[FaceBox, _Mapping]] = ..., face_index: _Optional[int] = ...) -> None: ...
+
+class FaceUsed(_message.Message):
+    __slots__ = ("box", "score", "source")
+    BOX_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    box: FaceBox
+    score: float
+    source: str
+    def __init__(self, box: _Optional[_Union[FaceBox, _Mapping]] = ..., score: _Optional[float] = ..., source: _Optional[str] = ...) -> None: ...
 
 class Media(_message.Message):
     __slots__ = ("audio", "image")
@@ -113,16 +125,18 @@ class Hit(_message.Message):
     def __init__(self, item_id: _Optional[str] = ..., identity: _Optional[str] = ..., score: _Optional[float] = ..., distance: _Optional[float] = ..., attributes: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
-    __slots__ = ("hits", "model_version", "index_version", "cached")
+    __slots__ = ("hits", "model_version", "index_version", "cached", "query_face")
     HITS_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     INDEX_VERSION_FIELD_NUMBER: _ClassVar[int]
     CACHED_FIELD_NUMBER: _ClassVar[int]
+    QUERY_FACE_FIELD_NUMBER: _ClassVar[int]
     hits: _containers.RepeatedCompositeFieldContainer[Hit]
     model_version: str
     index_version: str
     cached: bool
-    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., model_version: _Optional[str] = ..., index_version: _Optional[str] = ..., cached: _Optional[bool] = ...) -> None: ...
+    query_face: FaceUsed
+    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., model_version: _Optional[str] = ..., index_version: _Optional[str] = ..., cached: _Optional[bool] = ..., query_face: _Optional[_Union[FaceUsed, _Mapping]] = ...) -> None: ...
 
 class MatchRequest(_message.Message):
     __slots__ = ("probe", "candidates")
@@ -143,12 +157,14 @@ class RankedCandidate(_message.Message):
     def __init__(self, index: _Optional[int] = ..., score: _Optional[float] = ..., distance: _Optional[float] = ...) -> None: ...
 
 class MatchResponse(_message.Message):
-    __slots__ = ("ranking", "model_version")
+    __slots__ = ("ranking", "model_version", "faces")
     RANKING_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    FACES_FIELD_NUMBER: _ClassVar[int]
     ranking: _containers.RepeatedCompositeFieldContainer[RankedCandidate]
     model_version: str
-    def __init__(self, ranking: _Optional[_Iterable[_Union[RankedCandidate, _Mapping]]] = ..., model_version: _Optional[str] = ...) -> None: ...
+    faces: _containers.RepeatedCompositeFieldContainer[FaceUsed]
+    def __init__(self, ranking: _Optional[_Iterable[_Union[RankedCandidate, _Mapping]]] = ..., model_version: _Optional[str] = ..., faces: _Optional[_Iterable[_Union[FaceUsed, _Mapping]]] = ...) -> None: ...
 
 class ReconstructFaceRequest(_message.Message):
     __slots__ = ("voice", "top_k")
@@ -179,12 +195,14 @@ class EmbedRequest(_message.Message):
     def __init__(self, media: _Optional[_Union[Media, _Mapping]] = ..., space: _Optional[_Union[Space, str]] = ...) -> None: ...
 
 class EmbedResponse(_message.Message):
-    __slots__ = ("embedding", "model_version")
+    __slots__ = ("embedding", "model_version", "face")
     EMBEDDING_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    FACE_FIELD_NUMBER: _ClassVar[int]
     embedding: _containers.RepeatedScalarFieldContainer[float]
     model_version: str
-    def __init__(self, embedding: _Optional[_Iterable[float]] = ..., model_version: _Optional[str] = ...) -> None: ...
+    face: FaceUsed
+    def __init__(self, embedding: _Optional[_Iterable[float]] = ..., model_version: _Optional[str] = ..., face: _Optional[_Union[FaceUsed, _Mapping]] = ...) -> None: ...
 
 class GalleryItem(_message.Message):
     __slots__ = ("item_id", "identity", "media", "attributes")
@@ -276,11 +294,20 @@ class IndexInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., model_version: _Optional[str] = ..., size: _Optional[int] = ..., kind: _Optional[str] = ..., params: _Optional[_Mapping[str, str]] = ..., recall_at_10: _Optional[float] = ..., built_at: _Optional[str] = ..., device: _Optional[str] = ...) -> None: ...
 
 class GetIndexInfoResponse(_message.Message):
-    __slots__ = ("indexes", "association_model_version", "speech2face_model_version")
+    __slots__ = ("indexes", "association_model_version", "speech2face_model_version", "frontends")
+    class FrontendsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     INDEXES_FIELD_NUMBER: _ClassVar[int]
     ASSOCIATION_MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     SPEECH2FACE_MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    FRONTENDS_FIELD_NUMBER: _ClassVar[int]
     indexes: _containers.RepeatedCompositeFieldContainer[IndexInfo]
     association_model_version: str
     speech2face_model_version: str
-    def __init__(self, indexes: _Optional[_Iterable[_Union[IndexInfo, _Mapping]]] = ..., association_model_version: _Optional[str] = ..., speech2face_model_version: _Optional[str] = ...) -> None: ...
+    frontends: _containers.ScalarMap[str, str]
+    def __init__(self, indexes: _Optional[_Iterable[_Union[IndexInfo, _Mapping]]] = ..., association_model_version: _Optional[str] = ..., speech2face_model_version: _Optional[str] = ..., frontends: _Optional[_Mapping[str, str]] = ...) -> None: ...

@@ -12,7 +12,7 @@ from facevoice.service.media.audio import (
     association_waveform,
     speech2face_spectrogram,
 )
-from facevoice.service.media.image import Box, FaceImage, face_input
+from facevoice.service.media.image import Box, FaceImage, FaceUsed, face_input_used
 from facevoice.service.media.limits import DEFAULT_LIMITS, MediaLimits
 
 Frontend = FaceImage | AssociationAudio | Speech2FaceAudio
@@ -21,14 +21,20 @@ KINDS: dict[str, type] = {"face_image": FaceImage, "association_audio": Associat
 
 
 def model_input(data: bytes, frontend: Frontend, box: Box | None = None,
-                limits: MediaLimits = DEFAULT_LIMITS) -> np.ndarray:
+                limits: MediaLimits = DEFAULT_LIMITS, face_index: int = 0) -> np.ndarray:
     """Bytes -> the input of the network this front end feeds (MediaError on bad media). A box
-    applies to faces only."""
+    (and a face index) applies to faces only."""
+    return model_input_used(data, frontend, box, limits, face_index)[0]
+
+
+def model_input_used(data: bytes, frontend: Frontend, box: Box | None = None, limits: MediaLimits = DEFAULT_LIMITS,
+                     face_index: int = 0) -> tuple[np.ndarray, FaceUsed | None]:
+    """model_input, and for a face the face it was cut from."""
     if isinstance(frontend, FaceImage):
-        return face_input(data, frontend, box, limits)
+        return face_input_used(data, frontend, box, limits, face_index)
     if isinstance(frontend, Speech2FaceAudio):
-        return speech2face_spectrogram(data, frontend, limits)
-    return association_waveform(data, frontend, limits)
+        return speech2face_spectrogram(data, frontend, limits), None
+    return association_waveform(data, frontend, limits), None
 
 
 def to_dict(frontend: Frontend) -> dict:

@@ -34,6 +34,22 @@ class FaceImage:
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     box_scale: float = 1.5
     channels: str = "RGB"  # or "BGR"
+    # face detection when no box is given: "" (none: the centre square, as the synthetic corpus's
+    # models are trained), "hog" or "cnn" (dlib; faces.py), with the score a face must reach,
+    # and whether to level the eyes first
+    detector: str = ""
+    min_score: float = 0.0
+    align: bool = True
+
+
+@dataclass(frozen=True)
+class FaceUsed:
+    """Which face a model input was cut from: the box (before the 1.5x margin), the detector's
+    score (None without detection), and where the box came from."""
+
+    box: Box | None
+    score: float | None
+    source: str  # "client" (or manifest) | "detected" | "centre"
 
 
 # How published face networks want their input. VGG-Face (Parkhi et al. 2015, the Caffe release
@@ -120,8 +136,33 @@ def normalise(img: Image.Image, cfg: FaceImage) -> np.ndarray:
     return np.ascontiguousarray(arr.transpose(2, 0, 1))
 
 
+def face_crop(img: Image.Image, cfg: FaceImage, box: Box | None = None, face_index: int = 0
+              ) -> tuple[Image.Image, FaceUsed]:
+    """The square the face network sees, and which face it is: the given box (always wins), else
+    the detected face `face_index` (largest first) aligned, else the centre square."""
+    if box is not None:
+        return crop_face(img, box, cfg.box_scale), FaceUsed(tuple(float(v) for v in box), None, "client")
+    if not cfg.detector:
+        return crop_face(img, None, cfg.box_scale), FaceUsed(None, None, "centre")
+    from facevoice.service.media.faces import align, detect_faces, pick
+
+    face = pick(detect_faces(img, cfg.detector, cfg.min_score), face_index)
+    used = FaceUsed(face.box, face.score, "detected")
+    if cfg.align:
+        region, box = align(img, face, cfg.box_scale)
+        return crop_face(region, box, cfg.box_scale), used
+    return crop_face(img, face.box, cfg.box_scale), used
+
+
 def face_input(data: bytes, cfg: FaceImage = FaceImage(), box: Box | None = None,
-               limits: MediaLimits = DEFAULT_LIMITS) -> np.ndarray:
+               limits: MediaLimits = DEFAULT_LIMITS, face_index: int = 0) -> np.ndarray:
     """Bytes -> the face subnetwork's input: float32 [3, cfg.size, cfg.size]."""
+    return face_input_used(data, cfg, box, limits, face_index)[0]
+
+
+def face_input_used(data: bytes, cfg: FaceImage = FaceImage(), box: Box | None = None,
+                    limits: MediaLimits = DEFAULT_LIMITS, face_index: int = 0) -> tuple[np.ndarray, FaceUsed]:
+    """face_input, and the face it used."""
     img = decode_image(data, limits)
-    return normalise(crop_face(img, box, cfg.box_scale), cfg)
+    crop, used = face_crop(img, cfg, box, face_index)
+    return normalise(crop, cfg), used

@@ -21,9 +21,12 @@ class FaceConfig:
     # what is average-pooled globally: "conv5_3" as sec. 4.1 says (14x14 at 224 px), or "pool5",
     # after VGG16's fifth max-pool (7x7; what this project did before, kept a switch away)
     pool: str = "conv5_3"
+    # face detection for photos without a box (service/media/faces.py): "" keeps the centre
+    # square (the synthetic corpus's faces fill the frame), "hog" / "cnn" detect and align
+    detector: str = ""
 
     def frontend(self) -> FaceImage:
-        return FaceImage(size=self.size)
+        return FaceImage(size=self.size, detector=self.detector)
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,8 @@ def validate(cfg: AssociationConfig) -> None:
         raise ValueError("train.loss must be 'triplet' (eq. (1)), 'contrastive' or 'classifier' (Table 7)")
     if cfg.embedding.pool not in ("global", "2x"):
         raise ValueError("embedding.pool must be 'global' or '2x' (Table A.2)")
+    if cfg.face.detector not in ("", "hog", "cnn"):
+        raise ValueError("face.detector must be '' (no detection), 'hog' or 'cnn'")
     if cfg.face.pool not in ("conv5_3", "pool5"):
         raise ValueError("face.pool must be 'conv5_3' (sec. 4.1) or 'pool5'")
     if cfg.voice.crop not in ("first", "random"):

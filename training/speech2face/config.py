@@ -33,9 +33,10 @@ class FaceNetConfig:
     # the input convention (service.media.image.INPUT_CONVENTIONS): "imagenet" for the networks
     # trained here, "vggface" for published VGG-Face weights (`train face-features --vggface`)
     input: str = "imagenet"
+    detector: str = ""  # face detection for photos without a box, as the association model's face.detector
 
     def frontend(self) -> FaceImage:
-        return FaceImage(size=self.size, **INPUT_CONVENTIONS[self.input])
+        return FaceImage(size=self.size, detector=self.detector, **INPUT_CONVENTIONS[self.input])
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,134 @@
+"""Decode and face-detection speed of the media pipeline -> docs/benchmarks.md.
+
+    python -m bench.media_formats --model-repo demo/model_repo --index-root demo/indexes
+
+- Audio: the association front end (decode, resample, tile) of 4.3 s of espeak-ng speech as
+  WAV (the baseline) and as MP3, M4A, WebM/Opus, Ogg/Opus and the audio track of MP4 / MKV video.
+- Faces: the face front end of grace_hopper.jpg (512x600) and of the same face off centre on
+  1400x900 and 2800x1800 frames, without detection (the baseline: the centre square) and with
+  dlib's HOG detector + alignment; then SearchVoices through the service, with and without
+  detection, to give detection's share of a call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import io
+import json
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+from matplotlib import cbook
+from PIL import Image
+
+from bench.report import machine, publish
+from facevoice.service.media.audio import AssociationAudio, association_waveform
+from facevoice.service.media.image import FaceImage, decode_image, face_input_used
+from facevoice.service.repository import MANIFEST
+from facevoice.service.serve import Running, ServeConfig
+from facevoice.v1 import facevoice_pb2 as pb
+from facevoice.v1 import facevoice_pb2_grpc as pb_grpc
+from tests.conftest import wav_bytes
+from tests.media_samples import FORMATS, encode, speech
+
+
+def median_ms(fn, n: int) -> float:
+    fn()  # warm: models load, caches fill
+    times = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t) * 1000)
+    return statistics.median(times)
+
+
+def png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def photos() -> dict[str, bytes]:
+    hopper = Path(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)).read_bytes()
+    face = decode_image(hopper)
+    out = {"grace_hopper.jpg 512x600": hopper}
+    for w, h in ((1400, 900), (2800, 1800)):
+        canvas = Image.new("RGB", (w, h), (128, 128, 128))
+        canvas.paste(face.resize((307, 360)), (w - 400, h - 450))
+        out[f"face off centre, {w}x{h} JPEG"] = png(canvas)
+    return out
+
+
+def audio_rows(n: int) -> list[str]:
+    x, sr = speech()
+    cfg = AssociationAudio()
+    files = {"WAV (baseline)": wav_bytes(x, sr), **{name: encode(x, sr, name) for name in FORMATS}}
+    rows, base = [], None
+    for name, data in files.items():
+        ms = median_ms(lambda d=data: association_waveform(d, cfg), n)
+        base = base or ms
+        rows.append(f"| {name} | {len(data) / 1024:.0f} KB | {ms:.2f} | {ms / base:.2f} |")
+    return ["| input (4.3 s of speech) | size | ms per clip | ratio to WAV |", "|---|---|---|---|", *rows]
+
+
+def face_rows(n: int) -> list[str]:
+    rows = ["| photo | centre square (baseline), ms | HOG detection + alignment, ms | ratio | images/s detected |",
+            "|---|---|---|---|---|"]
+    for name, data in photos().items():
+        plain = median_ms(lambda d=data: face_input_used(d, FaceImage(size=224)), n)
+        detect = median_ms(lambda d=data: face_input_used(d, FaceImage(size=224, detector="hog")), n)
+        rows.append(f"| {name} | {plain:.1f} | {detect:.1f} | {detect / plain:.1f} | {1000 / detect:.1f} |")
+    return rows
+
+
+def search_rows(model_repo: Path, index_root: Path, n: int) -> list[str]:
+    work = Path(tempfile.mkdtemp(prefix="facevoice-bench-"))
+    detecting = work / "repo"
+    shutil.copytree(model_repo, detecting)
+    manifest = json.loads((detecting / MANIFEST).read_text())
+    for space in ("face", "face_feature"):
+        if space in manifest["spaces"]:
+            manifest["spaces"][space]["frontend"]["detector"] = "hog"
+    (detecting / MANIFEST).write_text(json.dumps(manifest))
+    photo = photos()["face off centre, 1400x900 JPEG"]
+    rows = ["| SearchVoices, 1400x900 photo, concurrency 1 | p50 ms | ratio |", "|---|---|---|"]
+    base = None
+    for label, repo in (("model without detection (baseline)", model_repo), ("model with HOG detection", detecting)):
+        cfg = ServeConfig(model_repo=repo, index_root=index_root, port=0, metrics_port=-1, gallery_log="file")
+        root = work / f"indexes-{len(rows)}"
+        shutil.copytree(index_root, root, ignore=shutil.ignore_patterns(".build", ".gallery-log"))
+        running = Running(dataclasses.replace(cfg, index_root=root))
+        stub = pb_grpc.FaceVoiceStub(grpc.insecure_channel(f"127.0.0.1:{running.port}"))
+        try:
+            ms = median_ms(lambda s=stub: s.SearchVoices(pb.SearchVoicesRequest(face=pb.Image(data=photo), top_k=10)),
+                           n)
+        finally:
+            running.stop(0)
+        base = base or ms
+        rows.append(f"| {label} | {ms:.1f} | {ms / base:.2f} |")
+    shutil.rmtree(work, ignore_errors=True)
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model-repo", type=Path, default=Path("demo/model_repo"))
+    p.add_argument("--index-root", type=Path, default=Path("demo/indexes"))
+    p.add_argument("--repeats", type=int, default=20)
+    args = p.parse_args()
+    body = "\n".join([
+        "## Media pipeline: decoding formats, face detection", "",
+        f"Command: `python -m bench.media_formats` on {machine()}. Median of {args.repeats} calls after one warm-up, "
+        "one thread; each table's first row is its baseline, measured in the same run.", "",
+        *audio_rows(args.repeats), "", *face_rows(args.repeats), "",
+        *search_rows(args.model_repo, args.index_root, args.repeats)])
+    publish("media-formats", body)
+
+
+if __name__ == "__main__":
+    main()
