@@ -83,3 +83,39 @@ def video_without_audio(seconds: float = 1.0) -> bytes:
         for p in v.encode(None):
             c.mux(p)
     return buf.getvalue()
+
+
+def av_clip(path, frame, audio: np.ndarray, sr: int, seconds: float | None = None, fps: int = 10) -> None:
+    """An MP4 (MPEG-4 video, AAC audio) showing `frame` (a PIL image; drifting a few pixels, so the
+    frames differ) over the audio track `audio`."""
+    from facevoice.service.media.audio import resample
+
+    rate = 22_050
+    y = resample(audio, sr, rate)
+    seconds = seconds or len(y) / rate
+    w, h = (frame.width // 2) * 2, (frame.height // 2) * 2
+    with av.open(str(path), "w", format="mp4") as c:
+        v = c.add_stream("mpeg4", rate=fps)
+        v.width, v.height, v.pix_fmt = w, h, "yuv420p"
+        v.bit_rate = 2_000_000
+        a = c.add_stream("aac", rate=rate)
+        a.layout = "mono"
+        step = a.codec_context.frame_size or 1024
+        fmt = a.codec_context.format.name
+        for i in range(0, len(y), step):
+            f = av.AudioFrame.from_ndarray(y[i:i + step][None, :].astype(np.float32),
+                                           format=fmt if fmt in ("flt", "fltp") else "fltp", layout="mono")
+            f.sample_rate, f.pts = rate, i
+            for p in a.encode(f):
+                c.mux(p)
+        for p in a.encode(None):
+            c.mux(p)
+        pixels = np.asarray(frame.convert("RGB"))[:h, :w]
+        for i in range(int(seconds * fps)):
+            shifted = np.roll(pixels, shift=(i % 5) - 2, axis=1)
+            vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(shifted), format="rgb24")
+            vf.pts = i
+            for p in v.encode(vf):
+                c.mux(p)
+        for p in v.encode(None):
+            c.mux(p)

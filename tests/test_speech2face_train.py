@@ -219,3 +219,22 @@ def test_kims_split_without_validation_trains_every_network(tmp_path, capsys):
                  "--decoder", str(tmp_path / "decoder" / "decoder.pt"), *short]) == 0
     assert "no validation split: best.pt is the last model (step 20)" in capsys.readouterr().out
     assert torch.load(tmp_path / "s2f" / "best.pt", map_location="cpu", weights_only=True)["step"] == 20
+
+
+def test_pairs_come_from_the_clips_own_video_unless_switched_off():
+    """Oh et al. sec. 3: a clip and a frame of the same video (`train.pair_within_video`)."""
+    from facevoice.training.association.data import Modality
+    from facevoice.training.speech2face.data import S2FSplit
+    from facevoice.training.speech2face.train import PairSampler
+
+    faces = Modality(np.zeros((4, 1)), np.array([0, 0, 0, 0]), ["f0", "f1", "f2", "f3"],
+                     np.array(["vA", "vA", "vB", "vB"]))
+    voices = Modality(np.zeros((2, 1)), np.array([0, 0]), ["c0", "c1"], np.array(["vA", "vB"]))
+    split = S2FSplit(["p"], [{}], faces, voices, None)
+    videos = faces.video
+    within = PairSampler(split, seed=0)
+    v, f = within.draw(400)
+    assert (videos[f] == voices.video[v]).all()
+    anywhere = PairSampler(split, seed=0, within_video=False)
+    v, f = anywhere.draw(400)
+    assert 0.3 < (videos[f] != voices.video[v]).mean() < 0.7

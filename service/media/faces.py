@@ -30,7 +30,8 @@ MAX_DETECT_SIDE = 1024  # detection runs on a copy at most this large; boxes are
 class Detection:
     box: tuple[float, float, float, float]  # x, y, width, height in pixels of the upright image
     score: float
-    eyes: tuple[tuple[float, float], tuple[float, float]] | None = None  # (subject's right, left) centres
+    eyes: tuple[tuple[float, float], tuple[float, float]] | None = None  # eye centres, image-left first
+    nose: tuple[float, float] | None = None  # the nose tip (below the nose, dlib's point 4)
 
     @property
     def area(self) -> float:
@@ -90,7 +91,7 @@ def detect_faces(img: Image.Image, detector: str = "hog", min_score: float = 0.0
         if right[0] > left[0]:
             right, left = left, right  # image-left first
         box = (rect.left() / scale, rect.top() / scale, rect.width() / scale, rect.height() / scale)
-        out.append(Detection(box, float(score), (right, left)))
+        out.append(Detection(box, float(score), (right, left), pts[4]))
     return sorted(out, key=lambda d: -d.area)
 
 

@@ -102,6 +102,10 @@ class S2FTrainConfig:
     # speaker's training photos, which a voice can predict no worse (pose, light and expression
     # are not in the voice). Our deviation; the paper config keeps "photo".
     target: str = "photo"
+    # sec. 3 pairs a clip with a frame of its own video: where the manifest records videos
+    # (corpus voxceleb / voxceleb2 / avspeech), a face of the clip's video is drawn when the
+    # speaker has one. False draws any photo of the speaker.
+    pair_within_video: bool = True
     # Softmax heads on v_s for these attributes of the training speakers (gender, age_group,
     # appearance_group, first_language), added to eq. (1) with `attribute_weight`: our deviation,
     # as the face network's `face.attributes`; () is the paper setting. The heads are dropped

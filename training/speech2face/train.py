@@ -46,8 +46,8 @@ class PairSampler:
     its own video (sec. 3): where the manifest records videos, a face of the clip's video is
     drawn when the person has one; otherwise any photo of the speaker."""
 
-    def __init__(self, split: S2FSplit, seed: int):
-        self.split = split
+    def __init__(self, split: S2FSplit, seed: int, within_video: bool = True):
+        self.split, self.within_video = split, within_video
         self.rng = np.random.default_rng(seed)
         self.faces_of = [split.items_of("face", i) for i in range(len(split.identities))]
 
@@ -59,7 +59,7 @@ class PairSampler:
     def _face(self, clip: int) -> int:
         rows = self.faces_of[self.split.voice.identity[clip]]
         clips, photos = self.split.voice.video, self.split.face.video
-        if clips is not None and photos is not None and clips[clip]:
+        if self.within_video and clips is not None and photos is not None and clips[clip]:
             same = rows[photos[rows] == clips[clip]]
             if len(same):
                 rows = same
@@ -158,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
     heads = nn.ModuleDict({a: nn.Linear(cfg.face.fc, int(y.max()) + 1) for a, y in targets.items()}).to(device)
     optimizer = torch.optim.Adam([*encoder.parameters(), *heads.parameters()], t.lr, betas=(t.beta1, 0.999),
                                  eps=t.eps)
-    sampler = PairSampler(train, seed=args.seed * 1000 + rank)
+    sampler = PairSampler(train, seed=args.seed * 1000 + rank, within_video=cfg.train.pair_within_video)
     augment = VoiceAugment(cfg, cfg.voice.frontend().shape[1], sampler.rng)
 
     key, sign = SELECT[t.select if held_out else "last"]  # best.pt: the highest sign * validation score

@@ -1,0 +1,365 @@
+"""Video corpora in the corpus format: `facevoice corpus voxceleb2` and `facevoice corpus avspeech`.
+
+Each clip (an MP4, or a segment of one) gives:
+- its audio track, 16 kHz mono WAV, kept when WebRTC's VAD hears at least `--min-speech` s of
+  speech in it (else the clip is skipped: "no speech");
+- face frames: the first frame and `--frames - 1` more evenly spaced, each with a face detected
+  and aligned by the media pipeline (dlib HOG + 5 landmarks; for AVSpeech the face nearest the
+  published centre, else the largest). Only the region around the face is stored (a square of
+  twice the face box), with the box in the manifest, so the media pipeline's 1.5x crop is what
+  training and serving see. A clip with no face in any of its frames is skipped: "no face";
+- the video id in the manifest's `video` column, so `train s2f` pairs a voice with a face of the
+  same video (Oh et al. sec. 3; `train.pair_within_video`).
+Per identity, the most frontal of its aligned faces (the nose nearest the eyes' midline) is
+written as its `canonical_face`: the face decoder's target on real data. This is our deviation
+from Cole et al., whose targets are frontalised and expression-normalised (docs/corpus.md).
+
+Unreadable clips, clips with no face and clips with no speech are counted and listed in
+skipped.csv. Finished clips are remembered under OUT/.ingest/, so a re-run resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import math
+import multiprocessing as mp
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+from PIL import Image
+from tqdm import tqdm
+
+from facevoice.service.corpus import IDENTITIES, Item, write_csv, write_manifest
+from facevoice.service.errors import FormatError, UsageError
+from facevoice.service.media.errors import InvalidSignalError
+from facevoice.service.media.faces import Detection, align, detect_faces
+from facevoice.training.corpus.manifest import corpus_counts, count_lines
+from facevoice.training.corpus.splits import SPLITS, assign_splits
+
+AUDIO_RATE = 16_000
+CANONICAL_SIZE = 256
+GENDERS = {"m": "male", "f": "female", "male": "male", "female": "female"}
+
+
+@dataclass
+class Clip:
+    identity: str
+    video: str
+    clip: str
+    path: Path
+    start: float | None = None  # seconds; None = the whole file
+    end: float | None = None
+    centre: tuple[float, float] | None = None  # AVSpeech: the face centre, as fractions of the frame
+
+
+@dataclass
+class ClipResult:
+    reason: str = ""  # empty when kept
+    voice: str = ""
+    faces: list[dict] = field(default_factory=list)  # {path, box, frontal}
+
+
+def frontality(face: Detection) -> float:
+    """How frontal a face is: 1 when the nose tip is on the eyes' perpendicular bisector, lower
+    as the head turns (the nose's offset from it over the eye distance)."""
+    if face.eyes is None or face.nose is None:
+        return 0.0
+    (x1, y1), (x2, y2) = face.eyes
+    d = math.dist((x1, y1), (x2, y2)) or 1.0
+    mx, my = (x1 + x2) / 2, (y1 + y2) / 2
+    ux, uy = (x2 - x1) / d, (y2 - y1) / d  # along the eyes
+    offset = abs((face.nose[0] - mx) * ux + (face.nose[1] - my) * uy)
+    return float(max(0.0, 1.0 - offset / d))
+
+
+def read_clip(clip: Clip, frames: int) -> tuple[np.ndarray, list[Image.Image]]:
+    """The clip's audio (mono float32 at AUDIO_RATE) and `frames` frames: the first and evenly
+    spaced ones after it, between start and end."""
+    import av
+
+    with av.open(str(clip.path)) as container:
+        audio = next((s for s in container.streams if s.type == "audio"), None)
+        video = next((s for s in container.streams if s.type == "video"), None)
+        if audio is None or video is None:
+            raise InvalidSignalError(f"no {'audio' if audio is None else 'video'} track")
+        start = clip.start or 0.0
+        duration = (float(container.duration) / 1e6) if container.duration else None
+        end = clip.end if clip.end is not None else duration
+        if end is None or end <= start:
+            raise InvalidSignalError("no duration")
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=AUDIO_RATE)
+        blocks = []
+        for frame in container.decode(audio):
+            t = float(frame.time or 0.0)
+            if t > end:
+                break
+            for out in resampler.resample(frame):
+                if t + out.samples / AUDIO_RATE >= start:
+                    blocks.append(out.to_ndarray().reshape(-1))
+        samples = np.concatenate(blocks) if blocks else np.zeros(0, np.float32)
+        samples = samples[: int((end - start) * AUDIO_RATE)]
+        container.seek(0)
+        targets = [start + (end - start) * k / frames for k in range(frames)]
+        images = []
+        for frame in container.decode(video):
+            t = float(frame.time or 0.0)
+            if t > end or not targets:
+                break
+            if t + 1e-6 >= targets[0]:
+                images.append(frame.to_image().convert("RGB"))
+                targets.pop(0)
+    return samples.astype(np.float32), images
+
+
+def pick_face(faces: list[Detection], size: tuple[int, int], centre: tuple[float, float] | None) -> Detection | None:
+    if not faces:
+        return None
+    if centre is None:
+        return faces[0]  # the largest
+    cx, cy = centre[0] * size[0], centre[1] * size[1]
+    return min(faces, key=lambda f: math.dist((f.box[0] + f.box[2] / 2, f.box[1] + f.box[3] / 2), (cx, cy)))
+
+
+def face_region(img: Image.Image, face: Detection) -> tuple[Image.Image, tuple[float, float, float, float]]:
+    """A square of twice the face box around it (outside the frame is black), and the box in it."""
+    x, y, w, h = face.box
+    side = 2 * max(w, h)
+    x0, y0 = round(x + w / 2 - side / 2), round(y + h / 2 - side / 2)
+    return img.crop((x0, y0, x0 + round(side), y0 + round(side))), (x - x0, y - y0, w, h)
+
+
+def ingest_clip(job: tuple[Clip, Path, int, float]) -> tuple[Clip, ClipResult]:
+    """One clip -> its WAV and face regions under out/media/ (or why it was skipped)."""
+    from facevoice.service.media.speech import trim_to_speech
+
+    clip, out, frames, min_speech = job
+    done = out / ".ingest" / (hashlib.sha1(f"{clip.path}|{clip.start}|{clip.end}|{frames}".encode()).hexdigest()
+                              + ".json")
+    if done.exists():
+        return clip, ClipResult(**json.loads(done.read_text()))
+    result = ClipResult()
+    try:
+        samples, images = read_clip(clip, frames)
+        trim_to_speech(samples, AUDIO_RATE, min_speech)  # refuses a clip without speech
+    except InvalidSignalError as e:
+        result.reason = "no speech" if "no speech" in str(e) else f"unreadable: {e}"
+    except Exception as e:  # FFmpeg's complaints about a damaged file, as one reason
+        result.reason = f"unreadable: {type(e).__name__}: {str(e)[:200]}"
+    if not result.reason:
+        rel = Path("media") / clip.identity / clip.video
+        (out / rel).mkdir(parents=True, exist_ok=True)
+        for k, img in enumerate(images):
+            face = pick_face(detect_faces(img), img.size, clip.centre)
+            if face is None:
+                continue
+            region, box = face_region(img, face)
+            name = rel / f"{clip.clip}-{k}.jpg"
+            region.save(out / name, "JPEG", quality=92)
+            result.faces.append({"path": name.as_posix(), "box": " ".join(f"{v:.1f}" for v in box),
+                                 "frontal": frontality(face)})
+        if not result.faces:
+            result.reason = "no face"
+        else:
+            result.voice = (rel / f"{clip.clip}.wav").as_posix()
+            sf.write(out / result.voice, samples, AUDIO_RATE, subtype="PCM_16")
+    done.parent.mkdir(parents=True, exist_ok=True)
+    done.write_text(json.dumps(asdict(result)))
+    return clip, result
+
+
+def canonical_face(out: Path, face: dict) -> Image.Image:
+    """An identity's most frontal face, aligned (eyes level) and cut with the 1.5x margin."""
+    region = Image.open(out / face["path"]).convert("RGB")
+    x, y, w, h = (float(v) for v in face["box"].split())
+    found = detect_faces(region)
+    if found:  # re-detect in the stored region for the landmarks, then align
+        best = min(found, key=lambda f: math.dist((f.box[0], f.box[1]), (x, y)))
+        region, (x, y, w, h) = align(region, best)
+    side = max(w, h) * 1.5
+    x0, y0 = x + w / 2 - side / 2, y + h / 2 - side / 2
+    crop = region.crop((round(x0), round(y0), round(x0 + side), round(y0 + side)))
+    return crop.resize((CANONICAL_SIZE, CANONICAL_SIZE), Image.BICUBIC)
+
+
+def ingest(clips: list[Clip], out: Path, split_of: dict[str, str], attrs: dict[str, dict], frames: int,
+           min_speech: float, workers: int, generator: str, progress: bool = True,
+           missing: list[dict] | None = None) -> dict:
+    """Every clip ingested (in `workers` processes), the manifest, identities.csv, skipped.csv,
+    corpus.json written; returns the summary."""
+    out.mkdir(parents=True, exist_ok=True)
+    jobs = [(c, out, frames, min_speech) for c in clips]
+    with mp.get_context("fork").Pool(max(1, workers)) as pool:
+        results = list(tqdm(pool.imap(ingest_clip, jobs), total=len(jobs), desc="ingesting clips", unit="clip",
+                            disable=not progress))
+    items, skipped, best = [], list(missing or []), {}
+    for clip, r in results:
+        if r.reason:
+            skipped.append({"identity": clip.identity, "path": str(clip.path), "reason": r.reason})
+            continue
+        a = attrs.get(clip.identity, {})
+        split = split_of[clip.identity]
+        items.append(Item(f"{clip.identity}-voice-{clip.video}-{clip.clip}", clip.identity, "voice", r.voice, split,
+                          video=clip.video, **a))
+        for k, f in enumerate(r.faces):
+            items.append(Item(f"{clip.identity}-face-{clip.video}-{clip.clip}-{k}", clip.identity, "face", f["path"],
+                              split, video=clip.video, box=f["box"], **a))
+            if f["frontal"] > best.get(clip.identity, ({}, -1.0))[1]:
+                best[clip.identity] = (f, f["frontal"])
+    for identity, (face, _) in sorted(best.items()):
+        path = Path("canonical") / f"{identity}.jpg"
+        (out / path).parent.mkdir(parents=True, exist_ok=True)
+        canonical_face(out, face).save(out / path, "JPEG", quality=95)
+        items.append(Item(f"{identity}-canonical", identity, "canonical_face", path.as_posix(), split_of[identity],
+                          **attrs.get(identity, {})))
+    write_manifest(out, items)
+    kept = sorted({i.identity for i in items})
+    write_csv(out / IDENTITIES, [{"identity": i, "split": split_of[i], **attrs.get(i, {})} for i in kept],
+              ("identity", "split", *dict.fromkeys(k for a in attrs.values() for k in a)))
+    write_csv(out / "skipped.csv", skipped, ("identity", "path", "reason"))
+    reasons = {}
+    for s in skipped:
+        key = s["reason"].split(":")[0]
+        reasons[key] = reasons.get(key, 0) + 1
+    total = len(clips) + len(missing or [])
+    summary = {"format_version": 1, "generator": generator, "clips": total,
+               "clips_kept": total - len(skipped), "skipped": reasons,
+               "frames_per_clip": frames, "canonical_faces": "the most frontal aligned face of each identity",
+               **corpus_counts(items, {i: split_of[i] for i in kept}, list(SPLITS),
+                               ("face", "voice", "canonical_face"))}
+    (out / "corpus.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def format_summary(title: str, s: dict, skipped_path: Path) -> str:
+    why = ", ".join(f"{k} {v}" for k, v in s["skipped"].items()) or "none"
+    return "\n".join([f"{title}: {s['clips_kept']} of {s['clips']} clips kept", *count_lines(s),
+                      f"skipped:    {why} (see {skipped_path})"])
+
+
+def random_split(identities: list[str], fractions: tuple[float, float, float], seed: int) -> dict[str, str]:
+    n = len(identities)
+    n_val, n_test = round(n * fractions[1]), round(n * fractions[2])
+    if n - n_val - n_test < 1:
+        raise UsageError(f"--split {fractions} leaves no training identities of {n}")
+    return assign_splits(identities, (n - n_val - n_test, n_val, n_test), seed)
+
+
+# VoxCeleb2 ---------------------------------------------------------------------------------
+def voxceleb2_clips(root: Path) -> list[Clip]:
+    """`<root>/dev/mp4/idXXXXX/<ytid>/<n>.mp4` (and `test/mp4/...`)."""
+    clips = [Clip(p.parts[-3], p.parts[-2], p.stem, p) for p in sorted(root.glob("*/mp4/id*/*/*.mp4"))]
+    if not clips:
+        raise FormatError(f"{root}: no */mp4/idXXXXX/<video>/<n>.mp4 files (the VoxCeleb2 layout)")
+    return clips
+
+
+def read_vox2_meta(path: Path) -> dict[str, dict[str, str]]:
+    """vox2_meta.csv: `VoxCeleb2 ID ,VGGFace2 ID ,Gender ,Set` (comma-separated, padded)."""
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = [[c.strip() for c in row] for row in csv.reader(f) if any(c.strip() for c in row)]
+    if not rows or len(rows[0]) < 4:
+        raise FormatError(f"{path}: expected vox2_meta.csv with VoxCeleb2 ID, VGGFace2 ID, Gender, Set")
+    out = {}
+    for n, row in enumerate(rows[1:], start=2):
+        if len(row) < 4 or row[2].lower() not in GENDERS or row[3].lower() not in ("dev", "test"):
+            raise FormatError(f"{path}:{n}: cannot read row {row!r}")
+        out[row[0]] = {"gender": GENDERS[row[2].lower()], "set": row[3].lower()}
+    return out
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--frames", type=int, default=3, help="face frames per clip: the first, then evenly spaced")
+    p.add_argument("--min-speech", type=float, default=0.5, help="seconds of speech a clip must have")
+    p.add_argument("--split", type=float, nargs=3, default=(0.8, 0.1, 0.1), metavar=("TRAIN", "VAL", "TEST"),
+                   help="identity fractions where the data set gives no split")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--no-progress", action="store_true")
+
+
+def add_voxceleb2_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--root", type=Path, required=True, help="folder holding dev/mp4/idXXXXX/... (and test/mp4/...)")
+    p.add_argument("--meta", type=Path, help="vox2_meta.csv: gender, and the dev/test set (dev -> train/val)")
+    add_arguments(p)
+
+
+def run_voxceleb2(args: argparse.Namespace) -> int:
+    clips = voxceleb2_clips(args.root)
+    ids = sorted({c.identity for c in clips})
+    attrs: dict[str, dict] = {}
+    if args.meta:
+        meta = read_vox2_meta(args.meta)
+        attrs = {i: {"gender": meta[i]["gender"]} for i in ids if i in meta}
+        test = [i for i in ids if meta.get(i, {}).get("set") == "test"]
+        dev = [i for i in ids if i not in test]
+        n_val = round(len(dev) * args.split[1] / max(args.split[0] + args.split[1], 1e-9))
+        split_of = {**assign_splits(dev, (len(dev) - n_val, n_val, 0), args.seed), **dict.fromkeys(test, "test")}
+    else:
+        split_of = random_split(ids, tuple(args.split), args.seed)
+    s = ingest(clips, args.out, split_of, attrs, args.frames, args.min_speech, args.workers,
+               "facevoice corpus voxceleb2", not args.no_progress)
+    print(format_summary("VoxCeleb2 corpus", s, args.out / "skipped.csv"))
+    return 0
+
+
+# AVSpeech -----------------------------------------------------------------------------------
+def read_avspeech_csv(path: Path) -> list[tuple[str, float, float, float, float]]:
+    """The published CSV: YouTube id, start, end, face centre x, y (fractions of the frame)."""
+    rows = []
+    with open(path, newline="", encoding="utf-8") as f:
+        for n, row in enumerate(csv.reader(f), start=1):
+            if not row:
+                continue
+            try:
+                ytid, start, end, x, y = row[0].strip(), *(float(v) for v in row[1:5])
+            except (ValueError, IndexError) as e:
+                raise FormatError(f"{path}:{n}: expected `ytid,start,end,x,y`, got {row!r}") from e
+            rows.append((ytid, start, end, x, y))
+    return rows
+
+
+def avspeech_clips(rows, clips_dir: Path) -> tuple[list[Clip], list[dict]]:
+    """Each CSV row's clip: `<ytid>_<start>_<end>.mp4` (a downloaded segment), else `<ytid>.mp4`
+    (the whole video, cut at start..end)."""
+    found, missing = [], []
+    segments = {}
+    for p in clips_dir.glob("*.mp4"):
+        m = re.fullmatch(r"(.+)_([\d.]+)_([\d.]+)", p.stem)
+        if m:
+            segments[(m[1], round(float(m[2]), 3), round(float(m[3]), 3))] = p
+    for ytid, start, end, x, y in rows:
+        name = f"{start:.3f}-{end:.3f}"
+        seg = segments.get((ytid, round(start, 3), round(end, 3)))
+        if seg is not None:
+            found.append(Clip(ytid, ytid, name, seg, None, None, (x, y)))
+        elif (clips_dir / f"{ytid}.mp4").exists():
+            found.append(Clip(ytid, ytid, name, clips_dir / f"{ytid}.mp4", start, end, (x, y)))
+        else:
+            missing.append({"identity": ytid, "path": f"{ytid} {start}-{end}", "reason": "unreadable: no clip file"})
+    return found, missing
+
+
+def add_avspeech_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--csv", type=Path, required=True, help="avspeech_train.csv or avspeech_test.csv")
+    p.add_argument("--clips", type=Path, required=True,
+                   help="folder of <ytid>_<start>_<end>.mp4 segments or <ytid>.mp4 videos")
+    add_arguments(p)
+
+
+def run_avspeech(args: argparse.Namespace) -> int:
+    clips, missing = avspeech_clips(read_avspeech_csv(args.csv), args.clips)
+    if not clips:
+        raise FormatError(f"{args.clips}: none of the CSV's clips is there")
+    # AVSpeech names no speakers: each video is taken as one identity (docs/corpus.md)
+    split_of = random_split(sorted({c.identity for c in clips}), tuple(args.split), args.seed)
+    s = ingest(clips, args.out, split_of, {}, args.frames, args.min_speech, args.workers,
+               "facevoice corpus avspeech", not args.no_progress, missing)
+    print(format_summary("AVSpeech corpus", s, args.out / "skipped.csv"))
+    return 0
