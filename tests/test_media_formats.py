@@ -54,5 +54,36 @@ def test_every_audio_rpc_embeds_every_format_as_the_wav(stack, voice):
                 assert cos > 0.99, (name, key, cos)
             assert stub.ReconstructFace(pb.ReconstructFaceRequest(voice=pb.Audio(data=data))).png
             assert np.allclose(got["search"], wav["search"], rtol=0.05, atol=0.05), name
+            face = pb.Media(image=pb.Image(data=(stack.corpus / "toy001" / "0.png").read_bytes()))
+            ranked = stub.Match(pb.MatchRequest(probe=pb.Media(audio=pb.Audio(data=data)), candidates=[face, face]))
+            assert len(ranked.ranking) == 2
+            up = stub.UpsertItems(pb.UpsertItemsRequest(items=[pb.GalleryItem(
+                item_id=f"fmt-{name}", identity="speaker", media=pb.Media(audio=pb.Audio(data=data)))]))
+            assert up.upserted == 1
     finally:
         running.stop(0)
+
+
+def test_index_build_takes_a_gallery_of_compressed_voices(stack, voice, tmp_path):
+    from facevoice.cli import main
+    from facevoice.service.versions import current_version, load_version
+
+    files = voice[2]
+    gallery = tmp_path / "gallery"
+    gallery.mkdir()
+    rows = ["item_id,identity,modality,path,split"]
+    for name, data in files.items():
+        (gallery / f"{name}.bin").write_bytes(data)
+        rows.append(f"{name},speaker,voice,{name}.bin,test")
+    (gallery / "manifest.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "indexes"
+    assert main(["index", "build", "--gallery", str(gallery / "manifest.csv"), "--model-repo", str(stack.repo),
+                 "--out", str(out), "--modalities", "voice", "--no-progress"]) == 0
+    built = load_version(out, "voice", current_version(out, "voice"), _voice_version(stack))
+    assert built.size == len(files) and not (out / "skipped-voice.csv").exists()
+
+
+def _voice_version(stack) -> str:
+    from facevoice.service.repository import read_manifest
+
+    return read_manifest(stack.repo).spaces["voice"].version
