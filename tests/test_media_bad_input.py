@@ -38,6 +38,23 @@ GOOD_M4A = encode(tone(seconds=1.0), 16_000, "m4a")
 LONG_MP3 = encode(tone(sr=8_000, seconds=70, amp=0.1), 8_000, "mp3")
 
 
+def _flac_hour_without_length() -> bytes:
+    """A 46 KB FLAC that decodes to an hour (a constant signal compresses to almost nothing),
+    with the total-samples field of its STREAMINFO zeroed ("unknown"), so only decoding can tell."""
+    buf = io.BytesIO()
+    import soundfile as sf
+
+    sf.write(buf, np.full(4_000 * 3_600, 0.25, np.float32), 4_000, format="FLAC", subtype="PCM_16")
+    data = bytearray(buf.getvalue())
+    at = 8 + 10  # "fLaC", the block header, then rate | channels | bits | total samples (36 bits)
+    packed = int.from_bytes(data[at:at + 8], "big") & ~((1 << 36) - 1)
+    data[at:at + 8] = packed.to_bytes(8, "big")
+    return bytes(data)
+
+
+FLAC_BOMB = _flac_hour_without_length()
+
+
 def _png_bomb(side: int) -> bytes:
     """A valid PNG header claiming side x side pixels, with a tiny IDAT: no pixels are needed
     to be caught, since the cap is checked from the header."""
@@ -72,6 +89,7 @@ AUDIO_CASES = [
      MediaTooLargeError, "60 s limit"),
     ("over the byte cap", GOOD_WAV + b"\0" * (20 * 1024 * 1024), MediaTooLargeError, "byte limit"),
     ("sample rate 2 kHz", wav_bytes(tone(sr=2_000), 2_000), MediaDecodeError, "sample rate"),
+    ("flac: 46 KB, an hour, no length in the header", FLAC_BOMB, MediaTooLargeError, "longer than the 60 s"),
     ("mp3 truncated to 300 bytes", GOOD_MP3[:300], MediaDecodeError, "not a readable mp3"),
     ("mp3 of 70 s, refused from its header", LONG_MP3, MediaTooLargeError, "70.0 s .* over the 60 s limit"),
     ("opus with a bad OpusHead", GOOD_OGG_OPUS.replace(b"OpusHead", b"OpusHexx", 1), MediaDecodeError,
