@@ -39,11 +39,7 @@ def encode(x: np.ndarray, sr: int, name: str, seconds_of_video: float | None = N
     y = resample(x, sr, rate)
     buf = io.BytesIO()
     with av.open(buf, "w", format=container) as c:
-        v = None
-        if video:
-            v = c.add_stream("mpeg4", rate=25)
-            v.width = v.height = 64
-            v.pix_fmt = "yuv420p"
+        v = _black_stream(c) if video else None
         a = c.add_stream(codec, rate=rate)
         a.layout = "mono"
         fmt = a.codec_context.format.name
@@ -59,29 +55,31 @@ def encode(x: np.ndarray, sr: int, name: str, seconds_of_video: float | None = N
         for p in a.encode(None):
             c.mux(p)
         if v is not None:
-            for i in range(int(25 * (seconds_of_video or len(y) / rate))):
-                frame = av.VideoFrame.from_ndarray(np.zeros((64, 64, 3), np.uint8), format="rgb24")
-                frame.pts = i
-                for p in v.encode(frame):
-                    c.mux(p)
-            for p in v.encode(None):
-                c.mux(p)
+            _black_frames(c, v, seconds_of_video or len(y) / rate)
     return buf.getvalue()
+
+
+def _black_stream(c):
+    v = c.add_stream("mpeg4", rate=25)
+    v.width = v.height = 64
+    v.pix_fmt = "yuv420p"
+    return v
+
+
+def _black_frames(c, v, seconds: float) -> None:
+    for i in range(int(25 * seconds)):
+        frame = av.VideoFrame.from_ndarray(np.zeros((64, 64, 3), np.uint8), format="rgb24")
+        frame.pts = i
+        for p in v.encode(frame):
+            c.mux(p)
+    for p in v.encode(None):
+        c.mux(p)
 
 
 def video_without_audio(seconds: float = 1.0) -> bytes:
     buf = io.BytesIO()
     with av.open(buf, "w", format="mp4") as c:
-        v = c.add_stream("mpeg4", rate=25)
-        v.width = v.height = 64
-        v.pix_fmt = "yuv420p"
-        for i in range(int(25 * seconds)):
-            frame = av.VideoFrame.from_ndarray(np.zeros((64, 64, 3), np.uint8), format="rgb24")
-            frame.pts = i
-            for p in v.encode(frame):
-                c.mux(p)
-        for p in v.encode(None):
-            c.mux(p)
+        _black_frames(c, _black_stream(c), seconds)
     return buf.getvalue()
 
 
