@@ -16,6 +16,7 @@ Every service runs as its own `facevoice serve` process on a private copy of the
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import shutil
 import signal
@@ -91,7 +92,16 @@ def corpus_media(corpus: Path) -> tuple[list[bytes], list[bytes], list[bytes]]:
         out = BytesIO()
         Image.open(BytesIO(png)).convert("RGB").save(out, "JPEG", quality=85)
         jpgs.append(out.getvalue())
-    return wavs, pngs, jpgs
+    # the compressed formats real clients send, made from the corpus's own clips
+    import soundfile as sf
+
+    from tests.media_samples import encode
+
+    compressed = []
+    for wav in wavs[:8]:
+        x, sr = sf.read(BytesIO(wav), dtype="float32")
+        compressed += [encode(x, sr, name) for name in ("mp3", "m4a", "webm-opus", "mp4-video")]
+    return wavs + compressed, pngs, jpgs
 
 
 # the parts -------------------------------------------------------------------------------------
@@ -373,13 +383,19 @@ def base_size(svc: LocalService) -> int:
 
 
 # the report --------------------------------------------------------------------------------------
-def report(args, fz: dict | None, sk: dict | None, fl: list[dict], rp: list[dict]) -> str:
-    lines = ["# Reliability", "", "Written by `python -m bench.reliability` (the command below); every service runs "
-             "as its own `facevoice serve` process on a private copy of the index root.", "",
-             f"Command: `python -m bench.reliability {' '.join(sys.argv[1:])}` on {machine()}.", ""]
+def report(raw: dict) -> str:
+    fz, sk, fl, rp = (raw.get(k) for k in ("fuzz", "soak", "faults", "replication"))
+    lines = ["# Reliability", "", "Written by `python -m bench.reliability`; every service runs as its own "
+             "`facevoice serve` process on a private copy of the index root. Each section names the command and "
+             "machine that measured it.", ""]
+
+    def command(section: str) -> str:
+        c = raw["commands"][section]
+        return f"Command: `{c['command']}` on {c['machine']}."
+
     if fz:
-        lines += ["## Fuzz: mutated real media through every media RPC", "",
-                  f"{fz['n']} mutated WAV / PNG / JPEG files from the corpus "
+        lines += ["## Fuzz: mutated real media through every media RPC", "", command("fuzz"), "",
+                  f"{fz['n']} mutated WAV / MP3 / M4A / WebM-Opus / MP4 / PNG / JPEG files made from the corpus "
                   f"({', '.join(f'{k} {v}' for k, v in sorted(fz['mutations'].items()))}), "
                   "each sent through one of SearchFaces, SearchVoices, Match (probe or candidate), ReconstructFace, "
                   f"Embed and UpsertItems, in {fz['seconds']:.0f} s.", "",
@@ -389,13 +405,15 @@ def report(args, fz: dict | None, sk: dict | None, fl: list[dict], rp: list[dict
                   "after every 1,000 calls: "
                   f"{', '.join(f'{r:.0f}' for _, r in fz['rss_by_1000'])} MB.", ""]
     if sk:
-        lines += ["## Soak", "", f"Maximum SearchFaces QPS (8 clients, 15 s): {sk['max_qps']:.1f}; held at 70% "
+        lines += ["## Soak", "", command("soak"), "",
+                  f"Maximum SearchFaces QPS (8 clients, 15 s): {sk['max_qps']:.1f}; held at 70% "
                   f"({sk['target_qps']:.1f} QPS) for {len(sk['minutes'])} minutes.", "",
                   "| minute | calls | p50 ms | p99 ms | errors | RSS MB |", "|---|---|---|---|---|---|",
                   *[f"| {m['minute']} | {m['calls']} | {m['p50_ms']:.1f} | {m['p99_ms']:.1f} | {m['errors']} | "
                     f"{m['rss_mb']:.0f} |" for m in sk["minutes"]], ""]
     if fl:
-        lines += ["## Faults under load", "", "Four search clients and one writer (one UpsertItems at a time) run "
+        lines += ["## Faults under load", "", command("faults"), "",
+                  "Four search clients and one writer (one UpsertItems at a time) run "
                   "throughout; `lost` counts acknowledged upserts missing afterwards.", "",
                   "| fault | failed searches | failed writes | recovery (s) | writes acknowledged | lost |",
                   "|---|---|---|---|---|---|",
@@ -403,7 +421,8 @@ def report(args, fz: dict | None, sk: dict | None, fl: list[dict], rp: list[dict
                     f"{r['acked']} | "
                     f"{r['lost']} |" for r in fl], ""]
     if rp:
-        lines += ["## Replication lag", "", "An upsert acknowledged by replica A, then polled on replica B until B "
+        lines += ["## Replication lag", "", command("replication"), "",
+                  "An upsert acknowledged by replica A, then polled on replica B until B "
                   "returns it.", "", "| log | writes | p50 ms | p99 ms |", "|---|---|---|---|",
                   *[f"| {r['log']} | {r['writes']} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} |" for r in rp], ""]
     return "\n".join(lines)
@@ -417,6 +436,7 @@ def main() -> None:
     p.add_argument("--fuzz", type=int, default=10_000)
     p.add_argument("--soak-s", type=float, default=600)
     p.add_argument("--replication-writes", type=int, default=100)
+    p.add_argument("--doc", type=Path, default=DOC, help="where the report goes (its figures beside it as .json)")
     p.add_argument("--only", nargs="+", choices=["fuzz", "soak", "faults", "replication"],
                    default=["fuzz", "soak", "faults", "replication"])
     args = p.parse_args()
@@ -449,10 +469,17 @@ def main() -> None:
         print("replication ...", flush=True)
         rp = replication(args, root_copy, face, voice, args.replication_writes)
     shutil.rmtree(work, ignore_errors=True)
-    text = report(args, fz, sk, fl, rp)
-    DOC.write_text(text + "\n")
+    doc, raw_path = args.doc, args.doc.with_suffix(".json")
+    raw = json.loads(raw_path.read_text()) if raw_path.exists() else {"commands": {}}
+    here = {"command": f"python -m bench.reliability {' '.join(sys.argv[1:])}", "machine": machine()}
+    for name, result in (("fuzz", fz), ("soak", sk), ("faults", fl), ("replication", rp)):
+        if result:
+            raw[name], raw["commands"][name] = result, here
+    raw_path.write_text(json.dumps(raw, indent=1) + "\n")
+    text = report(raw)
+    doc.write_text(text + "\n")
     print(text)
-    print(f"\nwrote {DOC}")
+    print(f"\nwrote {doc} and {raw_path}")
 
 
 if __name__ == "__main__":
