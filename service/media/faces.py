@@ -14,7 +14,6 @@ import importlib.util
 import math
 import threading
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -47,22 +46,26 @@ def models_dir() -> Path:
     return Path(spec.submodule_search_locations[0]) / "models"
 
 
-_lock = threading.Lock()
+_local = threading.local()
 
 
-@lru_cache(maxsize=4)
 def _models(detector: str):
+    """This thread's detector and landmark model (dlib's are not documented as thread-safe, so
+    each gRPC worker thread loads its own, once: about 10 MB each)."""
     import dlib
 
-    with _lock:
+    cache = getattr(_local, "models", None)
+    if cache is None:
+        cache = _local.models = {}
+    if detector not in cache:
         if detector == "hog":
             detect = dlib.get_frontal_face_detector()
         elif detector == "cnn":
             detect = dlib.cnn_face_detection_model_v1(str(models_dir() / "mmod_human_face_detector.dat"))
         else:
             raise ValueError(f"face detector must be one of {DETECTORS}, not {detector!r}")
-        landmarks = dlib.shape_predictor(str(models_dir() / "shape_predictor_5_face_landmarks.dat"))
-    return detect, landmarks
+        cache[detector] = (detect, dlib.shape_predictor(str(models_dir() / "shape_predictor_5_face_landmarks.dat")))
+    return cache[detector]
 
 
 def detect_faces(img: Image.Image, detector: str = "hog", min_score: float = 0.0, upsample: int | None = None
