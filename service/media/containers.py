@@ -21,7 +21,7 @@ from facevoice.service.media.limits import MediaLimits
 # demuxers FFmpeg may use, by what the first bytes say
 DEMUXERS = {"mp3": "mp3", "mp4": "mov", "matroska": "matroska", "ogg": "ogg", "wav": "wav", "flac": "flac",
             "aac": "aac"}
-FORMAT_NAMES = "MP3, M4A/AAC, MP4, WebM, MKV, Ogg (Opus, Vorbis), FLAC and WAV"
+FORMAT_NAMES = "MP3 / M4A / AAC / MP4 / WebM / MKV / Ogg (Opus or Vorbis) / FLAC / WAV"
 
 
 def sniff(data: bytes) -> str | None:
