@@ -39,6 +39,7 @@ from facevoice.service.corpus import IDENTITIES, Item, write_csv, write_manifest
 from facevoice.service.errors import FormatError, UsageError
 from facevoice.service.media.errors import InvalidSignalError
 from facevoice.service.media.faces import Detection, align, detect_faces
+from facevoice.service.media.image import crop_face
 from facevoice.training.corpus.manifest import corpus_counts, count_lines
 from facevoice.training.corpus.splits import SPLITS, assign_splits
 
@@ -181,10 +182,7 @@ def canonical_face(out: Path, face: dict) -> Image.Image:
     if found:  # re-detect in the stored region for the landmarks, then align
         best = min(found, key=lambda f: math.dist((f.box[0], f.box[1]), (x, y)))
         region, (x, y, w, h) = align(region, best)
-    side = max(w, h) * 1.5
-    x0, y0 = x + w / 2 - side / 2, y + h / 2 - side / 2
-    crop = region.crop((round(x0), round(y0), round(x0 + side), round(y0 + side)))
-    return crop.resize((CANONICAL_SIZE, CANONICAL_SIZE), Image.BICUBIC)
+    return crop_face(region, (x, y, w, h), 1.5).resize((CANONICAL_SIZE, CANONICAL_SIZE), Image.BICUBIC)
 
 
 def ingest(clips: list[Clip], out: Path, split_of: dict[str, str], attrs: dict[str, dict], frames: int,
