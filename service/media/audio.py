@@ -79,19 +79,20 @@ def decode_audio(data: bytes, limits: MediaLimits = DEFAULT_LIMITS) -> tuple[np.
     check_size(data, limits, "audio")
     kind = sniff(data)
     if kind not in ("wav", "flac", "ogg"):
-        x, sr = decode_container(data, limits)
-        _check_header(sr, 1, 0, limits)
-        _check_signal(x, sr, limits)
-        return x, sr
+        return _decode_ffmpeg(data, limits)
     try:
         return _decode_sndfile(data, limits)
     except MediaDecodeError:
         if kind != "ogg" or b"OpusHead" not in bytes(data[:128]):
             raise
-        x, sr = decode_container(data, limits)  # Ogg/Opus, which libsndfile may not read
-        _check_header(sr, 1, 0, limits)
-        _check_signal(x, sr, limits)
-        return x, sr
+        return _decode_ffmpeg(data, limits)  # Ogg/Opus, which libsndfile may not read
+
+
+def _decode_ffmpeg(data: bytes, limits: MediaLimits) -> tuple[np.ndarray, int]:
+    x, sr = decode_container(data, limits)
+    _check_header(sr, 1, 0, limits)
+    _check_signal(x, sr, limits)
+    return x, sr
 
 
 def _decode_sndfile(data: bytes, limits: MediaLimits) -> tuple[np.ndarray, int]:
