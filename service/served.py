@@ -203,7 +203,10 @@ class IndexSet:
         def loop() -> None:
             while not self._stop.is_set():
                 try:
-                    if self.log.read(self.applied, limit=1, wait_s=wait_s):
+                    got = self.log.read(self.applied, limit=1024, wait_s=wait_s)
+                    if got:
+                        with self._swap_lock:  # entries another thread applied meanwhile are skipped
+                            self._apply(got)
                         self.catch_up()
                 except LogTrimmed as e:
                     log.error("gallery log: %s; this replica needs a newer index version", e)
