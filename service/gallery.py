@@ -284,8 +284,7 @@ class Gallery:
         keep = np.isin(ids[0], allowed) if allowed is not None else (ids[0] >= 0) & ~np.isin(ids[0], dead)
         dist, ids = dist[:, keep][:, :k], ids[:, keep][:, :k]
         if ids.shape[1] < k:
-            rows = allowed if allowed is not None else np.fromiter(self.items, np.int64, len(self.items))
-            return self._exact(q, rows, k)
+            return self._exact(q, self._rows(allowed), k)
         return dist, ids
 
     def _selected(self, q: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
@@ -302,8 +301,11 @@ class Gallery:
             dist, ids = self.index.search(q, k, params=params)
             if (ids[0] >= 0).sum() >= k:
                 return dist, ids
-        rows = allowed if allowed is not None else np.fromiter(self.items, np.int64, len(self.items))
-        return self._exact(q, rows, k)
+        return self._exact(q, self._rows(allowed), k)
+
+    def _rows(self, allowed: np.ndarray | None) -> np.ndarray:
+        """The rows a search may return: the filter's, or every live row."""
+        return allowed if allowed is not None else np.fromiter(self.items, np.int64, len(self.items))
 
     def _widening(self, selector: faiss.IDSelector, share: float, k: int):
         """Search settings from the tuned one up. A filter passing a share s of the gallery starts
