@@ -103,13 +103,6 @@ class Change:
         except (struct.error, ValueError, KeyError, TypeError) as e:
             raise FormatError(f"unreadable gallery-log record ({type(e).__name__}: {e})") from e
 
-    def describe(self) -> dict:
-        """What the audit log says of a write: never media, never vectors."""
-        if self.op == "upsert":
-            return {"op": "upsert", "indexes": sorted(self.upserts),
-                    "item_ids": [it["item_id"] for it in next(iter(self.upserts.values())).items]}
-        return {"op": "delete", "indexes": self.indexes, "item_ids": self.item_ids}
-
 
 class WriteLog:
     """append / read / trim; offsets are opaque strings, ordered by `key`."""
