@@ -3,9 +3,11 @@ corpus builders and the index build all use these functions.
 
 manifest.csv has one row per media item: the five base columns, the optional `video` (the
 recording an item was cut from, so training can pair a clip with a face of another video) and
-`box` (a face box "x y width height" in pixels, which training and serving both crop by), then
-attribute columns (the known ones below, and any others a gallery brings). identities.csv has
-one row per person. Paths are relative to the manifest's directory."""
+`box` (a face box "x y width height" in pixels, which training and serving both crop by), the
+optional `drawn_box` (where the synthetic generator drew the face, in the same units: ground
+truth for checking a detector, never cropped by, so the synthetic models keep the centre-square
+front end they were trained with), then attribute columns (the known ones below, and any
+others a gallery brings). identities.csv has one row per person. Paths are relative to the manifest's directory."""
 
 from __future__ import annotations
 
@@ -39,6 +41,7 @@ class Item:
     nationality: str = ""
     video: str = ""
     box: str = ""
+    drawn_box: str = ""
     extra: dict[str, str] = field(default_factory=dict)
 
     def face_box(self) -> Box | None:

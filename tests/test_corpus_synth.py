@@ -66,6 +66,32 @@ def test_canonical_face_is_plain_and_frontal(corpus):
     assert (img[2, 2] == (232, 232, 232)).all() and (img[2, -3] == (232, 232, 232)).all()
 
 
+def _iou(a, b) -> float:
+    ix = max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
+    return ix * iy / (a[2] * a[3] + b[2] * b[3] - ix * iy)
+
+
+def test_the_manifest_records_where_each_face_was_drawn(corpus):
+    """drawn_box is the generator's truth: it agrees with a real detector where that finds the
+    face, and it is not a crop box, so the synthetic front end stays the centre square."""
+    from facevoice.service.media.faces import detect_faces
+
+    out, _ = corpus
+    faces = [i for i in read_manifest(out) if i.modality != "voice"]
+    overlaps = []
+    for item in faces:
+        box = tuple(float(v) for v in item.drawn_box.split())
+        assert len(box) == 4 and item.face_box() is None
+        x, y, w, h = box
+        assert 20 < w < 110 and 30 < h < 120 and -20 < x < x + w < 148 and -20 < y < y + h < 148
+        found = detect_faces(decode_image((out / item.path).read_bytes()), "hog", 0.0)
+        if found:
+            overlaps.append(_iou(found[0].box, box))
+    assert len(overlaps) >= len(faces) // 4, "HOG found too few of the cartoon faces to compare"
+    assert np.median(overlaps) > 0.55 and min(overlaps) > 0.3, overlaps
+
+
 def test_corpus_json_oracle_and_summary(corpus):
     out, summary = corpus
     stored = json.loads((out / "corpus.json").read_text())

@@ -13,6 +13,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+import skimage
 from matplotlib import cbook
 from PIL import Image
 
@@ -30,6 +31,10 @@ LOGO = Path(cbook.get_sample_data("logo2.png", asfileobj=False)).read_bytes()
 # Grace Hopper's face in grace_hopper.jpg (512x600), read off the picture: eyes at about
 # (222, 194) and (307, 190), the chin near y 330
 FACE_CENTRE, EYES = (265, 235), ((222, 194), (307, 190))
+# Eileen Collins in scikit-image's astronaut.png (512x512), read off the picture the same way:
+# eyes at about (202, 102) and (247, 102), the nose tip near (225, 120), the chin near y 172
+ASTRONAUT = (Path(skimage.__file__).parent / "data" / "astronaut.png").read_bytes()
+ASTRONAUT_NOSE, ASTRONAUT_EYES = (225, 120), ((202, 102), (247, 102))
 
 
 def png(img: Image.Image) -> bytes:
@@ -58,6 +63,19 @@ def test_the_detected_box_lies_on_the_face():
     assert 120 < face.box[2] < 260 and face.score > 0.5
     for found, truth in zip(face.eyes, EYES, strict=True):
         assert math.dist(found, truth) < 15
+
+
+def test_the_astronaut_photo_gives_one_face_on_her_face():
+    """A second real photo, in PNG, with a helmet ring and a suit below the face: one face,
+    where it is, and the front end crops that face rather than the centre of the picture."""
+    (face,) = detect_faces(decode_image(ASTRONAUT))
+    assert inside(ASTRONAUT_NOSE, face.box) and all(inside(e, face.box) for e in ASTRONAUT_EYES)
+    assert 60 < face.box[2] < 140 and face.score > 0.5
+    for found, truth in zip(face.eyes, ASTRONAUT_EYES, strict=True):
+        assert math.dist(found, truth) < 10
+    x, used = face_input_used(ASTRONAUT, FaceImage(size=64, detector="hog"))
+    assert used.source == "detected" and inside(ASTRONAUT_NOSE, used.box)
+    assert not np.allclose(x, face_input_used(ASTRONAUT, FaceImage(size=64))[0])
 
 
 def test_an_off_centre_face_is_found_where_the_centre_crop_misses_it():

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from facevoice.service.corpus import IDENTITIES, Item, write_csv, write_manifest
 from facevoice.service.errors import UsageError
 from facevoice.training.corpus import sheet
-from facevoice.training.corpus.faces import FaceNuisance, render_face
+from facevoice.training.corpus.faces import FaceNuisance, drawn_box, render_face
 from facevoice.training.corpus.manifest import corpus_counts, count_lines
 from facevoice.training.corpus.oracle import CONTROLS, DIRECTIONS, oracle_table
 from facevoice.training.corpus.people import Person, PopulationModel, person_row, sample_population
@@ -108,6 +108,10 @@ def _validate(cfg: SynthConfig) -> None:
         raise UsageError(f"{ESPEAK} not found: install it (apt-get install espeak-ng)")
 
 
+def _box_text(box: tuple[float, ...]) -> str:
+    return " ".join(f"{v:.1f}" for v in box)
+
+
 def _make_person(job: tuple[Path, Person, str, SynthConfig, int]) -> list[Item]:
     """Render one person's faces and speak their clips; returns their manifest rows."""
     out, person, split, cfg, index = job
@@ -120,12 +124,15 @@ def _make_person(job: tuple[Path, Person, str, SynthConfig, int]) -> list[Item]:
     items = []
     canonical = f"faces/{pid}/canonical.png"
     render_face(person.face, FaceNuisance.canonical(), cfg.face_size).save(out / canonical)
-    items.append(Item(f"{pid}-canonical", pid, "canonical_face", canonical, split, **attrs))
+    items.append(Item(f"{pid}-canonical", pid, "canonical_face", canonical, split,
+                      drawn_box=_box_text(drawn_box(person.face, FaceNuisance.canonical(), cfg.face_size)),
+                      **attrs))
     for k in range(cfg.faces):
         path = f"faces/{pid}/{k}.jpg"
-        render_face(person.face, FaceNuisance.sample(rng), cfg.face_size, rng).save(
-            out / path, quality=90)
-        items.append(Item(f"{pid}-face-{k}", pid, "face", path, split, **attrs))
+        nuisance = FaceNuisance.sample(rng)
+        render_face(person.face, nuisance, cfg.face_size, rng).save(out / path, quality=90)
+        items.append(Item(f"{pid}-face-{k}", pid, "face", path, split,
+                          drawn_box=_box_text(drawn_box(person.face, nuisance, cfg.face_size)), **attrs))
     for k in range(cfg.clips):
         path = f"voices/{pid}/{k}.wav"
         audio = synthesize_clip(person.voice, ClipNuisance.sample(rng))
