@@ -34,6 +34,10 @@ VERBS: dict[tuple[str, ...], tuple[str, str]] = {
     ("query", "reconstruct"): ("facevoice.query", "voice -> Speech2Face face PNG (ReconstructFace)"),
     ("query", "info"): ("facevoice.query", "the served indexes and model versions (GetIndexInfo)"),
     ("health",): ("facevoice.health", "gRPC health check of a running service (exit 0 when SERVING)"),
+    ("study", "serve"): ("facevoice.study.serve", "the human study's web application (Kim et al. sec. 3)"),
+    ("study", "simulate"): ("facevoice.study.simulate", "scripted participants through the study's HTTP API"),
+    ("study", "analyze"): ("facevoice.study.analyze", "the study's report: Table 1, ANOVA, humans against the model"),
+    ("study", "corpus"): ("facevoice.study.corpus", "the study's accepted recordings as a corpus"),
     ("demo",): ("facevoice.demo", "the main job on the embedded default (make demo)"),
 }
 

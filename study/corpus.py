@@ -1,0 +1,94 @@
+"""`facevoice study corpus --study STUDY_DIR --out CORPUS`: the recorded people as a corpus in
+the manifest format (Kim et al. sec. 3.1's dataset), ready for `train`, `eval`, `index build`
+and the matching experiments.
+
+One identity per finished recorder with an accepted voice and photo. Each accepted script is a
+voice item, the photo a face item with its detected box (the media pipeline crops it enlarged
+1.5x). identities.csv carries the questionnaire's answers (all but `recorded`); the manifest
+carries gender, age_group (from the age), first_language and the other answers as attributes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+from facevoice.service.corpus import Item, write_csv, write_manifest
+from facevoice.service.errors import UsageError
+from facevoice.study.config import Study, load_study
+from facevoice.study.store import Store
+
+
+def age_group(age) -> str:
+    from facevoice.training.corpus.people import age_group as group
+
+    try:
+        return group(int(float(age)))
+    except (TypeError, ValueError):
+        return ""
+
+
+def write_corpus(study: Study, store: Store, out: Path, split: str = "test", force: bool = False) -> dict:
+    if out.exists() and any(out.iterdir()):
+        if not force:
+            raise UsageError(f"{out} is not empty (--force replaces it)")
+        shutil.rmtree(out)
+    recordings: dict[str, list[dict]] = {}
+    for r in store.recordings():
+        recordings.setdefault(r["code"], []).append(r)
+    items, identities, skipped = [], [], 0
+    for n, p in enumerate(p for p in store.participants() if p.role == "record"):
+        have = recordings.get(p.code, [])
+        kinds = {r["kind"] for r in have}
+        if p.finished_at is None or kinds != {"face", "voice"}:
+            skipped += 1
+            continue
+        identity = f"rec{n:05d}"
+        answers = {k: v for k, v in (p.survey or {}).items() if k != "recorded"}
+        attrs = {"gender": str(answers.get("gender", "")), "age_group": age_group(answers.get("age")),
+                 "first_language": str(answers.get("first_language", ""))}
+        extra = {k: str(v) for k, v in answers.items() if k not in ("gender", "age", "first_language")}
+        for r in have:
+            src = study.recordings_dir / r["path"]
+            rel = Path("media") / identity / Path(r["path"]).name
+            (out / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, out / rel)
+            kind = "face" if r["kind"] == "face" else "voice"
+            item_id = f"{identity}-{kind}-{r['script']}"
+            items.append(Item(item_id, identity, kind, rel.as_posix(), split, box=r["box"] if kind == "face" else "",
+                              extra=dict(extra), **attrs))
+        identities.append({"identity": identity, "split": split, **attrs, **{k: str(v) for k, v in answers.items()}})
+    if not identities:
+        raise UsageError("no finished recorder with an accepted voice and photo yet")
+    out.mkdir(parents=True, exist_ok=True)
+    write_manifest(out, items)
+    columns = tuple(dict.fromkeys(k for row in identities for k in row))
+    write_csv(out / "identities.csv", [{c: row.get(c, "") for c in columns} for row in identities], columns)
+    summary = {"source": f"facevoice study {study.title!r}", "identities": len(identities), "items": len(items),
+               "skipped_participants": skipped}
+    (out / "corpus.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    return summary
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--study", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--database")
+    p.add_argument("--split", default="test", help="the split of every recorded identity (default test)")
+    p.add_argument("--force", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    study = load_study(args.study)
+    store = Store(args.database or study.database_url)
+    try:
+        s = write_corpus(study, store, args.out, args.split, args.force)
+    finally:
+        store.close()
+    print(f"corpus {args.out}: {s['identities']} people, {s['items']} items "
+          f"({s['skipped_participants']} recorders without a finished, accepted voice and photo left out)")
+    return 0
+
+
+

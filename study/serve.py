@@ -1,0 +1,68 @@
+"""`facevoice study serve --study STUDY_DIR [--database URL]`: the study's web application.
+
+Loopback by default. The admin token comes from --admin-token-file, or
+$FACEVOICE_STUDY_ADMIN_TOKEN, or is made once and kept in STUDY_DIR/admin-token (0600)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+from pathlib import Path
+
+from facevoice.service.errors import UsageError
+from facevoice.study.config import load_study
+from facevoice.study.design import pool_summary, stimulus_people
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--study", type=Path, required=True, help="the study directory (with study.toml)")
+    p.add_argument("--database", help="sqlite:///PATH (default: STUDY_DIR/study.sqlite3) or postgresql://...")
+    p.add_argument("--host", default="127.0.0.1", help="listen address (default loopback)")
+    p.add_argument("--port", type=int, default=8600)
+    p.add_argument("--admin-token-file", type=Path, help="a file holding the admin bearer token")
+
+
+def admin_token(study_dir: Path, token_file: Path | None) -> tuple[str, str]:
+    """(token, where it came from)."""
+    if token_file is not None:
+        try:
+            token = token_file.read_text(encoding="utf-8").strip()
+        except OSError as e:
+            raise UsageError(f"--admin-token-file {token_file}: {e.strerror}") from e
+        if len(token) < 16:
+            raise UsageError(f"--admin-token-file {token_file}: a token needs at least 16 characters")
+        return token, str(token_file)
+    if os.environ.get("FACEVOICE_STUDY_ADMIN_TOKEN"):
+        return os.environ["FACEVOICE_STUDY_ADMIN_TOKEN"], "$FACEVOICE_STUDY_ADMIN_TOKEN"
+    path = study_dir / "admin-token"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(24) + "\n")
+    return path.read_text(encoding="utf-8").strip(), str(path)
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from facevoice.study.app import create_app
+    from facevoice.study.store import Store
+
+    study = load_study(args.study)
+    token, source = admin_token(study.directory, args.admin_token_file)
+    store = Store(args.database or study.database_url)
+    app = create_app(study, store, token)
+    people = stimulus_people(study)
+    pools = pool_summary(study, people)
+    where = "PostgreSQL" if store.kind == "postgresql" else store.url
+    print(f"study {study.title!r}: {len(people)} stimulus people from {study.corpus}")
+    for e, counts in pools.items():
+        print(f"  experiment {e}: {counts['male']} pairs of men, {counts['female']} of women")
+    print(f"database: {where}; admin token in {source}")
+    print(f"participants: http://{args.host}:{args.port}/record (recording) and /match (matching)")
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    finally:
+        store.close()
+    return 0

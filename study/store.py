@@ -1,0 +1,274 @@
+"""The study's database: SQLite in WAL mode by default (STUDY_DIR/study.sqlite3), PostgreSQL for
+a deployment with several replicas. One schema and the same SQL for both (`?` placeholders are
+turned into psycopg's `%s`). Every write is its own transaction, committed before the request
+is answered, so a closed tab or a killed server loses at most the answer in flight.
+
+Participants are known only by a random code. Nothing here holds a name, an e-mail or an IP
+address; media lie in files under STUDY_DIR/recordings, named by the code, and go with it."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from facevoice.service.errors import UsageError
+
+SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS participants (
+        code TEXT PRIMARY KEY,
+        role TEXT NOT NULL,
+        experiment INTEGER,
+        seed BIGINT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        consented_at DOUBLE PRECISION,
+        survey TEXT,
+        finished_at DOUBLE PRECISION,
+        excluded TEXT)""",
+    """CREATE TABLE IF NOT EXISTS trials (
+        code TEXT NOT NULL REFERENCES participants(code) ON DELETE CASCADE,
+        idx INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        query TEXT NOT NULL,
+        option0 TEXT NOT NULL,
+        option1 TEXT NOT NULL,
+        correct INTEGER NOT NULL,
+        repeat_of INTEGER,
+        played INTEGER NOT NULL DEFAULT 0,
+        chosen INTEGER,
+        rt_ms DOUBLE PRECISION,
+        answered_at DOUBLE PRECISION,
+        PRIMARY KEY (code, idx))""",
+    """CREATE TABLE IF NOT EXISTS recordings (
+        code TEXT NOT NULL REFERENCES participants(code) ON DELETE CASCADE,
+        kind TEXT NOT NULL,
+        script INTEGER NOT NULL,
+        path TEXT NOT NULL,
+        box TEXT NOT NULL DEFAULT '',
+        seconds DOUBLE PRECISION,
+        created_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (code, kind, script))""",
+)
+TRIAL_COLUMNS = ("code", "idx", "kind", "query", "option0", "option1", "correct", "repeat_of", "played", "chosen",
+                 "rt_ms", "answered_at")
+
+
+class Conflict(Exception):
+    """The write would change something already stored (a replay, a second submission)."""
+
+
+@dataclass
+class Participant:
+    code: str
+    role: str
+    experiment: int | None
+    seed: int
+    created_at: float
+    consented_at: float | None
+    survey: dict | None
+    finished_at: float | None
+    excluded: str | None
+
+
+class Store:
+    """A connection per thread (the ASGI server's worker threads), opened on first use."""
+
+    def __init__(self, url: str):
+        self.url = url
+        if url.startswith("sqlite:///"):
+            self.kind, self._path = "sqlite", url[len("sqlite:///"):]
+        elif url.startswith(("postgresql://", "postgres://")):
+            self.kind = "postgresql"
+            try:
+                import psycopg  # noqa: F401
+            except ImportError as e:
+                raise UsageError("a PostgreSQL database needs psycopg (pip install 'psycopg[binary]')") from e
+        else:
+            raise UsageError(f"database {url!r}: expected sqlite:///PATH or postgresql://...")
+        self._local = threading.local()
+        self._all: list = []
+        self._lock = threading.Lock()
+        with self.transaction() as cur:
+            for statement in SCHEMA:
+                cur.execute(statement)
+
+    def _connect(self):
+        if self.kind == "sqlite":
+            conn = sqlite3.connect(self._path, timeout=30, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")  # an answered request survives power loss
+            conn.execute("PRAGMA foreign_keys=ON")
+        else:
+            import psycopg
+
+            conn = psycopg.connect(self.url, autocommit=True)
+        with self._lock:
+            self._all.append(conn)
+        return conn
+
+    @contextmanager
+    def transaction(self) -> Iterator[_Cursor]:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self._connect()
+        if self.kind == "sqlite":
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield _Cursor(conn.cursor(), "?")
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        else:
+            with conn.transaction(), conn.cursor() as cur:
+                yield _Cursor(cur, "%s")
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._all:
+                with contextlib.suppress(Exception):  # closing what may already be gone
+                    conn.close()
+            self._all.clear()
+        self._local = threading.local()
+
+    # --- participants -------------------------------------------------------------------
+
+    def add_participant(self, code: str, role: str, experiments: tuple[int, ...], seed: int) -> int | None:
+        """A new participant; a matcher gets the experiment with the fewest matchers so far (the
+        server balances them, ties to the lowest number)."""
+        with self.transaction() as cur:
+            experiment = None
+            if role == "match":
+                cur.execute("SELECT experiment, COUNT(*) FROM participants WHERE role = 'match' GROUP BY experiment")
+                counts = dict.fromkeys(experiments, 0) | {e: n for e, n in cur.fetchall() if e in experiments}
+                experiment = min(experiments, key=lambda e: (counts[e], e))
+            cur.execute("INSERT INTO participants (code, role, experiment, seed, created_at) VALUES (?, ?, ?, ?, ?)",
+                        (code, role, experiment, seed, time.time()))
+        return experiment
+
+    def participant(self, code: str) -> Participant | None:
+        with self.transaction() as cur:
+            cur.execute("SELECT code, role, experiment, seed, created_at, consented_at, survey, finished_at, excluded "
+                        "FROM participants WHERE code = ?", (code,))
+            row = cur.fetchone()
+        if row is None:
+            return None
+        row = list(row)
+        row[6] = json.loads(row[6]) if row[6] else None
+        return Participant(*row)
+
+    def participants(self) -> list[Participant]:
+        with self.transaction() as cur:
+            cur.execute("SELECT code FROM participants ORDER BY created_at, code")
+            codes = [r[0] for r in cur.fetchall()]
+        return [p for p in (self.participant(c) for c in codes) if p is not None]
+
+    def consent(self, code: str) -> None:
+        with self.transaction() as cur:
+            cur.execute("UPDATE participants SET consented_at = ? WHERE code = ? AND consented_at IS NULL",
+                        (time.time(), code))
+            if cur.rowcount != 1:
+                raise Conflict("consent was already given")
+
+    def save_survey(self, code: str, answers: dict, trials: list | None) -> None:
+        """The questionnaire, and for a matcher the trials they will see, in one transaction."""
+        with self.transaction() as cur:
+            cur.execute("UPDATE participants SET survey = ? "
+                        "WHERE code = ? AND survey IS NULL AND consented_at IS NOT NULL",
+                        (json.dumps(answers, sort_keys=True), code))
+            if cur.rowcount != 1:
+                raise Conflict("the questionnaire was already answered")
+            for t in trials or ():
+                cur.execute("INSERT INTO trials (code, idx, kind, query, option0, option1, correct, repeat_of) "
+                            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                            (code, t.index, t.kind, t.query, t.options[0], t.options[1], t.correct, t.repeat_of))
+
+    def finish(self, code: str, excluded: str | None) -> None:
+        with self.transaction() as cur:
+            cur.execute("UPDATE participants SET finished_at = ?, excluded = ? WHERE code = ? AND finished_at IS NULL",
+                        (time.time(), excluded, code))
+            if cur.rowcount != 1:
+                raise Conflict("this code has already finished the study")
+
+    def exclude(self, code: str, reason: str) -> bool:
+        with self.transaction() as cur:
+            cur.execute("UPDATE participants SET excluded = ? WHERE code = ?", (reason, code))
+            return cur.rowcount == 1
+
+    def delete(self, code: str) -> bool:
+        """Withdrawal: the participant, their trials and their recordings' rows."""
+        with self.transaction() as cur:
+            cur.execute("DELETE FROM recordings WHERE code = ?", (code,))
+            cur.execute("DELETE FROM trials WHERE code = ?", (code,))
+            cur.execute("DELETE FROM participants WHERE code = ?", (code,))
+            return cur.rowcount == 1
+
+    # --- trials -------------------------------------------------------------------------
+
+    def trials(self, code: str | None = None) -> list[dict]:
+        with self.transaction() as cur:
+            where, args = ("WHERE code = ?", (code,)) if code else ("", ())
+            cur.execute(f"SELECT {', '.join(TRIAL_COLUMNS)} FROM trials {where} ORDER BY code, idx", args)
+            return [dict(zip(TRIAL_COLUMNS, r, strict=True)) for r in cur.fetchall()]
+
+    def played(self, code: str, idx: int, slot_bit: int) -> bool:
+        with self.transaction() as cur:
+            cur.execute("UPDATE trials SET played = played | ? WHERE code = ? AND idx = ? AND chosen IS NULL",
+                        (slot_bit, code, idx))
+            return cur.rowcount == 1
+
+    def answer(self, code: str, idx: int, chosen: int, rt_ms: float | None, needs_played: int) -> None:
+        """Stores the answer once: Conflict when the trial was answered already or its recording(s)
+        were not played (the page enables the buttons only after they were)."""
+        with self.transaction() as cur:
+            cur.execute("UPDATE trials SET chosen = ?, rt_ms = ?, answered_at = ? WHERE code = ? AND idx = ? "
+                        "AND chosen IS NULL AND (played & ?) = ?",
+                        (chosen, rt_ms, time.time(), code, idx, needs_played, needs_played))
+            if cur.rowcount == 1:
+                return
+            cur.execute("SELECT chosen FROM trials WHERE code = ? AND idx = ?", (code, idx))
+            row = cur.fetchone()
+        if row is None:
+            raise KeyError(idx)
+        raise Conflict("this trial was already answered" if row[0] is not None else "play the recording first")
+
+    # --- recordings ---------------------------------------------------------------------
+
+    def save_recording(self, code: str, kind: str, script: int, path: str, box: str, seconds: float | None) -> None:
+        """A recording's row; a retake replaces the earlier take's."""
+        with self.transaction() as cur:
+            cur.execute("DELETE FROM recordings WHERE code = ? AND kind = ? AND script = ?", (code, kind, script))
+            cur.execute("INSERT INTO recordings (code, kind, script, path, box, seconds, created_at) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?)", (code, kind, script, path, box, seconds, time.time()))
+
+    def recordings(self, code: str | None = None) -> list[dict]:
+        cols = ("code", "kind", "script", "path", "box", "seconds")
+        with self.transaction() as cur:
+            where, args = ("WHERE code = ?", (code,)) if code else ("", ())
+            cur.execute(f"SELECT {', '.join(cols)} FROM recordings {where} ORDER BY code, kind, script", args)
+            return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+
+
+class _Cursor:
+    """The DB-API cursor with one placeholder style for both databases."""
+
+    def __init__(self, cur, mark: str):
+        self._cur, self._mark = cur, mark
+
+    def execute(self, sql: str, args: tuple = ()) -> None:
+        self._cur.execute(sql if self._mark == "?" else sql.replace("?", "%s"), args)
+
+    def fetchone(self):
+        return self._cur.fetchone()
+
+    def fetchall(self):
+        return self._cur.fetchall()
+
+    @property
+    def rowcount(self) -> int:
+        return self._cur.rowcount
