@@ -25,6 +25,8 @@ COPY facevoice /src/facevoice
 COPY service /src/service
 # the offline path's source comes along (the package lists it) but not torch: its verbs say so
 COPY training /src/training
+# the study's server code comes along too (its own image would add fastapi/uvicorn and jsPsych)
+COPY study /src/study
 RUN /opt/venv/bin/pip install --no-deps /src
 
 FROM ${PYTHON_IMAGE}

@@ -15,7 +15,7 @@ test: $(SETUP_STAMP)
 lint: $(SETUP_STAMP)
 	$(BIN)/ruff check .
 
-setup $(SETUP_STAMP): pyproject.toml deploy/setup-debian.sh
+setup $(SETUP_STAMP): pyproject.toml deploy/setup-debian.sh study/web/package-lock.json
 	VENV=$(VENV) bash deploy/setup-debian.sh
 	@touch $(SETUP_STAMP)
 

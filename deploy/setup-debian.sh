@@ -8,7 +8,7 @@ set -euo pipefail
 VENV=${VENV:-.venv}
 EXTRAS=${EXTRAS:-dev}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
-APT_PACKAGES=(espeak-ng redis-server python3-venv openssl prometheus)
+APT_PACKAGES=(espeak-ng redis-server python3-venv openssl prometheus postgresql chromium chromium-driver nodejs npm)
 
 missing=()
 command -v espeak-ng >/dev/null || missing+=(espeak-ng)
@@ -16,6 +16,12 @@ command -v redis-server >/dev/null || missing+=(redis-server)
 command -v openssl >/dev/null || missing+=(openssl)  # the TLS test makes a certificate
 command -v promtool >/dev/null || missing+=(prometheus)  # tests scrape the service and check deploy/prometheus
 python3 -c "import venv, ensurepip" 2>/dev/null || missing+=(python3 python3-venv)
+# the human study (study/): its tests start a throw-away PostgreSQL and drive headless Chromium;
+# its pages need jsPsych from npm
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || command -v initdb >/dev/null || missing+=(postgresql)
+command -v chromium >/dev/null || missing+=(chromium)
+command -v chromedriver >/dev/null || missing+=(chromium-driver)
+command -v npm >/dev/null || missing+=(nodejs npm)
 if ((${#missing[@]})) && [ "${SKIP_APT:-0}" != 1 ]; then
   echo "setup: installing ${missing[*]} (of ${APT_PACKAGES[*]})"
   sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
@@ -50,4 +56,10 @@ if [ "${SKIP_TRITON:-0}" != 1 ]; then
     "${pip[@]}" --no-warn-conflicts --target "$VENV/triton-site" "numpy<2" "onnxruntime>=1.18"
     touch "$VENV/triton-site/.complete"
   fi
+fi
+
+# jsPsych for the study's pages, from npm (package-lock.json pins it); served from study/web, never a CDN
+if [ ! -f study/web/node_modules/.package-lock.json ] || [ study/web/package-lock.json -nt study/web/node_modules/.package-lock.json ]; then
+  echo "setup: installing jsPsych into study/web/node_modules"
+  npm ci --prefix study/web --no-audit --no-fund --loglevel=error
 fi

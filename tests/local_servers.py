@@ -206,3 +206,86 @@ class LocalService(LocalProcess):
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
         return float("nan")
+
+
+def _postgres_binary(name: str) -> str:
+    import glob
+
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    path = found[-1] if found else shutil.which(name)
+    if path is None:
+        raise RuntimeError(f"PostgreSQL's {name} not found (deploy/setup-debian.sh installs postgresql)")
+    return path
+
+
+class LocalPostgres(LocalProcess):
+    """A throw-away PostgreSQL: initdb in a temporary directory, `postgres` on a free loopback
+    port, database `study` for user `facevoice` (trust auth, loopback only). PostgreSQL refuses
+    to run as root, so as root it runs as the `postgres` user the Debian package makes."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="facevoice-pg-"))
+        self.as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://facevoice@127.0.0.1:{self.port}/study"
+
+    def start(self) -> LocalPostgres:
+        import psycopg
+
+        if self.as_user:
+            shutil.chown(self.dir, "postgres", "postgres")
+        data, log = self.dir / "data", self.dir / "postgres.log"
+        if not data.exists():
+            subprocess.run([*self.as_user, _postgres_binary("initdb"), "-D", str(data), "-A", "trust", "-U",
+                            "facevoice", "--no-sync"], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        with open(log, "ab") as out:
+            self.proc = subprocess.Popen([*self.as_user, _postgres_binary("postgres"), "-D", str(data), "-p",
+                                          str(self.port), "-k", str(self.dir), "-c", "listen_addresses=127.0.0.1"],
+                                         stdout=out, stderr=subprocess.STDOUT)
+        admin = f"postgresql://facevoice@127.0.0.1:{self.port}/postgres"
+        wait_for(lambda: psycopg.connect(admin, connect_timeout=1).close() is None, 60, "postgres", self.proc, log)
+        with psycopg.connect(admin, autocommit=True) as conn:
+            if not conn.execute("SELECT 1 FROM pg_database WHERE datname = 'study'").fetchone():
+                conn.execute("CREATE DATABASE study")
+        return self
+
+    def reset(self) -> None:
+        """An empty `study` database for the next test."""
+        import psycopg
+
+        with psycopg.connect(f"postgresql://facevoice@127.0.0.1:{self.port}/postgres", autocommit=True) as conn:
+            conn.execute("DROP DATABASE IF EXISTS study WITH (FORCE)")
+            conn.execute("CREATE DATABASE study")
+
+    def stop(self) -> None:
+        super().stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class LocalStudy(LocalProcess):
+    """One `facevoice study serve` process on a loopback port (a restart keeps the port)."""
+
+    ADMIN_TOKEN = "test-admin-token-0123456789"
+
+    def __init__(self, study_dir: Path, database: str | None = None):
+        self.study_dir, self.database = Path(study_dir), database
+        self.port = free_port()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 60.0) -> LocalStudy:
+        extra = ["--database", self.database] if self.database else []
+        log = self.study_dir / "serve.log"
+        with open(log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "facevoice", "study", "serve", "--study", str(self.study_dir), "--port",
+                 str(self.port), *extra], stdout=out, stderr=subprocess.STDOUT,
+                env=dict(os.environ, PYTHONUNBUFFERED="1", FACEVOICE_STUDY_ADMIN_TOKEN=self.ADMIN_TOKEN))
+        wait_for(lambda: urllib.request.urlopen(self.url + "/api/study", timeout=1).status == 200, timeout,
+                 "facevoice study serve", self.proc, log)
+        return self
