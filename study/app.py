@@ -129,7 +129,7 @@ def create_app(study: Study, store: Store, admin_token: str) -> FastAPI:
         response.headers["Referrer-Policy"] = "no-referrer"
         response.headers["Content-Security-Policy"] = (
             "default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob: data:; "
-            "style-src 'self' 'unsafe-inline'; script-src 'self'")
+            "style-src 'self' 'unsafe-inline'; font-src 'self' data:; script-src 'self'")
         return response
 
     @app.exception_handler(Conflict)

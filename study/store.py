@@ -144,6 +144,8 @@ class Store:
         with self.transaction() as cur:
             experiment = None
             if role == "match":
+                if self.kind == "postgresql":  # replicas: one join counts at a time (as BEGIN IMMEDIATE does)
+                    cur.execute("LOCK TABLE participants IN SHARE ROW EXCLUSIVE MODE")
                 cur.execute("SELECT experiment, COUNT(*) FROM participants WHERE role = 'match' GROUP BY experiment")
                 counts = dict.fromkeys(experiments, 0) | {e: n for e, n in cur.fetchall() if e in experiments}
                 experiment = min(experiments, key=lambda e: (counts[e], e))

@@ -5,9 +5,10 @@
 "use strict";
 
 function levelMeter(jsPsych) {
+  // the plugin draws its page once the recorder has started, after on_load: the bar is looked
+  // up on every frame
   const recorder = jsPsych.pluginAPI.getMicrophoneRecorder();
-  const bar = document.getElementById("level");
-  if (!recorder || !bar) return () => {};
+  if (!recorder) return () => {};
   const ctx = new AudioContext();
   const analyser = ctx.createAnalyser();
   analyser.fftSize = 1024;
@@ -16,13 +17,15 @@ function levelMeter(jsPsych) {
   let running = true;
   (function draw() {
     if (!running) return;
+    requestAnimationFrame(draw);
+    const bar = document.getElementById("level");
+    if (!bar) return;
     analyser.getFloatTimeDomainData(buf);
     let sum = 0;
     for (const v of buf) sum += v * v;
     const db = 20 * Math.log10(Math.sqrt(sum / buf.length) + 1e-9);
     bar.style.width = `${Math.max(0, Math.min(100, (db + 60) * (100 / 60)))}%`;
     bar.dataset.db = db.toFixed(1);
-    requestAnimationFrame(draw);
   })();
   return () => { running = false; ctx.close(); };
 }
@@ -90,16 +93,18 @@ function uploadLoop(jsPsych, state, record, upload, what) {
     choices: ["Take photo"],
     data: {page: "record-face"},
     on_load: () => {
-      const video = document.getElementById("camera");
-      video.srcObject = jsPsych.pluginAPI.getCameraStream();
+      state.video = document.getElementById("camera");
+      state.video.srcObject = jsPsych.pluginAPI.getCameraStream();
     },
     on_finish: () => {
-      const video = document.getElementById("camera");
+      // the page is already cleared here: the video element is the one kept at on_load
+      const video = state.video;
       const canvas = document.createElement("canvas");
       canvas.width = video.videoWidth;
       canvas.height = video.videoHeight;
       canvas.getContext("2d").drawImage(video, 0, 0);
       state.take = base64Blob(canvas.toDataURL("image/jpeg", 0.92).split(",")[1], "image/jpeg");
+      state.video = null;
     },
   }, {
     type: jsPsychCallFunction,
