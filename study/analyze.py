@@ -24,9 +24,9 @@ import numpy as np
 
 from facevoice.service.errors import UsageError
 from facevoice.study.app import exclusion
-from facevoice.study.config import EXPERIMENTS, Study, load_study
+from facevoice.study.config import EXPERIMENTS, Study
 from facevoice.study.design import stimulus_people
-from facevoice.study.store import Store
+from facevoice.study.store import Store, opened
 
 PAPER_TABLE1 = {1: (71.4, 13.6, 13.17, 70), 2: (65.0, 13.0, 9.65, 70), 3: (58.4, 13.8, 5.20, 73),
                 4: (55.2, 12.2, 3.69, 75)}  # Kim et al. Table 1: mean %, SD %, t, n
@@ -302,12 +302,8 @@ def analyze(study: Study, store: Store, out: Path, model_repo: Path | None = Non
 
 
 def run(args: argparse.Namespace) -> int:
-    study = load_study(args.study)
-    store = Store(args.database or study.database_url)
-    try:
+    with opened(args.study, args.database) as (study, store):
         result = analyze(study, store, args.out, args.model_repo, args.service)
-    finally:
-        store.close()
     for e, r in result["table1"].items():
         machine = result["machine"].get(e)
         extra = f"; model {machine['accuracy']:.1f}% on the same {machine['trials']} trials" if machine else ""

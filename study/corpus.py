@@ -16,8 +16,8 @@ from pathlib import Path
 
 from facevoice.service.corpus import Item, write_csv, write_manifest
 from facevoice.service.errors import UsageError
-from facevoice.study.config import Study, load_study
-from facevoice.study.store import Store
+from facevoice.study.config import Study
+from facevoice.study.store import Store, opened
 
 
 def age_group(age) -> str:
@@ -80,12 +80,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    study = load_study(args.study)
-    store = Store(args.database or study.database_url)
-    try:
+    with opened(args.study, args.database) as (study, store):
         s = write_corpus(study, store, args.out, args.split, args.force)
-    finally:
-        store.close()
     print(f"corpus {args.out}: {s['identities']} people, {s['items']} items "
           f"({s['skipped_participants']} recorders without a finished, accepted voice and photo left out)")
     return 0

@@ -256,6 +256,19 @@ class Store:
             return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
 
 
+@contextmanager
+def opened(study_dir, database: str | None = None) -> Iterator[tuple]:
+    """(the Study, its Store) for a command, the store closed afterwards."""
+    from facevoice.study.config import load_study
+
+    study = load_study(study_dir)
+    store = Store(database or study.database_url)
+    try:
+        yield study, store
+    finally:
+        store.close()
+
+
 class _Cursor:
     """The DB-API cursor with one placeholder style for both databases."""
 

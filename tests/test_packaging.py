@@ -9,11 +9,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 FOLDERS = {"facevoice": ROOT / "facevoice", "facevoice.service": ROOT / "service",
-           "facevoice.training": ROOT / "training"}
+           "facevoice.training": ROOT / "training", "facevoice.study": ROOT / "study"}
 
 
 def installed_packages() -> dict[str, Path]:
-    """Every folder with an __init__.py under the three roots, by the package name it installs as."""
+    """Every folder with an __init__.py under the four roots, by the package name it installs as."""
     found = {}
     for name, folder in FOLDERS.items():
         for init in folder.rglob("__init__.py"):
@@ -35,7 +35,7 @@ def test_every_module_imports_by_its_namespaced_name_and_no_bare_name_exists(tmp
                      if p.name not in ("triton_model.py", "__main__.py"))  # Triton-only; runs the CLI
     script = ("import importlib, importlib.util, sys\n"
               f"for m in {modules!r}: importlib.import_module(m)\n"
-              "for bare in ('service', 'training'): assert importlib.util.find_spec(bare) is None, bare\n"
+              "for bare in ('service', 'training', 'study'): assert importlib.util.find_spec(bare) is None, bare\n"
               "print(len(sys.modules))")
     done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-2000:]
