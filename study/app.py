@@ -28,6 +28,9 @@ from facevoice.study.store import Conflict, Store
 WEB = Path(__file__).parent / "web"
 MEDIA_TYPES = {".wav": "audio/wav", ".flac": "audio/flac", ".ogg": "audio/ogg", ".mp3": "audio/mpeg",
                ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp"}
+COMMON_PLUGINS = ("html-button-response", "call-function", "survey-html-form")
+PAGES = {"record": ("Record yourself", ("html-audio-response", "initialize-microphone", "initialize-camera")),
+         "match": ("Match voices and faces", ("instructions",))}
 UPLOAD_TYPES = {"voice": ("audio/", "video/webm", "application/octet-stream"),
                 "face": ("image/jpeg", "image/png", "image/webp")}
 
@@ -102,10 +105,15 @@ def create_app(study: Study, store: Store, admin_token: str) -> FastAPI:
     app.mount("/static", StaticFiles(directory=WEB, html=False), name="static")
 
     def page(name: str) -> HTMLResponse:
+        """web/page.html with the page's title, its jsPsych plugins and its script (web/NAME.js)."""
         if not vendor.is_dir():
             raise HTTPException(503, "the pages need jsPsych: run `npm ci --prefix study/web` "
                                      "(deploy/setup-debian.sh does)")
-        return HTMLResponse((WEB / name).read_text(encoding="utf-8"), headers={"Cache-Control": "no-store"})
+        title, plugins = PAGES[name]
+        tags = "\n".join(f'<script src="/vendor/@jspsych/plugin-{p}/dist/index.browser.min.js"></script>'
+                         for p in (*COMMON_PLUGINS, *plugins))
+        html = (WEB / "page.html").read_text(encoding="utf-8").format(title=title, plugins=tags, name=name)
+        return HTMLResponse(html, headers={"Cache-Control": "no-store"})
 
     def participant(code: str, role: str | None = None):
         if len(code) > 64:
@@ -138,15 +146,15 @@ def create_app(study: Study, store: Store, admin_token: str) -> FastAPI:
 
     @app.get("/", response_class=HTMLResponse)
     def index():
-        return page("index.html")
+        return HTMLResponse((WEB / "index.html").read_text(encoding="utf-8"))
 
     @app.get("/record", response_class=HTMLResponse)
     def record_page():
-        return page("record.html")
+        return page("record")
 
     @app.get("/match", response_class=HTMLResponse)
     def match_page():
-        return page("match.html")
+        return page("match")
 
     @app.get("/api/study")
     def about():
