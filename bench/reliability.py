@@ -24,7 +24,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -33,7 +32,7 @@ import grpc
 
 from bench.report import machine
 from facevoice.v1 import facevoice_pb2 as pb
-from tests.local_servers import LocalRedis, LocalService, LocalTriton
+from tests.local_servers import Background, LocalRedis, LocalService, LocalTriton
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "reliability.md"
 
@@ -139,15 +138,14 @@ def fuzz(svc: LocalService, n: int, media: tuple, rng: random.Random) -> dict:
             "rss_after": svc.rss_mb(), "rss_by_1000": rss, "seconds": time.perf_counter() - start}
 
 
-class Load:
+class Load(Background):
     """Searches from `threads` clients (at most `qps` in all when given), with every latency and
-    failure kept, until stopped."""
+    failure kept, until the block ends."""
 
     def __init__(self, stub, request, threads: int = 4, qps: float | None = None):
         self.stub, self.request, self.qps = stub, request, qps
         self.done: list[tuple[float, float, str]] = []  # (when, seconds, code)
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(i, threads)) for i in range(threads)]
+        super().__init__([(i, threads) for i in range(threads)])
 
     def _run(self, i: int, n: int) -> None:
         period = n / self.qps if self.qps else 0.0
@@ -161,16 +159,6 @@ class Load:
             t = time.perf_counter()
             code = call(self.stub, "SearchFaces", self.request)
             self.done.append((t, time.perf_counter() - t, code))
-
-    def __enter__(self) -> Load:
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join()
 
     def failed(self, since: float = 0.0) -> int:
         return sum(1 for t, _, c in self.done if t >= since and c != "OK")
@@ -200,15 +188,14 @@ def soak(svc: LocalService, request, seconds: float) -> dict:
     return {"max_qps": max_qps, "target_qps": target, "minutes": minutes}
 
 
-class Writer:
+class Writer(Background):
     """Upserts one new item at a time; keeps the ids whose upsert was acknowledged."""
 
     def __init__(self, stub, face: bytes, prefix: str):
         self.stub, self.face, self.prefix = stub, face, prefix
         self.acked: list[str] = []
         self.failed = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run)
+        super().__init__([()])
 
     def _run(self) -> None:
         k = 0
@@ -223,14 +210,6 @@ class Writer:
                 self.failed += 1
                 time.sleep(0.05)
             time.sleep(0.02)
-
-    def __enter__(self) -> Writer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def present(svc: LocalService, ids: list[str], voice: bytes) -> set[str]:

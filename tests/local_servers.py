@@ -15,6 +15,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -51,6 +52,29 @@ def eventually(check, timeout: float = 20.0) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+class Background:
+    """Threads running `self._run(*args)`, one per args tuple, from entering the block until it
+    ends (`self._stop` is set, then every thread is joined): the load a test or bench keeps on a
+    server while it does something to it."""
+
+    def __init__(self, args: list[tuple]):
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=a) for a in args]
+
+    def _run(self, *args) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join()
 
 
 def pytriton_dir() -> Path:

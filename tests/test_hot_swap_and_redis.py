@@ -3,7 +3,6 @@ queries run, announced on pub/sub or found by polling."""
 
 from __future__ import annotations
 
-import threading
 import urllib.request
 
 import grpc
@@ -12,7 +11,7 @@ import pytest
 from facevoice.cli import main
 from facevoice.service.versions import current_version
 from facevoice.v1 import facevoice_pb2 as pb
-from tests.local_servers import LocalRedis, eventually
+from tests.local_servers import Background, LocalRedis, eventually
 from tests.serving import copy_indexes, media, start_service
 
 
@@ -27,15 +26,14 @@ def _metric(running, line_start: str) -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(line_start))
 
 
-class Traffic:
+class Traffic(Background):
     """Four client threads calling SearchFaces until the block ends; keeps every answer and failure."""
 
     def __init__(self, stub, request):
         self.stub, self.request = stub, request
         self.answered: list[str] = []
         self.failures: list[str] = []
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run) for _ in range(4)]
+        super().__init__([()] * 4)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -48,16 +46,6 @@ class Traffic:
         """Waits for n more answers."""
         start = len(self.answered)
         assert eventually(lambda: len(self.answered) >= start + n)
-
-    def __enter__(self) -> Traffic:
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join()
 
 
 def _rebuild(stack, root, *extra) -> None:
