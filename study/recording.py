@@ -39,17 +39,14 @@ def check_voice(data: bytes, study: Study) -> tuple[bytes, float]:
 
 def check_face(data: bytes, study: Study) -> tuple[bytes, tuple[float, float, float, float]]:
     """Upload -> (JPEG of the region around the largest face, the face box in it)."""
-    from facevoice.service.media.faces import detect_faces, pick
+    from facevoice.service.media.faces import detect_faces, face_region, pick
 
     limits = replace(DEFAULT_LIMITS, max_bytes=study.recording.max_upload_bytes)
     img = decode_image(data, limits)
     face = pick(detect_faces(img, "hog", 0.0))
-    x, y, w, h = face.box
-    if w * h < 0.01 * img.width * img.height:
+    if face.area < 0.01 * img.width * img.height:
         raise InvalidSignalError("image: the face is too small; come closer to the camera")
-    side = 2 * max(w, h)
-    x0, y0 = round(x + w / 2 - side / 2), round(y + h / 2 - side / 2)
-    region = img.crop((x0, y0, x0 + round(side), y0 + round(side)))
+    region, box = face_region(img, face)
     buf = io.BytesIO()
     region.save(buf, "JPEG", quality=92)
-    return buf.getvalue(), (x - x0, y - y0, w, h)
+    return buf.getvalue(), box

@@ -110,6 +110,15 @@ def pick(faces: list[Detection], index: int = 0) -> Detection:
 Box = tuple[float, float, float, float]
 
 
+def face_region(img: Image.Image, face: Detection) -> tuple[Image.Image, Box]:
+    """A square of twice the face box around it (outside the frame is black), and the box in it:
+    what a corpus keeps of a photo or a video frame (the video ingest, the study's recordings)."""
+    x, y, w, h = face.box
+    side = 2 * max(w, h)
+    x0, y0 = round(x + w / 2 - side / 2), round(y + h / 2 - side / 2)
+    return img.crop((x0, y0, x0 + round(side), y0 + round(side))), (x - x0, y - y0, w, h)
+
+
 def align(img: Image.Image, face: Detection, margin: float = 1.5) -> tuple[Image.Image, Box]:
     """The region around the face rotated about the face's centre so that its eyes are level,
     and the face's box in it. Only a square of 1.5 * margin * the box side is rotated (what a

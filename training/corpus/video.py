@@ -38,7 +38,7 @@ from tqdm import tqdm
 from facevoice.service.corpus import IDENTITIES, Item, write_csv, write_manifest
 from facevoice.service.errors import FormatError, UsageError
 from facevoice.service.media.errors import InvalidSignalError
-from facevoice.service.media.faces import Detection, align, detect_faces
+from facevoice.service.media.faces import Detection, align, detect_faces, face_region
 from facevoice.service.media.image import crop_face
 from facevoice.training.corpus.manifest import corpus_counts, count_lines
 from facevoice.training.corpus.splits import SPLITS, assign_splits
@@ -125,14 +125,6 @@ def pick_face(faces: list[Detection], size: tuple[int, int], centre: tuple[float
         return faces[0]  # the largest
     cx, cy = centre[0] * size[0], centre[1] * size[1]
     return min(faces, key=lambda f: math.dist((f.box[0] + f.box[2] / 2, f.box[1] + f.box[3] / 2), (cx, cy)))
-
-
-def face_region(img: Image.Image, face: Detection) -> tuple[Image.Image, tuple[float, float, float, float]]:
-    """A square of twice the face box around it (outside the frame is black), and the box in it."""
-    x, y, w, h = face.box
-    side = 2 * max(w, h)
-    x0, y0 = round(x + w / 2 - side / 2), round(y + h / 2 - side / 2)
-    return img.crop((x0, y0, x0 + round(side), y0 + round(side))), (x - x0, y - y0, w, h)
 
 
 def ingest_clip(job: tuple[Clip, Path, int, float]) -> tuple[Clip, ClipResult]:
