@@ -98,7 +98,7 @@ def create_app(study: Study, store: Store, admin_token: str) -> FastAPI:
     people = stimulus_people(study)
     pairs = {e: experiment_pairs(study, people, e) for e in study.experiments}
     app = FastAPI(title=f"facevoice study: {study.title}", docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.study, app.state.store = study, store
+    app.state.study, app.state.store, app.state.people, app.state.pairs = study, store, people, pairs
     vendor = WEB / "node_modules"
     if vendor.is_dir():
         app.mount("/vendor", StaticFiles(directory=vendor), name="vendor")

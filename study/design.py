@@ -124,12 +124,12 @@ def participant_trials(study: Study, people: dict[str, Person], pairs: list[tupl
     return trials
 
 
-def pool_summary(study: Study, people: dict[str, Person]) -> dict[int, dict[str, int]]:
+def pool_summary(people: dict[str, Person], pairs: dict[int, list[tuple[str, str]]]) -> dict[int, dict[str, int]]:
     """Per experiment: how many pairs of men and of women it can show."""
     out = {}
-    for e in study.experiments:
+    for e, its_pairs in pairs.items():
         counts = {"male": 0, "female": 0}
-        for a, _ in experiment_pairs(study, people, e):
+        for a, _ in its_pairs:
             g = people[a].attributes.get("gender", "")
             if g in counts:
                 counts[g] += 1

@@ -11,8 +11,7 @@ import secrets
 from pathlib import Path
 
 from facevoice.service.errors import UsageError
-from facevoice.study.config import load_study
-from facevoice.study.design import pool_summary, stimulus_people
+from facevoice.study.design import pool_summary
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -47,22 +46,17 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from facevoice.study.app import create_app
-    from facevoice.study.store import Store
+    from facevoice.study.store import opened
 
-    study = load_study(args.study)
-    token, source = admin_token(study.directory, args.admin_token_file)
-    store = Store(args.database or study.database_url)
-    app = create_app(study, store, token)
-    people = stimulus_people(study)
-    pools = pool_summary(study, people)
-    where = "PostgreSQL" if store.kind == "postgresql" else store.url
-    print(f"study {study.title!r}: {len(people)} stimulus people from {study.corpus}")
-    for e, counts in pools.items():
-        print(f"  experiment {e}: {counts['male']} pairs of men, {counts['female']} of women")
-    print(f"database: {where}; admin token in {source}")
-    print(f"participants: http://{args.host}:{args.port}/record (recording) and /match (matching)")
-    try:
+    with opened(args.study, args.database) as (study, store):
+        token, source = admin_token(study.directory, args.admin_token_file)
+        app = create_app(study, store, token)
+        people = app.state.people
+        where = "PostgreSQL" if store.kind == "postgresql" else store.url
+        print(f"study {study.title!r}: {len(people)} stimulus people from {study.corpus}")
+        for e, counts in pool_summary(people, app.state.pairs).items():
+            print(f"  experiment {e}: {counts['male']} pairs of men, {counts['female']} of women")
+        print(f"database: {where}; admin token in {source}")
+        print(f"participants: http://{args.host}:{args.port}/record (recording) and /match (matching)")
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
-    finally:
-        store.close()
     return 0

@@ -61,26 +61,24 @@ def served(study_dir: Path, database: str | None, admin_token: str):
     import uvicorn
 
     from facevoice.study.app import create_app
-    from facevoice.study.store import Store
+    from facevoice.study.store import opened
 
-    study = load_study(study_dir)
-    store = Store(database or study.database_url)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(study, store, admin_token), host="127.0.0.1", port=port,
-                                           log_level="warning", access_log=False))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the study server did not start")
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        store.close()
+    with opened(study_dir, database) as (study, store):
+        port = free_port()
+        server = uvicorn.Server(uvicorn.Config(create_app(study, store, admin_token), host="127.0.0.1", port=port,
+                                               log_level="warning", access_log=False))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 30
+        while not server.started:
+            if time.monotonic() > deadline or not thread.is_alive():
+                raise RuntimeError("the study server did not start")
+            time.sleep(0.05)
+        try:
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            server.should_exit = True
+            thread.join(10)
 
 
 def oracle_chooser(study_dir: Path):

@@ -267,8 +267,8 @@ def test_simulated_participants_give_back_their_accuracy(tmp_path, corpus, stack
     """The analysis recovers the rate the participants were given, excludes the careless ones,
     and our model answers the very trials they saw (through the service's Match)."""
     study_dir = make_study(tmp_path / "study", corpus[0])
-    assert main(["study", "simulate", "--study", str(study_dir), "--participants", "40", "--skill", "0.75",
-                 "--spread", "0.05", "--careless", "0.15", "--seed", "4", "--no-progress"]) == 0
+    assert main(["study", "simulate", "--study", str(study_dir), "--participants", "80", "--skill", "0.75",
+                 "--spread", "0.05", "--careless", "0", "--seed", "4", "--no-progress"]) == 0
     study = load_study(study_dir)
     store = Store(study.database_url)
     try:
@@ -278,7 +278,7 @@ def test_simulated_participants_give_back_their_accuracy(tmp_path, corpus, stack
         store.close()
     t1 = result["table1"]
     n = sum(r["n"] for r in t1.values())
-    assert n + sum(result["excluded"].values()) == 40 and result["excluded"]
+    assert n + sum(result["excluded"].values()) == 80 and result["excluded"]
     pooled = sum(r["mean"] * r["n"] for r in t1.values()) / n
     assert 68 < pooled < 82, t1  # given 75%
     for e, r in t1.items():
