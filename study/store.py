@@ -154,21 +154,18 @@ class Store:
         return experiment
 
     def participant(self, code: str) -> Participant | None:
-        with self.transaction() as cur:
-            cur.execute("SELECT code, role, experiment, seed, created_at, consented_at, survey, finished_at, excluded "
-                        "FROM participants WHERE code = ?", (code,))
-            row = cur.fetchone()
-        if row is None:
-            return None
-        row = list(row)
-        row[6] = json.loads(row[6]) if row[6] else None
-        return Participant(*row)
+        found = self._participants("WHERE code = ?", (code,))
+        return found[0] if found else None
 
     def participants(self) -> list[Participant]:
+        return self._participants("ORDER BY created_at, code", ())
+
+    def _participants(self, clause: str, args: tuple) -> list[Participant]:
         with self.transaction() as cur:
-            cur.execute("SELECT code FROM participants ORDER BY created_at, code")
-            codes = [r[0] for r in cur.fetchall()]
-        return [p for p in (self.participant(c) for c in codes) if p is not None]
+            cur.execute("SELECT code, role, experiment, seed, created_at, consented_at, survey, finished_at, excluded "
+                        f"FROM participants {clause}", args)
+            rows = cur.fetchall()
+        return [Participant(*row[:6], json.loads(row[6]) if row[6] else None, *row[7:]) for row in rows]
 
     def consent(self, code: str) -> None:
         with self.transaction() as cur:
