@@ -30,23 +30,44 @@ from facevoice.service.errors import UsageError
 from facevoice.study.config import EXPERIMENTS, load_study
 
 
+class Refused(Exception):
+    """The study server answered with an error status."""
+
+    def __init__(self, status: int, payload):
+        super().__init__(f"{status}: {payload}")
+        self.status, self.payload = status, payload
+
+
 class Client:
-    """JSON over HTTP (urllib), raising HTTPError with the server's detail."""
+    """The study's HTTP API over urllib: `send` gives (status, JSON or bytes) for any answer,
+    `call` the JSON of a success and raises Refused otherwise."""
 
     def __init__(self, base: str, admin_token: str | None = None):
         self.base, self.admin_token = base.rstrip("/"), admin_token
 
-    def call(self, method: str, path: str, body=None, admin: bool = False, raw: bytes | None = None,
-             content_type: str = "application/json"):
+    def send(self, method: str, path: str, body=None, admin: bool = False, raw: bytes | None = None,
+             content_type: str = "application/json") -> tuple[int, dict | bytes]:
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
         req = urllib.request.Request(self.base + path, data=data, method=method)
         if data is not None:
             req.add_header("Content-Type", content_type)
         if admin:
             req.add_header("Authorization", f"Bearer {self.admin_token}")
-        with urllib.request.urlopen(req, timeout=60) as r:
-            payload = r.read()
-        return json.loads(payload) if payload else {}
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                status, payload, ctype = r.status, r.read(), r.headers.get("content-type", "")
+        except urllib.error.HTTPError as e:
+            status, payload, ctype = e.code, e.read(), e.headers.get("content-type", "")
+        if ctype.startswith("application/json"):
+            return status, json.loads(payload) if payload else {}
+        return status, payload
+
+    def call(self, method: str, path: str, body=None, admin: bool = False, raw: bytes | None = None,
+             content_type: str = "application/json"):
+        status, payload = self.send(method, path, body, admin, raw, content_type)
+        if status >= 400:
+            raise Refused(status, payload)
+        return payload
 
 
 def free_port() -> int:
@@ -195,8 +216,8 @@ def run(args: argparse.Namespace) -> int:
         else:
             with served(args.study, args.database, token) as url:
                 results = simulate(Client(url, token), args.participants, args.skill, **kw)
-    except urllib.error.HTTPError as e:
-        raise UsageError(f"the study server answered {e.code}: {e.read().decode(errors='replace')}") from e
+    except Refused as e:
+        raise UsageError(f"the study server answered {e}") from e
     per = {e: sum(r["experiment"] == e for r in results) for e in EXPERIMENTS}
     print(f"simulated {len(results)} matchers (skill {args.skill}; {sum(r['careless'] for r in results)} careless): "
           + ", ".join(f"experiment {e}: {n}" for e, n in per.items() if n))

@@ -3,10 +3,9 @@ client that returns (status, body) instead of raising."""
 
 from __future__ import annotations
 
-import json
-import urllib.error
-import urllib.request
 from pathlib import Path
+
+from facevoice.study.simulate import Client
 
 STUDY_TOML = """title = "test study"
 corpus = "{corpus}"
@@ -28,20 +27,8 @@ def make_study(directory: Path, corpus: Path, extra: str = "") -> Path:
 
 def http(base: str, method: str, path: str, body=None, raw: bytes | None = None,
          content_type: str = "application/json", token: str | None = None) -> tuple[int, dict | bytes]:
-    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-    req = urllib.request.Request(base + path, data=data, method=method)
-    if data is not None:
-        req.add_header("Content-Type", content_type)
-    if token:
-        req.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(req, timeout=60) as r:
-            status, payload, ctype = r.status, r.read(), r.headers.get("content-type", "")
-    except urllib.error.HTTPError as e:
-        status, payload, ctype = e.code, e.read(), e.headers.get("content-type", "")
-    if ctype.startswith("application/json"):
-        return status, json.loads(payload)
-    return status, payload
+    """(status, JSON or bytes) of any answer, errors included."""
+    return Client(base, token).send(method, path, body, token is not None, raw, content_type)
 
 
 def answers() -> dict:
