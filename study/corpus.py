@@ -85,6 +85,3 @@ def run(args: argparse.Namespace) -> int:
     print(f"corpus {args.out}: {s['identities']} people, {s['items']} items "
           f"({s['skipped_participants']} recorders without a finished, accepted voice and photo left out)")
     return 0
-
-
-
