@@ -70,11 +70,19 @@ class TrainConfig:
     lr_decay_every: int = 80_000
     hard_after: int = 120_000
     hard_pool: int = 2
+    # impostors: "any" identity (sec. 4.3), "same-gender" throughout, or "curriculum": any until
+    # hard_after, then of the anchor's gender (our option; once gender is learnt, a cross-gender
+    # negative teaches nothing)
     negatives: str = "any"
-    # "triplet" (eq. (1), the paper's model), or Table 7's baselines (sec. 4.6): "contrastive" (the
-    # Siamese net) and "classifier" (the classification network of supp. A.2.2)
+    # "triplet" (eq. (1), the paper's model), Table 7's baselines (sec. 4.6): "contrastive" (the
+    # Siamese net) and "classifier" (the classification network of supp. A.2.2), or "infonce":
+    # our option, a softmax over every candidate of the other modality in a batch of distinct
+    # people (CLIP's objective on -squared L2 / temperature, so serving's L2 search is unchanged)
     loss: str = "triplet"
     margin: float = 1.0  # the contrastive loss's margin
+    temperature: float = 1.0  # infonce: logits are -||v - f||^2 / temperature
+    # train on the first N training identities only (0: all): the learning curve's switch
+    identities: int = 0
     eval_every: int = 5000
     val_trials: int = 2000
     checkpoint_every: int = 5000
@@ -106,8 +114,13 @@ def validate(cfg: AssociationConfig) -> None:
         raise ValueError("face.widths and face.convs must have one entry per VGG block")
     if len(cfg.voice.widths) != 6:
         raise ValueError("voice.widths must give SoundNet conv1..conv6")
-    if cfg.train.loss not in ("triplet", "contrastive", "classifier"):
-        raise ValueError("train.loss must be 'triplet' (eq. (1)), 'contrastive' or 'classifier' (Table 7)")
+    if cfg.train.loss not in ("triplet", "contrastive", "classifier", "infonce"):
+        raise ValueError("train.loss must be 'triplet' (eq. (1)), 'contrastive' or 'classifier' (Table 7), "
+                         "or 'infonce'")
+    if cfg.train.temperature <= 0:
+        raise ValueError("train.temperature must be positive")
+    if cfg.train.identities < 0:
+        raise ValueError("train.identities must be 0 (all) or a positive count")
     if cfg.embedding.pool not in ("global", "2x"):
         raise ValueError("embedding.pool must be 'global' or '2x' (Table A.2)")
     if cfg.face.detector not in ("", "hog", "cnn"):
@@ -116,8 +129,8 @@ def validate(cfg: AssociationConfig) -> None:
         raise ValueError("face.pool must be 'conv5_3' (sec. 4.1) or 'pool5'")
     if cfg.voice.crop not in ("first", "random"):
         raise ValueError("voice.crop must be 'first' or 'random'")
-    if cfg.train.negatives not in ("any", "same-gender"):
-        raise ValueError("train.negatives must be 'any' or 'same-gender'")
+    if cfg.train.negatives not in ("any", "same-gender", "curriculum"):
+        raise ValueError("train.negatives must be 'any', 'same-gender' or 'curriculum'")
     if cfg.train.hard_pool < 1 or cfg.train.batch < 1:
         raise ValueError("train.batch and train.hard_pool must be positive")
 

@@ -131,6 +131,38 @@ def load_split(corpus: Path, split: str, cfg: AssociationConfig, cache_dir: Path
     return SplitData(identities, attributes, mods["face"], mods["voice"])
 
 
+def first_identities(split: SplitData, n: int) -> SplitData:
+    """The split cut to its first n identities (sorted ids; the generator draws people at random,
+    so the first n are a random sample) with their items; n = 0 or n >= their number: unchanged.
+    train.identities = n trains on these only (the learning curve against training identities)."""
+    if not n or n >= len(split.identities):
+        return split
+
+    def cut(m: Modality) -> Modality:
+        keep = np.flatnonzero(m.identity < n)
+        return Modality(m.data if len(keep) == len(m.identity) else _Rows(m.data, keep), m.identity[keep],
+                        [m.item_ids[k] for k in keep], None if m.video is None else m.video[keep])
+
+    return SplitData(split.identities[:n], split.attributes[:n], cut(split.face), cut(split.voice))
+
+
+class _Rows:
+    """A row subset of a (memory-mapped) array, read lazily: data[rows] and data[row, a:b]."""
+
+    def __init__(self, data: np.ndarray, keep: np.ndarray):
+        self.data, self.keep = data, keep
+        self.shape = (len(keep), *data.shape[1:])
+        self.dtype = data.dtype
+
+    def __len__(self) -> int:
+        return len(self.keep)
+
+    def __getitem__(self, key):
+        if isinstance(key, tuple):
+            return self.data[(self.keep[key[0]], *key[1:])]
+        return self.data[self.keep[key]]
+
+
 def windows(data: np.ndarray, rows, starts, length: int) -> np.ndarray:
     """float32 [len(rows), length]: data[row, start:start + length] for each (row, start)."""
     return np.stack([np.asarray(data[r, s:s + length], np.float32) for r, s in zip(rows, starts, strict=True)])
@@ -159,7 +191,10 @@ class TupleSampler:
     face of a different identity": a random item of the reference modality (an item, so a person
     with more clips anchors more tuples), a random item of the other modality of the same
     identity, from another video than the anchor's where the manifest records videos and the
-    person has one, and an item of a different identity (optionally of the same gender)."""
+    person has one, and an item of a different identity (optionally of the same gender).
+
+    `draw_people` is the batch of train.loss = "infonce": distinct people, one anchor and one
+    positive each, every other person's item a negative."""
 
     def __init__(self, split: SplitData, cfg: AssociationConfig, direction: str, seed: int):
         self.split, self.cfg, self.direction = split, cfg, direction
@@ -172,13 +207,20 @@ class TupleSampler:
             raise ValueError("training needs at least two identities with both a face and a voice")
         self.usable = np.array(usable)
         self.anchors = {m: np.concatenate([self.by_identity[m][i] for i in usable]) for m in ("face", "voice")}
-        key = "gender" if cfg.train.negatives == "same-gender" else None
-        self.peers = {}
+        gender = [split.attributes[i].get("gender", "") for i in range(n)]
+        self.peers = {"any": {}, "same-gender": {}}
         for i in usable:
-            group = [j for j in usable if j != i and (key is None or
-                     split.attributes[j][key] == split.attributes[i][key])]
-            self.peers[i] = np.array(group or [j for j in usable if j != i])
+            others = [j for j in usable if j != i]
+            self.peers["any"][i] = np.array(others)
+            self.peers["same-gender"][i] = np.array([j for j in others if gender[j] == gender[i]] or others)
+        self.genders = {g: np.array([i for i in usable if gender[i] == g]) for g in sorted(set(gender))}
+        self.same_gender = cfg.train.negatives == "same-gender"
         self.voice_len = cfg.voice.frontend().samples
+
+    def restrict(self, same_gender: bool) -> None:
+        """Impostors of the anchor's gender from now on (train.negatives = "curriculum" calls it at
+        hard_after)."""
+        self.same_gender = same_gender
 
     def _item(self, modality: str, identity: int) -> int:
         return int(self.rng.choice(self.by_identity[modality][identity]))
@@ -196,12 +238,13 @@ class TupleSampler:
 
     def draw(self, n: int) -> Batch:
         faces, voices, slots, voice_anchor = [], [], [], []
+        peers = self.peers["same-gender" if self.same_gender else "any"]
         for _ in range(n):
             v2f = self.direction == "v2f" or (self.direction == "both" and self.rng.random() < 0.5)
             ref, other = ("voice", "face") if v2f else ("face", "voice")
             anchor = int(self.rng.choice(self.anchors[ref]))
             ident = int(getattr(self.split, ref).identity[anchor])
-            impostor = int(self.rng.choice(self.peers[ident]))
+            impostor = int(self.rng.choice(peers[ident]))
             rows = (anchor, self._positive(ref, anchor, other, ident), self._item(other, impostor))
             for modality, row in zip((ref, other, other), rows, strict=True):
                 bucket = voices if modality == "voice" else faces
@@ -212,6 +255,30 @@ class TupleSampler:
         rows = torch.tensor([k + len(faces) * is_voice for is_voice, k in slots]).view(n, 3)
         return Batch(self._faces(faces), self._voices(voices), rows[:, 0], rows[:, 1], rows[:, 2],
                      torch.tensor(voice_anchor))
+
+    def draw_people(self, n: int) -> Batch:
+        """n distinct people (of one gender, drawn at random per batch, when impostors are
+        same-gender), each with a random item of the reference modality and an item of the other
+        from another video where there is one: faces[k] and voices[k] are person k's. `anchor`
+        holds the voice rows of cat([faces, voices]), `positive` the face rows; `negative` is
+        every other person's, so it repeats `positive`. In direction "both" the loss goes both
+        ways; `voice_anchor` then is all True."""
+        pool = self.usable
+        if self.same_gender:
+            fit = [g for g in self.genders.values() if len(g) >= 2]
+            pool = fit[int(self.rng.integers(len(fit)))] if fit else pool
+        people = self.rng.choice(pool, size=min(n, len(pool)), replace=False)
+        ref = "face" if self.direction == "f2v" else "voice"
+        other = "voice" if ref == "face" else "face"
+        rows: dict[str, list[int]] = {"face": [], "voice": []}
+        for ident in people:
+            anchor = self._item(ref, int(ident))
+            rows[ref].append(anchor)
+            rows[other].append(self._positive(ref, anchor, other, int(ident)))
+        k = len(people)
+        face_rows = torch.arange(k)
+        return Batch(self._faces(rows["face"]), self._voices(rows["voice"]), face_rows + k, face_rows, face_rows,
+                     torch.full((k,), self.direction != "f2v"))
 
     def _faces(self, rows: list[int]) -> torch.Tensor:
         x = torch.from_numpy(np.asarray(self.split.face.data[rows], dtype=np.float32))

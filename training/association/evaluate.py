@@ -18,6 +18,7 @@ from facevoice.training.association.embed import split_embeddings
 from facevoice.training.association.protocol import (
     Embeddings,
     linear_probes,
+    link_probes,
     matching_table,
     one_of_n,
     retrieval,
@@ -91,6 +92,13 @@ def tsne_figures(emb: Embeddings, split: SplitData, corpus: Path, out: Path, see
     return paths
 
 
+def people_table(corpus: Path) -> dict[str, dict[str, str]]:
+    """identities.csv by identity ({} for a corpus without it, e.g. VoxCeleb)."""
+    if not (corpus / "identities.csv").exists():
+        return {}
+    return {r["identity"]: r for r in read_identities(corpus)}
+
+
 def loudness_dbfs(waves: np.ndarray, batch: int = 256) -> np.ndarray:
     """Each clip's RMS level in dB relative to full scale (the input window the encoder sees)."""
     out = []
@@ -122,13 +130,14 @@ def run(args: argparse.Namespace) -> int:
              ("1:N matching", lambda: one_of_n(emb, split, args.trials, args.seed)),
              ("verification", lambda: verification(emb, split)),
              ("retrieval", lambda: retrieval(emb, split, args.seed, oracle=oracle)),
-             ("linear probes", lambda: linear_probes(emb, split, args.probe_trials, args.seed))]
+             ("linear probes", lambda: linear_probes(emb, split, args.probe_trials, args.seed)),
+             ("link probes", lambda: link_probes(emb, split, people_table(corpus), args.probe_trials, args.seed))]
     metrics: dict = {"run": str(args.run), "checkpoint": args.checkpoint, "trained_direction": state["direction"],
                      "step": state["step"], "config": cfg.name, "corpus": str(corpus), "split": args.split,
                      "identities": len(split.identities), "faces": len(split.face.item_ids),
                      "voices": len(split.voice.item_ids), "oracle": corpus_oracle(corpus, args.split),
                      "backbones": run_meta.get("backbones", {})}
-    keys = ["matching", "one_of_n", "verification", "retrieval", "probes"]
+    keys = ["matching", "one_of_n", "verification", "retrieval", "probes", "links"]
     bar = tqdm(steps, desc="evaluate", disable=args.no_progress)
     for key, (name, fn) in zip(keys, bar, strict=True):
         bar.set_postfix_str(name)

@@ -1,5 +1,5 @@
-"""Kim et al. 2018 eq. (1), the hard-negative selection of sec. 4.3, and the contrastive loss of
-the Siamese baseline that Table 7 compares against (sec. 4.6)."""
+"""Kim et al. 2018 eq. (1), the hard-negative selection of sec. 4.3, the contrastive loss of
+the Siamese baseline that Table 7 compares against (sec. 4.6), and our InfoNCE option."""
 
 from __future__ import annotations
 
@@ -46,3 +46,19 @@ def pair_classification_loss(logits_positive: torch.Tensor, logits_negative: tor
 def hardest(losses: torch.Tensor, keep: int) -> torch.Tensor:
     """Sec. 4.3 after 120k iterations: of the tuples drawn, the `keep` with the highest loss."""
     return losses.topk(min(keep, losses.numel())).indices
+
+
+def info_nce(voices: torch.Tensor, faces: torch.Tensor, direction: str = "both",
+             temperature: float = 1.0) -> torch.Tensor:
+    """Not in Kim et al.: InfoNCE over a batch of distinct people (van den Oord et al. 2018; CLIP's
+    symmetric form, Radford et al. 2021), per person. voices[k] and faces[k] are person k's; every
+    other person's item in the batch is a negative. Logits are -||v - f||^2 / temperature, so the
+    distance trained is the L2 the service searches by. "v2f": each voice picks its face among the
+    batch's faces; "f2v" each face its voice; "both" the mean of the two."""
+    # expanded rather than cdist(...)**2: cdist's square root has no gradient at a zero distance
+    d2 = (voices.pow(2).sum(1, keepdim=True) + faces.pow(2).sum(1) - 2 * voices @ faces.T).clamp(min=0)
+    logits = -d2 / temperature
+    target = torch.arange(len(voices), device=voices.device)
+    v2f = torch.nn.functional.cross_entropy(logits, target, reduction="none")
+    f2v = torch.nn.functional.cross_entropy(logits.T, target, reduction="none")
+    return {"v2f": v2f, "f2v": f2v}.get(direction, (v2f + f2v) / 2)

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from facevoice.service.errors import CorpusError
 from facevoice.training.association.augment import augment_faces, augment_voices
 from facevoice.training.association.config import AssociationConfig, load_config
-from facevoice.training.association.data import SplitData, load_split, windows
+from facevoice.training.association.data import SplitData, first_identities, load_split, windows
 from facevoice.training.association.model import SoundNet, vgg_features
 from facevoice.training.runs import pick_device
 
@@ -143,8 +143,8 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     cfg = load_config(args.config, args.set)
     args.out.mkdir(parents=True, exist_ok=True)
-    train = load_split(args.corpus, "train", cfg, args.cache_dir or args.out / "cache", args.workers,
-                       not args.no_progress)
+    train = first_identities(load_split(args.corpus, "train", cfg, args.cache_dir or args.out / "cache",
+                                        args.workers, not args.no_progress), cfg.train.identities)
     lines = [f"backbones pretrained on {len(train.identities)} training identities -> {args.out}"]
     for modality in args.modalities:
         encoder, stats = classify_identities(train, modality, cfg, args.steps, args.batch, args.lr, args.seed,

@@ -58,9 +58,10 @@ class Embeddings:
         return pairwise_l2(self.voice[voices], self.face[faces])
 
 
-def matching_cell(emb: Embeddings, split: SplitData, direction: str, control: str, n: int,
-                  seed: int, n_way: int = 2) -> dict | None:
-    """Accuracy, Wilson 95% CI over trials, identity-bootstrap 95% CI, trial and identity counts."""
+def matching_outcomes(emb: Embeddings, split: SplitData, direction: str, control: str, n: int,
+                      seed: int, n_way: int = 2) -> tuple[np.ndarray, np.ndarray] | None:
+    """Each trial's outcome (True: the true match is closest) and its anchor's identity index;
+    None when the split cannot form the trials."""
     if control != "-" and not annotated(split, control):
         return None
     try:
@@ -70,10 +71,21 @@ def matching_cell(emb: Embeddings, split: SplitData, direction: str, control: st
     ref, _ = REFERENCE[direction]
     probe = np.broadcast_to(np.asarray(t.probe)[:, None], np.shape(t.candidates))
     voices, faces = (probe, t.candidates) if ref == "voice" else (t.candidates, probe)
-    right = first_is_closest(emb.distance(voices, faces))
+    return first_is_closest(emb.distance(voices, faces)), np.asarray(t.anchor_identity)
+
+
+def outcome_cell(right: np.ndarray, anchor_identity: np.ndarray) -> dict:
+    """Accuracy, Wilson 95% CI over trials, identity-bootstrap 95% CI, trial and identity counts."""
     return {"accuracy": float(right.mean()), "ci95": wilson_interval(right.sum(), len(right)),
-            "ci95_identity_bootstrap": cluster_bootstrap_interval(right, t.anchor_identity),
-            "trials": len(right), "identities": len(np.unique(t.anchor_identity))}
+            "ci95_identity_bootstrap": cluster_bootstrap_interval(right, anchor_identity),
+            "trials": len(right), "identities": len(np.unique(anchor_identity))}
+
+
+def matching_cell(emb: Embeddings, split: SplitData, direction: str, control: str, n: int,
+                  seed: int, n_way: int = 2) -> dict | None:
+    """Accuracy, Wilson 95% CI over trials, identity-bootstrap 95% CI, trial and identity counts."""
+    found = matching_outcomes(emb, split, direction, control, n, seed, n_way)
+    return None if found is None else outcome_cell(*found)
 
 
 def matching_table(emb: Embeddings, split: SplitData, n: int, seed: int) -> dict:
@@ -232,4 +244,55 @@ def linear_probes(emb: Embeddings, split: SplitData, trials: int = 20, seed: int
                     mean, half = mean_interval(np.array(per_class[c]), 0.99)
                     cells[c] = {"ap": mean, "ci99": half, "chance": float(np.mean(y == c))}
             out[attr][modality] = cells
+    return out
+
+
+# The generator's per-person numbers a within-gender match can use (identities.csv of a synthetic
+# corpus), read by ridge from each side's representation: on the face side the parameters it
+# draws (face width <- z_size, nose width <- z_nasal, apparent age), on the voice side pitch
+# (<- z_size and age), the variant score (<- z_nasal) and speed (<- age), and on both sides the
+# shared latents themselves, whose best possible r from one side is that side's link (0.55).
+LINKS = {"face": ("face_width", "face_nose_width", "face_age", "z_size", "z_nasal", "age"),
+         "voice": ("voice_pitch", "voice_variant_score", "voice_speed", "z_size", "z_nasal", "age")}
+
+
+def link_probes(emb: Embeddings, split: SplitData, people: dict[str, dict[str, str]], trials: int = 20,
+                seed: int = 0) -> dict:
+    """Within gender, how well each side's representation linearly predicts the generator's
+    continuous per-person numbers (LINKS): ridge regression fitted on half of one gender's
+    identities, Pearson r on the other half's items, averaged over genders and `trials` holdouts
+    (mean and 99% CI). Chance is r = 0. Gender alone predicts nothing here, so a representation
+    that only separates gender reads about 0: this is what shows whether within-gender cues were
+    learnt. {modality: {name: {"r", "ci99"}}}; {} on a corpus without these columns."""
+    from sklearn.linear_model import Ridge
+
+    if not people or not all(i in people for i in split.identities):
+        return {}
+    rng = np.random.default_rng(seed)
+    gender = np.array([a.get("gender", "") for a in split.attributes])
+    out: dict = {}
+    for modality, names in LINKS.items():
+        m = getattr(split, modality)
+        x = np.asarray(emb.of(modality), np.float64)
+        cells = {}
+        for name in names:
+            if any(not people[i].get(name) for i in split.identities):
+                continue
+            value = np.array([float(people[i][name]) for i in split.identities])
+            rs = []
+            for _ in range(trials):
+                for g in np.unique(gender):
+                    ids = rng.permutation(np.flatnonzero(gender == g))
+                    if len(ids) < 6:
+                        continue
+                    tr, te = np.isin(m.identity, ids[: len(ids) // 2]), np.isin(m.identity, ids[len(ids) // 2:])
+                    mean, sd = x[tr].mean(0), x[tr].std(0) + 1e-9
+                    reg = Ridge(alpha=10.0).fit((x[tr] - mean) / sd, value[m.identity[tr]])
+                    guess, truth = reg.predict((x[te] - mean) / sd), value[m.identity[te]]
+                    if guess.std() > 0 and truth.std() > 0:
+                        rs.append(float(np.corrcoef(guess, truth)[0, 1]))
+            if rs:
+                r, half = mean_interval(np.array(rs), 0.99)
+                cells[name] = {"r": r, "ci99": half}
+        out[modality] = cells
     return out

@@ -20,9 +20,22 @@ from torch import nn
 from tqdm import tqdm
 
 from facevoice.training.association.config import AssociationConfig, load_config
-from facevoice.training.association.data import Batch, SplitData, TupleSampler, has_items, load_split
+from facevoice.training.association.data import (
+    Batch,
+    SplitData,
+    TupleSampler,
+    first_identities,
+    has_items,
+    load_split,
+)
 from facevoice.training.association.embed import split_embeddings
-from facevoice.training.association.loss import contrastive_loss, hardest, pair_classification_loss, triplet_loss
+from facevoice.training.association.loss import (
+    contrastive_loss,
+    hardest,
+    info_nce,
+    pair_classification_loss,
+    triplet_loss,
+)
 from facevoice.training.association.model import AssociationModel, load_face_backbone, load_voice_backbone
 from facevoice.training.association.pretrain import provenance
 from facevoice.training.association.protocol import matching_cell
@@ -61,16 +74,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 class TripletNet(nn.Module):
     """Wraps the two encoders so one forward gives every tuple's loss (and DDP sees one call):
-    eq. (1), or Table 7's baselines: train.loss = "contrastive" (the Siamese net) or "classifier"."""
+    eq. (1), or Table 7's baselines: train.loss = "contrastive" (the Siamese net) or "classifier",
+    or "infonce" over a batch of distinct people (`TupleSampler.draw_people`)."""
 
-    def __init__(self, model: AssociationModel, loss: str = "triplet", margin: float = 1.0):
+    def __init__(self, model: AssociationModel, loss: str = "triplet", margin: float = 1.0,
+                 direction: str = "v2f", temperature: float = 1.0):
         super().__init__()
         self.model, self.loss, self.margin = model, loss, margin
+        self.direction, self.temperature = direction, temperature
 
     def forward(self, batch: Batch) -> torch.Tensor:
         if self.loss == "classifier":
             return self._classification(batch)
         f, v = self.model(batch.faces, batch.voices)
+        if self.loss == "infonce":
+            return info_nce(v.float(), f.float(), self.direction, self.temperature)
         e = torch.cat([f, v]).float()
         a, p, n = e[batch.anchor], e[batch.positive], e[batch.negative]
         return triplet_loss(a, p, n) if self.loss == "triplet" else contrastive_loss(a, p, n, self.margin)
@@ -137,7 +155,8 @@ def run(args: argparse.Namespace) -> int:
     progress = main and not args.no_progress
 
     cache = args.cache_dir or out / "cache"
-    train = load_split(args.corpus, "train", cfg, cache, args.workers, progress)
+    train = first_identities(load_split(args.corpus, "train", cfg, cache, args.workers, progress),
+                             cfg.train.identities)
     # Kim's own split (sec. 4.2) has no validation identities: then the whole schedule runs and
     # the last model is kept, as sec. 4.3 describes no model selection
     selecting = has_items(args.corpus, "val", ("face", "voice"))
@@ -154,7 +173,7 @@ def run(args: argparse.Namespace) -> int:
     model.to(device)
     if device.type == "cuda":
         model.face_encoder.to(memory_format=torch.channels_last)
-    net: nn.Module = TripletNet(model, cfg.train.loss, cfg.train.margin)
+    net: nn.Module = TripletNet(model, cfg.train.loss, cfg.train.margin, args.direction, cfg.train.temperature)
     if world > 1:
         net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = build_optimizer(model, cfg, loaded)
@@ -183,11 +202,16 @@ def run(args: argparse.Namespace) -> int:
     window_start, window_tuples, losses = time.perf_counter(), 0, []
     val_scores: dict[str, float] = {}
     net.train()
+    people = t.loss == "infonce"  # a batch of distinct people; its softmax weighs the hard negatives itself
     while step < t.iterations:
-        hard = step >= t.hard_after
+        late = step >= t.hard_after
+        hard = late and not people
+        if t.negatives == "curriculum":
+            sampler.restrict(late)
         for g, lr in zip(optimizer.param_groups, base_lrs, strict=True):
             g["lr"] = lr * lr_factor(step, cfg)
-        batch = sampler.draw(t.batch * (t.hard_pool if hard else 1)).to(device)
+        batch = (sampler.draw_people(t.batch) if people else
+                 sampler.draw(t.batch * (t.hard_pool if hard else 1))).to(device)
         if amp:
             batch.faces = batch.faces.contiguous(memory_format=torch.channels_last)
         with torch.autocast("cuda", torch.bfloat16, enabled=amp):

@@ -1,0 +1,217 @@
+"""`facevoice eval heldout`: association runs on corpora of people no run has seen.
+
+Kim et al. 2018 test on identities disjoint from training (sec. 4.2); on a synthetic corpus a
+run's own test split is one draw of 60 such people. This command generates (or reuses) whole
+corpora of new people from seeds of the caller's choosing, each split entirely into `test`,
+evaluates every run on each with Table 3's protocol, pools the trials of all corpora for one
+identity-bootstrap interval per cell, and probes the within-gender links. With runs trained on
+different numbers of identities (train.identities) it also draws the learning curve.
+
+    facevoice eval heldout --run runs/a --run runs/b --seeds 7101 7102 7103 --identities 200 \\
+        --corpora corpora/ --out reports/heldout --curve
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from facevoice.training.association.checkpoints import load_run
+from facevoice.training.association.data import EXACT, load_split
+from facevoice.training.association.embed import split_embeddings
+from facevoice.training.association.evaluate import people_table
+from facevoice.training.association.protocol import MATCH_CONTROLS, link_probes, matching_outcomes, outcome_cell
+from facevoice.training.association.report import ARROW, LINK_NAMES
+from facevoice.training.runs import pick_device
+
+CONTROLS = tuple(c for c in MATCH_CONTROLS if c != "largest group")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run", type=Path, action="append", required=True, help="a run directory (repeatable)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[7101, 7102, 7103],
+                   help="corpus seeds; use seeds no training corpus was generated with")
+    p.add_argument("--identities", type=int, default=200, help="people per held-out corpus")
+    p.add_argument("--corpora", type=Path, required=True,
+                   help="where the held-out corpora are (heldout-SEED-N/, generated when missing)")
+    p.add_argument("--out", type=Path, required=True, help="report directory")
+    p.add_argument("--trials", type=int, default=4000, help="1:2 trials per cell and corpus")
+    p.add_argument("--probe-trials", type=int, default=20)
+    p.add_argument("--curve", action="store_true",
+                   help="also plot pooled accuracy against each run's training identities (curve.png)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--no-progress", action="store_true")
+
+
+def heldout_corpus(root: Path, seed: int, identities: int, progress: bool) -> Path:
+    """A synthetic corpus of `identities` new people drawn with `seed`, all in the test split."""
+    from facevoice.training.corpus.synth import SynthConfig, build_corpus
+
+    path = root / f"heldout-{seed}-{identities}"
+    if not (path / "corpus.json").exists():
+        build_corpus(path, SynthConfig(identities=identities, seed=seed, splits=(0.0, 0.0, 1.0)), force=True,
+                     progress=progress)
+    return path
+
+
+def training_seeds(run: Path) -> tuple[int | None, int]:
+    """The seed of the corpus a run trained on (None when unknown) and its training identities."""
+    meta = json.loads((run / "run.json").read_text())
+    corpus = Path(meta.get("corpus", ""))
+    seed = None
+    if (corpus / "corpus.json").exists():
+        seed = json.loads((corpus / "corpus.json").read_text()).get("config", {}).get("seed")
+    return seed, int(meta.get("train_identities", 0))
+
+
+def evaluate_run(run: Path, corpora: list[Path], trials: int, probe_trials: int, device, workers: int,
+                 progress: bool) -> dict:
+    model, cfg, state = load_run(run, "best.pt", device)
+    seed, train_ids = training_seeds(run)
+    pooled: dict = {d: {c: ([], []) for c in CONTROLS} for d in ARROW}
+    result: dict = {"run": str(run), "step": state["step"], "direction": state["direction"],
+                    "train_identities": train_ids, "training_corpus_seed": seed, "corpora": {}}
+    for k, corpus in enumerate(corpora):
+        split = load_split(corpus, "test", cfg, corpus / "cache", workers, progress,
+                           voice_frontend=cfg.voice.frontend(), store=EXACT)
+        emb = split_embeddings(model, cfg, split, device)
+        cells: dict = {d: {} for d in ARROW}
+        for d in ARROW:
+            for c in CONTROLS:
+                found = matching_outcomes(emb, split, d, c, trials, seed=0)
+                if found is None:
+                    cells[d][c] = None
+                    continue
+                cells[d][c] = outcome_cell(*found)
+                pooled[d][c][0].append(found[0])
+                pooled[d][c][1].append(found[1] + 1_000_000 * k)  # identities of different corpora differ
+        result["corpora"][corpus.name] = {"identities": len(split.identities), "matching": cells,
+                                          "oracle": corpus_oracle(corpus),
+                                          "links": link_probes(emb, split, people_table(corpus), probe_trials)}
+    result["pooled"] = {d: {c: outcome_cell(np.concatenate(r), np.concatenate(a)) if r else None
+                            for c, (r, a) in pooled[d].items()} for d in ARROW}
+    result["pooled_oracle"] = {d: {c: _mean([(v["oracle"] or {}).get(d, {}).get(c)
+                                             for v in result["corpora"].values()]) for c in CONTROLS} for d in ARROW}
+    result["pooled_links"] = _mean_links([v["links"] for v in result["corpora"].values()])
+    return result
+
+
+def corpus_oracle(corpus: Path) -> dict | None:
+    return json.loads((corpus / "corpus.json").read_text()).get("oracle", {}).get("test_split", {}).get("accuracy")
+
+
+def _mean(values: list) -> float | None:
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
+
+
+def _mean_links(per_corpus: list[dict]) -> dict:
+    out: dict = {}
+    for links in per_corpus:
+        for m, cells in links.items():
+            for name, cell in cells.items():
+                out.setdefault(m, {}).setdefault(name, []).append(cell["r"])
+    return {m: {name: float(np.mean(rs)) for name, rs in cells.items()} for m, cells in out.items()}
+
+
+def _pct(x) -> str:
+    return "–" if x is None else f"{100 * x:.1f}"
+
+
+def table(results: list[dict]) -> list[str]:
+    lines = ["| run (training identities) | direction | corpus | people | " + " | ".join(CONTROLS) + " |",
+             "|---|---|---|---|" + "---|" * len(CONTROLS)]
+    for r in results:
+        name = f"`{Path(r['run']).name}` ({r['train_identities']})"
+        for d in ARROW:
+            for corpus, v in r["corpora"].items():
+                lines.append(f"| {name} | {ARROW[d]} | {corpus} | {v['identities']} | " + " | ".join(
+                    _pct(c["accuracy"]) if c else "–" for c in (v["matching"][d][k] for k in CONTROLS)) + " |")
+            people = sum(v["identities"] for v in r["corpora"].values())
+            lines.append(f"| {name} | {ARROW[d]} | **pooled** | {people} | " + " | ".join(
+                "–" if c is None else f"**{_pct(c['accuracy'])}** ({_pct(c['ci95_identity_bootstrap'][0])}–"
+                f"{_pct(c['ci95_identity_bootstrap'][1])})" for c in (r["pooled"][d][k] for k in CONTROLS)) + " |")
+    first = results[0]
+    for d in ARROW:
+        lines.append(f"| oracle (mean of the corpora) | {ARROW[d]} | | | "
+                     + " | ".join(_pct(first["pooled_oracle"][d][c]) for c in CONTROLS) + " |")
+    lines.append("| chance | both | | | " + " | ".join("50.0" for _ in CONTROLS) + " |")
+    return lines
+
+
+def link_table(results: list[dict]) -> list[str]:
+    names = [(m, n) for m in ("face", "voice") for n in results[0]["pooled_links"].get(m, {})]
+    lines = ["| run | " + " | ".join(f"{m}: {LINK_NAMES.get(n, n)}" for m, n in names) + " |",
+             "|---|" + "---|" * len(names)]
+    for r in results:
+        lines.append(f"| `{Path(r['run']).name}` | " + " | ".join(
+            f"{r['pooled_links'].get(m, {}).get(n, float('nan')):.2f}" for m, n in names) + " |")
+    return lines
+
+
+def curve(results: list[dict], path: Path) -> Path:
+    """Pooled 1:2 accuracy (with its interval) against training identities, one line per control
+    and direction; the oracle's G as a dashed line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rs = sorted(results, key=lambda r: r["train_identities"])
+    x = [r["train_identities"] for r in rs]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for ax, d in zip(axes, ARROW, strict=True):
+        for c, colour in zip(("-", "G", "G/E"), ("tab:blue", "tab:orange", "tab:green"), strict=True):
+            cells = [r["pooled"][d][c] for r in rs]
+            y = [100 * cell["accuracy"] for cell in cells]
+            lo = [100 * cell["ci95_identity_bootstrap"][0] for cell in cells]
+            hi = [100 * cell["ci95_identity_bootstrap"][1] for cell in cells]
+            ax.plot(x, y, "o-", color=colour, label=f"model, {c}")
+            ax.fill_between(x, lo, hi, color=colour, alpha=0.15)
+            oracle = rs[0]["pooled_oracle"][d][c]
+            if oracle is not None:
+                ax.axhline(100 * oracle, color=colour, ls="--", lw=1, label=f"oracle, {c}")
+        ax.axhline(50, color="grey", lw=1, label="chance")
+        ax.set_xscale("log")
+        ax.set_xticks(x, [str(v) for v in x])
+        ax.set_xlabel("training identities")
+        ax.set_title(f"{ARROW[d]} on {sum(v['identities'] for v in rs[0]['corpora'].values())} held-out people")
+        ax.set_ylabel("1:2 accuracy %")
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7, loc="upper left")
+    fig.suptitle("Learning curve: 1:2 matching on people never seen, against the number of training identities")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def run(args: argparse.Namespace) -> int:
+    device = pick_device(args.device, local_rank=0)
+    progress = not args.no_progress
+    used = {training_seeds(r)[0] for r in args.run}
+    clash = sorted(s for s in args.seeds if s in used)
+    if clash:
+        raise SystemExit(f"eval heldout: seed(s) {clash} generated a training corpus of these runs; "
+                         "held-out people need seeds of their own")
+    args.corpora.mkdir(parents=True, exist_ok=True)
+    corpora = [heldout_corpus(args.corpora, s, args.identities, progress) for s in args.seeds]
+    results = [evaluate_run(r, corpora, args.trials, args.probe_trials, device, args.workers, progress)
+               for r in tqdm(args.run, desc="runs", disable=not progress)]
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "heldout.json").write_text(json.dumps(results, indent=2, default=float))
+    figure = curve(results, args.out / "curve.png") if args.curve and len(results) > 1 else None
+    text = ["# Association on held-out people", "",
+            f"Corpora of new people (seeds {', '.join(map(str, args.seeds))}, {args.identities} each, all test); "
+            f"{args.trials} 1:2 trials per cell and corpus; pooled intervals resample people (95%).", "",
+            *table(results), "", "## Within-gender links (Pearson r of a ridge read-out, mean of the corpora)", "",
+            *link_table(results), "", *([f"![learning curve]({figure.name})", ""] if figure else [])]
+    (args.out / "heldout.md").write_text("\n".join(text))
+    print("\n".join([f"held-out evaluation of {len(results)} run(s) on {len(corpora)} corpora -> {args.out}",
+                     *table(results)]))
+    return 0
