@@ -106,6 +106,9 @@ def test_first_identities_cuts_items_and_reads_lazily():
         load_config("small", ["train.negatives=nearest"])
     with pytest.raises(ValueError, match="temperature"):
         load_config("small", ["train.temperature=0"])
+    with pytest.raises(ValueError, match="augment_scale"):
+        load_config("small", ["face.augment_scale=[1.2, 0.9]"])
+    assert load_config("small", ["face.augment_scale=[1.0, 1.0]"]).face.augment_scale == (1.0, 1.0)
 
 
 def test_the_link_probe_reads_what_an_embedding_encodes_within_gender():

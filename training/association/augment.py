@@ -8,12 +8,17 @@ import torch
 import torch.nn.functional as F
 
 
-def augment_faces(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-    """[B, 3, S, S] normalised images -> the same, each with its own random transform."""
+PAPER_SCALE = (0.8, 1.4)  # the sampling window's size: a -40%..+20% crop around the face (supp. A.2.2)
+
+
+def augment_faces(x: torch.Tensor, rng: np.random.Generator,
+                  scale_range: tuple[float, float] = PAPER_SCALE) -> torch.Tensor:
+    """[B, 3, S, S] normalised images -> the same, each with its own random transform.
+    `scale_range` (face.augment_scale) bounds the window's size; (1, 1) keeps each face's size."""
     n = len(x)
     if n == 0:
         return x
-    scale = rng.uniform(0.8, 1.4, n)  # > 1 samples a wider window: negative cropping, more background
+    scale = rng.uniform(*scale_range, n)  # > 1 samples a wider window: negative cropping, more background
     angle = np.radians(rng.uniform(-15, 15, n))
     flip = np.where(rng.random(n) < 0.5, -1.0, 1.0)
     shift = rng.uniform(-0.1, 0.1, (n, 2))

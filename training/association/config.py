@@ -18,6 +18,9 @@ class FaceConfig:
     convs: tuple[int, ...] = (2, 2, 3, 3, 3)
     batch_norm: bool = False
     augment: bool = False
+    # the augmentation's window size, as a fraction of the image: supp. A.2.2's -40%..+20% crop.
+    # (1, 1) keeps every face at its photo's size, so a face's width stays visible (our option)
+    augment_scale: tuple[float, float] = (0.8, 1.4)
     # what is average-pooled globally: "conv5_3" as sec. 4.1 says (14x14 at 224 px), or "pool5",
     # after VGG16's fifth max-pool (7x7; what this project did before, kept a switch away)
     pool: str = "conv5_3"
@@ -125,6 +128,8 @@ def validate(cfg: AssociationConfig) -> None:
         raise ValueError("embedding.pool must be 'global' or '2x' (Table A.2)")
     if cfg.face.detector not in ("", "hog", "cnn"):
         raise ValueError("face.detector must be '' (no detection), 'hog' or 'cnn'")
+    if len(cfg.face.augment_scale) != 2 or not 0 < cfg.face.augment_scale[0] <= cfg.face.augment_scale[1]:
+        raise ValueError("face.augment_scale must be [low, high] with 0 < low <= high")
     if cfg.face.pool not in ("conv5_3", "pool5"):
         raise ValueError("face.pool must be 'conv5_3' (sec. 4.1) or 'pool5'")
     if cfg.voice.crop not in ("first", "random"):

@@ -282,7 +282,7 @@ class TupleSampler:
 
     def _faces(self, rows: list[int]) -> torch.Tensor:
         x = torch.from_numpy(np.asarray(self.split.face.data[rows], dtype=np.float32))
-        return augment_faces(x, self.rng) if self.cfg.face.augment else x
+        return augment_faces(x, self.rng, tuple(self.cfg.face.augment_scale)) if self.cfg.face.augment else x
 
     def _voices(self, rows: list[int]) -> torch.Tensor:
         data = self.split.voice.data

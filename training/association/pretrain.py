@@ -51,7 +51,8 @@ def _inputs(split: SplitData, modality: str, cfg: AssociationConfig, rows: np.nd
             rng: np.random.Generator) -> torch.Tensor:
     data = getattr(split, modality).data
     if modality == "face":
-        return augment_faces(torch.from_numpy(np.asarray(data[rows], dtype=np.float32)), rng)
+        return augment_faces(torch.from_numpy(np.asarray(data[rows], dtype=np.float32)), rng,
+                             tuple(cfg.face.augment_scale))
     n = cfg.voice.frontend().samples
     starts = rng.integers(data.shape[1] - n + 1, size=len(rows))
     return augment_voices(torch.from_numpy(windows(data, rows, starts, n)), rng)
