@@ -7,7 +7,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-
 PAPER_SCALE = (0.8, 1.4)  # the sampling window's size: a -40%..+20% crop around the face (supp. A.2.2)
 
 
