@@ -163,6 +163,16 @@ def test_heldout_evaluates_runs_on_new_people_and_draws_the_curve(tmp_path, caps
     text = (report / "heldout.md").read_text()
     assert "**pooled** | 32 |" in text and "oracle (mean of the corpora)" in text
     assert "held-out evaluation of 2 run(s) on 2 corpora" in capsys.readouterr().out
+    # the same table and curve again from the saved results, without evaluating
+    again = tmp_path / "again"
+    assert main(["eval", "heldout", "--results", str(report / "heldout.json"), "--curve", "--out", str(again),
+                 "--no-progress"]) == 0
+    assert (again / "heldout.md").read_text() == text and (again / "curve.png").exists()
+    with pytest.raises(SystemExit, match="--run RUN"):
+        main(["eval", "heldout", "--out", str(again)])
+    (tmp_path / "bad.json").write_text('{"not": "a list"}')
+    with pytest.raises(SystemExit, match="not a heldout.json"):
+        main(["eval", "heldout", "--results", str(tmp_path / "bad.json"), "--out", str(again)])
 
 
 def test_heldout_refuses_the_seed_a_run_trained_on(tmp_path, corpus):

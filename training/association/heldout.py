@@ -32,11 +32,14 @@ CONTROLS = tuple(c for c in MATCH_CONTROLS if c != "largest group")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--run", type=Path, action="append", required=True, help="a run directory (repeatable)")
+    p.add_argument("--run", type=Path, action="append", default=[], help="a run directory (repeatable)")
+    p.add_argument("--results", type=Path, nargs="+", default=[],
+                   help="heldout.json files of earlier runs of this command: tabulated (and with --curve "
+                        "plotted) with the --run results, without evaluating them again")
     p.add_argument("--seeds", type=int, nargs="+", default=[7101, 7102, 7103],
                    help="corpus seeds; use seeds no training corpus was generated with")
     p.add_argument("--identities", type=int, default=200, help="people per held-out corpus")
-    p.add_argument("--corpora", type=Path, required=True,
+    p.add_argument("--corpora", type=Path,
                    help="where the held-out corpora are (heldout-SEED-N/, generated when missing)")
     p.add_argument("--out", type=Path, required=True, help="report directory")
     p.add_argument("--trials", type=int, default=4000, help="1:2 trials per cell and corpus")
@@ -75,7 +78,7 @@ def evaluate_run(run: Path, corpora: list[Path], trials: int, probe_trials: int,
     seed, train_ids = training_seeds(run)
     pooled: dict = {d: {c: ([], []) for c in CONTROLS} for d in ARROW}
     result: dict = {"run": str(run), "step": state["step"], "direction": state["direction"],
-                    "train_identities": train_ids, "training_corpus_seed": seed, "corpora": {}}
+                    "train_identities": train_ids, "training_corpus_seed": seed, "trials": trials, "corpora": {}}
     for k, corpus in enumerate(corpora):
         split = load_split(corpus, "test", cfg, corpus / "cache", workers, progress,
                            voice_frontend=cfg.voice.frontend(), store=EXACT)
@@ -191,7 +194,24 @@ def curve(results: list[dict], path: Path) -> Path:
     return path
 
 
+def earlier_results(paths: list[Path]) -> list[dict]:
+    out = []
+    for path in paths:
+        try:
+            found = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"eval heldout: {path}: not a heldout.json ({e})") from e
+        if not isinstance(found, list) or not all(isinstance(r, dict) and "pooled" in r for r in found):
+            raise SystemExit(f"eval heldout: {path}: not a heldout.json (a list of run results)")
+        out += found
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
+    if not args.run and not args.results:
+        raise SystemExit("eval heldout: give --run RUN (repeatable) or --results heldout.json ...")
+    if args.run and args.corpora is None:
+        raise SystemExit("eval heldout: --corpora DIR is needed to evaluate runs")
     device = pick_device(args.device, local_rank=0)
     progress = not args.no_progress
     used = {training_seeds(r)[0] for r in args.run}
@@ -199,19 +219,24 @@ def run(args: argparse.Namespace) -> int:
     if clash:
         raise SystemExit(f"eval heldout: seed(s) {clash} generated a training corpus of these runs; "
                          "held-out people need seeds of their own")
-    args.corpora.mkdir(parents=True, exist_ok=True)
-    corpora = [heldout_corpus(args.corpora, s, args.identities, progress) for s in args.seeds]
-    results = [evaluate_run(r, corpora, args.trials, args.probe_trials, device, args.workers, progress)
-               for r in tqdm(args.run, desc="runs", disable=not progress)]
+    corpora = []
+    if args.run:
+        args.corpora.mkdir(parents=True, exist_ok=True)
+        corpora = [heldout_corpus(args.corpora, s, args.identities, progress) for s in args.seeds]
+    results = earlier_results(args.results) + [
+        evaluate_run(r, corpora, args.trials, args.probe_trials, device, args.workers, progress)
+        for r in tqdm(args.run, desc="runs", disable=not progress)]
+    corpora_names = sorted({c for r in results for c in r["corpora"]})
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "heldout.json").write_text(json.dumps(results, indent=2, default=float))
     figure = curve(results, args.out / "curve.png") if args.curve and len(results) > 1 else None
     text = ["# Association on held-out people", "",
-            f"Corpora of new people (seeds {', '.join(map(str, args.seeds))}, {args.identities} each, all test); "
-            f"{args.trials} 1:2 trials per cell and corpus; pooled intervals resample people (95%).", "",
+            f"Corpora of new people ({', '.join(corpora_names)}, all test); "
+            f"{'/'.join(str(t) for t in sorted({r.get('trials', args.trials) for r in results}))} 1:2 trials "
+            "per cell and corpus; pooled intervals resample people (95%).", "",
             *table(results), "", "## Within-gender links (Pearson r of a ridge read-out, mean of the corpora)", "",
             *link_table(results), "", *([f"![learning curve]({figure.name})", ""] if figure else [])]
     (args.out / "heldout.md").write_text("\n".join(text))
-    print("\n".join([f"held-out evaluation of {len(results)} run(s) on {len(corpora)} corpora -> {args.out}",
+    print("\n".join([f"held-out evaluation of {len(results)} run(s) on {len(corpora_names)} corpora -> {args.out}",
                      *table(results)]))
     return 0
