@@ -75,7 +75,7 @@ def tsne_figures(emb: Embeddings, split: SplitData, corpus: Path, out: Path, see
     for attr in ("gender", "age_group", "appearance_group"):
         colourings[attr] = per_item([a.get(attr, "") for a in split.attributes])
     paths = [plots.tsne_panels(xy, colourings, out / "fig1_tsne.png", "t-SNE of test representations")]
-    rows = {r["identity"]: r for r in read_identities(corpus)} if (corpus / "identities.csv").exists() else {}
+    rows = people_table(corpus)
     pitch = [float(rows[i]["voice_pitch"]) if i in rows and rows[i].get("voice_pitch") else None
              for i in split.identities]
     # Fig. 2: pitch (the generator's, per speaker, where the corpus records it) and loudness,

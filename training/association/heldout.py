@@ -23,9 +23,9 @@ from tqdm import tqdm
 from facevoice.training.association.checkpoints import load_run
 from facevoice.training.association.data import EXACT, load_split
 from facevoice.training.association.embed import split_embeddings
-from facevoice.training.association.evaluate import people_table
+from facevoice.training.association.evaluate import corpus_oracle, people_table
 from facevoice.training.association.protocol import MATCH_CONTROLS, link_probes, matching_outcomes, outcome_cell
-from facevoice.training.association.report import ARROW, LINK_NAMES
+from facevoice.training.association.report import ARROW, LINK_NAMES, _pct
 from facevoice.training.runs import pick_device
 
 CONTROLS = tuple(c for c in MATCH_CONTROLS if c != "largest group")
@@ -94,7 +94,7 @@ def evaluate_run(run: Path, corpora: list[Path], trials: int, probe_trials: int,
                 pooled[d][c][0].append(found[0])
                 pooled[d][c][1].append(found[1] + 1_000_000 * k)  # identities of different corpora differ
         result["corpora"][corpus.name] = {"identities": len(split.identities), "matching": cells,
-                                          "oracle": corpus_oracle(corpus),
+                                          "oracle": corpus_oracle(corpus, "test"),
                                           "links": link_probes(emb, split, people_table(corpus), probe_trials)}
     result["pooled"] = {d: {c: outcome_cell(np.concatenate(r), np.concatenate(a)) if r else None
                             for c, (r, a) in pooled[d].items()} for d in ARROW}
@@ -102,10 +102,6 @@ def evaluate_run(run: Path, corpora: list[Path], trials: int, probe_trials: int,
                                              for v in result["corpora"].values()]) for c in CONTROLS} for d in ARROW}
     result["pooled_links"] = _mean_links([v["links"] for v in result["corpora"].values()])
     return result
-
-
-def corpus_oracle(corpus: Path) -> dict | None:
-    return json.loads((corpus / "corpus.json").read_text()).get("oracle", {}).get("test_split", {}).get("accuracy")
 
 
 def _mean(values: list) -> float | None:
@@ -120,10 +116,6 @@ def _mean_links(per_corpus: list[dict]) -> dict:
             for name, cell in cells.items():
                 out.setdefault(m, {}).setdefault(name, []).append(cell["r"])
     return {m: {name: float(np.mean(rs)) for name, rs in cells.items()} for m, cells in out.items()}
-
-
-def _pct(x) -> str:
-    return "–" if x is None else f"{100 * x:.1f}"
 
 
 def table(results: list[dict]) -> list[str]:
