@@ -171,7 +171,7 @@ def test_heldout_evaluates_runs_on_new_people_and_draws_the_curve(tmp_path, caps
     with pytest.raises(SystemExit, match="--run RUN"):
         main(["eval", "heldout", "--out", str(again)])
     (tmp_path / "bad.json").write_text('{"not": "a list"}')
-    with pytest.raises(SystemExit, match="not a heldout.json"):
+    with pytest.raises(SystemExit, match=r"not a heldout\.json"):
         main(["eval", "heldout", "--results", str(tmp_path / "bad.json"), "--out", str(again)])
 
 
