@@ -28,7 +28,8 @@ import tritonclient.grpc as tc
 
 from bench.report import machine, write_section
 from facevoice.service.embedder import Embedder
-from facevoice.service.gallery import Item, plan_and_build
+from facevoice.service.gallery import Item
+from facevoice.service.planner import plan_and_build
 from facevoice.service.repository import FACE, VOICE, read_manifest
 from facevoice.service.runners import EmbeddedRunner
 from facevoice.service.versions import publish, write_version

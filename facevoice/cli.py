@@ -26,6 +26,7 @@ VERBS: dict[tuple[str, ...], tuple[str, str]] = {
     ("eval", "s2f"): ("facevoice.training.speech2face.evaluate", "the Speech2Face evaluation on test identities"),
     ("export",): ("facevoice.training.export.command", "trained runs -> Triton model repository (ONNX)"),
     ("index", "build"): ("facevoice.service.build", "embed a gallery and publish new FAISS index versions"),
+    ("index", "merge"): ("facevoice.service.shards", "plan one index over the shards of `index build --shard I/N`"),
     ("index", "publish"): ("facevoice.service.publish", "point an index at an existing version (rollback)"),
     ("index", "prune"): ("facevoice.service.prune", "delete old index versions and trim the gallery write log"),
     ("serve",): ("facevoice.service.serve", "the gRPC service (embedded default, or --triton-url)"),

@@ -114,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"association model {r.association_model_version}, speech2face model "
               f"{r.speech2face_model_version or '-'}")
         for i in r.indexes:
-            print(f"  {i.name:<12} {i.version}  {i.size:>8} items  {i.kind} {dict(i.params)}  "
-                  f"recall@10 {i.recall_at_10:.3f}  {i.device}  built {i.built_at}")
+            print(f"  {i.name:<12} {i.version}  {i.size:>8} items  {i.factory or i.kind} {dict(i.params)}  "
+                  f"recall@10 {i.recall_at_10:.3f} (target {i.min_recall:.2f})  {i.bytes_per_item:.0f} B/item  "
+                  f"{i.device}{' mapped' if i.mapped else ''}  built {i.built_at}")
     return 0

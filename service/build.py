@@ -20,7 +20,7 @@ import hashlib
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import faiss
@@ -29,9 +29,18 @@ from tqdm import tqdm
 
 from facevoice.service.corpus import manifest_path, read_manifest
 from facevoice.service.embedder import Embedder
-from facevoice.service.gallery import Item, normalise, plan_and_build
+from facevoice.service.gallery import Item, normalise
 from facevoice.service.media import MediaError
 from facevoice.service.media.image import Box
+from facevoice.service.planner import (
+    DEFAULT_BUDGET,
+    DEFAULT_KINDS,
+    KINDS,
+    PlanError,
+    Tried,
+    parse_bytes,
+    plan_and_build,
+)
 from facevoice.service.repository import FACE, VOICE
 from facevoice.service.repository import read_manifest as read_repository
 from facevoice.service.runners import EmbeddedRunner, TritonRunner
@@ -40,24 +49,48 @@ from facevoice.service.writelog import WriteLog, offset_of, open_log
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_gallery_arguments(p)
+    p.add_argument("--triton-url", help="run the networks on this Triton (gRPC host:port) instead of in-process")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--concurrency", type=int, default=2, help="batches in flight")
+    p.add_argument("--shard", type=shard_spec, metavar="I/N",
+                   help="embed only slice I of N of the gallery and keep its vectors for `index merge`")
+    add_plan_arguments(p)
+
+
+def add_gallery_arguments(p: argparse.ArgumentParser) -> None:
+    """What says which gallery, models and index root (build, shard and merge alike)."""
     p.add_argument("--gallery", type=Path, required=True, help="manifest.csv (corpus format), or its directory")
     p.add_argument("--model-repo", type=Path, required=True, help="the exported repository (its facevoice.json)")
-    p.add_argument("--triton-url", help="run the networks on this Triton (gRPC host:port) instead of in-process")
     p.add_argument("--out", type=Path, required=True, help="index root")
     p.add_argument("--split", action="append", help="only rows of this split (repeatable; default all)")
     p.add_argument("--modalities", nargs="+", default=["face", "voice"], choices=["face", "voice"])
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--concurrency", type=int, default=2, help="batches in flight")
-    p.add_argument("--kind", default="auto", choices=["auto", "flat", "ivf", "hnsw"])
+    p.add_argument("--threads", type=int, default=2, help="onnxruntime and FAISS threads")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def add_plan_arguments(p: argparse.ArgumentParser) -> None:
+    """How the index is planned and published (build and merge)."""
+    p.add_argument("--kind", default="auto", choices=["auto", "ivf", *KINDS],
+                   help="auto: the planner's pick under --memory-budget; a kind: only that one")
+    p.add_argument("--candidates", nargs="+", default=list(DEFAULT_KINDS), choices=list(KINDS), metavar="KIND",
+                   help=f"what auto may pick, most accurate first (default {' '.join(DEFAULT_KINDS)})")
+    p.add_argument("--memory-budget", default=parse_bytes(DEFAULT_BUDGET), type=budget,
+                   help=f"resident bytes per index, e.g. 4GB, 512MB (default {DEFAULT_BUDGET})")
+    p.add_argument("--min-recall", "--target-recall", dest="min_recall", type=float, default=0.95,
+                   help="recall@10 against exact search on the other modality's queries (default 0.95)")
     p.add_argument("--exact-below", type=int, default=50_000, help="galleries smaller than this are exact")
-    p.add_argument("--target-recall", type=float, default=0.95)
     p.add_argument("--redis", help="announce new versions on this Redis (redis://host:port/db)")
     p.add_argument("--gallery-log", default="auto", choices=["auto", "file", "redis"],
                    help="the write log to fold in, as the service's gallery_log (auto: Redis's with --redis)")
     p.add_argument("--no-publish", action="store_true", help="write the versions but leave `current` alone")
-    p.add_argument("--threads", type=int, default=2, help="onnxruntime and FAISS threads")
-    p.add_argument("--no-progress", action="store_true")
 
+
+def budget(text: str) -> int:
+    try:
+        return parse_bytes(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 @dataclass
@@ -171,31 +204,83 @@ def fold(wlog: WriteLog | None, root: Path, name: str, model_version: str, upto:
     return folded, after, dropped
 
 
-def run(args: argparse.Namespace) -> int:
-    start = time.perf_counter()
+def shard_spec(text: str) -> tuple[int, int]:
+    """'2/8' -> (2, 8): slice 2 of 8, counted from 0."""
+    i, _, n = text.partition("/")
+    try:
+        i_, n_ = int(i), int(n)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: a shard is I/N, e.g. 0/4") from None
+    if not (n_ >= 1 and 0 <= i_ < n_):
+        raise argparse.ArgumentTypeError(f"{text!r}: I must be in 0..N-1 and N at least 1")
+    return i_, n_
+
+
+@dataclass
+class Setup:
+    """What every build (whole, shard or merge) reads first."""
+
+    manifest: object
+    runner: str  # its name: embedded, triton, or shards for a merge
+    emb: Embedder | None
+    rows: dict[str, list[Row]]
+    wlog: WriteLog | None
+    upto: str | None
+    folds: dict
+    gallery_hash: str
+
+
+def setup(args: argparse.Namespace, fold_log: bool = True, embed: bool = True) -> Setup:
     faiss.omp_set_num_threads(args.threads)
     manifest = read_repository(args.model_repo)
-    runner = TritonRunner(args.triton_url) if args.triton_url else EmbeddedRunner(args.model_repo, args.threads)
-    emb = Embedder(manifest, runner)
+    runner = None if not embed else TritonRunner(args.triton_url) if getattr(args, "triton_url", None) \
+        else EmbeddedRunner(args.model_repo, args.threads)
     rows = gallery_rows(args.gallery, args.split)
-    wlog = open_log(args.gallery_log, args.out, args.redis)
+    wlog = open_log(args.gallery_log, args.out, args.redis) if fold_log else None
     upto = wlog.head() if wlog is not None else None  # what this build folds in; later writes replay on top
     folds = {name: fold(wlog, args.out, name, space.version, upto) for name, space in manifest.indexed().items()}
-    # a manifest row edited through the log (deleted, or upserted anew) is not embedded from the manifest
-    for modality, name in (("face", FACE), ("voice", VOICE)):
-        if rows.get(modality) and name in folds:
-            edited = folds[name][0].erased | set(folds[name][0].upserted)
-            rows[modality] = [r for r in rows[modality] if r.item.item_id not in edited]
-    edits = hashlib.sha256(json.dumps({n: sorted(f[0].erased | set(f[0].upserted)) for n, f in folds.items()}
-                                      ).encode()).hexdigest()[:8]
     gallery_hash = hashlib.sha256(manifest_path(args.gallery).read_bytes()).hexdigest()[:12]
-    work = args.out / ".build" / f"{gallery_hash}-{edits}-{'+'.join(sorted(args.split or ['all']))}"
-    done = {m: embed_modality(emb, rows[m], m, work, args.batch, args.concurrency, not args.no_progress)
-            if rows.get(m) else None for m in args.modalities}
-    published, lines = {}, []
+    return Setup(manifest, runner.name if runner else "shards", Embedder(manifest, runner) if runner else None,
+                 rows, wlog, upto, folds, gallery_hash)
+
+
+def edited_ids(s: Setup, modality: str) -> set[str]:
+    """Manifest items changed through the log (deleted, or upserted anew): not taken from the manifest."""
+    name = {"face": FACE, "voice": VOICE}.get(modality)
+    return (s.folds[name][0].erased | set(s.folds[name][0].upserted)) if name in s.folds else set()
+
+
+def run(args: argparse.Namespace) -> int:
+    start = time.perf_counter()
+    if args.shard:
+        from facevoice.service.shards import build_shard
+
+        return build_shard(args)
+    s = setup(args)
+    for modality in s.rows:
+        edited = edited_ids(s, modality)
+        s.rows[modality] = [r for r in s.rows[modality] if r.item.item_id not in edited]
+    edits = hashlib.sha256(json.dumps({n: sorted(f[0].erased | set(f[0].upserted)) for n, f in s.folds.items()}
+                                      ).encode()).hexdigest()[:8]
+    work = args.out / ".build" / f"{s.gallery_hash}-{edits}-{'+'.join(sorted(args.split or ['all']))}"
+    done = {m: embed_modality(s.emb, s.rows[m], m, work, args.batch, args.concurrency, not args.no_progress)
+            if s.rows.get(m) else None for m in args.modalities}
+    published, lines = write_and_publish(args, s, done)
+    print(f"index build: {args.gallery} -> {args.out} in {time.perf_counter() - start:.1f} s "
+          f"({s.runner} runner{', published' if published else ''})")
+    print("\n".join(lines))
+    return 0
+
+
+def write_and_publish(args: argparse.Namespace, s: Setup, done: dict[str, Embedded | None]
+                      ) -> tuple[dict[str, str], list[str]]:
+    """A new version per indexed space of the embedded modalities, planned under the budget; all
+    are written before any is published, so a plan that fails publishes nothing."""
+    manifest, wlog, upto = s.manifest, s.wlog, s.upto
+    written, lines = {}, []
     for modality, e in done.items():
-        names = [n for n, s in manifest.indexed().items() if s.modality == modality]
-        if e is None and not any(folds[n][0].upserted for n in names):
+        names = [n for n, sp in manifest.indexed().items() if sp.modality == modality]
+        if e is None and not any(s.folds[n][0].upserted for n in names):
             lines.append(f"  {modality}: no rows in {args.gallery}")
             continue
         e = e or Embedded([], {n: np.zeros((0, manifest.spaces[n].dim), np.float32) for n in names}, [], 0.0)
@@ -203,7 +288,7 @@ def run(args: argparse.Namespace) -> int:
         skipped = list(e.bad)
         for name, x in e.vectors.items():
             space = manifest.spaces[name]
-            folded, after, dropped = folds[name]
+            folded, after, dropped = s.folds[name]
             live = list(folded.upserted.values())
             items = e.items + [it for it, _ in live]
             if live:
@@ -212,30 +297,35 @@ def run(args: argparse.Namespace) -> int:
             # the real queries of a face index are voices, and back: tune the search on them when built too
             other = {"face": "voice", "voice": "face"}.get(name)
             queries = next((d.vectors[other] for d in done.values() if d and other in d.vectors), None)
-            index, plan = plan_and_build(x, space.metric, args.exact_below, args.kind, args.target_recall, queries)
+            tried: list[Tried] = []
+            try:
+                index, plan = plan_and_build(x, space.metric, args.exact_below, args.kind, args.min_recall, queries,
+                                             memory_budget=args.memory_budget, kinds=tuple(args.candidates),
+                                             progress=not args.no_progress, tried=tried)
+            except PlanError as err:
+                raise SystemExit(f"index build: {name}: {err}") from None
             log_meta = {"log": {"kind": wlog.kind, "offset": upto, "replayed_after": after}} if wlog else {}
             version = write_version(args.out, name, index, items, plan, model_version=space.version,
                                     metric=space.metric, folded=folded,
-                                    extra={"gallery": str(args.gallery), "gallery_sha256": gallery_hash,
-                                           "embed_items_per_s": rate, "runner": runner.name,
+                                    extra={"gallery": str(args.gallery), "gallery_sha256": s.gallery_hash,
+                                           "embed_items_per_s": rate, "runner": s.runner,
                                            "tuned_on": "queries" if queries is not None else "perturbed gallery",
                                            "folded": {"upserted": len(live), "erased": len(folded.erased)},
-                                           **log_meta})
-            if not args.no_publish:
-                publish(args.out, name, version)
-                published[name] = version
+                                           "planner": [asdict(t) for t in tried], **log_meta})
+            written[name] = version
             lines.append(f"  {name:<12} {version}  {len(items):>6} items ({len(e.bad)} skipped); log: "
-                         f"{len(live)} upserted, {len(folded.erased)} erased, to offset {upto};  {plan.kind} "
-                         f"{plan.params}  recall@10 {plan.recall_at_10:.3f}  embed {rate:.1f} items/s")
+                         f"{len(live)} upserted, {len(folded.erased)} erased, to offset {upto};  {plan.factory} "
+                         f"{plan.params}  recall@10 {plan.recall_at_10:.3f}  {plan.bytes_per_item:.0f} B/item  "
+                         f"embed {rate:.1f} items/s")
             skipped += [d for d in dropped if d not in skipped]
         if skipped:
             with open(args.out / f"skipped-{modality}.csv", "w", newline="") as f:
                 csv.writer(f).writerows([("item_id", "reason"), *skipped])
+    published = {} if args.no_publish else written
+    for name, version in published.items():
+        publish(args.out, name, version)
     if args.redis and published:
         from facevoice.service.cache import announce
 
         announce(args.redis, published)
-    print(f"index build: {args.gallery} -> {args.out} in {time.perf_counter() - start:.1f} s "
-          f"({runner.name} runner{', published' if published else ''})")
-    print("\n".join(lines))
-    return 0
+    return published, lines

@@ -1,9 +1,10 @@
 """A searchable gallery: a FAISS index over one embedding space plus each item's metadata.
 
-Below `exact_below` items the index is exact (flat); above it IVF (or HNSW), with nprobe /
-efSearch chosen at build time as the smallest value whose recall@10 against exact search reaches
-the target, measured on the gallery's own embeddings. Cosine spaces are L2-normalised and
-searched by inner product.
+Which index a gallery gets (flat, IVF with flat, fp16, SQ8 or re-ranked PQ codes, or HNSW) and its
+search settings are chosen at build time under a memory budget (service/planner.py). Cosine spaces
+are L2-normalised and searched by inner product. Exact filtered search reads the index's own
+vectors back, so over SQ / fp16 codes its distances are the codes' (an IVF-PQ re-ranks from exact
+vectors).
 
 Filters follow the usual planner rule of vector databases: a selective filter (at most
 `exact_filter_rows` matching items) is searched exactly over the matching vectors; a broad one
@@ -11,8 +12,9 @@ goes through the index with an IDSelector, widened (nprobe / efSearch x4 at a ti
 is reached, and exactly when even the widest search falls short. So a search returns fewer than
 top_k hits only when fewer items pass the filter. GPU indexes take no selector: they are searched
 wider (at most FAISS-GPU's k limit, GPU_MAX_K) and post-filtered, then exactly on the CPU copy
-when short. Deleted rows of flat and HNSW indexes (which cannot remove) are tombstones, compacted
-away by rebuilding the in-memory index once they pass `compact_at` of it.
+when short. Deleted rows of flat, HNSW and re-ranked indexes (which cannot remove) are tombstones,
+compacted away by rebuilding the in-memory index once they pass `compact_at` of it. A version
+loaded memory-mapped is read into memory before its first write.
 """
 
 from __future__ import annotations
@@ -40,9 +42,21 @@ class Item:
 
 @dataclass(frozen=True)
 class BuildPlan:
-    kind: str  # flat | ivf | hnsw
+    """How an index was chosen (service/planner.py): its family, search settings and recall."""
+
+    kind: str  # flat | ivf | hnsw: how rows are numbered, removed and searched
     params: dict
     recall_at_10: float
+    name: str = ""  # the planner's candidate: flat, ivf-flat, ivf-fp16, ivf-sq8, ivf-pq, hnsw
+    factory: str = ""  # FAISS's index factory string, e.g. IVF1024,SQ8
+    bytes_per_item: float = 0.0  # resident bytes per item, as the planner counts them
+    min_recall: float = 0.0  # the target the build tuned for
+    memory_budget: int = 0  # the budget it was chosen under (bytes)
+
+    @property
+    def removes(self) -> bool:
+        """IVF indexes (but not a re-ranked one) take row ids and remove rows; the rest keep tombstones."""
+        return self.kind == "ivf" and "k_factor" not in self.params
 
 
 def normalise(x: np.ndarray) -> np.ndarray:
@@ -73,59 +87,14 @@ def tuning_queries(vectors: np.ndarray, n: int, rng: np.random.Generator) -> np.
     return np.ascontiguousarray(picked + noise, np.float32)
 
 
-def plan_and_build(vectors: np.ndarray, metric: str, exact_below: int = 50_000, kind: str = "auto",
-                   target_recall: float = 0.95, queries: np.ndarray | None = None, seed: int = 0
-                   ) -> tuple[faiss.Index, BuildPlan]:
-    """The index for `vectors` (already normalised for cosine) and how it was chosen. `queries` are
-    real queries when the caller has them (the other modality's embeddings); else tuning_queries."""
-    n, dim = vectors.shape
-    if kind == "auto":
-        kind = "flat" if n < exact_below else "ivf"
-    if kind == "flat":
-        index = exact_index(dim, metric)
-        index.add(vectors)
-        return index, BuildPlan("flat", {}, 1.0)
-    rng = np.random.default_rng(seed)
-    q = tuning_queries(vectors, 500, rng) if queries is None else np.ascontiguousarray(queries[:2000], np.float32)
-    if metric == "cosine" and queries is not None:
-        q = normalise(q)
-    faiss_metric = faiss.METRIC_INNER_PRODUCT if metric == "cosine" else faiss.METRIC_L2
-    if kind == "ivf":
-        nlist = int(max(1, min(4 * math.sqrt(n), n // 39)))  # FAISS wants >= 39 training points per list
-        index = faiss.IndexIVFFlat(exact_index(dim, metric), dim, nlist, faiss_metric)
-        index.cp.niter = 10  # k-means on 2 cores: 10 rounds on 50 points per list is plenty for the lists
-        index.train(vectors[rng.choice(n, size=min(n, 50 * nlist), replace=False)])
-        index.add(vectors)
-        index.set_direct_map_type(faiss.DirectMap.Hashtable)  # reconstruct by id: exact filtered search
-        knob, values, setter = "nprobe", [v for v in (1, 2, 4, 8, 16, 32, 64, 128, 256) if v < nlist] + [nlist], \
-            lambda v: setattr(index, "nprobe", v)
-        params = {"nlist": nlist}
-    elif kind == "hnsw":
-        index = faiss.IndexHNSWFlat(dim, 32, faiss_metric)
-        index.hnsw.efConstruction = 80
-        index.add(vectors)
-        knob, values, setter = "efSearch", [16, 32, 64, 128, 256, 512], lambda v: setattr(index.hnsw, "efSearch", v)
-        params = {"M": 32}
-    else:
-        raise ValueError(f"unknown index kind {kind!r} (flat, ivf, hnsw, auto)")
-    recall = 0.0
-    for v in values:  # the smallest setting that reaches the target
-        setter(v)
-        recall = recall_at_10(index, vectors, q, metric)
-        if recall >= target_recall:
-            break
-    return index, BuildPlan(kind, {**params, knob: v}, recall)
-
-
-def apply_params(index: faiss.Index, plan: BuildPlan) -> None:
-    """Search settings are not all stored in the index file; set them after reading it."""
-    if plan.kind == "ivf":
-        ivf = faiss.extract_index_ivf(index)
-        ivf.nprobe = plan.params["nprobe"]
-        if ivf.direct_map.type == faiss.DirectMap.NoMap:  # versions built before the map was stored
-            ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
-    elif plan.kind == "hnsw":
-        faiss.downcast_index(index).hnsw.efSearch = plan.params["efSearch"]
+def apply_search_params(index: faiss.Index, params: dict) -> None:
+    """Search settings are not all kept in an index file: set them on the index read back."""
+    if "nprobe" in params:
+        faiss.extract_index_ivf(index).nprobe = int(params["nprobe"])
+    if "k_factor" in params:
+        faiss.downcast_index(index).k_factor = float(params["k_factor"])
+    if "efSearch" in params:
+        faiss.downcast_index(index).hnsw.efSearch = int(params["efSearch"])
 
 
 class ReadWriteLock:
@@ -176,18 +145,21 @@ class Gallery:
 
     def __init__(self, index: faiss.Index, items: dict[int, Item], metric: str, plan: BuildPlan,
                  use_gpu: bool = False, meta: dict | None = None, exact_filter_rows: int = EXACT_FILTER_ROWS,
-                 compact_at: float = 0.25):
+                 compact_at: float = 0.25, mapped_from: str | None = None):
         self.metric, self.plan, self.meta = metric, plan, meta or {}
+        self.mapped_from = mapped_from  # a memory-mapped (read-only) index file: read into memory before a write
         self.exact_filter_rows, self.compact_at = exact_filter_rows, compact_at
         self.applied: str | None = None
         self.edited: set[str] = set()
         self._load(index, items)
         self.lock = ReadWriteLock()
         self.cpu_index = self.index
-        self.device = "cpu"
-        if use_gpu and faiss.get_num_gpus() > 0 and plan.kind != "hnsw":
-            self.index = faiss.index_cpu_to_all_gpus(index)  # faiss does not fall back by itself
-            self.device = "gpu"
+        from facevoice.service.gpu import place, to_gpu
+
+        self.placement = place(plan, self.size, faiss.get_num_gpus() if use_gpu else 0)
+        self.device = self.placement.device
+        if self.device == "gpu":
+            self.index = to_gpu(index, self.placement)  # faiss does not fall back by itself
 
     def _load(self, index: faiss.Index, items: dict[int, Item]) -> None:
         self.index = index
@@ -315,7 +287,12 @@ class Gallery:
             nlist = faiss.extract_index_ivf(self.cpu_index).nlist
             nprobe = min(nlist, math.ceil(self.plan.params["nprobe"] / max(share, 1e-9)))
             while True:
-                yield faiss.SearchParametersIVF(sel=selector, nprobe=nprobe)
+                ivf = faiss.SearchParametersIVF(sel=selector, nprobe=nprobe)  # held here while searched
+                if "k_factor" in self.plan.params:  # the re-rank's base takes the selector
+                    yield faiss.IndexRefineSearchParameters(k_factor=float(self.plan.params["k_factor"]),
+                                                            base_index_params=ivf)
+                else:
+                    yield ivf
                 if nprobe >= nlist:
                     return
                 nprobe = min(nprobe * 4, nlist)
@@ -337,12 +314,14 @@ class Gallery:
     def upsert(self, items: list[Item], vectors: np.ndarray) -> None:
         x = self._prepare(vectors)
         with self.lock.write():
+            self._own()
             self._delete([it.item_id for it in items if it.item_id in self.by_item_id])
             ids = np.arange(self.next_id, self.next_id + len(items), dtype=np.int64)
-            if self.plan.kind == "ivf":
-                self.index.add_with_ids(x, ids)
-            else:
-                self.index.add(x)
+            for index in self._copies():
+                if self.plan.removes:
+                    index.add_with_ids(x, ids)
+                else:
+                    index.add(x)
             for i, it in zip(ids, items, strict=True):
                 self._index_attributes(int(i), it)
                 self.items[int(i)] = it
@@ -358,6 +337,7 @@ class Gallery:
             present = [i for i in item_ids if i in self.by_item_id]
         if present:
             with self.lock.write():
+                self._own()
                 self._delete(present)
                 self._maybe_compact()
         present_set = set(present)
@@ -376,15 +356,31 @@ class Gallery:
             rows.append(row)
         if not rows:
             return
-        if self.plan.kind == "ivf":
-            self.index.remove_ids(np.asarray(rows, np.int64))
+        if self.plan.removes:
+            for index in self._copies():
+                index.remove_ids(np.asarray(rows, np.int64))
         else:
             self.tombstones.update(rows)
+
+    def _copies(self) -> list[faiss.Index]:
+        """The indexes a write goes to: the searched one and, under a GPU copy, the CPU one."""
+        return [self.index] if self.index is self.cpu_index else [self.index, self.cpu_index]
+
+    def _own(self) -> None:
+        """A memory-mapped index is read-only (FAISS aborts the process on a write to it): read
+        the same immutable file into memory once, before the first write."""
+        if self.mapped_from is None:
+            return
+        index = faiss.read_index(self.mapped_from)
+        apply_search_params(index, self.plan.params)
+        if self.index is self.cpu_index:
+            self.index = index
+        self.cpu_index, self.mapped_from = index, None
 
     def _maybe_compact(self) -> None:
         """Flat and HNSW keep deleted rows as tombstones: past `compact_at` of the index (and at
         least 1,000 rows) the live rows are re-added to a fresh index and renumbered 0..n-1."""
-        if self.plan.kind == "ivf" or len(self.tombstones) < max(1000, self.compact_at * self.index.ntotal):
+        if self.plan.removes or len(self.tombstones) < max(1000, self.compact_at * self.index.ntotal):
             return
         rows = np.fromiter(sorted(self.items), np.int64, len(self.items))
         vectors = self.cpu_index.reconstruct_batch(rows) if len(rows) else np.zeros((0, self.dim), np.float32)
@@ -393,10 +389,16 @@ class Gallery:
             index = faiss.IndexHNSWFlat(self.dim, self.plan.params.get("M", 32), old.metric_type)
             index.hnsw.efConstruction = old.hnsw.efConstruction
             index.hnsw.efSearch = old.hnsw.efSearch
+        elif self.plan.kind == "ivf":  # re-ranked IVF-PQ: the trained, emptied index takes the rows again
+            index = faiss.clone_index(self.cpu_index)
+            index.reset()
+            apply_search_params(index, self.plan.params)
         else:
             index = exact_index(self.dim, self.metric)
         index.add(vectors)
         self._load(index, {new: self.items[int(old)] for new, old in enumerate(rows)})
         self.cpu_index = self.index
         if self.device == "gpu":
-            self.index = faiss.index_cpu_to_all_gpus(index)
+            from facevoice.service.gpu import to_gpu
+
+            self.index = to_gpu(index, self.placement)

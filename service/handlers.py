@@ -332,7 +332,11 @@ class FaceVoiceService(pb_grpc.FaceVoiceServicer):
             m = g.meta
             infos.append(pb.IndexInfo(name=name, version=m["version"], model_version=m["model_version"],
                                       size=g.size, kind=m["kind"], params={k: str(v) for k, v in m["params"].items()},
-                                      recall_at_10=m["recall_at_10"], built_at=m["built_at"], device=g.device))
+                                      recall_at_10=m["recall_at_10"], built_at=m["built_at"], device=g.device,
+                                      plan=g.plan.name or g.plan.kind, factory=g.plan.factory,
+                                      bytes_per_item=g.plan.bytes_per_item, min_recall=g.plan.min_recall,
+                                      memory_budget=g.plan.memory_budget, mapped=g.mapped_from is not None,
+                                      placement=g.placement.how))
         groups = self.manifest.groups
         s2f = groups[SPEECH2FACE].version if SPEECH2FACE in groups else ""
         return pb.GetIndexInfoResponse(indexes=infos, association_model_version=groups[ASSOCIATION].version,

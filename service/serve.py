@@ -65,6 +65,7 @@ class ServeConfig:
     ort_threads: int = 1
     faiss_threads: int = 1
     gpu: bool = True  # use a GPU for FAISS when faiss sees one
+    index_mmap: bool = True  # map index files (a replica starts without reading them); read in on a write
     poll_s: float = 2.0
     grace_s: float = 10.0
     max_message_bytes: int = 4 * DEFAULT_LIMITS.max_bytes + (1 << 20)
@@ -265,8 +266,8 @@ class Running:
                 log.warning("Redis appendfsync is %s: a power loss can lose up to a second of acknowledged "
                             "gallery writes (docs/operations.md)", settings.get("appendfsync"))
         versions = {name: space.version for name, space in manifest.indexed().items()}
-        self.indexes = IndexSet(cfg.index_root, versions, self.metrics, use_gpu=cfg.gpu, write_log=self.write_log,
-                                max_overlay=cfg.max_overlay)
+        self.indexes = IndexSet(cfg.index_root, versions, self.metrics, use_gpu=cfg.gpu, mmap=cfg.index_mmap,
+                                write_log=self.write_log, max_overlay=cfg.max_overlay)
         self.indexes.refresh()
         try:
             self.indexes.catch_up()

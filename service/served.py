@@ -34,8 +34,9 @@ log = logging.getLogger("facevoice.indexes")
 class IndexSet:
     def __init__(self, root: Path | None, model_versions: dict[str, str], metrics: Metrics,
                  use_gpu: bool = False, write_log: WriteLog | None = None, max_overlay: int = 100_000,
-                 refused_backoff_s: tuple[float, float] = (5.0, 300.0)):
+                 refused_backoff_s: tuple[float, float] = (5.0, 300.0), mmap: bool = True):
         self.root, self.model_versions, self.metrics, self.use_gpu = root, model_versions, metrics, use_gpu
+        self.mmap = mmap
         self.log, self.max_overlay = write_log, max_overlay
         self.galleries: dict[str, Gallery] = {}
         self.applied = write_log.start if write_log else "0"  # every loaded gallery is at least here
@@ -69,7 +70,7 @@ class IndexSet:
                 if retry and time.monotonic() < retry[0]:
                     continue
                 try:
-                    gallery = load_version(self.root, name, version, model_version, self.use_gpu)
+                    gallery = load_version(self.root, name, version, model_version, self.use_gpu, self.mmap)
                     self._bring_up_to_date(name, gallery)
                 except (IndexVersionError, LogTrimmed, OSError) as e:
                     delay = min(retry[1] * 2, self.refused_backoff_s[1]) if retry else self.refused_backoff_s[0]

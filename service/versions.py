@@ -17,7 +17,7 @@ import faiss
 import numpy as np
 
 from facevoice.service.errors import FacevoiceError
-from facevoice.service.gallery import BuildPlan, Gallery, Item, apply_params
+from facevoice.service.gallery import BuildPlan, Gallery, Item, apply_search_params
 
 FILES = ("index.faiss", "items.jsonl", "meta.json")
 FOLDED = ("folded.json", "folded.npy")  # the write log folded in: what a later build carries forward
@@ -78,9 +78,13 @@ def write_version(root: Path, name: str, index: faiss.Index, items: list[Item], 
     with open(tmp / "items.jsonl", "w") as f:
         for row, it in enumerate(items):
             f.write(json.dumps({"row": row, **asdict(it)}) + "\n")
+    index_bytes = (tmp / "index.faiss").stat().st_size
     meta = {"name": name, "version": version, "model_version": model_version, "metric": metric,
             "size": len(items), "dim": index.d, "kind": plan.kind, "params": plan.params,
-            "recall_at_10": plan.recall_at_10, "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "recall_at_10": plan.recall_at_10, "plan": plan.name or plan.kind, "factory": plan.factory,
+            "bytes_per_item": plan.bytes_per_item, "min_recall": plan.min_recall,
+            "memory_budget": plan.memory_budget, "file_bytes_per_item": index_bytes / max(len(items), 1),
+            "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             **(extra or {})}
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
     files = FILES
@@ -133,8 +137,11 @@ def verify(path: Path) -> None:
             raise IndexVersionError(f"{path}/{fname}: checksum mismatch")
 
 
-def load_version(root: Path, name: str, version: str, model_version: str, use_gpu: bool = False) -> Gallery:
-    """Verified and ready to search; refuses an index built by another model version."""
+def load_version(root: Path, name: str, version: str, model_version: str, use_gpu: bool = False,
+                 mmap: bool = False) -> Gallery:
+    """Verified and ready to search; refuses an index built by another model version. With `mmap`
+    the index's codes stay in the page cache (IO_FLAG_MMAP_IFC): a replica starts without reading
+    them all, and the gallery reads the file into memory before its first write."""
     path = Path(root) / name / version
     verify(path)
     try:
@@ -142,16 +149,24 @@ def load_version(root: Path, name: str, version: str, model_version: str, use_gp
         if meta["model_version"] != model_version:
             raise IndexVersionError(f"{path}: built by model version {meta['model_version']}, "
                               f"the service runs {model_version}")
-        index = faiss.read_index(str(path / "index.faiss"))
+        index = faiss.read_index(str(path / "index.faiss"), faiss.IO_FLAG_MMAP_IFC if mmap else 0)
         items = {}
         with open(path / "items.jsonl") as f:
             for line in f:
                 d = json.loads(line)
                 row = d.pop("row")
                 items[row] = Item(**d)
-        plan = BuildPlan(meta["kind"], meta["params"], meta["recall_at_10"])
+        plan = BuildPlan(meta["kind"], meta["params"], meta["recall_at_10"], name=meta.get("plan", ""),
+                         factory=meta.get("factory", ""), bytes_per_item=meta.get("bytes_per_item", 0.0),
+                         min_recall=meta.get("min_recall", 0.0), memory_budget=meta.get("memory_budget", 0))
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
         raise IndexVersionError(f"{path}: unreadable ({type(e).__name__}: {e})") from e
-    apply_params(index, plan)
-    return Gallery(index, items, meta["metric"], plan, use_gpu=use_gpu, meta=meta)
+    apply_search_params(index, plan.params)
+    if plan.removes and faiss.extract_index_ivf(index).direct_map.type == faiss.DirectMap.NoMap:
+        index = faiss.read_index(str(path / "index.faiss"))  # built before the map was stored: make it here
+        apply_search_params(index, plan.params)
+        faiss.extract_index_ivf(index).set_direct_map_type(faiss.DirectMap.Hashtable)
+        mmap = False
+    return Gallery(index, items, meta["metric"], plan, use_gpu=use_gpu, meta=meta,
+                   mapped_from=str(path / "index.faiss") if mmap else None)
 

@@ -9,7 +9,8 @@ import threading
 import numpy as np
 import pytest
 
-from facevoice.service.gallery import GPU_MAX_K, Gallery, Item, apply_params, gpu_k, plan_and_build
+from facevoice.service.gallery import GPU_MAX_K, Gallery, Item, apply_search_params, gpu_k
+from facevoice.service.planner import plan_and_build
 from facevoice.service.metrics import Metrics
 from facevoice.service.served import IndexSet
 from facevoice.service.versions import publish, write_version
@@ -26,7 +27,7 @@ def tagged_gallery(n: int, kind: str, selectivities: tuple[float, ...], **kw) ->
     index, plan = plan_and_build(x, "l2", kind=kind, exact_below=0, target_recall=0.9, **kw)
     if kind == "ivf":  # the setting: nprobe 4
         plan = type(plan)(plan.kind, {**plan.params, "nprobe": 4}, plan.recall_at_10)
-        apply_params(index, plan)
+        apply_search_params(index, plan.params)
     g = Gallery(index, items, "l2", plan)
     g.x, g.tags = x, tags
     return g

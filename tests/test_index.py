@@ -6,7 +6,8 @@ import faiss
 import numpy as np
 import pytest
 
-from facevoice.service.gallery import Gallery, Item, normalise, plan_and_build, recall_at_10
+from facevoice.service.gallery import Gallery, Item, normalise, recall_at_10
+from facevoice.service.planner import plan_and_build
 from facevoice.service.versions import (
     IndexVersionError,
     current_version,

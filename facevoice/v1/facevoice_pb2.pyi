@@ -265,7 +265,7 @@ class GetIndexInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class IndexInfo(_message.Message):
-    __slots__ = ("name", "version", "model_version", "size", "kind", "params", "recall_at_10", "built_at", "device")
+    __slots__ = ("name", "version", "model_version", "size", "kind", "params", "recall_at_10", "built_at", "device", "plan", "factory", "bytes_per_item", "min_recall", "memory_budget", "mapped", "placement")
     class ParamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -282,6 +282,13 @@ class IndexInfo(_message.Message):
     RECALL_AT_10_FIELD_NUMBER: _ClassVar[int]
     BUILT_AT_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
+    PLAN_FIELD_NUMBER: _ClassVar[int]
+    FACTORY_FIELD_NUMBER: _ClassVar[int]
+    BYTES_PER_ITEM_FIELD_NUMBER: _ClassVar[int]
+    MIN_RECALL_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BUDGET_FIELD_NUMBER: _ClassVar[int]
+    MAPPED_FIELD_NUMBER: _ClassVar[int]
+    PLACEMENT_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     model_version: str
@@ -291,7 +298,14 @@ class IndexInfo(_message.Message):
     recall_at_10: float
     built_at: str
     device: str
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., model_version: _Optional[str] = ..., size: _Optional[int] = ..., kind: _Optional[str] = ..., params: _Optional[_Mapping[str, str]] = ..., recall_at_10: _Optional[float] = ..., built_at: _Optional[str] = ..., device: _Optional[str] = ...) -> None: ...
+    plan: str
+    factory: str
+    bytes_per_item: float
+    min_recall: float
+    memory_budget: int
+    mapped: bool
+    placement: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., model_version: _Optional[str] = ..., size: _Optional[int] = ..., kind: _Optional[str] = ..., params: _Optional[_Mapping[str, str]] = ..., recall_at_10: _Optional[float] = ..., built_at: _Optional[str] = ..., device: _Optional[str] = ..., plan: _Optional[str] = ..., factory: _Optional[str] = ..., bytes_per_item: _Optional[float] = ..., min_recall: _Optional[float] = ..., memory_budget: _Optional[int] = ..., mapped: _Optional[bool] = ..., placement: _Optional[str] = ...) -> None: ...
 
 class GetIndexInfoResponse(_message.Message):
     __slots__ = ("indexes", "association_model_version", "speech2face_model_version", "frontends")
