@@ -125,6 +125,11 @@ def test_index_info(service):
     info = stub.GetIndexInfo(pb.GetIndexInfoRequest())
     assert {i.name for i in info.indexes} == {"face", "voice", "face_feature"}
     assert all(i.kind == "flat" and i.recall_at_10 == 1.0 and i.device == "cpu" for i in info.indexes)
+    # the plan as the build chose it: exact, 4 bytes per dimension, under the default 4 GB budget
+    dims = {"face": 8, "voice": 8, "face_feature": 16}
+    assert all((i.plan, i.factory, i.bytes_per_item) == ("flat", "Flat", 4 * dims[i.name]) for i in info.indexes)
+    assert all(i.memory_budget == 4 * 10**9 and abs(i.min_recall - 0.95) < 1e-6 and i.placement == "no GPU"
+               for i in info.indexes)
     assert info.association_model_version and info.speech2face_model_version
 
 
