@@ -7,9 +7,11 @@ from __future__ import annotations
 import ast
 import copy
 import json
+import os
 import re
 import shlex
 import subprocess
+import sys
 import tomllib
 import urllib.parse
 import urllib.request
@@ -20,6 +22,7 @@ import yaml
 
 from facevoice.cli import build_parser
 from facevoice.service.serve import ServeConfig, _convert
+from facevoice.service.versions import current_version
 from tests.local_servers import LocalProcess, free_port, wait_for
 from tests.serving import media, start_service
 
@@ -201,6 +204,40 @@ def test_kubernetes_base_matches_the_service():
     assert {v["persistentVolumeClaim"]["claimName"] for v in job["volumes"]} <= claims
     hpa = objects[("HorizontalPodAutoscaler", "facevoice")]["spec"]
     assert hpa["scaleTargetRef"]["name"] == "facevoice" and hpa["minReplicas"] >= 2
+
+
+def test_sharded_build_jobs_match_the_cli():
+    folder = DEPLOY / "k8s" / "sharded-build"
+    shards = yaml.safe_load((folder / "index-shards.yaml").read_text())
+    merge = yaml.safe_load((folder / "index-merge.yaml").read_text())
+    assert shards["spec"]["completionMode"] == "Indexed"
+    n = shards["spec"]["completions"]
+    args = shards["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert f"$(JOB_COMPLETION_INDEX)/{n}" in args  # Kubernetes sets the index; it fills in the argument
+    for i in (0, n - 1):
+        parses_as_cli([a.replace("$(JOB_COMPLETION_INDEX)", str(i)) for a in args])
+    merge_args = merge["spec"]["template"]["spec"]["containers"][0]["args"]
+    parses_as_cli(merge_args)
+    assert merge_args[:2] == ["index", "merge"] and merge_args[merge_args.index("--shards") + 1] == str(n)
+    same = ("--gallery", "--model-repo", "--out")
+    assert all(args[args.index(f) + 1] == merge_args[merge_args.index(f) + 1] for f in same)
+    claims = {name for kind, name in base_objects() if kind == "PersistentVolumeClaim"}
+    for job in (shards, merge):
+        assert {v["persistentVolumeClaim"]["claimName"] for v in job["spec"]["template"]["spec"]["volumes"]} <= claims
+
+
+def test_sharded_build_script_runs_every_shard_then_the_merge(stack, tmp_path):
+    from tests.serving import copy_indexes
+
+    out = copy_indexes(stack, tmp_path / "indexes")
+    before = current_version(out, "voice")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    r = subprocess.run(["bash", str(DEPLOY / "sharded-build.sh"), "2", str(stack.corpus / "manifest.csv"),
+                        str(stack.repo), str(out), "--memory-budget", "1GB"],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "--shard 0/2" in r.stdout and "--shard 1/2" in r.stdout and "index merge: 2 shards" in r.stdout
+    assert current_version(out, "voice") != before
 
 
 def test_gpu_overlay_patches_apply():
