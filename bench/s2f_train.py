@@ -24,10 +24,12 @@ from facevoice.training.speech2face.model import FaceDecoder, FaceNet, VoiceEnco
 PAPER_CLASSES = 2622  # VGG-Face's identities: the size of f_VGG's output in eq. (1)
 
 
-def pairs_per_s(config: str, batch: int, threads: int, steps: int, device: torch.device) -> float:
+def pairs_per_s(config: str, batch: int, threads: int, steps: int, device: torch.device,
+                overrides: tuple[str, ...] = (), bf16: bool | None = None) -> float:
+    """Pairs/s of one training step; bf16 autocast by default on a GPU only."""
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    cfg = load_config(config)
+    cfg = load_config(config, list(overrides))
     spec_shape = cfg.voice.frontend().shape
     encoder = VoiceEncoder(cfg.voice, cfg.face.fc, spec_shape[-1]).to(device)
     face = FaceNet(cfg.face, PAPER_CLASSES if config == "paper" else 210).to(device).eval()
@@ -38,18 +40,18 @@ def pairs_per_s(config: str, batch: int, threads: int, steps: int, device: torch
     opt = torch.optim.Adam(encoder.parameters(), t.lr, betas=(t.beta1, 0.999), eps=t.eps)
     spec = torch.randn(batch, *spec_shape, device=device)
     v_f = torch.rand(batch, cfg.face.fc, device=device)
-    amp = device.type == "cuda"
+    amp = device.type == "cuda" if bf16 is None else bf16
     times = []
     for step in range(steps + 2):
         start = time.perf_counter()
-        with torch.autocast("cuda", torch.bfloat16, enabled=amp):
+        with torch.autocast(device.type, torch.bfloat16, enabled=amp):
             v_s = encoder(spec)
         terms = s2f_terms(v_f, v_s.float(), decoder.first_layer, face.logits, t.temperature)
         loss = s2f_loss(terms, t.lambda1, t.lambda2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if amp:
+        if device.type == "cuda":
             torch.cuda.synchronize()
         if step >= 2:  # warm-up steps excluded
             times.append(time.perf_counter() - start)

@@ -7,7 +7,9 @@ one reaches the recall@10 target against exact search, on queries of the other m
 build has them. The first candidate that fits and reaches the target is the plan.
 
 - IVF lists: nlist is the power of two nearest 4 sqrt(n), at most `MAX_NLIST` and n / 39 (FAISS's
-  fewest training points per list). The coarse quantizer and the codecs are trained on a sample of
+  fewest training points per list). From `HNSW_QUANTIZER_FROM` items the lists' centroids are found
+  through an HNSW graph (IVF..._HNSW32, as autofaiss does), so adding 10M items does not cost 10M x
+  nlist distances. The coarse quantizer and the codecs are trained on a sample of
   `TRAIN_PER_LIST` points per list (at most `MAX_TRAIN`, at least `PQ_MIN_TRAIN` for PQ), and the
   gallery is added in batches of `ADD_BATCH`.
 - Tuning: nprobe (efSearch for HNSW) rises until the target is reached; for IVF-PQ the largest code
@@ -44,6 +46,7 @@ ADD_BATCH = 1 << 16
 PQ_SIZES = (64, 32, 16, 8)  # bytes per code, most accurate first
 K_FACTORS = (2, 4, 8, 16)
 HNSW_M = 32
+HNSW_QUANTIZER_FROM = 1_000_000
 ID_BYTES = 8  # an IVF entry's id
 MAP_BYTES = 32  # an IVF direct map's hash-table entry (exact filtered search reads vectors by id)
 NPROBES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
@@ -83,6 +86,7 @@ class Candidate:
     dim: int
     nlist: int = 0
     pq: int = 0  # bytes per PQ code
+    graph_quantizer: bool = False  # centroids found through HNSW (large galleries)
 
     @property
     def family(self) -> str:
@@ -95,7 +99,7 @@ class Candidate:
             return "Flat"
         if self.name == "hnsw":
             return f"HNSW{HNSW_M},Flat"
-        return f"IVF{self.nlist},{codec[self.name]}"
+        return f"IVF{self.nlist}{'_HNSW32' if self.graph_quantizer else ''},{codec[self.name]}"
 
     def bytes_per_item(self) -> float:
         """What each item keeps in memory while searched (the budget's unit)."""
@@ -107,7 +111,9 @@ class Candidate:
 
     def fixed_bytes(self) -> int:
         """Per index, not per item: centroids and codebooks."""
-        return 4 * self.dim * (self.nlist + (256 if self.pq else 0)) + (2 * 4 * self.dim if "sq" in self.name else 0)
+        graph = self.nlist * 2 * HNSW_M * 4 if self.graph_quantizer else 0
+        trained = 8 * self.dim if "sq" in self.name else 0  # the scalar quantizer's ranges
+        return 4 * self.dim * (self.nlist + (256 if self.pq else 0)) + graph + trained
 
     def bytes_for(self, n: int) -> int:
         return int(n * self.bytes_per_item() + self.fixed_bytes())
@@ -116,19 +122,19 @@ class Candidate:
 def candidates(n: int, dim: int, budget: int, kinds: tuple[str, ...], exact_below: int) -> list[tuple[Candidate, str]]:
     """Each candidate with why it is or is not built ('' = build it), in the planner's order."""
     out = []
-    nlist = nlist_for(n)
+    nlist, graph = nlist_for(n), n >= HNSW_QUANTIZER_FROM
     for kind in kinds:
         if kind == "flat" and n >= exact_below and len(kinds) > 1:
             out.append((Candidate("flat", dim), f"{n} items >= exact_below {exact_below}"))
             continue
         if kind == "ivf-pq":
             sizes = [m for m in PQ_SIZES if dim % m == 0 and m < dim]
-            fitting = [m for m in sizes if Candidate(kind, dim, nlist, m).bytes_for(n) <= budget]
-            c = Candidate(kind, dim, nlist, fitting[0] if fitting else (sizes[-1] if sizes else 0))
+            fitting = [m for m in sizes if Candidate(kind, dim, nlist, m, graph).bytes_for(n) <= budget]
+            c = Candidate(kind, dim, nlist, fitting[0] if fitting else (sizes[-1] if sizes else 0), graph)
             why = "" if fitting else f"{_gb(c.bytes_for(n))} over the {_gb(budget)} budget"
             out.append((c, why if sizes else f"no PQ size divides {dim}"))
             continue
-        c = Candidate(kind, dim, nlist if kind.startswith("ivf") else 0)
+        c = Candidate(kind, dim, *((nlist, 0, graph) if kind.startswith("ivf") else ()))
         over = c.bytes_for(n) > budget
         out.append((c, f"{_gb(c.bytes_for(n))} over the {_gb(budget)} budget" if over else ""))
     return out
@@ -174,7 +180,11 @@ def build_candidate(c: Candidate, vectors: np.ndarray, metric: str, rng: np.rand
         index = faiss.IndexHNSWFlat(d, HNSW_M, fm)
         index.hnsw.efConstruction = 80
     else:
-        quantizer = exact_index(d, metric)
+        if c.graph_quantizer:
+            quantizer = faiss.IndexHNSWFlat(d, HNSW_M, fm)
+            quantizer.hnsw.efSearch = 64
+        else:
+            quantizer = exact_index(d, metric)
         if c.name == "ivf-flat":
             index = faiss.IndexIVFFlat(quantizer, d, c.nlist, fm)
         elif c.name == "ivf-pq":

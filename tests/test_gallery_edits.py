@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from facevoice.service.gallery import GPU_MAX_K, Gallery, Item, apply_search_params, gpu_k
-from facevoice.service.planner import plan_and_build
 from facevoice.service.metrics import Metrics
+from facevoice.service.planner import plan_and_build
 from facevoice.service.served import IndexSet
 from facevoice.service.versions import publish, write_version
 from tests.test_index import clustered
