@@ -57,6 +57,7 @@ class TritonRunner:
         self._grpc = grpcclient
         self.url, self.retries, self.backoff_s, self.timeout_s = url, retries, backoff_s, timeout_s
         # reconnect soon after Triton comes back (gRPC's default back-off grows to two minutes)
+        self._outputs: dict[str, list] = {}  # requested outputs per network, made once
         self.client = grpcclient.InferenceServerClient(url, channel_args=[
             ("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", 1000)])
@@ -76,10 +77,12 @@ class TritonRunner:
                 raise DeadlineExceeded(f"deadline passed before Triton answered {info.model}")
             inp = self._grpc.InferInput(info.input, list(x.shape), "FP32")
             inp.set_data_from_numpy(x)
+            outputs = self._outputs.get(info.model)
+            if outputs is None:
+                outputs = self._outputs[info.model] = [self._grpc.InferRequestedOutput(info.output)]
             try:
                 result = self.client.infer(info.model, [inp], model_version=str(info.triton_version),
-                                           outputs=[self._grpc.InferRequestedOutput(info.output)],
-                                           client_timeout=max(left, 0.001))
+                                           outputs=outputs, client_timeout=max(left, 0.001))
                 return result.as_numpy(info.output)
             except InferenceServerException as e:
                 status = str(e.status() or "")

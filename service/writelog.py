@@ -170,12 +170,15 @@ class FileLog(WriteLog):
         self.segment_bytes = segment_bytes
         self._lock = threading.Lock()  # flock is per open file; one appender per process at a time
         self._known = (-1, 0)  # (segment base, end of its records checked so far)
+        self._newest: int | None = None  # the newest segment seen by the last listing
 
     def key(self, offset: str) -> tuple[int, ...]:
         return (int(offset),)
 
     def _segments(self) -> list[int]:
-        return sorted(int(p.stem) for p in self.dir.glob("*.log") if p.stem.isdigit())
+        segments = sorted(int(p.stem) for p in self.dir.glob("*.log") if p.stem.isdigit())
+        self._newest = segments[-1] if segments else None
+        return segments
 
     def _path(self, base: int) -> Path:
         return self.dir / f"{base:020d}.log"
@@ -238,11 +241,27 @@ class FileLog(WriteLog):
 
     def read(self, after: str, limit: int = 256, wait_s: float = 0.0) -> list[tuple[str, Change]]:
         deadline = time.monotonic() + wait_s
+        seen = None
         while True:
-            out = self._read(int(after), limit)
-            if out or time.monotonic() >= deadline:
-                return out
+            mark = self._mark()
+            if mark != seen:  # waiting costs two stat calls per poll, not a listing and a read
+                out = self._read(int(after), limit)
+                if out:
+                    return out
+                seen = mark
+            if time.monotonic() >= deadline:
+                return []
             time.sleep(min(0.01, max(deadline - time.monotonic(), 0)))
+
+    def _mark(self) -> tuple[int, ...]:
+        """Changes whenever a segment is added, removed or appended to (the folder's mtime, and the
+        newest segment's size and mtime)."""
+        try:
+            folder = os.stat(self.dir).st_mtime_ns
+            newest = os.stat(self._path(self._newest)) if self._newest is not None else None
+        except OSError:
+            return (-1,)  # gone or unreadable: let _read say what is wrong
+        return (folder, *((newest.st_size, newest.st_mtime_ns) if newest else ()))
 
     def _read(self, after: int, limit: int) -> list[tuple[str, Change]]:
         segments = self._segments()
