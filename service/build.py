@@ -77,13 +77,23 @@ def add_plan_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"what auto may pick, most accurate first (default {' '.join(DEFAULT_KINDS)})")
     p.add_argument("--memory-budget", default=parse_bytes(DEFAULT_BUDGET), type=budget,
                    help=f"resident bytes per index, e.g. 4GB, 512MB (default {DEFAULT_BUDGET})")
-    p.add_argument("--min-recall", "--target-recall", dest="min_recall", type=float, default=0.95,
+    p.add_argument("--min-recall", "--target-recall", dest="min_recall", type=recall_target, default=0.95,
                    help="recall@10 against exact search on the other modality's queries (default 0.95)")
     p.add_argument("--exact-below", type=int, default=50_000, help="galleries smaller than this are exact")
     p.add_argument("--redis", help="announce new versions on this Redis (redis://host:port/db)")
     p.add_argument("--gallery-log", default="auto", choices=["auto", "file", "redis"],
                    help="the write log to fold in, as the service's gallery_log (auto: Redis's with --redis)")
     p.add_argument("--no-publish", action="store_true", help="write the versions but leave `current` alone")
+
+
+def recall_target(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a recall target is a number in (0, 1], e.g. 0.95")
+    return value
 
 
 def budget(text: str) -> int:

@@ -86,7 +86,9 @@ def test_shard_and_merge_arguments_are_checked(stack, tmp_path):
     for bad in ("3/3", "-1/2", "a/b", "1"):
         with pytest.raises(SystemExit):
             main([*base, "--shard", bad])
-    with pytest.raises(SystemExit):
-        main([*base, "--memory-budget", "lots"])
+    for flag, bad in (("--memory-budget", "lots"), ("--memory-budget", ""), ("--min-recall", "1.5"),
+                      ("--min-recall", "0"), ("--min-recall", "nan"), ("--kind", "lsh")):
+        with pytest.raises(SystemExit):
+            main([*base, flag, bad])
     with pytest.raises(SystemExit, match="at least 1"):
         main(["index", "merge", *base[2:], "--shards", "0"])
