@@ -148,6 +148,7 @@ class Gallery:
                  compact_at: float = 0.25, mapped_from: str | None = None):
         self.metric, self.plan, self.meta = metric, plan, meta or {}
         self.mapped_from = mapped_from  # a memory-mapped (read-only) index file: read into memory before a write
+        self._owning = threading.Lock()
         self.exact_filter_rows, self.compact_at = exact_filter_rows, compact_at
         self.applied: str | None = None
         self.edited: set[str] = set()
@@ -313,8 +314,8 @@ class Gallery:
 
     def upsert(self, items: list[Item], vectors: np.ndarray) -> None:
         x = self._prepare(vectors)
+        self._own()
         with self.lock.write():
-            self._own()
             self._delete([it.item_id for it in items if it.item_id in self.by_item_id])
             ids = np.arange(self.next_id, self.next_id + len(items), dtype=np.int64)
             for index in self._copies():
@@ -336,8 +337,8 @@ class Gallery:
         with self.lock.read():
             present = [i for i in item_ids if i in self.by_item_id]
         if present:
+            self._own()
             with self.lock.write():
-                self._own()
                 self._delete(present)
                 self._maybe_compact()
         present_set = set(present)
@@ -368,18 +369,23 @@ class Gallery:
 
     def _own(self) -> None:
         """A memory-mapped index is read-only (FAISS aborts the process on a write to it): read
-        the same immutable file into memory once, before the first write."""
+        the same immutable file into memory once, before the first write. Searches go on while
+        it is read; only the swap takes the write lock."""
         if self.mapped_from is None:
             return
-        index = faiss.read_index(self.mapped_from)
-        apply_search_params(index, self.plan.params)
-        if self.index is self.cpu_index:
-            self.index = index
-        self.cpu_index, self.mapped_from = index, None
+        with self._owning:
+            if self.mapped_from is None:  # another writer read it meanwhile
+                return
+            index = faiss.read_index(self.mapped_from)
+            apply_search_params(index, self.plan.params)
+            with self.lock.write():
+                if self.index is self.cpu_index:
+                    self.index = index
+                self.cpu_index, self.mapped_from = index, None
 
     def _maybe_compact(self) -> None:
-        """Flat and HNSW keep deleted rows as tombstones: past `compact_at` of the index (and at
-        least 1,000 rows) the live rows are re-added to a fresh index and renumbered 0..n-1."""
+        """Flat, HNSW and re-ranked IVF-PQ keep deleted rows as tombstones: past `compact_at` of the
+        index (and at least 1,000 rows) the live rows are re-added to a fresh index and renumbered."""
         if self.plan.removes or len(self.tombstones) < max(1000, self.compact_at * self.index.ntotal):
             return
         rows = np.fromiter(sorted(self.items), np.int64, len(self.items))

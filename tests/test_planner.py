@@ -130,3 +130,14 @@ def test_gpu_decisions_which_index_and_which_clamps():
     assert place(big, 10**9, ngpu=4, gpu_bytes=80 * 10**9).device == "cpu"
     sharded = place(big, 10**9, ngpu=10, gpu_bytes=80 * 10**9)
     assert (sharded.device, sharded.shards) == ("gpu", 10)
+
+
+def test_a_reranked_index_compacts_its_tombstones_and_keeps_its_training():
+    x = clustered(6_000)
+    index, plan = plan_and_build(x, "l2", kind="ivf-pq", target_recall=0.9, queries=clustered(200, seed=1))
+    g = Gallery(index, {i: Item(f"it{i}", f"p{i}") for i in range(len(x))}, "l2", plan)
+    assert not plan.removes  # IndexRefine cannot remove: deletes are tombstones
+    g.delete([f"it{i}" for i in range(2_000)])  # a third of the rows: past compact_at (a quarter)
+    assert not g.tombstones and g.index.ntotal == 4_000 and g.index.is_trained
+    assert g.search(x[2_500], 1)[0][0].item_id == "it2500"
+    assert all(int(it.item_id[2:]) >= 2_000 for it, _ in g.search(x[10], 20))
