@@ -66,6 +66,8 @@ def build_shard(args: argparse.Namespace) -> int:
     if (final / DONE).exists():
         print(f"index build --shard {i}/{n}: already built ({final})")
         return 0
+    for stale in root.glob(f".tmp-{i:04d}-*"):  # left by an attempt that died; its batches are kept apart
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = root / f".tmp-{i:04d}-{os.getpid()}"
     tmp.mkdir(parents=True)
     summary = {"shard": i, "of": n, "modalities": {}}
