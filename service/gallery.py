@@ -68,25 +68,6 @@ def exact_index(dim: int, metric: str) -> faiss.Index:
     return faiss.IndexFlatIP(dim) if metric == "cosine" else faiss.IndexFlatL2(dim)
 
 
-def recall_at_10(index: faiss.Index, vectors: np.ndarray, queries: np.ndarray, metric: str) -> float:
-    """Share of the exact top-10 (by the same metric) that `index` returns in its top-10."""
-    k = min(10, len(vectors))
-    exact = exact_index(vectors.shape[1], metric)
-    exact.add(vectors)
-    _, truth = exact.search(queries, k)
-    _, found = index.search(queries, k)
-    return float(np.mean([len(set(t) & set(f)) / k for t, f in zip(truth, found, strict=True)]))
-
-
-def tuning_queries(vectors: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
-    """Gallery rows moved by noise of about their nearest-neighbour distance: queries near, not on,
-    the gallery (a row as its own query makes any index look perfect)."""
-    picked = vectors[rng.choice(len(vectors), size=min(n, len(vectors)), replace=False)]
-    scale = np.median(np.linalg.norm(picked - vectors[rng.choice(len(vectors), len(picked))], axis=1))
-    noise = rng.standard_normal(picked.shape).astype(np.float32) * scale / (2 * math.sqrt(vectors.shape[1]))
-    return np.ascontiguousarray(picked + noise, np.float32)
-
-
 def apply_search_params(index: faiss.Index, params: dict) -> None:
     """Search settings are not all kept in an index file: set them on the index read back."""
     if "nprobe" in params:
