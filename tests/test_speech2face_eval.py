@@ -18,6 +18,7 @@ from facevoice.training.speech2face.evaluate import (
     cross_check,
     feature_similarity,
     ordered,
+    reconstruction_variation,
     retrieval,
     voice_hearing,
 )
@@ -366,3 +367,28 @@ def test_segment_consistency_separates_same_video_other_video_and_other_speakers
         c["different_speakers"]["cosine"]
     unknown = S2FSplit(["p0", "p1"], [{}, {}], voice, Modality(voice.data, voice.identity, voice.item_ids), None)
     assert set(segment_consistency(v_s, unknown)) == {"same_speaker_any", "different_speakers"}
+
+
+def test_reconstruction_variation_is_one_for_a_face_per_gender_and_large_for_a_face_per_person():
+    split = _split(people=10, per=3)
+    g = torch.Generator().manual_seed(0)
+    ident = torch.as_tensor(split.voice.identity)
+    gender = torch.tensor([split.attributes[i]["gender"] == "male" for i in split.voice.identity]).float()
+    noise = lambda: 0.01 * torch.randn(len(ident), 3, 8, 8, generator=g)  # noqa: E731
+    per_gender = gender[:, None, None, None] * torch.ones(len(ident), 3, 8, 8) + noise()
+    per_person = torch.rand(10, 3, 8, 8, generator=g)[ident] + noise()
+    flat = lambda x: x.reshape(len(x), -1)  # noqa: E731
+    one = reconstruction_variation(split, per_gender, flat(per_gender), "voice")
+    own = reconstruction_variation(split, per_person, flat(per_person), "voice")
+    assert 0.8 < one["pixel"]["ratio"] < 1.25  # only clip noise tells two women apart
+    assert own["pixel"]["ratio"] > 10 and own["feature"]["ratio"] > 5
+    # 10 people x 3 clips: 3 same-person pairs each; 5 people per gender, 3 x 3 clips per pair of them
+    assert one["pairs"] == {"same_person": 30, "different_people_same_gender": 2 * 10 * 9}
+    # by hand: two women, two clips each, drawn as flat grey 0.0 / 0.1 and 1.0 / 1.1: within a person
+    # the RMS distance is 0.1; across them 1.0, 1.1, 0.9, 1.0 (mean 1.0): ratio 10
+    ident2 = np.array([0, 0, 1, 1])
+    two = S2FSplit(["a", "b"], [{"gender": "female"}] * 2, split.face,
+                   Modality(np.zeros((4, 1)), ident2, ["0", "1", "2", "3"]), None)
+    grey = torch.tensor([0.0, 0.1, 1.0, 1.1])[:, None, None, None] * torch.ones(4, 3, 4, 4)
+    v = reconstruction_variation(two, grey, torch.randn(4, 8, generator=g), "voice")
+    assert v["pixel"]["same_person"] == pytest.approx(0.1) and v["pixel"]["ratio"] == pytest.approx(10.0)

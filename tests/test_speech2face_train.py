@@ -187,6 +187,11 @@ def test_evaluation_report(nets, toy, tmp_path, capsys):
     assert "hearing" not in m  # needs the generator's voice parameters
     assert m["age_trend"] is None and "Age trend" not in text  # the toy corpus has one age group
     assert m["cross_check"]["via_reconstruction"]["trials"] == 300
+    # 6 test people of the toy corpus, 2 clips and 2 photos each: 6 same-person pairs per kind
+    for kind in ("s2f", "f2f"):
+        v = m["variation"][kind]
+        assert v["pairs"]["same_person"] == 6 and v["pixel"]["ratio"] > 0 and v["feature"]["ratio"] > 0
+    assert "Do the reconstructions follow the person?" in text
     for f in m["figures"]:
         assert (report / f).stat().st_size > 0
     assert "Speech2Face evaluation" in capsys.readouterr().out

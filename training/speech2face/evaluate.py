@@ -141,6 +141,40 @@ def segment_consistency(v_s: torch.Tensor, split: S2FSplit) -> dict:
     return {k: {"cosine": float(cos[m].mean()), "pairs": int(m.sum() // 2)} for k, m in groups.items() if m.any()}
 
 
+VARIATION_ROWS = 400  # reconstructions compared pairwise (a seeded sample of them past this)
+
+
+def reconstruction_variation(split: S2FSplit, pictures: torch.Tensor, features: torch.Tensor, modality: str,
+                             seed: int = 0) -> dict:
+    """Does a reconstruction follow the person? The mean distance between reconstructions of
+    different people of the same gender over the mean distance between reconstructions of two
+    rows (clips for S2F, photos for F2F) of the same person, in pixels (RMS) and in the face
+    feature (cosine distance). A decoder that draws one face per gender scores near 1; one that
+    draws each person's own face, well above it. Not a figure of Oh et al.: a check on the decoder."""
+    ident = getattr(split, modality).identity
+    rows = np.arange(len(ident))
+    if len(rows) > VARIATION_ROWS:
+        rows = np.sort(np.random.default_rng(seed).choice(rows, VARIATION_ROWS, replace=False))
+    ident = ident[rows]
+    gender = np.array([split.attributes[i].get("gender", "") for i in ident])
+    x = pictures[rows].reshape(len(rows), -1).double()
+    sq = (x * x).sum(1)
+    pixel = ((sq[:, None] + sq[None, :] - 2 * x @ x.T).clamp(min=0) / x.shape[1]).sqrt().numpy()
+    unit = torch.nn.functional.normalize(features[rows].double(), dim=1)
+    feature = (1 - unit @ unit.T).numpy()
+    pair = ~np.eye(len(rows), dtype=bool)
+    same = (ident[:, None] == ident[None, :]) & pair
+    others = (ident[:, None] != ident[None, :]) & (gender[:, None] == gender[None, :])
+    if not same.any() or not others.any():
+        return {}
+    out = {"pairs": {"same_person": int(same.sum() // 2), "different_people_same_gender": int(others.sum() // 2)}}
+    for name, d in (("pixel", pixel), ("feature", feature)):
+        within, between = float(d[same].mean()), float(d[others].mean())
+        out[name] = {"same_person": within, "different_people_same_gender": between,
+                     "ratio": between / max(within, 1e-12)}
+    return out
+
+
 def _labels(split: S2FSplit, attr: str, rows_identity: np.ndarray) -> np.ndarray:
     return np.array([split.attributes[i].get(attr, "") for i in rows_identity])
 
@@ -391,6 +425,9 @@ def run(args: argparse.Namespace) -> int:
     metrics["geometry"] = geometry(generator, split, f2f.numpy(), s2f.numpy(), frontend, args.seed)
     steps.update()
     metrics["cross_check"] = cross_check(split, s2f_vf, main_s, v_f, args.trials, args.seed)
+    f2f_vf = face_features(net, to_normalised(f2f, frontend).numpy(), device)
+    metrics["variation"] = {"s2f": reconstruction_variation(split, s2f, s2f_vf, "voice", args.seed),
+                            "f2f": reconstruction_variation(split, f2f, f2f_vf, "face", args.seed)}
     steps.update()
     figures = pictures(split, f2f, s2f, frontend, out, args.seed)
     if (args.run / "training.png").exists():

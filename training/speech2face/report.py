@@ -195,6 +195,17 @@ def write_report(m: dict, path: Path) -> Path:
                   *[f"| {k.replace('_', ' ')} | {v['cosine']:.3f} | {v['pairs']} |"
                     for k, v in m["consistency"].items()],
                   ""]
+    if any(m.get("variation", {}).values()):
+        lines += ["## Do the reconstructions follow the person?", "",
+                  "Mean distance between reconstructions of different people of the same gender, over the mean "
+                  "distance between reconstructions of two clips (S2F) or two photos (F2F) of the same person. A "
+                  "decoder that draws one face per gender scores near 1. Not a figure of the paper.", "",
+                  "| reconstruction | space | same person | different people, same gender | ratio | pairs |",
+                  "|---|---|---|---|---|---|",
+                  *[f"| {kind.upper()} | {space} | {v[space]['same_person']:.4f} | "
+                    f"{v[space]['different_people_same_gender']:.4f} | **{v[space]['ratio']:.2f}** | "
+                    f"{v['pairs']['same_person']} / {v['pairs']['different_people_same_gender']} |"
+                    for kind, v in m["variation"].items() if v for space in ("pixel", "feature")], ""]
     c = m["cross_check"]
     lines += ["## Cross-check: 1:2 V->F through S2F", "",
               "| by | accuracy | 95% CI | trials |", "|---|---|---|---|",
@@ -227,5 +238,9 @@ def format_summary(m: dict, out: Path) -> str:
            f"{m['age_trend']['reconstruction']['random_r']:.2f})"]
           if m.get("age_trend") else []),
         f"  1:2 V->F via the reconstruction {_pct(cc['accuracy'])}% (chance 50%)",
+        *([f"  reconstructions follow the person (different people of a gender / same person, pixels): S2F "
+           f"{m['variation']['s2f']['pixel']['ratio']:.2f}, F2F {m['variation']['f2f']['pixel']['ratio']:.2f} "
+           "(one face per gender: about 1)"] if m.get("variation", {}).get("s2f") and m["variation"].get("f2f")
+          else []),
         f"  report.md, metrics.json, {len(m['figures'])} figures",
     ])
