@@ -166,10 +166,14 @@ def tuning_queries(vectors: np.ndarray, n: int, rng: np.random.Generator) -> np.
     return np.ascontiguousarray(picked + noise, np.float32)
 
 
+def faiss_metric(metric: str) -> int:
+    """Our metric name -> FAISS's (cosine spaces are normalised and searched by inner product)."""
+    return faiss.METRIC_INNER_PRODUCT if metric == "cosine" else faiss.METRIC_L2
+
+
 def ground_truth(vectors: np.ndarray, queries: np.ndarray, metric: str, k: int) -> np.ndarray:
     """Exact top-k ids of each query, without copying the gallery into an index."""
-    m = faiss.METRIC_INNER_PRODUCT if metric == "cosine" else faiss.METRIC_L2
-    return faiss.knn(queries, vectors, k, metric=m)[1]
+    return faiss.knn(queries, vectors, k, metric=faiss_metric(metric))[1]
 
 
 def recall(found: np.ndarray, truth: np.ndarray) -> float:
@@ -182,7 +186,7 @@ def build_candidate(c: Candidate, vectors: np.ndarray, metric: str, rng: np.rand
                     progress: bool = False) -> faiss.Index:
     """The untuned index: trained on a sample, then the gallery added in batches."""
     n, d = vectors.shape
-    fm = faiss.METRIC_INNER_PRODUCT if metric == "cosine" else faiss.METRIC_L2
+    fm = faiss_metric(metric)
     if c.name == "flat":
         index = exact_index(d, metric)
     elif c.name == "hnsw":
