@@ -42,6 +42,7 @@ from facevoice.service.repository import FACE, VOICE, read_manifest
 from facevoice.service.runners import EmbeddedRunner
 from facevoice.service.versions import load_version, publish, write_version
 from facevoice.v1 import facevoice_pb2 as pb
+from tests.local_servers import rss_bytes
 
 PER_IDENTITY = 4
 IMAGES = Path(__file__).resolve().parent.parent / "docs" / "images" / "index"
@@ -100,31 +101,24 @@ def probe(root: Path, version: str, model_version: str, mmap: bool, queries: np.
     return {**json.loads(out.stdout.strip().splitlines()[-1]), "cold": cold}
 
 
-def _rss() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
 def run_probe(root: str, version: str, model_version: str, queries: str, mmap: bool, whole: bool) -> None:
     faiss.omp_set_num_threads(1)
     q = np.load(queries)[:200]
-    before = _rss()
+    before = rss_bytes()
     t = time.perf_counter()
     index = faiss.read_index(str(Path(root) / "face" / version / "index.faiss"), faiss.IO_FLAG_MMAP_IFC if mmap else 0)
-    out = {"start_s": time.perf_counter() - t, "rss_loaded": _rss() - before}
+    out = {"start_s": time.perf_counter() - t, "rss_loaded": rss_bytes() - before}
     index.search(q, 10)
-    out["rss_searched"] = _rss() - before
+    out["rss_searched"] = rss_bytes() - before
     del index
     if whole:
-        before = _rss()
+        before = rss_bytes()
         t = time.perf_counter()
         g = load_version(Path(root), "face", version, model_version, mmap=mmap)
         out["version_s"] = time.perf_counter() - t
         for v in q:
             g.search(v, 10)
-        out["version_rss"] = _rss() - before
+        out["version_rss"] = rss_bytes() - before
     print(json.dumps(out))
 
 

@@ -226,10 +226,15 @@ class LocalService(LocalProcess):
         return self
 
     def rss_mb(self) -> float:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
+        return rss_bytes(self.proc.pid) / 2**20
+
+
+def rss_bytes(pid: int | str = "self") -> float:
+    """A process's resident set size (VmRSS), in bytes; NaN when it is not there."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return float("nan")
 
 
 def _postgres_binary(name: str) -> str:

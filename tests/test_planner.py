@@ -20,12 +20,11 @@ from facevoice.service.planner import (
     recall,
 )
 from facevoice.service.versions import load_version, publish, write_version
+from tests.test_index import clustered as index_clusters
 
 
-def clustered(n: int, dim: int = 32, clusters: int = 100, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((clusters, dim)).astype(np.float32) * 3
-    return (centres[rng.integers(0, clusters, n)] + rng.standard_normal((n, dim))).astype(np.float32)
+def clustered(n: int, seed: int = 0) -> np.ndarray:
+    return index_clusters(n, dim=32, clusters=100, seed=seed)
 
 
 def test_sizes_and_list_counts_read_as_a_person_would():
