@@ -30,19 +30,21 @@ def synthetic_batch(cfg, n: int, device) -> Batch:
     return Batch(faces, voices, 2 * n + rows, rows, n + rows, torch.ones(n, dtype=torch.bool)).to(device)
 
 
-def triplets_per_s(cfg, batch: int, threads: int, hard: bool, steps: int, device: torch.device) -> float:
+def triplets_per_s(cfg, batch: int, threads: int, hard: bool, steps: int, device: torch.device,
+                   bf16: bool | None = None) -> float:
+    """Triplets/s of one optimiser step; bf16 autocast by default on a GPU only."""
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     model = AssociationModel(cfg).to(device)
-    net, amp = TripletNet(model), device.type == "cuda"
-    if amp:
+    net, amp = TripletNet(model), device.type == "cuda" if bf16 is None else bf16
+    if device.type == "cuda":
         model.face_encoder.to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), 1e-4)
     b = synthetic_batch(cfg, batch * (cfg.train.hard_pool if hard else 1), device)
     times = []
     for step in range(steps + 3):
         start = time.perf_counter()
-        with torch.autocast("cuda", torch.bfloat16, enabled=amp):
+        with torch.autocast(device.type, torch.bfloat16, enabled=amp):
             per = net(b)
         loss = per[hardest(per.detach(), batch)].mean() if hard else per.mean()
         opt.zero_grad()

@@ -27,14 +27,12 @@ import subprocess
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from bench.association_train import synthetic_batch
+from bench.association_train import triplets_per_s as association_rate
 from bench.s2f_train import pairs_per_s
 from facevoice.training.association.config import load_config
 from facevoice.training.association.model import AssociationModel
-from facevoice.training.association.train import TripletNet
 
 TINY_ASSOC = ["face.size=32", "face.widths=[4, 8, 8, 16, 16]", "voice.seconds=1.0",
               "voice.widths=[4, 8, 8, 16, 16, 16]", "embedding.hidden=16", "embedding.dim=8"]
@@ -49,25 +47,8 @@ def sync(device: torch.device) -> None:
 
 
 def triplets_per_s(cfg, batch: int, bf16: bool, steps: int, device: torch.device) -> float:
-    """One optimiser step of eq. (1) per measurement (median), as bench.association_train does."""
-    torch.manual_seed(0)
-    model = AssociationModel(cfg).to(device)
-    net = TripletNet(model)
-    opt = torch.optim.Adam(model.parameters(), 1e-4)
-    b = synthetic_batch(cfg, batch, device)
-    times = []
-    for step in range(steps + 2):
-        start = time.perf_counter()
-        with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
-            loss = net(b).float().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sync(device)
-        if step >= 2:
-            times.append(time.perf_counter() - start)
-    del model, opt, b
-    return batch / float(np.median(times))
+    """bench.association_train's step (eq. (1), no hard negatives) in fp32 or bf16 autocast."""
+    return association_rate(cfg, batch, torch.get_num_threads(), False, steps, device, bf16=bf16)
 
 
 def largest_batch(cfg, bf16: bool, device: torch.device, limit: int) -> int:
