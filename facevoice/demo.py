@@ -45,7 +45,7 @@ FACE_STEPS, VOICE_STEPS = 600, 600
 ASSOCIATION = ["train.loss=infonce", "train.batch=32", "train.iterations=300", "train.lr_decay_every=100",
                "train.hard_after=150"]
 PAPER_ASSOCIATION = ["train.iterations=600", "train.lr_decay_every=200", "train.hard_after=300"]
-S2F_FACE, S2F_DECODER, S2F_VOICE = ["face.steps=1500"], ["decoder.steps=800"], ["train.iterations=400"]
+S2F_FACE, S2F_DECODER, S2F_VOICE = [], [], []  # Speech2Face: the committed `small` as it is (run N)
 
 
 def _sets(values: list[str]) -> list[str]:
