@@ -41,8 +41,7 @@ from facevoice.service.planner import (
     parse_bytes,
     plan_and_build,
 )
-from facevoice.service.repository import FACE, VOICE
-from facevoice.service.repository import read_manifest as read_repository
+from facevoice.service.repository import FACE, VOICE, open_repository
 from facevoice.service.runners import EmbeddedRunner, TritonRunner
 from facevoice.service.versions import Folded, current_version, publish, read_folded, read_meta, write_version
 from facevoice.service.writelog import WriteLog, offset_of, open_log
@@ -242,7 +241,7 @@ class Setup:
 
 def setup(args: argparse.Namespace, fold_log: bool = True, embed: bool = True) -> Setup:
     faiss.omp_set_num_threads(args.threads)
-    manifest = read_repository(args.model_repo)
+    manifest = open_repository(args.model_repo)
     runner = None if not embed else TritonRunner(args.triton_url) if getattr(args, "triton_url", None) \
         else EmbeddedRunner(args.model_repo, args.threads)
     rows = gallery_rows(args.gallery, args.split)

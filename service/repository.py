@@ -2,7 +2,8 @@
 
 `facevoice export` writes it; the service and the index build read it once, at start-up, and
 from then on name an embedding space (a `Space`) and get everything about it from here: its
-modality, its front end, its network and the model version its indexes must carry."""
+modality, its front end, its network and the model version its indexes must carry. Its files are
+checked against their recorded SHA-256s before they are served (`open_repository`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from facevoice.service import checksums
 from facevoice.service.errors import FormatError, Unsupported
 from facevoice.service.media import frontends
 from facevoice.service.media.frontends import Frontend
@@ -134,6 +136,27 @@ def read_manifest(repo: Path) -> Manifest:
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
         raise FormatError(f"{path}: not a facevoice model repository manifest ({type(e).__name__}: {e}); "
                           "run `facevoice export` first") from e
+
+
+def network_file(info: NetworkEntry) -> str:
+    """Where a network's ONNX file is, relative to the repository."""
+    return f"{info.model}/{info.triton_version}/model.onnx"
+
+
+def open_repository(repo: Path, progress=None) -> Manifest:
+    """The manifest, after checking the files: each served network's ONNX against the SHA-256 in
+    `facevoice.json`, and every file `checksums.sha256` lists (export writes it). What the service
+    and `index build` read; ChecksumMismatch (a FormatError) names the first file that differs."""
+    manifest = read_manifest(repo)
+    digests = {network_file(n): n.sha256 for g in manifest.groups.values() for n in g.networks.values()}
+    if (Path(repo) / checksums.NAME).exists():
+        listed = checksums.read(repo)
+        if disagree := sorted(f for f in set(listed) & set(digests) if listed[f] != digests[f]):
+            raise checksums.ChecksumMismatch(f"{repo}: {checksums.NAME} and {MANIFEST} record different SHA-256s "
+                                             f"for {disagree}")
+        digests = {**listed, **digests}
+    checksums.verify(repo, digests, progress)
+    return manifest
 
 
 def write_manifest(repo: Path, manifest: Manifest) -> None:

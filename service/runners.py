@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from facevoice.service.errors import DeadlineExceeded, DependencyUnavailable
-from facevoice.service.repository import NetworkEntry
+from facevoice.service.repository import NetworkEntry, network_file
 
 
 class EmbeddedRunner:
@@ -31,7 +31,7 @@ class EmbeddedRunner:
                 options = ort.SessionOptions()
                 options.intra_op_num_threads = self.threads  # deliberate: the service shares the cores
                 options.inter_op_num_threads = 1
-                path = self.repo / info.model / str(info.triton_version) / "model.onnx"
+                path = self.repo / network_file(info)
                 self._sessions[info.model] = ort.InferenceSession(str(path), options,
                                                                   providers=["CPUExecutionProvider"])
             return self._sessions[info.model]

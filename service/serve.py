@@ -29,7 +29,7 @@ from facevoice.service.errors import DependencyUnavailable, UsageError
 from facevoice.service.handlers import FaceVoiceService
 from facevoice.service.media import DEFAULT_LIMITS
 from facevoice.service.metrics import Metrics
-from facevoice.service.repository import read_manifest
+from facevoice.service.repository import open_repository
 from facevoice.service.runners import EmbeddedRunner, TritonRunner
 from facevoice.service.served import IndexSet
 from facevoice.service.writelog import LogTrimmed, RedisLog, open_log
@@ -247,7 +247,7 @@ class Running:
     def _start(self, cfg: ServeConfig) -> None:
         faiss.omp_set_num_threads(cfg.faiss_threads)
         self.metrics = Metrics()
-        manifest = read_manifest(cfg.model_repo)
+        manifest = open_repository(cfg.model_repo)
         runner = (TritonRunner(cfg.triton_url, retries=cfg.triton_retries) if cfg.triton_url
                   else EmbeddedRunner(cfg.model_repo, threads=cfg.ort_threads))
         self.embedder = Embedder(manifest, runner)

@@ -4,7 +4,6 @@ is replaced atomically. A build that dies leaves only a `.tmp-*` directory, neve
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -16,6 +15,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from facevoice.service import checksums
 from facevoice.service.errors import FacevoiceError
 from facevoice.service.gallery import BuildPlan, Gallery, Item, apply_search_params
 
@@ -54,14 +54,6 @@ def read_folded(root: Path, name: str, version: str) -> Folded:
     return Folded(set(d["erased"]), {it["item_id"]: (Item(**it), vectors[i]) for i, it in enumerate(d["upserted"])})
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def new_version() -> str:
     """Sorts by creation time (microseconds), unique across builders."""
     now = datetime.now(UTC)
@@ -95,7 +87,7 @@ def write_version(root: Path, name: str, index: faiss.Index, items: list[Item], 
         with open(tmp / FOLDED[1], "wb") as f:
             np.save(f, np.stack([v for _, v in ups]).astype(np.float32) if ups else np.zeros((0, index.d), np.float32))
         files = FILES + FOLDED
-    (tmp / "checksums.sha256").write_text("".join(f"{sha256(tmp / f)}  {f}\n" for f in files))
+    checksums.write(tmp, list(files))
     for f in tmp.iterdir():
         fd = os.open(f, os.O_RDONLY)
         os.fsync(fd)
@@ -128,13 +120,12 @@ def read_meta(root: Path, name: str, version: str) -> dict:
 
 def verify(path: Path) -> None:
     try:
-        lines = (path / "checksums.sha256").read_text().splitlines()
-    except OSError as e:
-        raise IndexVersionError(f"{path}: no checksums ({e})") from e
-    for line in lines:
-        digest, _, fname = line.partition("  ")
-        if fname not in FILES + FOLDED or not (path / fname).exists() or sha256(path / fname) != digest:
-            raise IndexVersionError(f"{path}/{fname}: checksum mismatch")
+        digests = checksums.read(path)
+        if unknown := sorted(set(digests) - set(FILES + FOLDED)):
+            raise checksums.ChecksumMismatch(f"{path}: checksums name files a version does not have: {unknown}")
+        checksums.verify(path, digests)
+    except checksums.ChecksumMismatch as e:
+        raise IndexVersionError(f"checksum mismatch: {e}") from e
 
 
 def load_version(root: Path, name: str, version: str, model_version: str, use_gpu: bool = False,

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from facevoice.service import checksums
 from facevoice.service.errors import UsageError
 from facevoice.service.media.audio import complex_spectrogram, power_law
 from facevoice.service.media.frontends import Frontend
@@ -141,9 +142,11 @@ def run(args: argparse.Namespace) -> int:
     manifest = Manifest(version, default, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), groups, spaces,
                         DECODER if SPEECH2FACE in groups else None)
     write_manifest(args.out, manifest)
+    files = checksums.write(args.out)  # every file of the repository, checked before it is served
     print(f"exported Triton version {version} to {args.out} in {time.perf_counter() - start:.1f} s "
           f"(config.pbtxt = {default}; others in each model's configs/)")
     print("\n".join(lines))
+    print(f"  {len(files)} files' SHA-256 in {args.out / checksums.NAME}")
     for name, group in groups.items():
         print(f"  {name} model version {group.version}")
     return 0
