@@ -1,6 +1,6 @@
 """Decode and face-detection speed of the media pipeline -> docs/benchmarks.md.
 
-    python -m bench.media_formats --model-repo demo/model_repo --index-root demo/indexes
+    python -m bench.media_formats --model-repo models/demo --index-root demo/indexes
 
 - Audio: the association front end (decode, resample, tile) of 4.3 s of espeak-ng speech as
   WAV (the baseline) and as MP3, M4A, WebM/Opus, Ogg/Opus and the audio track of MP4 / MKV video.
@@ -117,7 +117,7 @@ def search_rows(model_repo: Path, index_root: Path, n: int) -> list[str]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model-repo", type=Path, default=Path("demo/model_repo"))
+    p.add_argument("--model-repo", type=Path, default=Path("models/demo"))
     p.add_argument("--index-root", type=Path, default=Path("demo/indexes"))
     p.add_argument("--repeats", type=int, default=20)
     args = p.parse_args()

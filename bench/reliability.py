@@ -1,6 +1,6 @@
 """Reliability figures of the service -> docs/reliability.md (a benchmark, not a timed test).
 
-    python -m bench.reliability --model-repo demo/model_repo --index-root demo/indexes --corpus demo/corpus
+    python -m bench.reliability --model-repo models/demo --index-root demo/indexes --corpus demo/corpus
 
 Every service runs as its own `facevoice serve` process on a private copy of the index root:
 - fuzz: mutated real WAV / PNG files (bit flips, truncation, splices, lying headers) through
@@ -409,7 +409,7 @@ def report(raw: dict) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model-repo", type=Path, default=Path("demo/model_repo"))
+    p.add_argument("--model-repo", type=Path, default=Path("models/demo"))
     p.add_argument("--index-root", type=Path, default=Path("demo/indexes"))
     p.add_argument("--corpus", type=Path, default=Path("demo/corpus"))
     p.add_argument("--fuzz", type=int, default=10_000)

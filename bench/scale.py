@@ -1,7 +1,7 @@
 """Cost against gallery size: every plan the index planner considers, at 10k, 100k, 1M and 10M
 vectors, side by side in one run, with a PNG of latency, memory and recall against size.
 
-    python -m bench.scale --model-repo demo/model_repo --corpus demo/corpus --real CORPUS [CORPUS ...]
+    python -m bench.scale --model-repo models/demo --corpus demo/corpus --real CORPUS [CORPUS ...]
 
 The 10k gallery is real: faces of the `--real` corpora embedded by the served face encoder. The
 larger ones are synthetic, matched to those embeddings: identity centres drawn from a Gaussian with
@@ -186,7 +186,7 @@ def kinds_for(size: int, hnsw_max: int, flat_max: int) -> list[str]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model-repo", type=Path, default=Path("demo/model_repo"))
+    p.add_argument("--model-repo", type=Path, default=Path("models/demo"))
     p.add_argument("--corpus", type=Path, default=Path("demo/corpus"), help="its voices are the service's queries")
     p.add_argument("--real", type=Path, nargs="+", help="corpora whose faces are the real gallery (default --corpus)")
     p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000, 10_000_000])

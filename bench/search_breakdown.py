@@ -1,6 +1,6 @@
 """Where one SearchFaces call's time goes, and issue 20's serving-overhead target, in one run.
 
-    python -m bench.search_breakdown --model-repo demo/model_repo --corpus demo/corpus --index-root demo/indexes
+    python -m bench.search_breakdown --model-repo models/demo --corpus demo/corpus --index-root demo/indexes
 
 At concurrency 1: the client's latency, the server's own per-stage histograms (from its /metrics),
 and the raw parts measured in the same run (decoding alone, the voice encoder called on Triton
@@ -69,7 +69,7 @@ def server_stages(metrics_url: str) -> dict[str, tuple[float, float]]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model-repo", type=Path, default=Path("demo/model_repo"))
+    p.add_argument("--model-repo", type=Path, default=Path("models/demo"))
     p.add_argument("--corpus", type=Path, default=Path("demo/corpus"))
     p.add_argument("--index-root", type=Path, default=Path("demo/indexes"))
     p.add_argument("--calls", type=int, default=300)

@@ -1,44 +1,66 @@
 """`facevoice demo`: the main job on the embedded default (no Triton, Redis or GPU needed).
 
-Builds the demo corpus, trains small association and Speech2Face models, evaluates them, exports
-the model repository, builds the test-split gallery indexes, starts the gRPC service in-process
-and runs SearchFaces / SearchVoices / Match / ReconstructFace through the client. Each stage is
-skipped when its artifact already exists (delete it, or pass --force, to redo it).
+By default it serves the released models (`models/demo/`, facevoice.release): builds the demo
+corpus they were trained on and checks it is that corpus, verifies every released file against its
+SHA-256, builds the test-split gallery indexes, starts the gRPC service in-process and runs
+SearchFaces / SearchVoices / Match / ReconstructFace through the client. It prints each query's
+hits beside the truth with the true identity's rank, recall through the service beside the
+released evaluation, and draws the S2F faces beside the people's photos as one PNG.
+
+`--retrain` keeps the whole pipeline instead: corpus, training (the `small` recipes), evaluation,
+export, indexes, queries, then each released figure beside this run's. `--retrain --release DIR`
+also writes the run as a release (the only path that changes `models/demo/`).
+
+Each stage is skipped when its artifact already exists (delete it, or pass --force, to redo it).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from tqdm import tqdm
+
+from facevoice import release as rel
 from facevoice.cli import main as cli
 from facevoice.service.corpus import Item, read_manifest
-from facevoice.service.errors import FormatError
+from facevoice.service.errors import FormatError, UsageError
 from facevoice.service.repository import MANIFEST
 from facevoice.service.repository import read_manifest as read_repository
+from facevoice.service.versions import current_version, read_meta
+
+DEMO_IDENTITIES, DEMO_SEED = 300, 0
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("demo"), help="working directory")
-    p.add_argument("--identities", type=int, default=300)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--models", type=Path, default=rel.DEFAULT,
+                   help="the released model repository to serve (default: this checkout's models/demo)")
+    p.add_argument("--retrain", action="store_true",
+                   help="train, evaluate and export the models here instead of serving the released ones")
+    p.add_argument("--release", type=Path, metavar="DIR",
+                   help="with --retrain: write the run as a release to DIR (models/demo to replace ours)")
+    p.add_argument("--identities", type=int, help=f"with --retrain: corpus size (default {DEMO_IDENTITIES})")
+    p.add_argument("--seed", type=int, help=f"with --retrain: corpus seed (default {DEMO_SEED})")
+    p.add_argument("--people", type=int, default=3, help="people whose queries are printed in full")
+    p.add_argument("--grid", type=int, default=8, help="people in the S2F picture grid")
     p.add_argument("--force", action="store_true", help="redo every stage")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs)")
     p.add_argument("--paper-loss", action="store_true",
-                   help="train the association model with eq. (1) and hard negatives (Kim et al. sec. 4.3) "
-                        "instead of InfoNCE")
+                   help="with --retrain: train the association model with eq. (1) and hard negatives "
+                        "(Kim et al. sec. 4.3) instead of InfoNCE")
 
 
-# The demo's training budget: about 15 minutes on a 2-core CPU. docs/results.md has the longer
-# recipes and their numbers; these are the same configs with fewer steps. The association model
-# (issue 19, docs/results.md "On people never seen"): both backbones pretrained with demographic
-# heads, then InfoNCE over batches of 32 distinct people; validation peaks within 100-300 steps
-# on these backbones, so the time goes to the voice backbone instead. `--paper-loss` trains
-# eq. (1) with hard negatives instead, as the demo did before.
+# The retrain recipe: about 35 minutes on a 2-core CPU (docs/results.md, "The released demo
+# models"). The association model (issue 19, docs/results.md "On people never seen"): both
+# backbones pretrained with demographic heads, then InfoNCE over batches of 32 distinct people;
+# validation peaks within 100-300 steps on these backbones. `--paper-loss` trains eq. (1) with
+# hard negatives instead. Speech2Face: the committed `small` config as it is (run N).
 FACE_ATTRIBUTES = ["gender", "age_group", "appearance_group"]
 VOICE_ATTRIBUTES = ["gender", "age_group", "appearance_group", "first_language"]
 FACE_STEPS, VOICE_STEPS = 600, 600
@@ -46,6 +68,7 @@ ASSOCIATION = ["train.loss=infonce", "train.batch=32", "train.iterations=300", "
                "train.hard_after=150"]
 PAPER_ASSOCIATION = ["train.iterations=600", "train.lr_decay_every=200", "train.hard_after=300"]
 S2F_FACE, S2F_DECODER, S2F_VOICE = [], [], []  # Speech2Face: the committed `small` as it is (run N)
+STAGES = "stages.json"  # each stage's time, kept beside its artifacts so a reused stage still reports it
 
 
 def _sets(values: list[str]) -> list[str]:
@@ -53,20 +76,38 @@ def _sets(values: list[str]) -> list[str]:
 
 
 class Stages:
-    """Runs each stage once, times it, and remembers what it made."""
+    """Runs each stage once, times it, and remembers what it made (and each command it ran)."""
 
-    def __init__(self, force: bool):
-        self.force, self.times, self.log = force, {}, []
+    def __init__(self, out: Path, force: bool):
+        self.out, self.force, self.log, self.commands = Path(out), force, [], []
+        self.started = time.perf_counter()
+        self.first_answer: float | None = None
+        try:
+            self.times = json.loads((self.out / STAGES).read_text())
+        except (OSError, ValueError):
+            self.times = {}
 
-    def __call__(self, name: str, artifact: Path, make: Callable[[], None]) -> None:
+    def __call__(self, name: str, artifact: Path, make: Callable[[], None], argv: list[str] | None = None) -> None:
+        if argv is not None:
+            self.commands.append(argv)
         if artifact.exists() and not self.force:
-            self.log.append(f"  {name:<22} reused {artifact}")
+            took = f"(took {self.times[name]:.0f} s)" if name in self.times else ""
+            self.log.append(f"  {name:<22} reused {artifact} {took}")
             return
         print(f"\n== demo: {name} ==", flush=True)
         start = time.perf_counter()
-        make()
+        if argv is not None:
+            check(cli(argv), name)
+        else:
+            make()
         self.times[name] = time.perf_counter() - start
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / STAGES).write_text(json.dumps(self.times, indent=2))
         self.log.append(f"  {name:<22} {self.times[name]:>6.0f} s  -> {artifact}")
+
+    def answered(self) -> None:
+        if self.first_answer is None:
+            self.first_answer = time.perf_counter() - self.started
 
 
 def check(code: int, what: str) -> None:
@@ -75,69 +116,170 @@ def check(code: int, what: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    start = time.perf_counter()
-    out = args.out
-    corpus, runs = out / "corpus", out / "runs"
-    quiet = ["--no-progress"] if args.no_progress else []
-    stage = Stages(args.force)
+    if not args.retrain:
+        retrain_only = [f for f, v in (("--release", args.release), ("--identities", args.identities),
+                                        ("--seed", args.seed), ("--paper-loss", args.paper_loss or None)) if v]
+        if retrain_only:
+            raise UsageError(f"{', '.join(retrain_only)}: only with --retrain (the released models fix the corpus)")
+        return serve_release(args)
+    return retrain(args)
 
-    def corpus_stage():
+
+def build_corpus_stage(stage: Stages, corpus: Path, identities: int, seed: int, progress: bool) -> None:
+    def make():
         from facevoice.training.corpus.synth import SynthConfig, build_corpus, format_summary
 
-        print(format_summary(build_corpus(corpus, SynthConfig(identities=args.identities, seed=args.seed),
-                                          force=True)))
+        print(format_summary(build_corpus(corpus, SynthConfig(identities=identities, seed=seed), force=True,
+                                          progress=progress)))
 
-    stage("corpus", corpus / "corpus.json", corpus_stage)
+    stage.commands.append(["corpus", "synth", "--out", str(corpus), "--identities", str(identities),
+                           "--seed", str(seed)])
+    stage("corpus", corpus / "corpus.json", make)
+
+
+def index_stage(stage: Stages, repo: Path, corpus: Path, indexes: Path, quiet: list[str]) -> None:
+    """Builds the test split's indexes, again when those there were built by other models."""
+    manifest = read_repository(repo)
+    for name, space in manifest.indexed().items():
+        version = current_version(indexes, name)
+        if version is not None and read_meta(indexes, name, version).get("model_version") != space.version:
+            print(f"demo: {indexes}/{name} was built by other models; building it again", flush=True)
+            shutil.rmtree(indexes)
+            break
+    stage("index build", indexes / "face" / "current", None,
+          ["index", "build", "--gallery", str(corpus / "manifest.csv"), "--model-repo", str(repo), "--out",
+           str(indexes), "--split", "test", *quiet])
+
+
+def serve_release(args: argparse.Namespace) -> int:
+    """The default: the released models, verified, on a corpus checked to be theirs."""
+    out, models = args.out, args.models
+    progress = not args.no_progress
+    stage = Stages(out, args.force)
+    release = rel.read_release(models)
+    c = release["corpus"]
+    corpus = out / "corpus"
+    print(f"demo: serving the released models in {models} (trained at {release['commit'][:12]}, "
+          f"{release['created']}); `--retrain` trains them here instead", flush=True)
+    build_corpus_stage(stage, corpus, c["identities"], c["seed"], progress)
+    if differs := rel.same_corpus(corpus, c):
+        raise FormatError(f"{corpus}: {', '.join(differs)} differ from the corpus the released models were trained on "
+                          f"(seed {c['seed']}, {c['identities']} people): the generator has changed since. Delete "
+                          f"{corpus} and run again, or train the models anew: facevoice demo --retrain")
+
+    def verify():
+        with tqdm(total=len(release["files"]) * 2, desc="verifying released files", unit="file",
+                  disable=not progress) as bar:
+            rel.verify_release(models, bar.update)
+        print(f"{len(release['files'])} files match their SHA-256 in {models / rel.RELEASE}")
+
+    print("\n== demo: verify the released models ==", flush=True)
+    t = time.perf_counter()
+    verify()  # every time: a reused check would not be one
+    stage.log.append(f"  {'verify models':<22} {time.perf_counter() - t:>6.1f} s  ({models})")
+    indexes = out / "indexes"
+    index_stage(stage, models, corpus, indexes, [] if progress else ["--no-progress"])
+    print("\n== demo: queries through the gRPC service (embedded default) ==", flush=True)
+    serve_and_query(models, indexes, corpus, out / "queries", people=args.people, grid=args.grid,
+                    figures=release["figures"], progress=progress, echo=True, on_answer=stage.answered)
+    print(summary(out, stage, models, "released"))
+    return 0
+
+
+def retrain(args: argparse.Namespace) -> int:
+    """Today's whole pipeline: corpus, training, evaluation, export, indexes, queries."""
+    out = args.out
+    identities = DEMO_IDENTITIES if args.identities is None else args.identities
+    seed = DEMO_SEED if args.seed is None else args.seed
+    corpus, runs = out / "corpus", out / "runs"
+    quiet = ["--no-progress"] if args.no_progress else []
+    stage = Stages(out, args.force)
+    commit = rel.git_commit()
+    build_corpus_stage(stage, corpus, identities, seed, not args.no_progress)
     c = ["--corpus", str(corpus), "--config", "small"]
     bb = runs / "backbones"
-    stage("face backbone", bb / "face_backbone.pt", lambda: check(cli(
-        ["train", "backbones", *c, "--out", str(bb), "--steps", str(FACE_STEPS), "--modalities", "face",
-         "--attributes", *FACE_ATTRIBUTES, *quiet]), "face backbone"))
-    stage("voice backbone", bb / "voice_backbone.pt", lambda: check(cli(
-        ["train", "backbones", *c, "--out", str(bb), "--steps", str(VOICE_STEPS), "--modalities", "voice",
-         "--attributes", *VOICE_ATTRIBUTES, *quiet]), "voice backbone"))
+    stage("face backbone", bb / "face_backbone.pt", None,
+          ["train", "backbones", *c, "--out", str(bb), "--steps", str(FACE_STEPS), "--modalities", "face",
+           "--attributes", *FACE_ATTRIBUTES, *quiet])
+    stage("voice backbone", bb / "voice_backbone.pt", None,
+          ["train", "backbones", *c, "--out", str(bb), "--steps", str(VOICE_STEPS), "--modalities", "voice",
+           "--attributes", *VOICE_ATTRIBUTES, *quiet])
     assoc = runs / "association"
-    stage("association", assoc / "best.pt", lambda: check(cli(
-        ["train", "association", *c, "--direction", "both", "--out", str(assoc), "--cache-dir", str(bb / "cache"),
-         "--face-weights", str(bb / "face_backbone.pt"), "--voice-weights", str(bb / "voice_backbone.pt"),
-         *_sets(PAPER_ASSOCIATION if args.paper_loss else ASSOCIATION), *quiet]), "association training"))
-    stage("association eval", assoc / "report" / "metrics.json", lambda: check(cli(
-        ["eval", "association", "--run", str(assoc), "--corpus", str(corpus), "--out", str(assoc / "report"),
-         "--cache-dir", str(bb / "cache"), *quiet]), "association evaluation"))
+    stage("association", assoc / "best.pt", None,
+          ["train", "association", *c, "--direction", "both", "--out", str(assoc), "--cache-dir", str(bb / "cache"),
+           "--face-weights", str(bb / "face_backbone.pt"), "--voice-weights", str(bb / "voice_backbone.pt"),
+           *_sets(PAPER_ASSOCIATION if args.paper_loss else ASSOCIATION), *quiet])
+    stage("association eval", assoc / "report" / "metrics.json", None,
+          ["eval", "association", "--run", str(assoc), "--corpus", str(corpus), "--out", str(assoc / "report"),
+           "--cache-dir", str(bb / "cache"), *quiet])
     s2f_cache = ["--cache-dir", str(runs / "s2f-cache")]
     face_net, decoder, s2f = runs / "s2f-face" / "face_net.pt", runs / "s2f-decoder" / "decoder.pt", runs / "s2f"
-    stage("s2f face network", face_net, lambda: check(cli(
-        ["train", "face-features", *c, *s2f_cache, "--out", str(face_net.parent), *_sets(S2F_FACE), *quiet]),
-        "face network"))
-    stage("s2f face decoder", decoder, lambda: check(cli(
-        ["train", "face-decoder", *c, *s2f_cache, "--out", str(decoder.parent), "--face-net", str(face_net),
-         *_sets(S2F_DECODER), *quiet]), "face decoder"))
-    stage("s2f voice encoder", s2f / "best.pt", lambda: check(cli(
-        ["train", "s2f", *c, *s2f_cache, "--out", str(s2f), "--face-net", str(face_net), "--decoder", str(decoder),
-         *_sets(S2F_VOICE), *quiet]), "Speech2Face training"))
-    stage("s2f eval", s2f / "report" / "metrics.json", lambda: check(cli(
-        ["eval", "s2f", "--run", str(s2f), "--corpus", str(corpus), "--out", str(s2f / "report"), *s2f_cache,
-         *quiet]), "Speech2Face evaluation"))
+    stage("s2f face network", face_net, None,
+          ["train", "face-features", *c, *s2f_cache, "--out", str(face_net.parent), *_sets(S2F_FACE), *quiet])
+    stage("s2f face decoder", decoder, None,
+          ["train", "face-decoder", *c, *s2f_cache, "--out", str(decoder.parent), "--face-net", str(face_net),
+           *_sets(S2F_DECODER), *quiet])
+    stage("s2f voice encoder", s2f / "best.pt", None,
+          ["train", "s2f", *c, *s2f_cache, "--out", str(s2f), "--face-net", str(face_net), "--decoder", str(decoder),
+           *_sets(S2F_VOICE), *quiet])
+    stage("s2f eval", s2f / "report" / "metrics.json", None,
+          ["eval", "s2f", "--run", str(s2f), "--corpus", str(corpus), "--out", str(s2f / "report"), *s2f_cache,
+           *quiet])
     repo, indexes = out / "model_repo", out / "indexes"
-
-    def export_stage():
-        shutil.rmtree(repo, ignore_errors=True)
-        check(cli(["export", "--association", str(assoc), "--s2f", str(s2f), "--out", str(repo)]), "export")
-
     if (repo / MANIFEST).exists():
         try:
             read_repository(repo)
         except FormatError:  # an export of an older format: export again
             (repo / MANIFEST).unlink()
-    stage("export", repo / MANIFEST, export_stage)
-    stage("index build", indexes / "face" / "current", lambda: check(cli(
-        ["index", "build", "--gallery", str(corpus / "manifest.csv"), "--model-repo", str(repo), "--out",
-         str(indexes), "--split", "test", *quiet]), "index build"))
+    export = ["export", "--association", str(assoc), "--s2f", str(s2f), "--out", str(repo)]
+    stage("export", repo / MANIFEST, lambda: (shutil.rmtree(repo, ignore_errors=True), check(cli(export), "export")))
+    stage.commands.append(export)
+    index_stage(stage, repo, corpus, indexes, quiet)
+    figures = rel.figures(json.loads((assoc / "report" / "metrics.json").read_text()),
+                          json.loads((s2f / "report" / "metrics.json").read_text()))
     print("\n== demo: queries through the gRPC service (embedded default) ==", flush=True)
-    queries = serve_and_query(repo, indexes, corpus, out / "queries", report=assoc / "report" / "metrics.json")
-    print(queries)
-    print(summary(out, stage, start))
+    serve_and_query(repo, indexes, corpus, out / "queries", people=args.people, grid=args.grid,
+                    figures=figures, progress=not args.no_progress, echo=True, on_answer=stage.answered)
+    lines = []
+    try:
+        released = rel.read_release(args.models)
+    except FormatError:
+        released = None
+    if released is not None:
+        rows = rel.compare(released["figures"], figures)
+        text = rel.format_comparison(rows)
+        (out / "against_release.json").write_text(json.dumps(rows, indent=2))
+        lines.append(f"\nthis run's figures beside the release in {args.models}:\n{text}")
+    if args.release:
+        info = {"commit": commit, "corpus": rel.corpus_record(corpus, seed, identities),
+                "commands": [f"facevoice demo --retrain --out demo --release {args.release}"]
+                + ["facevoice " + shlex.join(_portable(a, out)) for a in stage.commands],
+                "stage_seconds": {k: round(v, 1) for k, v in stage.times.items()},
+                "machine": machine(), "figures": figures}
+        made = rel.write_release(repo, args.release, runs={"association": "demo/runs/association",
+                                                           "speech2face": "demo/runs/s2f"}, info=info)
+        lines.append(f"\nreleased to {args.release}: {len(made['files'])} files, their SHA-256 in "
+                     f"{args.release / rel.RELEASE}")
+    print("\n".join(lines))
+    print(summary(out, stage, repo, "trained here"))
     return 0
+
+
+def _portable(argv: list[str], out: Path) -> list[str]:
+    """A command as run under OUT, written as under `demo` (what a reader types after `make demo`)."""
+    prefix = str(out)
+    return [("demo" + a[len(prefix):]) if a == prefix or a.startswith(prefix + "/") else a for a in argv
+            if a != "--no-progress"]
+
+
+def machine() -> str:
+    import os
+    import platform
+
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, {gpu}"
 
 
 def test_rows(corpus: Path) -> list[Item]:
@@ -152,13 +294,14 @@ def people_of_test_split(corpus: Path, n: int) -> list[dict[str, Item]]:
     return [p for p in people.values() if len(p) == 2][:n]
 
 
-def service_recall(stub, corpus: Path, ks: tuple[int, ...] = (1, 5, 10)) -> dict[str, dict[int, float]]:
+def service_recall(stub, corpus: Path, ks: tuple[int, ...] = (1, 5, 10),
+                   progress: bool = False) -> dict[str, dict[int, float]]:
     """Recall@K through the service: every test voice against the face index and back (Kim et al.
     sec. 4.4's retrieval, with the served gallery as the gallery)."""
     from facevoice.v1 import facevoice_pb2 as pb
 
     hits: dict[str, list[list[bool]]] = {"v2f": [], "f2v": []}
-    for r in test_rows(corpus):
+    for r in tqdm(test_rows(corpus), desc="recall through the service", unit="query", disable=not progress):
         data = (corpus / r.path).read_bytes()
         if r.modality == "voice":
             found = stub.SearchFaces(pb.SearchFacesRequest(voice=pb.Audio(data=data), top_k=max(ks)), timeout=60)
@@ -170,13 +313,83 @@ def service_recall(stub, corpus: Path, ks: tuple[int, ...] = (1, 5, 10)) -> dict
     return {d: {k: sum(any(h[:k]) for h in rows_) / max(len(rows_), 1) for k in ks} for d, rows_ in hits.items()}
 
 
+def people_for_grid(corpus: Path, n: int) -> list[dict[str, Item]]:
+    """Up to N test people with a face and a voice, women and men alternating (so a decoder that
+    draws one face per gender shows as two faces)."""
+    people = people_of_test_split(corpus, 10_000)
+    by = {g: [p for p in people if p["face"].gender == g] for g in sorted({p["face"].gender for p in people})}
+    out: list[dict[str, Item]] = []
+    while len(out) < n and any(by.values()):
+        for g in by:
+            if by[g] and len(out) < n:
+                out.append(by[g].pop(0))
+    return out
+
+
+def identity_rank(hits, identity: str) -> int | None:
+    """The true identity's rank among the distinct identities of HITS (1 = first); None if absent."""
+    seen: list[str] = []
+    for h in hits:
+        if h.identity not in seen:
+            seen.append(h.identity)
+        if h.identity == identity:
+            return len(seen)
+    return None
+
+
+TRUTH = ("gender", "age_group", "appearance_group")
+
+
+def beside_truth(hits, truth: Item, top_k: int) -> str:
+    """The first TOP_K hits, each with its attributes and which of them are the truth's."""
+    lines = [f"  {'rank':>4}  {'identity':<10} {'score':>7}  {'gender':<7} {'age':<5} {'group':<5}  same as the truth"]
+    for k, h in enumerate(hits[:top_k], 1):
+        same = ["THE PERSON"] if h.identity == truth.identity else \
+            [a for a in TRUTH if h.attributes.get(a) == getattr(truth, a)]
+        a = [h.attributes.get(x, "?") for x in TRUTH]
+        lines.append(f"  {k:>4}  {h.identity:<10} {h.score:>7.4f}  {a[0]:<7} {a[1]:<5} {a[2]:<5}  "
+                     + (", ".join(same) or "-"))
+    return "\n".join(lines)
+
+
+def _rank_text(rank: int | None, people: int, searched: int) -> str:
+    return (f"the true identity is rank {rank} of {people} people" if rank is not None
+            else f"the true identity is not in the first {searched} hits")
+
+
+def s2f_grid(cells: list[tuple[str, bytes, bytes]], path: Path, size: int = 128) -> None:
+    """One PNG: for each person (label, photo bytes, S2F PNG bytes) the photo above the face drawn
+    from their voice."""
+    import io
+
+    from PIL import Image, ImageDraw
+
+    label_h, pad = 30, 4
+    width = len(cells) * (size + pad) + pad
+    grid = Image.new("RGB", (width, 2 * size + label_h + 3 * pad + 14), "white")
+    draw = ImageDraw.Draw(grid)
+    draw.text((pad, 2), "top: the person's photo    bottom: ReconstructFace from their voice (Speech2Face)",
+              fill="black")
+    for k, (label, photo, png) in enumerate(cells):
+        x = pad + k * (size + pad)
+        for row, data in enumerate((photo, png)):
+            im = Image.open(io.BytesIO(data)).convert("RGB").resize((size, size), Image.BICUBIC)
+            grid.paste(im, (x, 14 + row * (size + pad)))
+        for n, text in enumerate(label.split("\n")[:2]):
+            draw.text((x, 14 + 2 * (size + pad) + n * 12), text, fill="black")
+    grid.save(path)
+
+
 def serve_and_query(repo: Path, indexes: Path, corpus: Path, out: Path, people: int = 3, top_k: int = 5,
-                    report: Path | None = None) -> str:
+                    grid: int = 8, figures: dict | None = None, progress: bool = False, echo: bool = False,
+                    on_answer: Callable[[], None] | None = None) -> str:
     """Starts the service on a free port, queries it through the gRPC client, stops it; returns
-    the readable result (top hits with identity and attributes against the truth)."""
+    the readable result: each query's hits beside the truth and the true identity's rank, Match,
+    ReconstructFace, recall through the service beside FIGURES (the evaluation's, release.figures
+    names), and OUT/s2f_grid.png (the S2F faces beside the photos)."""
     import grpc
 
-    from facevoice.query import format_hits
+    from facevoice.service.handlers import MAX_TOP_K
     from facevoice.service.serve import Running, ServeConfig
     from facevoice.v1 import facevoice_pb2 as pb
     from facevoice.v1 import facevoice_pb2_grpc as pb_grpc
@@ -185,23 +398,34 @@ def serve_and_query(repo: Path, indexes: Path, corpus: Path, out: Path, people: 
     running = Running(ServeConfig(model_repo=repo, index_root=indexes, host="127.0.0.1", port=0, metrics_port=-1,
                                   poll_s=0.0))
     stub = pb_grpc.FaceVoiceStub(grpc.insecure_channel(f"127.0.0.1:{running.port}"))
-    lines = [f"service on 127.0.0.1:{running.port} ({running.embedder.runner.name} runner)"]
+    lines = [f"service on 127.0.0.1:{running.port} ({running.embedder.runner.name} runner, models {repo})"]
     found = {"SearchFaces": 0, "SearchVoices": 0, "Match": 0}
     chosen = people_of_test_split(corpus, people + 1)
+    gallery_people = len({r.identity for r in test_rows(corpus)})
+    shown = 0
     try:
         for k, person in enumerate(chosen[:people]):
             face_row, voice_row = person["face"], person["voice"]
             ident = face_row.identity
-            truth = " ".join(f"{a}={getattr(face_row, a)}" for a in ("gender", "age_group", "appearance_group"))
+            truth = " ".join(f"{a}={getattr(face_row, a)}" for a in TRUTH)
             voice = pb.Audio(data=(corpus / voice_row.path).read_bytes())
             face = pb.Image(data=(corpus / face_row.path).read_bytes())
-            lines.append(f"\n{ident} ({truth})")
-            r = stub.SearchFaces(pb.SearchFacesRequest(voice=voice, top_k=top_k), timeout=60)
-            found["SearchFaces"] += any(h.identity == ident for h in r.hits)
-            lines += [f" SearchFaces, voice {voice_row.path}:", format_hits(r.hits)]
-            r = stub.SearchVoices(pb.SearchVoicesRequest(face=face, top_k=top_k), timeout=60)
-            found["SearchVoices"] += any(h.identity == ident for h in r.hits)
-            lines += [f" SearchVoices, face {face_row.path}:", format_hits(r.hits)]
+            lines.append(f"\n{ident}, the truth: {truth}")
+            r = stub.SearchFaces(pb.SearchFacesRequest(voice=voice, top_k=MAX_TOP_K), timeout=60)
+            rank = identity_rank(r.hits, ident)
+            found["SearchFaces"] += rank is not None and rank <= top_k
+            lines += [f" SearchFaces, voice {voice_row.path}: {_rank_text(rank, gallery_people, len(r.hits))}",
+                      beside_truth(r.hits, face_row, top_k)]
+            if echo:
+                print("\n".join(lines[shown:]), flush=True)  # each answer as soon as it is there
+                shown = len(lines)
+            if on_answer:
+                on_answer()
+            r = stub.SearchVoices(pb.SearchVoicesRequest(face=face, top_k=MAX_TOP_K), timeout=60)
+            rank = identity_rank(r.hits, ident)
+            found["SearchVoices"] += rank is not None and rank <= top_k
+            lines += [f" SearchVoices, face {face_row.path}: {_rank_text(rank, gallery_people, len(r.hits))}",
+                      beside_truth(r.hits, face_row, top_k)]
             other = chosen[(k + 1) % len(chosen)]["face"]
             m = stub.Match(pb.MatchRequest(probe=pb.Media(audio=voice), candidates=[
                 pb.Media(image=face), pb.Media(image=pb.Image(data=(corpus / other.path).read_bytes()))]),
@@ -218,35 +442,56 @@ def serve_and_query(repo: Path, indexes: Path, corpus: Path, out: Path, people: 
                              + ", ".join(f"{h.identity} ({h.attributes.get('gender', '?')})" for h in rec.nearest))
             except grpc.RpcError as e:
                 lines.append(f" ReconstructFace: {e.code().name}: {e.details()}")
-        recall = service_recall(stub, corpus)
+            if echo:
+                print("\n".join(lines[shown:]), flush=True)
+                shown = len(lines)
+        cells = []
+        for p in tqdm(people_for_grid(corpus, grid), desc="S2F grid", unit="person", disable=not progress):
+            try:
+                rec = stub.ReconstructFace(pb.ReconstructFaceRequest(
+                    voice=pb.Audio(data=(corpus / p["voice"].path).read_bytes())), timeout=60)
+            except grpc.RpcError as e:
+                lines.append(f"\nS2F grid: ReconstructFace {e.code().name}: {e.details()}")
+                cells = []
+                break
+            f = p["face"]
+            cells.append((f"{f.identity}\n{f.gender} {f.age_group} {f.appearance_group}",
+                          (corpus / f.path).read_bytes(), rec.png))
+        if cells:
+            s2f_grid(cells, out / "s2f_grid.png")
+            lines.append(f"\nS2F faces beside the photos of {len(cells)} test people: {out / 's2f_grid.png'}")
+        recall = service_recall(stub, corpus, progress=progress)
     finally:
         running.stop(0)
-    offline = json.loads(report.read_text())["retrieval"] if report and report.exists() else None
-    for d, name in (("v2f", "voice -> faces"), ("f2v", "face -> voices")):
+    for d, arrow, name in (("v2f", "V->F", "voice -> faces"), ("f2v", "F->V", "face -> voices")):
         line = f"\nrecall@1/5/10 through the service, every test {name}: " + \
             " / ".join(f"{100 * v:.1f}%" for v in recall[d].values())
+        offline = (figures or {}).get(f"association {arrow} recall@10")
         if offline:
-            size = next(iter(offline[d]))
-            line += ("  (offline evaluation: " + " / ".join(f"{100 * offline[d][size][str(k)]:.1f}%" for k in recall[d])
-                     + "; random: " + " / ".join(f"{100 * offline['random'][size][str(k)]:.1f}%" for k in recall[d])
-                     + ")")
+            line += f"  (the evaluation's recall@10: {100 * offline['value']:.1f}%; {offline['what']})"
         lines.append(line)
     n = min(people, len(chosen))
     lines.append(f"\ntrue identity in the top {top_k}: SearchFaces {found['SearchFaces']}/{n}, "
                  f"SearchVoices {found['SearchVoices']}/{n}; Match right {found['Match']}/{n} "
-                 f"(chance: top-{top_k} of {60} test people ~{top_k / 60:.0%}, Match 50%)")
+                 f"(chance: top-{top_k} of {gallery_people} test people ~{top_k / max(gallery_people, 1):.0%}, "
+                 "Match 50%)")
     text = "\n".join(lines)
     (out / "queries.txt").write_text(text + "\n")
+    if echo:
+        print("\n".join(lines[shown:]), flush=True)
     return text
 
 
-def summary(out: Path, stage: Stages, start: float) -> str:
-    lines = ["", f"demo finished in {time.perf_counter() - start:.0f} s; stages:", *stage.log]
+def summary(out: Path, stage: Stages, repo: Path, which: str) -> str:
+    lines = ["", f"demo finished in {time.perf_counter() - stage.started:.0f} s"
+             + (f"; the first answer came {stage.first_answer:.0f} s after the start" if stage.first_answer else "")
+             + "; stages:", *stage.log]
     for name, path in (("association", out / "runs/association/report/metrics.json"),
                        ("speech2face", out / "runs/s2f/report/metrics.json")):
         if path.exists():
             lines.append(f"  {name} report: {path.parent / 'report.md'}")
-    lines += [f"  serve it yourself: facevoice serve --model-repo {out}/model_repo --index-root {out}/indexes",
+    lines += [f"  models ({which}): {repo}",
+              f"  look: {out}/queries/s2f_grid.png (S2F faces beside the photos), {out}/queries/queries.txt",
+              f"  serve it yourself: facevoice serve --model-repo {repo} --index-root {out}/indexes",
               "  then: facevoice query faces --voice FILE | query voices --face FILE | query reconstruct ..."]
     return "\n".join(lines)
-

@@ -96,3 +96,5 @@ def test_demo_query_stage(stack, tmp_path):
     assert len(list(tmp_path.glob("*_s2f.png"))) == 2
     assert "true identity in the top 3" in text and (tmp_path / "queries.txt").read_text().strip() == text
     assert "recall@1/5/10 through the service, every test voice -> faces" in text
+    assert text.count("the true identity is rank") + text.count("is not in the first") == 4
+    assert (tmp_path / "s2f_grid.png").read_bytes().startswith(b"\x89PNG")

@@ -1,0 +1,190 @@
+"""Checksums of model repositories (the service and `index build` refuse a changed file), the
+release format (facevoice.release), and `facevoice demo` serving a release end to end. The
+release here is made from the tests' own tiny stack: no test reads models/demo/."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from facevoice import release as rel
+from facevoice.cli import main
+from facevoice.service import checksums
+from facevoice.service.checksums import ChecksumMismatch
+from facevoice.service.repository import network_file, open_repository, read_manifest
+from facevoice.service.serve import Running, ServeConfig
+
+FIGURES = {"association V->F 1:2 G": {"value": 0.55, "interval": [0.5, 0.6], "what": "x"},
+           "s2f gender agreement": {"value": 0.8, "interval": None, "what": "y"}}
+
+
+def _flip_a_byte(path):
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.fixture
+def repo(stack, tmp_path):
+    """A private copy of the stack's exported repository (export wrote its checksums)."""
+    out = tmp_path / "repo"
+    shutil.copytree(stack.repo, out)
+    return out
+
+
+def test_export_records_every_file_and_the_service_checks_them(repo):
+    listed = checksums.read(repo)
+    assert set(listed) == set(checksums.tree(repo)) and "facevoice.json" in listed
+    assert all(network_file(n) in listed for g in read_manifest(repo).groups.values() for n in g.networks.values())
+    assert checksums.verify(repo, listed) == len(listed)
+    open_repository(repo)  # the untouched copy opens
+
+
+@pytest.mark.parametrize("what", ["onnx", "config", "missing"])
+def test_the_service_and_index_build_refuse_a_changed_file(repo, stack, tmp_path, what):
+    manifest = read_manifest(repo)
+    onnx = repo / network_file(manifest.space("face").network)
+    if what == "onnx":
+        _flip_a_byte(onnx)
+    elif what == "config":
+        (repo / manifest.space("face").network.model / "config.pbtxt").write_text("max_batch_size: 100000\n")
+    else:
+        onnx.unlink()
+    with pytest.raises(ChecksumMismatch, match=r"SHA-256|missing") as e:
+        Running(ServeConfig(model_repo=repo, index_root=stack.index_root, host="127.0.0.1", port=0, metrics_port=-1))
+    assert str(repo) in str(e.value)
+    with pytest.raises(SystemExit, match=r"SHA-256|missing"):
+        main(["index", "build", "--gallery", str(stack.corpus / "manifest.csv"), "--model-repo", str(repo),
+              "--out", str(tmp_path / "indexes"), "--no-progress"])
+    assert not (tmp_path / "indexes" / "face" / "current").exists()
+
+
+def test_the_manifest_digest_is_checked_without_a_checksums_file(repo):
+    """An export from before checksums.sha256 still has each network's SHA-256 in facevoice.json."""
+    (repo / checksums.NAME).unlink()
+    open_repository(repo)
+    _flip_a_byte(repo / network_file(read_manifest(repo).space("voice").network))
+    with pytest.raises(ChecksumMismatch, match="does not match"):
+        open_repository(repo)
+
+
+@pytest.mark.parametrize("text", ["", "not a line\n", "abc  file\n", f"{'0' * 64}  ../../etc/passwd\n",
+                                  f"{'0' * 64}  /etc/passwd\n", f"{'0' * 64}\n"])
+def test_a_malformed_checksums_file_is_refused(repo, text):
+    (repo / checksums.NAME).write_text(text)
+    if text == "":  # nothing listed: the manifest's own digests still hold
+        open_repository(repo)
+        return
+    with pytest.raises(ChecksumMismatch):
+        open_repository(repo)
+
+
+def test_checksums_that_disagree_with_the_manifest_are_refused(repo):
+    listed = checksums.read(repo)
+    onnx = network_file(read_manifest(repo).space("face").network)
+    listed[onnx] = "0" * 64
+    (repo / checksums.NAME).write_text("".join(f"{d}  {f}\n" for f, d in listed.items()))
+    with pytest.raises(ChecksumMismatch, match="different SHA-256s"):
+        open_repository(repo)
+
+
+def _release(repo, dest, corpus_record=None):
+    return rel.write_release(repo, dest, runs={"association": "demo/runs/association"},
+                             info={"commit": "abc", "commands": ["facevoice demo --retrain"], "figures": FIGURES,
+                                   "corpus": corpus_record or {"sha256": {}}})
+
+
+def test_a_release_lists_every_file_and_verifies(repo, tmp_path):
+    (repo / "face_encoder" / "1" / "__pycache__").mkdir()
+    (repo / "face_encoder" / "1" / "__pycache__" / "model.cpython-311.pyc").write_bytes(b"\0")
+    made = _release(repo, tmp_path / "rel")
+    dest = tmp_path / "rel"
+    assert set(made["files"]) == (set(checksums.tree(dest)) - {rel.RELEASE}) | {checksums.NAME}
+    assert not list(dest.rglob("__pycache__"))
+    assert [json.loads(m.read_text())["groups"]["association"]["run"] for m in dest.glob("facevoice*.json")] == \
+        ["demo/runs/association"] * 2  # facevoice.json and its facevoice.vN.json: no path of this machine
+    release, manifest = rel.verify_release(dest)
+    assert release["figures"] == FIGURES and manifest.groups["association"].run == "demo/runs/association"
+    open_repository(dest)  # the service's own check agrees
+
+
+@pytest.mark.parametrize("tamper", ["flip", "extra", "release"])
+def test_a_tampered_release_is_refused(repo, tmp_path, tamper):
+    dest = tmp_path / "rel"
+    _release(repo, dest)
+    if tamper == "flip":
+        _flip_a_byte(dest / "face_decoder" / "1" / "model.onnx")
+    elif tamper == "extra":
+        (dest / "face_encoder" / "2").mkdir()
+        (dest / "face_encoder" / "2" / "model.onnx").write_bytes(b"x")
+    else:
+        r = json.loads((dest / rel.RELEASE).read_text())
+        r["files"]["facevoice.json"] = "0" * 64
+        (dest / rel.RELEASE).write_text(json.dumps(r))
+    with pytest.raises(ChecksumMismatch):
+        rel.verify_release(dest)
+
+
+@pytest.mark.parametrize("text", ["", "[]", "{\"format\": 1}", "{\"format\": 7, \"files\": {}}", "\xff"])
+def test_a_release_that_is_not_one_is_a_clear_error(tmp_path, text):
+    (tmp_path / rel.RELEASE).write_text(text, errors="surrogateescape")
+    with pytest.raises(rel.FormatError, match="not a facevoice release"):
+        rel.read_release(tmp_path)
+    with pytest.raises(rel.FormatError, match="not a facevoice release"):
+        rel.read_release(tmp_path / "missing")
+
+
+def test_a_rerun_is_compared_with_the_released_intervals():
+    rows = rel.compare(FIGURES, {"association V->F 1:2 G": {"value": 0.62}, "s2f gender agreement": {"value": 0.7}})
+    assert [r["inside"] for r in rows] == [False, None]
+    rows = rel.compare(FIGURES, {"association V->F 1:2 G": {"value": 0.58}})
+    assert rows[0]["inside"] is True and rows[1]["rerun"] is None
+    text = rel.format_comparison(rows)
+    assert "1/1 figures with an interval land inside it" in text and "(no interval)" in text
+
+
+def test_demo_serves_a_verified_release_on_its_own_corpus(repo, tmp_path, capsys):
+    """The default `facevoice demo` path end to end, on a release made from the tiny stack: it
+    builds the release's corpus, checks it is that corpus, verifies the files, builds indexes,
+    serves, queries, and draws the grid; a changed file or another corpus stops it first."""
+    from facevoice.training.corpus.synth import SynthConfig, build_corpus
+
+    build_corpus(tmp_path / "c", SynthConfig(identities=12, seed=3, workers=1, oracle_trials=100,
+                                             oracle_population=200), progress=False)
+    record = rel.corpus_record(tmp_path / "c", seed=3, identities=12)
+    dest = tmp_path / "rel"
+    _release(repo, dest, record)
+    out = tmp_path / "demo"
+    shutil.copytree(tmp_path / "c", out / "corpus")  # the corpus stage is reused; its digests are checked
+    assert main(["demo", "--models", str(dest), "--out", str(out), "--no-progress", "--people", "1",
+                 "--grid", "2"]) == 0
+    text = capsys.readouterr().out
+    assert f"{len(json.loads((dest / rel.RELEASE).read_text())['files'])} files match their SHA-256" in text
+    assert "the truth: gender=" in text and "the true identity is rank" in text
+    assert "SearchVoices, face" in text and "Match, voice vs" in text
+    assert "the first answer came" in text and "verify models" in text and "index build" in text
+    assert (out / "queries" / "s2f_grid.png").read_bytes().startswith(b"\x89PNG")
+    from PIL import Image
+
+    assert Image.open(out / "queries" / "s2f_grid.png").size[0] > 2 * 128
+    # a changed file is refused before anything is served
+    _flip_a_byte(dest / "face_decoder" / "1" / "model.onnx")
+    with pytest.raises(SystemExit, match="SHA-256"):
+        main(["demo", "--models", str(dest), "--out", str(out), "--no-progress"])
+    # a corpus that is not the release's is refused, with what to do
+    _release(repo, dest, {**record, "sha256": {**record["sha256"], "manifest.csv": "0" * 64}})
+    with pytest.raises(SystemExit, match="differ from the corpus the released models were trained on"):
+        main(["demo", "--models", str(dest), "--out", str(out), "--no-progress"])
+
+
+@pytest.mark.parametrize("flags", [["--release", "x"], ["--identities", "5"], ["--seed", "1"], ["--paper-loss"]])
+def test_retrain_only_flags_need_retrain(tmp_path, flags):
+    with pytest.raises(SystemExit, match="only with --retrain"):
+        main(["demo", "--out", str(tmp_path), *flags])
+
+
+def test_demo_without_a_release_says_how_to_make_one(tmp_path):
+    with pytest.raises(SystemExit, match="demo --retrain --release"):
+        main(["demo", "--models", str(tmp_path / "none"), "--out", str(tmp_path / "o")])
