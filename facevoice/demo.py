@@ -82,6 +82,7 @@ class Stages:
         self.out, self.force, self.log, self.commands = Path(out), force, [], []
         self.started = time.perf_counter()
         self.first_answer: float | None = None
+        self.times_now: set[str] = set()  # the stages this run made (not reused)
         try:
             self.times = json.loads((self.out / STAGES).read_text())
         except (OSError, ValueError):
@@ -101,6 +102,7 @@ class Stages:
         else:
             make()
         self.times[name] = time.perf_counter() - start
+        self.times_now.add(name)
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / STAGES).write_text(json.dumps(self.times, indent=2))
         self.log.append(f"  {name:<22} {self.times[name]:>6.0f} s  -> {artifact}")
@@ -162,10 +164,15 @@ def serve_release(args: argparse.Namespace) -> int:
     print(f"demo: serving the released models in {models} (trained at {release['commit'][:12]}, "
           f"{release['created']}); `--retrain` trains them here instead", flush=True)
     build_corpus_stage(stage, corpus, c["identities"], c["seed"], progress)
+    if rel.same_corpus(corpus, c) and (corpus / "corpus.json").exists() and "corpus" not in stage.times_now:
+        print(f"demo: {corpus} is not the corpus the released models were trained on (an older one?); "
+              "building it again", flush=True)
+        shutil.rmtree(corpus)
+        build_corpus_stage(stage, corpus, c["identities"], c["seed"], progress)
     if differs := rel.same_corpus(corpus, c):
         raise FormatError(f"{corpus}: {', '.join(differs)} differ from the corpus the released models were trained on "
-                          f"(seed {c['seed']}, {c['identities']} people): the generator has changed since. Delete "
-                          f"{corpus} and run again, or train the models anew: facevoice demo --retrain")
+                          f"(seed {c['seed']}, {c['identities']} people): the corpus generator has changed since they "
+                          "were released. Train them anew: facevoice demo --retrain (--release DIR to release them)")
 
     def verify():
         with tqdm(total=len(release["files"]) * 2, desc="verifying released files", unit="file",
