@@ -169,3 +169,30 @@ def verify_release(dest: Path, progress=None) -> tuple[dict, object]:
     if unlisted:
         raise checksums.ChecksumMismatch(f"{dest}: files the release does not list: {unlisted[:5]}")
     return release, open_repository(dest, progress)
+
+
+def markdown(release: dict, rows: list[dict] | None = None) -> str:
+    """The release's figures as docs/results.md shows them; with ROWS (compare's, a rerun's) a
+    column for the rerun and whether it lands inside the interval."""
+    head = "| figure | released | 95% interval |" + (" rerun | inside |" if rows else "") + " what |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    rerun = {r["figure"]: r for r in rows or []}
+    for name, f in release["figures"].items():
+        iv = f"{f['interval'][0]:.3f}-{f['interval'][1]:.3f}" if f.get("interval") else "-"
+        cells = [name, f"{f['value']:.3f}", iv]
+        if rows:
+            r = rerun.get(name, {})
+            cells += ["-" if r.get("rerun") is None else f"{r['rerun']:.3f}",
+                      {True: "yes", False: "**no**", None: "(no interval)"}[r.get("inside")]]
+        lines.append("| " + " | ".join([*cells, f["what"]]) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # python -m facevoice.release [DIR] [--against RUN/against_release.json]
+    import argparse
+
+    p = argparse.ArgumentParser(description="print a release's figures as a Markdown table")
+    p.add_argument("release", type=Path, nargs="?", default=DEFAULT)
+    p.add_argument("--against", type=Path, help="a rerun's against_release.json (facevoice demo --retrain)")
+    a = p.parse_args()
+    print(markdown(read_release(a.release), json.loads(a.against.read_text()) if a.against else None))

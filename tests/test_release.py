@@ -143,6 +143,8 @@ def test_a_rerun_is_compared_with_the_released_intervals():
     assert rows[0]["inside"] is True and rows[1]["rerun"] is None
     text = rel.format_comparison(rows)
     assert "1/1 figures with an interval land inside it" in text and "(no interval)" in text
+    table = rel.markdown({"figures": FIGURES}, rel.compare(FIGURES, {"association V->F 1:2 G": {"value": 0.62}}))
+    assert table.count("\n") == 3 and "| 0.550 | 0.500-0.600 | 0.620 | **no** |" in table
 
 
 def test_demo_serves_a_verified_release_on_its_own_corpus(repo, tmp_path, capsys):
