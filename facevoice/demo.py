@@ -68,7 +68,7 @@ ASSOCIATION = ["train.loss=infonce", "train.batch=32", "train.iterations=300", "
                "train.hard_after=150"]
 PAPER_ASSOCIATION = ["train.iterations=600", "train.lr_decay_every=200", "train.hard_after=300"]
 S2F_FACE, S2F_DECODER, S2F_VOICE = [], [], []  # Speech2Face: the committed `small` as it is (run N)
-STAGES = "stages.json"  # each stage's time, kept beside its artifacts so a reused stage still reports it
+STAGES = "stages.json"  # each stage's time and the commit the run began at, kept beside the artifacts
 
 
 def _sets(values: list[str]) -> list[str]:
@@ -84,9 +84,11 @@ class Stages:
         self.first_answer: float | None = None
         self.times_now: set[str] = set()  # the stages this run made (not reused)
         try:
-            self.times = json.loads((self.out / STAGES).read_text())
+            kept = json.loads((self.out / STAGES).read_text())
         except (OSError, ValueError):
-            self.times = {}
+            kept = {}
+        self.times: dict[str, float] = dict(kept.get("times", {}))
+        self.commit: str | None = kept.get("commit")  # the commit the first stage ran at
 
     def __call__(self, name: str, artifact: Path, make: Callable[[], None], argv: list[str] | None = None) -> None:
         if argv is not None:
@@ -97,6 +99,7 @@ class Stages:
             return
         print(f"\n== demo: {name} ==", flush=True)
         start = time.perf_counter()
+        self.commit = self.commit or rel.git_commit()
         if argv is not None:
             check(cli(argv), name)
         else:
@@ -104,7 +107,7 @@ class Stages:
         self.times[name] = time.perf_counter() - start
         self.times_now.add(name)
         self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / STAGES).write_text(json.dumps(self.times, indent=2))
+        (self.out / STAGES).write_text(json.dumps({"commit": self.commit, "times": self.times}, indent=2))
         self.log.append(f"  {name:<22} {self.times[name]:>6.0f} s  -> {artifact}")
 
     def answered(self) -> None:
@@ -201,7 +204,6 @@ def retrain(args: argparse.Namespace) -> int:
     corpus, runs = out / "corpus", out / "runs"
     quiet = ["--no-progress"] if args.no_progress else []
     stage = Stages(out, args.force)
-    commit = rel.git_commit()
     build_corpus_stage(stage, corpus, identities, seed, not args.no_progress)
     c = ["--corpus", str(corpus), "--config", "small"]
     bb = runs / "backbones"
@@ -258,7 +260,8 @@ def retrain(args: argparse.Namespace) -> int:
         (out / "against_release.json").write_text(json.dumps(rows, indent=2))
         lines.append(f"\nthis run's figures beside the release in {args.models}:\n{text}")
     if args.release:
-        info = {"commit": commit, "corpus": rel.corpus_record(corpus, seed, identities),
+        info = {"commit": stage.commit or rel.git_commit(), "released_at": rel.git_commit(),
+                "corpus": rel.corpus_record(corpus, seed, identities),
                 "commands": [f"facevoice demo --retrain --out demo --release {args.release}"]
                 + ["facevoice " + shlex.join(_portable(a, out)) for a in stage.commands],
                 "stage_seconds": {k: round(v, 1) for k, v in stage.times.items()},

@@ -193,3 +193,39 @@ def test_retrain_only_flags_need_retrain(tmp_path, flags):
 def test_demo_without_a_release_says_how_to_make_one(tmp_path):
     with pytest.raises(SystemExit, match="demo --retrain --release"):
         main(["demo", "--models", str(tmp_path / "none"), "--out", str(tmp_path / "o")])
+
+
+def test_retrain_releases_what_the_default_demo_then_serves(tmp_path, monkeypatch, capsys):
+    """The release path end to end at a few steps per stage: `demo --retrain --release DIR` trains,
+    evaluates, exports and writes a release whose files verify and whose figures are the run's own
+    reports; the default demo then serves it; a second `--retrain` on the same artifacts lands on
+    the same figures, inside every interval."""
+    from facevoice import demo
+
+    monkeypatch.setattr(demo, "FACE_STEPS", 2)
+    monkeypatch.setattr(demo, "VOICE_STEPS", 2)
+    monkeypatch.setattr(demo, "ASSOCIATION", ["train.loss=infonce", "train.batch=8", "train.iterations=2",
+                                              "train.eval_every=2", "train.checkpoint_every=2", "train.val_trials=50"])
+    monkeypatch.setattr(demo, "S2F_FACE", ["face.steps=2"])
+    monkeypatch.setattr(demo, "S2F_DECODER", ["decoder.steps=2"])
+    monkeypatch.setattr(demo, "S2F_VOICE", ["train.iterations=2", "train.eval_every=2", "train.checkpoint_every=2"])
+    out, dest = tmp_path / "demo", tmp_path / "rel"
+    args = ["--out", str(out), "--no-progress", "--people", "1", "--grid", "2"]
+    assert main(["demo", "--retrain", "--identities", "30", "--seed", "5", "--release", str(dest), *args]) == 0
+    text = capsys.readouterr().out
+    assert f"released to {dest}" in text and "the true identity is rank" in text
+    release, _ = rel.verify_release(dest)
+    metrics = json.loads((out / "runs" / "association" / "report" / "metrics.json").read_text())
+    assert release["figures"]["association V->F 1:2 -"]["value"] == metrics["matching"]["v2f"]["-"]["accuracy"]
+    assert release["corpus"]["seed"] == 5 and release["corpus"]["identities"] == 30
+    assert any(c.startswith("facevoice train association --corpus demo/corpus") for c in release["commands"])
+    assert set(release["stage_seconds"]) >= {"corpus", "association", "s2f voice encoder", "export"}
+    assert not any(str(tmp_path) in c for c in release["commands"])
+    # the default demo serves the release on a corpus built anew from its record
+    assert main(["demo", "--models", str(dest), "--out", str(tmp_path / "served"), *args[2:]]) == 0
+    assert "files match their SHA-256" in capsys.readouterr().out
+    # a rerun on the same artifacts is compared with the release's intervals
+    assert main(["demo", "--retrain", "--identities", "30", "--seed", "5", "--models", str(dest), *args]) == 0
+    rows = json.loads((out / "against_release.json").read_text())
+    assert rows and all(r["inside"] in (True, None) for r in rows)
+    assert "figures with an interval land inside it" in capsys.readouterr().out
