@@ -75,3 +75,16 @@ def verify(root: Path, digests: dict[str, str], progress=None) -> int:
         if progress is not None:
             progress()
     return len(digests)
+
+
+if __name__ == "__main__":  # python -m facevoice.service.checksums write|verify DIR
+    import sys
+
+    if len(sys.argv) != 3 or sys.argv[1] not in ("write", "verify"):
+        raise SystemExit("usage: python -m facevoice.service.checksums write|verify DIR")
+    where = Path(sys.argv[2])
+    try:
+        n = len(write(where)) if sys.argv[1] == "write" else verify(where, read(where))
+    except (ChecksumMismatch, OSError) as e:
+        raise SystemExit(str(e)) from e
+    print(f"{where / NAME}: {n} files {'recorded' if sys.argv[1] == 'write' else 'match'}")

@@ -229,3 +229,19 @@ def test_retrain_releases_what_the_default_demo_then_serves(tmp_path, monkeypatc
     rows = json.loads((out / "against_release.json").read_text())
     assert rows and all(r["inside"] in (True, None) for r in rows)
     assert "figures with an interval land inside it" in capsys.readouterr().out
+
+
+def test_the_checksums_command_writes_and_verifies(repo):
+    import subprocess
+    import sys
+
+    def run(*a):
+        return subprocess.run([sys.executable, "-m", "facevoice.service.checksums", *a], capture_output=True, text=True)
+
+    assert run("verify", str(repo)).returncode == 0
+    (repo / "facevoice.json").write_text((repo / "facevoice.json").read_text() + " ")
+    bad = run("verify", str(repo))
+    assert bad.returncode == 1 and "facevoice.json: SHA-256" in bad.stderr
+    assert run("write", str(repo)).returncode == 0 and run("verify", str(repo)).returncode == 0
+    open_repository(repo)  # rewritten checksums let the edited repository open
+    assert run("bogus", str(repo)).returncode != 0 and run("verify", str(repo / "none")).returncode == 1

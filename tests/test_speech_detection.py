@@ -11,6 +11,7 @@ import grpc
 import numpy as np
 import pytest
 
+from facevoice.service import checksums
 from facevoice.service.media.audio import AssociationAudio, association_waveform
 from facevoice.service.media.errors import InvalidSignalError
 from facevoice.service.media.frontends import from_dict, to_dict
@@ -58,6 +59,7 @@ def test_the_service_applies_the_models_speech_detection(stack, padded, tmp_path
     manifest = json.loads((repo / MANIFEST).read_text())
     manifest["spaces"]["voice"]["frontend"]["vad"] = True  # as `train association --set voice.vad=true` records
     (repo / MANIFEST).write_text(json.dumps(manifest))
+    checksums.write(repo)  # the service refuses a hand-edited manifest until its checksums are written anew
     quiet = wav_bytes((np.random.default_rng(2).standard_normal(2 * sr) * 0.003).astype(np.float32), sr)
     with_vad, stub = start_service(dataclasses.replace(stack, repo=repo))
     plain, plain_stub = start_service(stack)
