@@ -84,13 +84,15 @@ class Stages:
         self.first_answer: float | None = None
         self.times_now: set[str] = set()  # the stages this run made (not reused)
         try:
-            kept = json.loads((self.out / STAGES).read_text())
+            kept = {} if force else json.loads((self.out / STAGES).read_text())  # --force: a new run
         except (OSError, ValueError):
             kept = {}
         self.times: dict[str, float] = dict(kept.get("times", {}))
         self.commit: str | None = kept.get("commit")  # the commit the first stage ran at
 
-    def __call__(self, name: str, artifact: Path, make: Callable[[], None], argv: list[str] | None = None) -> None:
+    def __call__(self, name: str, artifact: Path, make: Callable[[], None] | None,
+                 argv: list[str] | None = None) -> None:
+        """Makes ARTIFACT by running the CLI with ARGV (recorded as a release's command), or MAKE."""
         if argv is not None:
             self.commands.append(argv)
         if artifact.exists() and not self.force:
@@ -167,7 +169,7 @@ def serve_release(args: argparse.Namespace) -> int:
     print(f"demo: serving the released models in {models} (trained at {release['commit'][:12]}, "
           f"{release['created']}); `--retrain` trains them here instead", flush=True)
     build_corpus_stage(stage, corpus, c["identities"], c["seed"], progress)
-    if rel.same_corpus(corpus, c) and (corpus / "corpus.json").exists() and "corpus" not in stage.times_now:
+    if "corpus" not in stage.times_now and rel.same_corpus(corpus, c):
         print(f"demo: {corpus} is not the corpus the released models were trained on (an older one?); "
               "building it again", flush=True)
         shutil.rmtree(corpus)
@@ -176,16 +178,11 @@ def serve_release(args: argparse.Namespace) -> int:
         raise FormatError(f"{corpus}: {', '.join(differs)} differ from the corpus the released models were trained on "
                           f"(seed {c['seed']}, {c['identities']} people): the corpus generator has changed since they "
                           "were released. Train them anew: facevoice demo --retrain (--release DIR to release them)")
-
-    def verify():
-        with tqdm(total=len(release["files"]) * 2, desc="verifying released files", unit="file",
-                  disable=not progress) as bar:
-            rel.verify_release(models, bar.update)
-        print(f"{len(release['files'])} files match their SHA-256 in {models / rel.RELEASE}")
-
-    print("\n== demo: verify the released models ==", flush=True)
+    print("\n== demo: verify the released models ==", flush=True)  # every time: a reused check is none
     t = time.perf_counter()
-    verify()  # every time: a reused check would not be one
+    with tqdm(total=len(release["files"]), desc="verifying released files", unit="file", disable=not progress) as bar:
+        rel.verify_release(models, bar.update)
+    print(f"{len(release['files'])} files match their SHA-256 in {models / rel.RELEASE}")
     stage.log.append(f"  {'verify models':<22} {time.perf_counter() - t:>6.2f} s  ({models}, every file)")
     indexes = out / "indexes"
     index_stage(stage, models, corpus, indexes, [] if progress else ["--no-progress"])
