@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import platform
 import re
 from pathlib import Path
+
+from facevoice.release import machine  # noqa: F401  (the benches' machine line)
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 HEADER = ("# Benchmarks\n\nEach section is written by the script it names; these machines are shared "
           "and noisy, so read the ratios against the baseline measured in the same run, not the "
           "absolute times.\n")
-
-
-def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, {platform.system()}"
 
 
 def write_section(name: str, body: str) -> Path:

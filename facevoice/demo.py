@@ -262,7 +262,7 @@ def retrain(args: argparse.Namespace) -> int:
                 "commands": [f"facevoice demo --retrain --out demo --release {args.release}"]
                 + ["facevoice " + shlex.join(_portable(a, out)) for a in stage.commands],
                 "stage_seconds": {k: round(v, 1) for k, v in stage.times.items()},
-                "machine": machine(), "figures": figures}
+                "machine": rel.machine(), "figures": figures}
         made = rel.write_release(repo, args.release, runs={"association": "demo/runs/association",
                                                            "speech2face": "demo/runs/s2f"}, info=info)
         lines.append(f"\nreleased to {args.release}: {len(made['files'])} files, their SHA-256 in "
@@ -277,16 +277,6 @@ def _portable(argv: list[str], out: Path) -> list[str]:
     prefix = str(out)
     return [("demo" + a[len(prefix):]) if a == prefix or a.startswith(prefix + "/") else a for a in argv
             if a != "--no-progress"]
-
-
-def machine() -> str:
-    import os
-    import platform
-
-    import torch
-
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, {gpu}"
 
 
 def test_rows(corpus: Path) -> list[Item]:

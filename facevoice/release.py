@@ -30,6 +30,23 @@ DEFAULT = Path(__file__).resolve().parents[1] / "models" / "demo"  # beside the 
 CONTROLS = ("-", "G", "E", "G/E", "G/E/F/A")
 
 
+def machine() -> str:
+    """This machine in one line, for a recorded result: CPU, cores, Python, OS, and the GPU when
+    torch is loaded and sees one (nothing here imports torch)."""
+    import os
+    import platform
+    import sys
+
+    try:
+        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name")), platform.processor())
+    except OSError:
+        cpu = platform.processor() or platform.machine()
+    torch = sys.modules.get("torch")
+    gpu = torch.cuda.get_device_name(0) if torch is not None and torch.cuda.is_available() else "no GPU"
+    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, {platform.system()}, {gpu}"
+
+
 def git_commit(where: Path | None = None) -> str:
     """HEAD, with `+dirty` when the tree has changes; `unknown` outside a checkout."""
     cwd = where or Path(__file__).resolve().parents[1]
