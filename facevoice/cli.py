@@ -16,6 +16,8 @@ VERBS: dict[tuple[str, ...], tuple[str, str]] = {
     ("corpus", "voxceleb"): ("facevoice.training.corpus.voxceleb", "write VoxCeleb1 as a corpus"),
     ("corpus", "voxceleb2"): ("facevoice.training.corpus.voxceleb2", "write VoxCeleb2's MP4 clips as a corpus"),
     ("corpus", "avspeech"): ("facevoice.training.corpus.avspeech", "write AVSpeech's clips as a corpus"),
+    ("train", "face-detector"): ("facevoice.training.corpus.face_detector",
+                                 "train the HOG detector for the synthetic corpus's faces"),
     ("train", "backbones"): ("facevoice.training.association.pretrain", "pretrain VGG/SoundNet backbones offline"),
     ("train", "association"): ("facevoice.training.association.train", "train the Kim et al. face/voice encoders"),
     ("eval", "association"): ("facevoice.training.association.evaluate", "Kim et al.'s evaluation on test identities"),

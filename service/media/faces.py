@@ -1,5 +1,12 @@
 """Face detection and alignment: dlib's detectors and 5-point landmarks, shipped with their
-weights (`dlib-bin`, `face-recognition-models`), in-process.
+weights (`dlib-bin`, `face-recognition-models`), in-process; and our HOG detector for the
+synthetic corpus's faces (`detectors/synth_faces.svm`, made by `facevoice train face-detector`).
+
+Detectors are named alone or joined with "+": "hog" (dlib's frontal HOG, for real faces),
+"cnn" (dlib's MMOD CNN), "synth" (ours, for the corpus's cartoon faces), "hog+synth" (both: what
+every guard runs). Where two detectors find the same face (IoU over 0.3), one box is kept: the
+first named detector's, except that "synth" wins over "hog" (its boxes are the drawn boxes the
+corpus's models were trained on).
 
 A photo whose face is a small part of the frame becomes the crop the papers feed their face
 networks: detect (HOG, or dlib's CNN), pick a face (the largest, or the one the request names),
@@ -21,8 +28,14 @@ from PIL import Image
 
 from facevoice.service.media.errors import InvalidSignalError
 
-DETECTORS = ("hog", "cnn")
+DETECTORS = ("hog", "cnn", "synth")
+GUARD = "hog+synth"  # what finds a face for a model trained without detection
 MAX_DETECT_SIDE = 1024  # detection runs on a copy at most this large; boxes are scaled back
+SYNTH_DETECTOR = Path(__file__).with_name("detectors") / "synth_faces.svm"
+SAME_FACE_IOU = 0.3
+# our detector's own floor: a CT phantom's nested ellipses reach 0.07; new people's faces lose
+# 0.25% of 400 at 0.1 (docs/media.md)
+SYNTH_MIN_SCORE = 0.1
 
 
 @dataclass(frozen=True)
@@ -49,7 +62,25 @@ def models_dir() -> Path:
 _local = threading.local()
 
 
-def _models(detector: str):
+def parse_detector(detector: str) -> tuple[str, ...]:
+    """"hog+synth" -> ("hog", "synth"); ValueError for a name that is not a detector."""
+    names = tuple(detector.split("+"))
+    if not detector or any(n not in DETECTORS for n in names) or len(set(names)) != len(names):
+        raise ValueError(f"face detector must be one of {DETECTORS}, or several joined by '+', not {detector!r}")
+    return names
+
+
+def load_synth_detector(path: Path | str = SYNTH_DETECTOR):
+    """Our corpus-face detector from its file (dlib's fhog_object_detector format)."""
+    import dlib
+
+    path = Path(path)
+    if not path.is_file():
+        raise RuntimeError(f"face detector file {path} is missing")
+    return dlib.fhog_object_detector(str(path))
+
+
+def _models(detector: str, synth_path: str = ""):
     """This thread's detector and landmark model (dlib's are not documented as thread-safe, so
     each gRPC worker thread loads its own, once: about 10 MB each)."""
     import dlib
@@ -57,30 +88,43 @@ def _models(detector: str):
     cache = getattr(_local, "models", None)
     if cache is None:
         cache = _local.models = {}
-    if detector not in cache:
+    key = (detector, synth_path)
+    if key not in cache:
         if detector == "hog":
             detect = dlib.get_frontal_face_detector()
         elif detector == "cnn":
             detect = dlib.cnn_face_detection_model_v1(str(models_dir() / "mmod_human_face_detector.dat"))
+        elif detector == "synth":
+            detect = load_synth_detector(synth_path or SYNTH_DETECTOR)
         else:
             raise ValueError(f"face detector must be one of {DETECTORS}, not {detector!r}")
-        cache[detector] = (detect, dlib.shape_predictor(str(models_dir() / "shape_predictor_5_face_landmarks.dat")))
-    return cache[detector]
+        cache[key] = (detect, dlib.shape_predictor(str(models_dir() / "shape_predictor_5_face_landmarks.dat")))
+    return cache[key]
 
 
-def detect_faces(img: Image.Image, detector: str = "hog", min_score: float = 0.0, upsample: int | None = None
-                 ) -> list[Detection]:
-    """Every face scoring at least min_score, largest first, with its eye centres. By default the
-    image is searched as it is (faces from about 80 px), then at twice its size when that finds
-    none (faces from about 40 px: 4x the time)."""
+def detect_faces(img: Image.Image, detector: str = "hog", min_score: float = 0.0, upsample: int | None = None,
+                 synth=None, synth_path: str = "") -> list[Detection]:
+    """Every face scoring at least min_score, largest first, with its eye centres, from one
+    detector or several joined by "+" (module docstring). By default the image is searched as it
+    is (faces from about 80 px), then at twice its size when that finds none (faces from about
+    40 px: 4x the time). `synth` (a loaded detector) or `synth_path` names the corpus-face
+    detector to use instead of the one this package ships."""
+    names = parse_detector(detector)
+    if len(names) > 1:
+        found = [detect_faces(img, n, min_score, upsample, synth, synth_path) for n in names]
+        return _merge(names, found)
     if upsample is None:
-        return detect_faces(img, detector, min_score, 0) or detect_faces(img, detector, min_score, 1)
-    detect, landmarks = _models(detector)
+        return (detect_faces(img, detector, min_score, 0, synth, synth_path)
+                or detect_faces(img, detector, min_score, 1, synth, synth_path))
+    detect, landmarks = _models(detector, synth_path)
+    if detector == "synth":
+        detect = synth if synth is not None else detect
+        min_score = max(min_score, SYNTH_MIN_SCORE)
     scale = min(1.0, MAX_DETECT_SIDE / max(img.size))
     small = img if scale == 1.0 else img.resize((round(img.width * scale), round(img.height * scale)),
                                                  Image.BILINEAR)
     pixels = np.asarray(small)
-    if detector == "hog":
+    if detector in ("hog", "synth"):
         rects, scores, _ = detect.run(pixels, upsample, min_score)
         found = list(zip(rects, scores, strict=True))
     else:
@@ -96,6 +140,24 @@ def detect_faces(img: Image.Image, detector: str = "hog", min_score: float = 0.0
         box = (rect.left() / scale, rect.top() / scale, rect.width() / scale, rect.height() / scale)
         out.append(Detection(box, float(score), (right, left), pts[4]))
     return sorted(out, key=lambda d: -d.area)
+
+
+def _iou(a: tuple, b: tuple) -> float:
+    ix = max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    return inter / (a[2] * a[3] + b[2] * b[3] - inter)
+
+
+def _merge(names: tuple[str, ...], found: list[list[Detection]]) -> list[Detection]:
+    """One detection per face across detectors: "synth" first, then the order named."""
+    order = sorted(range(len(names)), key=lambda k: (names[k] != "synth", k))
+    kept: list[Detection] = []
+    for k in order:
+        for face in found[k]:
+            if all(_iou(face.box, other.box) <= SAME_FACE_IOU for other in kept):
+                kept.append(face)
+    return sorted(kept, key=lambda d: -d.area)
 
 
 def pick(faces: list[Detection], index: int = 0) -> Detection:
