@@ -31,9 +31,13 @@ class AssociationAudio:
 
     sample_rate: int = 22_050
     seconds: float = 10.0
-    # speech detection (not in the paper): trim silence, refuse clips with less speech than this
+    # Not in the paper. Every clip must hold min_speech_seconds of speech (speech.py), whatever
+    # the rest says. vad: the seconds are taken from the speech found (with level_dbfs set),
+    # or, in the older front end (level_dbfs None), from its first to its last speech;
+    # level_dbfs: the speech's RMS is brought to this level first (None: as decoded).
     vad: bool = False
     min_speech_seconds: float = 0.5
+    level_dbfs: float | None = None
 
     @property
     def samples(self) -> int:
@@ -51,8 +55,9 @@ class Speech2FaceAudio:
     hop_ms: float = 10.0
     n_fft: int = 512
     power: float = 0.3
-    vad: bool = False  # as AssociationAudio.vad
+    vad: bool = False  # as AssociationAudio's vad, min_speech_seconds and level_dbfs
     min_speech_seconds: float = 0.5
+    level_dbfs: float | None = None
 
     @property
     def samples(self) -> int:
@@ -80,12 +85,31 @@ def decode_audio(data: bytes, limits: MediaLimits = DEFAULT_LIMITS) -> tuple[np.
     kind = sniff(data)
     if kind not in ("wav", "flac", "ogg"):
         return _decode_ffmpeg(data, limits)
+    if kind == "wav":
+        data = wav_with_data_size(data)
     try:
         return _decode_sndfile(data, limits)
     except MediaDecodeError:
         if kind != "ogg" or b"OpusHead" not in bytes(data[:128]):
             raise
         return _decode_ffmpeg(data, limits)  # Ogg/Opus, which libsndfile may not read
+
+
+def wav_with_data_size(data: bytes) -> bytes:
+    """A WAV whose `data` chunk says 0 bytes (what a recorder that streams, or one that died
+    before it could go back to the header, leaves) with the size of what the file holds."""
+    head = bytes(data[:4096])
+    at = 12
+    while at + 8 <= len(head):
+        chunk, size = head[at:at + 4], int.from_bytes(head[at + 4:at + 8], "little")
+        if chunk == b"data":
+            if size != 0 or len(data) <= at + 8:
+                return data
+            fixed = bytearray(data)
+            fixed[at + 4:at + 8] = (len(data) - at - 8).to_bytes(4, "little")
+            return bytes(fixed)
+        at += 8 + size + (size & 1)
+    return data
 
 
 def _decode_ffmpeg(data: bytes, limits: MediaLimits) -> tuple[np.ndarray, int]:
@@ -107,7 +131,7 @@ def _decode_sndfile(data: bytes, limits: MediaLimits) -> tuple[np.ndarray, int]:
                 block = f.read(min(_BLOCK, cap + 1 - read), dtype="float32", always_2d=True)
                 if len(block) == 0:
                     break
-                blocks.append(block[:, 0] if channels == 1 else block.mean(axis=1))
+                blocks.append(block[:, 0] if channels == 1 else downmix(block))
                 read += len(block)
     except MediaError:
         raise
@@ -117,6 +141,14 @@ def _decode_sndfile(data: bytes, limits: MediaLimits) -> tuple[np.ndarray, int]:
     x = np.concatenate(blocks) if blocks else np.zeros(0, np.float32)
     _check_signal(x, sr, limits)
     return x, sr
+
+
+def downmix(block: np.ndarray) -> np.ndarray:
+    """[frames, channels] -> mono: the mean after turning over any channel that runs against the
+    first (a phase-inverted channel would otherwise cancel the voice into silence)."""
+    signs = np.sign(block[:, :1].T @ block)[0]
+    signs[signs == 0] = 1
+    return (block * signs).mean(axis=1).astype(np.float32, copy=False)
 
 
 def _check_header(sr: int, channels: int, frames: int, limits: MediaLimits) -> None:
@@ -149,13 +181,19 @@ def _check_signal(x: np.ndarray, sr: int, limits: MediaLimits) -> None:
 
 
 def speech_of(data: bytes, cfg: AssociationAudio | Speech2FaceAudio, limits: MediaLimits) -> tuple[np.ndarray, int]:
-    """Decoded, and trimmed to its speech when the front end asks for speech detection."""
-    x, sr = decode_audio(data, limits)
-    if cfg.vad:
-        from facevoice.service.media.speech import trim_to_speech
+    """Decoded and guarded (no speech, no answer: InvalidSignalError), then cut to its speech and
+    set to its level as the front end asks."""
+    from facevoice.service.media import speech
 
-        x = trim_to_speech(x, sr, cfg.min_speech_seconds)
-    return x, sr
+    x, sr = decode_audio(data, limits)
+    found = speech.find_speech(x, sr)
+    speech.require_speech(found, cfg.min_speech_seconds)
+    if cfg.level_dbfs is None:
+        return (speech.trim_to_speech(x, sr, cfg.min_speech_seconds) if cfg.vad else x), sr
+    level = speech.speech_rms(x, sr, found)
+    if cfg.vad:
+        x = speech.speech_only(x, sr, found)
+    return speech.set_level(x, level, cfg.level_dbfs), sr
 
 
 def resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:

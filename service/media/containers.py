@@ -68,18 +68,19 @@ def decode_container(data: bytes, limits: MediaLimits) -> tuple[np.ndarray, int]
                 raise MediaTooLargeError(
                     f"audio: {claimed:.1f} s (from the {kind} header) is over the {limits.max_audio_seconds:g} s limit")
             cap = int(limits.max_audio_seconds * sr)
-            resampler = av.AudioResampler(format="flt", layout="mono", rate=sr)
+            # planar float in the track's own layout; down-mixed here, as libsndfile's path is
+            resampler = av.AudioResampler(format="fltp", rate=sr)
             blocks, n = [], 0
             for packet in container.demux(stream):
                 for frame in packet.decode():
                     for out in resampler.resample(frame):
-                        block = out.to_ndarray().reshape(-1)
+                        block = _mono(out.to_ndarray())
                         blocks.append(block)
                         n += len(block)
                 if n > cap:
                     raise MediaTooLargeError(f"audio: longer than the {limits.max_audio_seconds:g} s limit")
             for out in resampler.resample(None):
-                blocks.append(out.to_ndarray().reshape(-1))
+                blocks.append(_mono(out.to_ndarray()))
     except MediaError:
         raise
     except Exception as e:  # FFmpeg's many complaints about bad files, as one type
@@ -87,6 +88,12 @@ def decode_container(data: bytes, limits: MediaLimits) -> tuple[np.ndarray, int]
     if not blocks:
         raise EmptyMediaError(f"audio: no samples could be decoded from the {kind} file (truncated?)")
     return np.concatenate(blocks).astype(np.float32, copy=False), int(sr)
+
+
+def _mono(planes: np.ndarray) -> np.ndarray:
+    from facevoice.service.media.audio import downmix
+
+    return planes[0].copy() if len(planes) == 1 else downmix(planes.T)
 
 
 def _claimed_seconds(container, stream) -> float | None:
