@@ -99,7 +99,8 @@ def _payload(message: pb.Audio | pb.Image) -> tuple[bytes, Box | None, int]:
 def face_used_pb(used) -> pb.FaceUsed | None:
     if used is None:
         return None
-    out = pb.FaceUsed(score=used.score or 0.0, source=used.source)
+    out = pb.FaceUsed(score=used.score or 0.0, source=used.source,
+                      faces=[pb.FaceBox(x=b[0], y=b[1], width=b[2], height=b[3]) for b in used.faces])
     if used.box is not None:
         out.box.CopyFrom(pb.FaceBox(x=used.box[0], y=used.box[1], width=used.box[2], height=used.box[3]))
     return out
@@ -356,7 +357,8 @@ def _from_cache(value: bytes, dim: int) -> tuple[np.ndarray, FaceUsed | None]:
     if not rest:
         return v, None
     d = json.loads(rest)
-    return v, FaceUsed(tuple(d["box"]) if d["box"] is not None else None, d["score"], d["source"])
+    return v, FaceUsed(tuple(d["box"]) if d["box"] is not None else None, d["score"], d["source"],
+                       tuple(tuple(b) for b in d.get("faces", ())))
 
 
 def _actor(context: grpc.ServicerContext) -> str:

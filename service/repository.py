@@ -8,7 +8,7 @@ checked against their recorded SHA-256s before they are served (`open_repository
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from facevoice.service import checksums
@@ -17,6 +17,7 @@ from facevoice.service.media import frontends
 from facevoice.service.media.frontends import Frontend
 
 MANIFEST = "facevoice.json"
+DETECTOR_FILE = "face_detector.svm"  # the corpus-face detector a repository ships (faces.py)
 FORMAT = 2  # format 1 (before spaces were recorded) is re-exported, not read
 
 # The spaces by name. An indexed space's gallery items are embedded into an index of that name.
@@ -129,13 +130,24 @@ def _group(d: dict) -> ModelGroup:
 
 
 def read_manifest(repo: Path) -> Manifest:
-    """The manifest of a model repository; FormatError that says what to do otherwise."""
+    """The manifest of a model repository as written; FormatError that says what to do otherwise."""
     path = Path(repo) / MANIFEST
     try:
         return Manifest.from_json(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
         raise FormatError(f"{path}: not a facevoice model repository manifest ({type(e).__name__}: {e}); "
                           "run `facevoice export` first") from e
+
+
+def _detectors_found(repo: Path, manifest: Manifest) -> Manifest:
+    """The manifest with the face detector a front end names (relative to the repository, as
+    export writes it) found in this repository, for the media pipeline to load."""
+    for name, space in manifest.spaces.items():
+        detector = getattr(space.frontend, "synth_detector", "")
+        if detector and not Path(detector).is_absolute():
+            frontend = replace(space.frontend, synth_detector=str(Path(repo).resolve() / detector))
+            manifest.spaces[name] = replace(space, frontend=frontend)
+    return manifest
 
 
 def network_file(info: NetworkEntry) -> str:
@@ -156,7 +168,7 @@ def open_repository(repo: Path, progress=None) -> Manifest:
                                              f"for {disagree}")
         digests = {**listed, **digests}
     checksums.verify(repo, digests, progress)
-    return manifest
+    return _detectors_found(repo, manifest)
 
 
 def write_manifest(repo: Path, manifest: Manifest) -> None:

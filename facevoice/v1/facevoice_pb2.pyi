@@ -58,14 +58,16 @@ class Image(_message.Message):
     def __init__(self, data: _Optional[bytes] = ..., format: _Optional[str] = ..., box: _Optional[_Union[FaceBox, _Mapping]] = ..., face_index: _Optional[int] = ...) -> None: ...
 
 class FaceUsed(_message.Message):
-    __slots__ = ("box", "score", "source")
+    __slots__ = ("box", "score", "source", "faces")
     BOX_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
+    FACES_FIELD_NUMBER: _ClassVar[int]
     box: FaceBox
     score: float
     source: str
-    def __init__(self, box: _Optional[_Union[FaceBox, _Mapping]] = ..., score: _Optional[float] = ..., source: _Optional[str] = ...) -> None: ...
+    faces: _containers.RepeatedCompositeFieldContainer[FaceBox]
+    def __init__(self, box: _Optional[_Union[FaceBox, _Mapping]] = ..., score: _Optional[float] = ..., source: _Optional[str] = ..., faces: _Optional[_Iterable[_Union[FaceBox, _Mapping]]] = ...) -> None: ...
 
 class Media(_message.Message):
     __slots__ = ("audio", "image")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from dataclasses import dataclass
 
@@ -34,22 +35,27 @@ class FaceImage:
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     box_scale: float = 1.5
     channels: str = "RGB"  # or "BGR"
-    # face detection when no box is given: "" (none: the centre square, as the synthetic corpus's
-    # models are trained), "hog" or "cnn" (dlib; faces.py), with the score a face must reach,
-    # and whether to level the eyes first
+    # face detection when no box is given: "hog", "cnn", "synth" or several joined by "+"
+    # (faces.py), with the score a face must reach, and whether to level the eyes first; or ""
+    # (the older front end: the centre square, as the synthetic corpus's models were trained),
+    # where faces.GUARD still has to find a face. synth_detector: the corpus-face detector's
+    # file (a model repository's own, resolved against it; "" the one this package ships).
     detector: str = ""
     min_score: float = 0.0
     align: bool = True
+    synth_detector: str = ""
 
 
 @dataclass(frozen=True)
 class FaceUsed:
     """Which face a model input was cut from: the box (before the 1.5x margin), the detector's
-    score (None without detection), and where the box came from."""
+    score (None without detection), where the box came from, and every face the detectors found
+    (largest first: what `face_index` counts)."""
 
     box: Box | None
     score: float | None
     source: str  # "client" (or manifest) | "detected" | "centre"
+    faces: tuple[Box, ...] = ()
 
 
 # How published face networks want their input. VGG-Face (Parkhi et al. 2015, the Caffe release
@@ -79,10 +85,32 @@ def decode_image(data: bytes, limits: MediaLimits = DEFAULT_LIMITS) -> Image.Ima
     except MediaError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise MediaTooLargeError(f"image: decompression bomb ({e})") from e
+        raise MediaTooLargeError(f"image: decompression bomb ({_words(e)})") from e
     except Exception as e:  # Pillow's many complaints about bad files, as one type
-        raise MediaDecodeError(f"image: not a readable {'/'.join(FORMATS)} file ({e})") from e
+        other = unsupported_format(data)
+        if other:
+            raise MediaDecodeError(f"image: {other} is not supported (send {'/'.join(FORMATS)})") from e
+        raise MediaDecodeError(f"image: not a readable {'/'.join(FORMATS)} file ({_words(e)})") from e
     return to_rgb(_upright(img))
+
+
+# formats people send that we do not decode, by their first bytes
+_OTHER_FORMATS = ((b"BM", "BMP"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"%PDF", "PDF"),
+                  (b"\x00\x00\x00\x0cjP  ", "JPEG 2000"), (b"8BPS", "PSD"), (b"<svg", "SVG"), (b"<?xml", "SVG"))
+
+
+def unsupported_format(data: bytes) -> str | None:
+    """The name of a known image format we do not decode (AVIF, HEIC, BMP, TIFF...), or None."""
+    head = bytes(data[:32])
+    if head[4:8] == b"ftyp":
+        brand = head[8:12]
+        return {b"avif": "AVIF", b"avis": "AVIF", b"heic": "HEIC", b"heix": "HEIC", b"mif1": "HEIF"}.get(brand)
+    return next((name for magic, name in _OTHER_FORMATS if head.startswith(magic)), None)
+
+
+def _words(e: Exception) -> str:
+    """An exception's message without the repr of the in-memory file it was handed."""
+    return re.sub(r"<_?io\.\w+ object at 0x[0-9a-fA-F]+>", "the upload", str(e))[:200]
 
 
 def _upright(img: Image.Image) -> Image.Image:
@@ -116,14 +144,28 @@ def crop_face(img: Image.Image, box: Box | None, scale: float = 1.5) -> Image.Im
         side = min(img.size)
         x0, y0 = (img.width - side) / 2, (img.height - side) / 2
     else:
+        check_box(box, img.size)
         x, y, w, h = box
-        if not (np.isfinite([x, y, w, h]).all() and w > 0 and h > 0):
-            raise InvalidSignalError(f"image: face box {box} needs a positive, finite width and height")
         side = max(w, h) * scale
         x0, y0 = x + w / 2 - side / 2, y + h / 2 - side / 2
         if x0 + side <= 0 or y0 + side <= 0 or x0 >= img.width or y0 >= img.height:
             raise InvalidSignalError(f"image: face box {box} lies outside the {img.size} image")
     return img.crop((round(x0), round(y0), round(x0 + side), round(y0 + side)))
+
+
+MIN_BOX_SIDE = 8  # pixels: less than this holds no face
+
+
+def check_box(box: Box, size: tuple[int, int]) -> None:
+    """A face box must be finite, at least MIN_BOX_SIDE px a side, and no larger than the image
+    (InvalidSignalError otherwise: a 1e9 px box would make a crop of exabytes)."""
+    x, y, w, h = box
+    if not np.isfinite([x, y, w, h]).all():
+        raise InvalidSignalError(f"image: face box {tuple(box)} is not finite")
+    if w < MIN_BOX_SIDE or h < MIN_BOX_SIDE:
+        raise InvalidSignalError(f"image: face box {w:g}x{h:g} is under {MIN_BOX_SIDE} px a side")
+    if w > size[0] or h > size[1]:
+        raise InvalidSignalError(f"image: face box {w:g}x{h:g} is larger than the {size[0]}x{size[1]} image")
 
 
 def normalise(img: Image.Image, cfg: FaceImage) -> np.ndarray:
@@ -139,15 +181,19 @@ def normalise(img: Image.Image, cfg: FaceImage) -> np.ndarray:
 def face_crop(img: Image.Image, cfg: FaceImage, box: Box | None = None, face_index: int = 0
               ) -> tuple[Image.Image, FaceUsed]:
     """The square the face network sees, and which face it is: the given box (always wins), else
-    the detected face `face_index` (largest first) aligned, else the centre square."""
+    the detected face `face_index` (largest first), aligned when the front end says so. No face
+    found is InvalidSignalError, whatever the front end: the older one (no detector) has its
+    face found by faces.GUARD, then crops the centre square it was trained on."""
     if box is not None:
         return crop_face(img, box, cfg.box_scale), FaceUsed(tuple(float(v) for v in box), None, "client")
-    if not cfg.detector:
-        return crop_face(img, None, cfg.box_scale), FaceUsed(None, None, "centre")
-    from facevoice.service.media.faces import align, detect_faces, pick
+    from facevoice.service.media.faces import GUARD, align, detect_faces, pick
 
-    face = pick(detect_faces(img, cfg.detector, cfg.min_score), face_index)
-    used = FaceUsed(face.box, face.score, "detected")
+    faces = detect_faces(img, cfg.detector or GUARD, cfg.min_score, synth_path=cfg.synth_detector)
+    face = pick(faces, face_index)
+    found = tuple(f.box for f in faces)
+    if not cfg.detector:
+        return crop_face(img, None, cfg.box_scale), FaceUsed(None, None, "centre", found)
+    used = FaceUsed(face.box, face.score, "detected", found)
     if cfg.align:
         region, box = align(img, face, cfg.box_scale)
         return crop_face(region, box, cfg.box_scale), used

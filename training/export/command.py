@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +21,12 @@ from torch import nn
 from facevoice.service import checksums
 from facevoice.service.errors import UsageError
 from facevoice.service.media.audio import complex_spectrogram, power_law
+from facevoice.service.media.faces import GUARD, SYNTH_DETECTOR
 from facevoice.service.media.frontends import Frontend
+from facevoice.service.media.image import FaceImage
 from facevoice.service.repository import (
     ASSOCIATION,
+    DETECTOR_FILE,
     FACE,
     FACE_FEATURE,
     S2F_VOICE,
@@ -115,9 +119,33 @@ def spectrogram_probe(rng: np.random.Generator, audio) -> np.ndarray:
     return power_law(complex_spectrogram(x, audio), audio.power)
 
 
-def model_version(entries: list[NetworkEntry]) -> str:
-    """Content hash of a model group's ONNX files: what an index built by it records."""
-    return hashlib.sha256("".join(e.sha256 for e in entries).encode()).hexdigest()[:16]
+def ship_face_detector(out: Path, spaces: dict[str, Space]) -> dict[str, Space]:
+    """Copy the corpus-face detector the face spaces use into the repository (beside
+    facevoice.json, where Triton looks for no model) and name it there, so the repository
+    carries, and checksums, everything its front ends run."""
+    shipped = {}
+    for name, space in spaces.items():
+        frontend = space.frontend
+        if isinstance(frontend, FaceImage) and "synth" in (frontend.detector or GUARD):
+            source = Path(frontend.synth_detector or SYNTH_DETECTOR)
+            shutil.copyfile(source, Path(out) / DETECTOR_FILE)
+            space = replace(space, frontend=replace(frontend, synth_detector=DETECTOR_FILE))
+        shipped[name] = space
+    return shipped
+
+
+def detector_digest(spec: GroupSpec) -> str:
+    """The SHA-256 of the corpus-face detector a group's face front end runs ("" for none)."""
+    for s in spec.spaces:
+        if isinstance(s.frontend, FaceImage) and "synth" in (s.frontend.detector or GUARD):
+            return hashlib.sha256(Path(s.frontend.synth_detector or SYNTH_DETECTOR).read_bytes()).hexdigest()
+    return ""
+
+
+def model_version(entries: list[NetworkEntry], detector: str = "") -> str:
+    """Content hash of a model group's ONNX files and the face detector its front end runs: what
+    an index built by it records."""
+    return hashlib.sha256(("".join(e.sha256 for e in entries) + detector).encode()).hexdigest()[:16]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -132,13 +160,14 @@ def run(args: argparse.Namespace) -> int:
     groups, spaces, lines = {}, {}, []
     for name, spec in specs.items():
         entries = {n.name: write_network(args.out, n, version, default) for n in spec.nets}
-        group = ModelGroup(model_version(list(entries.values())), str(runs[name]), spec.metric, spec.dim, entries,
-                           spec.info)
+        group = ModelGroup(model_version(list(entries.values()), detector_digest(spec)), str(runs[name]),
+                           spec.metric, spec.dim, entries, spec.info)
         groups[name] = group
         spaces.update({s.name: Space(s.name, s.modality, name, entries[s.network], s.frontend, group.version,
                                      spec.metric, spec.dim, s.indexed) for s in spec.spaces})
         lines += [f"  {e.model:<18} {e.input}{list(e.input_dims)} -> {e.output}{list(e.output_dims)}  "
                   f"max |onnx - torch| {e.parity_max_abs_diff:.1e}" for e in entries.values()]
+    spaces = ship_face_detector(args.out, spaces)
     manifest = Manifest(version, default, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), groups, spaces,
                         DECODER if SPEECH2FACE in groups else None)
     write_manifest(args.out, manifest)
