@@ -42,6 +42,30 @@ fi
 echo "setup: installing facevoice[$EXTRAS]"
 "${pip[@]}" -e ".[$EXTRAS]"
 
+# Real recordings for the media tests (tests/real_media.py), shipped inside two PyPI packages (no
+# data set is downloaded): CMU ARCTIC speech in pysptk's source package, music and sound effects
+# in pygame's wheel. Only the files are taken; neither package is installed.
+MEDIA="$VENV/share/facevoice-test-media"
+if [[ ",$EXTRAS," == *",dev,"* ]] && [ ! -f "$MEDIA/.complete" ]; then
+  echo "setup: extracting real recordings for the media tests into $MEDIA"
+  tmp=$(mktemp -d)
+  "$VENV/bin/python" -m pip download -q --disable-pip-version-check --no-deps -d "$tmp" "pysptk==1.0.1"
+  "$VENV/bin/python" -m pip download -q --disable-pip-version-check --no-deps --only-binary :all: -d "$tmp" "pygame==2.6.1"
+  "$VENV/bin/python" - "$tmp" "$MEDIA" <<'PY'
+import pathlib, sys, tarfile, zipfile
+src, dest = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+dest.mkdir(parents=True, exist_ok=True)
+with tarfile.open(next(src.glob("pysptk-*.tar.gz"))) as t:
+    member = next(m for m in t.getmembers() if m.name.endswith("example_audio_data/arctic_a0007.wav"))
+    (dest / "arctic_a0007.wav").write_bytes(t.extractfile(member).read())
+with zipfile.ZipFile(next(src.glob("pygame-*.whl"))) as z:
+    for name in ("house_lo.wav", "house_lo.ogg", "secosmic_lo.wav", "boom.wav", "punch.wav", "whiff.wav"):
+        (dest / name).write_bytes(z.read(f"pygame/examples/data/{name}"))
+(dest / ".complete").touch()
+PY
+  rm -rf "$tmp"
+fi
+
 # The real tritonserver for tests and the demo's Triton path. nvidia-pytriton's Python API pins
 # numpy<2, which we do not use: take only its server binary (--no-deps). Its python-backend stub
 # needs NumPy 1.x, so the models' numpy and onnxruntime live in their own site directory.

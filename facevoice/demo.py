@@ -132,15 +132,18 @@ def run(args: argparse.Namespace) -> int:
     return retrain(args)
 
 
-def build_corpus_stage(stage: Stages, corpus: Path, identities: int, seed: int, progress: bool) -> None:
+def build_corpus_stage(stage: Stages, corpus: Path, identities: int, seed: int, progress: bool,
+                       guarded: bool = True) -> None:
+    """The corpus; `guarded` False makes it as the generator did before the service's guards (what
+    a release made then was trained on, and its record says so by saying nothing)."""
     def make():
         from facevoice.training.corpus.synth import SynthConfig, build_corpus, format_summary
 
-        print(format_summary(build_corpus(corpus, SynthConfig(identities=identities, seed=seed), force=True,
-                                          progress=progress)))
+        cfg = SynthConfig(identities=identities, seed=seed, guarded=guarded)
+        print(format_summary(build_corpus(corpus, cfg, force=True, progress=progress)))
 
     stage.commands.append(["corpus", "synth", "--out", str(corpus), "--identities", str(identities),
-                           "--seed", str(seed)])
+                           "--seed", str(seed), *([] if guarded else ["--unguarded"])])
     stage("corpus", corpus / "corpus.json", make)
 
 
@@ -168,12 +171,13 @@ def serve_release(args: argparse.Namespace) -> int:
     corpus = out / "corpus"
     print(f"demo: serving the released models in {models} (trained at {release['commit'][:12]}, "
           f"{release['created']}); `--retrain` trains them here instead", flush=True)
-    build_corpus_stage(stage, corpus, c["identities"], c["seed"], progress)
+    guarded = c.get("guarded", False)
+    build_corpus_stage(stage, corpus, c["identities"], c["seed"], progress, guarded)
     if "corpus" not in stage.times_now and rel.same_corpus(corpus, c):
         print(f"demo: {corpus} is not the corpus the released models were trained on (an older one?); "
               "building it again", flush=True)
         shutil.rmtree(corpus)
-        build_corpus_stage(stage, corpus, c["identities"], c["seed"], progress)
+        build_corpus_stage(stage, corpus, c["identities"], c["seed"], progress, guarded)
     if differs := rel.same_corpus(corpus, c):
         raise FormatError(f"{corpus}: {', '.join(differs)} differ from the corpus the released models were trained on "
                           f"(seed {c['seed']}, {c['identities']} people): the corpus generator has changed since they "

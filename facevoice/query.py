@@ -22,9 +22,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tls-ca", type=Path, help="CA certificate: connect with TLS")
     p.add_argument("--timeout", type=float, default=30.0, help="deadline in seconds")
     if verb in ("faces", "reconstruct"):
-        p.add_argument("--voice", type=Path, required=True, help="WAV/FLAC/OGG file")
+        p.add_argument("--voice", type=Path, required=True,
+                       help="a recording with speech: WAV, FLAC, Ogg/Opus, MP3, M4A/AAC, WebM, or an MP4/MKV video")
     if verb == "voices":
-        p.add_argument("--face", type=Path, required=True, help="JPEG/PNG/WebP/GIF file")
+        p.add_argument("--face", type=Path, required=True, help="a photo with a face: JPEG, PNG, WebP or GIF")
     if verb in ("faces", "voices", "reconstruct"):
         p.add_argument("--top-k", type=int, default=5)
     if verb in ("faces", "voices"):

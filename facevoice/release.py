@@ -64,6 +64,7 @@ def corpus_record(corpus: Path, seed: int, identities: int) -> dict:
     info = json.loads((Path(corpus) / "corpus.json").read_text())
     return {"generator": info.get("generator"), "format_version": info.get("format_version"), "seed": seed,
             "identities": identities, "espeak_ng": info.get("espeak_ng"),
+            "guarded": info.get("config", {}).get("guarded", False),
             "sha256": {name: checksums.sha256(Path(corpus) / name) for name in ("manifest.csv", "identities.csv")}}
 
 

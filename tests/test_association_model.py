@@ -248,7 +248,8 @@ def test_torchvision_vgg16_state_dict_loads_into_the_face_subnetwork(tmp_path):
     face = AssociationModel(PAPER).face_encoder
     assert load_face_backbone(face, tmp_path / "vgg16.pth") == 26
     assert torch.equal(face.features[28].weight, state["features.28.weight"])
-    assert PAPER.face.frontend() == FaceImage(size=224) and FaceImage().channels == "RGB"
+    assert PAPER.face.frontend() == FaceImage(size=224, detector="hog+synth", align=False)
+    assert FaceImage().channels == "RGB"
 
 
 def test_loudness_is_the_rms_level_in_dbfs():

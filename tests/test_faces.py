@@ -107,7 +107,9 @@ def test_no_face_is_refused_unless_the_client_sends_a_box():
     with pytest.raises(InvalidSignalError, match="no face found"):
         face_input_used(LOGO, cfg)
     assert face_input_used(LOGO, cfg, box=(10, 10, 100, 100))[1].source == "client"
-    assert face_input_used(LOGO, FaceImage(size=64))[1].source == "centre"  # a model without detection
+    with pytest.raises(InvalidSignalError, match="no face found"):  # guarded without detection too
+        face_input_used(LOGO, FaceImage(size=64))
+    assert face_input_used(HOPPER, FaceImage(size=64))[1].source == "centre"  # a model without detection
 
 
 def test_alignment_levels_the_eyes():

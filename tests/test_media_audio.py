@@ -14,6 +14,7 @@ from facevoice.service.media import (
     speech2face_spectrogram,
 )
 from facevoice.service.media.audio import complex_spectrogram, power_law, resample, tile_to_length
+from facevoice.service.media.errors import MediaError
 from tests.conftest import tone, wav_bytes
 
 
@@ -28,9 +29,16 @@ def test_tile_back_to_back_then_trim():
 
 
 def test_association_input_tiles_a_short_clip():
-    x = association_waveform(wav_bytes(tone(sr=22_050, seconds=3.0), 22_050))
+    x = tile_to_length(tone(sr=22_050, seconds=3.0), 220_500)
     assert x.shape == (220_500,) and x.dtype == np.float32
     np.testing.assert_array_equal(x[:66_150], x[66_150:132_300])  # the 3 s clip repeats
+
+
+def test_a_tone_is_not_speech_to_any_front_end():
+    """The voice guard: a steady tone has no pauses, so every front end refuses it."""
+    for front_end in (association_waveform, speech2face_spectrogram):
+        with pytest.raises(MediaError, match="no speech found"):
+            front_end(wav_bytes(tone(sr=22_050, seconds=3.0), 22_050))
 
 
 def test_stereo_is_averaged_to_mono():
@@ -74,7 +82,9 @@ def test_power_law_compresses_real_and_imaginary_parts_separately():
 
 
 def test_speech2face_spectrogram_puts_a_tone_in_its_bin():
-    spec = speech2face_spectrogram(wav_bytes(tone(1000.0, sr=16_000, seconds=2.0), 16_000))
+    cfg = Speech2FaceAudio()
+    spec = power_law(complex_spectrogram(tile_to_length(tone(1000.0, sr=16_000, seconds=2.0), cfg.samples), cfg),
+                     cfg.power)
     assert spec.shape == (2, 598, 257) and spec.dtype == np.float32
     magnitude = np.hypot(*(np.sign(spec) * np.abs(spec) ** (1 / 0.3)))
     assert np.argmax(magnitude.mean(axis=0)) == 32  # 1000 Hz / (16000 / 512) Hz per bin

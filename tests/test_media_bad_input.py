@@ -120,7 +120,11 @@ IMAGE_CASES = [
     ("8k x 8k, over the pixel cap", _png_bomb(8_000), MediaTooLargeError, "pixel limit"),
     ("over the byte cap", GOOD_JPEG + b"\0" * (20 * 1024 * 1024), MediaTooLargeError, "byte limit"),
     ("unsupported format (BMP)", image_bytes(Image.new("RGB", (64, 64)), "BMP"), MediaDecodeError,
-     "not a readable"),
+     r"^image: BMP is not supported \(send JPEG/PNG/WEBP/GIF\)$"),
+    ("unsupported format (TIFF)", image_bytes(Image.new("RGB", (64, 64)), "TIFF"), MediaDecodeError,
+     r"^image: TIFF is not supported"),
+    ("unsupported format (AVIF)", b"\x00\x00\x00\x1cftypavif" + b"\x00" * 64, MediaDecodeError,
+     r"^image: AVIF is not supported"),
     ("int instead of bytes", 12345, MediaDecodeError, "expected bytes"),
 ]
 

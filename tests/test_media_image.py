@@ -59,7 +59,7 @@ def test_face_box_is_enlarged_one_and_a_half_times_about_its_centre():
 
 def test_face_input_normalises_with_the_configured_statistics():
     cfg = FaceImage(size=112)
-    x = face_input(image_bytes(Image.new("RGB", (64, 48), (255, 0, 128))), cfg)
+    x = face_input(image_bytes(Image.new("RGB", (64, 48), (255, 0, 128))), cfg, box=(16, 8, 32, 32))
     assert x.shape == (3, 112, 112) and x.dtype == np.float32
     expected = (np.array([255, 0, 128]) / 255 - np.array(cfg.mean)) / np.array(cfg.std)
     np.testing.assert_allclose(x[:, 50, 50], expected, atol=1e-5)

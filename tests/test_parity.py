@@ -12,7 +12,7 @@ from facevoice.service.embedder import Embedder
 from facevoice.service.media import FaceImage, Speech2FaceAudio
 from facevoice.service.media.frontends import model_input
 from facevoice.service.repository import FACE, FACE_FEATURE, S2F_VOICE, VOICE
-from facevoice.service.repository import read_manifest as read_repository
+from facevoice.service.repository import open_repository as read_repository
 from facevoice.service.runners import EmbeddedRunner
 from facevoice.training.association.checkpoints import load_run
 from facevoice.training.association.data import EXACT, STORE, load_split, windows

@@ -176,7 +176,9 @@ def test_bad_fields(stack, service):
         (stub.SearchFaces, pb.SearchFacesRequest(voice=voice, top_k=1, filters=[pb.AttributeFilter(
             name="gender")]), "no values"),
         (stub.SearchVoices, pb.SearchVoicesRequest(face=pb.Image(data=face.data, box=pb.FaceBox(width=-1, height=5)),
-                                                   top_k=1), "positive"),
+                                                   top_k=1), "under 8 px a side"),
+        (stub.SearchVoices, pb.SearchVoicesRequest(face=pb.Image(data=face.data, box=pb.FaceBox(width=1e9, height=1e9)),
+                                                   top_k=1), "larger than the"),
         (stub.Match, pb.MatchRequest(probe=pb.Media(audio=voice), candidates=[pb.Media(image=face)]), "2..100"),
         (stub.Match, pb.MatchRequest(probe=pb.Media(audio=voice), candidates=[pb.Media(image=face)] * 101), "2..100"),
         (stub.Match, pb.MatchRequest(probe=pb.Media(audio=voice), candidates=[pb.Media(image=face),

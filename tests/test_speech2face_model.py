@@ -285,7 +285,7 @@ def test_the_vggface_convention_is_bgr_0_255_minus_the_mean():
     buf = io.BytesIO()
     Image.new("RGB", (32, 32), (255, 0, 0)).save(buf, format="PNG")
     cfg = FaceImage(size=16, **INPUT_CONVENTIONS["vggface"])
-    x = face_input(buf.getvalue(), cfg)
+    x = face_input(buf.getvalue(), cfg, box=(8, 8, 16, 16))
     assert x[0].mean() == pytest.approx(0 - 93.5940, abs=1e-3)  # B
     assert x[1].mean() == pytest.approx(0 - 104.7624, abs=1e-3)  # G
     assert x[2].mean() == pytest.approx(255 - 129.1863, abs=1e-3)  # R

@@ -68,8 +68,10 @@ def test_the_service_applies_the_models_speech_detection(stack, padded, tmp_path
             stub.SearchFaces(pb.SearchFacesRequest(voice=pb.Audio(data=quiet), top_k=3))
         assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "no speech found" in e.value.details()
         assert stub.SearchFaces(pb.SearchFacesRequest(voice=pb.Audio(data=wav_bytes(x, sr)), top_k=3)).hits
-        # the model trained without it embeds the same noise as before
-        assert plain_stub.SearchFaces(pb.SearchFacesRequest(voice=pb.Audio(data=quiet), top_k=3)).hits
+        # the guard is the service's, not the model's: every front end refuses the noise
+        with pytest.raises(grpc.RpcError) as e:
+            plain_stub.SearchFaces(pb.SearchFacesRequest(voice=pb.Audio(data=quiet), top_k=3))
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "no speech found" in e.value.details()
     finally:
         with_vad.stop(0)
         plain.stop(0)

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from facevoice.service.media import AssociationAudio, FaceImage
+from facevoice.service.media.faces import parse_detector
 from facevoice.training.configfile import build_config, read_config
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -24,12 +25,15 @@ class FaceConfig:
     # what is average-pooled globally: "conv5_3" as sec. 4.1 says (14x14 at 224 px), or "pool5",
     # after VGG16's fifth max-pool (7x7; what this project did before, kept a switch away)
     pool: str = "conv5_3"
-    # face detection for photos without a box (service/media/faces.py): "" keeps the centre
-    # square (the synthetic corpus's faces fill the frame), "hog" / "cnn" detect and align
-    detector: str = ""
+    # face detection for photos without a box (service/media/faces.py): "hog+synth" finds real
+    # faces (dlib's frontal HOG) and the corpus's (our HOG detector) and crops the face found;
+    # "hog" / "cnn" alone; "" is the older front end (the centre square, after a face is found).
+    # align: level the eyes from dlib's 5 landmarks (made for real faces, not the cartoons)
+    detector: str = "hog+synth"
+    align: bool = False
 
     def frontend(self) -> FaceImage:
-        return FaceImage(size=self.size, detector=self.detector)
+        return FaceImage(size=self.size, detector=self.detector, align=self.align)
 
 
 @dataclass(frozen=True)
@@ -40,17 +44,25 @@ class VoiceConfig:
     crop: str = "first"
     input_scale: float = 256.0
     augment: bool = False
-    # speech detection before the front end (not in the paper; for real recordings): the model
-    # records it and the service applies it
-    vad: bool = False
+    # Not in the paper (docs/media.md): the seconds come from the speech found (vad), whose
+    # level is set to level_dbfs RMS (level); a clip needs min_speech_seconds of speech. The
+    # model records them and the service applies them. vad = level = false is the paper's input.
+    vad: bool = True
+    level: bool = True
+    level_dbfs: float = -20.0
+    min_speech_seconds: float = 1.0
 
     def frontend(self) -> AssociationAudio:
         """What the service feeds the voice encoder; evaluation uses it too."""
-        return AssociationAudio(self.sample_rate, self.seconds, vad=self.vad)
+        return self._frontend(self.seconds)
 
     def cache_frontend(self) -> AssociationAudio:
         """What is decoded once for training: 10 s (sec. 4.3), longer if the window is longer."""
-        return AssociationAudio(self.sample_rate, max(10.0, self.seconds), vad=self.vad)
+        return self._frontend(max(10.0, self.seconds))
+
+    def _frontend(self, seconds: float) -> AssociationAudio:
+        return AssociationAudio(self.sample_rate, seconds, vad=self.vad, min_speech_seconds=self.min_speech_seconds,
+                                level_dbfs=self.level_dbfs if self.level else None)
 
 
 @dataclass(frozen=True)
@@ -126,8 +138,8 @@ def validate(cfg: AssociationConfig) -> None:
         raise ValueError("train.identities must be 0 (all) or a positive count")
     if cfg.embedding.pool not in ("global", "2x"):
         raise ValueError("embedding.pool must be 'global' or '2x' (Table A.2)")
-    if cfg.face.detector not in ("", "hog", "cnn"):
-        raise ValueError("face.detector must be '' (no detection), 'hog' or 'cnn'")
+    if cfg.face.detector:
+        parse_detector(cfg.face.detector)
     if len(cfg.face.augment_scale) != 2 or not 0 < cfg.face.augment_scale[0] <= cfg.face.augment_scale[1]:
         raise ValueError("face.augment_scale must be [low, high] with 0 < low <= high")
     if cfg.face.pool not in ("conv5_3", "pool5"):

@@ -26,6 +26,7 @@ from facevoice.training.corpus.splits import assign_splits, split_counts
 from facevoice.training.corpus.voices import ESPEAK, SAMPLE_RATE, ClipNuisance, synthesize_clip
 
 FORMAT_VERSION = 1
+MIN_SPEECH_SECONDS = 1.0  # the voice front ends' default (training/*/config.py)
 # Best published VoxCeleb 1:2 matching, V->F (DESIGN.md): the level the oracle is calibrated to.
 PUBLISHED = {"-": 0.88, "G": 0.78}
 
@@ -41,6 +42,9 @@ class SynthConfig:
     workers: int = 2
     oracle_trials: int = 4000
     oracle_population: int = 5000
+    # draw again a face the service's face guard would not find, or a clip in which its voice
+    # guard would not hear MIN_SPEECH_SECONDS of speech (False: the generator before the guards)
+    guarded: bool = True
     model: PopulationModel = field(default_factory=PopulationModel)
 
 
@@ -57,6 +61,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--oracle-trials", type=int, default=d.oracle_trials,
                    help="1:2 trials per oracle cell (0: skip the oracle)")
     p.add_argument("--force", action="store_true", help="replace an existing corpus directory")
+    p.add_argument("--unguarded", action="store_true",
+                   help="keep faces and clips the service's guards would refuse (the corpus as made before them)")
     p.add_argument("--p-male", type=float, help=f"share of men (default {d.model.p_male}); with --prevalence, "
                    "a population of another attribute mix, for cross-dataset tests (Kim et al. Table 8)")
     p.add_argument("--prevalence", nargs="+", metavar="GROUP=WEIGHT",
@@ -90,7 +96,7 @@ def parse_prevalence(specs: list[str] | None) -> dict[str, float]:
 def run(args: argparse.Namespace) -> int:
     cfg = SynthConfig(identities=args.identities, seed=args.seed, faces=args.faces, clips=args.clips,
                       face_size=args.face_size, splits=tuple(args.split), workers=args.workers,
-                      oracle_trials=args.oracle_trials,
+                      oracle_trials=args.oracle_trials, guarded=not args.unguarded,
                       model=population(args.p_male, parse_prevalence(args.prevalence)))
     summary = build_corpus(args.out, cfg, force=args.force)
     print(format_summary(summary))
@@ -129,16 +135,47 @@ def _make_person(job: tuple[Path, Person, str, SynthConfig, int]) -> list[Item]:
                       **attrs))
     for k in range(cfg.faces):
         path = f"faces/{pid}/{k}.jpg"
-        nuisance = FaceNuisance.sample(rng)
-        render_face(person.face, nuisance, cfg.face_size, rng).save(out / path, quality=90)
-        items.append(Item(f"{pid}-face-{k}", pid, "face", path, split,
-                          drawn_box=_box_text(drawn_box(person.face, nuisance, cfg.face_size)), **attrs))
+        for _ in range(REDRAWS):  # a picture the service's face guard would refuse is drawn again
+            nuisance = FaceNuisance.sample(rng)
+            img, box = render_face(person.face, nuisance, cfg.face_size, rng), drawn_box(person.face, nuisance,
+                                                                                          cfg.face_size)
+            if not cfg.guarded or face_passes(img, box):
+                break
+        img.save(out / path, quality=90)
+        items.append(Item(f"{pid}-face-{k}", pid, "face", path, split, drawn_box=_box_text(box), **attrs))
     for k in range(cfg.clips):
         path = f"voices/{pid}/{k}.wav"
-        audio = synthesize_clip(person.voice, ClipNuisance.sample(rng))
+        for _ in range(REDRAWS):  # and a clip its voice guard would refuse
+            audio = synthesize_clip(person.voice, ClipNuisance.sample(rng))
+            if not cfg.guarded or voice_passes(audio):
+                break
         sf.write(out / path, audio, SAMPLE_RATE, subtype="PCM_16")
         items.append(Item(f"{pid}-voice-{k}", pid, "voice", path, split, **attrs))
     return items
+
+
+REDRAWS = 8
+
+
+def face_passes(img, box: tuple[float, ...]) -> bool:
+    """Whether the service's face guard finds this face where it was drawn (IoU 0.5)."""
+    from facevoice.service.media.faces import GUARD, detect_faces
+    from facevoice.training.corpus.face_detector import iou
+
+    return any(iou(f.box, box) >= 0.5 for f in detect_faces(img, GUARD))
+
+
+def voice_passes(audio: np.ndarray) -> bool:
+    """Whether the service's voice guard hears enough speech in this clip (as the released
+    front ends ask: MIN_SPEECH_SECONDS)."""
+    from facevoice.service.media.errors import InvalidSignalError
+    from facevoice.service.media.speech import find_speech, require_speech
+
+    try:
+        require_speech(find_speech(audio, SAMPLE_RATE), MIN_SPEECH_SECONDS)
+    except InvalidSignalError:
+        return False
+    return True
 
 
 def build_corpus(out: Path, cfg: SynthConfig, force: bool = False, progress: bool = True) -> dict:

@@ -113,9 +113,17 @@ def read_clip(clip: Clip, frames: int) -> tuple[np.ndarray, list[Image.Image]]:
             if t > end or not targets:
                 break
             if t + 1e-6 >= targets[0]:
-                images.append(frame.to_image().convert("RGB"))
+                images.append(upright(frame))
                 targets.pop(0)
     return samples.astype(np.float32), images
+
+
+def upright(frame) -> Image.Image:
+    """A video frame as it is shown: turned by its display matrix's rotation (a phone's portrait
+    video is stored sideways and says so there), counter-clockwise as FFmpeg's angle is."""
+    img = frame.to_image().convert("RGB")
+    angle = round(frame.rotation or 0) % 360
+    return img.rotate(angle, expand=True) if angle else img
 
 
 def pick_face(faces: list[Detection], size: tuple[int, int], centre: tuple[float, float] | None) -> Detection | None:

@@ -33,10 +33,12 @@ class FaceNetConfig:
     # the input convention (service.media.image.INPUT_CONVENTIONS): "imagenet" for the networks
     # trained here, "vggface" for published VGG-Face weights (`train face-features --vggface`)
     input: str = "imagenet"
-    detector: str = ""  # face detection for photos without a box, as the association model's face.detector
+    # face detection for photos without a box, as the association model's face.detector / align
+    detector: str = "hog+synth"
+    align: bool = False
 
     def frontend(self) -> FaceImage:
-        return FaceImage(size=self.size, detector=self.detector, **INPUT_CONVENTIONS[self.input])
+        return FaceImage(size=self.size, detector=self.detector, align=self.align, **INPUT_CONVENTIONS[self.input])
 
 
 @dataclass(frozen=True)
@@ -65,10 +67,16 @@ class VoiceNetConfig:
     widths: tuple[int, ...] = TABLE1_WIDTHS
     # false removes every batch norm of the encoder: Fig. 8's "without BN" curves
     batch_norm: bool = True
-    vad: bool = False  # speech detection before the front end (not in the paper), as voice.vad of association
+    # speech and level before the front end (not in the paper), as the association model's voice.*
+    vad: bool = True
+    level: bool = True
+    level_dbfs: float = -20.0
+    min_speech_seconds: float = 1.0
 
     def frontend(self, seconds: float | None = None) -> Speech2FaceAudio:
-        return Speech2FaceAudio(sample_rate=self.sample_rate, seconds=seconds or self.seconds, vad=self.vad)
+        return Speech2FaceAudio(sample_rate=self.sample_rate, seconds=seconds or self.seconds, vad=self.vad,
+                                min_speech_seconds=self.min_speech_seconds,
+                                level_dbfs=self.level_dbfs if self.level else None)
 
 
 @dataclass(frozen=True)
