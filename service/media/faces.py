@@ -142,7 +142,8 @@ def detect_faces(img: Image.Image, detector: str = "hog", min_score: float = 0.0
     return sorted(out, key=lambda d: -d.area)
 
 
-def _iou(a: tuple, b: tuple) -> float:
+def iou(a: tuple, b: tuple) -> float:
+    """Intersection over union of two (x, y, w, h) boxes."""
     ix = max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
     iy = max(0.0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
     inter = ix * iy
@@ -155,7 +156,7 @@ def _merge(names: tuple[str, ...], found: list[list[Detection]]) -> list[Detecti
     kept: list[Detection] = []
     for k in order:
         for face in found[k]:
-            if all(_iou(face.box, other.box) <= SAME_FACE_IOU for other in kept):
+            if all(iou(face.box, other.box) <= SAME_FACE_IOU for other in kept):
                 kept.append(face)
     return sorted(kept, key=lambda d: -d.area)
 

@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+from facevoice.service.media.faces import iou
 from facevoice.training.corpus.faces import FaceNuisance, drawn_box, render_face
 from facevoice.training.corpus.people import sample_population
 
@@ -182,14 +183,6 @@ def train(cfg: DetectorConfig, out: Path, progress: bool = True) -> dict:
     detector.save(str(out))
     return {"config": asdict(cfg), "pictures": len(images), "faces": sum(map(len, boxes)),
             "train_seconds": round(time.perf_counter() - start, 1)}
-
-
-def iou(a: tuple, b: tuple) -> float:
-    """Intersection over union of two (x, y, w, h) boxes."""
-    ix = max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    return inter / (a[2] * a[3] + b[2] * b[3] - inter)
 
 
 def negative_images(seed: int = 0) -> dict[str, Image.Image]:

@@ -159,8 +159,7 @@ REDRAWS = 8
 
 def face_passes(img, box: tuple[float, ...]) -> bool:
     """Whether the service's face guard finds this face where it was drawn (IoU 0.5)."""
-    from facevoice.service.media.faces import GUARD, detect_faces
-    from facevoice.training.corpus.face_detector import iou
+    from facevoice.service.media.faces import GUARD, detect_faces, iou
 
     return any(iou(f.box, box) >= 0.5 for f in detect_faces(img, GUARD))
 
