@@ -131,3 +131,33 @@ def test_avspeech_ingest_takes_the_face_nearest_the_published_centre(tmp_path, v
     assert abs(cut.duration - 3.5) < 0.1  # cut at the row's start and end
     skipped = csv.DictReader((out / "skipped.csv").read_text().splitlines())
     assert any(r["reason"].startswith("unreadable") for r in skipped)
+
+
+def test_a_rotated_phone_video_is_read_upright():
+    """A portrait phone video is stored sideways with a display matrix; its frames come out as
+    shown (issue 29): a 64x32 frame turned 90 degrees is 32 wide and 64 high, its white half on top."""
+    import io
+
+    import av
+
+    from facevoice.training.corpus.video import upright
+
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4") as c:
+        v = c.add_stream("mpeg4", rate=10)
+        v.width, v.height, v.pix_fmt = 64, 32, "yuv420p"
+        v.set_display_rotation(90)
+        pixels = np.zeros((32, 64, 3), np.uint8)
+        pixels[:, 32:] = 255  # the right half white
+        for i in range(3):
+            f = av.VideoFrame.from_ndarray(pixels, format="rgb24")
+            f.pts = i
+            for p in v.encode(f):
+                c.mux(p)
+        for p in v.encode(None):
+            c.mux(p)
+    buf.seek(0)
+    with av.open(buf) as c:
+        img = upright(next(c.decode(c.streams.video[0])))
+    arr = np.asarray(img).mean(axis=(1, 2))
+    assert img.size == (32, 64) and arr[:24].mean() > 200 and arr[40:].mean() < 50
