@@ -103,22 +103,21 @@ def _models(detector: str, synth_path: str = ""):
 
 
 def detect_faces(img: Image.Image, detector: str = "hog", min_score: float = 0.0, upsample: int | None = None,
-                 synth=None, synth_path: str = "") -> list[Detection]:
+                 synth_path: str = "") -> list[Detection]:
     """Every face scoring at least min_score, largest first, with its eye centres, from one
     detector or several joined by "+" (module docstring). By default the image is searched as it
     is (faces from about 80 px), then at twice its size when that finds none (faces from about
-    40 px: 4x the time). `synth` (a loaded detector) or `synth_path` names the corpus-face
-    detector to use instead of the one this package ships."""
+    40 px: 4x the time). `synth_path` names the corpus-face detector to use instead of the one
+    this package ships (loaded once per thread)."""
     names = parse_detector(detector)
     if len(names) > 1:
-        found = [detect_faces(img, n, min_score, upsample, synth, synth_path) for n in names]
+        found = [detect_faces(img, n, min_score, upsample, synth_path) for n in names]
         return _merge(names, found)
     if upsample is None:
-        return (detect_faces(img, detector, min_score, 0, synth, synth_path)
-                or detect_faces(img, detector, min_score, 1, synth, synth_path))
+        return (detect_faces(img, detector, min_score, 0, synth_path)
+                or detect_faces(img, detector, min_score, 1, synth_path))
     detect, landmarks = _models(detector, synth_path)
     if detector == "synth":
-        detect = synth if synth is not None else detect
         min_score = max(min_score, SYNTH_MIN_SCORE)
     scale = min(1.0, MAX_DETECT_SIDE / max(img.size))
     small = img if scale == 1.0 else img.resize((round(img.width * scale), round(img.height * scale)),

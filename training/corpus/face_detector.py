@@ -216,17 +216,17 @@ def negative_images(seed: int = 0) -> dict[str, Image.Image]:
 def evaluate(path: Path, cfg: DetectorConfig, progress: bool = True) -> dict:
     """Found at IoU >= 0.5 on new people; detections on the negatives; real faces found by the
     pair the service runs (dlib's frontal detector beside this one)."""
-    from facevoice.service.media.faces import detect_faces, load_synth_detector
+    from facevoice.service.media.faces import detect_faces
 
-    synth = load_synth_detector(path)
+    synth = str(Path(path).resolve())
     images, boxes = render_faces(cfg.seed + 1, cfg.eval_people, cfg.faces, cfg.face_size, cfg.workers, progress)
     ious = []
     for img, box in zip(tqdm(images, desc="detecting new people", disable=not progress), boxes, strict=True):
-        found = detect_faces(Image.fromarray(img), "hog+synth", synth=synth)
+        found = detect_faces(Image.fromarray(img), "hog+synth", synth_path=synth)
         ious.append(max((iou(f.box, box) for f in found), default=0.0))
     ious = np.array(ious)
-    negatives = {name: len(detect_faces(img, "hog+synth", synth=synth)) for name, img in negative_images().items()}
-    real = {name: len(detect_faces(img, "hog+synth", synth=synth)) for name, img in real_faces().items()}
+    negatives = {name: len(detect_faces(img, "hog+synth", synth_path=synth)) for name, img in negative_images().items()}
+    real = {name: len(detect_faces(img, "hog+synth", synth_path=synth)) for name, img in real_faces().items()}
     return {"new_people": {"faces": len(ious), "found_iou_0.5": float(np.mean(ious >= 0.5)),
                            "median_iou": float(np.median(ious))},
             "negatives": {"pictures": len(negatives), "with_a_detection": sorted(k for k, v in negatives.items() if v)},

@@ -125,21 +125,25 @@ def ship_face_detector(out: Path, spaces: dict[str, Space]) -> dict[str, Space]:
     carries, and checksums, everything its front ends run."""
     shipped = {}
     for name, space in spaces.items():
-        frontend = space.frontend
-        if isinstance(frontend, FaceImage) and "synth" in (frontend.detector or GUARD):
-            source = Path(frontend.synth_detector or SYNTH_DETECTOR)
+        source = synth_detector_of(space.frontend)
+        if source is not None:
             shutil.copyfile(source, Path(out) / DETECTOR_FILE)
-            space = replace(space, frontend=replace(frontend, synth_detector=DETECTOR_FILE))
+            space = replace(space, frontend=replace(space.frontend, synth_detector=DETECTOR_FILE))
         shipped[name] = space
     return shipped
 
 
+def synth_detector_of(frontend: Frontend) -> Path | None:
+    """The corpus-face detector file a front end runs (its own, or the package's), or None."""
+    if isinstance(frontend, FaceImage) and "synth" in (frontend.detector or GUARD):
+        return Path(frontend.synth_detector or SYNTH_DETECTOR)
+    return None
+
+
 def detector_digest(spec: GroupSpec) -> str:
     """The SHA-256 of the corpus-face detector a group's face front end runs ("" for none)."""
-    for s in spec.spaces:
-        if isinstance(s.frontend, FaceImage) and "synth" in (s.frontend.detector or GUARD):
-            return hashlib.sha256(Path(s.frontend.synth_detector or SYNTH_DETECTOR).read_bytes()).hexdigest()
-    return ""
+    paths = [p for p in map(synth_detector_of, (s.frontend for s in spec.spaces)) if p is not None]
+    return hashlib.sha256(paths[0].read_bytes()).hexdigest() if paths else ""
 
 
 def model_version(entries: list[NetworkEntry], detector: str = "") -> str:
