@@ -20,15 +20,25 @@ Two logs, one interface:
 Offsets are strings: a byte position for the file log, a stream ID for Redis. Applying a change
 is idempotent (an upsert replaces, a delete of a missing id does nothing), so replaying from an
 earlier offset than needed is always safe; only the order matters.
+
+Damage is never cut away. Only a trailing partial record (a writer that died mid-append: nothing
+intact follows it in the newest segment) is cut, by the next append. A damaged record with intact
+records after it, or an intact one that cannot be decoded, raises `LogDamaged` naming the segment
+and byte position (the Redis stream: the entry ID): writes and replay stop there, searches go on,
+until an operator runs `facevoice index log repair`, which moves the damaged bytes aside into
+`quarantine/` and writes a void record of the same length in their place, so every offset stays
+valid (docs/operations.md, "When the log reports damage").
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import itertools
 import json
 import logging
 import os
+import signal
 import struct
 import threading
 import time
@@ -46,10 +56,68 @@ LOG_DIR = ".gallery-log"
 STREAM = "facevoice:gallery"
 HEADER = struct.Struct("<II")  # payload length, crc32
 MAX_RECORD = 256 << 20
+MIN_PAYLOAD = 4  # the shortest payload: a Change's head length (an all-zero run is not a record)
+VOID = b"\xffFVQ"  # a void record's payload starts so (no Change's head is 1.4 GB long)
+CHUNK = 4 << 20  # the file log is read in chunks of this many bytes (or one record, if longer)
+QUARANTINE = "quarantine"
+QUARANTINE_STREAM = ":quarantine"  # the Redis stream's quarantine is a stream of this suffix
+
+# A fault point the crash-point tests switch on: FACEVOICE_LOG_FAULT="STEP:N" SIGKILLs this process
+# at step STEP of its N-th append (write-half, write, fsync, dirsync). Off unless set.
+_FAULT = os.environ.get("FACEVOICE_LOG_FAULT", "")
+_appends = itertools.count(1)
+
+
+def _fault(step: str, n: int) -> None:
+    if f"{step}:{n}" == _FAULT:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class LogTrimmed(FacevoiceError):
     """The log no longer holds the entries after this offset (trimmed by `index prune`)."""
+
+
+class LogDamaged(FacevoiceError):
+    """A damaged record with intact records after it (or an intact record that cannot be decoded):
+    the log stops for writes and replay at `where` until `facevoice index log repair` runs."""
+
+    def __init__(self, log_name: str, damage: Damage):
+        self.log_name, self.damage = log_name, damage
+        super().__init__(f"the gallery log {log_name} is damaged at {damage.where} ({damage.why}); writes and "
+                         "replay stop there until an operator runs `facevoice index log repair` "
+                         "(docs/operations.md)")
+
+
+@dataclass
+class Damage:
+    """One damaged stretch of a log, as `verify` reports it and `repair` quarantines it."""
+
+    where: str  # "segment 00000000000000000000.log, byte 4096" / "entry 1700000000000-0"
+    offset: str  # the log offset before the damaged bytes (the previous record's end)
+    why: str
+    length: int = 0  # bytes (file log)
+    segment: int = -1  # file log: the segment's base offset
+    position: int = -1  # file log: the damaged bytes' position in the segment
+
+
+@dataclass
+class Verified:
+    """What `facevoice index log verify` found."""
+
+    kind: str
+    records: int = 0
+    void: int = 0  # records a repair wrote over damage
+    bytes: int = 0
+    segments: int = 0
+    first: str = "0"
+    head: str = "0"
+    torn_tail: int = 0  # bytes of a trailing partial record (cut by the next append)
+    damage: list[Damage] = field(default_factory=list)
+    quarantined: int = 0  # records moved aside by earlier repairs
+
+    @property
+    def ok(self) -> bool:
+        return not self.damage
 
 
 @dataclass
@@ -148,14 +216,50 @@ class WriteLog:
                 pos = offset
 
     def head(self) -> str:
-        """The offset of the newest entry (start when empty)."""
-        last = self.start
-        for offset, _ in self.entries():
-            last = offset
-        return last
+        """The offset of the newest entry (start when empty), without reading the log."""
+        raise NotImplementedError
+
+    def behind(self, after: str, cap: int = 10_000) -> int:
+        """How many entries follow `after` (at most `cap`), without decoding them."""
+        raise NotImplementedError
+
+    def verify(self) -> Verified:
+        """Every record checked: counts, the torn tail, and each damaged stretch."""
+        raise NotImplementedError
+
+    def repair(self) -> list[Damage]:
+        """Moves each damaged record aside into the quarantine and keeps everything after it; returns
+        what it moved. Only an operator runs it (`facevoice index log repair`)."""
+        raise NotImplementedError
 
     def later(self, a: str, b: str) -> bool:
         return self.key(a) > self.key(b)
+
+
+def _intact_at(data, pos: int) -> int:
+    """The end of the intact record that starts at pos, or -1."""
+    if pos + HEADER.size + MIN_PAYLOAD > len(data):
+        return -1
+    n, crc = HEADER.unpack_from(data, pos)
+    end = pos + HEADER.size + n
+    if n < MIN_PAYLOAD or n > MAX_RECORD or end > len(data):
+        return -1
+    return end if zlib.crc32(memoryview(data)[pos + HEADER.size:end]) == crc else -1
+
+
+def _resync(data: bytes, start: int) -> int:
+    """The first position after `start` where an intact record begins, or -1. Candidates are where a
+    payload could begin: a Change's head length then '{', or a void record."""
+    first = start + 1
+    if len(data) - first < HEADER.size + MIN_PAYLOAD:
+        return -1
+    view = np.frombuffer(data, np.uint8)
+    brace = np.flatnonzero(view[first + HEADER.size + 4:] == ord("{"))
+    void = np.flatnonzero(view[first + HEADER.size:] == VOID[0])
+    for p in np.union1d(brace, void) + first:
+        if _intact_at(data, int(p)) >= 0:
+            return int(p)
+    return -1
 
 
 class FileLog(WriteLog):
@@ -167,6 +271,7 @@ class FileLog(WriteLog):
     def __init__(self, root: Path, segment_bytes: int = 64 << 20):
         self.dir = Path(root) / LOG_DIR
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.name = str(self.dir)
         self.segment_bytes = segment_bytes
         self._lock = threading.Lock()  # flock is per open file; one appender per process at a time
         self._known = (-1, 0)  # (segment base, end of its records checked so far)
@@ -183,24 +288,55 @@ class FileLog(WriteLog):
     def _path(self, base: int) -> Path:
         return self.dir / f"{base:020d}.log"
 
-    @staticmethod
-    def _records(data: bytes, pos: int = 0) -> Iterator[tuple[int, int, bytes]]:
-        """(start, end, payload) of each whole, intact record from pos; stops at a torn one (or
-        one being written)."""
-        while pos + HEADER.size <= len(data):
-            n, crc = HEADER.unpack_from(data, pos)
-            end = pos + HEADER.size + n
-            if n > MAX_RECORD or end > len(data):
+    def _damage(self, base: int, position: int, length: int, why: str) -> Damage:
+        return Damage(f"segment {self._path(base).name}, byte {position}", str(base + position), why, length,
+                      base, position)
+
+    def _scan(self, f, base: int, pos: int, size: int, newest: bool) -> Iterator[tuple[int, int, bytes]]:
+        """(start, end, payload) of each intact record of the open segment `f` from pos to size, read
+        in chunks. Stops quietly at a trailing partial record of the newest segment (a writer died
+        mid-append, or is appending now); LogDamaged at any other bad record."""
+        buf, at = b"", pos  # buf holds the file's bytes [at, at + len(buf))
+        while pos < size:
+            if pos + HEADER.size > at + len(buf):
+                f.seek(pos)
+                buf, at = f.read(min(CHUNK, size - pos)), pos
+            end = -1
+            if pos + HEADER.size <= at + len(buf):
+                n, crc = HEADER.unpack_from(buf, pos - at)
+                end = pos + HEADER.size + n
+                if MIN_PAYLOAD <= n <= MAX_RECORD and end <= size:
+                    if end > at + len(buf):
+                        f.seek(pos)
+                        buf, at = f.read(max(CHUNK, end - pos)), pos
+                    payload = buf[pos - at + HEADER.size:end - at]
+                    if zlib.crc32(payload) == crc:
+                        yield pos, end, payload
+                        pos = end
+                        continue
+            f.seek(pos)  # a bad record: is anything intact after it?
+            rest = f.read(size - pos)
+            resume = _resync(rest, 0)
+            if resume < 0 and newest:
                 return
-            payload = data[pos + HEADER.size:end]
-            if zlib.crc32(payload) != crc:
-                return
-            yield pos, end, payload
-            pos = end
+            length = resume if resume >= 0 else len(rest)
+            why = ("a header that promises more bytes than the segment holds" if end < 0 or end > size
+                   else "a checksum mismatch")
+            why += ", with intact records after it" if resume >= 0 else " at the end of a closed segment"
+            raise LogDamaged(self.name, self._damage(base, pos, length, why))
+
+    def _checked_end(self, f, base: int, size: int) -> int:
+        """The end of the newest segment's intact records (what this process checked is not re-read)."""
+        valid = self._known[1] if self._known[0] == base and self._known[1] <= size else 0
+        for _, end, _ in self._scan(f, base, valid, size, newest=True):
+            valid = end
+        self._known = (base, valid)
+        return valid
 
     def append(self, change: Change) -> str:
         payload = change.encode()
         record = HEADER.pack(len(payload), zlib.crc32(payload)) + payload
+        n = next(_appends)
         try:
             with self._lock, open(self.dir / "lock", "a") as lock:
                 fcntl.flock(lock, fcntl.LOCK_EX)
@@ -209,12 +345,10 @@ class FileLog(WriteLog):
                 path = self._path(base)
                 with open(path, "a+b") as f:
                     size = os.fstat(f.fileno()).st_size
-                    # only what was appended since this process last looked is checked
-                    start = self._known[1] if self._known[0] == base and self._known[1] <= size else 0
-                    f.seek(start)
-                    valid = start + max((end for _, end, _ in self._records(f.read(size - start))), default=0)
-                    if valid != size:  # a torn tail from a writer that died mid-record
-                        log.warning("gallery log %s: dropping a torn tail of %d bytes", path.name, size - valid)
+                    valid = self._checked_end(f, base, size)  # LogDamaged: nothing is cut, nothing written
+                    if valid != size:  # a trailing partial record: a writer that died mid-append
+                        log.warning("gallery log %s: cutting a trailing partial record of %d bytes (never "
+                                    "acknowledged)", path.name, size - valid)
                         f.truncate(valid)
                     if valid >= self.segment_bytes:
                         base += valid
@@ -222,14 +356,20 @@ class FileLog(WriteLog):
                 new = not path.exists()
                 fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
                 try:
+                    if f"write-half:{n}" == _FAULT:
+                        os.write(fd, record[:len(record) // 2])
+                        _fault("write-half", n)
                     os.write(fd, record)
+                    _fault("write", n)
                     os.fsync(fd)
+                    _fault("fsync", n)
                 finally:
                     os.close(fd)
                 if new:
                     dfd = os.open(self.dir, os.O_RDONLY)
                     os.fsync(dfd)
                     os.close(dfd)
+                    _fault("dirsync", n)
                 self._known = (base, valid + len(record))
                 return str(base + valid + len(record))
         except OSError as e:
@@ -238,6 +378,42 @@ class FileLog(WriteLog):
     def first(self) -> str:
         segments = self._segments()
         return str(segments[0]) if segments else self.start
+
+    def head(self) -> str:
+        """The end of the newest segment's intact records: one segment is read at most once per
+        process, and then only what was appended since (so the cost does not grow with the log)."""
+        with self._lock:
+            segments = self._segments()
+            if not segments:
+                return self.start
+            base = segments[-1]
+            try:
+                with open(self._path(base), "rb") as f:
+                    return str(base + self._checked_end(f, base, os.fstat(f.fileno()).st_size))
+            except FileNotFoundError:  # trimmed meanwhile: ask again
+                return self.head()
+
+    def behind(self, after: str, cap: int = 10_000) -> int:
+        count, pos = 0, int(after)
+        segments = self._segments()
+        for i, base in enumerate(segments):
+            end_of_segment = segments[i + 1] if i + 1 < len(segments) else None
+            if end_of_segment is not None and pos >= end_of_segment:
+                continue
+            try:
+                with open(self._path(base), "rb") as f:
+                    size = os.fstat(f.fileno()).st_size
+                    at = max(pos - base, 0)
+                    while at + HEADER.size <= size and count < cap:
+                        f.seek(at)
+                        n, _ = HEADER.unpack(f.read(HEADER.size))
+                        if at + HEADER.size + n > size:
+                            break
+                        at += HEADER.size + n
+                        count += 1
+            except FileNotFoundError:
+                continue
+        return count
 
     def read(self, after: str, limit: int = 256, wait_s: float = 0.0) -> list[tuple[str, Change]]:
         deadline = time.monotonic() + wait_s
@@ -263,6 +439,19 @@ class FileLog(WriteLog):
             return (-1,)  # gone or unreadable: let _read say what is wrong
         return (folder, *((newest.st_size, newest.st_mtime_ns) if newest else ()))
 
+    def _realign(self, f, base: int, pos: int, size: int) -> int:
+        """A reader's offset inside what a repair voided (a record that ended inside the damage):
+        the end of that void record; else pos itself."""
+        try:
+            for start, end, payload in self._scan(f, base, 0, size, newest=True):
+                if start < pos < end and payload[:4] == VOID:
+                    return end
+                if end >= pos:
+                    break
+        except LogDamaged:
+            pass
+        return pos
+
     def _read(self, after: int, limit: int) -> list[tuple[str, Change]]:
         segments = self._segments()
         if not segments:
@@ -274,22 +463,122 @@ class FileLog(WriteLog):
             end_of_segment = segments[i + 1] if i + 1 < len(segments) else None
             if end_of_segment is not None and after >= end_of_segment:
                 continue
-            skip = after - base if after > base else 0
-            try:
-                with open(self._path(base), "rb") as f:  # only the part after `after`
-                    f.seek(skip)
-                    data = f.read()
-            except FileNotFoundError:  # trimmed while reading
-                raise LogTrimmed(f"gallery log segment {base} trimmed while being read") from None
-            for _, end, payload in self._records(data):
-                out.append((str(base + skip + end), Change.decode(payload)))
-                if len(out) >= limit:
-                    return out
+            pos = after - base if after > base else 0
+            with self._open(base) as f:
+                size = os.fstat(f.fileno()).st_size
+                try:
+                    if self._read_segment(f, base, pos, size, end_of_segment is None, out, limit):
+                        return out
+                except LogDamaged as e:
+                    moved = self._realign(f, base, pos, size) if e.damage.position == pos and pos else pos
+                    if moved == pos:
+                        raise
+                    if self._read_segment(f, base, moved, size, end_of_segment is None, out, limit):
+                        return out
         return out
+
+    def _open(self, base: int):
+        try:
+            return open(self._path(base), "rb")
+        except FileNotFoundError:  # trimmed while reading
+            raise LogTrimmed(f"gallery log segment {base} trimmed while being read") from None
+
+    def _read_segment(self, f, base: int, pos: int, size: int, newest: bool, out: list, limit: int) -> bool:
+        """Appends the segment's entries from pos to out; True once out holds `limit`."""
+        for start, end, payload in self._scan(f, base, pos, size, newest):
+            if payload[:4] == VOID:
+                continue
+            try:
+                change = Change.decode(payload)
+            except FormatError as e:
+                raise LogDamaged(self.name, self._damage(base, start, end - start, f"an intact record that "
+                                                         f"cannot be decoded: {e}")) from e
+            out.append((str(base + end), change))
+            if len(out) >= limit:
+                return True
+        return False
+
+    def verify(self) -> Verified:
+        v = Verified(self.kind)
+        segments = self._segments()
+        v.segments, v.first = len(segments), self.first()
+        v.head = v.first
+        for i, base in enumerate(segments):
+            newest = i == len(segments) - 1
+            with open(self._path(base), "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                v.bytes += size
+                pos = 0
+                while True:
+                    try:
+                        for start, end, payload in self._scan(f, base, pos, size, newest):
+                            pos = end
+                            if payload[:4] == VOID:
+                                v.void += 1
+                                continue
+                            try:
+                                Change.decode(payload)
+                                v.records += 1
+                            except FormatError as e:
+                                v.damage.append(self._damage(base, start, end - start, f"an intact record that "
+                                                                                      f"cannot be decoded: {e}"))
+                        break
+                    except LogDamaged as e:
+                        v.damage.append(e.damage)
+                        pos = e.damage.position + e.damage.length
+                if newest:
+                    v.torn_tail, v.head = size - pos, str(base + pos)
+        quarantine = self.dir / QUARANTINE
+        v.quarantined = len(list(quarantine.glob("*.bin"))) if quarantine.exists() else 0
+        return v
+
+    def repair(self) -> list[Damage]:
+        """Each damaged stretch: its bytes copied to `quarantine/<offset>.bin`, then overwritten in
+        place by a void record of the same length (so no offset moves), both fsync'd, and a line in
+        `quarantine/repairs.jsonl`. Runs under the writers' lock."""
+        with self._lock, open(self.dir / "lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            found = self.verify().damage
+            if not found:
+                return []
+            quarantine = self.dir / QUARANTINE
+            quarantine.mkdir(mode=0o700, exist_ok=True)
+            for d in found:
+                if d.length < HEADER.size + len(VOID):
+                    raise FormatError(f"{d.where}: {d.length} damaged bytes are too few to void; move the "
+                                      "segment aside and restore it from a backup")
+                with open(self._path(d.segment), "r+b") as f:
+                    f.seek(d.position)
+                    bad = f.read(d.length)
+                    kept = quarantine / f"{d.segment + d.position:020d}.bin"
+                    fd = os.open(kept, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                    try:
+                        os.write(fd, bad)
+                        os.fsync(fd)
+                    finally:
+                        os.close(fd)
+                    void = VOID + bytes(d.length - HEADER.size - len(VOID))
+                    f.seek(d.position)
+                    f.write(HEADER.pack(len(void), zlib.crc32(void)) + void)
+                    f.flush()
+                    os.fsync(f.fileno())
+                with open(quarantine / "repairs.jsonl", "a") as f:
+                    f.write(json.dumps({"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "where": d.where,
+                                        "offset": d.offset, "bytes": d.length, "why": d.why, "file": kept.name,
+                                        "sha256": hashlib.sha256(bad).hexdigest()}) + "\n")
+                    f.flush()
+                    os.fsync(f.fileno())
+                log.warning("gallery log repair: %s (%d bytes, %s) moved to %s", d.where, d.length, d.why, kept)
+            for folder in (quarantine, self.dir):
+                dfd = os.open(folder, os.O_RDONLY)
+                os.fsync(dfd)
+                os.close(dfd)
+            self._known = (-1, 0)
+            return found
 
     def trim(self, before: str) -> int:
         """Deletes whole segments that end at or below `before`; a newest segment that does is
-        closed first (an empty one starts at its end)."""
+        closed first (an empty one starts at its end). Quarantined records below it go too."""
         dropped = 0
         with self._lock, open(self.dir / "lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
@@ -300,11 +589,16 @@ class FileLog(WriteLog):
                 if end <= int(before) and end > last:
                     self._path(end).touch(mode=0o600)
                     segments.append(end)
+            low = segments[0] if segments else 0
             for base, next_base in itertools.pairwise(segments):
                 if next_base <= int(before):
                     path = self._path(base)
                     dropped += path.stat().st_size
                     path.unlink()
+                    low = next_base
+            for kept in (self.dir / QUARANTINE).glob("*.bin"):  # quarantined vectors are erased with their segment
+                if kept.stem.isdigit() and int(kept.stem) < low:
+                    kept.unlink()
         return dropped
 
 
@@ -367,15 +661,88 @@ class RedisLog(WriteLog):
         out = []
         for _, entries in got or []:
             for entry_id, fields in entries:
-                out.append((entry_id.decode(), Change.decode(fields[b"c"])))
+                out.append((entry_id.decode(), self._decode(entry_id.decode(), fields)))
         return out
+
+    def _decode(self, entry_id: str, fields: dict) -> Change:
+        try:
+            return Change.decode(fields[b"c"])
+        except (KeyError, FormatError) as e:
+            raise LogDamaged(f"Redis stream {self.stream}", Damage(f"entry {entry_id}", entry_id, f"an entry that "
+                                                                  f"cannot be decoded: {e}")) from e
+
+    def head(self) -> str:
+        """The stream's last entry ID (XREVRANGE ... COUNT 1): one entry, however long the log."""
+        try:
+            last = self.client.xrevrange(self.stream, count=1)
+        except self.redis.RedisError as e:
+            raise self._unavailable("be read", e) from e
+        return last[0][0].decode() if last else max(self.start, self.first(), key=self.key)
+
+    _COUNT = "return #redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', ARGV[2])"
+
+    def behind(self, after: str, cap: int = 10_000) -> int:
+        """Counted inside Redis (a script), so no entry crosses the network."""
+        try:
+            return int(self.client.eval(self._COUNT, 1, self.stream, after, cap))
+        except self.redis.RedisError as e:
+            raise self._unavailable("be read", e) from e
+
+    def _quarantine(self) -> str:
+        return self.stream + QUARANTINE_STREAM
+
+    def verify(self) -> Verified:
+        v = Verified(self.kind, first=self.first())
+        v.head = v.first
+        try:
+            pos = "-"
+            while True:
+                batch = self.client.xrange(self.stream, min=pos, max="+", count=1024)
+                for entry_id, fields in batch:
+                    v.head = entry_id.decode()
+                    v.bytes += sum(len(x) for x in fields.values())
+                    try:
+                        self._decode(v.head, fields)
+                        v.records += 1
+                    except LogDamaged as e:
+                        v.damage.append(e.damage)
+                if len(batch) < 1024:
+                    break
+                pos = "(" + batch[-1][0].decode()
+            v.quarantined = self.client.xlen(self._quarantine())
+        except self.redis.RedisError as e:
+            raise self._unavailable("be read", e) from e
+        return v
+
+    def repair(self) -> list[Damage]:
+        """Each entry that cannot be decoded: copied to the stream `<stream>:quarantine` (its ID, its
+        bytes, why, when), then deleted from the log (XDEL; no other ID moves), in one MULTI."""
+        found = self.verify().damage
+        try:
+            for d in found:
+                fields = self.client.xrange(self.stream, min=d.offset, max=d.offset)[0][1]
+                pipe = self.client.pipeline(transaction=True)
+                pipe.xadd(self._quarantine(), {"id": d.offset, "why": d.why, "at": str(time.time()),
+                                               **{b"field:" + k: val for k, val in fields.items()}})
+                pipe.xdel(self.stream, d.offset)
+                pipe.execute()
+                log.warning("gallery log repair: %s (%s) moved to %s", d.where, d.why, self._quarantine())
+        except self.redis.RedisError as e:
+            raise self._unavailable("be repaired", e) from e
+        return found
 
     def trim(self, before: str) -> int:
         try:
             pipe = self.client.pipeline()
             pipe.xtrim(self.stream, minid=before, approximate=False)  # removes IDs lower than `before`
             pipe.set(f"{self.stream}:trimmed", before)
-            return int(pipe.execute()[0])
+            dropped = int(pipe.execute()[0])
+            # quarantined entries below it go too: they hold vectors, erased with the log
+            gone = [qid for qid, fields in self.client.xrange(self._quarantine())
+                    if self.key(fields.get(b"id", b"0-0").decode()) < self.key(before)]
+            if gone:
+                self.client.xdel(self._quarantine(), *gone)
+            return dropped
         except self.redis.RedisError as e:
             raise self._unavailable("be trimmed", e) from e
 
