@@ -31,6 +31,9 @@ VERBS: dict[tuple[str, ...], tuple[str, str]] = {
     ("index", "merge"): ("facevoice.service.shards", "plan one index over the shards of `index build --shard I/N`"),
     ("index", "publish"): ("facevoice.service.publish", "point an index at an existing version (rollback)"),
     ("index", "prune"): ("facevoice.service.prune", "delete old index versions and trim the gallery write log"),
+    ("index", "log", "verify"): ("facevoice.service.logtool", "check every record of the gallery write log"),
+    ("index", "log", "repair"): ("facevoice.service.logtool",
+                                 "move damaged gallery-log records aside into its quarantine, keep the rest"),
     ("serve",): ("facevoice.service.serve", "the gRPC service (embedded default, or --triton-url)"),
     ("query", "faces"): ("facevoice.query", "voice -> nearest gallery faces (SearchFaces)"),
     ("query", "voices"): ("facevoice.query", "face -> nearest gallery voices (SearchVoices)"),
@@ -48,17 +51,16 @@ VERBS: dict[tuple[str, ...], tuple[str, str]] = {
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="facevoice", description=__doc__.splitlines()[0])
-    groups: dict[str, argparse._SubParsersAction] = {}
-    top = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    groups: dict[tuple[str, ...], argparse._SubParsersAction] = {
+        (): parser.add_subparsers(dest="verb", required=True, metavar="VERB")}
     for path, (module, help_text) in VERBS.items():
-        if len(path) == 1:
-            sub = top.add_parser(path[0], help=help_text)
-        else:
-            if path[0] not in groups:
-                group = top.add_parser(path[0], help=f"{path[0]} commands")
-                groups[path[0]] = group.add_subparsers(dest="subverb", required=True, metavar="VERB")
-            sub = groups[path[0]].add_parser(path[1], help=help_text)
-        sub.set_defaults(module=module)
+        for depth in range(1, len(path)):  # the groups above it: `index`, `index log`
+            if path[:depth] not in groups:
+                group = groups[path[:depth - 1]].add_parser(path[depth - 1], help=f"{' '.join(path[:depth])} commands")
+                groups[path[:depth]] = group.add_subparsers(
+                    dest="subverb" if depth == 1 else f"subverb{depth}", required=True, metavar="VERB")
+        sub = groups[path[:-1]].add_parser(path[-1], help=help_text)
+        sub.set_defaults(module=module, path=path)
         # only the chosen verb's module is imported to add its arguments
         if [a for a in argv if not a.startswith("-")][: len(path)] == list(path):
             load(module, " ".join(path)).add_arguments(sub)

@@ -47,3 +47,7 @@ class DeadlineExceeded(ServiceError):
 
 class Exhausted(ServiceError):
     """A bound was reached (concurrent calls, the live-edit overlay); RESOURCE_EXHAUSTED."""
+
+
+class Stopped(ServiceError):
+    """An operator must act first: the gallery log is damaged (FAILED_PRECONDITION)."""

@@ -26,6 +26,7 @@ from facevoice.service.errors import (
     Exhausted,
     NotLoaded,
     ServiceError,
+    Stopped,
     Unsupported,
 )
 from facevoice.service.gallery import Item
@@ -47,6 +48,7 @@ EMBED_SPACES = {(False, "audio"): VOICE, (False, "image"): FACE, (True, "audio")
                 (True, "image"): FACE_FEATURE}
 STATUS = [(MediaError, grpc.StatusCode.INVALID_ARGUMENT), (BadRequest, grpc.StatusCode.INVALID_ARGUMENT),
           (NotLoaded, grpc.StatusCode.NOT_FOUND), (Unsupported, grpc.StatusCode.FAILED_PRECONDITION),
+          (Stopped, grpc.StatusCode.FAILED_PRECONDITION),
           (DependencyUnavailable, grpc.StatusCode.UNAVAILABLE), (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
           (Exhausted, grpc.StatusCode.RESOURCE_EXHAUSTED)]
 audit = logging.getLogger("facevoice.audit")
@@ -340,8 +342,9 @@ class FaceVoiceService(pb_grpc.FaceVoiceServicer):
                                       placement=g.placement.how))
         groups = self.manifest.groups
         s2f = groups[SPEECH2FACE].version if SPEECH2FACE in groups else ""
+        st = self.indexes.log_status()
         return pb.GetIndexInfoResponse(indexes=infos, association_model_version=groups[ASSOCIATION].version,
-                                       speech2face_model_version=s2f,
+                                       speech2face_model_version=s2f, log=pb.GalleryLogStatus(**dataclasses.asdict(st)),
                                        frontends={n: json.dumps(frontends.to_dict(sp.frontend))
                                                   for n, sp in self.manifest.spaces.items()})
 

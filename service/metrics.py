@@ -41,6 +41,12 @@ class Metrics:
                                    "Item ids edited live since the served version was built", ["index"], registry=r)
         self.log_appends = Counter("facevoice_gallery_log_appends", "Gallery writes appended to the write log",
                                    ["op"], registry=r)
+        self.log_damaged = Gauge("facevoice_gallery_log_damaged",
+                                 "1 while this replica finds the gallery log damaged (writes stopped)", registry=r)
+        self.log_lag_entries = Gauge("facevoice_gallery_log_lag_entries",
+                                     "Log entries this replica has not applied (counted up to 10,000)", registry=r)
+        self.log_lag_seconds = Gauge("facevoice_gallery_log_lag_seconds",
+                                     "How long this replica has been without some entry of the log", registry=r)
         self.rejected = Counter("facevoice_rejected", "RPCs refused before running, by reason",
                                 ["method", "reason"], registry=r)
         self.in_flight = Gauge("facevoice_rpcs_in_flight", "FaceVoice RPCs accepted and not yet answered",

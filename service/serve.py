@@ -32,11 +32,14 @@ from facevoice.service.metrics import Metrics
 from facevoice.service.repository import open_repository
 from facevoice.service.runners import EmbeddedRunner, TritonRunner
 from facevoice.service.served import IndexSet
-from facevoice.service.writelog import LogTrimmed, RedisLog, open_log
+from facevoice.service.writelog import LogDamaged, LogTrimmed, RedisLog, open_log
 from facevoice.v1 import facevoice_pb2, facevoice_pb2_grpc
 
 log = logging.getLogger("facevoice.serve")
 SERVICE_NAME = facevoice_pb2.DESCRIPTOR.services_by_name["FaceVoice"].full_name
+# health of the gallery's write path and of this replica's log replay (searches answer through both)
+WRITES_SERVICE = f"{SERVICE_NAME}.GalleryWrites"
+REPLICA_SERVICE = f"{SERVICE_NAME}.GalleryReplica"
 
 
 @dataclass
@@ -58,6 +61,7 @@ class ServeConfig:
     gallery_log: str = "auto"  # auto (Redis stream with a Redis, else the index root's file), file, redis
     volatile_log_ok: bool = False  # accept a Redis log without AOF (acknowledged writes may be lost)
     max_overlay: int = 100_000  # live-edited item ids per index before writes are refused
+    max_lag_s: float = 30.0  # a replica this long without some log entry reports "behind"
     max_concurrent_rpcs: int = 64  # FaceVoice calls accepted at once (queued or running); 0: no limit
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -267,11 +271,12 @@ class Running:
                             "gallery writes (docs/operations.md)", settings.get("appendfsync"))
         versions = {name: space.version for name, space in manifest.indexed().items()}
         self.indexes = IndexSet(cfg.index_root, versions, self.metrics, use_gpu=cfg.gpu, mmap=cfg.index_mmap,
-                                write_log=self.write_log, max_overlay=cfg.max_overlay)
+                                write_log=self.write_log, max_overlay=cfg.max_overlay,
+                                max_lag_s=cfg.max_lag_s)
         self.indexes.refresh()
         try:
             self.indexes.catch_up()
-        except (DependencyUnavailable, LogTrimmed) as e:  # the follower keeps trying
+        except (DependencyUnavailable, LogTrimmed, LogDamaged) as e:  # the follower keeps trying
             log.warning("gallery log not applied at start-up: %s", e)
         self.indexes.follow()
         self.cache = Cache(cfg.redis_url, self.metrics, ttl_s=cfg.cache_ttl_s)
@@ -304,7 +309,16 @@ class Running:
         self.metrics_server = self.metrics.serve(cfg.metrics_port, cfg.host) if cfg.metrics_port >= 0 else None
         self.server.start()
         for name in ("", SERVICE_NAME):
-            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)  # searches go on whatever the log does
+        self.indexes.on_status = self._log_health
+        self.indexes.report()
+
+    def _log_health(self, st) -> None:
+        """WRITES_SERVICE: SERVING while gallery writes are taken; REPLICA_SERVICE: SERVING while this
+        replica has the log applied within the lag bound."""
+        serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+        self.health.set(WRITES_SERVICE, serving if st.writes else not_serving)
+        self.health.set(REPLICA_SERVICE, serving if st.state == "ok" else not_serving)
 
     @property
     def metrics_port(self) -> int | None:

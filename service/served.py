@@ -17,24 +17,41 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 
-from facevoice.service.errors import BadRequest, DependencyUnavailable, Exhausted, NotLoaded
+from facevoice.service.errors import BadRequest, DependencyUnavailable, Exhausted, NotLoaded, Stopped
 from facevoice.service.gallery import Gallery, Item
 from facevoice.service.metrics import Metrics
 from facevoice.service.versions import IndexVersionError, current_version, load_version
-from facevoice.service.writelog import Change, IndexChange, LogTrimmed, WriteLog, offset_of
+from facevoice.service.writelog import Change, IndexChange, LogDamaged, LogTrimmed, WriteLog, offset_of
 
 log = logging.getLogger("facevoice.indexes")
+LAG_CAP = 10_000  # lag is counted up to this many entries
+
+
+@dataclass
+class LogStatus:
+    """How far this replica has applied the write log (GetIndexInfo.log, health, metrics)."""
+
+    kind: str = "none"
+    state: str = "ok"  # ok | behind | damaged | unavailable | trimmed
+    applied: str = ""
+    head: str = ""
+    lag_entries: int = 0
+    lag_seconds: float = 0.0
+    writes: bool = False
+    error: str = ""
 
 
 class IndexSet:
     def __init__(self, root: Path | None, model_versions: dict[str, str], metrics: Metrics,
                  use_gpu: bool = False, write_log: WriteLog | None = None, max_overlay: int = 100_000,
-                 refused_backoff_s: tuple[float, float] = (5.0, 300.0), mmap: bool = True):
+                 refused_backoff_s: tuple[float, float] = (5.0, 300.0), mmap: bool = True,
+                 max_lag_s: float = 30.0):
         self.root, self.model_versions, self.metrics, self.use_gpu = root, model_versions, metrics, use_gpu
         self.mmap = mmap
         self.log, self.max_overlay = write_log, max_overlay
@@ -46,6 +63,13 @@ class IndexSet:
         self._swap_lock = threading.RLock()
         self._stop = threading.Event()
         self.threads: list[threading.Thread] = []
+        # the log as the follower last found it: why it cannot apply it (damage, an outage, a trim)
+        self.max_lag_s = max_lag_s
+        self.follow_error: tuple[str, str] | None = None  # (state, message)
+        self.append_damage: str = ""  # the last append found the log damaged
+        self._caught_up = time.time()  # when this replica last had every entry applied
+        self.on_status = None  # called with each LogStatus the follower computes (health)
+        self._reported = 0.0
 
     def get(self, name: str) -> Gallery:
         gallery = self.galleries.get(name)
@@ -78,7 +102,7 @@ class IndexSet:
                     self.metrics.index_swaps.labels(name, "refused").inc()
                     log.error("not serving %s/%s: %s (next try in %.0f s)", name, version, e, delay)
                     continue
-                except DependencyUnavailable as e:  # the log is down: try again at the next poll
+                except (DependencyUnavailable, LogDamaged) as e:  # the log's fault: try again at the next poll
                     log.warning("cannot load %s/%s yet: %s", name, version, e)
                     continue
                 self.refused.pop((name, version), None)
@@ -172,7 +196,17 @@ class IndexSet:
                 if len(gallery.edited) + len(new) > self.max_overlay:
                     raise Exhausted(f"the {name} index holds {len(gallery.edited)} live edits (max {self.max_overlay});"
                                     " run `facevoice index build` to fold them into a new version")
-        offset = self.log.append(change)
+        if self.follow_error and self.follow_error[0] == "damaged":
+            raise Stopped(self.follow_error[1])
+        try:
+            offset = self.log.append(change)
+        except LogDamaged as e:
+            self.append_damage = str(e)
+            self.metrics.log_damaged.set(1)
+            raise Stopped(str(e)) from e
+        if self.append_damage:
+            self.append_damage = ""
+            self.metrics.log_damaged.set(0)
         self.metrics.log_appends.labels(change.op).inc()
         self.catch_up(offset)
         return offset
@@ -201,6 +235,15 @@ class IndexSet:
 
         last_warning = [-float("inf")]
 
+        def failed(state: str, e: Exception, level: int, wait_s: float) -> None:
+            if self.follow_error is None or self.follow_error[1] != str(e) or \
+                    time.monotonic() - last_warning[0] > 30:  # one line per 30 s of the same trouble
+                last_warning[0] = time.monotonic()
+                log.log(level, "gallery log: %s", e)
+            self.follow_error = (state, str(e))
+            self.report()
+            self._stop.wait(wait_s)
+
         def loop() -> None:
             while not self._stop.is_set():
                 try:
@@ -209,19 +252,63 @@ class IndexSet:
                         with self._swap_lock:  # entries another thread applied meanwhile are skipped
                             self._apply(got)
                         self.catch_up()
+                    if self.follow_error:
+                        log.info("gallery log: applying again (was %s)", self.follow_error[0])
+                    self.follow_error = None
+                    self.report(every_s=1.0)
+                except LogDamaged as e:  # retried: a repair lets it go on by itself
+                    failed("damaged", e, logging.ERROR, backoff_s)
                 except LogTrimmed as e:
-                    log.error("gallery log: %s; this replica needs a newer index version", e)
-                    self._stop.wait(backoff_s * 10)
+                    failed("trimmed", e, logging.ERROR, backoff_s * 10)
                 except DependencyUnavailable as e:
-                    if time.monotonic() - last_warning[0] > 30:  # one line per 30 s of an outage
-                        last_warning[0] = time.monotonic()
-                        log.warning("gallery log: %s", e)
-                    self._stop.wait(backoff_s)
-                except Exception:  # the follower must outlive any one bad entry
+                    failed("unavailable", e, logging.WARNING, backoff_s)
+                except Exception as e:  # the follower must outlive anything else too
                     log.exception("applying the gallery log failed")
-                    self._stop.wait(backoff_s)
+                    failed("unavailable", e, logging.DEBUG, backoff_s)
 
         return self._start(loop, "facevoice-log-follower")
+
+    def log_status(self) -> LogStatus:
+        """Where this replica stands on the log: applied, head, lag (entries, seconds), writes."""
+        if self.log is None:
+            return LogStatus(error="served without a gallery log: read-only")
+        st = LogStatus(self.log.kind, applied=self.applied)
+        try:
+            marked = self.log.damaged()  # found by any replica: every one stops writing
+            if marked is not None:
+                st.state, st.error = "damaged", str(LogDamaged(self.log.name, marked))
+            try:
+                st.head = self.log.head()
+                behind = self.log.later(st.head, self.applied)
+            except LogDamaged as e:  # the newest segment holds the damage: count what follows anyway
+                st.state, st.error, behind = "damaged", str(e), True
+            st.lag_entries = self.log.behind(self.applied, LAG_CAP) if behind else 0
+        except (DependencyUnavailable, LogDamaged) as e:
+            st.state, st.error = ("damaged" if isinstance(e, LogDamaged) else "unavailable"), str(e)
+        if st.lag_entries == 0 and not st.error and not self.follow_error:
+            self._caught_up = time.time()
+        st.lag_seconds = round(time.time() - self._caught_up, 3)
+        if self.follow_error and st.state == "ok":
+            st.state, st.error = self.follow_error
+        elif self.append_damage and st.state == "ok":
+            st.state, st.error = "damaged", self.append_damage
+        elif st.state == "ok" and st.lag_seconds > self.max_lag_s:
+            st.state, st.error = "behind", f"{st.lag_entries} entries not applied for {st.lag_seconds:.0f} s"
+        st.writes = st.state not in ("damaged",) and bool(self.galleries)
+        return st
+
+    def report(self, every_s: float = 0.0) -> LogStatus | None:
+        """Computes the status (at most once per `every_s`), exports it and tells `on_status`."""
+        if time.monotonic() - self._reported < every_s:
+            return None
+        self._reported = time.monotonic()
+        st = self.log_status()
+        self.metrics.log_lag_entries.set(st.lag_entries)
+        self.metrics.log_lag_seconds.set(st.lag_seconds)
+        self.metrics.log_damaged.set(int(st.state == "damaged"))
+        if self.on_status is not None:
+            self.on_status(st)
+        return st
 
     def watch(self, every_s: float) -> threading.Thread:
         """Polls the pointers every `every_s` seconds in a daemon thread."""

@@ -44,7 +44,7 @@ import threading
 import time
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -60,7 +60,9 @@ MIN_PAYLOAD = 4  # the shortest payload: a Change's head length (an all-zero run
 VOID = b"\xffFVQ"  # a void record's payload starts so (no Change's head is 1.4 GB long)
 CHUNK = 4 << 20  # the file log is read in chunks of this many bytes (or one record, if longer)
 QUARANTINE = "quarantine"
-QUARANTINE_STREAM = ":quarantine"  # the Redis stream's quarantine is a stream of this suffix
+DAMAGED = "DAMAGED"  # the file log's damage mark (the Redis stream's: the key <stream>:damaged)
+QUARANTINE_STREAM = ":quarantine"
+DAMAGED_KEY = ":damaged"  # the Redis stream's quarantine is a stream of this suffix
 
 # A fault point the crash-point tests switch on: FACEVOICE_LOG_FAULT="STEP:N" SIGKILLs this process
 # at step STEP of its N-th append (write-half, write, fsync, dirsync). Off unless set.
@@ -176,6 +178,7 @@ class WriteLog:
     """append / read / trim; offsets are opaque strings, ordered by `key`."""
 
     kind = ""
+    name = ""  # how messages name it: its folder, or its Redis stream
     start = "0"  # the offset before the first entry ever written
 
     def key(self, offset: str) -> tuple[int, ...]:
@@ -225,6 +228,15 @@ class WriteLog:
 
     def verify(self) -> Verified:
         """Every record checked: counts, the torn tail, and each damaged stretch."""
+        raise NotImplementedError
+
+    def damaged(self) -> Damage | None:
+        """The damage a reader or writer of this log has reported (and no repair has cleared): while it
+        stands, every writer refuses, whichever replica found it."""
+        raise NotImplementedError
+
+    def _report_damage(self, e: LogDamaged) -> None:
+        """Marks the whole log damaged, for every replica, until `repair` clears the mark."""
         raise NotImplementedError
 
     def repair(self) -> list[Damage]:
@@ -288,6 +300,23 @@ class FileLog(WriteLog):
     def _path(self, base: int) -> Path:
         return self.dir / f"{base:020d}.log"
 
+    def damaged(self) -> Damage | None:
+        try:
+            return Damage(**json.loads((self.dir / DAMAGED).read_text()))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, TypeError) as e:
+            return Damage("an unreadable damage mark", "", str(e))
+
+    def _report_damage(self, e: LogDamaged) -> None:
+        try:
+            if not (self.dir / DAMAGED).exists():
+                tmp = self.dir / f".{DAMAGED}.{os.getpid()}"
+                tmp.write_text(json.dumps(asdict(e.damage)))
+                os.replace(tmp, self.dir / DAMAGED)
+        except OSError as err:
+            log.error("gallery log %s: cannot mark it damaged (%s)", self.dir, err)
+
     def _damage(self, base: int, position: int, length: int, why: str) -> Damage:
         return Damage(f"segment {self._path(base).name}, byte {position}", str(base + position), why, length,
                       base, position)
@@ -340,12 +369,19 @@ class FileLog(WriteLog):
         try:
             with self._lock, open(self.dir / "lock", "a") as lock:
                 fcntl.flock(lock, fcntl.LOCK_EX)
+                marked = self.damaged()
+                if marked is not None:
+                    raise LogDamaged(self.name, marked)
                 segments = self._segments() or [0]
                 base = segments[-1]
                 path = self._path(base)
                 with open(path, "a+b") as f:
                     size = os.fstat(f.fileno()).st_size
-                    valid = self._checked_end(f, base, size)  # LogDamaged: nothing is cut, nothing written
+                    try:
+                        valid = self._checked_end(f, base, size)  # nothing is cut, nothing written
+                    except LogDamaged as e:
+                        self._report_damage(e)
+                        raise
                     if valid != size:  # a trailing partial record: a writer that died mid-append
                         log.warning("gallery log %s: cutting a trailing partial record of %d bytes (never "
                                     "acknowledged)", path.name, size - valid)
@@ -421,7 +457,11 @@ class FileLog(WriteLog):
         while True:
             mark = self._mark()
             if mark != seen:  # waiting costs two stat calls per poll, not a listing and a read
-                out = self._read(int(after), limit)
+                try:
+                    out = self._read(int(after), limit)
+                except LogDamaged as e:
+                    self._report_damage(e)
+                    raise
                 if out:
                     return out
                 seen = mark
@@ -470,6 +510,8 @@ class FileLog(WriteLog):
                     if self._read_segment(f, base, pos, size, end_of_segment is None, out, limit):
                         return out
                 except LogDamaged as e:
+                    if out:  # what comes before the damage is read; the next read stops at it
+                        return out
                     moved = self._realign(f, base, pos, size) if e.damage.position == pos and pos else pos
                     if moved == pos:
                         raise
@@ -540,6 +582,7 @@ class FileLog(WriteLog):
             fcntl.flock(lock, fcntl.LOCK_EX)
             found = self.verify().damage
             if not found:
+                (self.dir / DAMAGED).unlink(missing_ok=True)  # a mark left by damage mended otherwise
                 return []
             quarantine = self.dir / QUARANTINE
             quarantine.mkdir(mode=0o700, exist_ok=True)
@@ -569,6 +612,7 @@ class FileLog(WriteLog):
                     f.flush()
                     os.fsync(f.fileno())
                 log.warning("gallery log repair: %s (%d bytes, %s) moved to %s", d.where, d.length, d.why, kept)
+            (self.dir / DAMAGED).unlink(missing_ok=True)
             for folder in (quarantine, self.dir):
                 dfd = os.open(folder, os.O_RDONLY)
                 os.fsync(dfd)
@@ -614,6 +658,7 @@ class RedisLog(WriteLog):
 
         self.redis = redis
         self.url, self.stream = url, stream
+        self.name = f"Redis stream {stream}"
         self.client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
                                            retry_on_timeout=False, health_check_interval=0)
 
@@ -637,11 +682,35 @@ class RedisLog(WriteLog):
         except self.redis.RedisError as e:
             raise self._unavailable("be reached", e) from e
 
+    # the append refuses, atomically, while the log is marked damaged
+    _APPEND = ("if redis.call('EXISTS', KEYS[2]) == 1 then return redis.error_reply('FACEVOICE-DAMAGED') end "
+               "return redis.call('XADD', KEYS[1], '*', 'c', ARGV[1])")
+
     def append(self, change: Change) -> str:
         try:
-            return self.client.xadd(self.stream, {"c": change.encode()}).decode()
+            return self.client.eval(self._APPEND, 2, self.stream, self.stream + DAMAGED_KEY, change.encode()).decode()
+        except self.redis.ResponseError as e:
+            if "FACEVOICE-DAMAGED" in str(e):
+                raise LogDamaged(self.name, self.damaged() or Damage("?", "", "marked")) from e
+            raise self._unavailable("be written", e) from e
         except self.redis.RedisError as e:
             raise self._unavailable("be written", e) from e
+
+    def damaged(self) -> Damage | None:
+        try:
+            mark = self.client.get(self.stream + DAMAGED_KEY)
+        except self.redis.RedisError as e:
+            raise self._unavailable("be read", e) from e
+        try:
+            return Damage(**json.loads(mark)) if mark else None
+        except (ValueError, TypeError) as e:
+            return Damage("an unreadable damage mark", "", str(e))
+
+    def _report_damage(self, e: LogDamaged) -> None:
+        try:
+            self.client.set(self.stream + DAMAGED_KEY, json.dumps(asdict(e.damage)), nx=True)
+        except self.redis.RedisError as err:
+            log.error("gallery log %s: cannot mark it damaged (%s)", self.stream, err)
 
     def first(self) -> str:
         try:
@@ -659,16 +728,21 @@ class RedisLog(WriteLog):
         except self.redis.RedisError as e:
             raise self._unavailable("be read", e) from e
         out = []
-        for _, entries in got or []:
-            for entry_id, fields in entries:
-                out.append((entry_id.decode(), self._decode(entry_id.decode(), fields)))
+        try:
+            for _, entries in got or []:
+                for entry_id, fields in entries:
+                    out.append((entry_id.decode(), self._decode(entry_id.decode(), fields)))
+        except LogDamaged as e:
+            self._report_damage(e)
+            if not out:  # what comes before the damage is read; the next read stops at it
+                raise
         return out
 
     def _decode(self, entry_id: str, fields: dict) -> Change:
         try:
             return Change.decode(fields[b"c"])
         except (KeyError, FormatError) as e:
-            raise LogDamaged(f"Redis stream {self.stream}", Damage(f"entry {entry_id}", entry_id, f"an entry that "
+            raise LogDamaged(self.name, Damage(f"entry {entry_id}", entry_id, f"an entry that "
                                                                   f"cannot be decoded: {e}")) from e
 
     def head(self) -> str:
@@ -727,6 +801,7 @@ class RedisLog(WriteLog):
                 pipe.xdel(self.stream, d.offset)
                 pipe.execute()
                 log.warning("gallery log repair: %s (%s) moved to %s", d.where, d.why, self._quarantine())
+            self.client.delete(self.stream + DAMAGED_KEY)
         except self.redis.RedisError as e:
             raise self._unavailable("be repaired", e) from e
         return found

@@ -113,3 +113,88 @@ def _try(replica, stack, item_id: str) -> bool:
         return _upsert(replica.stub, item_id, stack).upserted == 1
     except grpc.RpcError:
         return False
+
+
+def _health(replica, service: str) -> str:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    stub = health_pb2_grpc.HealthStub(grpc.insecure_channel(f"127.0.0.1:{replica.port}"))
+    status = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(status)
+
+
+def _damage_lifecycle(stack, root, extra: tuple[str, ...], damage, repair_args: list[str]) -> None:
+    """A replica that meets a damaged entry applies what comes before it, says so (GetIndexInfo, health,
+    /metrics), stops every replica's writes, answers searches, and goes on by itself after the repair."""
+    import urllib.request
+
+    from facevoice.service.serve import REPLICA_SERVICE, SERVICE_NAME, WRITES_SERVICE
+    from tests.local_servers import free_port
+
+    metrics_port = free_port()
+    a = Replica(stack, root, *extra).start()
+    b = Replica(stack, root, *extra, "--metrics-port", str(metrics_port)).start()
+    try:
+        b.kill()  # b is down while a takes three writes, and the middle one is damaged on disk
+        for item_id in ("before", "damaged", "after"):
+            assert _upsert(a.stub, item_id, stack).upserted == 1
+        damage()
+        b.start()
+        assert eventually(lambda: b.stub.GetIndexInfo(pb.GetIndexInfoRequest()).log.state == "damaged")
+        st = b.stub.GetIndexInfo(pb.GetIndexInfoRequest()).log
+        assert "index log repair" in st.error and not st.writes and st.lag_entries >= 2
+        ids = b.face_ids(stack)  # searches go on, with what came before the damage
+        assert "before" in ids and not {"damaged", "after"} & ids
+        assert _health(b, SERVICE_NAME) == "SERVING"
+        assert _health(b, WRITES_SERVICE) == "NOT_SERVING" and _health(b, REPLICA_SERVICE) == "NOT_SERVING"
+        scraped = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+        assert "facevoice_gallery_log_damaged 1.0" in scraped
+        with pytest.raises(grpc.RpcError) as e:  # the other replica stops writing too
+            _upsert(a.stub, "refused", stack)
+        assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "index log repair" in e.value.details()
+        assert main(["index", "log", "verify", *repair_args]) == 1
+        assert main(["index", "log", "repair", *repair_args]) == 0
+        assert main(["index", "log", "verify", *repair_args]) == 0
+        assert eventually(lambda: "after" in b.face_ids(stack))  # b goes on by itself
+        assert "damaged" not in b.face_ids(stack)
+        assert eventually(lambda: b.stub.GetIndexInfo(pb.GetIndexInfoRequest()).log.state == "ok")
+        assert eventually(lambda: _health(b, WRITES_SERVICE) == "SERVING")
+        assert _upsert(a.stub, "later", stack).upserted == 1
+        assert eventually(lambda: "later" in b.face_ids(stack))
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_a_damaged_file_log_record_stops_writes_and_replay_until_repaired(stack, tmp_path):
+    from facevoice.service.writelog import FileLog
+
+    root = copy_indexes(stack, tmp_path / "indexes")
+
+    def damage() -> None:
+        log = FileLog(root)
+        ends = {c.upserts["face"].items[0]["item_id"]: int(o) for o, c in log.entries()}
+        start = max(e for e in ends.values() if e < ends["damaged"])
+        segment = next((root / ".gallery-log").glob("*.log"))
+        data = bytearray(segment.read_bytes())
+        data[(start + ends["damaged"]) // 2] ^= 0x10  # one flipped bit inside the middle record
+        segment.write_bytes(data)
+
+    _damage_lifecycle(stack, root, ("--gallery-log", "file"), damage, ["--out", str(root)])
+
+
+def test_an_undecodable_redis_entry_stops_writes_and_replay_until_repaired(stack, tmp_path):
+    root = copy_indexes(stack, tmp_path / "indexes")
+    with LocalRedis(data_dir=tmp_path / "redis") as redis_server:
+        import redis
+
+        def damage() -> None:  # an entry no version of facevoice wrote, between two that it did
+            client = redis.Redis.from_url(redis_server.url)
+            entries = client.xrange("facevoice:gallery")
+            after_id, after_fields = entries[-1]
+            client.xdel("facevoice:gallery", after_id)
+            client.xadd("facevoice:gallery", {"c": b"\x05\x00\x00\x00{not}"})
+            client.xadd("facevoice:gallery", after_fields)
+
+        _damage_lifecycle(stack, root, ("--redis-url", redis_server.url), damage,
+                          ["--out", str(root), "--redis", redis_server.url])

@@ -169,10 +169,12 @@ def test_every_bit_flipped_in_a_middle_record_stops_the_log_and_repair_keeps_the
         damaged = FileLog(root)
         report = damaged.verify()
         assert [d.offset for d in report.damage] == [offsets[1]] and report.records == 4, bit
+        assert len(damaged.read(damaged.start)) == 2  # up to the damage
         with pytest.raises(LogDamaged, match=f"byte {start}"):
             list(damaged.entries())
         with pytest.raises(LogDamaged):
             damaged.append(_fixed(9))
+        assert damaged.damaged().offset == offsets[1]  # marked for every replica
         assert path.read_bytes() == bytes(bad)  # nothing truncated, nothing written
         assert [d.offset for d in damaged.repair()] == [offsets[1]]
         assert _ids(damaged) == ["it0", "it1", "it3", "it4"]
@@ -195,8 +197,9 @@ def test_a_zeroed_stretch_across_records_is_damage_and_a_reader_inside_it_resume
     lo, hi = int(offsets[1]) + 3, int(offsets[3]) - 5  # a bad sector: parts of it2 and it3 read as zeros
     data[lo:hi] = bytes(hi - lo)
     path.write_bytes(data)
+    assert [o for o, _ in log.read(offsets[0])] == [offsets[1]]
     with pytest.raises(LogDamaged):
-        log.read(offsets[0])
+        log.read(offsets[1])
     assert len(log.repair()) == 1
     assert _ids(log) == ["it0", "it1", "it4", "it5"]
     assert [o for o, _ in log.read(offsets[2])] == offsets[4:]  # a replica that had applied it2 (now void)
@@ -272,11 +275,15 @@ def test_the_redis_stream_quarantines_an_entry_it_cannot_decode():
         bad = log.client.xadd(log.stream, {"c": b"\x05\x00\x00\x00{not}"}).decode()
         last = log.append(upsert(2))
         assert log.head() == last and log.behind(log.start) == 3 and log.behind(first) == 2
+        assert [o for o, _ in log.read(log.start)] == [first]  # up to the damage
         with pytest.raises(LogDamaged, match=f"entry {bad}"):
             log.read(first)
+        with pytest.raises(LogDamaged):  # marked damaged: every writer refuses until the repair
+            log.append(upsert(3))
         assert [d.offset for d in log.verify().damage] == [bad]
         assert [d.offset for d in log.repair()] == [bad]
         assert [o for o, _ in log.read(first)] == [last] and log.verify().ok and log.verify().quarantined == 1
+        assert log.damaged() is None and log.key(log.append(upsert(3))) > log.key(last)
         log.trim(last)  # what trim drops, its quarantine drops too (vectors are erased with the log)
         assert log.verify().quarantined == 0
         log.close()

@@ -310,7 +310,7 @@ class IndexInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., model_version: _Optional[str] = ..., size: _Optional[int] = ..., kind: _Optional[str] = ..., params: _Optional[_Mapping[str, str]] = ..., recall_at_10: _Optional[float] = ..., built_at: _Optional[str] = ..., device: _Optional[str] = ..., plan: _Optional[str] = ..., factory: _Optional[str] = ..., bytes_per_item: _Optional[float] = ..., min_recall: _Optional[float] = ..., memory_budget: _Optional[int] = ..., mapped: _Optional[bool] = ..., placement: _Optional[str] = ...) -> None: ...
 
 class GetIndexInfoResponse(_message.Message):
-    __slots__ = ("indexes", "association_model_version", "speech2face_model_version", "frontends")
+    __slots__ = ("indexes", "association_model_version", "speech2face_model_version", "frontends", "log")
     class FrontendsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -322,8 +322,30 @@ class GetIndexInfoResponse(_message.Message):
     ASSOCIATION_MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     SPEECH2FACE_MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     FRONTENDS_FIELD_NUMBER: _ClassVar[int]
+    LOG_FIELD_NUMBER: _ClassVar[int]
     indexes: _containers.RepeatedCompositeFieldContainer[IndexInfo]
     association_model_version: str
     speech2face_model_version: str
     frontends: _containers.ScalarMap[str, str]
-    def __init__(self, indexes: _Optional[_Iterable[_Union[IndexInfo, _Mapping]]] = ..., association_model_version: _Optional[str] = ..., speech2face_model_version: _Optional[str] = ..., frontends: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    log: GalleryLogStatus
+    def __init__(self, indexes: _Optional[_Iterable[_Union[IndexInfo, _Mapping]]] = ..., association_model_version: _Optional[str] = ..., speech2face_model_version: _Optional[str] = ..., frontends: _Optional[_Mapping[str, str]] = ..., log: _Optional[_Union[GalleryLogStatus, _Mapping]] = ...) -> None: ...
+
+class GalleryLogStatus(_message.Message):
+    __slots__ = ("kind", "state", "applied", "head", "lag_entries", "lag_seconds", "writes", "error")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_FIELD_NUMBER: _ClassVar[int]
+    HEAD_FIELD_NUMBER: _ClassVar[int]
+    LAG_ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    LAG_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    WRITES_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    state: str
+    applied: str
+    head: str
+    lag_entries: int
+    lag_seconds: float
+    writes: bool
+    error: str
+    def __init__(self, kind: _Optional[str] = ..., state: _Optional[str] = ..., applied: _Optional[str] = ..., head: _Optional[str] = ..., lag_entries: _Optional[int] = ..., lag_seconds: _Optional[float] = ..., writes: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
