@@ -182,35 +182,47 @@ def embed_modality(emb: Embedder, rows: list[Row], modality: str, work: Path, ba
     return Embedded([rows[i].item for i in kept], vectors, bad, time.perf_counter() - start)
 
 
-def fold(wlog: WriteLog | None, root: Path, name: str, model_version: str, upto: str | None
-         ) -> tuple[Folded, str | None, list[tuple[str, str]]]:
-    """The previous version's folded writes plus the log's changes to `name` after its offset, up to
-    `upto`; (folded, where the replay started, dropped (item_id, why) for vectors of another model)."""
-    previous = current_version(root, name)
-    folded, after = Folded(), None
-    if previous is not None:
-        folded = read_folded(root, name, previous)
-        if wlog is not None:
-            after = offset_of(read_meta(root, name, previous), wlog)
-    dropped = []
+def fold(wlog: WriteLog | None, root: Path, spaces: dict[str, str], upto: str | None
+         ) -> dict[str, tuple[Folded, str | None, list[tuple[str, str]]]]:
+    """For each space {name: model version}: the previous version's folded writes plus the log's
+    changes to it after that version's offset, up to `upto`; (folded, where its replay started,
+    dropped (item_id, why) for vectors of another model). The log is read once for every space,
+    from the lowest of their offsets."""
+    out, starts = {}, {}
+    for name in spaces:
+        previous = current_version(root, name)
+        folded, after = Folded(), None
+        if previous is not None:
+            folded = read_folded(root, name, previous)
+            if wlog is not None:
+                after = offset_of(read_meta(root, name, previous), wlog)
+        out[name], starts[name] = (folded, after, []), after
     if wlog is None or upto is None:
-        return folded, after, dropped
-    for _, change in wlog.entries(after, upto=upto):
-        if change.op == "delete" and name in change.indexes:
-            for item_id in change.item_ids:
-                folded.delete(item_id)
-        elif change.op == "upsert" and name in change.upserts:
-            u = change.upserts[name]
-            for it, v in zip(u.items, u.vectors, strict=True):
-                if u.model_version == model_version:
-                    folded.upsert(Item(**it), v)
-                else:
-                    folded.delete(it["item_id"])  # the old vector cannot stay; the manifest row may not either
-                    dropped.append((it["item_id"], f"upserted live with model {u.model_version}, the build embeds "
-                                                   f"with {model_version}: upsert it again, or add it to the gallery"))
-    for item_id in {i for i, _ in dropped} & folded.erased:
-        folded.erased.discard(item_id)  # a manifest row of it may come back; the live vector cannot
-    return folded, after, dropped
+        return out
+    known = [a for a in starts.values() if a is not None]
+    first = None if len(known) < len(starts) else min(known, key=wlog.key)
+    for offset, change in wlog.entries(first, upto=upto):
+        for name, model_version in spaces.items():
+            if starts[name] is not None and not wlog.later(offset, starts[name]):
+                continue  # folded into this space's previous version already
+            folded, _, dropped = out[name]
+            if change.op == "delete" and name in change.indexes:
+                for item_id in change.item_ids:
+                    folded.delete(item_id)
+            elif change.op == "upsert" and name in change.upserts:
+                u = change.upserts[name]
+                for it, v in zip(u.items, u.vectors, strict=True):
+                    if u.model_version == model_version:
+                        folded.upsert(Item(**it), v)
+                    else:
+                        folded.delete(it["item_id"])  # the old vector cannot stay; the manifest row may not either
+                        dropped.append((it["item_id"], f"upserted live with model {u.model_version}, the build "
+                                                       f"embeds with {model_version}: upsert it again, or add it "
+                                                       "to the gallery"))
+    for folded, _, dropped in out.values():
+        for item_id in {i for i, _ in dropped} & folded.erased:
+            folded.erased.discard(item_id)  # a manifest row of it may come back; the live vector cannot
+    return out
 
 
 def shard_spec(text: str) -> tuple[int, int]:
@@ -247,7 +259,7 @@ def setup(args: argparse.Namespace, fold_log: bool = True, embed: bool = True) -
     rows = gallery_rows(args.gallery, args.split)
     wlog = open_log(args.gallery_log, args.out, args.redis) if fold_log else None
     upto = wlog.head() if wlog is not None else None  # what this build folds in; later writes replay on top
-    folds = {name: fold(wlog, args.out, name, space.version, upto) for name, space in manifest.indexed().items()}
+    folds = fold(wlog, args.out, {name: space.version for name, space in manifest.indexed().items()}, upto)
     gallery_hash = hashlib.sha256(manifest_path(args.gallery).read_bytes()).hexdigest()[:12]
     return Setup(manifest, runner.name if runner else "shards", Embedder(manifest, runner) if runner else None,
                  rows, wlog, upto, folds, gallery_hash)

@@ -1,7 +1,8 @@
 """`facevoice index prune --out INDEX_ROOT [--keep N] [--gallery-log auto|file|redis] [--redis URL]`.
 
-Deletes all but the newest N versions of every index (never the one `current` names) and the
-resume cache of finished builds (`.build/`; do not prune while a build runs), then trims the
+Deletes all but the newest N versions of every index (never the one `current` names), the
+resume cache of finished builds (`.build/`) and any shards no merge took (`.shards/`; do not prune
+while a build runs), then trims the
 gallery write log below the oldest offset any kept version replays from. After
 `index build` and `index prune --keep 1`, no index version on disk and no log entry holds the
 vector of an item deleted before that build (docs/operations.md, the privacy guarantee).
@@ -35,8 +36,9 @@ def prune(root: Path, keep: int, wlog) -> tuple[dict[str, list[str]], str | None
     """({index: removed versions}, the offset the log was trimmed to, what the trim dropped)."""
     if keep < 1:
         raise UsageError("--keep must be at least 1 (the current version)")
-    # the resume cache of finished builds holds embeddings of every gallery row, deleted ones too
+    # the resume cache of finished builds holds embeddings of every gallery row, deleted ones too,
     shutil.rmtree(root / ".build", ignore_errors=True)
+    shutil.rmtree(root / ".shards", ignore_errors=True)  # so do shards of a sharded build never merged
     removed, offsets = {}, []
     for index_dir in sorted(p for p in root.iterdir() if p.is_dir() and (p / "current").exists()):
         name, current = index_dir.name, current_version(root, index_dir.name)

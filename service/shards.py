@@ -139,6 +139,9 @@ def run(args: argparse.Namespace) -> int:
         e = read_shards(root, args.shards, modality, spaces)
         done[modality] = without(e, edited_ids(s, modality)) if e is not None else None
     published, lines = write_and_publish(args, s, done)
+    if published:  # the shards hold every row's vectors, deleted items' too: once merged they go
+        shutil.rmtree(root)
+        lines.append(f"  deleted the {args.shards} merged shards ({root})")
     print(f"index merge: {args.shards} shards of {args.gallery} -> {args.out} in {time.perf_counter() - start:.1f} s"
           f"{' (published)' if published else ''}")
     print("\n".join(lines))

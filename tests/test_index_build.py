@@ -91,9 +91,11 @@ def test_a_gallery_that_is_not_a_manifest_is_a_clear_error(stack, tmp_path):
         main(["index", "build", "--gallery", str(bad), "--model-repo", str(stack.repo), "--out", str(tmp_path / "o")])
 
 
-def test_build_then_prune_erases_a_deleted_item_everywhere_on_disk(stack, tmp_path):
-    """The privacy guarantee of docs/operations.md: after a delete, `index build` and `index prune
-    --keep 1`, no index version, resume cache or log segment under the root holds its vector."""
+@pytest.mark.parametrize("path", ["whole", "sharded"])
+def test_build_then_prune_erases_a_deleted_item_everywhere_on_disk(stack, tmp_path, path):
+    """The privacy guarantee of docs/operations.md: after a delete, `index build` (whole, or sharded and
+    merged, with a stray shard of another split left behind) and `index prune --keep 1`, no index
+    version, resume cache, shard or log segment under the root holds its vector."""
     import faiss
 
     from facevoice.service.versions import current_version, load_version
@@ -115,11 +117,21 @@ def test_build_then_prune_erases_a_deleted_item_everywhere_on_disk(stack, tmp_pa
     victim = faiss.rev_swig_ptr(old.index.get_xb(), old.index.ntotal * old.dim).reshape(-1, old.dim)[
         old.by_item_id["toy003-face-0"]].tobytes()
     assert any(victim in p.read_bytes() for p in root.rglob("*") if p.is_file())  # there before
-    assert main(["index", "build", "--gallery", str(stack.corpus / "manifest.csv"), "--model-repo", str(stack.repo),
-                 "--out", str(root), "--no-progress"]) == 0
+    build = ["index", "build", "--gallery", str(stack.corpus / "manifest.csv"), "--model-repo", str(stack.repo),
+             "--out", str(root), "--no-progress"]
+    if path == "whole":
+        assert main(build) == 0
+    else:
+        for i in range(2):
+            assert main([*build, "--shard", f"{i}/2"]) == 0
+        assert main([*build, "--shard", "0/3"]) == 0  # a shard no merge takes
+        assert any(victim in p.read_bytes() for p in (root / ".shards").rglob("*") if p.is_file())
+        assert main(["index", "merge", *build[2:], "--shards", "2"]) == 0
+        assert len(list((root / ".shards").iterdir())) == 1  # the merge deleted the shards it merged
     assert main(["index", "prune", "--out", str(root), "--keep", "1"]) == 0
     assert not any(victim in p.read_bytes() for p in root.rglob("*") if p.is_file())
-    assert not (root / ".build").exists() and FileLog(root).read(FileLog(root).first()) == []
+    assert not (root / ".build").exists() and not (root / ".shards").exists()
+    assert FileLog(root).read(FileLog(root).first()) == []
     served = load_version(root, "face", current_version(root, "face"), model)
     assert "toy003-face-0" not in served.by_item_id and "live" not in served.by_item_id and served.size == 47
     assert all(len(list((root / name).glob("2*"))) == 1 for name in ("face", "voice", "face_feature"))
