@@ -118,4 +118,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {i.name:<12} {i.version}  {i.size:>8} items  {i.factory or i.kind} {dict(i.params)}  "
                   f"recall@10 {i.recall_at_10:.3f} (target {i.min_recall:.2f})  {i.bytes_per_item:.0f} B/item  "
                   f"{i.device}{' mapped' if i.mapped else ''}  built {i.built_at}")
+        g = r.log
+        print(f"  gallery log ({g.kind}): {g.state}, applied {g.applied or '-'} of {g.head or '-'}, lagging "
+              f"{g.lag_entries} entries / {g.lag_seconds:.1f} s; writes {'taken' if g.writes else 'refused'}"
+              + (f"\n    {g.error}" if g.error else ""))
     return 0
