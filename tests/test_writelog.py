@@ -4,12 +4,12 @@ behave as the file does (a real redis-server), and an entry carries no media."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from bench.log_damage import STEPS
 from facevoice.service.errors import DependencyUnavailable, FormatError
 from facevoice.service.writelog import Change, FileLog, IndexChange, LogTrimmed, RedisLog, open_log
 from tests.local_servers import LocalRedis
@@ -135,56 +135,42 @@ def _fixed(i: int) -> Change:
 
 
 def test_a_log_cut_at_every_byte_of_its_last_record_keeps_every_earlier_record(tmp_path):
-    log = FileLog(tmp_path / "log")
-    offsets = [log.append(_fixed(i)) for i in range(4)]
-    whole = _segment(tmp_path / "log").read_bytes()
-    last = int(offsets[-2])
-    for cut in range(last, len(whole)):
-        root = tmp_path / f"cut{cut}"
-        (root / ".gallery-log").mkdir(parents=True)
-        (root / ".gallery-log" / _segment(tmp_path / "log").name).write_bytes(whole[:cut])
-        cut_log = FileLog(root)
-        assert _ids(cut_log) == ["it0", "it1", "it2"], cut
-        assert cut_log.head() == offsets[-2]
-        assert cut_log.verify().torn_tail == cut - last and cut_log.verify().ok
-        again = cut_log.append(_fixed(3))  # the partial record is cut, the new one takes its place
-        assert again == offsets[-1] and _ids(FileLog(root)) == ["it0", "it1", "it2", "it3"]
+    from bench.log_damage import cut_everywhere, upsert
+
+    cases, failures = cut_everywhere(tmp_path, dim=4)
+    assert failures == [] and cases == len(upsert(0, 4).encode()) + 8
 
 
 def test_every_bit_flipped_in_a_middle_record_stops_the_log_and_repair_keeps_the_rest(tmp_path):
+    """Each flip: verify names the record, reads past it and appends refuse naming its byte, the
+    segment is unchanged, and repair keeps every other record at its own offset."""
+    from bench.log_damage import flip_everywhere, upsert
+
+    cases, failures = flip_everywhere(tmp_path, dim=4)
+    assert failures == [] and cases == 8 * (len(upsert(0, 4).encode()) + 8)
+
+
+def test_repair_quarantines_the_damaged_bytes_and_records_what_it_did(tmp_path):
     from facevoice.service.writelog import LogDamaged
 
-    log = FileLog(tmp_path / "log")
-    offsets = [log.append(_fixed(i)) for i in range(5)]
-    whole = _segment(tmp_path / "log").read_bytes()
-    start, end = int(offsets[1]), int(offsets[2])  # record it2
-    name = _segment(tmp_path / "log").name
-    for bit in range((end - start) * 8):
-        bad = bytearray(whole)
-        bad[start + bit // 8] ^= 1 << (bit % 8)
-        root = tmp_path / "flip"
-        (root / ".gallery-log").mkdir(parents=True, exist_ok=True)
-        path = root / ".gallery-log" / name
-        path.write_bytes(bad)
-        damaged = FileLog(root)
-        report = damaged.verify()
-        assert [d.offset for d in report.damage] == [offsets[1]] and report.records == 4, bit
-        assert len(damaged.read(damaged.start)) == 2  # up to the damage
-        with pytest.raises(LogDamaged, match=f"byte {start}"):
-            list(damaged.entries())
-        with pytest.raises(LogDamaged):
-            damaged.append(_fixed(9))
-        assert damaged.damaged().offset == offsets[1]  # marked for every replica
-        assert path.read_bytes() == bytes(bad)  # nothing truncated, nothing written
-        assert [d.offset for d in damaged.repair()] == [offsets[1]]
-        assert _ids(damaged) == ["it0", "it1", "it3", "it4"]
-        assert [o for o, _ in damaged.entries()] == [offsets[0], offsets[1], *offsets[3:]]  # no offset moved
-        assert damaged.append(_fixed(9)) == str(int(offsets[-1]) + end - start)
-        quarantine = root / ".gallery-log" / "quarantine"
-        assert (quarantine / f"{start:020d}.bin").read_bytes() == bytes(bad[start:end])
-        assert json.loads((quarantine / "repairs.jsonl").read_text().splitlines()[-1])["offset"] == offsets[1]
-        assert damaged.verify().ok and damaged.verify().void == 1
-        shutil.rmtree(root)
+    log = FileLog(tmp_path)
+    offsets = [log.append(_fixed(i)) for i in range(3)]
+    path = _segment(tmp_path)
+    data = bytearray(path.read_bytes())
+    start, end = int(offsets[0]), int(offsets[1])
+    data[start + 20] ^= 4
+    path.write_bytes(data)
+    assert len(log.read(log.start)) == 1  # up to the damage
+    with pytest.raises(LogDamaged):
+        log.read(offsets[0])
+    assert log.damaged().offset == offsets[0]  # marked for every replica
+    log.repair()
+    quarantine = tmp_path / ".gallery-log" / "quarantine"
+    assert (quarantine / f"{start:020d}.bin").read_bytes() == bytes(data[start:end])
+    record = json.loads((quarantine / "repairs.jsonl").read_text().splitlines()[-1])
+    assert record["offset"] == offsets[0] and record["bytes"] == end - start
+    assert log.damaged() is None and log.verify().void == 1 and _ids(log) == ["it0", "it2"]
+    assert oct(quarantine.stat().st_mode & 0o777) == "0o700"
 
 
 def test_a_zeroed_stretch_across_records_is_damage_and_a_reader_inside_it_resumes_after_repair(tmp_path):
@@ -223,36 +209,13 @@ def test_an_intact_record_that_cannot_be_decoded_is_damage_too(tmp_path):
     assert [o for o, _ in log.entries()][-1] == after and _ids(log) == ["it0", "it2"]
 
 
-@pytest.mark.parametrize(("step", "roll"), [("write-half", False), ("write", False), ("fsync", False),
-                                            ("write-half", True), ("write", True), ("fsync", True), ("dirsync", True)])
+@pytest.mark.parametrize(("step", "roll"), STEPS)
 def test_a_writer_killed_between_the_steps_of_an_append_loses_nothing_it_acknowledged(tmp_path, step, roll):
     """A real SIGKILL at each step of the 4th append (with a segment roll on that append, or not; the
     directory is fsync'd only when an append starts a segment)."""
-    import os
-    import subprocess
-    import sys
+    from bench.log_damage import kill_at
 
-    script = (
-        "import sys, numpy as np\n"
-        "from facevoice.service.writelog import Change, FileLog, IndexChange\n"
-        f"log = FileLog(sys.argv[1], segment_bytes={3 * 150 if roll else 1 << 20})\n"
-        "for i in range(6):\n"
-        "    c = Change('upsert', {'face': IndexChange('m1', [{'item_id': f'it{i}', 'identity': 'x', "
-        "'attributes': {}}], np.full((1, 4), i, np.float32))}, at=1.0)\n"
-        "    print(log.append(c), flush=True)\n")
-    env = {**os.environ, "FACEVOICE_LOG_FAULT": f"{step}:4"}
-    run = subprocess.run([sys.executable, "-c", script, str(tmp_path)], env=env, capture_output=True, text=True,
-                         timeout=60)
-    assert run.returncode == -9, run.stderr  # it really died there
-    acknowledged = run.stdout.split()
-    assert len(acknowledged) == 3
-    log = FileLog(tmp_path)
-    got = [o for o, _ in log.entries()]
-    assert got[:3] == acknowledged and len(got) in (3, 4)  # the unacknowledged one may or may not be there
-    assert log.verify().ok
-    log.append(_fixed(7))
-    assert [o for o, _ in log.entries()][:3] == acknowledged and log.verify().torn_tail == 0
-    assert len(sorted((tmp_path / ".gallery-log").glob("*.log"))) >= (2 if roll else 1)
+    assert kill_at(tmp_path, step, roll, dim=4) == []
 
 
 def test_head_and_behind_read_no_more_than_the_newest_segment(tmp_path):
