@@ -344,7 +344,7 @@ def section(results: list[dict], command: str, machine_line: str) -> str:
 
 def main() -> None:
     from bench.reliability import DOC
-    from bench.report import machine
+    from bench.report import machine, write_section
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model-repo", type=Path, default=Path("models/demo"))
@@ -364,11 +364,7 @@ def main() -> None:
     command = "python -m bench.history " + " ".join(sys.argv[1:])
     body = section(results, command, machine())
     print(body)
-    text = DOC.read_text()
-    begin, end = "<!-- history -->", "<!-- /history -->"
-    block = f"{begin}\n{body}\n{end}"
-    text = text.split(begin)[0] + block + text.split(end)[1] if begin in text else text.rstrip() + "\n\n" + block + "\n"
-    DOC.write_text(text)
+    write_section("history", body, DOC)
     print(f"written to {DOC}")
 
 

@@ -149,7 +149,7 @@ def kill_at(work: Path, step: str, roll: bool, dim: int, n: int = 4) -> list[str
 
 def main() -> None:
     from bench.reliability import DOC
-    from bench.report import machine
+    from bench.report import machine, write_section
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dim", type=int, default=128)
@@ -184,11 +184,7 @@ def main() -> None:
         lines += [f"- {name}: {json.dumps(f)}" for f in failures[:5]]
     body = "\n".join(lines)
     print(body)
-    text = DOC.read_text()
-    begin, end = "<!-- log-damage -->", "<!-- /log-damage -->"
-    block = f"{begin}\n{body}\n{end}"
-    text = text.split(begin)[0] + block + text.split(end)[1] if begin in text else text.rstrip() + "\n\n" + block + "\n"
-    DOC.write_text(text)
+    write_section("log-damage", body, DOC)
     print(f"written to {DOC}")
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import grpc
 
-from bench.report import machine
+from bench.report import machine, sections_of
 from facevoice.v1 import facevoice_pb2 as pb
 from tests.local_servers import Background, LocalRedis, LocalService, LocalTriton
 
@@ -364,7 +364,8 @@ def base_size(svc: LocalService) -> int:
 # the report --------------------------------------------------------------------------------------
 def report(raw: dict) -> str:
     fz, sk, fl, rp = (raw.get(k) for k in ("fuzz", "soak", "faults", "replication"))
-    lines = ["# Reliability", "", "Written by `python -m bench.reliability`; every service runs as its own "
+    lines = ["# Reliability", "", "Written by `python -m bench.reliability` (and its marked sections by "
+             "`python -m bench.log_damage` and `python -m bench.history`); every service runs as its own "
              "`facevoice serve` process on a private copy of the index root. Each section names the command and "
              "machine that measured it.", ""]
 
@@ -456,7 +457,8 @@ def main() -> None:
             raw[name], raw["commands"][name] = result, here
     raw_path.write_text(json.dumps(raw, indent=1) + "\n")
     text = report(raw)
-    doc.write_text(text + "\n")
+    kept = sections_of(doc.read_text()) if doc.exists() else ""  # what bench.history and bench.log_damage wrote
+    doc.write_text(text + ("\n\n" + kept if kept else "") + "\n")
     print(text)
     print(f"\nwrote {doc} and {raw_path}")
 

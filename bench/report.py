@@ -13,17 +13,24 @@ HEADER = ("# Benchmarks\n\nEach section is written by the script it names; these
           "absolute times.\n")
 
 
-def write_section(name: str, body: str) -> Path:
-    text = DOC.read_text() if DOC.exists() else HEADER
+def write_section(name: str, body: str, doc: Path = DOC) -> Path:
+    """Replaces (or appends) the section between `<!-- bench:NAME -->` markers of `doc`."""
+    text = doc.read_text() if doc.exists() else HEADER
     begin, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
     section = f"{begin}\n{body.strip()}\n{end}"
     if begin in text:
         text = re.sub(re.escape(begin) + r".*?" + re.escape(end), lambda _: section, text, flags=re.S)
     else:
         text = text.rstrip() + "\n\n" + section + "\n"
-    DOC.parent.mkdir(exist_ok=True)
-    DOC.write_text(text)
-    return DOC
+    doc.parent.mkdir(exist_ok=True)
+    doc.write_text(text)
+    return doc
+
+
+def sections_of(text: str) -> str:
+    """Every `<!-- bench:NAME -->` section of a document, in order (what a script that rewrites the
+    rest of the document keeps)."""
+    return "\n\n".join(m.group(0) for m in re.finditer(r"<!-- bench:([\w-]+) -->.*?<!-- /bench:\1 -->", text, re.S))
 
 
 def ratio_table(results: list[tuple[str, float]], unit: str, digits: int = 1) -> str:

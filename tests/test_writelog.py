@@ -250,3 +250,23 @@ def test_the_redis_stream_quarantines_an_entry_it_cannot_decode():
         log.trim(last)  # what trim drops, its quarantine drops too (vectors are erased with the log)
         assert log.verify().quarantined == 0
         log.close()
+
+
+def test_a_replica_that_does_not_apply_the_log_reports_how_far_behind(tmp_path):
+    import time
+
+    from facevoice.service.metrics import Metrics
+    from facevoice.service.served import IndexSet
+
+    log, metrics = FileLog(tmp_path), Metrics()
+    replica = IndexSet(tmp_path, {}, metrics, write_log=log, max_lag_s=0.05)
+    assert replica.report().state == "ok"
+    for i in range(3):
+        log.append(upsert(i))
+    time.sleep(0.1)
+    st = replica.report()
+    assert (st.state, st.lag_entries, st.head) == ("behind", 3, log.head()) and st.lag_seconds >= 0.05
+    assert metrics.log_lag_entries._value.get() == 3 and metrics.log_lag_seconds._value.get() >= 0.05
+    replica.catch_up()
+    st = replica.report()
+    assert (st.state, st.lag_entries, st.applied) == ("ok", 0, log.head()) and st.lag_seconds < 0.05
