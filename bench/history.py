@@ -344,12 +344,10 @@ def section(results: list[dict], command: str, machine_line: str) -> str:
 
 def main() -> None:
     from bench.reliability import DOC
-    from bench.report import machine, write_section
+    from bench.report import add_demo_arguments, machine, write_section
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model-repo", type=Path, default=Path("models/demo"))
-    p.add_argument("--index-root", type=Path, default=Path("demo/indexes"))
-    p.add_argument("--corpus", type=Path, default=Path("demo/corpus"))
+    add_demo_arguments(p)
     p.add_argument("--seconds", type=float, default=600)
     p.add_argument("--log", nargs="+", default=["file", "redis"], choices=["file", "redis"])
     p.add_argument("--triton", action=argparse.BooleanOptionalAction, default=True)

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import grpc
 
-from bench.report import machine, sections_of
+from bench.report import add_demo_arguments, machine, sections_of
 from facevoice.v1 import facevoice_pb2 as pb
 from tests.local_servers import Background, LocalRedis, LocalService, LocalTriton
 
@@ -410,9 +410,7 @@ def report(raw: dict) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model-repo", type=Path, default=Path("models/demo"))
-    p.add_argument("--index-root", type=Path, default=Path("demo/indexes"))
-    p.add_argument("--corpus", type=Path, default=Path("demo/corpus"))
+    add_demo_arguments(p)
     p.add_argument("--fuzz", type=int, default=10_000)
     p.add_argument("--soak-s", type=float, default=600)
     p.add_argument("--replication-writes", type=int, default=100)

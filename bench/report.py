@@ -45,3 +45,12 @@ def publish(name: str, body: str) -> None:
     """Print a benchmark's section and write it into docs/benchmarks.md."""
     print(body)
     print(f"written to {write_section(name, body)}")
+
+
+def add_demo_arguments(p) -> None:
+    """The served release a service bench runs on: `make demo`'s models, indexes and corpus."""
+    from pathlib import Path as P
+
+    p.add_argument("--model-repo", type=P, default=P("models/demo"))
+    p.add_argument("--index-root", type=P, default=P("demo/indexes"))
+    p.add_argument("--corpus", type=P, default=P("demo/corpus"))
