@@ -294,7 +294,7 @@ class IndexSet:
             st.state, st.error = "damaged", self.append_damage
         elif st.state == "ok" and st.lag_seconds > self.max_lag_s:
             st.state, st.error = "behind", f"{st.lag_entries} entries not applied for {st.lag_seconds:.0f} s"
-        st.writes = st.state not in ("damaged",) and bool(self.galleries)
+        st.writes = st.state not in ("damaged", "unavailable") and bool(self.galleries)
         return st
 
     def report(self, every_s: float = 0.0) -> LogStatus | None:
