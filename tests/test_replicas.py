@@ -97,6 +97,8 @@ def test_redis_down_writes_fail_cleanly_and_searches_go_on(stack, tmp_path):
         assert e.value.code() == grpc.StatusCode.UNAVAILABLE
         ids = a.face_ids(stack)  # searches go on, and nothing was half-applied
         assert "kept" in ids and "refused" not in ids
+        st = a.stub.GetIndexInfo(pb.GetIndexInfoRequest()).log  # and the replica says why writes fail
+        assert st.state == "unavailable" and not st.writes and "Redis" in st.error
         redis_server = LocalRedis(port=redis_server.port, data_dir=tmp_path / "redis").start()  # same AOF
         assert eventually(lambda: _try(a, stack, "after"))  # writes work again once Redis is back
         a.kill()
