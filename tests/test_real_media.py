@@ -1,7 +1,8 @@
 """Issue 29 through the real service (the stack's models, trained with the guarded front ends):
 real photos and speech, the variants users send, and what is not a face or a voice. Each row is
-the same answer (cosine to the original's embedding) or a refusal with its message; the measured
-cosines are written to docs/media.md's table by `python -m tests.test_real_media` (see there)."""
+the same answer (cosine to the original's embedding) or a refusal with its message. The measured
+cosines of docs/media.md's table: `python -m pytest -s tests/test_real_media.py` (the suite's
+models), `python -m tests.test_real_media --model-repo models/demo` (the released ones)."""
 
 from __future__ import annotations
 
@@ -138,3 +139,23 @@ def test_a_wav_whose_header_says_no_data_is_read(service):
     data[at + 4:at + 8] = (0).to_bytes(4, "little")
     ref = embed(service, pb.Media(audio=pb.Audio(data=wav(x, sr))))
     assert cos(ref, embed(service, pb.Media(audio=pb.Audio(data=bytes(data))))) > 0.999
+
+
+if __name__ == "__main__":  # the cosine rows of docs/media.md for any model repository
+    import argparse
+    from pathlib import Path
+
+    from facevoice.service.serve import Running, ServeConfig
+    from facevoice.v1 import facevoice_pb2_grpc
+
+    parser = argparse.ArgumentParser(description="voice variants' cosines through the real service")
+    parser.add_argument("--model-repo", type=Path, default=Path("models/demo"))
+    args = parser.parse_args()
+    running = Running(ServeConfig(model_repo=args.model_repo, host="127.0.0.1", port=0, metrics_port=-1))
+    try:
+        stub = facevoice_pb2_grpc.FaceVoiceStub(grpc.insecure_channel(f"127.0.0.1:{running.port}"))
+        for space in (pb.ASSOCIATION, pb.FACE_FEATURE):
+            for speech, row in voice_cosines(stub, space).items():
+                print(f"{pb.Space.Name(space)} {speech}: " + "; ".join(f"{k} {v:.3f}" for k, v in row.items()))
+    finally:
+        running.stop(0)
