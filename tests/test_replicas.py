@@ -190,11 +190,10 @@ def test_an_undecodable_redis_entry_stops_writes_and_replay_until_repaired(stack
     with LocalRedis(data_dir=tmp_path / "redis") as redis_server:
         import redis
 
-        def damage() -> None:  # an entry no version of facevoice wrote, between two that it did
+        def damage() -> None:  # the middle entry replaced by one no version of facevoice wrote
             client = redis.Redis.from_url(redis_server.url)
-            entries = client.xrange("facevoice:gallery")
-            after_id, after_fields = entries[-1]
-            client.xdel("facevoice:gallery", after_id)
+            (damaged_id, _), (after_id, after_fields) = client.xrange("facevoice:gallery")[-2:]
+            client.xdel("facevoice:gallery", damaged_id, after_id)
             client.xadd("facevoice:gallery", {"c": b"\x05\x00\x00\x00{not}"})
             client.xadd("facevoice:gallery", after_fields)
 
