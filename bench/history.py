@@ -87,7 +87,8 @@ class Checked:
 def check(ops: list[Op], finals: dict[str, frozenset[str]], bound_s: float, watched: set[str] | None = None) -> Checked:
     """The four properties above over a recorded history; `finals` are the galleries read after
     every restart; `watched`: the item ids the writers made (others are the gallery's own)."""
-    out = Checked(Counter(f"{o.kind} {'ok' if o.ok else 'indeterminate' if o.maybe else 'failed'}" for o in ops))
+    out = Checked(Counter(f"{o.kind} {'ok' if o.ok else 'indeterminate' if o.maybe and o.kind != 'search' else 'failed'}"
+                          for o in ops))
     upserted = {o.item_ids[0]: o for o in ops if o.kind == "upsert" and o.ok}
     maybe_upserted = {o.item_ids[0]: o for o in ops if o.kind == "upsert" and o.maybe}
     deleted = {o.item_ids[0]: o for o in ops if o.kind == "delete" and o.ok}
