@@ -87,8 +87,10 @@ class Checked:
 def check(ops: list[Op], finals: dict[str, frozenset[str]], bound_s: float, watched: set[str] | None = None) -> Checked:
     """The four properties above over a recorded history; `finals` are the galleries read after
     every restart; `watched`: the item ids the writers made (others are the gallery's own)."""
-    out = Checked(Counter(f"{o.kind} {'ok' if o.ok else 'indeterminate' if o.maybe and o.kind != 'search' else 'failed'}"
-                          for o in ops))
+    def outcome(o: Op) -> str:
+        return "ok" if o.ok else "indeterminate" if o.maybe and o.kind != "search" else "failed"
+
+    out = Checked(Counter(f"{o.kind} {outcome(o)}" for o in ops))
     upserted = {o.item_ids[0]: o for o in ops if o.kind == "upsert" and o.ok}
     maybe_upserted = {o.item_ids[0]: o for o in ops if o.kind == "upsert" and o.maybe}
     deleted = {o.item_ids[0]: o for o in ops if o.kind == "delete" and o.ok}
