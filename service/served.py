@@ -208,7 +208,10 @@ class IndexSet:
             self.append_damage = ""
             self.metrics.log_damaged.set(0)
         self.metrics.log_appends.labels(change.op).inc()
-        self.catch_up(offset)
+        try:
+            self.catch_up(offset)
+        except (LogDamaged, LogTrimmed, DependencyUnavailable) as e:  # stored: the follower applies it later
+            log.warning("gallery write %s is in the log but not applied here yet: %s", offset, e)
         return offset
 
     def upsert(self, upserts: dict[str, tuple[list[Item], np.ndarray]], actor: str = "") -> str:
@@ -241,7 +244,7 @@ class IndexSet:
                 last_warning[0] = time.monotonic()
                 log.log(level, "gallery log: %s", e)
             self.follow_error = (state, str(e))
-            self.report()
+            self._report_safely()
             self._stop.wait(wait_s)
 
         def loop() -> None:
@@ -255,7 +258,7 @@ class IndexSet:
                     if self.follow_error:
                         log.info("gallery log: applying again (was %s)", self.follow_error[0])
                     self.follow_error = None
-                    self.report(every_s=1.0)
+                    self._report_safely(every_s=1.0)
                 except LogDamaged as e:  # retried: a repair lets it go on by itself
                     failed("damaged", e, logging.ERROR, backoff_s)
                 except LogTrimmed as e:
@@ -273,8 +276,9 @@ class IndexSet:
         if self.log is None:
             return LogStatus(error="served without a gallery log: read-only")
         st = LogStatus(self.log.kind, applied=self.applied)
+        marked, asked = None, False
         try:
-            marked = self.log.damaged()  # found by any replica: every one stops writing
+            marked, asked = self.log.damaged(), True  # found by any replica: every one stops writing
             if marked is not None:
                 st.state, st.error = "damaged", str(LogDamaged(self.log.name, marked))
             try:
@@ -290,12 +294,19 @@ class IndexSet:
         st.lag_seconds = round(time.time() - self._caught_up, 3)
         if self.follow_error and st.state == "ok":
             st.state, st.error = self.follow_error
-        elif self.append_damage and st.state == "ok":
-            st.state, st.error = "damaged", self.append_damage
         elif st.state == "ok" and st.lag_seconds > self.max_lag_s:
             st.state, st.error = "behind", f"{st.lag_entries} entries not applied for {st.lag_seconds:.0f} s"
+        if asked and marked is None:
+            self.append_damage = ""  # repaired (every append that meets damage marks the log): writes may go
         st.writes = st.state not in ("damaged", "unavailable") and bool(self.galleries)
         return st
+
+    def _report_safely(self, every_s: float = 0.0) -> None:
+        """report() from the follower: whatever it meets, the follower goes on."""
+        try:
+            self.report(every_s)
+        except Exception:
+            log.exception("reporting the gallery log's state failed")
 
     def report(self, every_s: float = 0.0) -> LogStatus | None:
         """Computes the status (at most once per `every_s`), exports it and tells `on_status`."""

@@ -139,9 +139,14 @@ def run(args: argparse.Namespace) -> int:
         e = read_shards(root, args.shards, modality, spaces)
         done[modality] = without(e, edited_ids(s, modality)) if e is not None else None
     published, lines = write_and_publish(args, s, done)
-    if published:  # the shards hold every row's vectors, deleted items' too: once merged they go
+    built = {m for i in range(args.shards)
+             for m in json.loads((root / f"{i:04d}" / DONE).read_text())["modalities"]}
+    if published and built <= set(args.modalities):  # they hold every row's vectors, deleted items' too
         shutil.rmtree(root)
         lines.append(f"  deleted the {args.shards} merged shards ({root})")
+    elif published:
+        lines.append(f"  kept the shards for {', '.join(sorted(built - set(args.modalities)))}, not merged yet "
+                     f"({root}; `index prune` deletes what no merge takes)")
     print(f"index merge: {args.shards} shards of {args.gallery} -> {args.out} in {time.perf_counter() - start:.1f} s"
           f"{' (published)' if published else ''}")
     print("\n".join(lines))

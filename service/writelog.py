@@ -248,6 +248,16 @@ class WriteLog:
         return self.key(a) > self.key(b)
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    """os.write until every byte is written (a short write is not an acknowledged record)."""
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        if written <= 0:
+            raise OSError("the gallery log took no bytes")
+        view = view[written:]
+
+
 def _intact_at(data, pos: int) -> int:
     """The end of the intact record that starts at pos, or -1."""
     if pos + HEADER.size + MIN_PAYLOAD > len(data):
@@ -308,12 +318,37 @@ class FileLog(WriteLog):
         except (OSError, ValueError, TypeError) as e:
             return Damage("an unreadable damage mark", "", str(e))
 
-    def _report_damage(self, e: LogDamaged) -> None:
+    def _still_damaged(self, d: Damage) -> bool:
+        """Whether the bytes at d still read as damage (a repair may have voided them meanwhile)."""
         try:
-            if not (self.dir / DAMAGED).exists():
-                tmp = self.dir / f".{DAMAGED}.{os.getpid()}"
-                tmp.write_text(json.dumps(asdict(e.damage)))
-                os.replace(tmp, self.dir / DAMAGED)
+            with open(self._path(d.segment), "rb") as f:
+                f.seek(d.position)
+                data = f.read(max(d.length, HEADER.size + MIN_PAYLOAD))
+        except OSError:
+            return False
+        end = _intact_at(data, 0)
+        if end < 0:
+            return True
+        payload = data[HEADER.size:end]
+        if payload[:4] == VOID:
+            return False
+        try:
+            Change.decode(payload)
+            return False
+        except FormatError:
+            return True
+
+    def _report_damage(self, e: LogDamaged, locked: bool = False) -> None:
+        """Marks the log under the writers' lock (`locked`: the caller holds it), after reading the
+        damaged bytes again: a reader that met them just before a repair does not mark the repaired log."""
+        try:
+            with open(self.dir / "lock", "a") as lock:
+                if not locked:
+                    fcntl.flock(lock, fcntl.LOCK_EX)  # released when `lock` closes
+                if not (self.dir / DAMAGED).exists() and self._still_damaged(e.damage):
+                    tmp = self.dir / f".{DAMAGED}.{os.getpid()}"
+                    tmp.write_text(json.dumps(asdict(e.damage)))
+                    os.replace(tmp, self.dir / DAMAGED)
         except OSError as err:
             log.error("gallery log %s: cannot mark it damaged (%s)", self.dir, err)
 
@@ -375,27 +410,29 @@ class FileLog(WriteLog):
                 segments = self._segments() or [0]
                 base = segments[-1]
                 path = self._path(base)
-                with open(path, "a+b") as f:
+                first = not path.exists()  # the log's first segment: made owner-only, its folder fsync'd
+                with os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT, 0o600), "r+b") as f:
                     size = os.fstat(f.fileno()).st_size
                     try:
                         valid = self._checked_end(f, base, size)  # nothing is cut, nothing written
                     except LogDamaged as e:
-                        self._report_damage(e)
+                        self._report_damage(e, locked=True)
                         raise
                     if valid != size:  # a trailing partial record: a writer that died mid-append
                         log.warning("gallery log %s: cutting a trailing partial record of %d bytes (never "
                                     "acknowledged)", path.name, size - valid)
                         f.truncate(valid)
+                        os.fsync(f.fileno())
                     if valid >= self.segment_bytes:
                         base += valid
                         path, valid = self._path(base), 0
-                new = not path.exists()
+                new = first or not path.exists()
                 fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
                 try:
                     if f"write-half:{n}" == _FAULT:
                         os.write(fd, record[:len(record) // 2])
                         _fault("write-half", n)
-                    os.write(fd, record)
+                    _write_all(fd, record)
                     _fault("write", n)
                     os.fsync(fd)
                     _fault("fsync", n)
@@ -418,16 +455,18 @@ class FileLog(WriteLog):
     def head(self) -> str:
         """The end of the newest segment's intact records: one segment is read at most once per
         process, and then only what was appended since (so the cost does not grow with the log)."""
-        with self._lock:
-            segments = self._segments()
-            if not segments:
-                return self.start
-            base = segments[-1]
-            try:
-                with open(self._path(base), "rb") as f:
-                    return str(base + self._checked_end(f, base, os.fstat(f.fileno()).st_size))
-            except FileNotFoundError:  # trimmed meanwhile: ask again
-                return self.head()
+        for _ in range(100):
+            with self._lock:
+                segments = self._segments()
+                if not segments:
+                    return self.start
+                base = segments[-1]
+                try:
+                    with open(self._path(base), "rb") as f:
+                        return str(base + self._checked_end(f, base, os.fstat(f.fileno()).st_size))
+                except FileNotFoundError:  # trimmed meanwhile: ask again, outside the lock
+                    pass
+        raise DependencyUnavailable(f"the gallery log {self.dir} keeps changing under its reader")
 
     def behind(self, after: str, cap: int = 10_000) -> int:
         count, pos = 0, int(after)
@@ -442,11 +481,12 @@ class FileLog(WriteLog):
                     at = max(pos - base, 0)
                     while at + HEADER.size <= size and count < cap:
                         f.seek(at)
-                        n, _ = HEADER.unpack(f.read(HEADER.size))
-                        if at + HEADER.size + n > size:
+                        head = f.read(HEADER.size + len(VOID))
+                        n, _ = HEADER.unpack_from(head)
+                        if n < MIN_PAYLOAD or at + HEADER.size + n > size:
                             break
                         at += HEADER.size + n
-                        count += 1
+                        count += head[HEADER.size:] != VOID  # a void record is no entry
             except FileNotFoundError:
                 continue
         return count
@@ -594,7 +634,11 @@ class FileLog(WriteLog):
                     f.seek(d.position)
                     bad = f.read(d.length)
                     kept = quarantine / f"{d.segment + d.position:020d}.bin"
-                    fd = os.open(kept, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                    for again in itertools.count(1):  # a repair run again never overwrites what one kept
+                        if not kept.exists():
+                            break
+                        kept = quarantine / f"{d.segment + d.position:020d}-{again}.bin"
+                    fd = os.open(kept, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
                     try:
                         os.write(fd, bad)
                         os.fsync(fd)
@@ -706,9 +750,14 @@ class RedisLog(WriteLog):
         except (ValueError, TypeError) as e:
             return Damage("an unreadable damage mark", "", str(e))
 
+    # marks only while the damaged entry is still there (a repair may have removed it meanwhile)
+    _MARK = ("if #redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1]) == 1 then "
+             "return redis.call('SET', KEYS[2], ARGV[2], 'NX') end return false")
+
     def _report_damage(self, e: LogDamaged) -> None:
         try:
-            self.client.set(self.stream + DAMAGED_KEY, json.dumps(asdict(e.damage)), nx=True)
+            self.client.eval(self._MARK, 2, self.stream, self.stream + DAMAGED_KEY, e.damage.offset,
+                             json.dumps(asdict(e.damage)))
         except self.redis.RedisError as err:
             log.error("gallery log %s: cannot mark it damaged (%s)", self.stream, err)
 
@@ -756,9 +805,10 @@ class RedisLog(WriteLog):
     _COUNT = "return #redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', ARGV[2])"
 
     def behind(self, after: str, cap: int = 10_000) -> int:
-        """Counted inside Redis (a script), so no entry crosses the network."""
+        """Counted inside Redis (a script), so no entry crosses the network; at most 1,000 (the script
+        holds the entries it counts)."""
         try:
-            return int(self.client.eval(self._COUNT, 1, self.stream, after, cap))
+            return int(self.client.eval(self._COUNT, 1, self.stream, after, min(cap, 1000)))
         except self.redis.RedisError as e:
             raise self._unavailable("be read", e) from e
 
@@ -794,7 +844,10 @@ class RedisLog(WriteLog):
         found = self.verify().damage
         try:
             for d in found:
-                fields = self.client.xrange(self.stream, min=d.offset, max=d.offset)[0][1]
+                entry = self.client.xrange(self.stream, min=d.offset, max=d.offset)
+                if not entry:  # a concurrent repair took it
+                    continue
+                fields = entry[0][1]
                 pipe = self.client.pipeline(transaction=True)
                 pipe.xadd(self._quarantine(), {"id": d.offset, "why": d.why, "at": str(time.time()),
                                                **{b"field:" + k: val for k, val in fields.items()}})

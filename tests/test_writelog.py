@@ -270,3 +270,21 @@ def test_a_replica_that_does_not_apply_the_log_reports_how_far_behind(tmp_path):
     replica.catch_up()
     st = replica.report()
     assert (st.state, st.lag_entries, st.applied) == ("ok", 0, log.head()) and st.lag_seconds < 0.05
+
+
+def test_a_reader_that_met_damage_before_a_repair_does_not_mark_the_repaired_log(tmp_path):
+    import zlib
+
+    from facevoice.service.writelog import HEADER, LogDamaged
+
+    log = FileLog(tmp_path)
+    first = log.append(_fixed(0))
+    junk = b"\x05\x00\x00\x00{not}"
+    with open(_segment(tmp_path), "ab") as f:  # the newest record intact but undecodable
+        f.write(HEADER.pack(len(junk), zlib.crc32(junk)) + junk)
+    with pytest.raises(LogDamaged) as met:
+        log.read(first)
+    log.repair()
+    log._report_damage(met.value)  # a slow reader reporting what it met before the repair
+    assert log.damaged() is None and log.append(_fixed(1))
+    assert log.behind(first) == 1  # the void record is no entry
