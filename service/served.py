@@ -66,7 +66,6 @@ class IndexSet:
         # the log as the follower last found it: why it cannot apply it (damage, an outage, a trim)
         self.max_lag_s = max_lag_s
         self.follow_error: tuple[str, str] | None = None  # (state, message)
-        self.append_damage: str = ""  # the last append found the log damaged
         self._caught_up = time.time()  # when this replica last had every entry applied
         self.on_status = None  # called with each LogStatus the follower computes (health)
         self._reported = 0.0
@@ -200,13 +199,9 @@ class IndexSet:
             raise Stopped(self.follow_error[1])
         try:
             offset = self.log.append(change)
-        except LogDamaged as e:
-            self.append_damage = str(e)
+        except LogDamaged as e:  # the append marked the log: log_status says so from the mark
             self.metrics.log_damaged.set(1)
             raise Stopped(str(e)) from e
-        if self.append_damage:
-            self.append_damage = ""
-            self.metrics.log_damaged.set(0)
         self.metrics.log_appends.labels(change.op).inc()
         try:
             self.catch_up(offset)
@@ -276,9 +271,8 @@ class IndexSet:
         if self.log is None:
             return LogStatus(error="served without a gallery log: read-only")
         st = LogStatus(self.log.kind, applied=self.applied)
-        marked, asked = None, False
         try:
-            marked, asked = self.log.damaged(), True  # found by any replica: every one stops writing
+            marked = self.log.damaged()  # found by any replica: every one stops writing
             if marked is not None:
                 st.state, st.error = "damaged", str(LogDamaged(self.log.name, marked))
             try:
@@ -296,8 +290,6 @@ class IndexSet:
             st.state, st.error = self.follow_error
         elif st.state == "ok" and st.lag_seconds > self.max_lag_s:
             st.state, st.error = "behind", f"{st.lag_entries} entries not applied for {st.lag_seconds:.0f} s"
-        if asked and marked is None:
-            self.append_damage = ""  # repaired (every append that meets damage marks the log): writes may go
         st.writes = st.state not in ("damaged", "unavailable") and bool(self.galleries)
         return st
 

@@ -258,6 +258,14 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _intact_at(data, pos: int) -> int:
     """The end of the intact record that starts at pos, or -1."""
     if pos + HEADER.size + MIN_PAYLOAD > len(data):
@@ -329,13 +337,10 @@ class FileLog(WriteLog):
         end = _intact_at(data, 0)
         if end < 0:
             return True
-        payload = data[HEADER.size:end]
-        if payload[:4] == VOID:
-            return False
         try:
-            Change.decode(payload)
+            self._entry(d.segment, d.position, d.position + end, data[HEADER.size:end])
             return False
-        except FormatError:
+        except LogDamaged:
             return True
 
     def _report_damage(self, e: LogDamaged, locked: bool = False) -> None:
@@ -351,6 +356,17 @@ class FileLog(WriteLog):
                     os.replace(tmp, self.dir / DAMAGED)
         except OSError as err:
             log.error("gallery log %s: cannot mark it damaged (%s)", self.dir, err)
+
+    def _entry(self, base: int, start: int, end: int, payload: bytes) -> Change | None:
+        """The change an intact record holds; None for a void record; LogDamaged when it cannot be
+        decoded."""
+        if payload[:4] == VOID:
+            return None
+        try:
+            return Change.decode(payload)
+        except FormatError as e:
+            raise LogDamaged(self.name, self._damage(base, start, end - start, f"an intact record that "
+                                                     f"cannot be decoded: {e}")) from e
 
     def _damage(self, base: int, position: int, length: int, why: str) -> Damage:
         return Damage(f"segment {self._path(base).name}, byte {position}", str(base + position), why, length,
@@ -439,9 +455,7 @@ class FileLog(WriteLog):
                 finally:
                     os.close(fd)
                 if new:
-                    dfd = os.open(self.dir, os.O_RDONLY)
-                    os.fsync(dfd)
-                    os.close(dfd)
+                    _fsync_dir(self.dir)
                     _fault("dirsync", n)
                 self._known = (base, valid + len(record))
                 return str(base + valid + len(record))
@@ -468,13 +482,17 @@ class FileLog(WriteLog):
                     pass
         raise DependencyUnavailable(f"the gallery log {self.dir} keeps changing under its reader")
 
-    def behind(self, after: str, cap: int = 10_000) -> int:
-        count, pos = 0, int(after)
+    def _segments_after(self, after: int) -> Iterator[tuple[int, bool]]:
+        """(base, newest) of each segment that can hold entries after the offset, oldest first."""
         segments = self._segments()
         for i, base in enumerate(segments):
-            end_of_segment = segments[i + 1] if i + 1 < len(segments) else None
-            if end_of_segment is not None and pos >= end_of_segment:
-                continue
+            newest = i + 1 == len(segments)
+            if newest or after < segments[i + 1]:
+                yield base, newest
+
+    def behind(self, after: str, cap: int = 10_000) -> int:
+        count, pos = 0, int(after)
+        for base, _ in self._segments_after(pos):
             try:
                 with open(self._path(base), "rb") as f:
                     size = os.fstat(f.fileno()).st_size
@@ -539,15 +557,12 @@ class FileLog(WriteLog):
         if after < segments[0]:
             raise LogTrimmed(f"gallery log trimmed to {segments[0]}; entries after {after} are gone")
         out = []
-        for i, base in enumerate(segments):
-            end_of_segment = segments[i + 1] if i + 1 < len(segments) else None
-            if end_of_segment is not None and after >= end_of_segment:
-                continue
+        for base, newest in self._segments_after(after):
             pos = after - base if after > base else 0
             with self._open(base) as f:
                 size = os.fstat(f.fileno()).st_size
                 try:
-                    if self._read_segment(f, base, pos, size, end_of_segment is None, out, limit):
+                    if self._read_segment(f, base, pos, size, newest, out, limit):
                         return out
                 except LogDamaged as e:
                     if out:  # what comes before the damage is read; the next read stops at it
@@ -555,7 +570,7 @@ class FileLog(WriteLog):
                     moved = self._realign(f, base, pos, size) if e.damage.position == pos and pos else pos
                     if moved == pos:
                         raise
-                    if self._read_segment(f, base, moved, size, end_of_segment is None, out, limit):
+                    if self._read_segment(f, base, moved, size, newest, out, limit):
                         return out
         return out
 
@@ -568,13 +583,9 @@ class FileLog(WriteLog):
     def _read_segment(self, f, base: int, pos: int, size: int, newest: bool, out: list, limit: int) -> bool:
         """Appends the segment's entries from pos to out; True once out holds `limit`."""
         for start, end, payload in self._scan(f, base, pos, size, newest):
-            if payload[:4] == VOID:
+            change = self._entry(base, start, end, payload)
+            if change is None:
                 continue
-            try:
-                change = Change.decode(payload)
-            except FormatError as e:
-                raise LogDamaged(self.name, self._damage(base, start, end - start, f"an intact record that "
-                                                         f"cannot be decoded: {e}")) from e
             out.append((str(base + end), change))
             if len(out) >= limit:
                 return True
@@ -595,15 +606,13 @@ class FileLog(WriteLog):
                     try:
                         for start, end, payload in self._scan(f, base, pos, size, newest):
                             pos = end
-                            if payload[:4] == VOID:
-                                v.void += 1
-                                continue
                             try:
-                                Change.decode(payload)
-                                v.records += 1
-                            except FormatError as e:
-                                v.damage.append(self._damage(base, start, end - start, f"an intact record that "
-                                                                                      f"cannot be decoded: {e}"))
+                                if self._entry(base, start, end, payload) is None:
+                                    v.void += 1
+                                else:
+                                    v.records += 1
+                            except LogDamaged as e:
+                                v.damage.append(e.damage)
                         break
                     except LogDamaged as e:
                         v.damage.append(e.damage)
@@ -640,7 +649,7 @@ class FileLog(WriteLog):
                         kept = quarantine / f"{d.segment + d.position:020d}-{again}.bin"
                     fd = os.open(kept, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
                     try:
-                        os.write(fd, bad)
+                        _write_all(fd, bad)
                         os.fsync(fd)
                     finally:
                         os.close(fd)
@@ -658,9 +667,7 @@ class FileLog(WriteLog):
                 log.warning("gallery log repair: %s (%d bytes, %s) moved to %s", d.where, d.length, d.why, kept)
             (self.dir / DAMAGED).unlink(missing_ok=True)
             for folder in (quarantine, self.dir):
-                dfd = os.open(folder, os.O_RDONLY)
-                os.fsync(dfd)
-                os.close(dfd)
+                _fsync_dir(folder)
             self._known = (-1, 0)
             return found
 
