@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.log_damage import STEPS
+from bench.log_damage import STEPS, ids
 from facevoice.service.errors import DependencyUnavailable, FormatError
 from facevoice.service.writelog import Change, FileLog, IndexChange, LogTrimmed, RedisLog, open_log
 from tests.local_servers import LocalRedis
@@ -124,10 +124,6 @@ def _segment(root) -> Path:
     return next((root / ".gallery-log").glob("*.log"))
 
 
-def _ids(log) -> list[str]:
-    return [c.upserts["face"].items[0]["item_id"] for _, c in log.entries()]
-
-
 def _fixed(i: int) -> Change:
     c = upsert(i)
     c.at = 1.0  # a fixed time: a fixed record length
@@ -169,7 +165,7 @@ def test_repair_quarantines_the_damaged_bytes_and_records_what_it_did(tmp_path):
     assert (quarantine / f"{start:020d}.bin").read_bytes() == bytes(data[start:end])
     record = json.loads((quarantine / "repairs.jsonl").read_text().splitlines()[-1])
     assert record["offset"] == offsets[0] and record["bytes"] == end - start
-    assert log.damaged() is None and log.verify().void == 1 and _ids(log) == ["it0", "it2"]
+    assert log.damaged() is None and log.verify().void == 1 and ids(log) == ["it0", "it2"]
     assert oct(quarantine.stat().st_mode & 0o777) == "0o700"
 
 
@@ -187,7 +183,7 @@ def test_a_zeroed_stretch_across_records_is_damage_and_a_reader_inside_it_resume
     with pytest.raises(LogDamaged):
         log.read(offsets[1])
     assert len(log.repair()) == 1
-    assert _ids(log) == ["it0", "it1", "it4", "it5"]
+    assert ids(log) == ["it0", "it1", "it4", "it5"]
     assert [o for o, _ in log.read(offsets[2])] == offsets[4:]  # a replica that had applied it2 (now void)
     assert log.verify().ok
 
@@ -206,7 +202,7 @@ def test_an_intact_record_that_cannot_be_decoded_is_damage_too(tmp_path):
     with pytest.raises(LogDamaged, match="cannot be decoded"):
         list(log.entries())
     assert log.repair()[0].why.startswith("an intact record that cannot be decoded")
-    assert [o for o, _ in log.entries()][-1] == after and _ids(log) == ["it0", "it2"]
+    assert [o for o, _ in log.entries()][-1] == after and ids(log) == ["it0", "it2"]
 
 
 @pytest.mark.parametrize(("step", "roll"), STEPS)
