@@ -7,7 +7,7 @@ import hashlib
 import json
 import multiprocessing as mp
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +41,8 @@ class SplitData:
     attributes: list[dict[str, str]]
     face: Modality
     voice: Modality
+    # items the service's front end refused (load_split(skip_refused=True)): modality -> item ids
+    refused: dict[str, list[str]] = field(default_factory=dict)
 
 
 def cache_key(corpus: Path, split: str, modality: str, frontend, store=STORE) -> str:
@@ -50,53 +52,75 @@ def cache_key(corpus: Path, split: str, modality: str, frontend, store=STORE) ->
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
-_WORKER: tuple[Path, Frontend, type] | None = None
+_WORKER: tuple[Path, Frontend, type, bool] | None = None
 
 
-def _set_worker(corpus: Path, frontend: Frontend, store) -> None:
+def _set_worker(corpus: Path, frontend: Frontend, store, skip: bool = False) -> None:
     global _WORKER
-    _WORKER = (corpus, frontend, store)
+    _WORKER = (corpus, frontend, store, skip)
 
 
-def _init_worker(corpus: Path, frontend: Frontend, store) -> None:
+def _init_worker(corpus: Path, frontend: Frontend, store, skip: bool = False) -> None:
     torch.set_num_threads(1)  # in the decode processes only: the parent keeps its threads
-    _set_worker(corpus, frontend, store)
+    _set_worker(corpus, frontend, store, skip)
 
 
-def _decode(item: Item) -> np.ndarray:
-    """One item through the service's own media front end (model_input), stored as `store`."""
-    corpus, frontend, store = _WORKER
+def _decode(item: Item) -> np.ndarray | None:
+    """One item through the service's own media front end (model_input), stored as `store`;
+    None for an item the front end refuses, when refusals are skipped."""
+    corpus, frontend, store, skip = _WORKER
     try:
         # the manifest's face box, cropped as the index build and the service crop it
         return model_input((corpus / item.path).read_bytes(), frontend, item.face_box()).astype(store)
     except MediaError as e:
+        if skip:
+            return None
         raise MediaError(f"{item.item_id} ({item.path}): {e}") from e
 
 
 def decode_items(corpus: Path, items: list[Item], frontend: Frontend, cache_dir: Path, key: str, workers: int = 2,
-                 progress: bool = True, store=STORE) -> np.ndarray:
-    """Every item through service.media once, as `store`; later calls map the cached file."""
+                 progress: bool = True, store=STORE, refused: list[int] | None = None) -> np.ndarray:
+    """Every item through service.media once, as `store`; later calls map the cached file. With
+    `refused` (a list), items the front end refuses are left as zeros and their positions added
+    to it (kept beside the cache, KEY.refused.json) instead of failing the whole decode."""
     path = cache_dir / f"{key}.npy"
-    if path.exists():
+    skipped = cache_dir / f"{key}.refused.json"
+    if path.exists() and (refused is None or skipped.exists()):
+        if refused is not None:
+            refused += json.loads(skipped.read_text())
         return np.load(path, mmap_mode="r")
     cache_dir.mkdir(parents=True, exist_ok=True)
-    _set_worker(corpus, frontend, store)
-    shape = (len(items), *_decode(items[0]).shape)
+    _set_worker(corpus, frontend, store, refused is not None)
+    first = next((x for x in map(_decode, items) if x is not None), None)
+    if first is None:
+        raise MediaError(f"{corpus}: the front end refused every one of {len(items)} items")
+    shape = (len(items), *first.shape)
+    found: list[int] = []
     tmp = cache_dir / f"{key}.{os.getpid()}.tmp.npy"
     out = np.lib.format.open_memmap(tmp, mode="w+", dtype=store, shape=shape)
     bar = tqdm(total=len(items), desc=f"decode {key[:8]}", unit="item", disable=not progress, leave=False)
     if workers > 1:
-        with mp.get_context("fork").Pool(workers, _init_worker, (corpus, frontend, store)) as pool:
+        with mp.get_context("fork").Pool(workers, _init_worker, (corpus, frontend, store, refused is not None)) as pool:
             for k, arr in enumerate(pool.imap(_decode, items, chunksize=8)):
-                out[k] = arr
+                if arr is None:
+                    found.append(k)
+                else:
+                    out[k] = arr
                 bar.update()
     else:
         for k, item in enumerate(items):
-            out[k] = _decode(item)
+            arr = _decode(item)
+            if arr is None:
+                found.append(k)
+            else:
+                out[k] = arr
             bar.update()
     bar.close()
     out.flush()
     del out
+    if refused is not None:
+        skipped.write_text(json.dumps(found))
+        refused += found
     tmp.rename(path)
     return np.load(path, mmap_mode="r")
 
@@ -108,9 +132,11 @@ def has_items(corpus: Path, split: str, modalities: tuple[str, ...]) -> bool:
 
 
 def load_split(corpus: Path, split: str, cfg: AssociationConfig, cache_dir: Path, workers: int = 2,
-               progress: bool = True, voice_frontend: AssociationAudio | None = None, store=STORE) -> SplitData:
+               progress: bool = True, voice_frontend: AssociationAudio | None = None, store=STORE,
+               skip_refused: bool = False) -> SplitData:
     """Faces at cfg.face.size and voices of cfg.voice.cache_frontend() for one split, as `store`
-    (EXACT for evaluation)."""
+    (EXACT for evaluation). With skip_refused, items the front end refuses (no face found, no
+    speech) are left out and listed in `refused`, as `index build` skips them; else they fail it."""
     corpus = Path(corpus)
     items = [i for i in read_manifest(corpus) if i.split == split]
     identities = sorted({i.identity for i in items})
@@ -118,17 +144,22 @@ def load_split(corpus: Path, split: str, cfg: AssociationConfig, cache_dir: Path
     attributes: list[dict[str, str]] = [{} for _ in identities]
     for i in items:
         attributes[index[i.identity]] = {a: getattr(i, a) for a in ATTRIBUTES}
-    mods = {}
+    mods, refused = {}, {}
     frontends = {"face": cfg.face.frontend(), "voice": voice_frontend or cfg.voice.cache_frontend()}
     for modality, frontend in frontends.items():
         chosen = [i for i in items if i.modality == modality]
         if not chosen:
             raise ValueError(f"{corpus}: no {modality} items in split {split!r}")
+        lost: list[int] | None = [] if skip_refused else None
         data = decode_items(corpus, chosen, frontend, Path(cache_dir),
-                            cache_key(corpus, split, modality, frontend, store), workers, progress, store)
+                            cache_key(corpus, split, modality, frontend, store), workers, progress, store, lost)
+        if lost:
+            refused[modality] = [chosen[k].item_id for k in lost]
+            keep = np.setdiff1d(np.arange(len(chosen)), lost)
+            data, chosen = _Rows(data, keep), [chosen[k] for k in keep]
         mods[modality] = Modality(data, np.array([index[i.identity] for i in chosen]),
                                   [i.item_id for i in chosen], np.array([i.video for i in chosen]))
-    return SplitData(identities, attributes, mods["face"], mods["voice"])
+    return SplitData(identities, attributes, mods["face"], mods["voice"], refused)
 
 
 def first_identities(split: SplitData, n: int) -> SplitData:
