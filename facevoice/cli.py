@@ -22,6 +22,8 @@ VERBS: dict[tuple[str, ...], tuple[str, str]] = {
     ("train", "association"): ("facevoice.training.association.train", "train the Kim et al. face/voice encoders"),
     ("eval", "association"): ("facevoice.training.association.evaluate", "Kim et al.'s evaluation on test identities"),
     ("eval", "heldout"): ("facevoice.training.association.heldout", "association runs on corpora of new people"),
+    ("eval", "media-ceiling"): ("facevoice.training.association.ceiling",
+                                "what the media carry of each link, and the media oracle's 1:2"),
     ("train", "face-features"): ("facevoice.training.speech2face.features", "train the S2F face feature network"),
     ("train", "face-decoder"): ("facevoice.training.speech2face.decoder", "train the Speech2Face face decoder"),
     ("train", "s2f"): ("facevoice.training.speech2face.train", "train the Speech2Face voice encoder"),
