@@ -145,10 +145,12 @@ def test_backbone_pretraining_writes_loadable_weights(toy, tmp_path, capsys):
     sets = [a for s in TINY for a in ("--set", s)]
     out = tmp_path / "bb"
     assert main(["train", "backbones", "--corpus", str(toy), "--out", str(out), "--steps", "5", "--batch", "4",
-                 "--workers", "1", "--no-progress", "--attributes", "gender", *sets]) == 0
+                 "--workers", "1", "--no-progress", "--attributes", "gender", "--measures", *sets]) == 0
     assert "identity accuracy" in capsys.readouterr().out
     record = json.loads((out / "backbones.json").read_text())
     assert record["face_backbone.pt"]["attributes"] == ["gender"] and record["voice_backbone.pt"]["split"] == "train"
+    # the toy corpus's faces have no box: the face backbone says it had no measure head
+    assert record["voice_backbone.pt"]["measures"] == ["log_f0"] and record["face_backbone.pt"]["measures"] == []
     run = tmp_path / "run"
     assert _train(toy, run, "--face-weights", str(out / "face_backbone.pt"), "--voice-weights",
                   str(out / "voice_backbone.pt"), iterations=2) == 0
@@ -215,3 +217,25 @@ def test_the_classification_network_baseline_trains_evaluates_and_is_not_exporte
     assert 0.0 <= m["matching"]["v2f"]["-"]["accuracy"] <= 1.0
     with pytest.raises(SystemExit, match="classification-network run"):
         main(["export", "--association", str(out), "--out", str(tmp_path / "repo")])
+
+
+def test_a_split_can_leave_out_what_the_front_end_refuses(tmp_path):
+    """An evaluation on a user's corpus skips a photo with no face (listed, as index build lists
+    it) instead of failing on it; training still refuses to start on one."""
+    from facevoice.service.corpus import read_manifest
+    from facevoice.service.media import MediaError
+    from facevoice.training.association.config import load_config
+
+    corpus = build_toy_corpus(tmp_path / "toy", identities=6)
+    victim = next(i for i in read_manifest(corpus) if i.modality == "face" and i.split == "train")
+    from PIL import Image
+    Image.new("RGB", (128, 128), (128, 128, 128)).save(corpus / victim.path)
+    cfg = load_config("small", TINY)
+    with pytest.raises(MediaError, match=victim.item_id):
+        load_split(corpus, "train", cfg, tmp_path / "cache", 1, False)
+    for _ in range(2):  # decoded, then from the cache
+        split = load_split(corpus, "train", cfg, tmp_path / "cache", 1, False, skip_refused=True)
+        assert split.refused == {"face": [victim.item_id]}
+        assert victim.item_id not in split.face.item_ids and len(split.face.identity) == len(split.face.data)
+        assert len(split.face.item_ids) == sum(1 for i in read_manifest(corpus)
+                                               if i.modality == "face" and i.split == "train") - 1

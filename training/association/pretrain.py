@@ -19,10 +19,12 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from facevoice.service.corpus import read_manifest
 from facevoice.service.errors import CorpusError
 from facevoice.training.association.augment import augment_faces, augment_voices
 from facevoice.training.association.config import AssociationConfig, load_config
 from facevoice.training.association.data import SplitData, first_identities, load_split, windows
+from facevoice.training.association.measures import MEASURES, measure, standardised
 from facevoice.training.association.model import SoundNet, vgg_features
 from facevoice.training.runs import pick_device
 
@@ -39,6 +41,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attributes", nargs="*", default=[], metavar="ATTR",
                    help="also classify these manifest attributes of the training identities "
                         "(e.g. gender age_group appearance_group): a documented deviation, see docs/association.md")
+    p.add_argument("--measures", action="store_true",
+                   help="also regress cues measured from the media themselves (measures.py: the face box's "
+                        "aspect, the voice's F0), which keep within-gender links a demographic head ignores")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=0)
@@ -77,6 +82,8 @@ def attribute_loss(heads: nn.ModuleDict, targets: dict[str, np.ndarray], feature
     without heads)."""
     loss = 0.0
     for attr, head in heads.items():
+        if attr == "measured":
+            continue
         y = torch.from_numpy(targets[attr][identities]).to(feature.device)
         loss = loss + nn.functional.cross_entropy(head(feature), y)
     return loss
@@ -84,9 +91,11 @@ def attribute_loss(heads: nn.ModuleDict, targets: dict[str, np.ndarray], feature
 
 def classify_identities(split: SplitData, modality: str, cfg: AssociationConfig, steps: int, batch: int,
                         lr: float, seed: int, device: torch.device, progress: bool,
-                        attributes: list[str] = ()) -> tuple[nn.Module, dict]:
+                        attributes: list[str] = (), measured: np.ndarray | None = None) -> tuple[nn.Module, dict]:
     """Softmax over the training identities on top of the backbone's pooled features; with
-    `attributes`, one more softmax head per attribute, their cross-entropies added with weight 1."""
+    `attributes`, one more softmax head per attribute, their cross-entropies added with weight 1;
+    with `measured` ([items, k] z-scores, NaN where not measured), a linear regression head whose
+    mean squared error is added with weight 1."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     encoder = (vgg_features(cfg.face, pool5=cfg.face.pool == "pool5") if modality == "face"
@@ -96,6 +105,9 @@ def classify_identities(split: SplitData, modality: str, cfg: AssociationConfig,
     classifier = nn.Linear(width, len(split.identities)).to(device)
     targets = attribute_targets(split, list(attributes))
     heads = nn.ModuleDict({a: nn.Linear(width, int(t.max()) + 1) for a, t in targets.items()}).to(device)
+    if measured is not None:
+        z, usable = standardised(measured)
+        heads["measured"] = nn.Linear(width, z.shape[1]).to(device)
     opt = torch.optim.Adam([*encoder.parameters(), *classifier.parameters(), *heads.parameters()], lr)
     pool = (2, 3) if modality == "face" else (2,)
     losses, correct, start = [], [], time.perf_counter()
@@ -106,6 +118,10 @@ def classify_identities(split: SplitData, modality: str, cfg: AssociationConfig,
         pooled = encoder(_inputs(split, modality, cfg, rows, rng).to(device)).mean(dim=pool)
         logits = classifier(pooled)
         loss = nn.functional.cross_entropy(logits, y) + attribute_loss(heads, targets, pooled, labels[rows])
+        if measured is not None and usable[rows].any():
+            keep = torch.from_numpy(usable[rows]).to(device)
+            guess = heads["measured"](pooled)[keep]
+            loss = loss + nn.functional.mse_loss(guess, torch.from_numpy(z[rows][usable[rows]]).float().to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -148,12 +164,21 @@ def run(args: argparse.Namespace) -> int:
                                         args.workers, not args.no_progress), cfg.train.identities)
     lines = [f"backbones pretrained on {len(train.identities)} training identities -> {args.out}"]
     for modality in args.modalities:
+        measured = None
+        if args.measures:
+            chosen = {i.item_id: i for i in read_manifest(args.corpus)}
+            m = getattr(train, modality)
+            measured = measure(modality, m.data, [chosen[k] for k in m.item_ids], cfg.voice.sample_rate)
+            if not np.isfinite(measured).all(1).any():  # e.g. a corpus without face boxes
+                lines.append(f"  {modality}: nothing measurable ({', '.join(MEASURES[modality])}), no measure head")
+                measured = None
         encoder, stats = classify_identities(train, modality, cfg, args.steps, args.batch, args.lr, args.seed,
-                                             device, not args.no_progress, args.attributes)
+                                             device, not args.no_progress, args.attributes, measured)
         path = args.out / f"{modality}_backbone.pt"
         torch.save({k: v.cpu() for k, v in encoder.state_dict().items()}, path)
         record_provenance(path, {"corpus": str(args.corpus.resolve()), "split": "train",
                                  "identities": len(train.identities), "attributes": list(args.attributes),
+                                 "measures": list(MEASURES[modality]) if measured is not None else [],
                                  **{k: v for k, v in stats.items() if k != "seconds"}})
         lines.append(f"  {modality}: {stats['steps']} steps in {stats['seconds']:.0f} s, identity accuracy on "
                      f"training batches {100 * stats['final_train_accuracy']:.0f}% (chance "
