@@ -65,11 +65,13 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cfg = load_config(args.config)
     cores = torch.get_num_threads()
-    rows = [("batch 16, 1 thread (baseline)", 16, 1, False),
-            (f"batch 16, {cores} threads", 16, cores, False),
-            (f"batch 32, {cores} threads", 32, cores, False),
-            (f"batch 16, {cores} threads, hard negatives (32 drawn)", 16, cores, True)]
-    results = [(name, triplets_per_s(cfg, b, t, h, args.steps, device)) for name, b, t, h in rows]
+    rows = [("batch 16, 1 thread (baseline)", 16, 1, False, None),
+            (f"batch 16, {cores} threads", 16, cores, False, None),
+            (f"batch 32, {cores} threads", 32, cores, False, None),
+            (f"batch 16, {cores} threads, hard negatives (32 drawn)", 16, cores, True, None)]
+    if device.type == "cpu":  # train.precision = "bf16" on a CPU (issue 30): fp32 beside it, same run
+        rows += [(f"batch 32, {cores} threads, bf16 autocast", 32, cores, False, True)]
+    results = [(name, triplets_per_s(cfg, b, t, h, args.steps, device, bf16)) for name, b, t, h, bf16 in rows]
     body = f"""## Association model training throughput (`{args.config}` config, {device.type})
 
 Command: `python -m bench.association_train --config {args.config}` on {machine()}.

@@ -89,6 +89,9 @@ class TrainConfig:
     # hard_after, then of the anchor's gender (our option; once gender is learnt, a cross-gender
     # negative teaches nothing)
     negatives: str = "any"
+    # "auto": bf16 autocast on a GPU, fp32 on a CPU (measured: docs/benchmarks.md); "bf16": bf16
+    # autocast on either (a CPU with AVX512-BF16 runs it natively); "fp32": never autocast
+    precision: str = "auto"
     # "triplet" (eq. (1), the paper's model), Table 7's baselines (sec. 4.6): "contrastive" (the
     # Siamese net) and "classifier" (the classification network of supp. A.2.2), or "infonce":
     # our option, a softmax over every candidate of the other modality in a batch of distinct
@@ -148,6 +151,8 @@ def validate(cfg: AssociationConfig) -> None:
         raise ValueError("voice.crop must be 'first' or 'random'")
     if cfg.train.negatives not in ("any", "same-gender", "curriculum"):
         raise ValueError("train.negatives must be 'any', 'same-gender' or 'curriculum'")
+    if cfg.train.precision not in ("auto", "bf16", "fp32"):
+        raise ValueError("train.precision must be 'auto', 'bf16' or 'fp32'")
     if cfg.train.hard_pool < 1 or cfg.train.batch < 1:
         raise ValueError("train.batch and train.hard_pool must be positive")
 

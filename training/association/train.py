@@ -196,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
     log = RunLog(out, args.resume, CSV_FIELDS) if main else None
 
     t = cfg.train
-    amp = device.type == "cuda"
+    amp = t.precision == "bf16" or (t.precision == "auto" and device.type == "cuda")
     bar = tqdm(total=t.iterations, initial=step, desc=f"train {args.direction}", unit="it",
                disable=not progress, dynamic_ncols=True)
     window_start, window_tuples, losses = time.perf_counter(), 0, []
@@ -212,9 +212,9 @@ def run(args: argparse.Namespace) -> int:
             g["lr"] = lr * lr_factor(step, cfg)
         batch = (sampler.draw_people(t.batch) if people else
                  sampler.draw(t.batch * (t.hard_pool if hard else 1))).to(device)
-        if amp:
+        if device.type == "cuda":
             batch.faces = batch.faces.contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cuda", torch.bfloat16, enabled=amp):
+        with torch.autocast(device.type, torch.bfloat16, enabled=amp):
             per_tuple = net(batch)
         loss = per_tuple[hardest(per_tuple.detach(), t.batch)].mean() if hard else per_tuple.mean()
         optimizer.zero_grad(set_to_none=True)
