@@ -239,3 +239,13 @@ def test_a_split_can_leave_out_what_the_front_end_refuses(tmp_path):
         assert victim.item_id not in split.face.item_ids and len(split.face.identity) == len(split.face.data)
         assert len(split.face.item_ids) == sum(1 for i in read_manifest(corpus)
                                                if i.modality == "face" and i.split == "train") - 1
+
+
+def test_bf16_autocast_on_a_cpu_is_a_switch(toy, tmp_path):
+    """train.precision = "bf16" trains under bf16 autocast on a CPU too; a wrong value is refused."""
+    from facevoice.training.association.config import load_config
+
+    assert _train(toy, tmp_path / "bf16", "--set", "train.precision=bf16", iterations=2) == 0
+    assert json.loads((tmp_path / "bf16" / "run.json").read_text())["config"]["train"]["precision"] == "bf16"
+    with pytest.raises(ValueError, match="train.precision"):
+        load_config("small", ["train.precision=fp8"])

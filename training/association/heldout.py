@@ -81,7 +81,7 @@ def evaluate_run(run: Path, corpora: list[Path], trials: int, probe_trials: int,
                     "train_identities": train_ids, "training_corpus_seed": seed, "trials": trials, "corpora": {}}
     for k, corpus in enumerate(corpora):
         split = load_split(corpus, "test", cfg, corpus / "cache", workers, progress,
-                           voice_frontend=cfg.voice.frontend(), store=EXACT)
+                           voice_frontend=cfg.voice.frontend(), store=EXACT, skip_refused=True)
         emb = split_embeddings(model, cfg, split, device)
         cells: dict = {d: {} for d in ARROW}
         for d in ARROW:
@@ -94,6 +94,7 @@ def evaluate_run(run: Path, corpora: list[Path], trials: int, probe_trials: int,
                 pooled[d][c][0].append(found[0])
                 pooled[d][c][1].append(found[1] + 1_000_000 * k)  # identities of different corpora differ
         result["corpora"][corpus.name] = {"identities": len(split.identities), "matching": cells,
+                                          "refused": split.refused,
                                           "oracle": corpus_oracle(corpus, "test"),
                                           "links": link_probes(emb, split, people_table(corpus), probe_trials)}
     result["pooled"] = {d: {c: outcome_cell(np.concatenate(r), np.concatenate(a)) if r else None
