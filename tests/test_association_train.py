@@ -247,5 +247,5 @@ def test_bf16_autocast_on_a_cpu_is_a_switch(toy, tmp_path):
 
     assert _train(toy, tmp_path / "bf16", "--set", "train.precision=bf16", iterations=2) == 0
     assert json.loads((tmp_path / "bf16" / "run.json").read_text())["config"]["train"]["precision"] == "bf16"
-    with pytest.raises(ValueError, match="train.precision"):
+    with pytest.raises(ValueError, match=r"train\.precision"):
         load_config("small", ["train.precision=fp8"])

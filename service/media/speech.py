@@ -74,9 +74,10 @@ def _vad(y: np.ndarray, aggressiveness: int = 3) -> np.ndarray:
     return np.fromiter((vad.is_speech(f.tobytes(), VAD_RATE) for f in frames), bool, len(frames))
 
 
-def periodicity(frames: np.ndarray) -> np.ndarray:
-    """Per frame: the highest normalised autocorrelation of its pre-emphasised signal at a lag of
-    one F0 period (F0_RANGE), corrected for the window's own taper."""
+def autocorrelation(frames: np.ndarray) -> tuple[np.ndarray, int]:
+    """Per frame: the normalised autocorrelation of its pre-emphasised signal at lags 0 up to the
+    longest F0 period (F0_RANGE), corrected for the window's own taper; and the shortest period's
+    lag, where the F0 range starts."""
     n = frames.shape[1]
     emphasised = np.concatenate([frames[:, :1], frames[:, 1:] - 0.97 * frames[:, :-1]], axis=1)
     window = np.hanning(n)
@@ -84,8 +85,13 @@ def periodicity(frames: np.ndarray) -> np.ndarray:
     lo, hi = int(VAD_RATE / F0_RANGE[1]), int(VAD_RATE / F0_RANGE[0])
     ac = np.fft.irfft(np.abs(spectrum) ** 2, 2 * n, axis=1)[:, :hi]
     taper = np.correlate(window, window, "full")[n - 1:n - 1 + hi]
-    ac = ac / np.maximum(ac[:, :1], 1e-20) / (taper / taper[0])
-    return ac[:, lo:hi].max(axis=1)
+    return ac / np.maximum(ac[:, :1], 1e-20) / (taper / taper[0]), lo
+
+
+def periodicity(frames: np.ndarray) -> np.ndarray:
+    """Per frame: the highest normalised autocorrelation at a lag of one F0 period (F0_RANGE)."""
+    ac, lo = autocorrelation(frames)
+    return ac[:, lo:].max(axis=1)
 
 
 def _near(mask: np.ndarray, frames: int) -> np.ndarray:

@@ -18,7 +18,7 @@ import numpy as np
 
 from facevoice.service.corpus import Item
 from facevoice.service.media.audio import resample
-from facevoice.service.media.speech import F0_RANGE, MIN_PERIODICITY, VAD_RATE, _frames
+from facevoice.service.media.speech import MIN_PERIODICITY, VAD_RATE, _frames, autocorrelation
 
 MEASURES = {"face": ("box_aspect",), "voice": ("log_f0",)}
 
@@ -31,15 +31,8 @@ def f0_track(x: np.ndarray, sr: int) -> np.ndarray:
     if len(frames) == 0:
         return np.zeros(0)
     rms = np.sqrt((frames ** 2).mean(1))
-    n = frames.shape[1]
-    emphasised = np.concatenate([frames[:, :1], frames[:, 1:] - 0.97 * frames[:, :-1]], axis=1)
-    window = np.hanning(n)
-    spectrum = np.fft.rfft(emphasised * window, 2 * n, axis=1)
-    lo, hi = int(VAD_RATE / F0_RANGE[1]), int(VAD_RATE / F0_RANGE[0])
-    ac = np.fft.irfft(np.abs(spectrum) ** 2, 2 * n, axis=1)[:, :hi]
-    taper = np.correlate(window, window, "full")[n - 1:n - 1 + hi]
-    ac = ac / np.maximum(ac[:, :1], 1e-20) / (taper / taper[0])
-    band = ac[:, lo:hi]
+    ac, lo = autocorrelation(frames)
+    band = ac[:, lo:]
     best = band.max(1, keepdims=True)
     # the shortest lag within 10% of the best: a period's multiples correlate nearly as well
     # (the octave error of plain argmax, worst for high voices)
