@@ -110,3 +110,32 @@ def test_pitch_residual_is_the_size_score():
     z = np.array([p.shared.z_size for p in pop.people])
     # -pitch residual = r * z + noise, r = 0.55 (people.PopulationModel.size_voice_r)
     assert np.corrcoef(-resid, z)[0, 1] == pytest.approx(model.size_voice_r, abs=0.12)
+
+
+def test_the_command_end_to_end(tmp_path):
+    """Tiny corpora and seconds of training: the command runs through, writes its report with
+    every row, and its parameter oracle row is a real 1:2 (above chance on these people)."""
+    import json
+
+    from facevoice.cli import main
+    from facevoice.training.corpus.synth import SynthConfig, build_corpus
+
+    train = tmp_path / "train"
+    build_corpus(train, SynthConfig(identities=30, seed=5, faces=2, clips=2, oracle_trials=0), progress=False)
+    out = tmp_path / "report"
+    assert main(["eval", "media-ceiling", "--train-corpus", str(train), "--corpora", str(tmp_path / "held"),
+                 "--seeds", "9001", "--identities", "16", "--face-minutes", "0.05", "--voice-minutes", "0.05",
+                 "--trials", "300", "--out", str(out), "--no-progress", "--workers", "1"]) == 0
+    result = json.loads((out / "ceiling.json").read_text())
+    assert set(result["matching"]) == {"parameter oracle", "media oracle"}
+    assert result["matching"]["parameter oracle"]["v2f"]["-"]["accuracy"] > 0.6
+    assert 0 <= result["matching"]["media oracle"]["v2f"]["G"]["accuracy"] <= 1
+    text = (out / "ceiling.md").read_text()
+    assert "| face | face width |" in text and "| media oracle | V→F |" in text
+    assert (out / "face_readout.pt").exists() and (out / "voice_readout.pt").exists()
+    # a second run reuses the read-outs
+    assert main(["eval", "media-ceiling", "--train-corpus", str(train), "--corpora", str(tmp_path / "held"),
+                 "--seeds", "9001", "--identities", "16", "--trials", "300", "--out", str(out), "--no-progress",
+                 "--workers", "1"]) == 0
+    again = json.loads((out / "ceiling.json").read_text())
+    assert again["readouts"]["face"]["training"] == result["readouts"]["face"]["training"]

@@ -212,7 +212,7 @@ def train_readout(modality: str, data, t: Targets, n_classes: dict[str, int], mi
         if guess:
             for group in opt.param_groups:
                 group["lr"] = 2e-3 * 0.5 * (1 + np.cos(np.pi * min(1.0, steps / guess)))
-        losses.append(float(loss))
+        losses.append(loss.item())
         bar.update()
         bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
     bar.close()
