@@ -35,6 +35,9 @@ from facevoice.service.repository import read_manifest as read_repository
 from facevoice.service.versions import current_version, read_meta
 
 DEMO_IDENTITIES, DEMO_SEED = 300, 0
+# The models train on a corpus of their own (issue 30): 1,000 people of another seed, so that
+# every person of the demo corpus, whose test split is served and evaluated, is new to them.
+TRAIN_IDENTITIES, TRAIN_SEED = 1000, 1
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -47,6 +50,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="with --retrain: write the run as a release to DIR (models/demo to replace ours)")
     p.add_argument("--identities", type=int, help=f"with --retrain: corpus size (default {DEMO_IDENTITIES})")
     p.add_argument("--seed", type=int, help=f"with --retrain: corpus seed (default {DEMO_SEED})")
+    p.add_argument("--train-identities", type=int,
+                   help=f"with --retrain: people of the training corpus (default {TRAIN_IDENTITIES}; "
+                        "0 trains on the demo corpus itself, the recipe before issue 30)")
+    p.add_argument("--train-seed", type=int, help=f"with --retrain: training corpus seed (default {TRAIN_SEED})")
     p.add_argument("--people", type=int, default=3, help="people whose queries are printed in full")
     p.add_argument("--grid", type=int, default=8, help="people in the S2F picture grid")
     p.add_argument("--force", action="store_true", help="redo every stage")
@@ -56,14 +63,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(Kim et al. sec. 4.3) instead of InfoNCE")
 
 
-# The retrain recipe: about 35 minutes on a 2-core CPU (docs/results.md, "The released demo
+# The retrain recipe: about 100 minutes on a 2-core CPU (docs/results.md, "The released demo
 # models"). The association model (issue 19, docs/results.md "On people never seen"): both
-# backbones pretrained with demographic heads, then InfoNCE over batches of 32 distinct people;
-# validation peaks within 100-300 steps on these backbones. `--paper-loss` trains eq. (1) with
-# hard negatives instead. Speech2Face: the committed `small` config as it is (run N).
+# backbones pretrained with demographic heads and with heads on cues measured from the media
+# (--measures: the face box's aspect, the voice's F0; issue 30), then InfoNCE over batches of 32
+# distinct people; validation peaks within 100-300 steps on these backbones. `--paper-loss`
+# trains eq. (1) with hard negatives instead. Speech2Face: the committed `small` config as it is
+# (run N), on the training corpus's 700 speakers instead of the demo corpus's 210.
 FACE_ATTRIBUTES = ["gender", "age_group", "appearance_group"]
 VOICE_ATTRIBUTES = ["gender", "age_group", "appearance_group", "first_language"]
 FACE_STEPS, VOICE_STEPS = 600, 600
+BACKBONE_HEADS = ["--measures"]
 ASSOCIATION = ["train.loss=infonce", "train.batch=32", "train.iterations=300", "train.lr_decay_every=100",
                "train.hard_after=150"]
 PAPER_ASSOCIATION = ["train.iterations=600", "train.lr_decay_every=200", "train.hard_after=300"]
@@ -125,7 +135,9 @@ def check(code: int, what: str) -> None:
 def run(args: argparse.Namespace) -> int:
     if not args.retrain:
         retrain_only = [f for f, v in (("--release", args.release), ("--identities", args.identities),
-                                        ("--seed", args.seed), ("--paper-loss", args.paper_loss or None)) if v]
+                                        ("--seed", args.seed), ("--train-identities", args.train_identities),
+                                        ("--train-seed", args.train_seed), ("--paper-loss", args.paper_loss or None))
+                        if v is not None and v is not False]
         if retrain_only:
             raise UsageError(f"{', '.join(retrain_only)}: only with --retrain (the released models fix the corpus)")
         return serve_release(args)
@@ -133,18 +145,24 @@ def run(args: argparse.Namespace) -> int:
 
 
 def build_corpus_stage(stage: Stages, corpus: Path, identities: int, seed: int, progress: bool,
-                       guarded: bool = True) -> None:
-    """The corpus; `guarded` False makes it as the generator did before the service's guards (what
-    a release made then was trained on, and its record says so by saying nothing)."""
+                       guarded: bool = True, face_render: int | None = None, name: str = "corpus") -> None:
+    """The corpus; `guarded` False makes it as the generator did before the service's guards, and
+    `face_render` 1 draws faces as before issue 30 (what a release made then was trained on, and
+    its record says so by saying nothing). None: today's painter."""
+    from facevoice.training.corpus.faces import FACE_RENDER
+
+    face_render = FACE_RENDER if face_render is None else face_render
+
     def make():
         from facevoice.training.corpus.synth import SynthConfig, build_corpus, format_summary
 
-        cfg = SynthConfig(identities=identities, seed=seed, guarded=guarded)
+        cfg = SynthConfig(identities=identities, seed=seed, guarded=guarded, face_render=face_render)
         print(format_summary(build_corpus(corpus, cfg, force=True, progress=progress)))
 
     stage.commands.append(["corpus", "synth", "--out", str(corpus), "--identities", str(identities),
-                           "--seed", str(seed), *([] if guarded else ["--unguarded"])])
-    stage("corpus", corpus / "corpus.json", make)
+                           "--seed", str(seed), *([] if guarded else ["--unguarded"]),
+                           *([] if face_render == FACE_RENDER else ["--face-render", str(face_render)])])
+    stage(name, corpus / "corpus.json", make)
 
 
 def index_stage(stage: Stages, repo: Path, corpus: Path, indexes: Path, quiet: list[str]) -> None:
@@ -171,13 +189,13 @@ def serve_release(args: argparse.Namespace) -> int:
     corpus = out / "corpus"
     print(f"demo: serving the released models in {models} (trained at {release['commit'][:12]}, "
           f"{release['created']}); `--retrain` trains them here instead", flush=True)
-    guarded = c.get("guarded", False)
-    build_corpus_stage(stage, corpus, c["identities"], c["seed"], progress, guarded)
+    guarded, face_render = c.get("guarded", False), c.get("face_render", 1)
+    build_corpus_stage(stage, corpus, c["identities"], c["seed"], progress, guarded, face_render)
     if "corpus" not in stage.times_now and rel.same_corpus(corpus, c):
         print(f"demo: {corpus} is not the corpus the released models were trained on (an older one?); "
               "building it again", flush=True)
         shutil.rmtree(corpus)
-        build_corpus_stage(stage, corpus, c["identities"], c["seed"], progress, guarded)
+        build_corpus_stage(stage, corpus, c["identities"], c["seed"], progress, guarded, face_render)
     if differs := rel.same_corpus(corpus, c):
         raise FormatError(f"{corpus}: {', '.join(differs)} differ from the corpus the released models were trained on "
                           f"(seed {c['seed']}, {c['identities']} people): the corpus generator has changed since they "
@@ -202,18 +220,29 @@ def retrain(args: argparse.Namespace) -> int:
     out = args.out
     identities = DEMO_IDENTITIES if args.identities is None else args.identities
     seed = DEMO_SEED if args.seed is None else args.seed
+    train_identities = TRAIN_IDENTITIES if args.train_identities is None else args.train_identities
+    train_seed = TRAIN_SEED if args.train_seed is None else args.train_seed
+    if train_identities and train_seed == seed:
+        raise UsageError(f"--train-seed {train_seed} is the demo corpus's seed: the two corpora would share "
+                         "people, and the served test split would not be new to the models")
+    if train_identities < 0 or (0 < train_identities < 10):
+        raise UsageError(f"--train-identities {train_identities}: 0 (the demo corpus) or at least 10")
     corpus, runs = out / "corpus", out / "runs"
+    train_corpus = out / "train-corpus" if train_identities else corpus
     quiet = ["--no-progress"] if args.no_progress else []
     stage = Stages(out, args.force)
     build_corpus_stage(stage, corpus, identities, seed, not args.no_progress)
-    c = ["--corpus", str(corpus), "--config", "small"]
+    if train_identities:
+        build_corpus_stage(stage, train_corpus, train_identities, train_seed, not args.no_progress,
+                           name="training corpus")
+    c = ["--corpus", str(train_corpus), "--config", "small"]
     bb = runs / "backbones"
     stage("face backbone", bb / "face_backbone.pt", None,
           ["train", "backbones", *c, "--out", str(bb), "--steps", str(FACE_STEPS), "--modalities", "face",
-           "--attributes", *FACE_ATTRIBUTES, *quiet])
+           "--attributes", *FACE_ATTRIBUTES, *BACKBONE_HEADS, *quiet])
     stage("voice backbone", bb / "voice_backbone.pt", None,
           ["train", "backbones", *c, "--out", str(bb), "--steps", str(VOICE_STEPS), "--modalities", "voice",
-           "--attributes", *VOICE_ATTRIBUTES, *quiet])
+           "--attributes", *VOICE_ATTRIBUTES, *BACKBONE_HEADS, *quiet])
     assoc = runs / "association"
     stage("association", assoc / "best.pt", None,
           ["train", "association", *c, "--direction", "both", "--out", str(assoc), "--cache-dir", str(bb / "cache"),
@@ -221,7 +250,7 @@ def retrain(args: argparse.Namespace) -> int:
            *_sets(PAPER_ASSOCIATION if args.paper_loss else ASSOCIATION), *quiet])
     stage("association eval", assoc / "report" / "metrics.json", None,
           ["eval", "association", "--run", str(assoc), "--corpus", str(corpus), "--out", str(assoc / "report"),
-           "--cache-dir", str(bb / "cache"), *quiet])
+           "--cache-dir", str(bb / "cache"), *quiet])  # cached per corpus: the demo corpus's test split
     s2f_cache = ["--cache-dir", str(runs / "s2f-cache")]
     face_net, decoder, s2f = runs / "s2f-face" / "face_net.pt", runs / "s2f-decoder" / "decoder.pt", runs / "s2f"
     stage("s2f face network", face_net, None,
@@ -263,6 +292,8 @@ def retrain(args: argparse.Namespace) -> int:
     if args.release:
         info = {"commit": stage.commit or rel.git_commit(), "released_at": rel.git_commit(),
                 "corpus": rel.corpus_record(corpus, seed, identities),
+                **({"train_corpus": rel.corpus_record(train_corpus, train_seed, train_identities)}
+                   if train_identities else {}),
                 "commands": [f"facevoice demo --retrain --out demo --release {args.release}"]
                 + ["facevoice " + shlex.join(_portable(a, out)) for a in stage.commands],
                 "stage_seconds": {k: round(v, 1) for k, v in stage.times.items()},

@@ -65,6 +65,7 @@ def corpus_record(corpus: Path, seed: int, identities: int) -> dict:
     return {"generator": info.get("generator"), "format_version": info.get("format_version"), "seed": seed,
             "identities": identities, "espeak_ng": info.get("espeak_ng"),
             "guarded": info.get("config", {}).get("guarded", False),
+            "face_render": info.get("config", {}).get("face_render", 1),
             "sha256": {name: checksums.sha256(Path(corpus) / name) for name in ("manifest.csv", "identities.csv")}}
 
 

@@ -184,10 +184,19 @@ def test_demo_serves_a_verified_release_on_its_own_corpus(repo, tmp_path, capsys
     assert "building it again" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("flags", [["--release", "x"], ["--identities", "5"], ["--seed", "1"], ["--paper-loss"]])
+@pytest.mark.parametrize("flags", [["--release", "x"], ["--identities", "5"], ["--seed", "1"], ["--paper-loss"],
+                                   ["--train-identities", "0"], ["--train-seed", "2"]])
 def test_retrain_only_flags_need_retrain(tmp_path, flags):
     with pytest.raises(SystemExit, match="only with --retrain"):
         main(["demo", "--out", str(tmp_path), *flags])
+
+
+@pytest.mark.parametrize("flags, message", [(["--train-seed", "0"], "is the demo corpus's seed"),
+                                            (["--train-identities", "3"], "at least 10")])
+def test_retrain_refuses_a_training_corpus_that_would_overlap_or_be_empty(tmp_path, flags, message):
+    with pytest.raises(SystemExit, match=message):
+        main(["demo", "--retrain", "--out", str(tmp_path), *flags])
+    assert not (tmp_path / "corpus").exists()  # refused before any stage ran
 
 
 def test_demo_without_a_release_says_how_to_make_one(tmp_path):
@@ -212,14 +221,21 @@ def test_retrain_releases_what_the_default_demo_then_serves(tmp_path, monkeypatc
     monkeypatch.setattr(demo, "S2F_VOICE", ["train.iterations=2", "train.eval_every=2", "train.checkpoint_every=2"])
     out, dest = tmp_path / "demo", tmp_path / "rel"
     args = ["--out", str(out), "--no-progress", "--people", "1", "--grid", "2"]
-    assert main(["demo", "--retrain", "--identities", "30", "--seed", "5", "--release", str(dest), *args]) == 0
+    train = ["--train-identities", "30", "--train-seed", "6"]
+    assert main(["demo", "--retrain", "--identities", "30", "--seed", "5", *train, "--release", str(dest), *args]) == 0
     text = capsys.readouterr().out
     assert f"released to {dest}" in text and "the true identity is rank" in text
     release, _ = rel.verify_release(dest)
     metrics = json.loads((out / "runs" / "association" / "report" / "metrics.json").read_text())
     assert release["figures"]["association V->F 1:2 -"]["value"] == metrics["matching"]["v2f"]["-"]["accuracy"]
     assert release["corpus"]["seed"] == 5 and release["corpus"]["identities"] == 30
-    assert any(c.startswith("facevoice train association --corpus demo/corpus") for c in release["commands"])
+    # the models train on a corpus of their own and are evaluated on the served one, new to them
+    assert release["train_corpus"]["seed"] == 6 and release["train_corpus"]["identities"] == 30
+    assert any(c.startswith("facevoice train association --corpus demo/train-corpus") for c in release["commands"])
+    assert any(c.startswith("facevoice train s2f --corpus demo/train-corpus") for c in release["commands"])
+    assert any(c.startswith("facevoice eval association --run demo/runs/association --corpus demo/corpus ")
+               for c in release["commands"])
+    assert any("--measures" in c for c in release["commands"] if c.startswith("facevoice train backbones"))
     assert set(release["stage_seconds"]) >= {"corpus", "association", "s2f voice encoder", "export"}
     assert release["commands"][0] == f"facevoice demo --retrain --out demo --release {dest}"
     assert not any(str(tmp_path) in c for c in release["commands"][1:])  # each stage's, as under demo/
@@ -227,7 +243,7 @@ def test_retrain_releases_what_the_default_demo_then_serves(tmp_path, monkeypatc
     assert main(["demo", "--models", str(dest), "--out", str(tmp_path / "served"), *args[2:]]) == 0
     assert "files match their SHA-256" in capsys.readouterr().out
     # a rerun on the same artifacts is compared with the release's intervals
-    assert main(["demo", "--retrain", "--identities", "30", "--seed", "5", "--models", str(dest), *args]) == 0
+    assert main(["demo", "--retrain", "--identities", "30", "--seed", "5", *train, "--models", str(dest), *args]) == 0
     rows = json.loads((out / "against_release.json").read_text())
     assert rows and all(r["inside"] in (True, None) for r in rows)
     assert "figures with an interval land inside it" in capsys.readouterr().out

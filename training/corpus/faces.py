@@ -16,6 +16,12 @@ from facevoice.training.corpus.people import FaceParams
 
 SUPERSAMPLE = 4
 CANONICAL_BACKGROUND = (232, 232, 232)
+# The painter's version. 2 (issue 30) draws the nose over the beard, wider and outlined, so that
+# its width shows in a 64-px face; 1 drew it under the beard, 4 px wide at 64 px and nearly
+# unreadable (a supervised CNN read nose width at r 0.06, docs/results.md). A corpus records the
+# version it was drawn with (corpus.json), and a release the corpus it was trained on.
+FACE_RENDER = 2
+FACE_RENDERS = (1, 2)
 
 
 @dataclass(frozen=True)
@@ -73,8 +79,10 @@ def greying(face_age: float) -> float:
 class _Painter:
     """Draws one face on an RGBA layer; lengths are fractions of the canvas side."""
 
-    def __init__(self, p: FaceParams, n: FaceNuisance, side: int):
-        self.p, self.n, self.s = p, n, side
+    def __init__(self, p: FaceParams, n: FaceNuisance, side: int, version: int = FACE_RENDER):
+        if version not in FACE_RENDERS:
+            raise ValueError(f"face renderer version {version}: one of {FACE_RENDERS}")
+        self.p, self.n, self.s, self.version = p, n, side, version
         self.img = Image.new("RGBA", (side, side), (0, 0, 0, 0))
         self.d = ImageDraw.Draw(self.img)
         self.cx, self.cy = 0.5, 0.46
@@ -103,8 +111,9 @@ class _Painter:
         return pts
 
     def paint(self) -> Image.Image:
+        middle = (self.nose, self.beard) if self.version == 1 else (self.beard, self.nose)
         for step in (self.torso, self.back_hair, self.ears, self.head, self.wrinkles, self.eyes,
-                     self.brows, self.nose, self.beard, self.mouth, self.front_hair, self.glasses):
+                     self.brows, *middle, self.mouth, self.front_hair, self.glasses):
             step()
         return self.img
 
@@ -182,6 +191,28 @@ class _Painter:
             self.d.line(pts, fill=colour, width=max(1, int(thick)), joint="curve")
 
     def nose(self):
+        if self.version == 1:
+            return self.nose_v1()
+        p = self.p
+        nw = max(0.012, 0.042 + 0.011 * p.nose_width)  # half the width across the wings
+        nl = 0.11 + 0.012 * p.nose_length
+        x, top, tip = self.cx + self.dx * 1.3, self.cy - 0.01, self.cy - 0.01 + nl
+        w = max(1, int(0.006 * self.s))
+        shadow, line = _shade(self.skin, 0.8), _shade(self.skin, 0.55)
+        self.d.line([self.xy(x - nw * 0.3, top), self.xy(x - nw * 0.45, tip - 0.03)], fill=shadow, width=w)
+        # the base of the nose, skin over skin or beard, outlined below from wing to wing
+        base = self.box(x - nw, tip - 0.032, x + nw, tip + 0.012)
+        self.d.ellipse(base, fill=_shade(self.skin, 0.97))
+        self.d.arc(base, 0, 180, fill=line, width=w)
+        for side in (-1, 1):  # the wings' creases and the nostrils
+            cxn = x + side * nw * 0.78
+            self.d.arc(self.box(cxn - nw * 0.3, tip - 0.03, cxn + nw * 0.3, tip + 0.006),
+                       90 - side * 90 - 60, 90 - side * 90 + 60, fill=line, width=w)
+            cxn = x + side * nw * 0.42
+            self.d.ellipse(self.box(cxn - nw * 0.22, tip - 0.002, cxn + nw * 0.22, tip + 0.009),
+                           fill=_shade(self.skin, 0.4))
+
+    def nose_v1(self):
         p = self.p
         nw = max(0.004, 0.032 + 0.007 * p.nose_width)
         nl = 0.11 + 0.012 * p.nose_length
@@ -308,10 +339,10 @@ def _light(img: Image.Image, n: FaceNuisance, rng: np.random.Generator) -> Image
 
 
 def render_face(p: FaceParams, n: FaceNuisance, size: int = 128,
-                rng: np.random.Generator | None = None) -> Image.Image:
-    """One RGB face image of `size` x `size` pixels."""
+                rng: np.random.Generator | None = None, version: int = FACE_RENDER) -> Image.Image:
+    """One RGB face image of `size` x `size` pixels, drawn by painter `version` (FACE_RENDER)."""
     side = size * SUPERSAMPLE
-    face = _place(_Painter(p, n, side).paint(), n)
+    face = _place(_Painter(p, n, side, version).paint(), n)
     img = _background(n, side)
     img.paste(face, mask=face.getchannel("A"))
     img = img.resize((size, size), Image.LANCZOS)

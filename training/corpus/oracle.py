@@ -236,6 +236,14 @@ def corpus_people(corpus: Path) -> tuple[PopulationModel, dict[str, Person]] | N
     return population_model_from_dict(summary["population_model"]), people
 
 
+def face_render(corpus: Path) -> int:
+    """The face painter's version a synthetic corpus was drawn with (1 for corpora made before
+    corpus.json recorded it; training.corpus.faces.FACE_RENDER)."""
+    meta = Path(corpus) / "corpus.json"
+    config = json.loads(meta.read_text()).get("config", {}) if meta.exists() else {}
+    return int(config.get("face_render", 1))
+
+
 def split_oracle(corpus: Path, identities: list[str], directions=DIRECTIONS) -> dict[str, np.ndarray]:
     """`identity_scores` per direction over these identities of a synthetic corpus; {} for any
     other corpus (the reports then show no oracle)."""

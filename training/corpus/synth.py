@@ -18,7 +18,7 @@ from tqdm import tqdm
 from facevoice.service.corpus import IDENTITIES, Item, write_csv, write_manifest
 from facevoice.service.errors import UsageError
 from facevoice.training.corpus import sheet
-from facevoice.training.corpus.faces import FaceNuisance, drawn_box, render_face
+from facevoice.training.corpus.faces import FACE_RENDER, FACE_RENDERS, FaceNuisance, drawn_box, render_face
 from facevoice.training.corpus.manifest import corpus_counts, count_lines
 from facevoice.training.corpus.oracle import CONTROLS, DIRECTIONS, oracle_table
 from facevoice.training.corpus.people import Person, PopulationModel, person_row, sample_population
@@ -45,6 +45,8 @@ class SynthConfig:
     # draw again a face the service's face guard would not find, or a clip in which its voice
     # guard would not hear MIN_SPEECH_SECONDS of speech (False: the generator before the guards)
     guarded: bool = True
+    # the face painter (faces.FACE_RENDER; 1: the nose as drawn before issue 30)
+    face_render: int = FACE_RENDER
     model: PopulationModel = field(default_factory=PopulationModel)
 
 
@@ -61,6 +63,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--oracle-trials", type=int, default=d.oracle_trials,
                    help="1:2 trials per oracle cell (0: skip the oracle)")
     p.add_argument("--force", action="store_true", help="replace an existing corpus directory")
+    p.add_argument("--face-render", type=int, choices=FACE_RENDERS, default=d.face_render,
+                   help="face painter version (1: the faint nose under the beard of corpora before issue 30)")
     p.add_argument("--unguarded", action="store_true",
                    help="keep faces and clips the service's guards would refuse (the corpus as made before them)")
     p.add_argument("--p-male", type=float, help=f"share of men (default {d.model.p_male}); with --prevalence, "
@@ -96,7 +100,7 @@ def parse_prevalence(specs: list[str] | None) -> dict[str, float]:
 def run(args: argparse.Namespace) -> int:
     cfg = SynthConfig(identities=args.identities, seed=args.seed, faces=args.faces, clips=args.clips,
                       face_size=args.face_size, splits=tuple(args.split), workers=args.workers,
-                      oracle_trials=args.oracle_trials, guarded=not args.unguarded,
+                      oracle_trials=args.oracle_trials, guarded=not args.unguarded, face_render=args.face_render,
                       model=population(args.p_male, parse_prevalence(args.prevalence)))
     summary = build_corpus(args.out, cfg, force=args.force)
     print(format_summary(summary))
@@ -129,7 +133,7 @@ def _make_person(job: tuple[Path, Person, str, SynthConfig, int]) -> list[Item]:
     (out / "voices" / pid).mkdir(parents=True, exist_ok=True)
     items = []
     canonical = f"faces/{pid}/canonical.png"
-    render_face(person.face, FaceNuisance.canonical(), cfg.face_size).save(out / canonical)
+    render_face(person.face, FaceNuisance.canonical(), cfg.face_size, version=cfg.face_render).save(out / canonical)
     items.append(Item(f"{pid}-canonical", pid, "canonical_face", canonical, split,
                       drawn_box=_box_text(drawn_box(person.face, FaceNuisance.canonical(), cfg.face_size)),
                       **attrs))
@@ -137,8 +141,8 @@ def _make_person(job: tuple[Path, Person, str, SynthConfig, int]) -> list[Item]:
         path = f"faces/{pid}/{k}.jpg"
         for _ in range(REDRAWS):  # a picture the service's face guard would refuse is drawn again
             nuisance = FaceNuisance.sample(rng)
-            img, box = render_face(person.face, nuisance, cfg.face_size, rng), drawn_box(person.face, nuisance,
-                                                                                          cfg.face_size)
+            img = render_face(person.face, nuisance, cfg.face_size, rng, version=cfg.face_render)
+            box = drawn_box(person.face, nuisance, cfg.face_size)
             if not cfg.guarded or face_passes(img, box):
                 break
         img.save(out / path, quality=90)

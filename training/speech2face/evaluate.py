@@ -30,8 +30,8 @@ from facevoice.service.media import FaceImage
 from facevoice.service.media.image import normalise
 from facevoice.training.association.data import EXACT
 from facevoice.training.association.trials import matching_trials
-from facevoice.training.corpus.faces import FaceNuisance, render_face
-from facevoice.training.corpus.oracle import corpus_people, identity_scores, oracle_recall_at_k
+from facevoice.training.corpus.faces import FACE_RENDER, FaceNuisance, render_face
+from facevoice.training.corpus.oracle import corpus_people, face_render, identity_scores, oracle_recall_at_k
 from facevoice.training.corpus.people import AGE_GROUPS, Person, PopulationModel, sample_population
 from facevoice.training.metrics import (
     cluster_bootstrap_correlation,
@@ -305,7 +305,8 @@ def voice_parameter_readout(people: dict[str, Person], train: S2FSplit, train_vf
 
 
 def geometry(generator: tuple[PopulationModel, dict[str, Person]] | None, test: S2FSplit, f2f: np.ndarray,
-             s2f: np.ndarray, frontend: FaceImage, seed: int, renders: int = 1000) -> dict | None:
+             s2f: np.ndarray, frontend: FaceImage, seed: int, renders: int = 1000, version: int = FACE_RENDER
+             ) -> dict | None:
     """Fig. 5 on a synthetic corpus (`generator`: `corpus_people`; None elsewhere gives None).
 
     The paper measures face geometry with landmarks on the reconstructions. Our measuring tool is a
@@ -322,7 +323,8 @@ def geometry(generator: tuple[PopulationModel, dict[str, Person]] | None, test: 
     model, people = generator
     drawn = sample_population(renders, seed=seed + 1_000_003, model=model).people
     side = f2f.shape[-1]
-    pixels = np.stack([normalise(render_face(p.face, FaceNuisance.canonical(), 2 * side), frontend) for p in drawn])
+    pixels = np.stack([normalise(render_face(p.face, FaceNuisance.canonical(), 2 * side, version=version),
+                                 frontend) for p in drawn])
     pixels = to_rgb(torch.from_numpy(pixels), frontend).numpy().reshape(renders, -1)
     truth_drawn = np.array([[getattr(p.face, k) for k in GEOMETRY] for p in drawn])
     fit = int(0.8 * renders)
@@ -422,7 +424,8 @@ def run(args: argparse.Namespace) -> int:
         "reconstruction": s2f_vf, "feature": main_s, **({"voice_params": readout} if readout is not None else {})},
         args.seed)
     steps.update()
-    metrics["geometry"] = geometry(generator, split, f2f.numpy(), s2f.numpy(), frontend, args.seed)
+    metrics["geometry"] = geometry(generator, split, f2f.numpy(), s2f.numpy(), frontend, args.seed,
+                                   version=face_render(corpus))
     steps.update()
     metrics["cross_check"] = cross_check(split, s2f_vf, main_s, v_f, args.trials, args.seed)
     f2f_vf = face_features(net, to_normalised(f2f, frontend).numpy(), device)
