@@ -6,7 +6,7 @@
 # SKIP_TRITON=1 leaves out the local tritonserver (tests and benchmarks need it, images do not).
 set -euo pipefail
 VENV=${VENV:-.venv}
-EXTRAS=${EXTRAS:-dev}
+EXTRAS=${EXTRAS:-dev,baselines}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 APT_PACKAGES=(espeak-ng redis-server python3-venv openssl prometheus postgresql chromium chromium-driver nodejs npm)
 
@@ -41,6 +41,9 @@ if ! "$VENV/bin/python" -c "import torch, sys; sys.exit(torch.__version__.split(
 fi
 echo "setup: installing facevoice[$EXTRAS]"
 "${pip[@]}" -e ".[$EXTRAS]"
+if [[ ",$EXTRAS," == *",baselines,"* ]]; then  # the frozen speaker encoder of `eval frozen` (pyproject.toml)
+  "${pip[@]}" --no-deps "resemblyzer==0.1.4"
+fi
 
 # Real recordings for the media tests (tests/real_media.py), shipped inside two PyPI packages (no
 # data set is downloaded): CMU ARCTIC speech in pysptk's source package, music and sound effects

@@ -24,6 +24,8 @@ VERBS: dict[tuple[str, ...], tuple[str, str]] = {
     ("eval", "heldout"): ("facevoice.training.association.heldout", "association runs on corpora of new people"),
     ("eval", "media-ceiling"): ("facevoice.training.association.ceiling",
                                 "what the media carry of each link, and the media oracle's 1:2"),
+    ("eval", "frozen"): ("facevoice.training.association.frozen",
+                         "frozen dlib and resemblyzer encoders with a linear head: the baseline to beat"),
     ("train", "face-features"): ("facevoice.training.speech2face.features", "train the S2F face feature network"),
     ("train", "face-decoder"): ("facevoice.training.speech2face.decoder", "train the Speech2Face face decoder"),
     ("train", "s2f"): ("facevoice.training.speech2face.train", "train the Speech2Face voice encoder"),

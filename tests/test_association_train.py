@@ -220,13 +220,14 @@ def test_the_classification_network_baseline_trains_evaluates_and_is_not_exporte
 
 
 def test_a_split_can_leave_out_what_the_front_end_refuses(tmp_path):
-    """An evaluation on a user's corpus skips a photo with no face (listed, as index build lists
-    it) instead of failing on it; training still refuses to start on one."""
+    """A split can skip a photo with no face (listed, as index build lists it) instead of
+    failing on it; evaluation and training both do (a corpus of 4,000 JPEGs holds one now and
+    then), and the training run says which it left out."""
     from facevoice.service.corpus import read_manifest
     from facevoice.service.media import MediaError
     from facevoice.training.association.config import load_config
 
-    corpus = build_toy_corpus(tmp_path / "toy", identities=6)
+    corpus = build_toy_corpus(tmp_path / "toy", identities=6, val=False)
     victim = next(i for i in read_manifest(corpus) if i.modality == "face" and i.split == "train")
     from PIL import Image
     Image.new("RGB", (128, 128), (128, 128, 128)).save(corpus / victim.path)
@@ -239,6 +240,9 @@ def test_a_split_can_leave_out_what_the_front_end_refuses(tmp_path):
         assert victim.item_id not in split.face.item_ids and len(split.face.identity) == len(split.face.data)
         assert len(split.face.item_ids) == sum(1 for i in read_manifest(corpus)
                                                if i.modality == "face" and i.split == "train") - 1
+    assert _train(corpus, tmp_path / "run", iterations=2) == 0
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["refused"] == {
+        "train": {"face": [victim.item_id]}, "val": {}}
 
 
 def test_bf16_autocast_on_a_cpu_is_a_switch(toy, tmp_path):

@@ -243,3 +243,23 @@ def test_pairs_come_from_the_clips_own_video_unless_switched_off():
     anywhere = PairSampler(split, seed=0, within_video=False)
     v, f = anywhere.draw(400)
     assert 0.3 < (videos[f] != voices.video[v]).mean() < 0.7
+
+
+def test_a_face_the_front_end_refuses_is_left_out_and_listed(tmp_path):
+    """One photo of 4,000 may hold no face the guard finds: the split leaves it out (as index build
+    does) and lists it, and the person keeps their other photos."""
+    from PIL import Image
+
+    from facevoice.service.corpus import read_manifest
+    from facevoice.training.speech2face.config import load_config
+    from facevoice.training.speech2face.data import load_s2f_split
+
+    corpus = build_toy_corpus(tmp_path / "toy", identities=6, canonical=True)
+    victim = next(i for i in read_manifest(corpus) if i.modality == "face" and i.split == "train")
+    Image.new("RGB", (128, 128), (128, 128, 128)).save(corpus / victim.path)
+    cfg = load_config("small")
+    for _ in range(2):  # decoded, then from the cache
+        split = load_s2f_split(corpus, "train", cfg, tmp_path / "cache", 1, False)
+        assert split.refused == {"face": [victim.item_id]} and victim.item_id not in split.face.item_ids
+        who = split.identities.index(victim.identity)
+        assert len(split.items_of("face", who)) >= 1 and len(split.face.data) == len(split.face.identity)

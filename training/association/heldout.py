@@ -53,9 +53,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def heldout_corpus(root: Path, seed: int, identities: int, progress: bool) -> Path:
     """A synthetic corpus of `identities` new people drawn with `seed`, all in the test split."""
+    from facevoice.training.corpus.faces import FACE_RENDER
+    from facevoice.training.corpus.oracle import face_render
     from facevoice.training.corpus.synth import SynthConfig, build_corpus
 
     path = root / f"heldout-{seed}-{identities}"
+    if (path / "corpus.json").exists() and face_render(path) != FACE_RENDER:
+        print(f"{path}: drawn by face painter {face_render(path)}, not today's {FACE_RENDER}; building it again",
+              flush=True)
+        (path / "corpus.json").unlink()
     if not (path / "corpus.json").exists():
         build_corpus(path, SynthConfig(identities=identities, seed=seed, splits=(0.0, 0.0, 1.0)), force=True,
                      progress=progress)

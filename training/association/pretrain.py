@@ -161,8 +161,10 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.set)
     args.out.mkdir(parents=True, exist_ok=True)
     train = first_identities(load_split(args.corpus, "train", cfg, args.cache_dir or args.out / "cache",
-                                        args.workers, not args.no_progress), cfg.train.identities)
+                                        args.workers, not args.no_progress, skip_refused=True), cfg.train.identities)
     lines = [f"backbones pretrained on {len(train.identities)} training identities -> {args.out}"]
+    lines += [f"  left out: {len(ids)} {m} item(s) the front end refuses ({', '.join(ids[:3])}"
+              f"{', ...' if len(ids) > 3 else ''})" for m, ids in train.refused.items()]
     for modality in args.modalities:
         measured = None
         if args.measures:

@@ -155,12 +155,15 @@ def run(args: argparse.Namespace) -> int:
     progress = main and not args.no_progress
 
     cache = args.cache_dir or out / "cache"
-    train = first_identities(load_split(args.corpus, "train", cfg, cache, args.workers, progress),
+    # an item the service's front end refuses (a face its guard does not find) is left out, as
+    # `index build` leaves it out; run.json lists them
+    train = first_identities(load_split(args.corpus, "train", cfg, cache, args.workers, progress, skip_refused=True),
                              cfg.train.identities)
     # Kim's own split (sec. 4.2) has no validation identities: then the whole schedule runs and
     # the last model is kept, as sec. 4.3 describes no model selection
     selecting = has_items(args.corpus, "val", ("face", "voice"))
-    val = load_split(args.corpus, "val", cfg, cache, args.workers, progress) if main and selecting else None
+    val = (load_split(args.corpus, "val", cfg, cache, args.workers, progress, skip_refused=True)
+           if main and selecting else None)
 
     model = AssociationModel(cfg)
     loaded = set()
@@ -192,6 +195,7 @@ def run(args: argparse.Namespace) -> int:
             "backbones": {m: {"path": str(w), "trained_on": provenance(w)}
                           for m, w in (("face", args.face_weights), ("voice", args.voice_weights)) if w},
             "torch": torch.__version__, "train_identities": len(train.identities),
+            "refused": {"train": train.refused, "val": val.refused if val is not None else {}},
             "command": " ".join(sys.argv)}, indent=2))
     log = RunLog(out, args.resume, CSV_FIELDS) if main else None
 

@@ -4,7 +4,7 @@ model's): face images and canonical faces through `FaceImage`, voices through `S
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +12,7 @@ import torch
 
 from facevoice.service.corpus import ATTRIBUTES, read_manifest
 from facevoice.service.media import FaceImage
-from facevoice.training.association.data import STORE, Modality, cache_key, decode_items
+from facevoice.training.association.data import STORE, Modality, _Rows, cache_key, decode_items
 from facevoice.training.speech2face.config import S2FConfig
 
 
@@ -23,6 +23,8 @@ class S2FSplit:
     face: Modality
     voice: Modality
     canonical: np.ndarray | None  # [identities, 3, size, size] normalised; None where the corpus has none
+    # items the service's front end refuses (a face its guard does not find), left out: modality -> ids
+    refused: dict[str, list[str]] = field(default_factory=dict)
 
     def items_of(self, modality: str, identity: int) -> np.ndarray:
         return np.flatnonzero(getattr(self, modality).identity == identity)
@@ -36,7 +38,9 @@ def load_s2f_split(corpus: Path, split: str, cfg: S2FConfig, cache_dir: Path, wo
                    progress: bool = True, seconds: float | None = None, modalities=("face", "voice"),
                    store=STORE) -> S2FSplit:
     """Faces (and canonical faces) at cfg.face.size, voices as `seconds` (default cfg.voice.seconds)
-    of spectrogram, as `store` (EXACT for evaluation). `modalities` limits what is decoded."""
+    of spectrogram, as `store` (EXACT for evaluation). `modalities` limits what is decoded. A face
+    or clip the front end refuses is left out and listed in `refused`, as `index build` leaves it
+    out (a person keeps their other items); a canonical face it refuses fails the split."""
     corpus = Path(corpus)
     items = [i for i in read_manifest(corpus) if i.split == split]
     identities = sorted({i.identity for i in items})
@@ -48,12 +52,19 @@ def load_s2f_split(corpus: Path, split: str, cfg: S2FConfig, cache_dir: Path, wo
         attributes[index[i.identity]] = {a: getattr(i, a) for a in ATTRIBUTES}
     frontends = {"face": cfg.face.frontend(), "voice": cfg.voice.frontend(seconds)}
     mods: dict[str, Modality | None] = {"face": None, "voice": None}
+    refused: dict[str, list[str]] = {}
     for modality in modalities:
         chosen = [i for i in items if i.modality == modality]
         if not chosen:
             raise ValueError(f"{corpus}: no {modality} items in split {split!r}")
+        lost: list[int] = []
         data = decode_items(corpus, chosen, frontends[modality], Path(cache_dir),
-                            cache_key(corpus, split, modality, frontends[modality], store), workers, progress, store)
+                            cache_key(corpus, split, modality, frontends[modality], store), workers, progress, store,
+                            lost)
+        if lost:
+            refused[modality] = [chosen[k].item_id for k in lost]
+            keep = np.setdiff1d(np.arange(len(chosen)), lost)
+            data, chosen = _Rows(data, keep), [chosen[k] for k in keep]
         mods[modality] = Modality(data, np.array([index[i.identity] for i in chosen]), [i.item_id for i in chosen],
                                   np.array([i.video for i in chosen]))
     canonical = None
@@ -65,7 +76,7 @@ def load_s2f_split(corpus: Path, split: str, cfg: S2FConfig, cache_dir: Path, wo
         canonical = np.zeros((len(identities), *data.shape[1:]), dtype=data.dtype)
         for k, item in enumerate(chosen):
             canonical[index[item.identity]] = data[k]
-    return S2FSplit(identities, attributes, mods["face"], mods["voice"], canonical)
+    return S2FSplit(identities, attributes, mods["face"], mods["voice"], canonical, refused)
 
 
 def to_rgb(normalised: torch.Tensor, frontend: FaceImage) -> torch.Tensor:
