@@ -24,6 +24,7 @@ VERBS: dict[tuple[str, ...], tuple[str, str]] = {
     ("eval", "heldout"): ("facevoice.training.association.heldout", "association runs on corpora of new people"),
     ("eval", "media-ceiling"): ("facevoice.training.association.ceiling",
                                 "what the media carry of each link, and the media oracle's 1:2"),
+    ("eval", "service"): ("facevoice.served", "the served models on new people, through the service: recall@K"),
     ("eval", "frozen"): ("facevoice.training.association.frozen",
                          "frozen dlib and resemblyzer encoders with a linear head: the baseline to beat"),
     ("train", "face-features"): ("facevoice.training.speech2face.features", "train the S2F face feature network"),

@@ -184,3 +184,20 @@ def test_heldout_refuses_the_seed_a_run_trained_on(tmp_path, corpus):
     with pytest.raises(SystemExit, match=r"seed\(s\) \[7\]"):
         main(["eval", "heldout", "--run", str(out), "--seeds", str(SMALL.seed), "--corpora", str(tmp_path / "c"),
               "--out", str(tmp_path / "r"), "--no-progress"])
+
+
+def test_a_held_out_corpus_of_an_older_face_painter_is_built_again(tmp_path, capsys):
+    """A corpus left by an earlier version (face painter 1) is not reused as today's new people."""
+    from facevoice.training.association.heldout import heldout_corpus
+    from facevoice.training.corpus.faces import FACE_RENDER
+    from facevoice.training.corpus.oracle import face_render
+    from facevoice.training.corpus.synth import SynthConfig
+
+    old = tmp_path / "heldout-9003-4"
+    build_corpus(old, SynthConfig(identities=4, seed=9003, splits=(0.0, 0.0, 1.0), oracle_trials=0, workers=1,
+                                  face_render=1), progress=False)
+    assert face_render(old) == 1
+    assert heldout_corpus(tmp_path, 9003, 4, False) == old
+    assert face_render(old) == FACE_RENDER and "building it again" in capsys.readouterr().out
+    stamp = (old / "corpus.json").stat().st_mtime_ns
+    assert heldout_corpus(tmp_path, 9003, 4, False) == old and (old / "corpus.json").stat().st_mtime_ns == stamp

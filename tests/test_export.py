@@ -99,6 +99,12 @@ def test_parity_runs_on_the_networks_probe_inputs():
         return rng.uniform(0, 1e-3, size=(n, 8)).astype(np.float32)
 
     assert parity(Network("cube", Cube(), "x", "y", (8,), probe=probe), onnx_bytes) <= 1e-4 and seen == [3]
+    # the tolerance scales with the output: parity_and_scale gives the largest output magnitude
+    from facevoice.training.export.repository import parity_and_scale
+
+    big = Network("big", Cube(), "x", "y", (8,), probe=lambda rng, n: np.full((n, 8), 0.01, np.float32))
+    diff, scale = parity_and_scale(big, onnx_bytes)
+    assert scale == pytest.approx(1000.0, rel=1e-5) and diff <= 1e-4 * scale
     audio = Speech2FaceAudio(seconds=1.0)
     spec = spectrogram_probe(np.random.default_rng(0), audio)
     assert spec.shape == audio.shape and spec.dtype == np.float32 and 0 < np.abs(spec).max() < 10

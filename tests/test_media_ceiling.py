@@ -139,3 +139,10 @@ def test_the_command_end_to_end(tmp_path):
                  "--workers", "1"]) == 0
     again = json.loads((out / "ceiling.json").read_text())
     assert again["readouts"]["face"]["training"] == result["readouts"]["face"]["training"]
+    # a step budget trains exactly that many steps, however busy the machine is
+    steps = tmp_path / "steps"
+    assert main(["eval", "media-ceiling", "--train-corpus", str(train), "--corpora", str(tmp_path / "held"),
+                 "--seeds", "9001", "--identities", "16", "--face-steps", "3", "--voice-steps", "2",
+                 "--trials", "300", "--out", str(steps), "--no-progress", "--workers", "1"]) == 0
+    readouts = json.loads((steps / "ceiling.json").read_text())["readouts"]
+    assert readouts["face"]["training"]["steps"] == 3 and readouts["voice"]["training"]["steps"] == 2

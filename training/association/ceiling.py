@@ -72,6 +72,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--face-size", type=int, help="face crop size (default: the config's)")
     p.add_argument("--face-minutes", type=float, default=4.0, help="training time of the face read-out")
     p.add_argument("--voice-minutes", type=float, default=6.0, help="training time of the voice read-out")
+    p.add_argument("--face-steps", type=int, help="train the face read-out this many steps instead of minutes "
+                                                  "(a fit that does not depend on how busy the machine is)")
+    p.add_argument("--voice-steps", type=int, help="the same for the voice read-out")
     p.add_argument("--trials", type=int, default=4000, help="1:2 trials per cell and corpus")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--workers", type=int, default=2)
@@ -184,8 +187,10 @@ def _network(modality: str, values: int, n_classes: dict[str, int], sample_rate:
 
 
 def train_readout(modality: str, data, t: Targets, n_classes: dict[str, int], minutes: float, seed: int,
-                  sample_rate: int, samples: int | None, progress: bool) -> tuple[Readout, dict]:
-    """Fit for `minutes` of wall time (cosine learning rate over the steps that fit)."""
+                  sample_rate: int, samples: int | None, progress: bool, steps_budget: int | None = None
+                  ) -> tuple[Readout, dict]:
+    """Fit for `minutes` of wall time (cosine learning rate over the steps that fit), or for
+    exactly `steps_budget` steps where given (the same fit however busy the machine is)."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     net = _network(modality, t.values.shape[1], n_classes, sample_rate)
@@ -194,10 +199,10 @@ def train_readout(modality: str, data, t: Targets, n_classes: dict[str, int], mi
     opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-3)
     batch, start, steps, losses = 64, time.monotonic(), 0, []
     # the step count is not known ahead (wall time); the cosine is over a first guess, then held
-    guess = None
-    bar = tqdm(desc=f"{modality} read-out", unit="step", disable=not progress, leave=False)
+    guess = steps_budget
+    bar = tqdm(desc=f"{modality} read-out", unit="step", total=steps_budget, disable=not progress, leave=False)
     net.train()
-    while time.monotonic() - start < minutes * 60:
+    while (steps < steps_budget) if steps_budget else (time.monotonic() - start < minutes * 60):
         rows = rng.integers(len(y), size=batch)
         x = _inputs(data, rows, modality, samples, True, rng)
         values, logits = net(x)
@@ -207,7 +212,7 @@ def train_readout(modality: str, data, t: Targets, n_classes: dict[str, int], mi
         loss.backward()
         opt.step()
         steps += 1
-        if steps == 20:
+        if steps == 20 and not steps_budget:
             guess = int(minutes * 60 / ((time.monotonic() - start) / steps))
         if guess:
             for group in opt.param_groups:
@@ -430,7 +435,8 @@ def run(args: argparse.Namespace) -> int:
             nets[modality] = (net.eval(), state["info"])
         else:
             nets[modality] = train_readout(modality, getattr(train, modality).data, t, n_classes[modality], minutes,
-                                           args.seed, cfg.voice.sample_rate, samples, progress)
+                                           args.seed, cfg.voice.sample_rate, samples, progress,
+                                           getattr(args, f"{modality}_steps"))
             args.out.mkdir(parents=True, exist_ok=True)
             torch.save({"weights": nets[modality][0].state_dict(), "info": nets[modality][1]}, saved)
         tv = targets(val, modality, val_people, model, groups, accents)

@@ -20,7 +20,10 @@ from facevoice.service.repository import NetworkEntry
 
 TEMPLATE = Path(__file__).with_name("triton_model.py")
 MAX_BATCH = 64
-PARITY_TOLERANCE = 1e-4  # fp32 max abs difference, ONNX vs PyTorch (issue #5)
+# fp32 max difference, ONNX vs PyTorch (issue #5), in units of the output's largest magnitude
+# where that is above 1: a 4,096-D face feature of magnitude 40 differs by 2e-4 in float
+# rounding alone (the Speech2Face voice encoder trained on 700 speakers, issue 30)
+PARITY_TOLERANCE = 1e-4
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,12 @@ def to_onnx(net: Network) -> tuple[bytes, tuple[int, ...]]:
 
 def parity(net: Network, onnx_bytes: bytes, batch: int = 3, seed: int = 0) -> float:
     """Max abs difference between onnxruntime and PyTorch on a random batch of `net.probe` inputs."""
+    return parity_and_scale(net, onnx_bytes, batch, seed)[0]
+
+
+def parity_and_scale(net: Network, onnx_bytes: bytes, batch: int = 3, seed: int = 0) -> tuple[float, float]:
+    """`parity`, and the largest output magnitude it is measured against (float32 keeps
+    relative precision, so the tolerance scales with it where it is above 1)."""
     import onnxruntime as ort
 
     rng = np.random.default_rng(seed)
@@ -64,7 +73,7 @@ def parity(net: Network, onnx_bytes: bytes, batch: int = 3, seed: int = 0) -> fl
         ref = net.module(x).numpy()
     session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
     out = session.run([net.output], {net.input: x.numpy()})[0]
-    return float(np.abs(out - ref).max())
+    return float(np.abs(out - ref).max()), float(np.abs(ref).max())
 
 
 def config_pbtxt(name: str, backend: str, kind: str, net: Network, out_dims: tuple[int, ...],
@@ -101,9 +110,10 @@ VARIANTS = {"gpu": ("onnxruntime", "KIND_GPU"), "cpu": ("onnxruntime", "KIND_CPU
 def write_network(repo: Path, net: Network, version: int, default: str) -> NetworkEntry:
     """Export `net` as `repo/NAME/VERSION/`; returns its manifest entry."""
     onnx_bytes, out_dims = to_onnx(net)
-    diff = parity(net, onnx_bytes)
-    if not diff <= PARITY_TOLERANCE:
-        raise FacevoiceError(f"{net.name}: onnxruntime differs from PyTorch by {diff:.2e} (> {PARITY_TOLERANCE})")
+    diff, scale = parity_and_scale(net, onnx_bytes)
+    if not diff <= PARITY_TOLERANCE * max(1.0, scale):
+        raise FacevoiceError(f"{net.name}: onnxruntime differs from PyTorch by {diff:.2e} at outputs up to "
+                             f"{scale:.3g} (> {PARITY_TOLERANCE} x max(1, that))")
     model_dir = repo / net.name
     version_dir = model_dir / str(version)
     if version_dir.exists():

@@ -1,0 +1,174 @@
+"""`facevoice eval service`: the served models on people they have never seen, through the
+service itself (issue 30).
+
+For each held-out corpus (synthetic, every person in `test`, generated when missing): `index
+build` of all its faces and voices with MODEL_REPO, the gRPC service started on the embedded
+default on a free loopback port, and every voice and face of the corpus sent to it as a client
+would send them:
+
+- SearchFaces (voice -> faces, the association search), SearchVoices (face -> voices);
+- ReconstructFace's `nearest` (voice -> the S2F face feature -> faces, Oh et al. Table 3's
+  retrieval; only where the release serves Speech2Face).
+
+Recall@K is the share of queries whose top K items hold one of the person's own (Kim et al.
+sec. 4.4, with the served gallery as the gallery). Chance is what K random items give: 1 -
+C(N - n, K) / C(N, K) for a person with n items among the N indexed. Intervals: 95%, resampling
+people. A query the guards refuse counts as a miss, and is counted. Nothing the queries carry
+is logged or kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from math import comb
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from facevoice.service.corpus import read_manifest
+from facevoice.service.errors import UsageError
+
+KS = (1, 5, 10)
+SEARCHES = {"v2f": "association V->F (SearchFaces)", "f2v": "association F->V (SearchVoices)",
+            "s2f": "Speech2Face V->F (ReconstructFace nearest)"}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model-repo", type=Path, default=Path("models/demo"), help="the served models (a release)")
+    p.add_argument("--corpora", type=Path, required=True,
+                   help="where the held-out corpora are (heldout-SEED-N/, generated when missing)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[7101, 7102, 7103])
+    p.add_argument("--identities", type=int, default=300, help="people per held-out corpus")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--no-progress", action="store_true")
+
+
+def chance(indexed: int, own: int, k: int) -> float:
+    """P(at least one of a person's `own` items among K drawn at random from `indexed`)."""
+    k = min(k, indexed)
+    return 1.0 - comb(indexed - own, k) / comb(indexed, k)
+
+
+def recall_cell(hits: list[list[bool]], who: list[str], k: int, seed: int = 0, draws: int = 2000) -> dict:
+    """Recall@k over the queries, with a 95% interval resampling people."""
+    got = np.array([any(h[:k]) for h in hits], float)
+    people = sorted(set(who))
+    index = {p: i for i, p in enumerate(people)}
+    owner = np.array([index[p] for p in who])
+    sums, counts = np.bincount(owner, got, len(people)), np.bincount(owner, minlength=len(people))
+    rng = np.random.default_rng(seed)
+    pick = rng.integers(len(people), size=(draws, len(people)))
+    boot = sums[pick].sum(1) / np.maximum(counts[pick].sum(1), 1)
+    return {"recall": float(got.mean()), "ci95": [float(np.quantile(boot, 0.025)), float(np.quantile(boot, 0.975))],
+            "queries": len(got), "people": len(people)}
+
+
+def query_corpus(repo: Path, corpus: Path, indexes: Path, progress: bool) -> dict:
+    """Builds CORPUS's indexes with REPO, serves them, sends every item; per search the hit lists."""
+    import grpc
+
+    from facevoice.cli import main as cli
+    from facevoice.service.serve import Running, ServeConfig
+    from facevoice.v1 import facevoice_pb2 as pb
+    from facevoice.v1 import facevoice_pb2_grpc as pb_grpc
+
+    if cli(["index", "build", "--gallery", str(corpus / "manifest.csv"), "--model-repo", str(repo), "--out",
+            str(indexes), "--split", "test", *([] if progress else ["--no-progress"])]) != 0:
+        raise SystemExit(f"eval service: index build of {corpus} failed")
+    items = [i for i in read_manifest(corpus) if i.split == "test" and i.modality in ("face", "voice")]
+    own = {}
+    for i in items:
+        own.setdefault((i.identity, i.modality), 0)
+        own[(i.identity, i.modality)] += 1
+    indexed = {m: sum(v for (_, mm), v in own.items() if mm == m) for m in ("face", "voice")}
+    running = Running(ServeConfig(model_repo=repo, index_root=indexes, host="127.0.0.1", port=0, metrics_port=-1,
+                                  poll_s=0.0))
+    stub = pb_grpc.FaceVoiceStub(grpc.insecure_channel(f"127.0.0.1:{running.port}"))
+    got: dict[str, dict] = {s: {"hits": [], "who": [], "chance": {k: [] for k in KS}, "refused": 0} for s in SEARCHES}
+    s2f = True
+    try:
+        for item in tqdm(items, desc=f"queries: {corpus.name}", unit="query", disable=not progress):
+            data = (corpus / item.path).read_bytes()
+            if item.modality == "voice":
+                calls = [("v2f", lambda: stub.SearchFaces(pb.SearchFacesRequest(
+                    voice=pb.Audio(data=data), top_k=max(KS)), timeout=60).hits)]
+                if s2f:
+                    calls.append(("s2f", lambda: stub.ReconstructFace(pb.ReconstructFaceRequest(
+                        voice=pb.Audio(data=data), top_k=max(KS)), timeout=60).nearest))
+                gallery = "face"
+            else:
+                calls = [("f2v", lambda: stub.SearchVoices(pb.SearchVoicesRequest(
+                    face=pb.Image(data=data), top_k=max(KS)), timeout=60).hits)]
+                gallery = "voice"
+            for search, call in calls:
+                try:
+                    hits = [h.identity == item.identity for h in call()]
+                except grpc.RpcError as e:
+                    if search == "s2f" and e.code() == grpc.StatusCode.UNIMPLEMENTED:
+                        s2f = False  # the release serves no Speech2Face
+                        continue
+                    if e.code() != grpc.StatusCode.INVALID_ARGUMENT:
+                        raise
+                    got[search]["refused"] += 1
+                    hits = []
+                cell = got[search]
+                cell["hits"].append(hits)
+                cell["who"].append(f"{corpus.name}/{item.identity}")
+                for k in KS:
+                    cell["chance"][k].append(chance(indexed[gallery], own.get((item.identity, gallery), 0), k))
+    finally:
+        running.stop(0)
+    return got
+
+
+def run(args: argparse.Namespace) -> int:
+    from facevoice.training.association.heldout import heldout_corpus
+
+    if not (args.model_repo / "facevoice.json").exists():
+        raise UsageError(f"{args.model_repo}: not a model repository (no facevoice.json)")
+    progress = not args.no_progress
+    t0 = time.monotonic()
+    args.corpora.mkdir(parents=True, exist_ok=True)
+    held = [heldout_corpus(args.corpora, s, args.identities, progress) for s in args.seeds]
+    pooled: dict[str, dict] = {s: {"hits": [], "who": [], "chance": {k: [] for k in KS}, "refused": 0}
+                               for s in SEARCHES}
+    for corpus in held:
+        got = query_corpus(args.model_repo, corpus, args.out / "indexes" / corpus.name, progress)
+        for s, cell in got.items():
+            pooled[s]["hits"] += cell["hits"]
+            pooled[s]["who"] += cell["who"]
+            pooled[s]["refused"] += cell["refused"]
+            for k in KS:
+                pooled[s]["chance"][k] += cell["chance"][k]
+    result = {"model_repo": str(args.model_repo), "corpora": [c.name for c in held], "searches": {}}
+    for s, cell in pooled.items():
+        if not cell["hits"]:
+            continue
+        result["searches"][s] = {
+            "what": SEARCHES[s], "refused": cell["refused"],
+            "recall": {k: recall_cell(cell["hits"], cell["who"], k) for k in KS},
+            "chance": {k: float(np.mean(cell["chance"][k])) for k in KS}}
+    result["seconds"] = round(time.monotonic() - t0, 1)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "service.json").write_text(json.dumps(result, indent=2))
+    text = report(result)
+    (args.out / "service.md").write_text(text)
+    print(text)
+    print(f"eval service: {args.model_repo} on {len(held)} held-out corpora, {result['seconds']:.0f} s -> {args.out}")
+    return 0
+
+
+def report(result: dict) -> str:
+    lines = [f"The served models `{result['model_repo']}` through the service, every item of "
+             f"{', '.join(result['corpora'])} a query against all of that corpus's items.", "",
+             "| search | R@1 | R@5 | R@10 | chance R@10 | R@10 / chance | queries (refused) |",
+             "|---|---|---|---|---|---|---|"]
+    for cell in result["searches"].values():
+        r = cell["recall"]
+        cells = [f"{100 * r[k]['recall']:.1f} ({100 * r[k]['ci95'][0]:.1f}–{100 * r[k]['ci95'][1]:.1f})" for k in KS]
+        lines.append(f"| {cell['what']} | " + " | ".join(cells) + f" | {100 * cell['chance'][10]:.1f} | "
+                     f"{r[10]['recall'] / cell['chance'][10]:.2f}x | {r[10]['queries']} ({cell['refused']}) |")
+    return "\n".join(lines) + "\n"

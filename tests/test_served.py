@@ -1,0 +1,56 @@
+"""`facevoice eval service` (facevoice.served): the served models queried through the running
+service on a held-out corpus, recall@K beside chance."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from facevoice import served
+
+
+def test_chance_is_the_share_of_random_top_k_that_hold_an_own_item():
+    assert served.chance(100, 1, 10) == pytest.approx(0.10)
+    assert served.chance(1200, 4, 10) == pytest.approx(1 - np.prod([(1196 - i) / (1200 - i) for i in range(10)]))
+    assert served.chance(5, 2, 10) == 1.0  # K beyond the gallery: every item is returned
+    rng = np.random.default_rng(0)  # and by drawing
+    draws = [len({0, 1} & set(rng.choice(50, 5, replace=False))) > 0 for _ in range(20000)]
+    assert abs(np.mean(draws) - served.chance(50, 2, 5)) < 0.01
+
+
+def test_recall_cell_counts_a_query_with_an_own_item_in_its_top_k():
+    hits = [[False, True], [False, False], [True], []]
+    cell = served.recall_cell(hits, ["a", "a", "b", "c"], 1)
+    assert cell["recall"] == 0.25 and cell["people"] == 3 and cell["queries"] == 4
+    assert served.recall_cell(hits, ["a", "a", "b", "c"], 2)["recall"] == 0.5
+    lo, hi = cell["ci95"]
+    assert 0 <= lo <= 0.25 <= hi <= 1
+
+
+@pytest.mark.timeout(900)  # the stack fixture trains its tiny models first when this runs alone
+def test_the_command_on_a_held_out_corpus(stack, tmp_path, capsys):
+    """The tiny stack's release served on a corpus of new people: every search answers every
+    query, and recall lies between chance-like and perfect with its interval around it."""
+    from facevoice.cli import main
+
+    out = tmp_path / "report"
+    assert main(["eval", "service", "--model-repo", str(stack.repo), "--corpora", str(tmp_path / "held"),
+                 "--seeds", "9002", "--identities", "12", "--out", str(out), "--no-progress"]) == 0
+    result = json.loads((out / "service.json").read_text())
+    assert set(result["searches"]) == {"v2f", "f2v", "s2f"}
+    for s, cell in result["searches"].items():
+        r10 = cell["recall"]["10"]
+        assert r10["people"] == 12 and r10["queries"] == 24 - cell["refused"] or r10["queries"] == 24
+        assert r10["ci95"][0] <= r10["recall"] <= r10["ci95"][1]
+        assert 0 < cell["chance"]["10"] < 1
+    assert "| Speech2Face V->F (ReconstructFace nearest) |" in (out / "service.md").read_text()
+    assert "eval service:" in capsys.readouterr().out
+
+
+def test_a_directory_that_is_no_model_repository_is_a_clear_error(tmp_path):
+    from facevoice.cli import main
+
+    with pytest.raises(SystemExit, match="not a model repository"):
+        main(["eval", "service", "--model-repo", str(tmp_path), "--corpora", str(tmp_path), "--out", str(tmp_path)])
