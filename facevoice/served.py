@@ -93,14 +93,14 @@ def query_corpus(repo: Path, corpus: Path, indexes: Path, progress: bool) -> dic
         for item in tqdm(items, desc=f"queries: {corpus.name}", unit="query", disable=not progress):
             data = (corpus / item.path).read_bytes()
             if item.modality == "voice":
-                calls = [("v2f", lambda: stub.SearchFaces(pb.SearchFacesRequest(
+                calls = [("v2f", lambda data=data: stub.SearchFaces(pb.SearchFacesRequest(
                     voice=pb.Audio(data=data), top_k=max(KS)), timeout=60).hits)]
                 if s2f:
-                    calls.append(("s2f", lambda: stub.ReconstructFace(pb.ReconstructFaceRequest(
+                    calls.append(("s2f", lambda data=data: stub.ReconstructFace(pb.ReconstructFaceRequest(
                         voice=pb.Audio(data=data), top_k=max(KS)), timeout=60).nearest))
                 gallery = "face"
             else:
-                calls = [("f2v", lambda: stub.SearchVoices(pb.SearchVoicesRequest(
+                calls = [("f2v", lambda data=data: stub.SearchVoices(pb.SearchVoicesRequest(
                     face=pb.Image(data=data), top_k=max(KS)), timeout=60).hits)]
                 gallery = "voice"
             for search, call in calls:
