@@ -389,6 +389,26 @@ def _pool(cells: list[tuple[np.ndarray, np.ndarray]]) -> dict | None:
                         np.concatenate([c[1] + 1_000_000 * k for k, c in enumerate(cells)]))
 
 
+def pooled(cells: dict) -> dict:
+    """{row: {direction: {control: [outcomes per corpus]}}} -> the same with each cell pooled."""
+    return {k: {d: {c: _pool(v) for c, v in per.items()} for d, per in by_d.items()} for k, by_d in cells.items()}
+
+
+def write_report(out: Path, stem: str, result: dict, text: str) -> None:
+    """OUT/STEM.json and OUT/STEM.md, and the text printed."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=2, default=float))
+    (out / f"{stem}.md").write_text(text)
+    print(text)
+
+
+def matching_row(label: str, cells: dict) -> str:
+    """One direction's report row: each control's accuracy with its identity-bootstrap interval."""
+    return f"| {label} | " + " | ".join(
+        "–" if c is None else f"{_pct(c['accuracy'])} ({_pct(c['ci95_identity_bootstrap'][0])}–"
+        f"{_pct(c['ci95_identity_bootstrap'][1])})" for c in (cells[x] for x in CONTROLS)) + " |"
+
+
 def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     progress = not args.no_progress
@@ -500,14 +520,9 @@ def run(args: argparse.Namespace) -> int:
                         cells[name][d][c].append(found)
     result["links"] = {m: {n: {k: float(np.mean(v)) for k, v in per.items()} for n, per in cells_.items()}
                        for m, cells_ in link_r.items()}
-    result["matching"] = {k: {d: {c: _pool(v) for c, v in per.items()} for d, per in by_d.items()}
-                          for k, by_d in cells.items()}
+    result["matching"] = pooled(cells)
     result["seconds"] = round(time.monotonic() - t0, 1)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "ceiling.json").write_text(json.dumps(result, indent=2, default=float))
-    text = report(result)
-    (args.out / "ceiling.md").write_text(text)
-    print(text)
+    write_report(args.out, "ceiling", result, report(result))
     print(f"media ceiling: {len(held)} held-out corpora, read-outs trained on {len(train.identities)} people, "
           f"{result['seconds']:.0f} s -> {args.out}")
     return 0
@@ -532,9 +547,6 @@ def report(result: dict) -> str:
               "|---|---|" + "---|" * len(CONTROLS)]
     for k, by_d in result["matching"].items():
         label = f"`{Path(k).name}`" if k in repos else k
-        for d in ARROW:
-            lines.append(f"| {label} | {ARROW[d]} | " + " | ".join(
-                "–" if c is None else f"{_pct(c['accuracy'])} ({_pct(c['ci95_identity_bootstrap'][0])}–"
-                f"{_pct(c['ci95_identity_bootstrap'][1])})" for c in (by_d[d][x] for x in CONTROLS)) + " |")
+        lines += [matching_row(f"{label} | {ARROW[d]}", by_d[d]) for d in ARROW]
     lines.append("| chance | both | " + " | ".join("50.0" for _ in CONTROLS) + " |")
     return "\n".join(lines) + "\n"

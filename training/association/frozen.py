@@ -27,7 +27,6 @@ embeddings of each corpus are kept in OUT/embeddings so that a rerun does not co
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,12 +35,21 @@ import numpy as np
 from tqdm import tqdm
 
 from facevoice.service.corpus import Item, read_manifest
-from facevoice.training.association.ceiling import FACE_VALUES, VOICE_VALUES, _pool, ridge_r, subset, targets
+from facevoice.training.association.ceiling import (
+    FACE_VALUES,
+    VOICE_VALUES,
+    matching_row,
+    pooled,
+    ridge_r,
+    subset,
+    targets,
+    write_report,
+)
 from facevoice.training.association.config import load_config
 from facevoice.training.association.data import STORE, SplitData, load_split
 from facevoice.training.association.heldout import CONTROLS, heldout_corpus
 from facevoice.training.association.protocol import Embeddings, matching_outcomes
-from facevoice.training.association.report import ARROW, _pct
+from facevoice.training.association.report import ARROW
 
 HEADS = ("ridge", "cca", "pls")
 COMPONENTS = (4, 8, 16, 32)
@@ -291,14 +299,9 @@ def run(args: argparse.Namespace) -> int:
                     link_r.setdefault(m, {}).setdefault(n, []).append(ridge_r(
                         train_v[m], train_t[m].values[:, k], train_t[m].gender, vecs[m], t.values[:, k], t.gender))
     result["links"] = {m: {n: float(np.mean(v)) for n, v in per.items()} for m, per in link_r.items()}
-    result["matching"] = {k: {d: {c: _pool(v) for c, v in per.items()} for d, per in by_d.items()}
-                          for k, by_d in cells.items()}
+    result["matching"] = pooled(cells)
     result["seconds"] = round(time.monotonic() - t0, 1)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "frozen.json").write_text(json.dumps(result, indent=2, default=float))
-    text = report(result)
-    (args.out / "frozen.md").write_text(text)
-    print(text)
+    write_report(args.out, "frozen", result, report(result))
     refused = sum(len(v) for v in result["refused"].values())
     print(f"frozen encoders: heads fitted on {people} people, scored on {len(held)} held-out corpora "
           f"({refused} items refused), {result['seconds']:.0f} s -> {args.out}")
@@ -314,10 +317,7 @@ def report(result: dict) -> str:
     for kind, by_d in result["matching"].items():
         chosen = result["heads"][kind]["chosen"]
         label = f"{kind} (alpha {chosen:g})" if kind == "ridge" else f"{kind} ({chosen:g} components)"
-        for d in ARROW:
-            lines.append(f"| {label} | {ARROW[d]} | " + " | ".join(
-                "–" if c is None else f"{_pct(c['accuracy'])} ({_pct(c['ci95_identity_bootstrap'][0])}–"
-                f"{_pct(c['ci95_identity_bootstrap'][1])})" for c in (by_d[d][x] for x in CONTROLS)) + " |")
+        lines += [matching_row(f"{label} | {ARROW[d]}", by_d[d]) for d in ARROW]
     lines.append("| chance | both | " + " | ".join("50.0" for _ in CONTROLS) + " |")
     if result["links"]:
         lines += ["", "| side | link | frozen embedding r (within-gender ridge) |", "|---|---|---|"]
