@@ -188,8 +188,10 @@ def _code(e: grpc.RpcError) -> str:
 
 def run_history(repo: Path, index_root: Path, face: bytes, voice: bytes, build_args: list[str], log_kind: str,
                 seconds: float, seed: int = 0, triton: bool = False, bound_s: float = 5.0,
-                fault_every_s: tuple[float, float] = (4.0, 10.0), progress: bool = True) -> dict:
-    """One history on a private copy of `index_root`; the figures and anomalies as a dict."""
+                fault_every_s: tuple[float, float] = (4.0, 10.0), progress: bool = True, min_faults: int = 0) -> dict:
+    """One history on a private copy of `index_root`; the figures and anomalies as a dict. It runs
+    `seconds`, and on past them (to four times as long) until `min_faults` faults have been
+    injected: an index rebuild on a busy machine can take most of a short history."""
     rng = random.Random(seed)
     work = Path(tempfile.mkdtemp(prefix=f"facevoice-history-{log_kind}-"))
     root = work / "indexes"
@@ -295,6 +297,8 @@ def run_history(repo: Path, index_root: Path, face: bytes, voice: bytes, build_a
         for t in threads:
             t.start()
         stop.wait(seconds)
+        while len(faults) < min_faults and time.time() < t0 + 4 * seconds:
+            time.sleep(0.2)
         stop.set()
         for t in threads:
             t.join(120)

@@ -25,8 +25,14 @@ def toy(tmp_path_factory) -> Path:
     return build_toy_corpus(tmp_path_factory.mktemp("toy"))
 
 
-def _train(toy: Path, out: Path, *extra: str, iterations: int = 120, direction: str = "both") -> int:
-    sets = [a for s in [*TINY, f"train.iterations={iterations}", "train.hard_after=80"] for a in ("--set", s)]
+# 120 iterations beat chance on this corpus's 6 test people for some seeds and not others (seed 1:
+# 48% / 50% 1:2); 300 did for each of five seeds (71-97%), so a failure here is the trainer's
+ITERATIONS = 300
+
+
+def _train(toy: Path, out: Path, *extra: str, iterations: int = ITERATIONS, direction: str = "both") -> int:
+    hard = max(80, 2 * iterations // 3)  # hard negatives for the last third, when there is one
+    sets = [a for s in [*TINY, f"train.iterations={iterations}", f"train.hard_after={hard}"] for a in ("--set", s)]
     return main(["train", "association", "--corpus", str(toy), "--config", "small", "--direction", direction,
                  "--out", str(out), "--workers", "1", "--no-progress", "--threads", "2", *sets, *extra])
 
@@ -43,10 +49,10 @@ def test_training_writes_its_artifacts(trained, capsys):
         assert (trained / name).exists(), name
     assert list((trained / "tensorboard").glob("events.out.tfevents.*"))
     rows = (trained / "metrics.csv").read_text().splitlines()
-    assert rows[0].startswith("step,loss") and len(rows) == 1 + 120 // 20
+    assert rows[0].startswith("step,loss") and len(rows) == 1 + ITERATIONS // 20
     assert rows[-1].split(",")[rows[0].split(",").index("hard")] == "1"  # hard-negative mining was on at the end
     meta = json.loads((trained / "run.json").read_text())
-    assert meta["direction"] == "both" and meta["config"]["train"]["iterations"] == 120
+    assert meta["direction"] == "both" and meta["config"]["train"]["iterations"] == ITERATIONS
 
 
 def test_trained_model_beats_chance_on_separable_data(trained, toy):

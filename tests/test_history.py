@@ -55,7 +55,7 @@ def test_a_short_history_under_faults_has_no_anomaly(stack, tmp_path, log_kind):
     root = copy_indexes(stack, tmp_path / "indexes")
     build = ["--gallery", str(stack.corpus / "manifest.csv"), "--model-repo", str(stack.repo), "--modalities", "face"]
     got = run_history(stack.repo, root, media(stack, "toy007", "face", 0), media(stack, "toy005", "voice"), build,
-                      log_kind, seconds=30, seed=3, fault_every_s=(3.0, 6.0), progress=False)
+                      log_kind, seconds=30, seed=3, fault_every_s=(3.0, 6.0), progress=False, min_faults=3)
     assert got["anomalies"] == [], got["anomalies"][:5]
     assert got["by_kind"].get("upsert ok", 0) >= 20 and got["by_kind"].get("search ok", 0) >= 50
     assert got["by_kind"].get("delete ok", 0) >= 1
