@@ -29,6 +29,13 @@ def test_recall_cell_counts_a_query_with_an_own_item_in_its_top_k():
     assert 0 <= lo <= 0.25 <= hi <= 1
 
 
+def test_recall_by_person_reads_the_first_distinct_people():
+    ranked = ["b", "b", "b", "c", "a", "c", "d"]
+    assert served.distinct(ranked) == ["b", "c", "a", "d"]
+    # "a" is the 5th item but the 3rd person: a miss at K=3 by item, a hit by person
+    assert not any(r == "a" for r in ranked[:3]) and "a" in served.distinct(ranked)[:3]
+
+
 @pytest.mark.timeout(900)  # the stack fixture trains its tiny models first when this runs alone
 def test_the_command_on_a_held_out_corpus(stack, tmp_path, capsys):
     """The tiny stack's release served on a corpus of new people: every search answers every
@@ -45,6 +52,10 @@ def test_the_command_on_a_held_out_corpus(stack, tmp_path, capsys):
         assert r10["people"] == 12 and r10["queries"] == 48  # 4 photos or clips each; a refused one is a miss
         assert r10["ci95"][0] <= r10["recall"] <= r10["ci95"][1]
         assert 0 < cell["chance"]["10"] < 1
+        # by person: the first 10 of 12 distinct people; never below recall by item at the same K
+        assert cell["chance_people"]["10"] == pytest.approx(10 / 12)
+        for k in ("1", "5", "10"):
+            assert cell["recall_people"][k]["recall"] >= cell["recall"][k]["recall"] - 1e-9
     assert "| Speech2Face V->F (ReconstructFace nearest) |" in (out / "service.md").read_text()
     assert "eval service:" in capsys.readouterr().out
 
