@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -226,7 +227,11 @@ def head_accuracy(head: Head, face: np.ndarray, voice: np.ndarray, split: SplitD
 # ---------------------------------------------------------------- the command
 
 
-def run(args: argparse.Namespace) -> int:
+def evaluate_frozen(train_corpus: Path, corpora: Path, out: Path, seeds: Sequence[int] = (7101, 7102, 7103),
+                    identities: int = 300, heads_: Sequence[str] = HEADS, trials: int = 4000,
+                    config: str = "small", workers: int = 2, threads: int = 2, progress: bool = True) -> dict:
+    """Heads fitted on TRAIN_CORPUS's train split over the frozen encoders, scored on held-out
+    corpora; the result as written to OUT/frozen.json (report() renders it)."""
     import warnings
 
     import torch
@@ -234,11 +239,10 @@ def run(args: argparse.Namespace) -> int:
     from facevoice.training.association.evaluate import people_table
     from facevoice.training.corpus.oracle import corpus_people
 
-    torch.set_num_threads(args.threads)
-    progress = not args.no_progress
+    torch.set_num_threads(threads)
     t0 = time.monotonic()
-    cfg = load_config(args.config)
-    generator = corpus_people(args.train_corpus)
+    cfg = load_config(config)
+    generator = corpus_people(train_corpus)
     groups = tuple(g.name for g in generator[0].groups) if generator else ()
     from facevoice.training.corpus import media_oracle as mo
 
@@ -248,9 +252,9 @@ def run(args: argparse.Namespace) -> int:
                     "links": {}, "matching": {}}
 
     def load(corpus: Path, split: str):
-        data = load_split(corpus, split, cfg, corpus / "cache" / "ceiling", args.workers, progress, store=STORE,
+        data = load_split(corpus, split, cfg, corpus / "cache" / "ceiling", workers, progress, store=STORE,
                           skip_refused=True)
-        got = embed(corpus, data, encoders, args.out, f"{corpus.name}-{split}", progress)
+        got = embed(corpus, data, encoders, out, f"{corpus.name}-{split}", progress)
         for modality, (_, ok) in got.items():
             result["refused"].setdefault(modality, []).extend(
                 f"{corpus.name}/{getattr(data, modality).item_ids[k]}" for k in np.flatnonzero(~ok))
@@ -258,13 +262,13 @@ def run(args: argparse.Namespace) -> int:
         vecs = {m: v[ok] for m, (v, ok) in got.items()}
         return data, vecs, people_table(corpus) if generator else None
 
-    train, train_v, train_people = load(args.train_corpus, "train")
-    val, val_v, _ = load(args.train_corpus, "val")
+    train, train_v, train_people = load(train_corpus, "train")
+    val, val_v, _ = load(train_corpus, "val")
     people = len(train.identities)
     heads: dict[str, Head] = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # sklearn's convergence notes on the largest k
-        for kind in args.heads:
+        for kind in heads_:
             scores = {}
             for size in (ALPHAS if kind == "ridge" else COMPONENTS):
                 head = fit_head(kind, size, train_v["face"], train.face.identity, train_v["voice"],
@@ -276,9 +280,9 @@ def run(args: argparse.Namespace) -> int:
             result["heads"][kind] = {"chosen": best, "val_1:2": scores}
     train_t = ({m: targets(train, m, train_people, generator[0], groups, accents) for m in ("face", "voice")}
                if generator else None)
-    args.corpora.mkdir(parents=True, exist_ok=True)
-    held = [heldout_corpus(args.corpora, s, args.identities, progress) for s in args.seeds]
-    result |= {"train_corpus": str(args.train_corpus), "train_identities": people,
+    corpora.mkdir(parents=True, exist_ok=True)
+    held = [heldout_corpus(corpora, s, identities, progress) for s in seeds]
+    result |= {"train_corpus": str(train_corpus), "train_identities": people,
                "corpora": [c.name for c in held]}
     cells = {k: {d: {c: [] for c in CONTROLS} for d in ARROW} for k in heads}
     link_r: dict = {}
@@ -288,7 +292,7 @@ def run(args: argparse.Namespace) -> int:
             for d in ARROW:
                 emb = head.embeddings(vecs["face"], vecs["voice"], d)
                 for c in CONTROLS:
-                    found = matching_outcomes(emb, split, d, c, args.trials, seed=0)
+                    found = matching_outcomes(emb, split, d, c, trials, seed=0)
                     if found is not None:
                         cells[kind][d][c].append(found)
         if train_t is not None:
@@ -301,10 +305,17 @@ def run(args: argparse.Namespace) -> int:
     result["links"] = {m: {n: float(np.mean(v)) for n, v in per.items()} for m, per in link_r.items()}
     result["matching"] = pooled(cells)
     result["seconds"] = round(time.monotonic() - t0, 1)
-    write_report(args.out, "frozen", result, report(result))
+    write_report(out, "frozen", result, report(result))
+    return result
+
+
+def run(args: argparse.Namespace) -> int:
+    result = evaluate_frozen(args.train_corpus, args.corpora, args.out, args.seeds, args.identities, args.heads,
+                             args.trials, args.config, args.workers, args.threads, not args.no_progress)
     refused = sum(len(v) for v in result["refused"].values())
-    print(f"frozen encoders: heads fitted on {people} people, scored on {len(held)} held-out corpora "
-          f"({refused} items refused), {result['seconds']:.0f} s -> {args.out}")
+    print(f"frozen encoders: heads fitted on {result['train_identities']} people, scored on "
+          f"{len(result['corpora'])} held-out corpora ({refused} items refused), "
+          f"{result['seconds']:.0f} s -> {args.out}")
     return 0
 
 
