@@ -1,4 +1,5 @@
-"""`facevoice study analyze --study STUDY_DIR --out REPORT_DIR [--model-repo DIR | --service HOST:PORT]`.
+"""`facevoice study analyze --study STUDY_DIR --out REPORT_DIR [--sources SOURCE ...] [--model-repo DIR |
+--service HOST:PORT]`.
 
 The analysis of Kim et al. sec. 3.3 on the study's database:
 - Table 1: per experiment, the mean and SD of participants' accuracy on the 16 matching tasks
@@ -26,7 +27,7 @@ from facevoice.service.errors import UsageError
 from facevoice.study.app import exclusion
 from facevoice.study.config import EXPERIMENTS, Study
 from facevoice.study.design import stimulus_people
-from facevoice.study.store import Store, opened
+from facevoice.study.store import SOURCES, Store, opened
 
 PAPER_TABLE1 = {1: (71.4, 13.6, 13.17, 70), 2: (65.0, 13.0, 9.65, 70), 3: (58.4, 13.8, 5.20, 73),
                 4: (55.2, 12.2, 3.69, 75)}  # Kim et al. Table 1: mean %, SD %, t, n
@@ -37,15 +38,20 @@ def label(e: int) -> str:
     return f"{e}: {'/'.join(letters)}, {direction.replace('->', '→')}"
 
 
-def collect(study: Study, store: Store) -> dict:
-    """Finished matchers' accuracy per experiment, and why the others were left out."""
+def collect(study: Study, store: Store, sources: tuple[str, ...] = ("participant",)) -> dict:
+    """Finished matchers' accuracy per experiment, and why the others were left out. Only
+    participants of `sources` count (real participants by default); the matchers of other
+    sources are counted in `left_out`, by source."""
     trials_of = defaultdict(list)
     for t in store.trials():
         trials_of[t["code"]].append(t)
-    included, excluded = defaultdict(dict), defaultdict(int)
+    included, excluded, left_out = defaultdict(dict), defaultdict(int), defaultdict(int)
     unfinished = 0
     for p in store.participants():
         if p.role != "match":
+            continue
+        if p.source not in sources:
+            left_out[p.source] += 1
             continue
         if p.finished_at is None:
             unfinished += 1
@@ -57,7 +63,8 @@ def collect(study: Study, store: Store) -> dict:
             continue
         matching = [t for t in ts if t["kind"] == "match"]
         included[p.experiment][p.code] = matching
-    return {"included": included, "excluded": dict(excluded), "unfinished": unfinished}
+    return {"included": included, "excluded": dict(excluded), "unfinished": unfinished, "sources": list(sources),
+            "left_out": dict(left_out)}
 
 
 def accuracy(trials: list[dict]) -> float:
@@ -263,6 +270,9 @@ def report(study: Study, data: dict, t1: dict, aov: dict | None, hard: list, mac
               f"Included: {sum(r['n'] for r in t1.values())}. Unfinished: {data['unfinished']}. Excluded: "
               + (", ".join(f"{n} ({why})" for why, n in sorted(data["excluded"].items())) or "none")
               + " (Kim et al.: 9 of 301 for controls, 4 for having recorded).", "",
+              f"Sources counted: {', '.join(data['sources'])}; left out: "
+              + (", ".join(f"{n} {source} matchers" for source, n in sorted(data["left_out"].items())) or "none")
+              + " (`--sources` chooses).", "",
               "## Planning", "",
               "Participants an experiment needs for 80% power to tell 55% from 50% (two-sided t-test, α = 0.05):", ""]
     lines += [f"- {label(e)}: {n} (at this experiment's SD, {t1[e]['sd']:.1f}%)" for e, n in needed.items()]
@@ -275,15 +285,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--study", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True, help="the report directory")
     p.add_argument("--database", help="default STUDY_DIR's SQLite")
+    p.add_argument("--sources", nargs="+", choices=SOURCES, default=["participant"],
+                   help="whose answers count: real participants (default), pilots (the preview link), simulated")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--model-repo", type=Path, help="answer the trials with this model repository (embedded service)")
     g.add_argument("--service", help="answer the trials through a running service's Match (HOST:PORT)")
 
 
-def analyze(study: Study, store: Store, out: Path, model_repo: Path | None = None, service: str | None = None) -> dict:
-    data = collect(study, store)
+def analyze(study: Study, store: Store, out: Path, model_repo: Path | None = None, service: str | None = None,
+            sources: tuple[str, ...] = ("participant",)) -> dict:
+    data = collect(study, store, sources)
     if not data["included"]:
-        raise UsageError("no finished, included matching participant yet: nothing to analyse")
+        raise UsageError(f"no finished, included matching participant of source {', '.join(sources)} yet: nothing "
+                         f"to analyse{_left_out(data)}")
     out.mkdir(parents=True, exist_ok=True)
     t1 = table1(data["included"])
     aov = anova(data["included"])
@@ -295,18 +309,27 @@ def analyze(study: Study, store: Store, out: Path, model_repo: Path | None = Non
     figs = figures(out, t1, machine, hard)
     (out / "report.md").write_text(report(study, data, t1, aov, hard, machine, needed, figs), encoding="utf-8")
     result = {"table1": {str(e): r for e, r in t1.items()}, "anova": aov, "excluded": data["excluded"],
+              "sources": data["sources"], "left_out": data["left_out"],
               "unfinished": data["unfinished"], "machine": {str(e): r for e, r in (machine or {}).items()},
               "difficulty": hard, "participants_needed": {str(e): n for e, n in needed.items()}}
     (out / "report.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
     return result
 
 
+def _left_out(data: dict) -> str:
+    """What other sources held, and how to include them; empty when nothing was left out."""
+    if not data["left_out"]:
+        return ""
+    held = ", ".join(f"{n} {source}" for source, n in sorted(data["left_out"].items()))
+    return f" (left out: {held} matchers; --sources to include them)"
+
+
 def run(args: argparse.Namespace) -> int:
     with opened(args.study, args.database) as (study, store):
-        result = analyze(study, store, args.out, args.model_repo, args.service)
+        result = analyze(study, store, args.out, args.model_repo, args.service, tuple(args.sources))
     for e, r in result["table1"].items():
         machine = result["machine"].get(e)
         extra = f"; model {machine['accuracy']:.1f}% on the same {machine['trials']} trials" if machine else ""
         print(f"experiment {label(int(e))}: {r['mean']:.1f}% ± {r['sd']:.1f} (n = {r['n']}){extra}")
-    print(f"excluded: {result['excluded'] or 'none'}; report: {args.out / 'report.md'}")
+    print(f"excluded: {result['excluded'] or 'none'}{_left_out(result)}; report: {args.out / 'report.md'}")
     return 0

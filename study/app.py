@@ -23,7 +23,7 @@ from facevoice.service.media.errors import MediaError
 from facevoice.study.config import EXPERIMENTS, Study
 from facevoice.study.design import experiment_pairs, participant_trials, stimulus_people
 from facevoice.study.recording import check_face, check_voice
-from facevoice.study.store import Conflict, Store
+from facevoice.study.store import SOURCES, Conflict, Store
 
 WEB = Path(__file__).parent / "web"
 MEDIA_TYPES = {".wav": "audio/wav", ".flac": "audio/flac", ".ogg": "audio/ogg", ".mp3": "audio/mpeg",
@@ -41,6 +41,9 @@ class Strict(BaseModel):
 
 class NewParticipant(Strict):
     role: Literal["record", "match"]
+    # "pilot" needs the pilot token (the preview link's), "simulated" the admin token
+    source: Literal["participant", "pilot", "simulated"] = "participant"
+    pilot_token: str | None = None
 
 
 class Consent(Strict):
@@ -163,10 +166,17 @@ def create_app(study: Study, store: Store, admin_token: str) -> FastAPI:
                 "max_upload_bytes": study.recording.max_upload_bytes}
 
     @app.post("/api/participants", status_code=201)
-    def join(body: NewParticipant):
+    def join(body: NewParticipant, request: Request):
+        if body.source == "simulated":
+            admin(request)  # only the researcher's scripts may add simulated data
+        elif body.source == "pilot":
+            if not hmac.compare_digest((body.pilot_token or "").encode(), pilot_token(admin_token).encode()):
+                raise HTTPException(403, "a pilot join needs the study's preview link (its pilot token)")
+        elif body.pilot_token is not None:
+            raise HTTPException(400, "pilot_token is only for source \"pilot\"")
         code = secrets.token_urlsafe(16)
-        experiment = store.add_participant(code, body.role, study.experiments, secrets.randbits(62))
-        out = {"code": code, "role": body.role, "experiment": experiment}
+        experiment = store.add_participant(code, body.role, study.experiments, secrets.randbits(62), body.source)
+        out = {"code": code, "role": body.role, "experiment": experiment, "source": body.source}
         if experiment is not None:
             out["direction"] = EXPERIMENTS[experiment][0]
         return out
@@ -306,10 +316,19 @@ def create_app(study: Study, store: Store, admin_token: str) -> FastAPI:
 
     @app.get("/api/admin/progress")
     def progress(request: Request):
+        """Joins and finishes per role and experiment, for one source (default: real participants),
+        and how many joined of each source."""
         admin(request)
-        out: dict = {"record": {"joined": 0, "finished": 0},
-                     "match": {str(e): {"joined": 0, "finished": 0, "excluded": 0} for e in study.experiments}}
+        source = request.query_params.get("source", "participant")
+        if source not in SOURCES:
+            raise HTTPException(400, f"source must be one of {', '.join(SOURCES)}")
+        out: dict = {"source": source, "record": {"joined": 0, "finished": 0},
+                     "match": {str(e): {"joined": 0, "finished": 0, "excluded": 0} for e in study.experiments},
+                     "sources": dict.fromkeys(SOURCES, 0)}
         for p in store.participants():
+            out["sources"][p.source] += 1
+            if p.source != source:
+                continue
             row = out["record"] if p.role == "record" else out["match"][str(p.experiment)]
             row["joined"] += 1
             row["finished"] += p.finished_at is not None
@@ -334,6 +353,12 @@ def create_app(study: Study, store: Store, admin_token: str) -> FastAPI:
         return {"ok": True}
 
     return app
+
+
+def pilot_token(admin_token: str) -> str:
+    """The preview link's token: derived from the admin token, so it needs no storage, and it
+    grants nothing but joining as a pilot (whose data `analyze` leaves out by default)."""
+    return hmac.new(admin_token.encode(), b"facevoice study pilot", "sha256").hexdigest()[:32]
 
 
 def _bit(slot: str) -> int:

@@ -45,7 +45,7 @@ def admin_token(study_dir: Path, token_file: Path | None) -> tuple[str, str]:
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from facevoice.study.app import create_app
+    from facevoice.study.app import create_app, pilot_token
     from facevoice.study.store import opened
 
     with opened(args.study, args.database) as (study, store):
@@ -58,5 +58,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"  experiment {e}: {counts['male']} pairs of men, {counts['female']} of women")
         print(f"database: {where}; admin token in {source}")
         print(f"participants: http://{args.host}:{args.port}/record (recording) and /match (matching)")
+        print(f"pilot (preview) links, left out of the analysis by default: /match?pilot={pilot_token(token)} "
+              f"and /record?pilot={pilot_token(token)}")
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
     return 0

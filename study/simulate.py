@@ -133,7 +133,7 @@ def simulate(client: Client, n: int, skill: str, seed: int = 0, spread: float = 
     answers = survey or default_answers(about["survey"])
     out = []
     for k in range(n):
-        p = client.call("POST", "/api/participants", {"role": "match"})
+        p = client.call("POST", "/api/participants", {"role": "match", "source": "simulated"}, admin=True)
         code = p["code"]
         client.call("POST", f"/api/participants/{code}/consent", {"agree": True})
         client.call("POST", f"/api/participants/{code}/survey", {"answers": answers})
@@ -221,5 +221,5 @@ def run(args: argparse.Namespace) -> int:
     per = {e: sum(r["experiment"] == e for r in results) for e in EXPERIMENTS}
     print(f"simulated {len(results)} matchers (skill {args.skill}; {sum(r['careless'] for r in results)} careless): "
           + ", ".join(f"experiment {e}: {n}" for e, n in per.items() if n))
-    print(f"next: facevoice study analyze --study {args.study} --out REPORT_DIR")
+    print(f"next: facevoice study analyze --study {args.study} --out REPORT_DIR --sources simulated")
     return 0

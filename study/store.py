@@ -29,7 +29,8 @@ SCHEMA = (
         consented_at DOUBLE PRECISION,
         survey TEXT,
         finished_at DOUBLE PRECISION,
-        excluded TEXT)""",
+        excluded TEXT,
+        source TEXT NOT NULL DEFAULT 'participant')""",
     """CREATE TABLE IF NOT EXISTS trials (
         code TEXT NOT NULL REFERENCES participants(code) ON DELETE CASCADE,
         idx INTEGER NOT NULL,
@@ -54,6 +55,8 @@ SCHEMA = (
         created_at DOUBLE PRECISION NOT NULL,
         PRIMARY KEY (code, kind, script))""",
 )
+# who a participant is: a real one, a researcher trying the pilot (preview) link, or a script
+SOURCES = ("participant", "pilot", "simulated")
 TRIAL_COLUMNS = ("code", "idx", "kind", "query", "option0", "option1", "correct", "repeat_of", "played", "chosen",
                  "rt_ms", "answered_at")
 
@@ -73,6 +76,7 @@ class Participant:
     survey: dict | None
     finished_at: float | None
     excluded: str | None
+    source: str = "participant"
 
 
 class Store:
@@ -96,6 +100,17 @@ class Store:
         with self.transaction() as cur:
             for statement in SCHEMA:
                 cur.execute(statement)
+            self._add_source_column(cur)
+
+    def _add_source_column(self, cur) -> None:
+        """A database made before participants had a source gets the column; its rows count as real
+        participants', as they were counted then."""
+        if self.kind == "postgresql":
+            cur.execute("ALTER TABLE participants ADD COLUMN IF NOT EXISTS source TEXT NOT NULL DEFAULT 'participant'")
+            return
+        cur.execute("PRAGMA table_info(participants)")
+        if "source" not in {row[1] for row in cur.fetchall()}:
+            cur.execute("ALTER TABLE participants ADD COLUMN source TEXT NOT NULL DEFAULT 'participant'")
 
     def _connect(self):
         if self.kind == "sqlite":
@@ -138,19 +153,24 @@ class Store:
 
     # --- participants -------------------------------------------------------------------
 
-    def add_participant(self, code: str, role: str, experiments: tuple[int, ...], seed: int) -> int | None:
-        """A new participant; a matcher gets the experiment with the fewest matchers so far (the
-        server balances them, ties to the lowest number)."""
+    def add_participant(self, code: str, role: str, experiments: tuple[int, ...], seed: int,
+                        source: str = "participant") -> int | None:
+        """A new participant; a matcher gets the experiment with the fewest matchers of its source
+        so far (the server balances them, ties to the lowest number), so pilots and simulated runs
+        neither skew the real participants' balance nor are skewed by it."""
+        if source not in SOURCES:
+            raise ValueError(f"source {source!r}: expected one of {', '.join(SOURCES)}")
         with self.transaction() as cur:
             experiment = None
             if role == "match":
                 if self.kind == "postgresql":  # replicas: one join counts at a time (as BEGIN IMMEDIATE does)
                     cur.execute("LOCK TABLE participants IN SHARE ROW EXCLUSIVE MODE")
-                cur.execute("SELECT experiment, COUNT(*) FROM participants WHERE role = 'match' GROUP BY experiment")
+                cur.execute("SELECT experiment, COUNT(*) FROM participants WHERE role = 'match' AND source = ? "
+                            "GROUP BY experiment", (source,))
                 counts = dict.fromkeys(experiments, 0) | {e: n for e, n in cur.fetchall() if e in experiments}
                 experiment = min(experiments, key=lambda e: (counts[e], e))
-            cur.execute("INSERT INTO participants (code, role, experiment, seed, created_at) VALUES (?, ?, ?, ?, ?)",
-                        (code, role, experiment, seed, time.time()))
+            cur.execute("INSERT INTO participants (code, role, experiment, seed, created_at, source) "
+                        "VALUES (?, ?, ?, ?, ?, ?)", (code, role, experiment, seed, time.time(), source))
         return experiment
 
     def participant(self, code: str) -> Participant | None:
@@ -162,8 +182,8 @@ class Store:
 
     def _participants(self, clause: str, args: tuple) -> list[Participant]:
         with self.transaction() as cur:
-            cur.execute("SELECT code, role, experiment, seed, created_at, consented_at, survey, finished_at, excluded "
-                        f"FROM participants {clause}", args)
+            cur.execute("SELECT code, role, experiment, seed, created_at, consented_at, survey, finished_at, excluded, "
+                        f"source FROM participants {clause}", args)
             rows = cur.fetchall()
         return [Participant(*row[:6], json.loads(row[6]) if row[6] else None, *row[7:]) for row in rows]
 

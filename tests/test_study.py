@@ -17,6 +17,7 @@ from matplotlib import cbook
 
 from facevoice.cli import main
 from facevoice.service.corpus import read_identities, read_manifest
+from facevoice.service.errors import UsageError
 from facevoice.service.media.image import FaceImage, face_input_used
 from facevoice.study.analyze import analyze, collect, participants_needed
 from facevoice.study.config import load_study
@@ -150,6 +151,13 @@ def test_bad_input_gets_a_clear_4xx_and_changes_nothing(server):
         ("POST", f"/api/participants/{code}/trials/{idx + 1}/answer", {"choice": 0, "correct": 1}, 422, ""),
         ("POST", f"/api/participants/{code}/trials/{idx + 1}/answer", [], 422, ""),
         ("POST", "/api/participants", {"role": "admin"}, 422, ""),
+        # a source other than a real participant needs its token; an unknown one is refused
+        ("POST", "/api/participants", {"role": "match", "source": "simulated"}, 401, "admin token"),
+        ("POST", "/api/participants", {"role": "match", "source": "pilot"}, 403, "preview link"),
+        ("POST", "/api/participants", {"role": "match", "source": "pilot", "pilot_token": "x" * 32}, 403, "preview"),
+        ("POST", "/api/participants", {"role": "match", "pilot_token": "x" * 32}, 400, "only for source"),
+        ("POST", "/api/participants", {"role": "match", "source": "real"}, 422, ""),
+        ("GET", "/api/admin/progress?source=real", None, 401, "admin token"),
         ("POST", f"/api/participants/{code}/trials/{idx}/played", {"slot": "2"}, 422, ""),
         # order and repeats
         ("POST", f"/api/participants/{fresh}/survey", {"answers": answers()}, 403, "consent first"),
@@ -272,8 +280,11 @@ def test_simulated_participants_give_back_their_accuracy(tmp_path, corpus, stack
     study = load_study(study_dir)
     store = Store(study.database_url)
     try:
-        result = analyze(study, store, tmp_path / "report", model_repo=stack.repo)
-        shown = {str(e): sum(len(ts) for ts in by.values()) for e, by in collect(study, store)["included"].items()}
+        with pytest.raises(UsageError, match="left out: 80 simulated matchers"):
+            analyze(study, store, tmp_path / "report")  # real participants only, by default: none yet
+        result = analyze(study, store, tmp_path / "report", model_repo=stack.repo, sources=("simulated",))
+        shown = {str(e): sum(len(ts) for ts in by.values())
+                 for e, by in collect(study, store, ("simulated",))["included"].items()}
     finally:
         store.close()
     t1 = result["table1"]
@@ -292,7 +303,7 @@ def test_simulated_participants_give_back_their_accuracy(tmp_path, corpus, stack
                  "--careless", "0", "--seed", "5", "--no-progress"]) == 0
     store = Store(load_study(study_dir2).database_url)
     try:
-        chance = analyze(load_study(study_dir2), store, tmp_path / "report2")["table1"]
+        chance = analyze(load_study(study_dir2), store, tmp_path / "report2", sources=("simulated",))["table1"]
     finally:
         store.close()
     pooled = sum(r["mean"] * r["n"] for r in chance.values()) / sum(r["n"] for r in chance.values())
@@ -304,3 +315,60 @@ def test_power_matches_the_normal_approximation():
     for sd in (10.0, 13.0):
         approx = ((1.959964 + 0.841621) * sd / 5.0) ** 2
         assert approx < participants_needed(sd) < approx + 4
+
+
+def test_pilots_and_simulated_runs_are_kept_apart_from_participants(server, tmp_path, capsys):
+    """Each participant has a source; the balancing counts within a source, the progress and the
+    analysis count real participants unless told otherwise, and say what they left out."""
+    from facevoice.study.app import pilot_token
+
+    base = server.url
+    real = [http(base, "POST", "/api/participants", {"role": "match"})[1] for _ in range(4)]
+    pilots = [http(base, "POST", "/api/participants", {"role": "match", "source": "pilot",
+                                                       "pilot_token": pilot_token(TOKEN)}) for _ in range(2)]
+    simulated = [http(base, "POST", "/api/participants", {"role": "match", "source": "simulated"}, token=TOKEN)
+                 for _ in range(3)]
+    assert [p["source"] for p in real] == ["participant"] * 4
+    assert [s for s, _ in pilots + simulated] == [201] * 5
+    # the balancing starts over per source: experiments 1, 2 for the pilots, 1, 2, 3 for the script
+    assert [p["experiment"] for p in real] == [1, 2, 3, 4]
+    assert [b["experiment"] for _, b in pilots] == [1, 2] and [b["experiment"] for _, b in simulated] == [1, 2, 3]
+    progress = http(base, "GET", "/api/admin/progress", token=TOKEN)[1]
+    assert progress["sources"] == {"participant": 4, "pilot": 2, "simulated": 3}
+    assert sum(row["joined"] for row in progress["match"].values()) == 4
+    assert http(base, "GET", "/api/admin/progress?source=pilot", token=TOKEN)[1]["match"]["1"]["joined"] == 1
+    exported = {p["code"]: p["source"] for p in http(base, "GET", "/api/admin/export", token=TOKEN)[1]["participants"]}
+    assert sorted(exported.values()) == ["participant"] * 4 + ["pilot"] * 2 + ["simulated"] * 3
+    store = store_of(server)
+    try:
+        data = collect(load_study(server.study_dir), store)
+        assert data["left_out"] == {"pilot": 2, "simulated": 3} and data["unfinished"] == 4
+        assert collect(load_study(server.study_dir), store, ("pilot", "simulated"))["left_out"] == {"participant": 4}
+    finally:
+        store.close()
+
+
+def test_a_database_from_before_sources_reads_as_participants(tmp_path):
+    """A SQLite file made before the source column: opened, it gains the column, its rows real."""
+    import sqlite3
+
+    path = tmp_path / "old.sqlite"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE participants (code TEXT PRIMARY KEY, role TEXT NOT NULL, experiment INTEGER, "
+                 "seed BIGINT NOT NULL, created_at DOUBLE PRECISION NOT NULL, consented_at DOUBLE PRECISION, "
+                 "survey TEXT, finished_at DOUBLE PRECISION, excluded TEXT)")
+    conn.execute("INSERT INTO participants VALUES ('old', 'match', 1, 7, 1.0, NULL, NULL, NULL, NULL)")
+    conn.commit()
+    conn.close()
+    store = Store(f"sqlite:///{path}")
+    try:
+        assert [(p.code, p.source) for p in store.participants()] == [("old", "participant")]
+        store.add_participant("new", "match", (1, 2), 8, "simulated")
+        assert {p.code: p.source for p in store.participants()} == {"old": "participant", "new": "simulated"}
+    finally:
+        store.close()
+    again = Store(f"sqlite:///{path}")  # opened again: the column is there, and not added twice
+    try:
+        assert [p.source for p in again.participants()] == ["participant", "simulated"]
+    finally:
+        again.close()

@@ -33,7 +33,11 @@ async function joinStudy(role) {
   const key = "facevoice-study-" + role;
   const saved = sessionStorage.getItem(key);
   if (saved) return JSON.parse(saved);
-  const p = await api.call("POST", "/api/participants", {role});
+  // the preview link (/match?pilot=TOKEN, printed by `facevoice study serve`) joins as a pilot,
+  // whose answers the analysis leaves out unless asked
+  const pilot = new URLSearchParams(window.location.search).get("pilot");
+  const body = pilot ? {role, source: "pilot", pilot_token: pilot} : {role};
+  const p = await api.call("POST", "/api/participants", body);
   sessionStorage.setItem(key, JSON.stringify(p));
   return p;
 }
