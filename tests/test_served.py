@@ -30,10 +30,14 @@ def test_recall_cell_counts_a_query_with_an_own_item_in_its_top_k():
 
 
 def test_recall_by_person_reads_the_first_distinct_people():
-    ranked = ["b", "b", "b", "c", "a", "c", "d"]
+    # "a" has its first item at rank 12 but is the 3rd person: a miss by item at K=10, a hit by person
+    ranked = ["b"] * 6 + ["c"] * 5 + ["a", "c", "d"]
     assert served.distinct(ranked) == ["b", "c", "a", "d"]
-    # "a" is the 5th item but the 3rd person: a miss at K=3 by item, a hit by person
-    assert not any(r == "a" for r in ranked[:3]) and "a" in served.distinct(ranked)[:3]
+    by_item, by_person = served.hit_lists(ranked, "a")
+    assert len(by_item) == 10 and not any(by_item)
+    assert by_person == [False, False, True, False]
+    assert served.hit_lists(ranked, "b") == ([True] * 6 + [False] * 4, [True, False, False, False])
+    assert served.hit_lists([], "a") == ([], [])  # a refused query: a miss both ways
 
 
 @pytest.mark.timeout(900)  # the stack fixture trains its tiny models first when this runs alone
@@ -56,8 +60,12 @@ def test_the_command_on_a_held_out_corpus(stack, tmp_path, capsys):
         assert cell["chance_people"]["10"] == pytest.approx(10 / 12)
         for k in ("1", "5", "10"):
             assert cell["recall_people"][k]["recall"] >= cell["recall"][k]["recall"] - 1e-9
+    for cell in result["searches"].values():
+        assert 1 <= cell["people_in_top10"] <= 10 and 0 <= cell["same_gender_in_top10"] <= 1
     assert "| Speech2Face V->F (ReconstructFace nearest) |" in (out / "service.md").read_text()
-    assert "eval service:" in capsys.readouterr().out
+    assert served.report(result) == (out / "service.md").read_text()  # the JSON read back renders the same
+    summary = capsys.readouterr().out.strip().splitlines()[-1]
+    assert summary.startswith("eval service:") and "1 held-out corpus," in summary and "x chance" in summary
 
 
 def test_a_directory_that_is_no_model_repository_is_a_clear_error(tmp_path):
