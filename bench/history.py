@@ -299,6 +299,7 @@ def run_history(repo: Path, index_root: Path, face: bytes, voice: bytes, build_a
         stop.wait(seconds)
         while len(faults) < min_faults and time.time() < t0 + 4 * seconds:
             time.sleep(0.2)
+        ran_s = time.time() - t0
         stop.set()
         for t in threads:
             t.join(120)
@@ -321,7 +322,8 @@ def run_history(repo: Path, index_root: Path, face: bytes, voice: bytes, build_a
     def q(p: float) -> float:
         return lags[min(len(lags) - 1, int(p * len(lags)))] * 1000 if lags else float("nan")
 
-    return {"log": log_kind, "seconds": seconds, "bound_s": bound_s, "operations": sum(checked.ops.values()),
+    return {"log": log_kind, "seconds": round(ran_s, 1), "asked_seconds": seconds, "bound_s": bound_s,
+            "operations": sum(checked.ops.values()),
             "by_kind": dict(checked.ops), "faults": Counter(f["fault"] for f in faults), "fault_list": faults,
             "anomalies": checked.anomalies, "lag_ms": {"p50": q(0.5), "p99": q(0.99), "max": q(1.0),
                                                        "n": len(lags)},
