@@ -71,6 +71,11 @@ def accuracy(trials: list[dict]) -> float:
     return float(np.mean([t["chosen"] == t["correct"] for t in trials]))
 
 
+# the fewest participants an experiment needs before Table 1 gives its 95% interval (at n = 2
+# the t interval of a typical SD ran from -182% to 294%); the interval is clipped to 0-100%
+MIN_N_INTERVAL = 5
+
+
 def table1(included: dict) -> dict[int, dict]:
     from scipy import stats
 
@@ -81,8 +86,10 @@ def table1(included: dict) -> dict[int, dict]:
         row = {"n": len(acc), "mean": float(acc.mean()), "sd": sd}
         if len(acc) > 1 and row["sd"] > 0:
             t = stats.ttest_1samp(acc, 50.0)
-            half = stats.t.ppf(0.975, len(acc) - 1) * row["sd"] / math.sqrt(len(acc))
-            row.update(t=float(t.statistic), p=float(t.pvalue), ci=(row["mean"] - half, row["mean"] + half))
+            row.update(t=float(t.statistic), p=float(t.pvalue))
+            if len(acc) >= MIN_N_INTERVAL:  # below it a t interval spans far beyond 0-100%: said, not printed
+                half = stats.t.ppf(0.975, len(acc) - 1) * row["sd"] / math.sqrt(len(acc))
+                row["ci"] = (max(0.0, row["mean"] - half), min(100.0, row["mean"] + half))
         out[e] = row
     return out
 
@@ -236,7 +243,8 @@ def report(study: Study, data: dict, t1: dict, aov: dict | None, hard: list, mac
         paper = PAPER_TABLE1[e]
         t = f"{r['t']:.2f}" if "t" in r else "–"
         p = (f"{r['p']:.2g}" if r["p"] >= 0.001 else "< 0.001") if "p" in r else "–"
-        ci = f"{r['ci'][0]:.1f}–{r['ci'][1]:.1f}%" if "ci" in r else "–"
+        ci = (f"{r['ci'][0]:.1f}–{r['ci'][1]:.1f}%" if "ci" in r
+              else f"none at n < {MIN_N_INTERVAL}" if r["n"] < MIN_N_INTERVAL else "–")
         lines.append(f"| {label(e)} | {r['n']} | {r['mean']:.1f}% | {r['sd']:.1f}% | {t} | {p} | {ci} | "
                      f"{paper[0]}%, {paper[1]}%, {paper[2]} ({paper[3]}) |")
     lines += ["", "## Across experiments", ""]
@@ -252,7 +260,7 @@ def report(study: Study, data: dict, t1: dict, aov: dict | None, hard: list, mac
                   "|---|---|---|"]
         for e in t1:
             h, m = t1[e], machine[e]
-            hci = f"{h['ci'][0]:.1f}–{h['ci'][1]:.1f}" if "ci" in h else "–"
+            hci = f"{h['ci'][0]:.1f}–{h['ci'][1]:.1f}" if "ci" in h else f"n = {h['n']}, no interval"
             lines.append(f"| {label(e)} | {h['mean']:.1f}% ({hci}) | {m['trials']}, {m['accuracy']:.1f}% "
                          f"({m['ci'][0]:.1f}–{m['ci'][1]:.1f}) |")
         lines += ["", "The model answered, through the service's Match RPC, each task an included participant saw,",

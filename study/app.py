@@ -66,6 +66,7 @@ class Answer(Strict):
 class Exclusion(Strict):
     code: str = Field(max_length=64)
     reason: str = Field(min_length=1, max_length=200)
+    by: str = Field("admin", min_length=1, max_length=64)  # who excludes (kept in the history)
 
 
 def failed_controls(trials: list[dict]) -> int:
@@ -339,16 +340,16 @@ def create_app(study: Study, store: Store, admin_token: str) -> FastAPI:
     @app.get("/api/admin/export")
     def export(request: Request, code: str | None = None):
         """Everything stored but the media (or one participant's): participants, trials with
-        their people and answers, recordings' rows."""
+        their people and answers, recordings' rows, the exclusion history."""
         admin(request)
         ps = store.participants() if code is None else [p for p in [store.participant(code)] if p]
         return {"participants": [p.__dict__ for p in ps], "trials": store.trials(code),
-                "recordings": store.recordings(code)}
+                "recordings": store.recordings(code), "exclusions": store.exclusions(code)}
 
     @app.post("/api/admin/exclusions")
     def exclude(request: Request, body: Exclusion):
         admin(request)
-        if not store.exclude(body.code, body.reason):
+        if not store.exclude(body.code, body.reason, body.by):
             raise HTTPException(404, "unknown participant code")
         return {"ok": True}
 

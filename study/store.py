@@ -54,6 +54,12 @@ SCHEMA = (
         seconds DOUBLE PRECISION,
         created_at DOUBLE PRECISION NOT NULL,
         PRIMARY KEY (code, kind, script))""",
+    # every exclusion as it was made: who, when, why (participants.excluded holds the latest)
+    """CREATE TABLE IF NOT EXISTS exclusions (
+        code TEXT NOT NULL REFERENCES participants(code) ON DELETE CASCADE,
+        at DOUBLE PRECISION NOT NULL,
+        by_whom TEXT NOT NULL,
+        reason TEXT NOT NULL)""",
 )
 # who a participant is: a real one, a researcher trying the pilot (preview) link, or a script
 SOURCES = ("participant", "pilot", "simulated")
@@ -208,21 +214,41 @@ class Store:
                             (code, t.index, t.kind, t.query, t.options[0], t.options[1], t.correct, t.repeat_of))
 
     def finish(self, code: str, excluded: str | None) -> None:
+        """The end of the study; `excluded`, the controls' verdict, is kept in the history too."""
         with self.transaction() as cur:
+            now = time.time()
             cur.execute("UPDATE participants SET finished_at = ?, excluded = ? WHERE code = ? AND finished_at IS NULL",
-                        (time.time(), excluded, code))
+                        (now, excluded, code))
             if cur.rowcount != 1:
                 raise Conflict("this code has already finished the study")
+            if excluded:
+                cur.execute("INSERT INTO exclusions (code, at, by_whom, reason) VALUES (?, ?, ?, ?)",
+                            (code, now, "the study's controls", excluded))
 
-    def exclude(self, code: str, reason: str) -> bool:
+    def exclude(self, code: str, reason: str, by_whom: str = "admin") -> bool:
+        """A researcher's exclusion: the participant's current reason, and one more row of history
+        (an earlier reason is kept, not overwritten)."""
         with self.transaction() as cur:
             cur.execute("UPDATE participants SET excluded = ? WHERE code = ?", (reason, code))
-            return cur.rowcount == 1
+            if cur.rowcount != 1:
+                return False
+            cur.execute("INSERT INTO exclusions (code, at, by_whom, reason) VALUES (?, ?, ?, ?)",
+                        (code, time.time(), by_whom, reason))
+            return True
+
+    def exclusions(self, code: str | None = None) -> list[dict]:
+        """The exclusion history, oldest first."""
+        with self.transaction() as cur:
+            where, args = ("WHERE code = ?", (code,)) if code else ("", ())
+            cur.execute(f"SELECT code, at, by_whom, reason FROM exclusions {where} ORDER BY at, code", args)
+            rows = cur.fetchall()
+        return [{"code": c, "at": at, "by": by, "reason": why} for c, at, by, why in rows]
 
     def delete(self, code: str) -> bool:
-        """Withdrawal: the participant, their trials and their recordings' rows."""
+        """Withdrawal: the participant, their trials, exclusions and recordings' rows."""
         with self.transaction() as cur:
             cur.execute("DELETE FROM recordings WHERE code = ?", (code,))
+            cur.execute("DELETE FROM exclusions WHERE code = ?", (code,))
             cur.execute("DELETE FROM trials WHERE code = ?", (code,))
             cur.execute("DELETE FROM participants WHERE code = ?", (code,))
             return cur.rowcount == 1

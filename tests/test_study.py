@@ -19,7 +19,7 @@ from facevoice.cli import main
 from facevoice.service.corpus import read_identities, read_manifest
 from facevoice.service.errors import UsageError
 from facevoice.service.media.image import FaceImage, face_input_used
-from facevoice.study.analyze import analyze, collect, participants_needed
+from facevoice.study.analyze import MIN_N_INTERVAL, analyze, collect, participants_needed, table1
 from facevoice.study.config import load_study
 from facevoice.study.design import experiment_pairs, participant_trials, stimulus_people
 from facevoice.study.store import Store
@@ -372,3 +372,35 @@ def test_a_database_from_before_sources_reads_as_participants(tmp_path):
         assert [p.source for p in again.participants()] == ["participant", "simulated"]
     finally:
         again.close()
+
+
+def test_small_n_gets_no_interval_and_none_leaves_0_to_100():
+    """Table 1 at n = 2 gives t and p but no interval (a t interval there spans -182% to 294%);
+    from MIN_N_INTERVAL on it gives one, inside 0-100%."""
+    def people(scores):  # one participant per score: that many of 16 matching tasks right
+        return {f"p{i}": [{"kind": "match", "chosen": int(j < k), "correct": 1} for j in range(16)]
+                for i, k in enumerate(scores)}
+
+    small = table1({1: people([16, 4])})[1]
+    assert small["n"] == 2 and "t" in small and "ci" not in small
+    big = table1({1: people([16, 16, 15, 16, 2][:MIN_N_INTERVAL])})[1]
+    assert big["n"] == MIN_N_INTERVAL and 0.0 <= big["ci"][0] < big["mean"] < big["ci"][1] <= 100.0
+
+
+def test_exclusions_keep_their_history_and_go_with_a_withdrawal(server):
+    base = server.url
+    p = join(base)
+    for reason, by in (("failed the sound check", "rater A"), ("duplicate participant", "rater B")):
+        assert http(base, "POST", "/api/admin/exclusions", {"code": p["code"], "reason": reason, "by": by},
+                    token=TOKEN)[0] == 200
+    assert http(base, "POST", "/api/admin/exclusions", {"code": p["code"], "reason": "x", "by": ""},
+                token=TOKEN)[0] == 422
+    assert http(base, "POST", "/api/admin/exclusions", {"code": "nosuchcode", "reason": "x"}, token=TOKEN)[0] == 404
+    exported = http(base, "GET", f"/api/admin/export?code={p['code']}", token=TOKEN)[1]
+    history = exported["exclusions"]
+    assert [(h["by"], h["reason"]) for h in history] == [("rater A", "failed the sound check"),
+                                                         ("rater B", "duplicate participant")]
+    assert history[0]["at"] <= history[1]["at"]
+    assert exported["participants"][0]["excluded"] == "duplicate participant"  # the latest counts
+    assert http(base, "DELETE", f"/api/participants/{p['code']}")[0] == 200
+    assert http(base, "GET", "/api/admin/export", token=TOKEN)[1]["exclusions"] == []
