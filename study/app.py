@@ -176,7 +176,8 @@ def create_app(study: Study, store: Store, admin_token: str) -> FastAPI:
         elif body.pilot_token is not None:
             raise HTTPException(400, "pilot_token is only for source \"pilot\"")
         code = secrets.token_urlsafe(16)
-        experiment = store.add_participant(code, body.role, study.experiments, secrets.randbits(62), body.source)
+        experiment = store.add_participant(code, body.role, study.experiments, secrets.randbits(62), body.source,
+                                           study.joins.inactive_after_s)
         out = {"code": code, "role": body.role, "experiment": experiment, "source": body.source}
         if experiment is not None:
             out["direction"] = EXPERIMENTS[experiment][0]

@@ -87,6 +87,17 @@ class Recording:
 
 
 @dataclass(frozen=True)
+class Joins:
+    # a matcher who has neither finished nor done anything (joined, consented, answered) for this
+    # long stops counting for the experiment balancing, so abandoned joins do not skew it
+    inactive_after_s: float = 1800.0
+
+    def __post_init__(self):
+        if not self.inactive_after_s > 0:
+            raise TypeError("joins.inactive_after_s must be a positive number of seconds")
+
+
+@dataclass(frozen=True)
 class Study:
     """A study.toml, read and checked. `directory` is where it lies (the database and the
     recordings go there too)."""
@@ -105,6 +116,7 @@ class Study:
         "G": "gender", "E": "appearance_group", "F": "first_language", "A": "age_group"})
     design: Design = Design()
     recording: Recording = Recording()
+    joins: Joins = Joins()
 
     @property
     def database_url(self) -> str:
@@ -126,7 +138,7 @@ def load_study(directory: Path) -> Study:
     except tomllib.TOMLDecodeError as e:
         raise UsageError(f"{path}: not TOML ({e})") from e
     known = {"title", "corpus", "splits", "experiments", "seed", "consent", "completion_code", "scripts",
-             "survey", "constraints", "design", "recording"}
+             "survey", "constraints", "design", "recording", "joins"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise UsageError(f"{path}: unknown keys {unknown} (known: {sorted(known)})")
@@ -135,6 +147,7 @@ def load_study(directory: Path) -> Study:
     try:
         design = Design(**raw.get("design", {}))
         recording = Recording(**raw.get("recording", {}))
+        joins = Joins(**raw.get("joins", {}))
     except TypeError as e:
         raise UsageError(f"{path}: {e}") from e
     experiments = tuple(int(e) for e in raw.get("experiments", (1, 2, 3, 4)))
@@ -154,4 +167,4 @@ def load_study(directory: Path) -> Study:
                  splits=tuple(raw.get("splits", ("val", "test"))), experiments=experiments,
                  seed=int(raw.get("seed", 0)), consent=raw.get("consent", DEFAULT_CONSENT),
                  completion_code=str(raw.get("completion_code", "FACEVOICE")), scripts=scripts,
-                 survey=survey, constraints=constraints, design=design, recording=recording)
+                 survey=survey, constraints=constraints, design=design, recording=recording, joins=joins)

@@ -160,10 +160,12 @@ class Store:
     # --- participants -------------------------------------------------------------------
 
     def add_participant(self, code: str, role: str, experiments: tuple[int, ...], seed: int,
-                        source: str = "participant") -> int | None:
+                        source: str = "participant", inactive_after_s: float | None = None) -> int | None:
         """A new participant; a matcher gets the experiment with the fewest matchers of its source
         so far (the server balances them, ties to the lowest number), so pilots and simulated runs
-        neither skew the real participants' balance nor are skewed by it."""
+        neither skew the real participants' balance nor are skewed by it. With `inactive_after_s`,
+        a matcher who has not finished and has done nothing for that long (no join, consent or
+        answer) no longer counts: an abandoned join frees its place."""
         if source not in SOURCES:
             raise ValueError(f"source {source!r}: expected one of {', '.join(SOURCES)}")
         with self.transaction() as cur:
@@ -171,8 +173,11 @@ class Store:
             if role == "match":
                 if self.kind == "postgresql":  # replicas: one join counts at a time (as BEGIN IMMEDIATE does)
                     cur.execute("LOCK TABLE participants IN SHARE ROW EXCLUSIVE MODE")
-                cur.execute("SELECT experiment, COUNT(*) FROM participants WHERE role = 'match' AND source = ? "
-                            "GROUP BY experiment", (source,))
+                cutoff = -1.0 if inactive_after_s is None else time.time() - inactive_after_s
+                cur.execute("SELECT experiment, COUNT(*) FROM participants p WHERE role = 'match' AND source = ? "
+                            "AND (finished_at IS NOT NULL OR created_at > ? OR consented_at > ? OR EXISTS "
+                            "(SELECT 1 FROM trials t WHERE t.code = p.code AND t.answered_at > ?)) "
+                            "GROUP BY experiment", (source, cutoff, cutoff, cutoff))
                 counts = dict.fromkeys(experiments, 0) | {e: n for e, n in cur.fetchall() if e in experiments}
                 experiment = min(experiments, key=lambda e: (counts[e], e))
             cur.execute("INSERT INTO participants (code, role, experiment, seed, created_at, source) "

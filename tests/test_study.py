@@ -404,3 +404,23 @@ def test_exclusions_keep_their_history_and_go_with_a_withdrawal(server):
     assert exported["participants"][0]["excluded"] == "duplicate participant"  # the latest counts
     assert http(base, "DELETE", f"/api/participants/{p['code']}")[0] == 200
     assert http(base, "GET", "/api/admin/export", token=TOKEN)[1]["exclusions"] == []
+
+
+def test_an_abandoned_join_stops_counting_for_the_balancing(tmp_path):
+    """A matcher idle past joins.inactive_after_s frees its experiment's place; one who finished
+    still counts, however long ago."""
+    store = Store(f"sqlite:///{tmp_path / 'joins.sqlite'}")
+    try:
+        assert [store.add_participant(c, "match", (1, 2, 3), 1, inactive_after_s=1800) for c in "abc"] == [1, 2, 3]
+        with store.transaction() as cur:  # b joined an hour ago and did nothing; c finished an hour ago
+            cur.execute("UPDATE participants SET created_at = created_at - 3600 WHERE code IN ('b', 'c')")
+            cur.execute("UPDATE participants SET finished_at = created_at + 60 WHERE code = 'c'")
+        assert store.add_participant("d", "match", (1, 2, 3), 1, inactive_after_s=1800) == 2  # b's place
+        # one each now (a, d, c): c still counts, else e would go to 3
+        assert store.add_participant("e", "match", (1, 2, 3), 1, inactive_after_s=1800) == 1
+        assert store.add_participant("f", "match", (1, 2, 3), 1) == 3  # without a timeout b counts: 2, 2, 1
+        assert store.add_participant("g", "match", (1, 2, 3), 1, inactive_after_s=1800) == 2  # with it: 2, 1, 2
+    finally:
+        store.close()
+    with pytest.raises(UsageError, match="inactive_after_s"):
+        load_study(make_study(tmp_path / "bad", tmp_path, "[joins]\ninactive_after_s = 0\n"))
