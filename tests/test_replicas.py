@@ -161,6 +161,8 @@ def _damage_lifecycle(stack, root, extra: tuple[str, ...], damage, repair_args: 
         assert "damaged" not in b.face_ids(stack)
         assert eventually(lambda: b.stub.GetIndexInfo(pb.GetIndexInfoRequest()).log.state == "ok")
         assert eventually(lambda: _health(b, WRITES_SERVICE) == "SERVING")
+        # a, which refused writes at the damage, also goes on by itself, on its own next look at the log
+        assert eventually(lambda: _health(a, WRITES_SERVICE) == "SERVING")
         assert _upsert(a.stub, "later", stack).upserted == 1
         assert eventually(lambda: "later" in b.face_ids(stack))
     finally:
