@@ -43,7 +43,7 @@ class NewParticipant(Strict):
     role: Literal["record", "match"]
     # "pilot" needs the pilot token (the preview link's), "simulated" the admin token
     source: Literal["participant", "pilot", "simulated"] = "participant"
-    pilot_token: str | None = None
+    pilot_token: str | None = Field(None, max_length=64)
 
 
 class Consent(Strict):

@@ -38,7 +38,8 @@ def write_corpus(study: Study, store: Store, out: Path, split: str = "test", for
     for r in store.recordings():
         recordings.setdefault(r["code"], []).append(r)
     items, identities, skipped = [], [], 0
-    for n, p in enumerate(p for p in store.participants() if p.role == "record"):
+    # only real participants' recordings become stimuli: a pilot's (the preview link) or a script's do not
+    for n, p in enumerate(p for p in store.participants() if p.role == "record" and p.source == "participant"):
         have = recordings.get(p.code, [])
         kinds = {r["kind"] for r in have}
         if p.finished_at is None or kinds != {"face", "voice"}:

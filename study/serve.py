@@ -33,7 +33,10 @@ def admin_token(study_dir: Path, token_file: Path | None) -> tuple[str, str]:
             raise UsageError(f"--admin-token-file {token_file}: a token needs at least 16 characters")
         return token, str(token_file)
     if os.environ.get("FACEVOICE_STUDY_ADMIN_TOKEN"):
-        return os.environ["FACEVOICE_STUDY_ADMIN_TOKEN"], "$FACEVOICE_STUDY_ADMIN_TOKEN"
+        token = os.environ["FACEVOICE_STUDY_ADMIN_TOKEN"].strip()
+        if len(token) < 16:  # the pilot link's token is derived from it: a short one could be guessed back
+            raise UsageError("$FACEVOICE_STUDY_ADMIN_TOKEN: a token needs at least 16 characters")
+        return token, "$FACEVOICE_STUDY_ADMIN_TOKEN"
     path = study_dir / "admin-token"
     if not path.exists():
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

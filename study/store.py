@@ -222,8 +222,9 @@ class Store:
         """The end of the study; `excluded`, the controls' verdict, is kept in the history too."""
         with self.transaction() as cur:
             now = time.time()
-            cur.execute("UPDATE participants SET finished_at = ?, excluded = ? WHERE code = ? AND finished_at IS NULL",
-                        (now, excluded, code))
+            # a researcher's exclusion made while they took part stands; the controls' verdict adds to it
+            cur.execute("UPDATE participants SET finished_at = ?, excluded = COALESCE(excluded, ?) "
+                        "WHERE code = ? AND finished_at IS NULL", (now, excluded, code))
             if cur.rowcount != 1:
                 raise Conflict("this code has already finished the study")
             if excluded:

@@ -402,6 +402,12 @@ def test_exclusions_keep_their_history_and_go_with_a_withdrawal(server):
                                                          ("rater B", "duplicate participant")]
     assert history[0]["at"] <= history[1]["at"]
     assert exported["participants"][0]["excluded"] == "duplicate participant"  # the latest counts
+    plan = http(base, "GET", f"/api/participants/{p['code']}/trials")[1]["trials"]
+    for t in plan:
+        assert play_and_answer(base, p, t["index"], t["index"] % 2) == 200
+    assert http(base, "POST", f"/api/participants/{p['code']}/finish")[0] == 200  # finishing keeps the exclusion
+    after = http(base, "GET", f"/api/admin/export?code={p['code']}", token=TOKEN)[1]
+    assert after["participants"][0]["excluded"] == "duplicate participant"
     assert http(base, "DELETE", f"/api/participants/{p['code']}")[0] == 200
     assert http(base, "GET", "/api/admin/export", token=TOKEN)[1]["exclusions"] == []
 
