@@ -278,9 +278,8 @@ def report(study: Study, data: dict, t1: dict, aov: dict | None, hard: list, mac
               f"Included: {sum(r['n'] for r in t1.values())}. Unfinished: {data['unfinished']}. Excluded: "
               + (", ".join(f"{n} ({why})" for why, n in sorted(data["excluded"].items())) or "none")
               + " (Kim et al.: 9 of 301 for controls, 4 for having recorded).", "",
-              f"Sources counted: {', '.join(data['sources'])}; left out: "
-              + (", ".join(f"{n} {source} matchers" for source, n in sorted(data["left_out"].items())) or "none")
-              + " (`--sources` chooses).", "",
+              f"Sources counted: {', '.join(data['sources'])}; left out: {_held_out(data) or 'none'} "
+              "(`--sources` chooses).", "",
               "## Planning", "",
               "Participants an experiment needs for 80% power to tell 55% from 50% (two-sided t-test, α = 0.05):", ""]
     lines += [f"- {label(e)}: {n} (at this experiment's SD, {t1[e]['sd']:.1f}%)" for e, n in needed.items()]
@@ -324,12 +323,14 @@ def analyze(study: Study, store: Store, out: Path, model_repo: Path | None = Non
     return result
 
 
+def _held_out(data: dict) -> str:
+    """The matchers of the sources not counted, by source ("3 pilot matchers, ..."); empty if none."""
+    return ", ".join(f"{n} {source} matchers" for source, n in sorted(data["left_out"].items()))
+
+
 def _left_out(data: dict) -> str:
     """What other sources held, and how to include them; empty when nothing was left out."""
-    if not data["left_out"]:
-        return ""
-    held = ", ".join(f"{n} {source}" for source, n in sorted(data["left_out"].items()))
-    return f" (left out: {held} matchers; --sources to include them)"
+    return f" (left out: {_held_out(data)}; --sources to include them)" if data["left_out"] else ""
 
 
 def run(args: argparse.Namespace) -> int:
