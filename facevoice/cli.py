@@ -50,6 +50,8 @@ VERBS: dict[tuple[str, ...], tuple[str, str]] = {
     ("study", "simulate"): ("facevoice.study.simulate", "scripted participants through the study's HTTP API"),
     ("study", "analyze"): ("facevoice.study.analyze", "the study's report: Table 1, ANOVA, humans against the model"),
     ("study", "corpus"): ("facevoice.study.corpus", "the study's accepted recordings as a corpus"),
+    ("study", "build"): ("facevoice.study.stimuli", "the study's voice clips, each at its experiment's length"),
+    ("study", "export"): ("facevoice.study.export", "the study's tidy data: trials.csv, participants.csv, manifest"),
     ("demo",): ("facevoice.demo", "the main job on the embedded default (make demo)"),
 }
 

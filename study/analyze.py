@@ -1,7 +1,7 @@
-"""`facevoice study analyze --study STUDY_DIR --out REPORT_DIR [--sources SOURCE ...] [--model-repo DIR |
---service HOST:PORT]`.
+"""`facevoice study analyze --study STUDY_DIR --out REPORT_DIR [--export DIR] [--sources SOURCE ...]
+[--model-repo DIR | --service HOST:PORT]`.
 
-The analysis of Kim et al. sec. 3.3 on the study's database:
+The analysis of Kim et al. sec. 3.3 on the study's database, or on its tidy export (`study export`):
 - Table 1: per experiment, the mean and SD of participants' accuracy on the 16 matching tasks
   (controls left out), and a one-sample t-test against 50% (t, n, p);
 - a one-way ANOVA across the experiments, and Tukey's HSD between each two;
@@ -292,6 +292,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--study", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True, help="the report directory")
     p.add_argument("--database", help="default STUDY_DIR's SQLite")
+    p.add_argument("--export", type=Path, help="analyse this `study export` directory instead of the database")
     p.add_argument("--sources", nargs="+", choices=SOURCES, default=["participant"],
                    help="whose answers count: real participants (default), pilots (the preview link), simulated")
     g = p.add_mutually_exclusive_group()
@@ -334,8 +335,18 @@ def _left_out(data: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    with opened(args.study, args.database) as (study, store):
-        result = analyze(study, store, args.out, args.model_repo, args.service, tuple(args.sources))
+    if args.export is not None:
+        from facevoice.study.config import load_study
+        from facevoice.study.export import ExportReader
+
+        reader = ExportReader(args.export)
+        study = load_study(args.study)
+        if reader.manifest.get("study_toml_sha256") != study.digest:
+            print(f"note: {args.export} was exported under another study.toml than {args.study}'s present one")
+        result = analyze(study, reader, args.out, args.model_repo, args.service, tuple(args.sources))
+    else:
+        with opened(args.study, args.database) as (study, store):
+            result = analyze(study, store, args.out, args.model_repo, args.service, tuple(args.sources))
     for e, r in result["table1"].items():
         machine = result["machine"].get(e)
         extra = f"; model {machine['accuracy']:.1f}% on the same {machine['trials']} trials" if machine else ""

@@ -8,29 +8,37 @@ which option is correct: stimuli are fetched by trial and slot, never by identit
 from __future__ import annotations
 
 import hmac
+import io
 import secrets
 import shutil
+import threading
+import time
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
+import numpy as np
+import soundfile as sf
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from facevoice.service.media.errors import MediaError
-from facevoice.study.config import EXPERIMENTS, Study
+from facevoice.study.config import EXPERIMENTS, Study, public
 from facevoice.study.design import experiment_pairs, participant_trials, stimulus_people
 from facevoice.study.recording import check_face, check_voice
-from facevoice.study.store import SOURCES, Conflict, Store
+from facevoice.study.stimuli import build_all
+from facevoice.study.store import SOURCES, Conflict, Store, TookPart
 
 WEB = Path(__file__).parent / "web"
 MEDIA_TYPES = {".wav": "audio/wav", ".flac": "audio/flac", ".ogg": "audio/ogg", ".mp3": "audio/mpeg",
                ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp"}
 COMMON_PLUGINS = ("html-button-response", "call-function", "survey-html-form")
-PAGES = {"record": ("Record yourself", ("html-audio-response", "initialize-microphone", "initialize-camera")),
-         "match": ("Match voices and faces", ("instructions",))}
+PAGES = {"record": ("Record yourself", ()), "match": ("Match voices and faces", ("instructions",)),
+         "withdraw": ("Withdraw from the study", ())}
+SCREENED_OUT = "took part in the recording"  # the reasons that screen out (the rest fail checks)
+SOUND_CHECK_FAILED = "failed the sound check"
 UPLOAD_TYPES = {"voice": ("audio/", "video/webm", "application/octet-stream"),
                 "face": ("image/jpeg", "image/png", "image/webp")}
 
@@ -39,11 +47,30 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
+PlatformValue = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
+
+
+class ClientInfo(Strict):
+    """What the page tells of its browser (kept with the participant, for the export)."""
+    device: Literal["desktop", "tablet", "phone"]
+    screen: str = Field("", max_length=20)
+    browser: str = Field("", max_length=300)
+
+
 class NewParticipant(Strict):
     role: Literal["record", "match"]
     # "pilot" needs the pilot token (the preview link's), "simulated" the admin token
-    source: Literal["participant", "pilot", "simulated"] = "participant"
+    source: Literal[SOURCES] = "participant"
     pilot_token: str | None = Field(None, max_length=64)
+    platform_ids: dict[Annotated[str, Field(max_length=32)], PlatformValue] = Field(default_factory=dict,
+                                                                                     max_length=8)
+    client: ClientInfo | None = None
+
+
+class Leave(Strict):
+    """Leaving before the study could start: no consent, or no usable device."""
+    outcome: Literal["declined", "no_device"]
+    code: str | None = Field(None, max_length=64)
 
 
 class Consent(Strict):
@@ -54,12 +81,17 @@ class Survey(Strict):
     answers: dict[str, str | int | float] = Field(max_length=64)
 
 
+class SoundAnswer(Strict):
+    count: int = Field(ge=0, le=20)
+
+
 class Played(Strict):
     slot: Literal["query", "0", "1"]
 
 
 class Answer(Strict):
     choice: Literal[0, 1]
+    # from the end of playback (the choices opening) to the click, as the page measured it
     rt_ms: float | None = Field(default=None, ge=0, le=3_600_000)
 
 
@@ -67,6 +99,28 @@ class Exclusion(Strict):
     code: str = Field(max_length=64)
     reason: str = Field(min_length=1, max_length=200)
     by: str = Field("admin", min_length=1, max_length=64)  # who excludes (kept in the history)
+
+
+class JoinLimiter:
+    """Joins per client address: a token bucket of `burst`, refilled at `per_minute`. Held in
+    memory only (an address is never stored); each replica limits its own share."""
+
+    def __init__(self, per_minute: float, burst: int, size: int = 10_000):
+        self.rate, self.burst, self.size = per_minute / 60.0, float(burst), size
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def take(self, address: str) -> float:
+        """0 when a join may go ahead now, else the seconds until one may."""
+        now = time.monotonic()
+        with self._lock:
+            tokens, last = self._buckets.pop(address, (self.burst, now))
+            tokens = min(self.burst, tokens + (now - last) * self.rate)
+            wait = 0.0 if tokens >= 1 else (1 - tokens) / self.rate
+            self._buckets[address] = (tokens - 1 if tokens >= 1 else tokens, now)
+            while len(self._buckets) > self.size:  # the oldest address goes first
+                self._buckets.pop(next(iter(self._buckets)))
+        return wait
 
 
 def failed_controls(trials: list[dict]) -> int:
@@ -98,9 +152,35 @@ def exclusion(study: Study, survey: dict | None, trials: list[dict]) -> str | No
     return None
 
 
-def create_app(study: Study, store: Store, admin_token: str) -> FastAPI:
+def outcome_of(excluded: str | None) -> str:
+    """The outcome a finished participant is sent back with: screened out (took part in the
+    recording; failed the sound check), failed checks (the controls), or completed."""
+    if excluded in (SCREENED_OUT, SOUND_CHECK_FAILED):
+        return "screened_out"
+    return "failed_checks" if excluded else "completed"
+
+
+def beeps_wav(n: int, seed: int) -> bytes:
+    """The sound check's clip: n short 1 kHz beeps at irregular gaps, 16-bit WAV."""
+    rng = np.random.default_rng(seed)
+    sr, beep = 16_000, 0.15
+    t = np.arange(int(sr * beep)) / sr
+    tone = (0.3 * np.sin(2 * np.pi * 1000 * t) * np.hanning(len(t))).astype(np.float32)
+    parts = [np.zeros(int(sr * 0.4), np.float32)]
+    for _ in range(n):
+        parts += [tone, np.zeros(int(sr * rng.uniform(0.35, 0.7)), np.float32)]
+    buf = io.BytesIO()
+    sf.write(buf, np.concatenate(parts), sr, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def create_app(study: Study, store: Store, admin_token: str, pilot_only: bool = False) -> FastAPI:
+    """The app. `pilot_only`: only the preview link (and simulated runs) may join, as when the
+    consent fields a real run needs are missing."""
     people = stimulus_people(study)
     pairs = {e: experiment_pairs(study, people, e) for e in study.experiments}
+    clips = build_all(study, people)  # every voice at its experiment's length (Kim et al. A.1.2)
+    limiter = JoinLimiter(study.joins.per_minute, study.joins.burst)
     app = FastAPI(title=f"facevoice study: {study.title}", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.study, app.state.store, app.state.people, app.state.pairs = study, store, people, pairs
     vendor = WEB / "node_modules"
@@ -134,6 +214,25 @@ def create_app(study: Study, store: Store, admin_token: str) -> FastAPI:
         if not hmac.compare_digest(presented.encode(), f"Bearer {admin_token}".encode()):
             raise HTTPException(401, "admin endpoints need the study's admin token", {"WWW-Authenticate": "Bearer"})
 
+    def ending(name: str) -> dict:
+        o = study.outcome(name)
+        return {"outcome": name, "completion_code": o.code, "redirect": o.url()}
+
+    def stage(p) -> str:
+        """Where the participant is: the page resumes there after a reload or on the resume link."""
+        if p.finished_at is not None:
+            return "finished"
+        if p.consented_at is None:
+            return "consent"
+        if p.survey is None:
+            return "survey"
+        if p.role == "match" and study.sound_check.enabled and not (p.sound_check or {}).get("passed"):
+            return "sound_check"
+        return "tasks"
+
+    def clip_seconds(p) -> float:
+        return study.stimuli.seconds(p.experiment)
+
     @app.middleware("http")
     async def security_headers(request: Request, call_next):
         response = await call_next(request)
@@ -141,12 +240,17 @@ def create_app(study: Study, store: Store, admin_token: str) -> FastAPI:
         response.headers["Referrer-Policy"] = "no-referrer"
         response.headers["Content-Security-Policy"] = (
             "default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob: data:; "
-            "style-src 'self' 'unsafe-inline'; font-src 'self' data:; script-src 'self'")
+            "style-src 'self' 'unsafe-inline'; font-src 'self' data:; script-src 'self'; "
+            "form-action 'self' https:; frame-ancestors 'none'")
         return response
 
     @app.exception_handler(Conflict)
     async def conflict(request: Request, e: Conflict):
         return JSONResponse({"detail": str(e)}, status_code=409)
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon():
+        return Response(status_code=204)  # none: a 404 would be an error in every page's console
 
     @app.get("/", response_class=HTMLResponse)
     def index():
@@ -160,35 +264,92 @@ def create_app(study: Study, store: Store, admin_token: str) -> FastAPI:
     def match_page():
         return page("match")
 
+    @app.get("/withdraw", response_class=HTMLResponse)
+    def withdraw_page():
+        return page("withdraw")
+
     @app.get("/api/study")
     def about():
-        return {"title": study.title, "consent": study.consent, "survey": list(study.survey),
-                "scripts": list(study.scripts), "min_speech_seconds": study.recording.min_speech_seconds,
-                "max_upload_bytes": study.recording.max_upload_bytes}
+        return public(study)
 
     @app.post("/api/participants", status_code=201)
     def join(body: NewParticipant, request: Request):
         if body.source == "simulated":
-            admin(request)  # only the researcher's scripts may add simulated data
-        elif body.source == "pilot":
+            admin(request)  # only the researcher's scripts may add simulated data (and are not rate-limited)
+        else:
+            address = request.client.host if request.client else "?"
+            if study.joins.trust_proxy:
+                address = request.headers.get("x-forwarded-for", address).split(",")[0].strip()
+            wait = limiter.take(address)
+            if wait:
+                raise HTTPException(429, "too many joins from here; try again in a minute",
+                                    {"Retry-After": str(max(1, round(wait)))})
+        if body.source == "pilot":
             if not hmac.compare_digest((body.pilot_token or "").encode(), pilot_token(admin_token).encode()):
                 raise HTTPException(403, "a pilot join needs the study's preview link (its pilot token)")
         elif body.pilot_token is not None:
             raise HTTPException(400, "pilot_token is only for source \"pilot\"")
-        code = secrets.token_urlsafe(16)
-        experiment = store.add_participant(code, body.role, study.experiments, secrets.randbits(62), body.source,
-                                           study.joins.inactive_after_s)
-        out = {"code": code, "role": body.role, "experiment": experiment, "source": body.source}
+        if pilot_only and body.source == "participant":
+            raise HTTPException(503, "the study is not open yet: it runs its pilot only (its consent page is "
+                                     "not complete)")
+        unknown = sorted(set(body.platform_ids) - set(study.platform.params))
+        if unknown:
+            raise HTTPException(400, f"unknown platform parameters {unknown} (this study takes "
+                                     f"{list(study.platform.params)})")
+        ids = {k: body.platform_ids[k] for k in study.platform.params if k in body.platform_ids}
+        if ids and study.platform.params[0] not in ids:
+            raise HTTPException(400, f"the platform ids need {study.platform.params[0]}")
+        if study.platform.required and body.source == "participant" and not ids:
+            raise HTTPException(400, f"open the study from {study.platform.name}: its link carries "
+                                     f"{study.platform.params[0]}")
+        if body.client is not None and body.client.device not in study.devices:
+            raise HTTPException(403, f"this study cannot be taken on a {body.client.device} "
+                                     f"(it takes {', '.join(study.devices)})")
+        try:
+            code, experiment, resumed = store.add_participant(
+                secrets.token_urlsafe(16), body.role, study.experiments, secrets.randbits(62), body.source,
+                study.joins.inactive_after_s, platform=study.platform.name, platform_ids=ids,
+                once=study.platform.once, client=body.client.model_dump() if body.client else None)
+        except TookPart as e:
+            raise HTTPException(409, f"{e}: each person takes part once") from None
+        out = {"code": code, "role": body.role, "experiment": experiment, "source": body.source, "resumed": resumed}
         if experiment is not None:
             out["direction"] = EXPERIMENTS[experiment][0]
         return out
 
+    @app.post("/api/leave")
+    def leave(body: Leave):
+        """Declined, or no usable device: the participant's data (if they had joined) is deleted,
+        and the page gets the outcome's code and redirect."""
+        if body.code is not None:
+            p = participant(body.code)
+            if p.finished_at is not None:
+                raise HTTPException(409, "this code has already finished the study")
+            store.delete(body.code)
+            shutil.rmtree(study.recordings_dir / body.code, ignore_errors=True)
+        return ending(body.outcome)
+
+    @app.get("/api/participants/{code}")
+    def state(code: str):
+        """Where the participant stands (the page resumes from it): stage, answered tasks, and
+        once finished the outcome with its code and redirect again."""
+        p = participant(code)
+        out = {"code": code, "role": p.role, "experiment": p.experiment, "source": p.source, "stage": stage(p)}
+        if p.experiment is not None:
+            out["direction"] = EXPERIMENTS[p.experiment][0]
+        if p.finished_at is not None:
+            out |= ending(p.outcome or outcome_of(p.excluded))
+        return out
+
     @app.post("/api/participants/{code}/consent")
     def consent(code: str, body: Consent):
-        participant(code)
-        if not body.agree:
-            raise HTTPException(400, "the study needs consent; without it nothing is recorded (withdraw to leave)")
-        store.consent(code)
+        p = participant(code)
+        if not body.agree:  # declining deletes the join: nothing of them is kept
+            if p.finished_at is not None:
+                raise HTTPException(409, "this code has already finished the study")
+            store.delete(code)
+            return ending("declined")
+        store.consent(code, study.consent.version, study.consent.digest())
         return {"ok": True}
 
     @app.post("/api/participants/{code}/survey")
@@ -203,61 +364,112 @@ def create_app(study: Study, store: Store, admin_token: str) -> FastAPI:
         store.save_survey(code, answers, trials)
         return {"ok": True, "trials": len(trials or ())}
 
+    @app.get("/api/participants/{code}/sound-check.wav")
+    def sound_clip(code: str):
+        """The sound check's beeps; each fetch draws a new count (a retry hears another)."""
+        p = participant(code, "match")
+        if stage(p) != "sound_check":
+            raise HTTPException(409, "there is no sound check to take now")
+        check = dict(p.sound_check or {"tries": 0, "answers": []})
+        check["beeps"] = secrets.choice((3, 4, 5, 6))
+        store.set_sound_check(code, check)
+        return Response(beeps_wav(check["beeps"], secrets.randbits(32)), media_type="audio/wav",
+                        headers={"Cache-Control": "no-store"})
+
+    @app.post("/api/participants/{code}/sound-check")
+    def sound_answer(code: str, body: SoundAnswer):
+        p = participant(code, "match")
+        check = dict(p.sound_check or {})
+        if stage(p) != "sound_check" or "beeps" not in check:
+            raise HTTPException(409, "play the sound check first")
+        check["tries"] = check.get("tries", 0) + 1
+        check["answers"] = [*check.get("answers", []), body.count]
+        check["passed"] = body.count == check.pop("beeps")
+        store.set_sound_check(code, check)
+        left = study.sound_check.tries - check["tries"]
+        if check["passed"] or left > 0:
+            return {"passed": check["passed"], "tries_left": left}
+        store.finish(code, SOUND_CHECK_FAILED, "screened_out")
+        return {"passed": False, "tries_left": 0, **ending("screened_out")}
+
     @app.get("/api/participants/{code}/trials")
     def trials(code: str):
         p = participant(code, "match")
         if p.survey is None:
             raise HTTPException(403, "answer the questionnaire first")
+        if stage(p) == "sound_check":
+            raise HTTPException(403, "take the sound check first")
         direction = EXPERIMENTS[p.experiment][0]
         base = f"/api/participants/{code}/trials"
         return {"experiment": p.experiment, "direction": direction, "finished": p.finished_at is not None,
+                "clip_seconds": clip_seconds(p),
                 "trials": [{"index": t["idx"], "answered": t["chosen"] is not None,
                             "query": f"{base}/{t['idx']}/media/query",
                             "options": [f"{base}/{t['idx']}/media/0", f"{base}/{t['idx']}/media/1"]}
                            for t in store.trials(code)]}
 
-    def trial_of(code: str, idx: int) -> tuple[dict, str]:
+    def trial_of(code: str, idx: int) -> tuple[dict, object]:
         p = participant(code, "match")
         if p.finished_at is not None:
             raise HTTPException(409, "this code has already finished the study")
+        if stage(p) != "tasks":
+            raise HTTPException(403, f"the tasks come after the {stage(p).replace('_', ' ')}")
         t = next((t for t in store.trials(code) if t["idx"] == idx), None)
         if t is None:
             raise HTTPException(404, f"trial {idx} was not given to this participant")
-        return t, EXPERIMENTS[p.experiment][0]
+        return t, p
+
+    def audio_slots(p) -> tuple[str, ...]:
+        return ("query",) if EXPERIMENTS[p.experiment][0] == "V->F" else ("0", "1")
 
     @app.get("/api/participants/{code}/trials/{idx}/media/{slot}")
     def media(code: str, idx: int, slot: Literal["query", "0", "1"]):
-        t, direction = trial_of(code, idx)
+        t, p = trial_of(code, idx)
         identity = t["query"] if slot == "query" else t[f"option{slot}"]
-        person = people[identity]
-        face = (slot == "query") == (direction == "F->V")
-        path = study.corpus / (person.face if face else person.voice)
+        if slot in audio_slots(p):
+            store.served(code, idx)  # the listening check counts from the first clip sent
+            path = clips[p.experiment][identity].path
+        else:
+            path = study.corpus / people[identity].face
         return FileResponse(path, media_type=MEDIA_TYPES.get(path.suffix.lower(), "application/octet-stream"),
                             headers={"Cache-Control": "no-store"}, filename=None)
 
     @app.post("/api/participants/{code}/trials/{idx}/played")
     def played(code: str, idx: int, body: Played):
-        _, direction = trial_of(code, idx)
-        audio = ("query",) if direction == "V->F" else ("0", "1")
+        t, p = trial_of(code, idx)
+        audio = audio_slots(p)
         if body.slot not in audio:
             raise HTTPException(400, f"slot {body.slot} of this trial is not a recording")
+        if t["chosen"] is not None:
+            raise HTTPException(409, "this trial was already answered")
+        if study.listening.enforce:
+            # our player plays one clip at a time, from the start, at normal speed: the clips
+            # played so far cannot have ended sooner than their lengths after the first was sent
+            heard = {s for s in audio if t["played"] & _bit(s)} | {body.slot}
+            needed = clip_seconds(p) * len(heard) - study.listening.slack_seconds
+            elapsed = time.time() - t["served_at"] if t["served_at"] else 0.0
+            if elapsed < needed:
+                raise HTTPException(409, f"the recording cannot have been played to its end yet "
+                                         f"({elapsed:.1f} s of {needed:.1f} s)")
         if not store.played(code, idx, _bit(body.slot)):
             raise HTTPException(409, "this trial was already answered")
         return {"ok": True}
 
     @app.post("/api/participants/{code}/trials/{idx}/answer")
     def answer(code: str, idx: int, body: Answer):
-        _, direction = trial_of(code, idx)
-        needs = _bit("query") if direction == "V->F" else _bit("0") | _bit("1")
+        _, p = trial_of(code, idx)
+        needs = sum(_bit(s) for s in audio_slots(p))
         try:
-            store.answer(code, idx, body.choice, body.rt_ms, needs)
+            stored = store.answer(code, idx, body.choice, body.rt_ms, needs)
         except KeyError:
             raise HTTPException(404, f"trial {idx} was not given to this participant") from None
-        return {"ok": True}
+        return {"ok": True, "repeated": not stored}
 
     @app.post("/api/participants/{code}/finish")
     def finish(code: str):
         p = participant(code)
+        if p.finished_at is not None:  # a retry of a finish whose answer was lost: the same ending
+            return ending(p.outcome or outcome_of(p.excluded))
         if p.survey is None:
             raise HTTPException(403, "answer the questionnaire first")
         if p.role == "match":
@@ -271,8 +483,9 @@ def create_app(study: Study, store: Store, admin_token: str) -> FastAPI:
             if not any(r["kind"] == "face" for r in have) or not any(r["kind"] == "voice" for r in have):
                 raise HTTPException(409, "record your voice and take a photo first")
             why = None
-        store.finish(code, why)
-        return {"completion_code": study.completion_code}
+        outcome = outcome_of(why if p.excluded is None else p.excluded)
+        store.finish(code, why, outcome)
+        return ending(outcome)
 
     @app.post("/api/participants/{code}/recordings/{kind}/{script}")
     async def upload(code: str, kind: Literal["voice", "face"], script: int, request: Request):
@@ -319,14 +532,14 @@ def create_app(study: Study, store: Store, admin_token: str) -> FastAPI:
     @app.get("/api/admin/progress")
     def progress(request: Request):
         """Joins and finishes per role and experiment, for one source (default: real participants),
-        and how many joined of each source."""
+        how many joined of each source, and the outcomes."""
         admin(request)
         source = request.query_params.get("source", "participant")
         if source not in SOURCES:
             raise HTTPException(400, f"source must be one of {', '.join(SOURCES)}")
         out: dict = {"source": source, "record": {"joined": 0, "finished": 0},
                      "match": {str(e): {"joined": 0, "finished": 0, "excluded": 0} for e in study.experiments},
-                     "sources": dict.fromkeys(SOURCES, 0)}
+                     "sources": dict.fromkeys(SOURCES, 0), "outcomes": {}}
         for p in store.participants():
             out["sources"][p.source] += 1
             if p.source != source:
@@ -336,6 +549,8 @@ def create_app(study: Study, store: Store, admin_token: str) -> FastAPI:
             row["finished"] += p.finished_at is not None
             if p.role == "match":
                 row["excluded"] += p.excluded is not None
+            if p.outcome:
+                out["outcomes"][p.outcome] = out["outcomes"].get(p.outcome, 0) + 1
         return out
 
     @app.get("/api/admin/export")

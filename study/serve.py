@@ -20,6 +20,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="listen address (default loopback)")
     p.add_argument("--port", type=int, default=8600)
     p.add_argument("--admin-token-file", type=Path, help="a file holding the admin bearer token")
+    p.add_argument("--pilot", action="store_true",
+                   help="serve the preview (pilot) link only: for trying a study whose consent page is not complete")
 
 
 def admin_token(study_dir: Path, token_file: Path | None) -> tuple[str, str]:
@@ -52,15 +54,26 @@ def run(args: argparse.Namespace) -> int:
     from facevoice.study.store import opened
 
     with opened(args.study, args.database) as (study, store):
+        missing = study.consent.missing()
+        if missing and not args.pilot:
+            raise UsageError(f"{study.directory / 'study.toml'}: [consent] lacks {', '.join(missing)}; real "
+                             "participants are not asked without them (--pilot serves the preview link only)")
         token, source = admin_token(study.directory, args.admin_token_file)
-        app = create_app(study, store, token)
+        app = create_app(study, store, token, pilot_only=args.pilot)
         people = app.state.people
         where = "PostgreSQL" if store.kind == "postgresql" else store.url
         print(f"study {study.title!r}: {len(people)} stimulus people from {study.corpus}")
         for e, counts in pool_summary(people, app.state.pairs).items():
             print(f"  experiment {e}: {counts['male']} pairs of men, {counts['female']} of women")
         print(f"database: {where}; admin token in {source}")
-        print(f"participants: http://{args.host}:{args.port}/record (recording) and /match (matching)")
+        if args.pilot:
+            print("pilot only: real participants' joins are refused until the study is served without --pilot")
+        else:
+            print(f"participants: http://{args.host}:{args.port}/record (recording) and /match (matching)"
+                  + (f", opened from {study.platform.name} with {', '.join(study.platform.params)}"
+                     if study.platform.name != "none" else ""))
+        print(f"withdrawal page: http://{args.host}:{args.port}/withdraw; outcomes: "
+              + ", ".join(f"{name} {o.code}" for name, o in study.outcomes.items()))
         print(f"pilot (preview) links, left out of the analysis by default: /match?pilot={pilot_token(token)} "
               f"and /record?pilot={pilot_token(token)}")
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)

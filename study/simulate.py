@@ -141,9 +141,15 @@ def simulate(client: Client, n: int, skill: str, seed: int = 0, spread: float = 
         truth = {t["idx"]: t for t in client.call("GET", f"/api/admin/export?code={code}", admin=True)["trials"]}
         is_careless = rng.random() < careless
         rate = min(1.0, max(0.0, rng.gauss(float(skill), spread))) if skill != "oracle" else None
+        enforce = about["listening"]["enforce"]
         for t in plan["trials"]:
             idx, real = t["index"], truth[t["index"]]
-            for slot in (("query",) if p["direction"] == "V->F" else ("0", "1")):
+            slots = ("query",) if p["direction"] == "V->F" else ("0", "1")
+            for slot in slots:  # fetched as the page does (the server's listening check starts there)
+                client.call("GET", f"/api/participants/{code}/trials/{idx}/media/{slot}")
+            if enforce:
+                time.sleep(plan["clip_seconds"] * len(slots))
+            for slot in slots:
                 client.call("POST", f"/api/participants/{code}/trials/{idx}/played", {"slot": slot})
             if is_careless:
                 choice = rng.randrange(2)

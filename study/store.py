@@ -61,14 +61,39 @@ SCHEMA = (
         by_whom TEXT NOT NULL,
         reason TEXT NOT NULL)""",
 )
+# columns added after the first release: a database made before gets them (NULL in old rows,
+# `source` 'participant', as those rows were counted then)
+ADDED_COLUMNS = (
+    ("participants", "source", "TEXT NOT NULL DEFAULT 'participant'"),
+    ("participants", "platform", "TEXT"),  # prolific, mturk, generic
+    ("participants", "platform_id", "TEXT"),  # the platform's participant id (PROLIFIC_PID, workerId, ...)
+    ("participants", "platform_ids", "TEXT"),  # JSON: every id the platform handed over
+    ("participants", "outcome", "TEXT"),  # completed, screened_out, failed_checks (see config.OUTCOMES)
+    ("participants", "client", "TEXT"),  # JSON: browser, screen, device class (no IP address)
+    ("participants", "consent_version", "TEXT"),
+    ("participants", "consent_hash", "TEXT"),  # sha256 of the consent text they agreed to
+    ("participants", "sound_check", "TEXT"),  # JSON: beeps played, answers
+    ("trials", "served_at", "DOUBLE PRECISION"),  # the trial's stimuli first sent
+    ("trials", "played_at", "DOUBLE PRECISION"),  # its last recording played to the end
+)
+INDEXES = ("CREATE INDEX IF NOT EXISTS exclusions_code ON exclusions (code, at)",
+           "CREATE INDEX IF NOT EXISTS participants_platform ON participants (platform_id, role)")
 # who a participant is: a real one, a researcher trying the pilot (preview) link, or a script
 SOURCES = ("participant", "pilot", "simulated")
 TRIAL_COLUMNS = ("code", "idx", "kind", "query", "option0", "option1", "correct", "repeat_of", "played", "chosen",
-                 "rt_ms", "answered_at")
+                 "rt_ms", "answered_at", "served_at", "played_at")
+PARTICIPANT_COLUMNS = ("code", "role", "experiment", "seed", "created_at", "consented_at", "survey", "finished_at",
+                       "excluded", "source", "platform", "platform_id", "platform_ids", "outcome", "client",
+                       "consent_version", "consent_hash", "sound_check")
+JSON_COLUMNS = ("survey", "platform_ids", "client", "sound_check")
 
 
 class Conflict(Exception):
     """The write would change something already stored (a replay, a second submission)."""
+
+
+class TookPart(Conflict):
+    """This platform id has taken part already (and `[platform] once` is set)."""
 
 
 @dataclass
@@ -83,6 +108,14 @@ class Participant:
     finished_at: float | None
     excluded: str | None
     source: str = "participant"
+    platform: str | None = None
+    platform_id: str | None = None
+    platform_ids: dict | None = None
+    outcome: str | None = None
+    client: dict | None = None
+    consent_version: str | None = None
+    consent_hash: str | None = None
+    sound_check: dict | None = None
 
 
 class Store:
@@ -104,19 +137,27 @@ class Store:
         self._all: list = []
         self._lock = threading.Lock()
         with self.transaction() as cur:
+            if self.kind == "postgresql":  # replicas starting together create and migrate one at a time
+                cur.execute("SELECT pg_advisory_xact_lock(8600)")
             for statement in SCHEMA:
                 cur.execute(statement)
-            self._add_source_column(cur)
+            self._migrate(cur)
+            for statement in INDEXES:
+                cur.execute(statement)
 
-    def _add_source_column(self, cur) -> None:
-        """A database made before participants had a source gets the column; its rows count as real
-        participants', as they were counted then."""
-        if self.kind == "postgresql":
-            cur.execute("ALTER TABLE participants ADD COLUMN IF NOT EXISTS source TEXT NOT NULL DEFAULT 'participant'")
-            return
-        cur.execute("PRAGMA table_info(participants)")
-        if "source" not in {row[1] for row in cur.fetchall()}:
-            cur.execute("ALTER TABLE participants ADD COLUMN source TEXT NOT NULL DEFAULT 'participant'")
+    def _migrate(self, cur) -> None:
+        """Adds the columns a database made by an older release lacks (ADDED_COLUMNS)."""
+        for table in {t for t, _, _ in ADDED_COLUMNS}:
+            if self.kind == "postgresql":
+                cur.execute("SELECT column_name FROM information_schema.columns WHERE table_name = ? "
+                            "AND table_schema = current_schema()", (table,))
+                have = {row[0] for row in cur.fetchall()}
+            else:
+                cur.execute(f"PRAGMA table_info({table})")
+                have = {row[1] for row in cur.fetchall()}
+            for t, column, decl in ADDED_COLUMNS:
+                if t == table and column not in have:
+                    cur.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
 
     def _connect(self):
         if self.kind == "sqlite":
@@ -124,6 +165,7 @@ class Store:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")  # an answered request survives power loss
             conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA secure_delete=ON")  # a withdrawal's rows are overwritten, not just unlinked
         else:
             import psycopg
 
@@ -160,19 +202,36 @@ class Store:
     # --- participants -------------------------------------------------------------------
 
     def add_participant(self, code: str, role: str, experiments: tuple[int, ...], seed: int,
-                        source: str = "participant", inactive_after_s: float | None = None) -> int | None:
-        """A new participant; a matcher gets the experiment with the fewest matchers of its source
-        so far (the server balances them, ties to the lowest number), so pilots and simulated runs
-        neither skew the real participants' balance nor are skewed by it. With `inactive_after_s`,
-        a matcher who has not finished and has done nothing for that long (no join, consent or
-        answer) no longer counts: an abandoned join frees its place."""
+                        source: str = "participant", inactive_after_s: float | None = None, *,
+                        platform: str | None = None, platform_ids: dict | None = None, once: bool = True,
+                        client: dict | None = None) -> tuple[str, int | None, bool]:
+        """A new participant -> (code, experiment, resumed). A matcher gets the experiment with the
+        fewest matchers of its source so far (the server balances them, ties to the lowest
+        number), so pilots and simulated runs neither skew the real participants' balance nor are
+        skewed by it. With `inactive_after_s`, a matcher who has not finished and has done nothing
+        for that long (no join, consent or answer) no longer counts: an abandoned join frees its
+        place.
+
+        With a platform id (the first of `platform_ids`) and `once`: a second join of the same id
+        and role resumes the first participant while unfinished (resumed True, the old code), and
+        raises TookPart once they have finished."""
         if source not in SOURCES:
             raise ValueError(f"source {source!r}: expected one of {', '.join(SOURCES)}")
+        platform_id = next(iter((platform_ids or {}).values()), None)
         with self.transaction() as cur:
+            if self.kind == "postgresql" and (role == "match" or platform_id):
+                # replicas: one join counts (and checks the platform id) at a time, as BEGIN IMMEDIATE does
+                cur.execute("LOCK TABLE participants IN SHARE ROW EXCLUSIVE MODE")
+            if platform_id and once:
+                cur.execute("SELECT code, experiment, finished_at FROM participants WHERE platform_id = ? "
+                            "AND role = ? AND platform = ? ORDER BY created_at LIMIT 1", (platform_id, role, platform))
+                row = cur.fetchone()
+                if row is not None:
+                    if row[2] is not None:
+                        raise TookPart(f"this {platform} id has already taken part in the {role} study")
+                    return row[0], row[1], True
             experiment = None
             if role == "match":
-                if self.kind == "postgresql":  # replicas: one join counts at a time (as BEGIN IMMEDIATE does)
-                    cur.execute("LOCK TABLE participants IN SHARE ROW EXCLUSIVE MODE")
                 cutoff = -1.0 if inactive_after_s is None else time.time() - inactive_after_s
                 cur.execute("SELECT experiment, COUNT(*) FROM participants p WHERE role = 'match' AND source = ? "
                             "AND (finished_at IS NOT NULL OR created_at > ? OR consented_at > ? OR EXISTS "
@@ -180,9 +239,12 @@ class Store:
                             "GROUP BY experiment", (source, cutoff, cutoff, cutoff))
                 counts = dict.fromkeys(experiments, 0) | {e: n for e, n in cur.fetchall() if e in experiments}
                 experiment = min(experiments, key=lambda e: (counts[e], e))
-            cur.execute("INSERT INTO participants (code, role, experiment, seed, created_at, source) "
-                        "VALUES (?, ?, ?, ?, ?, ?)", (code, role, experiment, seed, time.time(), source))
-        return experiment
+            cur.execute("INSERT INTO participants (code, role, experiment, seed, created_at, source, platform, "
+                        "platform_id, platform_ids, client) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (code, role, experiment, seed, time.time(), source, platform if platform_id else None,
+                         platform_id, json.dumps(platform_ids, sort_keys=True) if platform_ids else None,
+                         json.dumps(client, sort_keys=True) if client else None))
+        return code, experiment, False
 
     def participant(self, code: str) -> Participant | None:
         found = self._participants("WHERE code = ?", (code,))
@@ -193,17 +255,28 @@ class Store:
 
     def _participants(self, clause: str, args: tuple) -> list[Participant]:
         with self.transaction() as cur:
-            cur.execute("SELECT code, role, experiment, seed, created_at, consented_at, survey, finished_at, excluded, "
-                        f"source FROM participants {clause}", args)
+            cur.execute(f"SELECT {', '.join(PARTICIPANT_COLUMNS)} FROM participants {clause}", args)
             rows = cur.fetchall()
-        return [Participant(*row[:6], json.loads(row[6]) if row[6] else None, *row[7:]) for row in rows]
+        out = []
+        for row in rows:
+            values = dict(zip(PARTICIPANT_COLUMNS, row, strict=True))
+            for c in JSON_COLUMNS:
+                values[c] = json.loads(values[c]) if values[c] else None
+            out.append(Participant(**values))
+        return out
 
-    def consent(self, code: str) -> None:
+    def consent(self, code: str, version: str = "", digest: str = "") -> None:
+        """Consent given, with the version and hash of the text agreed to."""
         with self.transaction() as cur:
-            cur.execute("UPDATE participants SET consented_at = ? WHERE code = ? AND consented_at IS NULL",
-                        (time.time(), code))
+            cur.execute("UPDATE participants SET consented_at = ?, consent_version = ?, consent_hash = ? "
+                        "WHERE code = ? AND consented_at IS NULL", (time.time(), version, digest, code))
             if cur.rowcount != 1:
                 raise Conflict("consent was already given")
+
+    def set_sound_check(self, code: str, state: dict) -> None:
+        with self.transaction() as cur:
+            cur.execute("UPDATE participants SET sound_check = ? WHERE code = ? AND finished_at IS NULL",
+                        (json.dumps(state, sort_keys=True), code))
 
     def save_survey(self, code: str, answers: dict, trials: list | None) -> None:
         """The questionnaire, and for a matcher the trials they will see, in one transaction."""
@@ -218,13 +291,14 @@ class Store:
                             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                             (code, t.index, t.kind, t.query, t.options[0], t.options[1], t.correct, t.repeat_of))
 
-    def finish(self, code: str, excluded: str | None) -> None:
-        """The end of the study; `excluded`, the controls' verdict, is kept in the history too."""
+    def finish(self, code: str, excluded: str | None, outcome: str = "completed") -> None:
+        """The end of the study, with its outcome; `excluded`, the controls' verdict, is kept in
+        the history too."""
         with self.transaction() as cur:
             now = time.time()
             # a researcher's exclusion made while they took part stands; the controls' verdict adds to it
-            cur.execute("UPDATE participants SET finished_at = ?, excluded = COALESCE(excluded, ?) "
-                        "WHERE code = ? AND finished_at IS NULL", (now, excluded, code))
+            cur.execute("UPDATE participants SET finished_at = ?, excluded = COALESCE(excluded, ?), outcome = ? "
+                        "WHERE code = ? AND finished_at IS NULL", (now, excluded, outcome, code))
             if cur.rowcount != 1:
                 raise Conflict("this code has already finished the study")
             if excluded:
@@ -246,7 +320,7 @@ class Store:
         """The exclusion history, oldest first."""
         with self.transaction() as cur:
             where, args = ("WHERE code = ?", (code,)) if code else ("", ())
-            cur.execute(f"SELECT code, at, by_whom, reason FROM exclusions {where} ORDER BY at, code", args)
+            cur.execute(f"SELECT code, at, by_whom, reason FROM exclusions {where} ORDER BY at, code, reason", args)
             rows = cur.fetchall()
         return [{"code": c, "at": at, "by": by, "reason": why} for c, at, by, why in rows]
 
@@ -267,25 +341,34 @@ class Store:
             cur.execute(f"SELECT {', '.join(TRIAL_COLUMNS)} FROM trials {where} ORDER BY code, idx", args)
             return [dict(zip(TRIAL_COLUMNS, r, strict=True)) for r in cur.fetchall()]
 
+    def served(self, code: str, idx: int) -> None:
+        """The trial's stimuli were first sent now (the listening check counts from here)."""
+        with self.transaction() as cur:
+            cur.execute("UPDATE trials SET served_at = ? WHERE code = ? AND idx = ? AND served_at IS NULL",
+                        (time.time(), code, idx))
+
     def played(self, code: str, idx: int, slot_bit: int) -> bool:
         with self.transaction() as cur:
-            cur.execute("UPDATE trials SET played = played | ? WHERE code = ? AND idx = ? AND chosen IS NULL",
-                        (slot_bit, code, idx))
+            cur.execute("UPDATE trials SET played = played | ?, played_at = ? WHERE code = ? AND idx = ? "
+                        "AND chosen IS NULL", (slot_bit, time.time(), code, idx))
             return cur.rowcount == 1
 
-    def answer(self, code: str, idx: int, chosen: int, rt_ms: float | None, needs_played: int) -> None:
-        """Stores the answer once: Conflict when the trial was answered already or its recording(s)
-        were not played (the page enables the buttons only after they were)."""
+    def answer(self, code: str, idx: int, chosen: int, rt_ms: float | None, needs_played: int) -> bool:
+        """Stores the answer once -> True; the same answer again (a retry after a lost
+        connection) -> False, changing nothing. Conflict when the trial was answered otherwise
+        already, or its recording(s) were not played (the page opens the choices only after)."""
         with self.transaction() as cur:
             cur.execute("UPDATE trials SET chosen = ?, rt_ms = ?, answered_at = ? WHERE code = ? AND idx = ? "
                         "AND chosen IS NULL AND (played & ?) = ?",
                         (chosen, rt_ms, time.time(), code, idx, needs_played, needs_played))
             if cur.rowcount == 1:
-                return
+                return True
             cur.execute("SELECT chosen FROM trials WHERE code = ? AND idx = ?", (code, idx))
             row = cur.fetchone()
         if row is None:
             raise KeyError(idx)
+        if row[0] == chosen:
+            return False
         raise Conflict("this trial was already answered" if row[0] is not None else "play the recording first")
 
     # --- recordings ---------------------------------------------------------------------

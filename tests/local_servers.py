@@ -299,8 +299,8 @@ class LocalStudy(LocalProcess):
 
     ADMIN_TOKEN = "test-admin-token-0123456789"
 
-    def __init__(self, study_dir: Path, database: str | None = None):
-        self.study_dir, self.database = Path(study_dir), database
+    def __init__(self, study_dir: Path, database: str | None = None, extra_args: tuple[str, ...] = ()):
+        self.study_dir, self.database, self.extra_args = Path(study_dir), database, list(extra_args)
         self.port = free_port()
 
     @property
@@ -308,7 +308,7 @@ class LocalStudy(LocalProcess):
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 60.0) -> LocalStudy:
-        extra = ["--database", self.database] if self.database else []
+        extra = (["--database", self.database] if self.database else []) + self.extra_args
         log = self.study_dir / "serve.log"
         with open(log, "ab") as out:
             self.proc = subprocess.Popen(

@@ -13,15 +13,37 @@ splits = ["train", "val", "test"]
 experiments = [1, 2, 3, 4]
 seed = 3
 completion_code = "TEST-CODE"
+[consent]
+version = "test-1"
+researcher = "Dr. T. Tester"
+institution = "The Test Institute"
+ethics_approval = "TEST-IRB-1"
+contact = "tester@example.org"
+payment = "none (a test)"
+data_kept = "your answers"
+retention = "until the test ends"
+withdrawal = "at any time, on the withdrawal page"
 [recording]
 min_speech_seconds = 1.0
 max_upload_bytes = 2000000
+[stimuli]
+clip_seconds = {clip_seconds}
+[listening]
+enforce = {enforce}
+[joins]
+per_minute = {per_minute}
+burst = {burst}
 """
 
 
-def make_study(directory: Path, corpus: Path, extra: str = "") -> Path:
+def make_study(directory: Path, corpus: Path, extra: str = "", *, clip_seconds: float = 1.0,
+               enforce: bool = False, per_minute: float = 6000, burst: int = 1000) -> Path:
+    """A study directory on `corpus`; `extra` is more TOML (tables the template lacks). Listening
+    is not enforced unless asked, so the API tests need not wait out each clip."""
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "study.toml").write_text(STUDY_TOML.format(corpus=corpus) + extra)
+    text = STUDY_TOML.format(corpus=corpus, clip_seconds=clip_seconds, enforce=str(enforce).lower(),
+                             per_minute=per_minute, burst=burst)
+    (directory / "study.toml").write_text(text + extra)
     return directory
 
 

@@ -1,8 +1,15 @@
-"""The study's pages in a real browser: Debian's headless Chromium driven by Selenium, with fake
-media devices fed a real speech recording (espeak-ng) and a camera showing a real photo
-(matplotlib's grace_hopper.jpg). One participant records themselves end to end; another takes a
-whole matching experiment. With FACEVOICE_STUDY_SCREENSHOTS=DIR each page is saved as a PNG
-there (docs/images/study holds the ones docs/study.md shows)."""
+"""The study's pages in a real browser, at a desktop's 1280x800 and a phone's 390x844: Debian's
+headless Chromium driven by Selenium, with fake media devices fed a real speech recording
+(espeak-ng) and a camera showing a real photo (matplotlib's grace_hopper.jpg).
+
+Every path a participant can take is walked: recording oneself, a whole matching experiment
+with a reload in the middle and a dropped connection, a reload after finishing, a second try
+with the same Prolific id, withdrawing later with the participant code, declining consent, a
+blocked microphone, a browser without recording, a device the study does not take, and the
+sound check. Each screen must fit the width (no sideways scroll), and each test fails on any
+error in Chromium's console that it did not cause on purpose. With
+FACEVOICE_STUDY_SCREENSHOTS=DIR every screen is saved there as SIZE-NAME.png
+(docs/images/study holds the ones docs/study.md shows)."""
 
 from __future__ import annotations
 
@@ -17,7 +24,6 @@ import soundfile as sf
 from matplotlib import cbook
 from PIL import Image
 
-from facevoice.study.analyze import collect
 from facevoice.study.config import load_study
 from facevoice.study.store import Store
 from tests.local_servers import LocalStudy
@@ -27,6 +33,23 @@ from tests.study_helpers import http, make_study
 pytestmark = pytest.mark.skipif(shutil.which("chromedriver") is None or shutil.which("chromium") is None,
                                 reason="needs Debian's chromium and chromium-driver (deploy/setup-debian.sh)")
 SHOTS = os.environ.get("FACEVOICE_STUDY_SCREENSHOTS")
+TOKEN = LocalStudy.ADMIN_TOKEN
+SIZES = {"desktop": (1280, 800), "phone": (390, 844)}
+PHONE_UA = ("Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/156.0 "
+            "Mobile Safari/537.36")
+PLATFORM = """[platform]
+name = "prolific"
+[outcomes.completed]
+code = "DONE-1"
+[outcomes.failed_checks]
+code = "CHECKS-2"
+[outcomes.screened_out]
+code = "SCREEN-3"
+[outcomes.declined]
+code = "NOCONSENT-4"
+[outcomes.no_device]
+code = "NODEVICE-5"
+"""
 
 
 def camera_y4m(path: Path, frames: int = 5) -> Path:
@@ -41,39 +64,86 @@ def camera_y4m(path: Path, frames: int = 5) -> Path:
 
 
 @pytest.fixture(scope="module")
-def browser(tmp_path_factory):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    tmp = tmp_path_factory.mktemp("chromium")
+def media_files(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("chromium-media")
     x, sr = speech("Forty four Americans have now taken the presidential oath. The words have been spoken "
                    "during rising tides of prosperity and the still waters of peace.")
     sf.write(tmp / "voice.wav", np.concatenate([x, x]), sr, subtype="PCM_16")
+    return tmp / "voice.wav", camera_y4m(tmp / "camera.y4m")
+
+
+def chromium(profile: Path, size: str, media_files, fake_ui: bool = True):
+    """A headless Chromium at `size`: the desktop's window, or a phone's emulated screen and touch.
+    Without `fake_ui` every camera and microphone request is denied, as a participant may."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    voice, camera = media_files
     opts = webdriver.ChromeOptions()
     opts.binary_location = shutil.which("chromium")
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-                 f"--use-file-for-fake-audio-capture={tmp / 'voice.wav'}",
-                 f"--use-file-for-fake-video-capture={camera_y4m(tmp / 'camera.y4m')}",
-                 "--autoplay-policy=no-user-gesture-required", f"--user-data-dir={tmp / 'profile'}",
-                 "--window-size=1100,900"):
+    flags = ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--use-fake-device-for-media-stream", f"--use-file-for-fake-audio-capture={voice}",
+             f"--use-file-for-fake-video-capture={camera}", "--autoplay-policy=no-user-gesture-required",
+             f"--user-data-dir={profile}"]
+    if fake_ui:
+        flags.append("--use-fake-ui-for-media-stream")
+    w, h = SIZES[size]
+    if size == "phone":
+        opts.add_experimental_option("mobileEmulation", {
+            "deviceMetrics": {"width": w, "height": h, "pixelRatio": 2.0, "touch": True}, "userAgent": PHONE_UA})
+    else:
+        flags.append(f"--window-size={w},{h + 200}")
+    for flag in flags:
         opts.add_argument(flag)
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
     driver.set_page_load_timeout(60)
+    if size == "desktop":  # the page's own viewport exactly (the window's includes its frame)
+        driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                               {"width": w, "height": h, "deviceScaleFactor": 1, "mobile": False})
+    driver.size_name = size
+    return driver
+
+
+@pytest.fixture(scope="module", params=list(SIZES))
+def browser(request, tmp_path_factory, media_files):
+    driver = chromium(tmp_path_factory.mktemp("profile"), request.param, media_files)
     yield driver
     driver.quit()
 
 
 @pytest.fixture
+def console(browser):
+    """Fails the test on an error in the console it did not allow (console.allow(substring))."""
+    browser.get_log("browser")  # what earlier tests left
+
+    class Console:
+        def __init__(self):
+            self.allowed: list[str] = []
+
+        def allow(self, text: str) -> None:
+            self.allowed.append(text)
+
+    c = Console()
+    yield c
+    check_console(browser, c.allowed)
+
+
+def check_console(driver, allowed=()) -> None:
+    errors = [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"
+              and not any(a in e["message"] for a in allowed)]
+    assert not errors, f"errors in the console: {errors}"
+
+
+@pytest.fixture
 def server(tmp_path, corpus):
-    with LocalStudy(make_study(tmp_path / "study", corpus[0])) as s:
+    with LocalStudy(make_study(tmp_path / "study", corpus[0], PLATFORM, clip_seconds=1.0, enforce=True)) as s:
         yield s
 
 
 def wait(driver, css: str, timeout: float = 30.0, text: str | None = None):
-    """The first visible element matching css (and holding text), or fail with the page's text."""
+    """The first visible, enabled element matching css (and holding text), or fail with the page's text."""
     from selenium.webdriver.common.by import By
 
     deadline = time.monotonic() + timeout
@@ -86,7 +156,7 @@ def wait(driver, css: str, timeout: float = 30.0, text: str | None = None):
                 pass
         time.sleep(0.1)
     body = driver.find_element(By.TAG_NAME, "body").text
-    console = [e["message"][:300] for e in driver.get_log("browser") if "favicon" not in e["message"]]
+    console = [e["message"][:300] for e in driver.get_log("browser")]
     raise AssertionError(f"no {css!r} {text or ''} after {timeout:.0f} s; the page says: {body[:600]}; "
                          f"the console: {console}")
 
@@ -96,105 +166,250 @@ def button(driver, text: str, timeout: float = 30.0):
 
 
 def shot(driver, name: str) -> None:
+    """Every screen the tests see must fit the width; with SHOTS set it is saved too."""
+    wide = driver.execute_script("return [document.documentElement.scrollWidth, window.innerWidth]")
+    assert wide[0] <= wide[1] + 1, f"{name} at {driver.size_name}: {wide[0]} px wide in a {wide[1]} px window"
     if SHOTS:
         Path(SHOTS).mkdir(parents=True, exist_ok=True)
-        driver.save_screenshot(str(Path(SHOTS) / f"{name}.png"))
+        driver.save_screenshot(str(Path(SHOTS) / f"{driver.size_name}-{name}.png"))
 
 
-def consent_and_survey(driver, page: str) -> None:
+def fresh(driver, url: str) -> None:
+    """Open url as a new participant of this browser (the tab's saved code forgotten)."""
+    driver.get(url.split("?")[0].rsplit("/", 1)[0] + "/api/study")
+    driver.execute_script("sessionStorage.clear()")
+    driver.get(url)
+
+
+def consent_and_survey(driver, page: str, recorded: str = "no") -> None:
     from selenium.webdriver.support.ui import Select
 
+    wait(driver, "#agree")
     shot(driver, f"{page}-consent")
     button(driver, "I agree").click()
     Select(wait(driver, "#q-gender")).select_by_visible_text("female")
     Select(wait(driver, "#q-ethnicity")).select_by_visible_text("Other")
     wait(driver, "#q-age").send_keys("34")
     wait(driver, "#q-first_language").send_keys("English")
-    Select(wait(driver, "#q-recorded")).select_by_visible_text("no")
+    Select(wait(driver, "#q-recorded")).select_by_visible_text(recorded)
     shot(driver, f"{page}-survey")
     wait(driver, "#jspsych-survey-html-form-next").click()
 
 
-def test_a_participant_records_themselves_in_the_browser(browser, server):
-    browser.get(server.url + "/record")
+def export(server, code: str | None = None) -> dict:
+    return http(server.url, "GET", "/api/admin/export" + (f"?code={code}" if code else ""), token=TOKEN)[1]
+
+
+def test_a_participant_records_themselves(browser, console, server):
+    fresh(browser, server.url + "/record?PROLIFIC_PID=rec-" + browser.size_name)
     consent_and_survey(browser, "record")
-    button(browser, "Use this microphone").click()
+    shot(browser, "record-microphone")
+    button(browser, "Use the microphone").click()
     for k in range(2):
-        wait(browser, ".script")
-        loudest, start = -200.0, time.monotonic()
-        while time.monotonic() - start < 5.5:  # reading aloud (the fake microphone plays the speech)
-            db = float(browser.execute_script("return document.getElementById('level')?.dataset.db || -200"))
-            if db > loudest + 3 and k == 0:
-                shot(browser, "record-voice")  # the meter at its loudest yet
-            loudest = max(loudest, db)
+        wait(browser, "h2", 60, f"Read aloud ({k + 1} of 2)")
+        start = wait(browser, "#rec-start")
+        if k == 0:
+            shot(browser, "record-voice")
+        start.click()
+        wait(browser, "#rec-dot")
+        loudest, began = -200.0, time.monotonic()
+        while time.monotonic() - began < 4.0:  # reading aloud (the fake microphone plays the speech)
+            loudest = max(loudest, float(browser.execute_script(
+                "return document.getElementById('level')?.dataset.db || -200")))
             time.sleep(0.1)
-        assert loudest > -40, f"the level meter never moved (loudest {loudest} dBFS): {browser.get_log('browser')}"
-        button(browser, "Done").click()
-        button(browser, "Use this recording").click()
-        ok = wait(browser, "#upload-ok, #upload-error", 60)
-        assert ok.get_attribute("id") == "upload-ok", ok.text
-        button(browser, "Continue").click()
-    button(browser, "Use this camera").click()
+        assert loudest > -40, f"the level meter never moved (loudest {loudest} dBFS)"
+        assert wait(browser, "#rec-timer").text.startswith("0:0") and wait(browser, "#rec-timer").text != "0:00"
+        if k == 0:
+            shot(browser, "record-recording")
+        wait(browser, "#rec-stop").click()
+        wait(browser, "#rec-use")
+        if k == 0:
+            shot(browser, "record-review")
+        wait(browser, "#rec-use").click()
+    shot(browser, "record-camera")
+    button(browser, "Use the camera").click()
     deadline = time.monotonic() + 20
     while browser.execute_script("return document.getElementById('camera')?.videoWidth || 0") == 0:
         assert time.monotonic() < deadline, "the camera never showed a frame"
         time.sleep(0.1)
     time.sleep(0.5)
-    shot(browser, "record-face")
+    shot(browser, "record-photo")
     button(browser, "Take photo").click()
-    ok = wait(browser, "#upload-ok, #upload-error", 60)
-    assert ok.get_attribute("id") == "upload-ok", ok.text
-    button(browser, "Continue").click()
-    assert wait(browser, "#completion-code").text == "TEST-CODE"
+    wait(browser, "#photo-preview")
+    shot(browser, "record-photo-preview")
+    button(browser, "Retake").click()  # a retake shows the camera again
+    button(browser, "Take photo").click()
+    button(browser, "Use this photo").click()
+    assert wait(browser, "#completion-code", 60).text == "DONE-1"
+    assert "cc=DONE-1" in wait(browser, "#redirect").get_attribute("href")
+    code = wait(browser, "#participant-code").text
     shot(browser, "record-done")
+    assert not browser.find_elements("css selector", "#withdraw-bar")  # nothing left to withdraw from there
     store = Store(load_study(server.study_dir).database_url)
     try:
-        (p,) = store.participants()
-        rows = store.recordings(p.code)
+        p = store.participant(code)
+        rows = store.recordings(code)
     finally:
         store.close()
-    assert p.finished_at and p.survey["age"] == 34
+    assert p.finished_at and p.survey["age"] == 34 and p.platform_id == "rec-" + browser.size_name
+    assert p.client["device"] == browser.size_name
     assert [(r["kind"], r["script"]) for r in rows] == [("face", 0), ("voice", 0), ("voice", 1)]
-    assert all(r["seconds"] > 2.0 for r in rows if r["kind"] == "voice")
-    for r in rows:
-        assert (server.study_dir / "recordings" / r["path"]).stat().st_size > 5000
+    assert all(r["seconds"] > 1.0 for r in rows if r["kind"] == "voice")
     width = float(rows[0]["box"].split()[2])
     assert 60 < width < 300  # Grace Hopper's face, found in the camera's still
+    # a reload after finishing shows the same ending
+    browser.refresh()
+    assert wait(browser, "#completion-code").text == "DONE-1"
 
 
-def test_a_participant_takes_a_whole_matching_experiment_in_the_browser(browser, server):
+def play_task(driver, cheat: bool = False) -> None:
+    """Plays the task's recording(s) with our player, one after the other, to their ends."""
     from selenium.webdriver.common.by import By
 
-    browser.execute_script("sessionStorage.clear()") if browser.current_url.startswith("http") else None
-    browser.get(server.url + "/match")
+    n = len(driver.find_elements(By.CSS_SELECTOR, "button.play"))
+    for k in range(n):
+        play = wait(driver, f"button.play[data-slot='{'query' if n == 1 else k}']")
+        play.click()
+        if cheat:  # speeding up is undone; a forged "ended" is refused by the server's clock
+            driver.execute_script("const a = document.querySelector('audio.stimulus'); a.playbackRate = 16;"
+                                  "a.dispatchEvent(new Event('ended'));")
+            wait(driver, "#task-hint", 10, "listen to the whole recording")
+            assert driver.execute_script("return document.querySelector('audio.stimulus').playbackRate") == 1
+        if k + 1 < n:
+            wait(driver, f"button.play[data-slot='{k + 1}']", 30)
+
+
+def test_a_whole_matching_experiment_with_a_reload_and_a_dropped_connection(browser, console, server):
+    pid = "match-" + browser.size_name
+    fresh(browser, f"{server.url}/match?PROLIFIC_PID={pid}&STUDY_ID=s1&SESSION_ID=x1")
     consent_and_survey(browser, "match")
+    wait(browser, "#start")
     shot(browser, "match-instructions")
-    wait(browser, "#jspsych-instructions-next").click()
+    wait(browser, "#start").click()
     answered = 0
+    console.allow("409")  # the forged "ended" of the first task
+    console.allow("ERR_BLOCKED_BY_CLIENT")  # the answer sent while the connection is down
     while True:
-        el = wait(browser, "audio.stimulus, #completion-code", 60)
-        if el.get_attribute("id") == "completion-code":
+        el = wait(browser, "button.play, #ending", 60)
+        if el.get_attribute("id") == "ending":
             break
-        assert browser.find_elements(By.CSS_SELECTOR, "button.choice:disabled"), "choices open before listening"
-        browser.execute_script("for (const a of document.querySelectorAll('audio.stimulus')) "
-                               "{ a.playbackRate = 16; a.play(); }")
-        choice = wait(browser, "button.choice", 60)
+        assert all(not c.is_enabled() for c in browser.find_elements("css selector", "button.choice")), \
+            "the choices are open before listening"
         if answered == 0:
             shot(browser, "match-task")
-        choice.click()
+        play_task(browser, cheat=answered == 0)
+        choice = wait(browser, "button.choice", 30)
+        assert "open" in browser.find_element("id", "announce").text  # announced to screen readers
+        if answered == 0:
+            shot(browser, "match-task-open")
+        if answered == 5:  # the connection drops as the answer is sent, and comes back
+            browser.execute_cdp_cmd("Network.enable", {})
+            browser.execute_cdp_cmd("Network.setBlockedURLs", {"urls": ["*/answer"]})
+            choice.click()
+            wait(browser, "#connection", 10)
+            shot(browser, "match-connection-lost")
+            browser.execute_cdp_cmd("Network.setBlockedURLs", {"urls": []})
+        else:
+            choice.click()
         answered += 1
-    assert el.text == "TEST-CODE"
+        if answered == 3:  # a reload mid-experiment goes on from the next task
+            browser.refresh()
+            wait(browser, "#start", 30, "Go on")
+            shot(browser, "match-welcome-back")
+            assert "3 of" in browser.find_element("css selector", ".page").text
+            wait(browser, "#start").click()
+    assert wait(browser, "#completion-code").text in ("DONE-1", "CHECKS-2")
+    code = wait(browser, "#participant-code").text
     shot(browser, "match-done")
-    token = LocalStudy.ADMIN_TOKEN
-    export = http(server.url, "GET", "/api/admin/export", token=token)[1]
-    (p,) = export["participants"]
-    trials = export["trials"]
-    assert len(trials) == answered >= 18
-    assert all(t["chosen"] in (0, 1) and t["played"] for t in trials)
-    store = Store(load_study(server.study_dir).database_url)
+    data = export(server, code)
+    (p,) = data["participants"]
+    assert p["platform_ids"] == {"PROLIFIC_PID": pid, "STUDY_ID": "s1", "SESSION_ID": "x1"}
+    trials = data["trials"]
+    assert len(trials) >= 18 and answered == len(trials)  # every task once: none lost, none doubled
+    assert all(t["chosen"] in (0, 1) and t["played_at"] - t["served_at"] >= 0.7 for t in trials)
+    assert all(0 <= t["rt_ms"] < 60_000 for t in trials)  # from the choices opening
+    # a reload after finishing: the same code again
+    browser.refresh()
+    assert wait(browser, "#completion-code").text in ("DONE-1", "CHECKS-2")
+    shot(browser, "match-done-reloaded")
+    # the same Prolific id in a new tab: told it has taken part
+    fresh(browser, f"{server.url}/match?PROLIFIC_PID={pid}")
+    wait(browser, "#ending", 30, "taken part already")
+    shot(browser, "match-taken-part")
+    # withdrawal later, with the participant code
+    browser.get(server.url + "/withdraw")
+    shot(browser, "withdraw")
+    wait(browser, "#withdraw-code").send_keys(code)
+    wait(browser, "#withdraw-submit").click()
+    wait(browser, "#ending", 30, "withdrawn")
+    shot(browser, "withdrawn")
+    assert export(server, code)["participants"] == []
+
+
+def test_declining_consent_ends_with_its_code(browser, console, server):
+    fresh(browser, server.url + "/match?PROLIFIC_PID=decline-" + browser.size_name)
+    button(browser, "I do not agree").click()
+    assert wait(browser, "#completion-code").text == "NOCONSENT-4"
+    assert "cc=NOCONSENT-4" in wait(browser, "#redirect").get_attribute("href")
+    shot(browser, "declined")
+    assert export(server)["participants"] == []  # nothing is kept
+
+
+def test_a_blocked_microphone_and_a_browser_without_recording(browser, tmp_path, server, media_files):
+    denied = chromium(tmp_path / "denied", browser.size_name, media_files, fake_ui=False)
+    denied.size_name = browser.size_name
     try:
-        data = collect(load_study(server.study_dir), store)
+        denied.get(server.url + "/record?PROLIFIC_PID=blocked-" + browser.size_name)
+        consent_and_survey(denied, "blocked")
+        button(denied, "Use the microphone").click()
+        wait(denied, "#device-problem", 30, "blocked")
+        shot(denied, "microphone-blocked")
+        button(denied, "Try again").click()  # still blocked: the same page, no dead end
+        wait(denied, "#device-problem", 30, "blocked")
+        button(denied, "I cannot use a microphone").click()
+        assert wait(denied, "#completion-code").text == "NODEVICE-5"
+        shot(denied, "no-device")
+        check_console(denied)
+        # a browser that cannot record is told so before anything is asked
+        script = denied.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument",
+                                        {"source": "delete window.MediaRecorder;"})
+        denied.execute_script("sessionStorage.clear()")
+        denied.get(server.url + "/record")
+        wait(denied, "#ending", 30, "cannot run the study")
+        assert wait(denied, "#completion-code").text == "NODEVICE-5"
+        shot(denied, "unsupported-browser")
+        denied.execute_cdp_cmd("Page.removeScriptToEvaluateOnNewDocument", {"identifier": script["identifier"]})
+        check_console(denied)
     finally:
-        store.close()
-    counted = sum(len(by) for by in data["included"].values()) + sum(data["excluded"].values())
-    assert counted == 1 and p["finished_at"]
+        denied.quit()
+    assert export(server)["participants"] == []
+
+
+def test_a_device_policy_and_the_sound_check(browser, console, tmp_path, corpus):
+    extra = '[devices]\nallowed = ["desktop"]\n[sound_check]\nenabled = true\n'
+    with LocalStudy(make_study(tmp_path / "policy", corpus[0], PLATFORM + extra)) as s:
+        fresh(browser, s.url + "/match")
+        if browser.size_name == "phone":
+            wait(browser, "#ending", 30, "cannot be taken on this device")
+            assert wait(browser, "#completion-code").text == "NODEVICE-5"
+            shot(browser, "device-blocked")
+            return
+        consent_and_survey(browser, "sound")
+        play = wait(browser, "#beeps")
+        shot(browser, "sound-check")
+        for attempt in range(2):
+            play.click()
+            wait(browser, "#beep-count", 20)
+            (p,) = export(s)["participants"]
+            beeps = p["sound_check"]["beeps"]
+            count = wait(browser, "#beep-count")
+            count.clear()
+            count.send_keys(str(beeps + 1 if attempt == 0 else beeps))  # wrong first, then right
+            wait(browser, "#beep-answer").click()
+            if attempt == 0:
+                wait(browser, ".error", 20, "listen again")
+                shot(browser, "sound-check-again")
+                play = wait(browser, "#beeps")
+        wait(browser, "#start", 30)
+        (p,) = export(s)["participants"]
+        assert p["sound_check"]["passed"] and p["sound_check"]["tries"] == 2

@@ -1,86 +1,204 @@
-// The matching experiments (Kim et al. sec. 3.2): consent, questionnaire, instructions, then
-// 16 matching and 4 control tasks in the order the server drew. A recording must be played to
-// its end before the answer buttons are enabled; there is no feedback.
+// The matching experiments (Kim et al. sec. 3.2): consent, questionnaire, an optional sound
+// check, instructions, then 16 matching and 4 control tasks in the order the server drew. Our
+// own player plays each recording from its start at normal speed, with no seeking; the choices
+// open once every recording of the task has ended (and the server has checked the time); there
+// is no feedback. A reload, or the resume link, goes on from the first unanswered task.
 "use strict";
 
+function retryLoads(media, src) {
+  // a clip or face that failed to load (the connection dropped) is fetched again, a few times
+  let tries = 0;
+  media.addEventListener("error", () => {
+    if (tries++ < 8) setTimeout(() => { media.src = src; if (media.load) media.load(); }, 1000 * tries);
+  });
+}
+
+function player(el, slot, src, label, onEnded, others) {
+  // a Play button, a progress bar that cannot be dragged, and an <audio> without controls
+  const wrap = document.createElement("div");
+  wrap.className = "player";
+  wrap.innerHTML = `<button type="button" class="jspsych-btn play" data-slot="${slot}" aria-label="Play ${escapeHtml(label)}">&#9654; ${escapeHtml(label)}</button>` +
+    '<div class="bar" role="progressbar" aria-valuemin="0" aria-valuemax="100" aria-valuenow="0"><div></div></div>';
+  const audio = new Audio();
+  audio.preload = "auto";
+  audio.src = src;
+  audio.className = "stimulus";
+  audio.dataset.slot = slot;
+  wrap.appendChild(audio);
+  const button = wrap.querySelector("button");
+  const fill = wrap.querySelector(".bar div");
+  let furthest = 0;
+  retryLoads(audio, src);
+  audio.addEventListener("ratechange", () => { if (audio.playbackRate !== 1) audio.playbackRate = 1; });
+  audio.addEventListener("timeupdate", () => {
+    if (audio.currentTime > furthest + 0.75) { audio.currentTime = furthest; return; }  // no skipping ahead
+    furthest = Math.max(furthest, audio.currentTime);
+    const pct = audio.duration ? Math.round(100 * audio.currentTime / audio.duration) : 0;
+    fill.style.width = `${pct}%`;
+    wrap.querySelector(".bar").setAttribute("aria-valuenow", String(pct));
+  });
+  audio.addEventListener("ended", () => {
+    button.disabled = false;
+    button.innerHTML = `&#8635; ${escapeHtml(label)} again`;
+    for (const o of others()) o.disabled = false;
+    onEnded(slot);
+  });
+  button.addEventListener("click", () => {
+    for (const o of others()) o.disabled = true;  // one recording at a time
+    button.disabled = true;
+    audio.currentTime = 0;
+    furthest = 0;
+    audio.playbackRate = 1;
+    audio.play().catch((e) => {
+      button.disabled = false;
+      for (const o of others()) o.disabled = false;
+      announce(`The recording could not be played (${e.message}). Press play again.`);
+    });
+  });
+  return wrap;
+}
+
+function taskScreen(jsPsych, state, plan, pending) {
+  return screenTrial((el, done) => {
+    const t = jsPsych.evaluateTimelineVariable("trial");
+    const vf = plan.direction === "V->F";
+    const slots = vf ? ["query"] : ["0", "1"];
+    const heard = new Set();
+    el.innerHTML = `<div class="task"><p class="progress" id="progress">Task ${t.index + 1} of ${plan.trials.length}</p>` +
+      `<h2 class="sr-only">Task ${t.index + 1}</h2><div class="players"></div><div class="options"></div>` +
+      '<p class="hint" id="task-hint">Play the recording to its end; then the choices open.</p></div>';
+    const players = el.querySelector(".players");
+    const options = el.querySelector(".options");
+    const choices = [0, 1].map((i) => {
+      const b = document.createElement("button");
+      b.type = "button";
+      b.className = "jspsych-btn choice";
+      b.disabled = true;
+      b.dataset.choice = String(i);
+      if (vf) {
+        b.innerHTML = `<img class="face" alt="Face ${i + 1}" src="${t.options[i]}"><span>Face ${i + 1}</span>`;
+        retryLoads(b.querySelector("img"), t.options[i]);
+      } else {
+        b.textContent = `Voice ${"AB"[i]}`;
+      }
+      options.appendChild(b);
+      return b;
+    });
+    if (!vf) {
+      const img = document.createElement("img");
+      img.className = "face query";
+      img.alt = "The face";
+      img.src = t.query;
+      retryLoads(img, t.query);
+      players.appendChild(img);
+    }
+    const buttons = () => [...el.querySelectorAll("button.play")];
+    let opened = null;
+    const onEnded = (slot) => {
+      api.call("POST", `/api/participants/${state.code}/trials/${t.index}/played`, {slot}).then(() => {
+        heard.add(slot);
+        if (heard.size === slots.length && opened === null) {
+          for (const c of choices) c.disabled = false;
+          opened = performance.now();
+          el.querySelector("#task-hint").textContent = vf ? "Which face has this voice?" : "Which voice belongs to this face?";
+          announce(vf ? "The choices are open: which face has this voice?" : "The choices are open: which voice belongs to this face?");
+        }
+      }).catch((e) => {
+        if (e.status === 409) {  // played too fast to be heard: the server counts from when it sent the clip
+          announce("Please listen to the whole recording.");
+          el.querySelector("#task-hint").textContent = "Please listen to the whole recording, then the choices open.";
+        } else {
+          failed(e);
+        }
+      });
+    };
+    for (const slot of slots) {
+      const label = vf ? "Play the voice" : `Play voice ${"AB"[Number(slot)]}`;
+      const src = slot === "query" ? t.query : t.options[Number(slot)];
+      players.appendChild(player(el, slot, src, label, onEnded, () => buttons().filter((b) => b.dataset.slot !== slot)));
+    }
+    for (const c of choices) {
+      c.addEventListener("click", () => {
+        for (const b of el.querySelectorAll("button")) b.disabled = true;
+        const rt = Math.round(performance.now() - opened);
+        pending.push(api.call("POST", `/api/participants/${state.code}/trials/${t.index}/answer`,
+          {choice: Number(c.dataset.choice), rt_ms: rt}));
+        done();
+      });
+    }
+    el.querySelector("button.play").focus();
+  });
+}
+
+function soundCheck(state, study) {
+  // beeps to count before the tasks (study.toml [sound_check]); a wrong count may be retried,
+  // and failing every try screens the participant out
+  return screenTrial((el, done) => {
+    const draw = (message) => {
+      el.innerHTML = '<div class="page"><h2>Sound check</h2><p>Put on headphones if you have them, set a comfortable volume, and count the beeps.</p>' +
+        (message ? `<p class="error" role="alert">${escapeHtml(message)}</p>` : "") +
+        '<p><button type="button" id="beeps" class="jspsych-btn">&#9654; Play the beeps</button></p>' +
+        '<p><label for="beep-count">How many beeps did you hear?</label><br><input id="beep-count" type="number" inputmode="numeric" min="0" max="20" disabled></p>' +
+        '<p><button type="button" id="beep-answer" class="jspsych-btn" disabled>Continue</button></p></div>';
+      const audio = new Audio();
+      el.querySelector("#beeps").addEventListener("click", () => {
+        audio.src = `/api/participants/${state.code}/sound-check.wav?t=${Date.now()}`;
+        el.querySelector("#beeps").disabled = true;
+        audio.play().catch((e) => { el.querySelector("#beeps").disabled = false; announce(e.message); });
+      });
+      audio.addEventListener("ended", () => {
+        el.querySelector("#beep-count").disabled = false;
+        el.querySelector("#beep-answer").disabled = false;
+        el.querySelector("#beep-count").focus();
+      });
+      el.querySelector("#beep-answer").addEventListener("click", () => {
+        const count = Number(el.querySelector("#beep-count").value);
+        api.call("POST", `/api/participants/${state.code}/sound-check`, {count}).then((r) => {
+          if (r.passed) done();
+          else if (r.tries_left > 0) draw(`That was not the number of beeps. Please listen again (${r.tries_left} more ${r.tries_left === 1 ? "try" : "tries"}).`);
+          else showEnding(r, state.code);
+        }).catch(failed);
+      });
+    };
+    draw(null);
+  });
+}
+
 (async function main() {
-  const jsPsych = initJsPsych({display_element: "study"});
   const study = await api.call("GET", "/api/study");
-  const state = await joinStudy("match");
+  const state = await joinStudy("match", study);
+  if (!state) return;
+  if (state.stage === "finished") {
+    showEnding(state, state.code);  // a reload after finishing: the same code again
+    return;
+  }
+  const jsPsych = initJsPsych({display_element: "study"});
   withdrawLink(state);
   const pending = [];
+  const todo = stagesFrom(state.stage, ["consent", "survey", "sound_check", "tasks"]);
   const vf = state.direction === "V->F";
   const instructions = vf
-    ? "<p>In each task you hear a short recording of a voice and see two faces.</p><p>Play the recording, then choose the face you think has that voice. Play it to the end; the faces can be chosen after that.</p>"
-    : "<p>In each task you see one face and two voice recordings.</p><p>Play both recordings, then choose the voice you think belongs to that face. The choice opens once both have been played to the end.</p>";
-
-  let plan = null;
-  const trialNode = {
-    timeline: [{
-      type: jsPsychHtmlButtonResponse,
-      stimulus: () => {
-        const t = jsPsych.evaluateTimelineVariable("trial");
-        const n = jsPsych.evaluateTimelineVariable("n");
-        const head = `<p class="progress">Task ${n} of ${plan.trials.length}</p>`;
-        if (vf) {
-          return `<div class="task">${head}<audio class="stimulus" data-slot="query" controls preload="auto" src="${t.query}"></audio></div>`;
-        }
-        return `<div class="task">${head}<img class="face" alt="face" src="${t.query}"><div class="voices">` +
-          `<p>Voice A <audio class="stimulus" data-slot="0" controls preload="auto" src="${t.options[0]}"></audio></p>` +
-          `<p>Voice B <audio class="stimulus" data-slot="1" controls preload="auto" src="${t.options[1]}"></audio></p></div></div>`;
-      },
-      choices: () => (vf ? jsPsych.evaluateTimelineVariable("trial").options : ["Voice A", "Voice B"]),
-      button_html: (choice, i) => (vf
-        ? `<button class="jspsych-btn choice" disabled><img class="face" alt="face ${i + 1}" src="${choice}"></button>`
-        : `<button class="jspsych-btn choice" disabled>${choice}</button>`),
-      data: () => ({page: "task", index: jsPsych.evaluateTimelineVariable("trial").index}),
-      on_load: () => {
-        const t = jsPsych.evaluateTimelineVariable("trial");
-        const audios = [...document.querySelectorAll("audio.stimulus")];
-        const heard = new Set();
-        for (const a of audios) {
-          a.addEventListener("ended", () => {
-            heard.add(a.dataset.slot);
-            pending.push(api.call("POST", `/api/participants/${state.code}/trials/${t.index}/played`, {slot: a.dataset.slot}));
-            if (heard.size === audios.length) {
-              Promise.all(pending).then(() => {
-                for (const b of document.querySelectorAll("button.choice")) b.disabled = false;
-              });
-            }
-          });
-        }
-      },
-      on_finish: (data) => {
-        pending.push(api.call("POST", `/api/participants/${state.code}/trials/${data.index}/answer`,
-          {choice: data.response, rt_ms: data.rt}));
-      },
-    }],
-    timeline_variables: [],
-  };
-
-  const timeline = [
-    ...consentTrials(jsPsych, study, state),
-    ...surveyTrials(jsPsych, study, state),
-    {
-      type: jsPsychCallFunction,
-      async: true,
-      func: (done) => {
-        api.call("GET", `/api/participants/${state.code}/trials`).then((p) => {
-          plan = p;
-          trialNode.timeline_variables = p.trials.filter((t) => !t.answered).map((t) => ({trial: t, n: t.index + 1}));
-          done();
-        });
-      },
-    },
-    {
-      type: jsPsychInstructions,
-      pages: [`<div class="page"><h2>Instructions</h2>${instructions}<p>There are no right answers shown; go with your impression.</p></div>`],
-      show_clickable_nav: true,
-      button_label_next: "Start",
-      data: {page: "instructions"},
-    },
-    trialNode,
-    ...finishTrials(jsPsych, state, pending),
-  ];
+    ? "<p>In each task you hear a short recording of a voice and see two faces.</p><p>Play the recording to its end, then choose the face you think has that voice.</p>"
+    : "<p>In each task you see one face and can play two voice recordings.</p><p>Play both to their end, then choose the voice you think belongs to that face.</p>";
+  const plan = {trials: []};
+  const tasks = {timeline: [taskScreen(jsPsych, state, plan, pending)], timeline_variables: []};
+  const timeline = [];
+  if (todo.has("consent")) timeline.push(...consentTrials(jsPsych, study, state));
+  if (todo.has("survey")) timeline.push(...surveyTrials(jsPsych, study, state));
+  if (study.sound_check.enabled && todo.has("sound_check")) timeline.push(soundCheck(state, study));
+  timeline.push(screenTrial((el, done) => {
+    api.call("GET", `/api/participants/${state.code}/trials`).then((p) => {
+      Object.assign(plan, p);
+      const left = plan.trials.filter((t) => !t.answered);
+      tasks.timeline_variables = left.map((t) => ({trial: t}));
+      const resumed = left.length < plan.trials.length;
+      el.innerHTML = `<div class="page"><h2>${resumed ? "Welcome back" : "Instructions"}</h2>${instructions}` +
+        `<p>There are no right answers shown; go with your impression.</p>${resumed ? `<p>${plan.trials.length - left.length} of ${plan.trials.length} tasks are done; you go on from the next.</p>` : ""}` +
+        `<p><button type="button" id="start" class="jspsych-btn">${resumed ? "Go on" : "Start"}</button></p></div>`;
+      el.querySelector("#start").addEventListener("click", () => done());
+      el.querySelector("#start").focus();
+    }).catch(failed);
+  }));
+  timeline.push(tasks, ...finishTrials(jsPsych, state, pending));
   jsPsych.run(timeline);
-})();
+})().catch(failed);
