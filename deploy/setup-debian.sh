@@ -8,7 +8,7 @@ set -euo pipefail
 VENV=${VENV:-.venv}
 EXTRAS=${EXTRAS:-dev,baselines}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
-APT_PACKAGES=(espeak-ng redis-server python3-venv openssl prometheus postgresql chromium chromium-driver nodejs npm)
+APT_PACKAGES=(espeak-ng redis-server python3-venv openssl prometheus postgresql chromium chromium-driver nodejs npm nginx)
 
 missing=()
 command -v espeak-ng >/dev/null || missing+=(espeak-ng)
@@ -22,12 +22,20 @@ compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || command -v initdb >/
 command -v chromium >/dev/null || missing+=(chromium)
 command -v chromedriver >/dev/null || missing+=(chromium-driver)
 command -v npm >/dev/null || missing+=(nodejs npm)
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)  # the study's TLS proxy, tested for real
 if ((${#missing[@]})) && [ "${SKIP_APT:-0}" != 1 ]; then
   echo "setup: installing ${missing[*]} (of ${APT_PACKAGES[*]})"
   sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
   $sudo apt-get update -qq
-  # no recommends: prometheus would bring node-exporter, which takes port 9100 and starts itself
+  # no recommends: prometheus would bring node-exporter, which takes port 9100 and starts itself;
+  # and no daemon is started by a package (nginx would take port 80): the tests start their own
+  guard=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' | $sudo tee /usr/sbin/policy-rc.d >/dev/null && $sudo chmod +x /usr/sbin/policy-rc.d
+    guard=1
+  fi
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  if [ -n "$guard" ]; then $sudo rm -f /usr/sbin/policy-rc.d; fi
 fi
 
 if [ ! -x "$VENV/bin/python" ]; then

@@ -1,4 +1,5 @@
-"""`facevoice study serve --study STUDY_DIR [--database URL]`: the study's web application.
+"""`facevoice study serve --study STUDY_DIR [--database URL | --database-file FILE] [--pilot]`: the
+study's web application.
 
 Loopback by default. The admin token comes from --admin-token-file, or
 $FACEVOICE_STUDY_ADMIN_TOKEN, or is made once and kept in STUDY_DIR/admin-token (0600)."""
@@ -16,7 +17,10 @@ from facevoice.study.design import pool_summary
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--study", type=Path, required=True, help="the study directory (with study.toml)")
-    p.add_argument("--database", help="sqlite:///PATH (default: STUDY_DIR/study.sqlite3) or postgresql://...")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--database", help="sqlite:///PATH (default: STUDY_DIR/study.sqlite3) or postgresql://...")
+    g.add_argument("--database-file", type=Path,
+                   help="a file holding the database URL (a secret: its password stays off the command line)")
     p.add_argument("--host", default="127.0.0.1", help="listen address (default loopback)")
     p.add_argument("--port", type=int, default=8600)
     p.add_argument("--admin-token-file", type=Path, help="a file holding the admin bearer token")
@@ -53,7 +57,13 @@ def run(args: argparse.Namespace) -> int:
     from facevoice.study.app import create_app, pilot_token
     from facevoice.study.store import opened
 
-    with opened(args.study, args.database) as (study, store):
+    database = args.database
+    if args.database_file is not None:
+        try:
+            database = args.database_file.read_text(encoding="utf-8").strip()
+        except OSError as e:
+            raise UsageError(f"--database-file {args.database_file}: {e.strerror}") from e
+    with opened(args.study, database) as (study, store):
         missing = study.consent.missing()
         if missing and not args.pilot:
             raise UsageError(f"{study.directory / 'study.toml'}: [consent] lacks {', '.join(missing)}; real "

@@ -318,3 +318,59 @@ class LocalStudy(LocalProcess):
         wait_for(lambda: urllib.request.urlopen(self.url + "/api/study", timeout=1).status == 200, timeout,
                  "facevoice study serve", self.proc, log)
         return self
+
+
+class LocalNginx(LocalProcess):
+    """nginx on free loopback ports, running deploy/study/nginx.conf.template with a throw-away
+    self-signed certificate for `localhost`, in front of `upstreams` (host:port)."""
+
+    TEMPLATE = Path(__file__).resolve().parent.parent / "deploy" / "study" / "nginx.conf.template"
+
+    def __init__(self, upstreams: list[str]):
+        self.upstreams = upstreams
+        self.http_port, self.https_port = free_port(), free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="facevoice-nginx-"))
+        self.cert, self.key = self.dir / "cert.pem", self.dir / "key.pem"
+
+    @property
+    def url(self) -> str:
+        return f"https://localhost:{self.https_port}"
+
+    def start(self) -> LocalNginx:
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(self.key), "-out",
+                        str(self.cert), "-days", "1", "-subj", "/CN=localhost", "-addext",
+                        "subjectAltName=DNS:localhost"], check=True, capture_output=True)
+        values = {"STUDY_UPSTREAM_SERVERS": " ".join(f"server {u};" for u in self.upstreams),
+                  "STUDY_HTTP_LISTEN": f"127.0.0.1:{self.http_port}",
+                  "STUDY_HTTPS_LISTEN": f"127.0.0.1:{self.https_port}",
+                  "STUDY_HTTPS_PORT": str(self.https_port),
+                  "STUDY_TLS_CERT": str(self.cert), "STUDY_TLS_KEY": str(self.key)}
+        site = self.TEMPLATE.read_text()
+        for name, value in values.items():  # what the nginx image's envsubst does, for these names only
+            site = site.replace("${" + name + "}", value)
+        (self.dir / "study.conf").write_text(site)
+        for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
+            (self.dir / sub).mkdir(exist_ok=True)
+        (self.dir / "nginx.conf").write_text(
+            f"daemon off;\nworker_processes 1;\npid {self.dir}/nginx.pid;\nerror_log {self.dir}/error.log warn;\n"
+            + ("user root;\n" if os.geteuid() == 0 else "")
+            + "events { worker_connections 1024; }\n"
+            f"http {{ client_body_temp_path {self.dir}/body; proxy_temp_path {self.dir}/proxy; "
+            f"fastcgi_temp_path {self.dir}/fastcgi; uwsgi_temp_path {self.dir}/uwsgi; scgi_temp_path {self.dir}/scgi; "
+            f"include {self.dir}/study.conf; }}\n")
+        binary = shutil.which("nginx") or "/usr/sbin/nginx"
+        log = self.dir / "nginx.out"
+        with open(log, "ab") as out:
+            self.proc = subprocess.Popen([binary, "-c", str(self.dir / "nginx.conf"), "-p", str(self.dir),
+                                          "-e", str(self.dir / "error.log")], stdout=out, stderr=subprocess.STDOUT)
+
+        def up() -> bool:
+            with socket.create_connection(("127.0.0.1", self.https_port), timeout=1):
+                return True
+
+        wait_for(up, 30, "nginx", self.proc, log)
+        return self
+
+    def stop(self) -> None:
+        super().stop()
+        shutil.rmtree(self.dir, ignore_errors=True)

@@ -51,9 +51,40 @@ def dockerfile() -> list[tuple[str, str]]:
             if line.strip() and not line.lstrip().startswith("#")]
 
 
+def stages() -> dict[str, list[tuple[str, str]]]:
+    """The Dockerfile's build stages by name ("" for the unnamed last one, the service's)."""
+    out: dict[str, list] = {}
+    name = None
+    for kind, arg in dockerfile():
+        if kind == "FROM":
+            words = arg.split()
+            name = words[2] if len(words) > 2 and words[1].upper() == "AS" else ""
+            out[name] = []
+        elif name is not None:
+            out[name].append((kind, arg))
+    return out
+
+
+def test_the_study_image_serves_the_study():
+    steps = stages()["study"]
+    entry = json.loads(next(a for k, a in steps if k == "ENTRYPOINT"))
+    cmd = json.loads(next(a for k, a in steps if k == "CMD"))
+    assert entry == ["facevoice"] and cmd[:2] == ["study", "serve"]
+    parses_as_cli(cmd)
+    assert {int(p) for k, a in steps if k == "EXPOSE" for p in a.split()} == {8600}
+    assert next(a for k, a in steps if k == "USER") not in ("root", "0")
+    copies = " ".join(a for k, a in steps if k == "COPY")
+    assert "--from=study-pages /web/node_modules" in copies and "facevoice/study/web/node_modules" in copies
+    pins = " ".join(a for k, a in stages()["study-build"] if k == "RUN")
+    from importlib.metadata import version
+
+    for name in ("fastapi", "uvicorn", "psycopg"):  # the versions the tests ran
+        assert f"{name}" in pins and version(name) in pins, name
+
+
 def test_dockerfile_matches_the_service():
-    steps = dockerfile()
-    for kind, arg in steps:
+    steps = stages()[""]
+    for kind, arg in [s for st in stages().values() for s in st]:
         if kind == "COPY" and not arg.startswith("--from"):
             for src in shlex.split(arg)[:-1]:
                 assert (ROOT / src).exists(), src
@@ -101,7 +132,8 @@ def test_service_image_requirements_cover_the_online_imports():
 def test_compose_matches_the_service():
     compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
     services = compose["services"]
-    assert set(services) == {"triton", "redis", "facevoice", "index-build", "index-prune", "prometheus", "grafana"}
+    assert set(services) == {"triton", "redis", "facevoice", "index-build", "index-prune", "prometheus", "grafana",
+                             "study-db", "study", "study-proxy"}  # the study's: tests/test_study_deploy.py
     svc = services["facevoice"]
     cfg = check_settings(svc["environment"])
     parses_as_cli(svc["command"])
