@@ -198,9 +198,16 @@ def figures(out: Path, t1: dict, machine: dict | None, hard: list) -> list[str]:
     es = sorted(t1)
     x = np.arange(len(es))
     means = [t1[e]["mean"] for e in es]
-    err = [[t1[e]["mean"] - t1[e].get("ci", (t1[e]["mean"],) * 2)[0] for e in es],
-           [t1[e].get("ci", (t1[e]["mean"],) * 2)[1] - t1[e]["mean"] for e in es]]
-    ax.bar(x - 0.2, means, 0.38, yerr=err, capsize=3, label="participants (mean, 95% CI)", color="#4c72b0")
+    ax.bar(x - 0.2, means, 0.38, label="participants (mean, 95% CI)", color="#4c72b0")
+    # an interval only where Table 1 gives one (n >= MIN_N_INTERVAL); below, the bar says its n
+    with_ci = [k for k, e in enumerate(es) if "ci" in t1[e]]
+    if with_ci:
+        ax.errorbar(x[with_ci] - 0.2, [means[k] for k in with_ci], fmt="none", ecolor="k", capsize=3,
+                    yerr=[[means[k] - t1[es[k]]["ci"][0] for k in with_ci],
+                          [t1[es[k]]["ci"][1] - means[k] for k in with_ci]])
+    for k, e in enumerate(es):
+        note = f"n={t1[e]['n']}" + ("" if "ci" in t1[e] else ", no CI")
+        ax.text(x[k] - 0.2, 2, note, ha="center", va="bottom", fontsize=6, color="white")
     if machine:
         m = [machine[e]["accuracy"] for e in es]
         merr = [[machine[e]["accuracy"] - machine[e]["ci"][0] for e in es],

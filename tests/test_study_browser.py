@@ -8,7 +8,7 @@ with the same Prolific id, withdrawing later with the participant code, declinin
 blocked microphone, a browser without recording, a device the study does not take, and the
 sound check. Each screen must fit the width (no sideways scroll), and each test fails on any
 error in Chromium's console that it did not cause on purpose. With
-FACEVOICE_STUDY_SCREENSHOTS=DIR every screen is saved there as SIZE-NAME.png
+FACEVOICE_STUDY_SCREENSHOTS=DIR every screen is saved there as SIZE-NAME.png (256 colours)
 (docs/images/study holds the ones docs/study.md shows)."""
 
 from __future__ import annotations
@@ -170,8 +170,11 @@ def shot(driver, name: str) -> None:
     wide = driver.execute_script("return [document.documentElement.scrollWidth, window.innerWidth]")
     assert wide[0] <= wide[1] + 1, f"{name} at {driver.size_name}: {wide[0]} px wide in a {wide[1]} px window"
     if SHOTS:
+        import io
+
         Path(SHOTS).mkdir(parents=True, exist_ok=True)
-        driver.save_screenshot(str(Path(SHOTS) / f"{driver.size_name}-{name}.png"))
+        png = Image.open(io.BytesIO(driver.get_screenshot_as_png())).convert("RGB")
+        png.quantize(256).save(Path(SHOTS) / f"{driver.size_name}-{name}.png", optimize=True)
 
 
 def fresh(driver, url: str) -> None:
@@ -262,14 +265,19 @@ def test_a_participant_records_themselves(browser, console, server):
     assert wait(browser, "#completion-code").text == "DONE-1"
 
 
-def play_task(driver, cheat: bool = False) -> None:
-    """Plays the task's recording(s) with our player, one after the other, to their ends."""
+def play_task(driver, cheat: bool = False, keyboard: bool = False) -> None:
+    """Plays the task's recording(s) with our player, one after the other, to their ends (with
+    `keyboard`, by Enter on the focused button, not a click)."""
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
 
     n = len(driver.find_elements(By.CSS_SELECTOR, "button.play"))
     for k in range(n):
         play = wait(driver, f"button.play[data-slot='{'query' if n == 1 else k}']")
-        play.click()
+        if keyboard:
+            play.send_keys(Keys.ENTER)
+        else:
+            play.click()
         if cheat:  # speeding up is undone; a forged "ended" is refused by the server's clock
             driver.execute_script("const a = document.querySelector('audio.stimulus'); a.playbackRate = 16;"
                                   "a.dispatchEvent(new Event('ended'));")
@@ -297,7 +305,7 @@ def test_a_whole_matching_experiment_with_a_reload_and_a_dropped_connection(brow
             "the choices are open before listening"
         if answered == 0:
             shot(browser, "match-task")
-        play_task(browser, cheat=answered == 0)
+        play_task(browser, cheat=answered == 0, keyboard=answered == 1)
         choice = wait(browser, "button.choice", 30)
         assert "open" in browser.find_element("id", "announce").text  # announced to screen readers
         if answered == 0:
@@ -309,6 +317,10 @@ def test_a_whole_matching_experiment_with_a_reload_and_a_dropped_connection(brow
             wait(browser, "#connection", 10)
             shot(browser, "match-connection-lost")
             browser.execute_cdp_cmd("Network.setBlockedURLs", {"urls": []})
+        elif answered == 1:  # the keyboard alone: Enter on the focused choice
+            from selenium.webdriver.common.keys import Keys
+
+            choice.send_keys(Keys.ENTER)
         else:
             choice.click()
         answered += 1
@@ -353,6 +365,15 @@ def test_declining_consent_ends_with_its_code(browser, console, server):
     assert "cc=NOCONSENT-4" in wait(browser, "#redirect").get_attribute("href")
     shot(browser, "declined")
     assert export(server)["participants"] == []  # nothing is kept
+    # the preview link joins as a pilot, in a tab that had a real participant's code saved
+    from facevoice.study.app import pilot_token
+
+    fresh(browser, server.url + "/match")
+    wait(browser, "#agree")
+    browser.get(server.url + f"/match?pilot={pilot_token(TOKEN)}")
+    wait(browser, "#agree")
+    sources = sorted(p["source"] for p in export(server)["participants"])
+    assert sources == ["participant", "pilot"], sources
 
 
 def test_a_blocked_microphone_and_a_browser_without_recording(browser, tmp_path, server, media_files):
@@ -385,15 +406,19 @@ def test_a_blocked_microphone_and_a_browser_without_recording(browser, tmp_path,
     assert export(server)["participants"] == []
 
 
-def test_a_device_policy_and_the_sound_check(browser, console, tmp_path, corpus):
-    extra = '[devices]\nallowed = ["desktop"]\n[sound_check]\nenabled = true\n'
-    with LocalStudy(make_study(tmp_path / "policy", corpus[0], PLATFORM + extra)) as s:
+def test_a_device_the_study_does_not_take(browser, console, tmp_path, corpus):
+    other = "desktop" if browser.size_name == "phone" else "phone"
+    with LocalStudy(make_study(tmp_path / "policy", corpus[0], PLATFORM + f'[devices]\nallowed = ["{other}"]\n')) as s:
         fresh(browser, s.url + "/match")
-        if browser.size_name == "phone":
-            wait(browser, "#ending", 30, "cannot be taken on this device")
-            assert wait(browser, "#completion-code").text == "NODEVICE-5"
-            shot(browser, "device-blocked")
-            return
+        wait(browser, "#ending", 30, "cannot be taken on this device")
+        assert wait(browser, "#completion-code").text == "NODEVICE-5"
+        shot(browser, "device-blocked")
+        assert export(s)["participants"] == []
+
+
+def test_the_sound_check(browser, console, tmp_path, corpus):
+    with LocalStudy(make_study(tmp_path / "sound", corpus[0], PLATFORM + "[sound_check]\nenabled = true\n")) as s:
+        fresh(browser, s.url + "/match")
         consent_and_survey(browser, "sound")
         play = wait(browser, "#beeps")
         shot(browser, "sound-check")
