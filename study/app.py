@@ -103,7 +103,8 @@ class Exclusion(Strict):
 
 class JoinLimiter:
     """Joins per client address: a token bucket of `burst`, refilled at `per_minute`. Held in
-    memory only (an address is never stored); each replica limits its own share."""
+    memory only, and only until the bucket is full again (an address is never stored); each
+    replica limits its own share."""
 
     def __init__(self, per_minute: float, burst: int, size: int = 10_000):
         self.rate, self.burst, self.size = per_minute / 60.0, float(burst), size
@@ -114,6 +115,10 @@ class JoinLimiter:
         """0 when a join may go ahead now, else the seconds until one may."""
         now = time.monotonic()
         with self._lock:
+            # an address whose bucket has refilled is forgotten (the oldest are first: each take re-inserts)
+            full = self.burst / self.rate
+            while self._buckets and now - next(iter(self._buckets.values()))[1] > full:
+                self._buckets.pop(next(iter(self._buckets)))
             tokens, last = self._buckets.pop(address, (self.burst, now))
             tokens = min(self.burst, tokens + (now - last) * self.rate)
             wait = 0.0 if tokens >= 1 else (1 - tokens) / self.rate
@@ -274,6 +279,8 @@ def create_app(study: Study, store: Store, admin_token: str, pilot_only: bool = 
 
     @app.post("/api/participants", status_code=201)
     def join(body: NewParticipant, request: Request):
+        if body.role not in study.roles:
+            raise HTTPException(403, f"this study does not run the {body.role} task")
         if body.source == "simulated":
             admin(request)  # only the researcher's scripts may add simulated data (and are not rate-limited)
         else:
@@ -364,16 +371,25 @@ def create_app(study: Study, store: Store, admin_token: str, pilot_only: bool = 
         store.save_survey(code, answers, trials)
         return {"ok": True, "trials": len(trials or ())}
 
-    @app.get("/api/participants/{code}/sound-check.wav")
-    def sound_clip(code: str):
-        """The sound check's beeps; each fetch draws a new count (a retry hears another)."""
+    @app.post("/api/participants/{code}/sound-check/new")
+    def sound_draw(code: str):
+        """A new sound check clip: a count of beeps drawn now (each try hears another)."""
         p = participant(code, "match")
         if stage(p) != "sound_check":
             raise HTTPException(409, "there is no sound check to take now")
         check = dict(p.sound_check or {"tries": 0, "answers": []})
-        check["beeps"] = secrets.choice((3, 4, 5, 6))
+        check["beeps"], check["seed"] = secrets.choice((3, 4, 5, 6)), secrets.randbits(32)
         store.set_sound_check(code, check)
-        return Response(beeps_wav(check["beeps"], secrets.randbits(32)), media_type="audio/wav",
+        return {"ok": True}
+
+    @app.get("/api/participants/{code}/sound-check.wav")
+    def sound_clip(code: str):
+        """The drawn clip, the same on every fetch (a browser may fetch it in parts)."""
+        p = participant(code, "match")
+        check = p.sound_check or {}
+        if stage(p) != "sound_check" or "beeps" not in check:
+            raise HTTPException(409, "draw a sound check first")
+        return Response(beeps_wav(check["beeps"], check["seed"]), media_type="audio/wav",
                         headers={"Cache-Control": "no-store"})
 
     @app.post("/api/participants/{code}/sound-check")
@@ -385,6 +401,7 @@ def create_app(study: Study, store: Store, admin_token: str, pilot_only: bool = 
         check["tries"] = check.get("tries", 0) + 1
         check["answers"] = [*check.get("answers", []), body.count]
         check["passed"] = body.count == check.pop("beeps")
+        check.pop("seed", None)
         store.set_sound_check(code, check)
         left = study.sound_check.tries - check["tries"]
         if check["passed"] or left > 0:
@@ -408,15 +425,22 @@ def create_app(study: Study, store: Store, admin_token: str, pilot_only: bool = 
                             "options": [f"{base}/{t['idx']}/media/0", f"{base}/{t['idx']}/media/1"]}
                            for t in store.trials(code)]}
 
-    def trial_of(code: str, idx: int) -> tuple[dict, object]:
+    def trial_of(code: str, idx: int, current: bool = True) -> tuple[dict, object]:
+        """The participant's trial `idx`; with `current`, only while it is the task they are on
+        (the first unanswered one): stimuli are not handed out, nor playback taken, ahead."""
         p = participant(code, "match")
         if p.finished_at is not None:
             raise HTTPException(409, "this code has already finished the study")
         if stage(p) != "tasks":
             raise HTTPException(403, f"the tasks come after the {stage(p).replace('_', ' ')}")
-        t = next((t for t in store.trials(code) if t["idx"] == idx), None)
+        ts = store.trials(code)
+        t = next((t for t in ts if t["idx"] == idx), None)
         if t is None:
             raise HTTPException(404, f"trial {idx} was not given to this participant")
+        if current and t["chosen"] is None:
+            on = min(x["idx"] for x in ts if x["chosen"] is None)
+            if on != idx:
+                raise HTTPException(409, f"this is not the current task (task {on + 1} is)")
         return t, p
 
     def audio_slots(p) -> tuple[str, ...]:
@@ -425,9 +449,11 @@ def create_app(study: Study, store: Store, admin_token: str, pilot_only: bool = 
     @app.get("/api/participants/{code}/trials/{idx}/media/{slot}")
     def media(code: str, idx: int, slot: Literal["query", "0", "1"]):
         t, p = trial_of(code, idx)
+        if t["chosen"] is not None:
+            raise HTTPException(409, "this trial was already answered")
         identity = t["query"] if slot == "query" else t[f"option{slot}"]
         if slot in audio_slots(p):
-            store.served(code, idx)  # the listening check counts from the first clip sent
+            store.served(code, idx, _bit(slot))  # the first clip sent starts the listening clock
             path = clips[p.experiment][identity].path
         else:
             path = study.corpus / people[identity].face
@@ -445,14 +471,17 @@ def create_app(study: Study, store: Store, admin_token: str, pilot_only: bool = 
         if study.listening.enforce:
             # our player plays one clip at a time, from the start, at normal speed: the clips
             # played so far cannot have ended sooner than their lengths after the first was sent
+            if not t["served"] & _bit(body.slot):
+                raise HTTPException(409, "the recording cannot have been played: it was never sent")
             heard = {s for s in audio if t["played"] & _bit(s)} | {body.slot}
             needed = clip_seconds(p) * len(heard) - study.listening.slack_seconds
             elapsed = time.time() - t["served_at"] if t["served_at"] else 0.0
             if elapsed < needed:
                 raise HTTPException(409, f"the recording cannot have been played to its end yet "
                                          f"({elapsed:.1f} s of {needed:.1f} s)")
-        if not store.played(code, idx, _bit(body.slot)):
-            raise HTTPException(409, "this trial was already answered")
+        if not store.played(code, idx, _bit(body.slot), t["played"]):
+            # another report changed the trial since it was read: checked again on its state
+            return played(code, idx, body)
         return {"ok": True}
 
     @app.post("/api/participants/{code}/trials/{idx}/answer")
@@ -479,9 +508,12 @@ def create_app(study: Study, store: Store, admin_token: str, pilot_only: bool = 
                 raise HTTPException(409, f"{left} trials are not answered yet")
             why = exclusion(study, p.survey, ts)
         else:
-            have = store.recordings(code)
-            if not any(r["kind"] == "face" for r in have) or not any(r["kind"] == "voice" for r in have):
-                raise HTTPException(409, "record your voice and take a photo first")
+            have = {(r["kind"], r["script"]) for r in store.recordings(code)}
+            missing = [f"text {k + 1}" for k in range(len(study.scripts)) if ("voice", k) not in have]
+            if ("face", 0) not in have:
+                missing.append("the photo")
+            if missing:
+                raise HTTPException(409, f"record every text and take a photo first (missing: {', '.join(missing)})")
             why = None
         outcome = outcome_of(why if p.excluded is None else p.excluded)
         store.finish(code, why, outcome)
@@ -516,7 +548,16 @@ def create_app(study: Study, store: Store, admin_token: str, pilot_only: bool = 
         tmp = folder / f".{name}.part"
         tmp.write_bytes(kept)
         tmp.replace(folder / name)
-        await run_in_threadpool(store.save_recording, code, kind, script, f"{code}/{name}", box, seconds)
+        try:
+            await run_in_threadpool(store.save_recording, code, kind, script, f"{code}/{name}", box, seconds)
+        except Exception:
+            if await run_in_threadpool(store.participant, code) is None:  # withdrawn while it was checked
+                shutil.rmtree(folder, ignore_errors=True)
+                raise HTTPException(410, "this participation was withdrawn") from None
+            raise
+        if await run_in_threadpool(store.participant, code) is None:  # withdrawn as it was written
+            shutil.rmtree(folder, ignore_errors=True)
+            raise HTTPException(410, "this participation was withdrawn")
         out = {"accepted": True}
         if seconds is not None:
             out["speech_seconds"] = round(seconds, 2)
@@ -525,7 +566,7 @@ def create_app(study: Study, store: Store, admin_token: str, pilot_only: bool = 
     @app.delete("/api/participants/{code}")
     def withdraw(code: str):
         participant(code)
-        store.delete(code)
+        store.delete(code, keep_id=study.platform.once)
         shutil.rmtree(study.recordings_dir / code, ignore_errors=True)
         return {"deleted": True}
 

@@ -6,6 +6,7 @@ study.toml (every key but `title` has a default; study/examples/demo/study.toml 
     corpus = "../../demo/corpus"      # relative to STUDY_DIR; the stimulus people
     splits = ["val", "test"]          # which of its identities are stimuli (not the trained-on ones)
     experiments = [1, 2, 3, 4]        # Kim et al. sec. 3: V->F G, G/E, G/E/F/A; F->V G/E/F/A
+    roles = ["record", "match"]       # the tasks it runs; a study on a platform runs one
     seed = 0
     scripts = ["...", "..."]          # read aloud in the recording task (Kim A.1.2)
 
@@ -233,6 +234,7 @@ class Study:
     corpus: Path
     splits: tuple[str, ...] = ("val", "test")
     experiments: tuple[int, ...] = (1, 2, 3, 4)
+    roles: tuple[str, ...] = ("record", "match")  # the tasks this study runs (one per study on a platform)
     seed: int = 0
     consent: Consent = Consent()
     outcomes: dict[str, Outcome] = field(default_factory=dict)
@@ -311,7 +313,7 @@ def load_study(directory: Path) -> Study:
         raise UsageError(f"{path}: cannot read the study file ({e.strerror})") from e
     except tomllib.TOMLDecodeError as e:
         raise UsageError(f"{path}: not TOML ({e})") from e
-    known = {"title", "corpus", "splits", "experiments", "seed", "consent", "completion_code", "outcomes",
+    known = {"title", "corpus", "splits", "experiments", "roles", "seed", "consent", "completion_code", "outcomes",
              "platform", "scripts", "survey", "constraints", "design", "recording", "joins", "stimuli",
              "listening", "sound_check", "devices"}
     unknown = sorted(set(raw) - known)
@@ -354,6 +356,13 @@ def load_study(directory: Path) -> Study:
     devices = tuple(raw.get("devices", {}).get("allowed", DEVICES))
     if not devices or set(devices) - set(DEVICES):
         raise UsageError(f"{path}: [devices] allowed must be some of {list(DEVICES)}")
+    roles = tuple(raw.get("roles", ("record", "match")))
+    if not roles or set(roles) - {"record", "match"}:
+        raise UsageError(f"{path}: roles must be some of [\"record\", \"match\"]")
+    if platform.name != "none" and len(roles) > 1:
+        # one completed code for both tasks would pay a matcher for opening /record instead
+        raise UsageError(f"{path}: a study on {platform.name} runs one task: set roles = [\"match\"] or "
+                         "[\"record\"] (a second study directory runs the other)")
     experiments = tuple(int(e) for e in raw.get("experiments", (1, 2, 3, 4)))
     if not experiments or any(e not in EXPERIMENTS for e in experiments):
         raise UsageError(f"{path}: experiments must be a non-empty list of {sorted(EXPERIMENTS)}")
@@ -368,7 +377,7 @@ def load_study(directory: Path) -> Study:
         raise UsageError(f"{path}: scripts must be a non-empty list of texts")
     corpus = (directory / raw.get("corpus", "corpus")).resolve()
     return Study(directory=directory, title=raw["title"], corpus=corpus,
-                 splits=tuple(raw.get("splits", ("val", "test"))), experiments=experiments,
+                 splits=tuple(raw.get("splits", ("val", "test"))), experiments=experiments, roles=roles,
                  seed=int(raw.get("seed", 0)), consent=consent, outcomes=_outcomes(raw, platform, path),
                  platform=platform, scripts=scripts, survey=survey, constraints=constraints, design=design,
                  recording=recording, joins=joins, stimuli=stimuli, listening=listening, sound_check=sound_check,
@@ -382,6 +391,6 @@ def public(study: Study) -> dict:
             "min_speech_seconds": study.recording.min_speech_seconds,
             "max_upload_bytes": study.recording.max_upload_bytes,
             "platform": {"name": study.platform.name, "params": list(study.platform.params)},
-            "devices": list(study.devices), "sound_check": asdict(study.sound_check),
+            "devices": list(study.devices), "sound_check": asdict(study.sound_check), "roles": list(study.roles),
             "listening": asdict(study.listening)}
 

@@ -51,7 +51,9 @@ def trial_rows(study: Study, participants: list[Participant], trials: list[dict]
     by_code = {p.code: p for p in participants}
     rows = []
     for t in trials:
-        p = by_code[t["code"]]
+        p = by_code.get(t["code"])
+        if p is None:  # joined after the participants were read (a live study): in the next export
+            continue
         direction = EXPERIMENTS[p.experiment][0]
         seconds = study.stimuli.seconds(p.experiment)
 
@@ -101,18 +103,30 @@ def participant_rows(study: Study, participants: list[Participant], exclusions: 
     return rows
 
 
+def cell(value):
+    """A CSV cell; a participant's text that a spreadsheet would run as a formula (=, +, -, @,
+    a tab or a return first) is quoted with a leading apostrophe (OWASP's CSV injection advice)."""
+    if value is None:
+        return ""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
+
+
 def _write_csv(path: Path, rows: list[dict], fields: tuple[str, ...]) -> None:
     with path.open("w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=list(fields), extrasaction="raise")
         w.writeheader()
         for r in rows:
-            w.writerow({k: "" if r.get(k) is None else r.get(k) for k in fields})
+            w.writerow({k: cell(r.get(k)) for k in fields})
 
 
 def export(study: Study, store: Store, out: Path) -> dict:
     """Writes the export to `out` -> the manifest."""
     out.mkdir(parents=True, exist_ok=True)
     participants, trials, exclusions = store.participants(), store.trials(), store.exclusions()
+    known = {p.code for p in participants}
+    exclusions = [x for x in exclusions if x["code"] in known]
     t_rows = trial_rows(study, participants, trials)
     p_rows = participant_rows(study, participants, exclusions)
     p_fields = (*PARTICIPANT_FIELDS, *(f"survey_{q['name']}" for q in study.survey))
@@ -127,10 +141,12 @@ def export(study: Study, store: Store, out: Path) -> dict:
     for name in ("trials.csv", "trials.json", "participants.csv", "participants.json", "exclusions.csv"):
         files[name] = hashlib.sha256((out / name).read_bytes()).hexdigest()
     manifest = {"app": "facevoice", "app_version": app_version(), "study": study.title,
+                "csv": "free text starting with = + - @ is prefixed with ' (no spreadsheet formulas); "
+                       "the JSON is as stored",
                 "study_toml_sha256": study.digest, "consent_version": study.consent.version,
                 "consent_sha256": study.consent.digest(), "database": store.kind,
                 "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "participants": len(participants), "trials": len(trials), "exclusions": len(exclusions),
+                "participants": len(participants), "trials": len(t_rows), "exclusions": len(exclusions),
                 "by_source": {s: sum(p.source == s for p in participants)
                               for s in sorted({p.source for p in participants})},
                 "files": files}

@@ -55,6 +55,11 @@ SCHEMA = (
         created_at DOUBLE PRECISION NOT NULL,
         PRIMARY KEY (code, kind, script))""",
     # every exclusion as it was made: who, when, why (participants.excluded holds the latest)
+    # a withdrawn participant's platform id, as a hash only: `[platform] once` still holds after
+    # the withdrawal deleted everything else
+    """CREATE TABLE IF NOT EXISTS withdrawn_ids (
+        id_hash TEXT PRIMARY KEY,
+        at DOUBLE PRECISION NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS exclusions (
         code TEXT NOT NULL REFERENCES participants(code) ON DELETE CASCADE,
         at DOUBLE PRECISION NOT NULL,
@@ -75,13 +80,14 @@ ADDED_COLUMNS = (
     ("participants", "sound_check", "TEXT"),  # JSON: beeps played, answers
     ("trials", "served_at", "DOUBLE PRECISION"),  # the trial's stimuli first sent
     ("trials", "played_at", "DOUBLE PRECISION"),  # its last recording played to the end
+    ("trials", "served", "INTEGER NOT NULL DEFAULT 0"),  # which slots' stimuli were sent (bits)
 )
 INDEXES = ("CREATE INDEX IF NOT EXISTS exclusions_code ON exclusions (code, at)",
            "CREATE INDEX IF NOT EXISTS participants_platform ON participants (platform_id, role)")
 # who a participant is: a real one, a researcher trying the pilot (preview) link, or a script
 SOURCES = ("participant", "pilot", "simulated")
 TRIAL_COLUMNS = ("code", "idx", "kind", "query", "option0", "option1", "correct", "repeat_of", "played", "chosen",
-                 "rt_ms", "answered_at", "served_at", "played_at")
+                 "rt_ms", "answered_at", "served_at", "played_at", "served")
 PARTICIPANT_COLUMNS = ("code", "role", "experiment", "seed", "created_at", "consented_at", "survey", "finished_at",
                        "excluded", "source", "platform", "platform_id", "platform_ids", "outcome", "client",
                        "consent_version", "consent_hash", "sound_check")
@@ -223,12 +229,20 @@ class Store:
                 # replicas: one join counts (and checks the platform id) at a time, as BEGIN IMMEDIATE does
                 cur.execute("LOCK TABLE participants IN SHARE ROW EXCLUSIVE MODE")
             if platform_id and once:
-                cur.execute("SELECT code, experiment, finished_at FROM participants WHERE platform_id = ? "
-                            "AND role = ? AND platform = ? ORDER BY created_at LIMIT 1", (platform_id, role, platform))
+                cur.execute("SELECT 1 FROM withdrawn_ids WHERE id_hash = ?", (id_hash(platform, role, platform_id),))
+                if cur.fetchone() is not None:
+                    raise TookPart(f"this {platform} id has taken part in the {role} study (and withdrawn)")
+                cur.execute("SELECT code, experiment, finished_at, platform_ids FROM participants "
+                            "WHERE platform_id = ? AND role = ? AND platform = ? ORDER BY created_at LIMIT 1",
+                            (platform_id, role, platform))
                 row = cur.fetchone()
                 if row is not None:
                     if row[2] is not None:
                         raise TookPart(f"this {platform} id has already taken part in the {role} study")
+                    # resumed only by the same session's link (all its ids), not by whoever knows the id
+                    if json.loads(row[3] or "{}") != platform_ids:
+                        raise TookPart(f"this {platform} id has a participation in progress in another session: "
+                                       "go back to that tab, or open the study again from the platform")
                     return row[0], row[1], True
             experiment = None
             if role == "match":
@@ -324,9 +338,16 @@ class Store:
             rows = cur.fetchall()
         return [{"code": c, "at": at, "by": by, "reason": why} for c, at, by, why in rows]
 
-    def delete(self, code: str) -> bool:
-        """Withdrawal: the participant, their trials, exclusions and recordings' rows."""
+    def delete(self, code: str, keep_id: bool = False) -> bool:
+        """Withdrawal: the participant, their trials, exclusions and recordings' rows. With
+        `keep_id`, a hash of their platform id stays, so the id cannot take part again."""
         with self.transaction() as cur:
+            if keep_id:
+                cur.execute("SELECT platform, role, platform_id FROM participants WHERE code = ?", (code,))
+                row = cur.fetchone()
+                if row is not None and row[2]:
+                    cur.execute("DELETE FROM withdrawn_ids WHERE id_hash = ?", (id_hash(*row),))
+                    cur.execute("INSERT INTO withdrawn_ids (id_hash, at) VALUES (?, ?)", (id_hash(*row), time.time()))
             cur.execute("DELETE FROM recordings WHERE code = ?", (code,))
             cur.execute("DELETE FROM exclusions WHERE code = ?", (code,))
             cur.execute("DELETE FROM trials WHERE code = ?", (code,))
@@ -341,16 +362,18 @@ class Store:
             cur.execute(f"SELECT {', '.join(TRIAL_COLUMNS)} FROM trials {where} ORDER BY code, idx", args)
             return [dict(zip(TRIAL_COLUMNS, r, strict=True)) for r in cur.fetchall()]
 
-    def served(self, code: str, idx: int) -> None:
-        """The trial's stimuli were first sent now (the listening check counts from here)."""
+    def served(self, code: str, idx: int, slot_bit: int) -> None:
+        """A slot's stimulus was sent now; the first one sent starts the listening clock."""
         with self.transaction() as cur:
-            cur.execute("UPDATE trials SET served_at = ? WHERE code = ? AND idx = ? AND served_at IS NULL",
-                        (time.time(), code, idx))
+            cur.execute("UPDATE trials SET served_at = COALESCE(served_at, ?), served = served | ? "
+                        "WHERE code = ? AND idx = ?", (time.time(), slot_bit, code, idx))
 
-    def played(self, code: str, idx: int, slot_bit: int) -> bool:
+    def played(self, code: str, idx: int, slot_bit: int, seen: int) -> bool:
+        """Marks the slot played, only if the trial's played bits are still `seen` (what the
+        listening check was made on): two reports at once cannot both pass on one clip's time."""
         with self.transaction() as cur:
             cur.execute("UPDATE trials SET played = played | ?, played_at = ? WHERE code = ? AND idx = ? "
-                        "AND chosen IS NULL", (slot_bit, time.time(), code, idx))
+                        "AND chosen IS NULL AND played = ?", (slot_bit, time.time(), code, idx, seen))
             return cur.rowcount == 1
 
     def answer(self, code: str, idx: int, chosen: int, rt_ms: float | None, needs_played: int) -> bool:
@@ -386,6 +409,13 @@ class Store:
             where, args = ("WHERE code = ?", (code,)) if code else ("", ())
             cur.execute(f"SELECT {', '.join(cols)} FROM recordings {where} ORDER BY code, kind, script", args)
             return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+
+
+def id_hash(platform: str, role: str, platform_id: str) -> str:
+    """What is kept of a withdrawn participant's platform id: a hash, never the id."""
+    import hashlib
+
+    return hashlib.sha256(f"{platform}\0{role}\0{platform_id}".encode()).hexdigest()
 
 
 @contextmanager

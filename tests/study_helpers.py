@@ -3,6 +3,7 @@ client that returns (status, body) instead of raising."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from facevoice.study.simulate import Client
@@ -11,6 +12,7 @@ STUDY_TOML = """title = "test study"
 corpus = "{corpus}"
 splits = ["train", "val", "test"]
 experiments = [1, 2, 3, 4]
+roles = {roles}
 seed = 3
 completion_code = "TEST-CODE"
 [consent]
@@ -36,13 +38,30 @@ burst = {burst}
 """
 
 
+# a study on Prolific, each ending with its own code (the redirects are Prolific's, from the name)
+PROLIFIC = """[platform]
+name = "prolific"
+[outcomes.completed]
+code = "DONE-1"
+[outcomes.failed_checks]
+code = "CHECKS-2"
+[outcomes.screened_out]
+code = "SCREEN-3"
+[outcomes.declined]
+code = "NOCONSENT-4"
+[outcomes.no_device]
+code = "NODEVICE-5"
+"""
+
+
 def make_study(directory: Path, corpus: Path, extra: str = "", *, clip_seconds: float = 1.0,
-               enforce: bool = False, per_minute: float = 6000, burst: int = 1000) -> Path:
+               enforce: bool = False, per_minute: float = 6000, burst: int = 1000,
+               roles: tuple[str, ...] = ("record", "match")) -> Path:
     """A study directory on `corpus`; `extra` is more TOML (tables the template lacks). Listening
     is not enforced unless asked, so the API tests need not wait out each clip."""
     directory.mkdir(parents=True, exist_ok=True)
     text = STUDY_TOML.format(corpus=corpus, clip_seconds=clip_seconds, enforce=str(enforce).lower(),
-                             per_minute=per_minute, burst=burst)
+                             per_minute=per_minute, burst=burst, roles=json.dumps(list(roles)))
     (directory / "study.toml").write_text(text + extra)
     return directory
 

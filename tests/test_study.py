@@ -232,6 +232,8 @@ def test_uploads_are_checked_by_the_media_pipeline_and_become_a_corpus(server, t
     assert http(base, "POST", f"/api/participants/{code}/finish")[0] == 409  # no photo yet
     status, reply = http(base, "POST", f"{up}/face/0", raw=HOPPER, content_type="image/jpeg")
     assert status == 200 and reply["accepted"], reply
+    status, reply = http(base, "POST", f"/api/participants/{code}/finish")  # one text of two is not enough
+    assert status == 409 and "missing: text 2" in reply["detail"], reply
     wav = io.BytesIO()
     sf.write(wav, x, sr, format="WAV")
     assert http(base, "POST", f"{up}/voice/1", raw=wav.getvalue(), content_type="audio/wav")[0] == 200

@@ -28,7 +28,7 @@ from facevoice.study.config import load_study
 from facevoice.study.store import Store
 from tests.local_servers import LocalStudy
 from tests.media_samples import speech
-from tests.study_helpers import http, make_study
+from tests.study_helpers import PROLIFIC, http, make_study
 
 pytestmark = pytest.mark.skipif(shutil.which("chromedriver") is None or shutil.which("chromium") is None,
                                 reason="needs Debian's chromium and chromium-driver (deploy/setup-debian.sh)")
@@ -37,19 +37,6 @@ TOKEN = LocalStudy.ADMIN_TOKEN
 SIZES = {"desktop": (1280, 800), "phone": (390, 844)}
 PHONE_UA = ("Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/156.0 "
             "Mobile Safari/537.36")
-PLATFORM = """[platform]
-name = "prolific"
-[outcomes.completed]
-code = "DONE-1"
-[outcomes.failed_checks]
-code = "CHECKS-2"
-[outcomes.screened_out]
-code = "SCREEN-3"
-[outcomes.declined]
-code = "NOCONSENT-4"
-[outcomes.no_device]
-code = "NODEVICE-5"
-"""
 
 
 def camera_y4m(path: Path, frames: int = 5) -> Path:
@@ -137,8 +124,12 @@ def check_console(driver, allowed=()) -> None:
 
 
 @pytest.fixture
-def server(tmp_path, corpus):
-    with LocalStudy(make_study(tmp_path / "study", corpus[0], PLATFORM, clip_seconds=1.0, enforce=True)) as s:
+def server(request, tmp_path, corpus):
+    """A study on Prolific with 1 s clips and the listening check; it runs the recording task for
+    the recording tests, the matching one for the rest (a study on a platform runs one)."""
+    role = "record" if "record" in request.node.name or "microphone" in request.node.name else "match"
+    study = make_study(tmp_path / "study", corpus[0], PROLIFIC, clip_seconds=1.0, enforce=True, roles=(role,))
+    with LocalStudy(study) as s:
         yield s
 
 
@@ -274,15 +265,15 @@ def play_task(driver, cheat: bool = False, keyboard: bool = False) -> None:
     n = len(driver.find_elements(By.CSS_SELECTOR, "button.play"))
     for k in range(n):
         play = wait(driver, f"button.play[data-slot='{'query' if n == 1 else k}']")
-        if keyboard:
+        if cheat:  # speeding up is undone; an "ended" forged as playback starts is refused by the server's clock
+            driver.execute_script("arguments[0].click(); const a = document.querySelector('audio.stimulus');"
+                                  "a.playbackRate = 16; a.dispatchEvent(new Event('ended'));", play)
+            wait(driver, "#task-hint", 10, "listen to the whole recording")
+            assert driver.execute_script("return document.querySelector('audio.stimulus').playbackRate") == 1
+        elif keyboard:
             play.send_keys(Keys.ENTER)
         else:
             play.click()
-        if cheat:  # speeding up is undone; a forged "ended" is refused by the server's clock
-            driver.execute_script("const a = document.querySelector('audio.stimulus'); a.playbackRate = 16;"
-                                  "a.dispatchEvent(new Event('ended'));")
-            wait(driver, "#task-hint", 10, "listen to the whole recording")
-            assert driver.execute_script("return document.querySelector('audio.stimulus').playbackRate") == 1
         if k + 1 < n:
             wait(driver, f"button.play[data-slot='{k + 1}']", 30)
 
@@ -295,8 +286,10 @@ def test_a_whole_matching_experiment_with_a_reload_and_a_dropped_connection(brow
     shot(browser, "match-instructions")
     wait(browser, "#start").click()
     answered = 0
-    console.allow("409")  # the forged "ended" of the first task
+    console.allow("/played - Failed to load resource: the server responded with a status of 409")  # the forged "ended"
     console.allow("ERR_BLOCKED_BY_CLIENT")  # the answer sent while the connection is down
+    # the repeat take's join
+    console.allow("/api/participants - Failed to load resource: the server responded with a status of 409")
     while True:
         el = wait(browser, "button.play, #ending", 60)
         if el.get_attribute("id") == "ending":
@@ -408,7 +401,8 @@ def test_a_blocked_microphone_and_a_browser_without_recording(browser, tmp_path,
 
 def test_a_device_the_study_does_not_take(browser, console, tmp_path, corpus):
     other = "desktop" if browser.size_name == "phone" else "phone"
-    with LocalStudy(make_study(tmp_path / "policy", corpus[0], PLATFORM + f'[devices]\nallowed = ["{other}"]\n')) as s:
+    extra = PROLIFIC + f'[devices]\nallowed = ["{other}"]\n'
+    with LocalStudy(make_study(tmp_path / "policy", corpus[0], extra, roles=("match",))) as s:
         fresh(browser, s.url + "/match")
         wait(browser, "#ending", 30, "cannot be taken on this device")
         assert wait(browser, "#completion-code").text == "NODEVICE-5"
@@ -417,7 +411,8 @@ def test_a_device_the_study_does_not_take(browser, console, tmp_path, corpus):
 
 
 def test_the_sound_check(browser, console, tmp_path, corpus):
-    with LocalStudy(make_study(tmp_path / "sound", corpus[0], PLATFORM + "[sound_check]\nenabled = true\n")) as s:
+    extra = PROLIFIC + "[sound_check]\nenabled = true\n"
+    with LocalStudy(make_study(tmp_path / "sound", corpus[0], extra, roles=("match",))) as s:
         fresh(browser, s.url + "/match")
         consent_and_survey(browser, "sound")
         play = wait(browser, "#beeps")

@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -27,25 +28,14 @@ from facevoice.study.export import ExportReader, export
 from facevoice.study.stimuli import RATE, TARGET_RMS_DB, build_all
 from facevoice.study.store import Store
 from tests.local_servers import LocalStudy
-from tests.study_helpers import answers, http, make_study
+from tests.study_helpers import PROLIFIC, answers, http, make_study
 
 TOKEN = LocalStudy.ADMIN_TOKEN
-PROLIFIC = """[platform]
-name = "prolific"
-[outcomes.completed]
-code = "DONE-1"
-[outcomes.failed_checks]
-code = "CHECKS-2"
-[outcomes.screened_out]
-code = "SCREEN-3"
-[outcomes.declined]
-code = "NOCONSENT-4"
-[outcomes.no_device]
-code = "NODEVICE-5"
-"""
 
 
 def served(tmp_path, corpus, extra: str = "", **kw) -> LocalStudy:
+    if "[platform]" in extra:
+        kw.setdefault("roles", ("match",))  # a study on a platform runs one task
     return LocalStudy(make_study(tmp_path / "study", corpus[0], extra, **kw))
 
 
@@ -77,6 +67,10 @@ def test_prolific_ids_are_kept_one_take_each_and_every_outcome_has_its_code_and_
         # the same Prolific id again (a new tab, the link opened twice) resumes the same participation
         status, again = http(base, "POST", "/api/participants", {"role": "match", "platform_ids": ids})
         assert status == 201 and again["resumed"] and again["code"] == p["code"]
+        # but not by whoever knows the id: another session's link is refused
+        status, reply = http(base, "POST", "/api/participants",
+                             {"role": "match", "platform_ids": {**ids, "SESSION_ID": "someone-else"}})
+        assert status == 409 and "another session" in reply["detail"] and "code" not in reply
         consent_survey(base, p["code"])
         state = http(base, "GET", f"/api/participants/{p['code']}")[1]
         assert state["stage"] == "tasks" and "completion_code" not in state  # no code before the end
@@ -88,8 +82,9 @@ def test_prolific_ids_are_kept_one_take_each_and_every_outcome_has_its_code_and_
         assert http(base, "GET", f"/api/participants/{p['code']}")[1] == {**state, "stage": "finished", **done}
         status, reply = http(base, "POST", "/api/participants", {"role": "match", "platform_ids": ids})
         assert status == 409 and "already taken part" in reply["detail"]
-        # but the recording task is another study for the same id
-        assert http(base, "POST", "/api/participants", {"role": "record", "platform_ids": ids})[0] == 201
+        # the recording task is another study (roles = ["match"] here)
+        status, reply = http(base, "POST", "/api/participants", {"role": "record", "platform_ids": ids})
+        assert status == 403 and "record task" in reply["detail"]
         stored = http(base, "GET", f"/api/admin/export?code={p['code']}", token=TOKEN)[1]["participants"][0]
         assert (stored["platform"], stored["platform_id"]) == ("prolific", ids["PROLIFIC_PID"])
         assert stored["platform_ids"] == ids
@@ -112,11 +107,17 @@ def test_prolific_ids_are_kept_one_take_each_and_every_outcome_has_its_code_and_
         assert status == 200 and ending["completion_code"] == "NOCONSENT-4" and "cc=NOCONSENT-4" in ending["redirect"]
         assert http(base, "GET", f"/api/participants/{d['code']}")[0] == 404
         # no device: with or without a join
-        n = http(base, "POST", "/api/participants", {"role": "record", "platform_ids": {"PROLIFIC_PID": "p5"}})[1]
+        n = http(base, "POST", "/api/participants", {"role": "match", "platform_ids": {"PROLIFIC_PID": "p5"}})[1]
         assert http(base, "POST", "/api/leave", {"outcome": "no_device", "code": n["code"]})[1]["completion_code"] \
             == "NODEVICE-5"
         assert http(base, "GET", f"/api/participants/{n['code']}")[0] == 404
         assert http(base, "POST", "/api/leave", {"outcome": "no_device"})[1]["outcome"] == "no_device"
+        # a withdrawal deletes everything but a hash of the id: the id cannot take part again
+        w = http(base, "POST", "/api/participants", {"role": "match", "platform_ids": {"PROLIFIC_PID": "p6"}})[1]
+        assert http(base, "DELETE", f"/api/participants/{w['code']}")[0] == 200
+        status, reply = http(base, "POST", "/api/participants",
+                             {"role": "match", "platform_ids": {"PROLIFIC_PID": "p6"}})
+        assert status == 409 and "withdrawn" in reply["detail"]
         # the completed code is never given for the asking
         assert http(base, "POST", "/api/leave", {"outcome": "completed"})[0] == 422
         assert "DONE-1" not in json.dumps(http(base, "GET", "/api/study")[1])
@@ -177,6 +178,11 @@ def test_listening_is_checked_against_the_servers_clock_and_a_retried_answer_cou
             t = plan["trials"][0]["index"]
             slots = ("query",) if p["direction"] == "V->F" else ("0", "1")
             path = f"/api/participants/{p['code']}/trials/{t}"
+            # the next task's stimuli are not handed out ahead, nor its playback taken
+            later = f"/api/participants/{p['code']}/trials/{plan['trials'][1]['index']}"
+            for method, tail, body in (("GET", f"/media/{slots[0]}", None), ("POST", "/played", {"slot": slots[0]})):
+                status, reply = http(base, method, later + tail, body)
+                assert status == 409 and "not the current task" in reply["detail"], reply
             # "played" before the clip was even sent, and right after it was: both refused
             status, reply = http(base, "POST", f"{path}/played", {"slot": slots[0]})
             assert status == 409 and "cannot have been played" in reply["detail"]
@@ -202,6 +208,15 @@ def test_listening_is_checked_against_the_servers_clock_and_a_retried_answer_cou
                       if r["idx"] == t]
             assert row["chosen"] == 1 and row["served_at"] <= row["played_at"] <= row["answered_at"]
             assert row["played_at"] - row["served_at"] >= len(slots) * 1.0 - 0.3
+            if len(slots) == 2:  # both voices reported at once after one clip's time: only one passes
+                nxt = f"/api/participants/{p['code']}/trials/{plan['trials'][1]['index']}"
+                for slot in slots:
+                    assert http(base, "GET", f"{nxt}/media/{slot}")[0] == 200
+                time.sleep(1.05)
+                with ThreadPoolExecutor(2) as pool:
+                    got = sorted(pool.map(lambda slot, nxt=nxt: http(base, "POST", f"{nxt}/played", {"slot": slot})[0],
+                                          slots))
+                assert got == [200, 409], got
 
 
 def test_the_sound_check_screens_out_who_cannot_hear(tmp_path, corpus):
@@ -212,7 +227,10 @@ def test_the_sound_check_screens_out_who_cannot_hear(tmp_path, corpus):
         assert http(base, "GET", f"/api/participants/{p['code']}")[1]["stage"] == "sound_check"
         assert http(base, "GET", f"/api/participants/{p['code']}/trials")[0] == 403
         assert http(base, "POST", f"/api/participants/{p['code']}/sound-check", {"count": 3})[0] == 409  # not played
+        assert http(base, "GET", f"/api/participants/{p['code']}/sound-check.wav")[0] == 409  # not drawn
+        assert http(base, "POST", f"/api/participants/{p['code']}/sound-check/new")[0] == 200
         status, wav = http(base, "GET", f"/api/participants/{p['code']}/sound-check.wav")
+        assert http(base, "GET", f"/api/participants/{p['code']}/sound-check.wav")[1] == wav  # the same clip again
         assert status == 200
         x, _ = sf.read(io.BytesIO(wav))
         frames = x[: len(x) // 160 * 160].reshape(-1, 160)  # 10 ms
@@ -225,7 +243,7 @@ def test_the_sound_check_screens_out_who_cannot_hear(tmp_path, corpus):
         q = http(base, "POST", "/api/participants", {"role": "match"})[1]
         consent_survey(base, q["code"])
         for tries_left in (1, 0):
-            http(base, "GET", f"/api/participants/{q['code']}/sound-check.wav")
+            http(base, "POST", f"/api/participants/{q['code']}/sound-check/new")
             reply = http(base, "POST", f"/api/participants/{q['code']}/sound-check", {"count": 0})[1]
             assert not reply["passed"] and reply["tries_left"] == tries_left
         assert reply["outcome"] == "screened_out" and reply["completion_code"] == "TEST-CODE-SCREENED-OUT"
@@ -292,8 +310,9 @@ def test_the_stimuli_are_cut_from_the_speech_to_one_length_and_one_loudness(tmp_
         filled += b.filled
     assert set(lengths) == {2.5} and len(lengths) == len(people)
     assert max(abs(v - TARGET_RMS_DB) for v in levels) < 1.5  # within the peak limit's reach
-    source = sf.info(study.corpus / people[next(iter(people))].voice).duration
-    assert source > 2.5 or filled  # the corpus's clips are longer, so they were cut (or shorter, and filled)
+    # a clip is filled exactly when the speech the VAD found was shorter than the length
+    assert all(b.filled == (b.source_seconds < 2.5) for b in built[1].values())
+    assert any(not b.filled for b in built[1].values())  # the corpus's voices are longer: cut
     again = build_all(study, people)  # built once: a restart finds them
     assert all(again[1][i].source_seconds == 0.0 for i in again[1])
 
@@ -305,7 +324,8 @@ def test_the_tidy_export_holds_every_trial_and_analyze_reads_it(tmp_path, corpus
         for k in range(8):
             p = http(base, "POST", "/api/participants", {"role": "match", "platform_ids": {"PROLIFIC_PID": f"pid{k}"},
                                                           "client": {"device": "desktop", "screen": "1280x800"}})[1]
-            consent_survey(base, p["code"])
+            # one participant's free text is a spreadsheet formula
+            consent_survey(base, p["code"], {**answers(), "first_language": "=HYPERLINK(1)"} if k == 1 else None)
             rng = np.random.default_rng(k)
             answer_all(base, p["code"], p["direction"],
                        lambda t, rng=rng: t["correct"] if rng.random() < 0.8 else 1 - t["correct"])
@@ -333,6 +353,10 @@ def test_the_tidy_export_holds_every_trial_and_analyze_reads_it(tmp_path, corpus
     assert "rs: duplicate" in first["exclusion_history"] and first["survey_age"] == "31"
     assert first["consent_version"] == "test-1" and first["device"] == "desktop" and first["outcome"]
     assert first["platform_ids"] == "PROLIFIC_PID=pid0"
+    second = next(r for r in people if r["participant"] == codes[1])
+    assert second["survey_first_language"] == "'=HYPERLINK(1)"  # quoted in the CSV, as stored in the JSON
+    assert {p_["survey"]["first_language"] for p_ in json.loads((out / "participants.json").read_text())} \
+        >= {"=HYPERLINK(1)"}
     for name, digest in manifest["files"].items():
         assert hashlib.sha256((out / name).read_bytes()).hexdigest() == digest
     assert manifest["study_toml_sha256"] == study.digest and manifest["app_version"]

@@ -20,7 +20,8 @@ function player(el, slot, src, label, onEnded, others) {
   wrap.innerHTML = `<button type="button" class="jspsych-btn play" data-slot="${slot}" aria-label="Play ${escapeHtml(label)}">&#9654; ${escapeHtml(label)}</button>` +
     '<div class="bar" role="progressbar" aria-valuemin="0" aria-valuemax="100" aria-valuenow="0"><div></div></div>';
   const audio = new Audio();
-  audio.preload = "auto";
+  // fetched when Play is pressed, so the server's listening clock starts with the playback
+  audio.preload = "none";
   audio.src = src;
   audio.className = "stimulus";
   audio.dataset.slot = slot;
@@ -58,7 +59,7 @@ function player(el, slot, src, label, onEnded, others) {
   return wrap;
 }
 
-function taskScreen(jsPsych, state, plan, pending) {
+function taskScreen(jsPsych, state, plan) {
   return screenTrial((el, done) => {
     const t = jsPsych.evaluateTimelineVariable("trial");
     const vf = plan.direction === "V->F";
@@ -121,9 +122,10 @@ function taskScreen(jsPsych, state, plan, pending) {
       c.addEventListener("click", () => {
         for (const b of el.querySelectorAll("button")) b.disabled = true;
         const rt = Math.round(performance.now() - opened);
-        pending.push(api.call("POST", `/api/participants/${state.code}/trials/${t.index}/answer`,
-          {choice: Number(c.dataset.choice), rt_ms: rt}));
-        done();
+        el.querySelector("#task-hint").textContent = "Saving your answer...";
+        // the next task opens once this answer is stored (retried through a lost connection)
+        api.call("POST", `/api/participants/${state.code}/trials/${t.index}/answer`,
+          {choice: Number(c.dataset.choice), rt_ms: rt}).then(done).catch(failed);
       });
     }
     el.querySelector("button.play").focus();
@@ -142,9 +144,14 @@ function soundCheck(state, study) {
         '<p><button type="button" id="beep-answer" class="jspsych-btn" disabled>Continue</button></p></div>';
       const audio = new Audio();
       el.querySelector("#beeps").addEventListener("click", () => {
-        audio.src = `/api/participants/${state.code}/sound-check.wav?t=${Date.now()}`;
         el.querySelector("#beeps").disabled = true;
-        audio.play().catch((e) => { el.querySelector("#beeps").disabled = false; announce(e.message); });
+        // a new count is drawn, then its clip fetched whole (a browser fetching it in parts
+        // would otherwise be able to hear another draw than the one checked)
+        api.call("POST", `/api/participants/${state.code}/sound-check/new`)
+          .then(() => fetch(`/api/participants/${state.code}/sound-check.wav`))
+          .then((r) => { if (!r.ok) throw new Error("the sound check could not be loaded"); return r.blob(); })
+          .then((blob) => { audio.src = URL.createObjectURL(blob); return audio.play(); })
+          .catch((e) => { el.querySelector("#beeps").disabled = false; announce(`${e.message}. Press play again.`); });
       });
       audio.addEventListener("ended", () => {
         el.querySelector("#beep-count").disabled = false;
@@ -152,6 +159,7 @@ function soundCheck(state, study) {
         el.querySelector("#beep-count").focus();
       });
       el.querySelector("#beep-answer").addEventListener("click", () => {
+        el.querySelector("#beep-answer").disabled = true;
         const count = Number(el.querySelector("#beep-count").value);
         api.call("POST", `/api/participants/${state.code}/sound-check`, {count}).then((r) => {
           if (r.passed) done();
@@ -174,14 +182,13 @@ function soundCheck(state, study) {
   }
   const jsPsych = initJsPsych({display_element: "study"});
   withdrawLink(state);
-  const pending = [];
   const todo = stagesFrom(state.stage, ["consent", "survey", "sound_check", "tasks"]);
   const vf = state.direction === "V->F";
   const instructions = vf
     ? "<p>In each task you hear a short recording of a voice and see two faces.</p><p>Play the recording to its end, then choose the face you think has that voice.</p>"
     : "<p>In each task you see one face and can play two voice recordings.</p><p>Play both to their end, then choose the voice you think belongs to that face.</p>";
   const plan = {trials: []};
-  const tasks = {timeline: [taskScreen(jsPsych, state, plan, pending)], timeline_variables: []};
+  const tasks = {timeline: [taskScreen(jsPsych, state, plan)], timeline_variables: []};
   const timeline = [];
   if (todo.has("consent")) timeline.push(...consentTrials(jsPsych, study, state));
   if (todo.has("survey")) timeline.push(...surveyTrials(jsPsych, study, state));
@@ -194,11 +201,12 @@ function soundCheck(state, study) {
       const resumed = left.length < plan.trials.length;
       el.innerHTML = `<div class="page"><h2>${resumed ? "Welcome back" : "Instructions"}</h2>${instructions}` +
         `<p>There are no right answers shown; go with your impression.</p>${resumed ? `<p>${plan.trials.length - left.length} of ${plan.trials.length} tasks are done; you go on from the next.</p>` : ""}` +
+        `<p class="hint">If you have to stop, this link brings you back to where you were: <span class="code small" id="resume-link">${escapeHtml(`${location.origin}/match?resume=${state.code}`)}</span></p>` +
         `<p><button type="button" id="start" class="jspsych-btn">${resumed ? "Go on" : "Start"}</button></p></div>`;
-      el.querySelector("#start").addEventListener("click", () => done());
+      el.querySelector("#start").addEventListener("click", () => { el.querySelector("#start").disabled = true; done(); });
       el.querySelector("#start").focus();
     }).catch(failed);
   }));
-  timeline.push(tasks, ...finishTrials(jsPsych, state, pending));
+  timeline.push(tasks, ...finishTrials(jsPsych, state, []));
   jsPsych.run(timeline);
 })().catch(failed);

@@ -181,9 +181,14 @@ async function joinStudy(role, study) {
   try {
     joined = await api.call("POST", "/api/participants", body);
   } catch (e) {
-    const why = {409: "You have taken part already", 429: "Too many people are starting from here", 403: "This link cannot start the study",
+    let why = {409: "You have taken part already", 429: "Too many people are starting from here", 403: "This link cannot start the study",
       503: "The study is not open yet", 400: "This link is not complete"}[e.status] || "The study could not start";
-    endPage(why, `<p class="error">${escapeHtml(e.message)}</p><p>If you think this is wrong, contact the researcher named in the study's description.</p>`, null, null);
+    if (e.status === 409 && e.message.includes("another session")) why = "Your participation is open in another session";
+    const retry = [429, 503, 0].includes(e.status)
+      ? '<p><button type="button" id="retry-join" class="jspsych-btn">Try again</button></p>' : "";
+    endPage(why, `<p class="error">${escapeHtml(e.message)}</p>${retry}<p>If you think this is wrong, contact the researcher named in the study's description.</p>`, null, null);
+    const again = document.getElementById("retry-join");
+    if (again) again.addEventListener("click", () => window.location.reload());
     return null;
   }
   sessionStorage.setItem(key, joined.code);
@@ -195,11 +200,13 @@ function withdrawLink(state) {
   bar.id = "withdraw-bar";
   bar.innerHTML = '<button id="withdraw" type="button">Withdraw and delete my data</button>';
   document.body.appendChild(bar);
-  document.getElementById("withdraw").addEventListener("click", async () => {
+  document.getElementById("withdraw").addEventListener("click", () => {
     if (!confirm("Withdraw from the study? Everything you gave is deleted.")) return;
-    await api.call("DELETE", `/api/participants/${state.code}`);
-    sessionStorage.clear();
-    endPage("You have withdrawn", "<p>Your data has been deleted. You can close this tab.</p>", null, null);
+    api.call("DELETE", `/api/participants/${state.code}`).then(() => {
+      sessionStorage.clear();
+      endPage("You have withdrawn", "<p>Your data has been deleted. You can close this tab.</p>", null, null);
+    }).catch((e) => endPage("The withdrawal did not go through", `<p class="error">${escapeHtml(e.message)}</p>` +
+      `<p>Your participant code is <span class="code small">${escapeHtml(state.code)}</span>: withdraw with it on <a href="/withdraw?code=${encodeURIComponent(state.code)}">the withdrawal page</a>, or write to the contact in the consent.</p>`, null, null));
   });
 }
 
@@ -211,8 +218,10 @@ function screenTrial(render) {
   return {
     type: jsPsychCallFunction,
     async: true,
-    func: (done) => {
+    func: (finish) => {
       const el = document.getElementById("study").querySelector(".jspsych-content") || document.getElementById("study");
+      let called = false;
+      const done = () => { if (!called) { called = true; finish(); } };  // a double click ends one screen only
       render(el, done);
       const heading = el.querySelector("h1, h2");
       if (heading) { heading.setAttribute("tabindex", "-1"); heading.focus(); }
@@ -230,15 +239,21 @@ function consentTrials(jsPsych, study, state) {
       `<p class="hint">Consent version ${escapeHtml(study.consent_version || "-")}</p>` +
       '<p class="choices"><button id="agree" class="jspsych-btn" type="button">I agree</button> ' +
       '<button id="disagree" class="jspsych-btn" type="button">I do not agree</button></p></div>';
+    const off = () => { for (const b of el.querySelectorAll("button")) b.disabled = true; };
     el.querySelector("#agree").addEventListener("click", () => {
+      off();
       api.call("POST", `/api/participants/${state.code}/consent`, {agree: true})
         .catch((e) => { if (e.status !== 409) throw e; }).then(done).catch(failed);
     });
     el.querySelector("#disagree").addEventListener("click", () => {
-      api.call("POST", `/api/participants/${state.code}/consent`, {agree: false}).then((ending) => {
-        sessionStorage.clear();
-        showEnding(ending, null);  // the timeline stops here: this screen never calls done
-      }).catch(failed);
+      off();
+      api.call("POST", `/api/participants/${state.code}/consent`, {agree: false})
+        // a retry whose first reply was lost finds the join already deleted: the same ending
+        .catch((e) => { if (e.status === 404) return api.call("POST", "/api/leave", {outcome: "declined"}); throw e; })
+        .then((ending) => {
+          sessionStorage.clear();
+          showEnding(ending, null);  // the timeline stops here: this screen never calls done
+        }).catch(failed);
     });
   })];
 }
