@@ -29,7 +29,7 @@ from facevoice.study.config import EXPERIMENTS, Study, public
 from facevoice.study.design import experiment_pairs, participant_trials, stimulus_people
 from facevoice.study.recording import check_face, check_voice
 from facevoice.study.stimuli import build_all
-from facevoice.study.store import SOURCES, Conflict, Store, TookPart
+from facevoice.study.store import SOURCES, Conflict, Store, TookPart, new_code
 
 WEB = Path(__file__).parent / "web"
 MEDIA_TYPES = {".wav": "audio/wav", ".flac": "audio/flac", ".ogg": "audio/ogg", ".mp3": "audio/mpeg",
@@ -314,7 +314,7 @@ def create_app(study: Study, store: Store, admin_token: str, pilot_only: bool = 
                                      f"(it takes {', '.join(study.devices)})")
         try:
             code, experiment, resumed = store.add_participant(
-                secrets.token_urlsafe(16), body.role, study.experiments, secrets.randbits(62), body.source,
+                new_code(), body.role, study.experiments, secrets.randbits(62), body.source,
                 study.joins.inactive_after_s, platform=study.platform.name, platform_ids=ids,
                 once=study.platform.once, client=body.client.model_dump() if body.client else None)
         except TookPart as e:

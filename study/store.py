@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import secrets
 import sqlite3
 import threading
 import time
@@ -86,6 +87,16 @@ INDEXES = ("CREATE INDEX IF NOT EXISTS exclusions_code ON exclusions (code, at)"
            "CREATE INDEX IF NOT EXISTS participants_platform ON participants (platform_id, role)")
 # who a participant is: a real one, a researcher trying the pilot (preview) link, or a script
 SOURCES = ("participant", "pilot", "simulated")
+# A participant types their code on the withdrawal page and a researcher reads it in a spreadsheet:
+# letters and digits only (no 0/O, 1/l/I to misread), so no code starts like a formula and the
+# CSV export never has to quote one. 22 characters of 57 carry 128 bits.
+CODE_ALPHABET = "23456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
+CODE_LENGTH = 22
+
+
+def new_code() -> str:
+    """A fresh participant code (CODE_ALPHABET, CODE_LENGTH): unguessable and safe to type."""
+    return "".join(secrets.choice(CODE_ALPHABET) for _ in range(CODE_LENGTH))
 TRIAL_COLUMNS = ("code", "idx", "kind", "query", "option0", "option1", "correct", "repeat_of", "played", "chosen",
                  "rt_ms", "answered_at", "served_at", "played_at", "served")
 PARTICIPANT_COLUMNS = ("code", "role", "experiment", "seed", "created_at", "consented_at", "survey", "finished_at",

@@ -26,7 +26,7 @@ from facevoice.study.config import load_study
 from facevoice.study.design import stimulus_people
 from facevoice.study.export import ExportReader, export
 from facevoice.study.stimuli import RATE, TARGET_RMS_DB, build_all
-from facevoice.study.store import Store
+from facevoice.study.store import CODE_ALPHABET, Store, new_code
 from tests.local_servers import LocalStudy
 from tests.study_helpers import PROLIFIC, answers, http, make_study
 
@@ -315,6 +315,12 @@ def test_the_stimuli_are_cut_from_the_speech_to_one_length_and_one_loudness(tmp_
     assert any(not b.filled for b in built[1].values())  # the corpus's voices are longer: cut
     again = build_all(study, people)  # built once: a restart finds them
     assert all(again[1][i].source_seconds == 0.0 for i in again[1])
+
+
+def test_a_participant_code_is_letters_and_digits_that_no_spreadsheet_reads_as_a_formula():
+    codes = [new_code() for _ in range(2000)]
+    assert len(set(codes)) == 2000 and {len(c) for c in codes} == {22}
+    assert set("".join(codes)) <= set(CODE_ALPHABET) and not set("=+-@_0O1lI") & set(CODE_ALPHABET)
 
 
 def test_the_tidy_export_holds_every_trial_and_analyze_reads_it(tmp_path, corpus):

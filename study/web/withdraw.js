@@ -17,7 +17,7 @@
     const value = root.querySelector("#withdraw-code").value.trim();
     const status = root.querySelector("#withdraw-status");
     if (!/^[A-Za-z0-9_-]{8,64}$/.test(value)) {
-      status.innerHTML = '<span class="error">That does not look like a participant code: it is the long code of letters, digits, - and _ shown at the end.</span>';
+      status.innerHTML = '<span class="error">That does not look like a participant code: it is the code of 22 letters and digits shown at the end.</span>';
       return;
     }
     root.querySelector("#withdraw-submit").disabled = true;
