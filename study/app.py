@@ -8,7 +8,6 @@ which option is correct: stimuli are fetched by trial and slot, never by identit
 from __future__ import annotations
 
 import hmac
-import io
 import secrets
 import shutil
 import threading
@@ -16,8 +15,6 @@ import time
 from pathlib import Path
 from typing import Annotated, Literal
 
-import numpy as np
-import soundfile as sf
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -25,9 +22,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from facevoice.service.media.errors import MediaError
+from facevoice.study.checks import INTERVALS, beeps_wav, headphone_passed, huggins_wav
 from facevoice.study.config import EXPERIMENTS, Study, public
 from facevoice.study.design import experiment_pairs, participant_trials, stimulus_people
-from facevoice.study.recording import check_face, check_voice
+from facevoice.study.recording import check_face, check_video, check_voice
 from facevoice.study.stimuli import build_all
 from facevoice.study.store import SOURCES, Conflict, Store, TookPart, new_code
 
@@ -39,6 +37,7 @@ PAGES = {"record": ("Record yourself", ()), "match": ("Match voices and faces", 
          "withdraw": ("Withdraw from the study", ())}
 SCREENED_OUT = "took part in the recording"  # the reasons that screen out (the rest fail checks)
 SOUND_CHECK_FAILED = "failed the sound check"
+HEADPHONE_CHECK_FAILED = "failed the headphone check"
 UPLOAD_TYPES = {"voice": ("audio/", "video/webm", "application/octet-stream"),
                 "face": ("image/jpeg", "image/png", "image/webp")}
 
@@ -83,6 +82,10 @@ class Survey(Strict):
 
 class SoundAnswer(Strict):
     count: int = Field(ge=0, le=20)
+
+
+class HeadphoneAnswer(Strict):
+    interval: int = Field(ge=1, le=INTERVALS)  # which of the three noises held the tone
 
 
 class Played(Strict):
@@ -159,24 +162,10 @@ def exclusion(study: Study, survey: dict | None, trials: list[dict]) -> str | No
 
 def outcome_of(excluded: str | None) -> str:
     """The outcome a finished participant is sent back with: screened out (took part in the
-    recording; failed the sound check), failed checks (the controls), or completed."""
-    if excluded in (SCREENED_OUT, SOUND_CHECK_FAILED):
+    recording; failed the sound or headphone check), failed checks (the controls), or completed."""
+    if excluded in (SCREENED_OUT, SOUND_CHECK_FAILED, HEADPHONE_CHECK_FAILED):
         return "screened_out"
     return "failed_checks" if excluded else "completed"
-
-
-def beeps_wav(n: int, seed: int) -> bytes:
-    """The sound check's clip: n short 1 kHz beeps at irregular gaps, 16-bit WAV."""
-    rng = np.random.default_rng(seed)
-    sr, beep = 16_000, 0.15
-    t = np.arange(int(sr * beep)) / sr
-    tone = (0.3 * np.sin(2 * np.pi * 1000 * t) * np.hanning(len(t))).astype(np.float32)
-    parts = [np.zeros(int(sr * 0.4), np.float32)]
-    for _ in range(n):
-        parts += [tone, np.zeros(int(sr * rng.uniform(0.35, 0.7)), np.float32)]
-    buf = io.BytesIO()
-    sf.write(buf, np.concatenate(parts), sr, format="WAV", subtype="PCM_16")
-    return buf.getvalue()
 
 
 def create_app(study: Study, store: Store, admin_token: str, pilot_only: bool = False) -> FastAPI:
@@ -231,8 +220,12 @@ def create_app(study: Study, store: Store, admin_token: str, pilot_only: bool = 
             return "consent"
         if p.survey is None:
             return "survey"
-        if p.role == "match" and study.sound_check.enabled and not (p.sound_check or {}).get("passed"):
-            return "sound_check"
+        if p.role == "match":
+            check = p.sound_check or {}
+            if study.sound_check.enabled and not check.get("passed"):
+                return "sound_check"
+            if study.headphone_check.enabled and not check.get("headphones", {}).get("passed"):
+                return "headphone_check"
         return "tasks"
 
     def clip_seconds(p) -> float:
@@ -409,13 +402,58 @@ def create_app(study: Study, store: Store, admin_token: str, pilot_only: bool = 
         store.finish(code, SOUND_CHECK_FAILED, "screened_out")
         return {"passed": False, "tries_left": 0, **ending("screened_out")}
 
+    def headphones_of(code: str) -> tuple[dict, dict]:
+        """The participant's check state and its headphone part, while the check is theirs to take."""
+        p = participant(code, "match")
+        if stage(p) != "headphone_check":
+            raise HTTPException(409, "there is no headphone check to take now")
+        check = dict(p.sound_check or {})
+        return check, dict(check.get("headphones") or {"targets": [], "answers": []})
+
+    @app.post("/api/participants/{code}/headphone-check/new")
+    def headphone_draw(code: str):
+        """The next trial's sound: which interval holds the Huggins pitch is drawn now."""
+        check, hp = headphones_of(code)
+        if len(hp["targets"]) > len(hp["answers"]):  # drawn and not answered: the same trial again
+            hp["targets"] = hp["targets"][:-1]
+        hp["targets"] = [*hp["targets"], secrets.choice(range(1, INTERVALS + 1))]
+        hp["seed"] = secrets.randbits(32)
+        store.set_sound_check(code, {**check, "headphones": hp})
+        return {"trial": len(hp["targets"]), "of": study.headphone_check.trials}
+
+    @app.get("/api/participants/{code}/headphone-check.wav")
+    def headphone_clip(code: str):
+        _, hp = headphones_of(code)
+        if len(hp["targets"]) <= len(hp["answers"]):
+            raise HTTPException(409, "draw the next headphone check trial first")
+        return Response(huggins_wav(hp["targets"][-1], hp["seed"]), media_type="audio/wav",
+                        headers={"Cache-Control": "no-store"})
+
+    @app.post("/api/participants/{code}/headphone-check")
+    def headphone_answer(code: str, body: HeadphoneAnswer):
+        """One trial's answer. No answer is told right or wrong; after the last trial the check
+        passes with `min_correct` right, or screens the participant out."""
+        check, hp = headphones_of(code)
+        if len(hp["targets"]) <= len(hp["answers"]):
+            raise HTTPException(409, "play the headphone check first")
+        hp["answers"] = [*hp["answers"], body.interval]
+        hp.pop("seed", None)
+        left = study.headphone_check.trials - len(hp["answers"])
+        if left == 0:
+            hp["passed"] = headphone_passed(hp["answers"], hp["targets"], study.headphone_check.min_correct)
+        store.set_sound_check(code, {**check, "headphones": hp})
+        if left or hp["passed"]:
+            return {"trials_left": left, "passed": hp.get("passed")}
+        store.finish(code, HEADPHONE_CHECK_FAILED, "screened_out")
+        return {"trials_left": 0, "passed": False, **ending("screened_out")}
+
     @app.get("/api/participants/{code}/trials")
     def trials(code: str):
         p = participant(code, "match")
         if p.survey is None:
             raise HTTPException(403, "answer the questionnaire first")
-        if stage(p) == "sound_check":
-            raise HTTPException(403, "take the sound check first")
+        if stage(p) in ("sound_check", "headphone_check"):
+            raise HTTPException(403, f"take the {stage(p).replace('_', ' ')} first")
         direction = EXPERIMENTS[p.experiment][0]
         base = f"/api/participants/{code}/trials"
         return {"experiment": p.experiment, "direction": direction, "finished": p.finished_at is not None,
@@ -529,26 +567,33 @@ def create_app(study: Study, store: Store, admin_token: str, pilot_only: bool = 
         if not 0 <= script < (len(study.scripts) if kind == "voice" else 1):
             raise HTTPException(404, f"there is no {kind} recording {script}")
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if not ctype.startswith(UPLOAD_TYPES[kind]):
-            allowed = " or ".join(UPLOAD_TYPES[kind])
+        filmed = kind == "voice" and study.recording.video
+        types = ("video/webm", "video/mp4") if filmed else UPLOAD_TYPES[kind]
+        if not ctype.startswith(types):
+            allowed = " or ".join(types)
             raise HTTPException(415, f"a {kind} upload must be {allowed}, not {ctype or 'untyped'}")
         data = await read_capped(request, study.recording.max_upload_bytes)
         try:
             if kind == "voice":
                 kept, seconds = await run_in_threadpool(check_voice, data, study)
-                box = ""
+                box, film = "", await run_in_threadpool(check_video, data) if filmed else None
             else:
                 kept, face_box = await run_in_threadpool(check_face, data, study)
-                seconds, box = None, " ".join(f"{v:.1f}" for v in face_box)
+                seconds, box, film = None, " ".join(f"{v:.1f}" for v in face_box), None
         except MediaError as e:
             raise HTTPException(422, str(e)) from None
         folder = study.recordings_dir / code
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         name = f"voice-{script}.wav" if kind == "voice" else "face-0.jpg"
-        tmp = folder / f".{name}.part"
-        tmp.write_bytes(kept)
-        tmp.replace(folder / name)
+        files = {name: kept} | ({f"video-{script}{film}": data} if film else {})
+        for file, content in files.items():
+            tmp = folder / f".{file}.part"
+            tmp.write_bytes(content)
+            tmp.replace(folder / file)
         try:
+            if film:
+                await run_in_threadpool(store.save_recording, code, "video", script, f"{code}/{next(reversed(files))}",
+                                        "", seconds)
             await run_in_threadpool(store.save_recording, code, kind, script, f"{code}/{name}", box, seconds)
         except Exception:
             if await run_in_threadpool(store.participant, code) is None:  # withdrawn while it was checked

@@ -45,6 +45,11 @@ study.toml (every key but `title` has a default; study/examples/demo/study.toml 
     enabled = false                   # count the beeps before the tasks; failing screens out
     tries = 2
 
+    [headphone_check]                 # Huggins pitch (Milne et al. 2021), after the sound check
+    enabled = false                   # which of three noises holds a faint tone: only headphones
+    trials = 6                        # carry it; fewer than `min_correct` right screens out
+    min_correct = 5
+
     [devices]
     allowed = ["desktop", "tablet", "phone"]
 
@@ -69,6 +74,7 @@ study.toml (every key but `title` has a default; study/examples/demo/study.toml 
     [recording]
     min_speech_seconds = 5.0          # per script read aloud
     max_upload_bytes = 10485760
+    video = false                     # true: each script is filmed (Kim et al. 3.1) and the video kept
 
     [joins]
     inactive_after_s = 1800.0
@@ -133,11 +139,29 @@ class Recording:
     # detected speech each script read aloud must hold (two scripts give a 10 s clip, A.1.2)
     min_speech_seconds: float = 5.0
     max_upload_bytes: int = 10 * 1024 * 1024
+    # Kim et al. 3.1 filmed each reading. Off by default: a video is more of a person than a
+    # corpus needs (the speech and one still). On, the page films each script and the upload,
+    # checked like any voice, is kept beside its speech.
+    video: bool = False
+
+    def __post_init__(self):
+        _switch(self.video, "recording.video")
 
 
 def _number(value, name: str, low: float = 0.0, strict: bool = True) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float) or not (value > low if strict else value >= low):
         raise TypeError(f"{name} must be a number {'above' if strict else 'of at least'} {low:g}, not {value!r}")
+
+
+def _switch(value, name: str) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be true or false, not {value!r}")
+
+
+def _integer(value, name: str, low: int, high: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        raise TypeError(f"{name} must be a whole number from {low}{f' to {high}' if high is not None else ''}, "
+                        f"not {value!r}")
 
 
 @dataclass(frozen=True)
@@ -223,6 +247,23 @@ class SoundCheck:
     enabled: bool = False
     tries: int = 2
 
+    def __post_init__(self):
+        _switch(self.enabled, "sound_check.enabled")
+
+
+@dataclass(frozen=True)
+class HeadphoneCheck:
+    """Milne et al. 2021's Huggins-pitch test (study/checks.py): `trials` tries of three
+    intervals; fewer than `min_correct` right screens out (chance passes 5 of 6 at 1.8%)."""
+    enabled: bool = False
+    trials: int = 6
+    min_correct: int = 5
+
+    def __post_init__(self):
+        _switch(self.enabled, "headphone_check.enabled")
+        _integer(self.trials, "headphone_check.trials", 1)
+        _integer(self.min_correct, "headphone_check.min_correct", 1, self.trials)
+
 
 @dataclass(frozen=True)
 class Study:
@@ -249,6 +290,7 @@ class Study:
     stimuli: Stimuli = Stimuli()
     listening: Listening = Listening()
     sound_check: SoundCheck = SoundCheck()
+    headphone_check: HeadphoneCheck = HeadphoneCheck()
     devices: tuple[str, ...] = DEVICES
     digest: str = ""  # sha256 of study.toml as read (the export's manifest names it)
 
@@ -315,7 +357,7 @@ def load_study(directory: Path) -> Study:
         raise UsageError(f"{path}: not TOML ({e})") from e
     known = {"title", "corpus", "splits", "experiments", "roles", "seed", "consent", "completion_code", "outcomes",
              "platform", "scripts", "survey", "constraints", "design", "recording", "joins", "stimuli",
-             "listening", "sound_check", "devices"}
+             "listening", "sound_check", "headphone_check", "devices"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise UsageError(f"{path}: unknown keys {unknown} (known: {sorted(known)})")
@@ -326,6 +368,7 @@ def load_study(directory: Path) -> Study:
     joins = _table(raw, "joins", Joins, path)
     listening = _table(raw, "listening", Listening, path)
     sound_check = _table(raw, "sound_check", SoundCheck, path)
+    headphone_check = _table(raw, "headphone_check", HeadphoneCheck, path)
     if isinstance(raw.get("consent"), str):  # the older form: one HTML text, no fields
         raw["consent"] = {"text": raw["consent"]}
     consent = _table(raw, "consent", Consent, path)
@@ -381,7 +424,7 @@ def load_study(directory: Path) -> Study:
                  seed=int(raw.get("seed", 0)), consent=consent, outcomes=_outcomes(raw, platform, path),
                  platform=platform, scripts=scripts, survey=survey, constraints=constraints, design=design,
                  recording=recording, joins=joins, stimuli=stimuli, listening=listening, sound_check=sound_check,
-                 devices=devices, digest=hashlib.sha256(text.encode()).hexdigest())
+                 headphone_check=headphone_check, devices=devices, digest=hashlib.sha256(text.encode()).hexdigest())
 
 
 def public(study: Study) -> dict:
@@ -391,6 +434,8 @@ def public(study: Study) -> dict:
             "min_speech_seconds": study.recording.min_speech_seconds,
             "max_upload_bytes": study.recording.max_upload_bytes,
             "platform": {"name": study.platform.name, "params": list(study.platform.params)},
-            "devices": list(study.devices), "sound_check": asdict(study.sound_check), "roles": list(study.roles),
+            "devices": list(study.devices), "sound_check": asdict(study.sound_check),
+            "headphone_check": asdict(study.headphone_check), "video": study.recording.video,
+            "roles": list(study.roles),
             "listening": asdict(study.listening)}
 

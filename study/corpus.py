@@ -42,7 +42,7 @@ def write_corpus(study: Study, store: Store, out: Path, split: str = "test", for
     for n, p in enumerate(p for p in store.participants() if p.role == "record" and p.source == "participant"):
         have = recordings.get(p.code, [])
         kinds = {r["kind"] for r in have}
-        if p.finished_at is None or kinds != {"face", "voice"}:
+        if p.finished_at is None or not {"face", "voice"} <= kinds:
             skipped += 1
             continue
         identity = f"rec{n:05d}"
@@ -50,12 +50,13 @@ def write_corpus(study: Study, store: Store, out: Path, split: str = "test", for
         attrs = {"gender": str(answers.get("gender", "")), "age_group": age_group(answers.get("age")),
                  "first_language": str(answers.get("first_language", ""))}
         extra = {k: str(v) for k, v in answers.items() if k not in ("gender", "age", "first_language")}
-        for r in have:
+        # a reading's video ([recording] video) stays with the study: the corpus format has faces and voices
+        for r in (r for r in have if r["kind"] != "video"):
             src = study.recordings_dir / r["path"]
             rel = Path("media") / identity / Path(r["path"]).name
             (out / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, out / rel)
-            kind = "face" if r["kind"] == "face" else "voice"
+            kind = r["kind"]
             item_id = f"{identity}-{kind}-{r['script']}"
             items.append(Item(item_id, identity, kind, rel.as_posix(), split, box=r["box"] if kind == "face" else "",
                               extra=dict(extra), **attrs))

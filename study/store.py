@@ -78,7 +78,7 @@ ADDED_COLUMNS = (
     ("participants", "client", "TEXT"),  # JSON: browser, screen, device class (no IP address)
     ("participants", "consent_version", "TEXT"),
     ("participants", "consent_hash", "TEXT"),  # sha256 of the consent text they agreed to
-    ("participants", "sound_check", "TEXT"),  # JSON: beeps played, answers
+    ("participants", "sound_check", "TEXT"),  # JSON: the beeps and answers; the headphone check's
     ("trials", "served_at", "DOUBLE PRECISION"),  # the trial's stimuli first sent
     ("trials", "played_at", "DOUBLE PRECISION"),  # its last recording played to the end
     ("trials", "served", "INTEGER NOT NULL DEFAULT 0"),  # which slots' stimuli were sent (bits)
@@ -93,16 +93,17 @@ SOURCES = ("participant", "pilot", "simulated")
 CODE_ALPHABET = "23456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 CODE_LENGTH = 22
 
-
-def new_code() -> str:
-    """A fresh participant code (CODE_ALPHABET, CODE_LENGTH): unguessable and safe to type."""
-    return "".join(secrets.choice(CODE_ALPHABET) for _ in range(CODE_LENGTH))
 TRIAL_COLUMNS = ("code", "idx", "kind", "query", "option0", "option1", "correct", "repeat_of", "played", "chosen",
                  "rt_ms", "answered_at", "served_at", "played_at", "served")
 PARTICIPANT_COLUMNS = ("code", "role", "experiment", "seed", "created_at", "consented_at", "survey", "finished_at",
                        "excluded", "source", "platform", "platform_id", "platform_ids", "outcome", "client",
                        "consent_version", "consent_hash", "sound_check")
 JSON_COLUMNS = ("survey", "platform_ids", "client", "sound_check")
+
+
+def new_code() -> str:
+    """A fresh participant code (CODE_ALPHABET, CODE_LENGTH): unguessable and safe to type."""
+    return "".join(secrets.choice(CODE_ALPHABET) for _ in range(CODE_LENGTH))
 
 
 class Conflict(Exception):

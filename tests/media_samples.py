@@ -18,6 +18,7 @@ FORMATS = {
     "ogg-opus": ("ogg", "libopus", 48_000, False),
     "mp4-video": ("mp4", "aac", 22_050, True),
     "mkv-video": ("matroska", "libopus", 48_000, True),
+    "webm-video": ("webm", "libopus", 48_000, True),  # what a browser's MediaRecorder films
 }
 
 
@@ -39,7 +40,7 @@ def encode(x: np.ndarray, sr: int, name: str, seconds_of_video: float | None = N
     y = resample(x, sr, rate)
     buf = io.BytesIO()
     with av.open(buf, "w", format=container) as c:
-        v = _black_stream(c) if video else None
+        v = _black_stream(c, "libvpx" if container == "webm" else "mpeg4") if video else None
         a = c.add_stream(codec, rate=rate)
         a.layout = "mono"
         fmt = a.codec_context.format.name
@@ -59,8 +60,8 @@ def encode(x: np.ndarray, sr: int, name: str, seconds_of_video: float | None = N
     return buf.getvalue()
 
 
-def _black_stream(c):
-    v = c.add_stream("mpeg4", rate=25)
+def _black_stream(c, codec: str = "mpeg4"):
+    v = c.add_stream(codec, rate=25)
     v.width = v.height = 64
     v.pix_fmt = "yuv420p"
     return v

@@ -27,7 +27,8 @@ retention = "until the test ends"
 withdrawal = "at any time, on the withdrawal page"
 [recording]
 min_speech_seconds = 1.0
-max_upload_bytes = 2000000
+max_upload_bytes = {upload_bytes}
+video = {video}
 [stimuli]
 clip_seconds = {clip_seconds}
 [listening]
@@ -56,12 +57,14 @@ code = "NODEVICE-5"
 
 def make_study(directory: Path, corpus: Path, extra: str = "", *, clip_seconds: float = 1.0,
                enforce: bool = False, per_minute: float = 6000, burst: int = 1000,
-               roles: tuple[str, ...] = ("record", "match")) -> Path:
+               roles: tuple[str, ...] = ("record", "match"), video: bool = False,
+               upload_bytes: int = 2_000_000) -> Path:
     """A study directory on `corpus`; `extra` is more TOML (tables the template lacks). Listening
     is not enforced unless asked, so the API tests need not wait out each clip."""
     directory.mkdir(parents=True, exist_ok=True)
     text = STUDY_TOML.format(corpus=corpus, clip_seconds=clip_seconds, enforce=str(enforce).lower(),
-                             per_minute=per_minute, burst=burst, roles=json.dumps(list(roles)))
+                             per_minute=per_minute, burst=burst, roles=json.dumps(list(roles)),
+                             video=str(video).lower(), upload_bytes=upload_bytes)
     (directory / "study.toml").write_text(text + extra)
     return directory
 

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -199,6 +201,38 @@ def test_bad_input_gets_a_clear_4xx_and_changes_nothing(server):
     assert http(base, "GET", f"/api/admin/export?code={code}", token=TOKEN)[1]["participants"][0]["finished_at"] \
         == finished
     assert http(base, "POST", f"/api/participants/{code}/trials/{idx}/answer", {"choice": 0})[0] == 409
+
+
+def test_a_filmed_reading_is_kept_only_when_the_study_asks_and_goes_with_a_withdrawal(tmp_path, corpus):
+    x, sr = speech("Forty four Americans have now taken the presidential oath, and the words have been spoken.")
+    film, audio_only = encode(x, sr, "webm-video"), encode(x, sr, "webm-opus")
+    with LocalStudy(make_study(tmp_path / "filmed", corpus[0], video=True)) as s:
+        assert http(s.url, "GET", "/api/study")[1]["video"] is True
+        code = join(s.url, "record")["code"]
+        up = f"/api/participants/{code}/recordings/voice"
+        for data, ctype, want, words in ((audio_only, "audio/webm", 415, "video/webm"),  # the page films
+                                         (audio_only, "video/webm", 422, "no picture"),
+                                         (film[:400], "video/webm", 422, ""),
+                                         (b"\x1a\x45\xdf\xa3" + b"\0" * 600, "video/webm", 422, ""),
+                                         (HOPPER, "video/mp4", 422, "")):
+            status, reply = http(s.url, "POST", f"{up}/0", raw=data, content_type=ctype)
+            assert status == want and words in json.dumps(reply), (ctype, status, reply)
+        status, reply = http(s.url, "POST", f"{up}/0", raw=film, content_type="video/webm")
+        assert status == 200 and reply["speech_seconds"] > 1.0, reply
+        folder = s.study_dir / "recordings" / code
+        assert sorted(f.name for f in folder.iterdir()) == ["video-0.webm", "voice-0.wav"]
+        assert (folder / "video-0.webm").read_bytes() == film
+        kinds = [(r["kind"], r["script"]) for r in http(s.url, "GET", f"/api/admin/export?code={code}",
+                                                         token=TOKEN)[1]["recordings"]]
+        assert sorted(kinds) == [("video", 0), ("voice", 0)]
+        assert http(s.url, "DELETE", f"/api/participants/{code}")[0] == 200
+        assert not folder.exists()
+    # without the switch, a filmed upload is taken for its audio and no video is kept
+    with LocalStudy(make_study(tmp_path / "unfilmed", corpus[0])) as s:
+        code = join(s.url, "record")["code"]
+        assert http(s.url, "POST", f"/api/participants/{code}/recordings/voice/0", raw=film,
+                    content_type="video/webm")[0] == 200
+        assert [f.name for f in (s.study_dir / "recordings" / code).iterdir()] == ["voice-0.wav"]
 
 
 def test_uploads_are_checked_by_the_media_pipeline_and_become_a_corpus(server, tmp_path):
@@ -420,10 +454,17 @@ def test_exclusions_keep_their_history_and_go_with_a_withdrawal(server):
     assert http(base, "GET", "/api/admin/export", token=TOKEN)[1]["exclusions"] == []
 
 
-def test_an_abandoned_join_stops_counting_for_the_balancing(tmp_path):
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_an_abandoned_join_stops_counting_for_the_balancing(tmp_path, request, database):
     """A matcher idle past joins.inactive_after_s frees its experiment's place; one who finished
-    still counts, however long ago."""
-    store = Store(f"sqlite:///{tmp_path / 'joins.sqlite'}")
+    still counts, however long ago, and so does one who consented or answered within it."""
+    if database == "postgresql":
+        pg = request.getfixturevalue("postgres")
+        pg.reset()
+        url = pg.url
+    else:
+        url = f"sqlite:///{tmp_path / 'joins.sqlite'}"
+    store = Store(url)
     try:
         assert [store.add_participant(c, "match", (1, 2, 3), 1, inactive_after_s=1800)[1] for c in "abc"] == [1, 2, 3]
         with store.transaction() as cur:  # b joined an hour ago and did nothing; c finished an hour ago
@@ -434,6 +475,22 @@ def test_an_abandoned_join_stops_counting_for_the_balancing(tmp_path):
         assert store.add_participant("e", "match", (1, 2, 3), 1, inactive_after_s=1800)[1] == 1
         assert store.add_participant("f", "match", (1, 2, 3), 1)[1] == 3  # without a timeout b counts: 2, 2, 1
         assert store.add_participant("g", "match", (1, 2, 3), 1, inactive_after_s=1800)[1] == 2  # with it: 2, 1, 2
+        # every one joined an hour ago: a consent (h) or an answer (i) within the timeout keeps one
+        # counting; the rest are idle
+        assert [store.add_participant(c, "match", (1, 2, 3), 1)[1] for c in "hi"] == [1, 3]  # 2, 3, 2 before
+        store.consent("h")
+        store.consent("i")
+        store.save_survey("i", {"gender": "female"}, [SimpleNamespace(index=0, kind="match", query="q",
+                                                                      options=("x", "y"), correct=0, repeat_of=None)])
+        with store.transaction() as cur:
+            cur.execute("UPDATE participants SET created_at = created_at - 3600, "
+                        "consented_at = consented_at - 3600 WHERE code <> 'h'")
+            cur.execute("UPDATE participants SET created_at = created_at - 3600 WHERE code = 'h'")
+            cur.execute("UPDATE participants SET finished_at = NULL WHERE code = 'c'")
+            cur.execute("UPDATE trials SET answered_at = ? WHERE code = 'i'", (time.time() - 60,))
+        # counting h (3) and i (1) only: 2 has no one
+        assert store.add_participant("j", "match", (1, 2, 3), 1, inactive_after_s=1800)[1] == 2
+        assert store.add_participant("k", "match", (1, 2, 3), 1, inactive_after_s=1800)[1] == 1  # 1, 1, 1: ties low
     finally:
         store.close()
     with pytest.raises(UsageError, match="inactive_after_s"):

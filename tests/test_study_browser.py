@@ -433,3 +433,70 @@ def test_the_sound_check(browser, console, tmp_path, corpus):
         wait(browser, "#start", 30)
         (p,) = export(s)["participants"]
         assert p["sound_check"]["passed"] and p["sound_check"]["tries"] == 2
+
+
+def test_the_headphone_check(browser, console, tmp_path, corpus):
+    extra = PROLIFIC + "[headphone_check]\nenabled = true\ntrials = 2\nmin_correct = 2\n"
+    with LocalStudy(make_study(tmp_path / "headphones", corpus[0], extra, roles=("match",))) as s:
+        for passing in (True, False):
+            fresh(browser, s.url + "/match")
+            consent_and_survey(browser, "headphones")
+            for k in range(2):
+                play = wait(browser, "#hp-play")
+                if k == 0 and passing:
+                    shot(browser, "headphone-check")
+                assert not any(b.is_enabled() for b in browser.find_elements("css selector", "button.interval"))
+                play.click()
+                wait(browser, "#hp-progress", 20, f"Trial {k + 1} of 2")
+                wait(browser, "button.interval", 30)  # the three noises have played
+                if k == 0 and passing:
+                    shot(browser, "headphone-check-open")
+                (hp,) = [h for h in (p["sound_check"]["headphones"] for p in export(s)["participants"])
+                         if len(h["targets"]) > len(h["answers"])]  # the one taking the check now
+                target = hp["targets"][-1]
+                answer = target if passing or k == 0 else target % 3 + 1
+                wait(browser, f"button.interval[data-interval='{answer}']").click()
+            if passing:
+                wait(browser, "#start", 30)
+            else:
+                assert wait(browser, "#completion-code", 30).text == "SCREEN-3"
+                shot(browser, "headphone-check-failed")
+        stored = sorted((p["sound_check"]["headphones"]["passed"], p["excluded"]) for p in export(s)["participants"])
+        assert stored == [(False, "failed the headphone check"), (True, None)]
+
+
+def test_a_participant_films_their_reading(browser, console, tmp_path, corpus):
+    import av
+
+    study = make_study(tmp_path / "filmed", corpus[0], PROLIFIC, roles=("record",), video=True, upload_bytes=8_000_000)
+    with LocalStudy(study) as s:
+        fresh(browser, s.url + "/record")
+        consent_and_survey(browser, "filmed")
+        button(browser, "Use the camera and microphone").click()
+        for k in range(2):
+            wait(browser, "h2", 60, f"Read aloud ({k + 1} of 2)")
+            deadline = time.monotonic() + 20
+            while browser.execute_script("return document.getElementById('rec-preview')?.videoWidth || 0") == 0:
+                assert time.monotonic() < deadline, "the camera's picture never showed while reading"
+                time.sleep(0.1)
+            wait(browser, "#rec-start").click()
+            wait(browser, "#rec-dot")
+            time.sleep(3.5)
+            if k == 0:
+                shot(browser, "record-filmed")
+            wait(browser, "#rec-stop").click()
+            wait(browser, "video#rec-playback")
+            if k == 0:
+                shot(browser, "record-filmed-review")
+            wait(browser, "#rec-use").click()
+        button(browser, "Take photo", 60).click()  # the same camera: not asked for again
+        button(browser, "Use this photo").click()
+        code = wait(browser, "#participant-code", 60).text
+        assert wait(browser, "#completion-code").text == "DONE-1"
+        rows = export(s, code)["recordings"]
+        assert sorted((r["kind"], r["script"]) for r in rows) == [("face", 0), ("video", 0), ("video", 1),
+                                                                  ("voice", 0), ("voice", 1)]
+        film = s.study_dir / "recordings" / next(r["path"] for r in rows if r["kind"] == "video")
+        with av.open(str(film)) as c:
+            frame = next(c.decode(video=0))
+        assert (frame.width, frame.height) == (640, 480)

@@ -252,6 +252,96 @@ def test_the_sound_check_screens_out_who_cannot_hear(tmp_path, corpus):
         assert stored["participants"][0]["sound_check"]["answers"] == [0, 0]
 
 
+def test_the_headphone_check_is_huggins_pitch_and_screens_out_who_cannot_hear_it(tmp_path, corpus):
+    extra = "[sound_check]\nenabled = true\n[headphone_check]\nenabled = true\ntrials = 4\nmin_correct = 3\n"
+    with served(tmp_path, corpus, extra) as s:
+        base = s.url
+
+        def targets(code):
+            return http(base, "GET", f"/api/admin/export?code={code}", token=TOKEN)[1]["participants"][0][
+                "sound_check"]["headphones"]["targets"]
+
+        p = http(base, "POST", "/api/participants", {"role": "match"})[1]
+        code = p["code"]
+        consent_survey(base, code)
+        hp = f"/api/participants/{code}/headphone-check"
+        assert http(base, "POST", f"{hp}/new")[0] == 409  # the sound check comes first
+        http(base, "POST", f"/api/participants/{code}/sound-check/new")
+        beeps = http(base, "GET", f"/api/admin/export?code={code}", token=TOKEN)[1]["participants"][0][
+            "sound_check"]["beeps"]
+        assert http(base, "POST", f"/api/participants/{code}/sound-check", {"count": beeps})[1]["passed"]
+        assert http(base, "GET", f"/api/participants/{code}")[1]["stage"] == "headphone_check"
+        assert http(base, "GET", f"/api/participants/{code}/trials")[0] == 403
+        assert http(base, "POST", hp, {"interval": 1})[0] == 409  # nothing drawn yet
+        assert http(base, "GET", f"{hp}.wav")[0] == 409
+        for bad in ({"interval": 0}, {"interval": 4}, {"interval": "1"}, {"interval": 1, "x": 1}, {}):
+            assert http(base, "POST", hp, bad)[0] == 422, bad
+        for k in range(4):
+            assert http(base, "POST", f"{hp}/new")[1] == {"trial": k + 1, "of": 4}
+            status, wav = http(base, "GET", f"{hp}.wav")
+            x, sr = sf.read(io.BytesIO(wav))
+            assert status == 200 and x.shape == (int(4.0 * sr), 2)  # three 1 s noises, two 0.5 s gaps
+            target = targets(code)[-1]
+            right = target if k != 1 else target % 3 + 1  # one wrong of four: 3 right pass
+            reply = http(base, "POST", hp, {"interval": right})[1]
+            assert reply == {"trials_left": 3 - k, "passed": True if k == 3 else None}  # never told right or wrong
+        assert http(base, "GET", f"/api/participants/{code}")[1]["stage"] == "tasks"
+        assert http(base, "POST", f"{hp}/new")[0] == 409  # taken
+        # two wrong of four fail: screened out with that outcome's code and the reason kept
+        q = http(base, "POST", "/api/participants", {"role": "match"})[1]["code"]
+        consent_survey(base, q)
+        http(base, "POST", f"/api/participants/{q}/sound-check/new")
+        beeps = http(base, "GET", f"/api/admin/export?code={q}", token=TOKEN)[1]["participants"][0][
+            "sound_check"]["beeps"]
+        http(base, "POST", f"/api/participants/{q}/sound-check", {"count": beeps})
+        for k in range(4):
+            http(base, "POST", f"/api/participants/{q}/headphone-check/new")
+            http(base, "POST", f"/api/participants/{q}/headphone-check/new")  # drawn again: still one trial
+            target = targets(q)[-1]
+            reply = http(base, "POST", f"/api/participants/{q}/headphone-check",
+                         {"interval": target if k < 2 else target % 3 + 1})[1]
+        assert reply["passed"] is False and reply["outcome"] == "screened_out"
+        assert reply["completion_code"] == "TEST-CODE-SCREENED-OUT"
+        stored = http(base, "GET", f"/api/admin/export?code={q}", token=TOKEN)[1]["participants"][0]
+        assert stored["excluded"] == "failed the headphone check" and len(stored["sound_check"]["headphones"]
+                                                                           ["answers"]) == 4
+
+
+def test_huggins_pitch_is_in_the_difference_of_the_ears_and_not_in_their_sum():
+    from facevoice.study.checks import CHECK_RATE, huggins_band, huggins_wav
+
+    x, sr = sf.read(io.BytesIO(huggins_wav(2, seed=5)), dtype="int16")
+    assert sr == CHECK_RATE and x.shape == (4 * sr, 2)
+    n = sr  # each noise 1 s, starting every 1.5 s
+    first, second, third = (x[int(1.5 * sr * k):int(1.5 * sr * k) + n].astype(float) for k in range(3))
+    assert np.array_equal(first[:, 0], first[:, 1]) and np.array_equal(third[:, 0], third[:, 1])  # diotic
+    assert not np.array_equal(first[:, 0], third[:, 0])  # fresh noise each time
+    band = huggins_band(n, sr)
+    assert 560 < np.fft.rfftfreq(n, 1 / sr)[band].min() < np.fft.rfftfreq(n, 1 / sr)[band].max() < 640
+
+    def corr(a, b, mask):
+        fa, fb = np.fft.rfft(a), np.fft.rfft(b)
+        return float(np.real(np.sum(fa[mask] * np.conj(fb[mask]))) / np.sqrt(np.sum(abs(fa[mask]) ** 2)
+                                                                              * np.sum(abs(fb[mask]) ** 2)))
+
+    inner = huggins_band(n, sr) & (abs(np.fft.rfftfreq(n, 1 / sr) - 600) < 30)  # away from the band's edges
+    outside = (np.fft.rfftfreq(n, 1 / sr) > 1000) & (np.fft.rfftfreq(n, 1 / sr) < 4000)
+    left, right = second[:, 0], second[:, 1]
+    assert corr(left, right, inner) < -0.95 and corr(left, right, outside) > 0.99  # the band inverted in one ear
+    mixed = np.fft.rfft(left + right)  # what loudspeakers give both ears: the band cancels
+    assert np.sum(abs(mixed[inner]) ** 2) < 0.02 * np.sum(abs(np.fft.rfft(left)[inner]) ** 2)
+    with pytest.raises(ValueError):
+        huggins_wav(4, seed=5)
+
+
+def test_a_headphone_check_passes_with_min_correct_right_of_its_trials():
+    from facevoice.study.checks import headphone_passed
+
+    assert headphone_passed([1, 2, 3, 1, 2, 3], [1, 2, 3, 1, 2, 1], 5)
+    assert not headphone_passed([1, 2, 3, 1, 2, 3], [1, 2, 3, 1, 3, 1], 5)
+    assert headphone_passed([2], [2], 1) and not headphone_passed([2], [3], 1)
+
+
 def test_serve_refuses_a_real_run_without_the_consent_fields(tmp_path, corpus):
     study = make_study(tmp_path / "study", corpus[0])
     toml = (study / "study.toml").read_text()
@@ -279,7 +369,11 @@ def test_study_toml_is_checked(tmp_path, corpus):
                          ('[outcomes.completed]\ncode = "A"\nredirect = "javascript:alert(1)"\n', "http"),
                          ('[outcomes.finished]\ncode = "A"\n', "unknown outcomes"),
                          ('[devices]\nallowed = ["watch"]\n', "devices"),
-                         ('[sound_check]\nenabled = true\ntries = 0\n', "tries")):
+                         ('[sound_check]\nenabled = true\ntries = 0\n', "tries"),
+                         ('[sound_check]\nenabled = "yes"\n', "sound_check.enabled"),
+                         ('[headphone_check]\nenabled = true\ntrials = 6\nmin_correct = 7\n', "min_correct"),
+                         ('[headphone_check]\ntrials = 2.5\n', "trials"),
+                         ('[headphone_check]\nenabled = 1\n', "headphone_check.enabled")):
         directory = make_study(tmp_path / str(abs(hash(extra))), corpus[0], extra)
         with pytest.raises(UsageError, match=words):
             load_study(directory)

@@ -1,5 +1,5 @@
 // The matching experiments (Kim et al. sec. 3.2): consent, questionnaire, an optional sound
-// check, instructions, then 16 matching and 4 control tasks in the order the server drew. Our
+// check and headphone check, instructions, then 16 matching and 4 control tasks in the order the server drew. Our
 // own player plays each recording from its start at normal speed, with no seeking; the choices
 // open once every recording of the task has ended (and the server has checked the time); there
 // is no feedback. A reload, or the resume link, goes on from the first unanswered task.
@@ -172,6 +172,64 @@ function soundCheck(state, study) {
   });
 }
 
+function headphoneCheck(state, study) {
+  // Milne et al. 2021's Huggins-pitch test (study.toml [headphone_check]): in each trial three
+  // noises play, one holding a faint tone that only headphones carry; no answer is told right or
+  // wrong, and fewer than min_correct right screens the participant out
+  return screenTrial((el, done) => {
+    const draw = () => {
+      el.innerHTML = '<div class="page"><h2>Headphone check</h2><p>Please wear headphones. You will hear three noises; one of them has a faint tone inside it.</p>' +
+        '<p id="hp-progress" class="progress"></p>' +
+        '<p><button type="button" id="hp-play" class="jspsych-btn">&#9654; Play the three noises</button></p>' +
+        '<fieldset class="intervals"><legend>Which noise had the faint tone?</legend>' +
+        [1, 2, 3].map((k) => `<button type="button" class="jspsych-btn interval" data-interval="${k}" disabled>Noise ${k}</button>`).join(" ") +
+        "</fieldset></div>";
+      const play = el.querySelector("#hp-play");
+      const intervals = [...el.querySelectorAll("button.interval")];
+      const audio = new Audio();
+      audio.addEventListener("timeupdate", () => {
+        // the playing noise is lit: each lasts 1 s, with 0.5 s between them
+        const k = Math.floor(audio.currentTime / 1.5);
+        intervals.forEach((b, i) => b.classList.toggle("playing", i === k && audio.currentTime - 1.5 * k < 1.0));
+      });
+      audio.addEventListener("ended", () => {
+        intervals.forEach((b) => { b.classList.remove("playing"); b.disabled = false; });
+        play.disabled = false;
+        play.innerHTML = "&#8635; Play them again";
+        announce("Which noise had the faint tone: 1, 2 or 3?");
+        intervals[0].focus();
+      });
+      play.addEventListener("click", () => {
+        play.disabled = true;
+        intervals.forEach((b) => { b.disabled = true; });
+        const again = audio.src !== "";
+        // a new trial is drawn only for its first playing; "again" replays the same noises
+        (again ? Promise.resolve(null) : api.call("POST", `/api/participants/${state.code}/headphone-check/new`).then((r) => {
+          el.querySelector("#hp-progress").textContent = `Trial ${r.trial} of ${r.of}`;
+          return fetch(`/api/participants/${state.code}/headphone-check.wav`)
+            .then((res) => { if (!res.ok) throw new Error("the headphone check could not be loaded"); return res.blob(); })
+            .then((blob) => { audio.src = URL.createObjectURL(blob); });
+        })).then(() => { audio.currentTime = 0; return audio.play(); })
+          .catch((e) => { play.disabled = false; announce(`${e.message}. Press play again.`); });
+      });
+      for (const b of intervals) {
+        b.addEventListener("click", () => {
+          intervals.forEach((x) => { x.disabled = true; });
+          play.disabled = true;
+          api.call("POST", `/api/participants/${state.code}/headphone-check`, {interval: Number(b.dataset.interval)}).then((r) => {
+            if (r.trials_left > 0) draw();
+            else if (r.passed) done();
+            else showEnding(r, state.code);
+          }).catch(failed);
+        });
+      }
+      el.querySelector("h2").setAttribute("tabindex", "-1");
+      el.querySelector("h2").focus();
+    };
+    draw();
+  });
+}
+
 (async function main() {
   const study = await api.call("GET", "/api/study");
   const state = await joinStudy("match", study);
@@ -182,7 +240,7 @@ function soundCheck(state, study) {
   }
   const jsPsych = initJsPsych({display_element: "study"});
   withdrawLink(state);
-  const todo = stagesFrom(state.stage, ["consent", "survey", "sound_check", "tasks"]);
+  const todo = stagesFrom(state.stage, ["consent", "survey", "sound_check", "headphone_check", "tasks"]);
   const vf = state.direction === "V->F";
   const instructions = vf
     ? "<p>In each task you hear a short recording of a voice and see two faces.</p><p>Play the recording to its end, then choose the face you think has that voice.</p>"
@@ -193,6 +251,7 @@ function soundCheck(state, study) {
   if (todo.has("consent")) timeline.push(...consentTrials(jsPsych, study, state));
   if (todo.has("survey")) timeline.push(...surveyTrials(jsPsych, study, state));
   if (study.sound_check.enabled && todo.has("sound_check")) timeline.push(soundCheck(state, study));
+  if (study.headphone_check.enabled && todo.has("headphone_check")) timeline.push(headphoneCheck(state, study));
   timeline.push(screenTrial((el, done) => {
     api.call("GET", `/api/participants/${state.code}/trials`).then((p) => {
       Object.assign(plan, p);

@@ -1,12 +1,16 @@
 // Recording people (Kim et al. sec. 3.1 and A.1.2): consent, the questionnaire, then each script
 // read aloud (start and stop, a recording dot and timer, a level meter, listen back, retake) and
-// a camera photo (preview, retake). Each take is checked by the server's media pipeline (enough
+// a camera photo (preview, retake). With study.toml's [recording] video, each script is filmed
+// (Kim et al. 3.1), with the camera's picture shown while recording and in the take played back. Each take is checked by the server's media pipeline (enough
 // speech, a face found); a failed check is shown and the participant records again. A blocked
 // or missing microphone or camera ends on a page that says how to allow it, or how to leave.
 "use strict";
 
-function mediaProblem(kind, e) {
-  const what = kind === "audio" ? "microphone" : "camera";
+function deviceName(kind, filmed) {
+  return kind === "audio" ? (filmed ? "camera and microphone" : "microphone") : "camera";
+}
+
+function mediaProblem(what, e) {
   if (e && (e.name === "NotAllowedError" || e.name === "SecurityError")) {
     return [`The ${what} is blocked`, `<p>The browser did not let the study use your ${what}.</p>` +
       `<p>To allow it: click the camera or lock icon at the left of the address bar, set the ${what} to <em>Allow</em>, then press <em>Try again</em>.</p>`];
@@ -17,21 +21,26 @@ function mediaProblem(kind, e) {
   return [`The ${what} cannot be used`, `<p>${escapeHtml((e && e.message) || "It is in use by another program, or failed.")}</p>`];
 }
 
-function askDevice(state, kind, media) {
+function askDevice(state, kind, media, filmed) {
   // getUserMedia behind a button; on a refusal the page explains and offers a retry, or leaving
-  // with the "no device" outcome (its code and redirect)
+  // with the "no device" outcome (its code and redirect). Filmed readings ask for both at once.
   return screenTrial((el, done) => {
-    const what = kind === "audio" ? "microphone" : "camera";
+    const what = deviceName(kind, filmed);
+    const camera = {width: 640, height: 480};
     const draw = (problem) => {
       el.innerHTML = problem
         ? `<div class="page"><h2 id="device-problem">${problem[0]}</h2>${problem[1]}<p><button type="button" id="device-retry" class="jspsych-btn">Try again</button> ` +
           `<button type="button" id="device-leave" class="jspsych-btn">I cannot use a ${what}</button></p></div>`
-        : `<div class="page"><h2>Your ${what}</h2><p>The next step records ${kind === "audio" ? "your voice" : "one photo of your face"}. Your browser will ask to use the ${what}.</p>` +
+        : `<div class="page"><h2>Your ${what}</h2><p>The next step records ${kind === "audio" ? (filmed ? "a video of you reading aloud" : "your voice") : "one photo of your face"}. Your browser will ask to use the ${what}.</p>` +
           `<p><button type="button" id="device-allow" class="jspsych-btn">Use the ${what}</button></p></div>`;
       const go = () => {
-        navigator.mediaDevices.getUserMedia(kind === "audio" ? {audio: true} : {video: {width: 640, height: 480}, audio: false})
-          .then((stream) => { media[kind] = stream; done(); })
-          .catch((e) => draw(mediaProblem(kind, e)));
+        navigator.mediaDevices.getUserMedia(kind === "audio" ? {audio: true, video: filmed ? camera : false} : {video: camera, audio: false})
+          .then((stream) => {
+            media[kind] = stream;
+            if (filmed) media.video = stream;  // the photo is taken from the same camera
+            done();
+          })
+          .catch((e) => draw(mediaProblem(what, e)));
       };
       for (const id of ["#device-allow", "#device-retry"]) {
         const b = el.querySelector(id);
@@ -82,15 +91,18 @@ function upload(state, kind, k, blob) {
 function voiceScreen(state, study, media, k) {
   return screenTrial((el, done) => {
     const n = study.scripts.length;
+    const player = study.video ? "video" : "audio";
     el.innerHTML = `<div class="page"><h2>Read aloud (${k + 1} of ${n})</h2><p class="script">${escapeHtml(study.scripts[k])}</p>` +
+      (study.video ? '<video id="rec-preview" autoplay muted playsinline></video>' : "") +
       '<div class="meter" title="microphone level"><div id="level"></div></div>' +
       '<p class="recorder"><span id="rec-dot" class="dot" hidden></span> <span id="rec-timer" aria-live="off">0:00</span></p>' +
       '<p><button type="button" id="rec-start" class="jspsych-btn">&#9679; Start recording</button> <button type="button" id="rec-stop" class="jspsych-btn" hidden>&#9632; Stop</button></p>' +
-      '<div id="rec-review" hidden><p>Listen back: <audio id="rec-playback" controls></audio></p>' +
+      `<div id="rec-review" hidden><p>Listen back: <${player} id="rec-playback" controls playsinline></${player}></p>` +
       '<p><button type="button" id="rec-use" class="jspsych-btn">Use this recording</button> <button type="button" id="rec-again" class="jspsych-btn">Record again</button></p></div>' +
       `<p id="rec-status" role="status"></p><p class="hint">Press start, read the text at your normal pace, then press stop. Each text needs at least ${study.min_speech_seconds} s of speech.</p></div>`;
     const $ = (id) => el.querySelector(id);
     const stopMeter = levelMeter(media.audio, $("#level"));
+    if (study.video) $("#rec-preview").srcObject = media.audio;
     let recorder = null, chunks = [], take = null, timer = null, started = 0;
     $("#rec-start").addEventListener("click", () => {
       chunks = [];
@@ -98,7 +110,7 @@ function voiceScreen(state, study, media, k) {
       recorder = new MediaRecorder(media.audio);
       recorder.addEventListener("dataavailable", (e) => { if (e.data.size) chunks.push(e.data); });
       recorder.addEventListener("stop", () => {
-        take = new Blob(chunks, {type: (recorder.mimeType || "audio/webm").split(";")[0]});
+        take = new Blob(chunks, {type: (recorder.mimeType || `${player}/webm`).split(";")[0]});
         $("#rec-playback").src = URL.createObjectURL(take);
         $("#rec-review").hidden = false;
         $("#rec-use").focus();
@@ -203,7 +215,8 @@ function photoScreen(state, media) {
   const timeline = [];
   if (todo.has("consent")) timeline.push(...consentTrials(jsPsych, study, state));
   if (todo.has("survey")) timeline.push(...surveyTrials(jsPsych, study, state));
-  timeline.push(askDevice(state, "audio", media), ...study.scripts.map((_, k) => voiceScreen(state, study, media, k)),
-    askDevice(state, "video", media), photoScreen(state, media), ...finishTrials(jsPsych, state, []));
+  timeline.push(askDevice(state, "audio", media, study.video), ...study.scripts.map((_, k) => voiceScreen(state, study, media, k)));
+  if (!study.video) timeline.push(askDevice(state, "video", media, false));
+  timeline.push(photoScreen(state, media), ...finishTrials(jsPsych, state, []));
   jsPsych.run(timeline);
 })().catch(failed);
