@@ -47,8 +47,8 @@ from pathlib import Path
 
 import grpc
 
+from devtools.local_servers import LocalRedis, LocalService, LocalTriton
 from facevoice.v1 import facevoice_pb2 as pb
-from tests.local_servers import LocalRedis, LocalService, LocalTriton
 
 INDETERMINATE = {"UNAVAILABLE", "DEADLINE_EXCEEDED", "INTERNAL", "UNKNOWN", "CANCELLED"}
 

@@ -27,9 +27,9 @@ import numpy as np
 from tqdm import tqdm
 
 from bench.report import machine, publish
+from devtools.local_servers import LocalRedis
 from facevoice.service.build import fold
 from facevoice.service.writelog import HEADER, Change, FileLog, IndexChange, RedisLog
-from tests.local_servers import LocalRedis
 
 SPACES = {"face": "m1", "face_feature": "m1"}
 

@@ -27,14 +27,13 @@ from matplotlib import cbook
 from PIL import Image
 
 from bench.report import machine, publish
+from devtools.media_samples import FORMATS, encode, speech, wav_bytes
 from facevoice.service.media.audio import AssociationAudio, association_waveform
 from facevoice.service.media.image import FaceImage, decode_image, face_input_used
-from facevoice.service.repository import MANIFEST
+from facevoice.service.repository import REPOSITORY_MANIFEST
 from facevoice.service.serve import Running, ServeConfig
 from facevoice.v1 import facevoice_pb2 as pb
 from facevoice.v1 import facevoice_pb2_grpc as pb_grpc
-from tests.conftest import wav_bytes
-from tests.media_samples import FORMATS, encode, speech
 
 
 def median_ms(fn, n: int) -> float:
@@ -90,11 +89,11 @@ def search_rows(model_repo: Path, index_root: Path, n: int) -> list[str]:
     work = Path(tempfile.mkdtemp(prefix="facevoice-bench-"))
     detecting = work / "repo"
     shutil.copytree(model_repo, detecting)
-    manifest = json.loads((detecting / MANIFEST).read_text())
+    manifest = json.loads((detecting / REPOSITORY_MANIFEST).read_text())
     for space in ("face", "face_feature"):
         if space in manifest["spaces"]:
             manifest["spaces"][space]["frontend"]["detector"] = "hog"
-    (detecting / MANIFEST).write_text(json.dumps(manifest))
+    (detecting / REPOSITORY_MANIFEST).write_text(json.dumps(manifest))
     photo = photos()["face off centre, 1400x900 JPEG"]
     rows = ["| SearchVoices, 1400x900 photo, concurrency 1 | p50 ms | ratio |", "|---|---|---|"]
     base = None

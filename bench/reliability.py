@@ -31,8 +31,8 @@ from pathlib import Path
 import grpc
 
 from bench.report import add_demo_arguments, machine, sections_of
+from devtools.local_servers import Background, LocalRedis, LocalService, LocalTriton
 from facevoice.v1 import facevoice_pb2 as pb
-from tests.local_servers import Background, LocalRedis, LocalService, LocalTriton
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "reliability.md"
 
@@ -94,7 +94,7 @@ def corpus_media(corpus: Path) -> tuple[list[bytes], list[bytes], list[bytes]]:
     # the compressed formats real clients send, made from the corpus's own clips
     import soundfile as sf
 
-    from tests.media_samples import encode
+    from devtools.media_samples import encode
 
     compressed = []
     for wav in wavs[:8]:

@@ -34,15 +34,15 @@ from tqdm import tqdm
 
 from bench.report import machine, write_section
 from bench.search_service import ServeProcess, load
+from devtools.local_servers import rss_bytes
 from facevoice.service.build import embed_modality, gallery_rows
 from facevoice.service.embedder import Embedder
 from facevoice.service.gallery import Item
 from facevoice.service.planner import KINDS, ground_truth, plan_and_build, recall
-from facevoice.service.repository import FACE, VOICE, read_manifest
+from facevoice.service.repository import FACE, VOICE, read_repository_manifest
 from facevoice.service.runners import EmbeddedRunner
 from facevoice.service.versions import load_version, publish, write_version
 from facevoice.v1 import facevoice_pb2 as pb
-from tests.local_servers import rss_bytes
 
 PER_IDENTITY = 4
 IMAGES = Path(__file__).resolve().parent.parent / "docs" / "images" / "index"
@@ -51,7 +51,7 @@ IMAGES = Path(__file__).resolve().parent.parent / "docs" / "images" / "index"
 def real_embeddings(model_repo: Path, corpora: list[Path], faces: int, voices: int, work: Path
                     ) -> tuple[np.ndarray, list[str], np.ndarray]:
     """Face embeddings (with identities) and voice-query embeddings of real corpora."""
-    emb = Embedder(read_manifest(model_repo), EmbeddedRunner(model_repo, 2))
+    emb = Embedder(read_repository_manifest(model_repo), EmbeddedRunner(model_repo, 2))
     f_rows, v_rows = [], []
     for c in corpora:
         rows = gallery_rows(c, None)
@@ -215,7 +215,7 @@ def main() -> None:
 def run(args) -> dict:
     start = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="facevoice-scale-"))
-    manifest = read_manifest(args.model_repo)
+    manifest = read_repository_manifest(args.model_repo)
     model_version = manifest.space(FACE).version
     real, identities, queries = real_embeddings(args.model_repo, args.real or [args.corpus], max(args.sizes[0], 1),
                                                 2000, work)

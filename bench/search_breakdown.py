@@ -29,12 +29,12 @@ from tqdm import tqdm
 
 from bench.report import machine, write_section
 from bench.search_service import ServeProcess, load
+from devtools.local_servers import LocalTriton, free_port
 from facevoice.service.embedder import Embedder
-from facevoice.service.repository import FACE, VOICE, read_manifest
+from facevoice.service.repository import FACE, VOICE, read_repository_manifest
 from facevoice.service.runners import EmbeddedRunner
 from facevoice.service.versions import current_version, load_version
 from facevoice.v1 import facevoice_pb2 as pb
-from tests.local_servers import LocalTriton, free_port
 
 STAGES = ("decode", "embed", "search")
 
@@ -77,7 +77,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="the service's FAISS and onnxruntime threads")
     args = p.parse_args()
     faiss.omp_set_num_threads(args.threads)
-    manifest = read_manifest(args.model_repo)
+    manifest = read_repository_manifest(args.model_repo)
     with open(args.corpus / "manifest.csv", newline="") as f:
         rows = [r for r in csv.DictReader(f) if r["split"] == "test" and r["modality"] == "voice"][:16]
     voices = [(args.corpus / r["path"]).read_bytes() for r in rows]

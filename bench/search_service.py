@@ -27,15 +27,15 @@ import numpy as np
 import tritonclient.grpc as tc
 
 from bench.report import machine, write_section
+from devtools.local_servers import LocalTriton, free_port, wait_for
 from facevoice.service.embedder import Embedder
 from facevoice.service.gallery import Item
 from facevoice.service.planner import plan_and_build
-from facevoice.service.repository import FACE, VOICE, read_manifest
+from facevoice.service.repository import FACE, VOICE, read_repository_manifest
 from facevoice.service.runners import EmbeddedRunner
 from facevoice.service.versions import publish, write_version
 from facevoice.v1 import facevoice_pb2 as pb
 from facevoice.v1 import facevoice_pb2_grpc as pb_grpc
-from tests.local_servers import LocalTriton, free_port, wait_for
 
 
 def clustered(n: int, dim: int, seed: int = 0, clusters: int = 2000) -> np.ndarray:
@@ -120,7 +120,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="FAISS and onnxruntime threads")
     args = p.parse_args()
     faiss.omp_set_num_threads(args.threads)
-    manifest = read_manifest(args.model_repo)
+    manifest = read_repository_manifest(args.model_repo)
     with open(args.corpus / "manifest.csv", newline="") as f:
         rows = [r for r in csv.DictReader(f) if r["split"] == "test"]
     voices = [(args.corpus / r["path"]).read_bytes() for r in rows if r["modality"] == "voice"][:16]

@@ -34,9 +34,9 @@ import numpy as np
 from tqdm import tqdm
 
 from bench.report import machine, publish
+from devtools.local_servers import LocalPostgres, LocalStudy
+from devtools.study_helpers import answers, make_study
 from facevoice.training.corpus.synth import SynthConfig, build_corpus
-from tests.local_servers import LocalPostgres, LocalStudy
-from tests.study_helpers import answers, make_study
 
 
 class Session:

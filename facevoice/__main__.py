@@ -1,5 +1,3 @@
-import sys
+from facevoice.cli import exit_with, main
 
-from facevoice.cli import main
-
-sys.exit(main())
+exit_with(main())

@@ -2,14 +2,24 @@
 
 The table below is the whole map from command to code (clip-retrieval style); modules are
 imported only when their verb runs, so `--help` stays fast and the service never loads
-training code.
+training code. Each module's `run(args)` only adapts: it builds the verb's options from the
+arguments, calls the verb's function (which takes values and returns a result) and prints the
+result's summary.
+
+Exit statuses, here and only here (`main`; no other module exits):
+    0  done
+    1  failed: a FacevoiceError (a file in the wrong format, a corpus that lacks something, a
+       dependency down)
+    2  usage: a UsageError (settings or arguments that cannot work), or arguments argparse refuses
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import sys
+from typing import TypeVar
 
 VERBS: dict[tuple[str, ...], tuple[str, str]] = {
     ("corpus", "synth"): ("facevoice.training.corpus.synth", "build the synthetic demo corpus"),
@@ -74,28 +84,51 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     return parser
 
 
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+T = TypeVar("T")
+
+
+def options(cls: type[T], args: argparse.Namespace, **values) -> T:
+    """A verb's options dataclass from its parsed arguments: each field from the argument of its
+    name (argparse's own, such as `module`, are left out), then `values`."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in vars(args).items() if k in names} | values)
+
+
 def load(module: str, verb: str):
+    from facevoice.service.errors import UsageError
+
     try:
         return importlib.import_module(module)
     except ModuleNotFoundError as e:
         if e.name == "torch":  # the service image has the online path only
-            raise SystemExit(f"facevoice {verb}: needs torch, which this installation has not "
-                             "(training runs where `pip install facevoice` brought torch)") from e
+            raise UsageError("needs torch, which this installation has not (training runs where "
+                             "`pip install facevoice` brought torch)") from e
         raise
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Runs one verb. Every FacevoiceError a command meets is its message and exit status 1,
-    here, once; library code never exits."""
-    from facevoice.service.errors import FacevoiceError
+    """Runs one verb -> its exit status (the module docstring's table). Every FacevoiceError a
+    command meets is printed as `facevoice VERB: message` on stderr, here, once."""
+    from facevoice.service.errors import FacevoiceError, UsageError
 
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser(argv).parse_args(argv)
     try:
-        return importlib.import_module(args.module).run(args)
+        args = build_parser(argv).parse_args(argv)
+    except SystemExit as e:  # argparse: --help (0), or arguments it refused (2, its message printed)
+        return EXIT_USAGE if e.code not in (0, None) else EXIT_OK
+    verb = " ".join(args.path)
+    try:
+        return load(args.module, verb).run(args)
     except FacevoiceError as e:
-        raise SystemExit(str(e)) from e
+        print(f"facevoice {verb}: {e}", file=sys.stderr, flush=True)
+        return EXIT_USAGE if isinstance(e, UsageError) else EXIT_FAILED
+
+
+def exit_with(status: int) -> None:
+    """A script's end: `python -m bench.X` and `python -m facevoice` exit through here."""
+    sys.exit(status)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main())

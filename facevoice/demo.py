@@ -30,8 +30,7 @@ from facevoice import release as rel
 from facevoice.cli import main as cli
 from facevoice.service.corpus import Item, read_manifest
 from facevoice.service.errors import FormatError, UsageError
-from facevoice.service.repository import MANIFEST
-from facevoice.service.repository import read_manifest as read_repository
+from facevoice.service.repository import REPOSITORY_MANIFEST, read_repository_manifest
 from facevoice.service.versions import current_version, read_meta
 
 DEMO_IDENTITIES, DEMO_SEED = 300, 0
@@ -167,7 +166,7 @@ def build_corpus_stage(stage: Stages, corpus: Path, identities: int, seed: int, 
 
 def index_stage(stage: Stages, repo: Path, corpus: Path, indexes: Path, quiet: list[str]) -> None:
     """Builds the test split's indexes, again when those there were built by other models."""
-    manifest = read_repository(repo)
+    manifest = read_repository_manifest(repo)
     for name, space in manifest.indexed().items():
         version = current_version(indexes, name)
         if version is not None and read_meta(indexes, name, version).get("model_version") != space.version:
@@ -265,13 +264,14 @@ def retrain(args: argparse.Namespace) -> int:
           ["eval", "s2f", "--run", str(s2f), "--corpus", str(corpus), "--out", str(s2f / "report"), *s2f_cache,
            *quiet])
     repo, indexes = out / "model_repo", out / "indexes"
-    if (repo / MANIFEST).exists():
+    if (repo / REPOSITORY_MANIFEST).exists():
         try:
-            read_repository(repo)
+            read_repository_manifest(repo)
         except FormatError:  # an export of an older format: export again
-            (repo / MANIFEST).unlink()
+            (repo / REPOSITORY_MANIFEST).unlink()
     export = ["export", "--association", str(assoc), "--s2f", str(s2f), "--out", str(repo)]
-    stage("export", repo / MANIFEST, lambda: (shutil.rmtree(repo, ignore_errors=True), check(cli(export), "export")))
+    stage("export", repo / REPOSITORY_MANIFEST,
+          lambda: (shutil.rmtree(repo, ignore_errors=True), check(cli(export), "export")))
     stage.commands.append(export)
     index_stage(stage, repo, corpus, indexes, quiet)
     figures = rel.figures(json.loads((assoc / "report" / "metrics.json").read_text()),

@@ -21,8 +21,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from facevoice.service import checksums
+from facevoice.service.corpus import CorpusInfo
 from facevoice.service.errors import FormatError
-from facevoice.service.repository import open_repository, read_manifest, write_manifest
+from facevoice.service.repository import open_repository, read_repository_manifest, write_repository_manifest
 
 RELEASE = "release.json"
 FORMAT = 1
@@ -61,11 +62,10 @@ def git_commit(where: Path | None = None) -> str:
 
 def corpus_record(corpus: Path, seed: int, identities: int) -> dict:
     """What identifies a demo corpus: its generator settings and the digests of its two tables."""
-    info = json.loads((Path(corpus) / "corpus.json").read_text())
-    return {"generator": info.get("generator"), "format_version": info.get("format_version"), "seed": seed,
-            "identities": identities, "espeak_ng": info.get("espeak_ng"),
-            "guarded": info.get("config", {}).get("guarded", False),
-            "face_render": info.get("config", {}).get("face_render", 1),
+    info = CorpusInfo.read(corpus)
+    return {"generator": info.generator, "format_version": info.format_version, "seed": seed,
+            "identities": identities, "espeak_ng": info.details.get("espeak_ng"),
+            "guarded": info.config.get("guarded", False), "face_render": info.face_render,
             "sha256": {name: checksums.sha256(Path(corpus) / name) for name in ("manifest.csv", "identities.csv")}}
 
 
@@ -144,11 +144,11 @@ def write_release(repo: Path, dest: Path, *, runs: dict[str, str], info: dict) -
     tmp = dest.with_name(f".{dest.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(repo, tmp, ignore=shutil.ignore_patterns(".*", "__pycache__", checksums.NAME, RELEASE))
-    manifest = read_manifest(tmp)
+    manifest = read_repository_manifest(tmp)
     groups = {n: replace(g, run=runs.get(n, g.run)) for n, g in manifest.groups.items()}
     for old in tmp.glob("facevoice.v*.json"):
         old.unlink()  # the earlier exports' manifests name this machine's paths
-    write_manifest(tmp, replace(manifest, groups=groups))
+    write_repository_manifest(tmp, replace(manifest, groups=groups))
     files = checksums.write(tmp)
     release = {"format": FORMAT, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **info,
                "files": {**files, checksums.NAME: checksums.sha256(tmp / checksums.NAME)}}

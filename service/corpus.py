@@ -1,4 +1,4 @@
-"""The corpus format (DESIGN.md, Data), read and written here only: training's datasets, the
+"""The corpus format (docs/architecture.md, "Formats"), read and written here only: training's datasets, the
 corpus builders and the index build all use these functions.
 
 manifest.csv has one row per media item: the five base columns, the optional `video` (the
@@ -7,11 +7,15 @@ recording an item was cut from, so training can pair a clip with a face of anoth
 optional `drawn_box` (where the synthetic generator drew the face, in the same units: ground
 truth for checking a detector, never cropped by, so the synthetic models keep the centre-square
 front end they were trained with), then attribute columns (the known ones below, and any
-others a gallery brings). identities.csv has one row per person. Paths are relative to the manifest's directory."""
+others a gallery brings). identities.csv has one row per person. Paths are relative to the manifest's directory.
+
+corpus.json (`CorpusInfo`) says who made the corpus and with what settings: the synthetic
+generator's population model and exact oracle, an ingest's skipped clips."""
 
 from __future__ import annotations
 
 import csv
+import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -20,6 +24,7 @@ from facevoice.service.media.image import Box
 
 MANIFEST = "manifest.csv"
 IDENTITIES = "identities.csv"
+CORPUS_INFO = "corpus.json"
 MODALITIES = ("face", "voice", "canonical_face")
 BASE_COLUMNS = ("item_id", "identity", "modality", "path", "split")
 ATTRIBUTES = ("gender", "age_group", "appearance_group", "first_language", "nationality")
@@ -108,3 +113,63 @@ def read_manifest(path: Path) -> list[Item]:
 def read_identities(corpus: Path) -> list[dict[str, str]]:
     with open(Path(corpus) / IDENTITIES, newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f))
+
+
+@dataclass(frozen=True)
+class CorpusInfo:
+    """corpus.json, read and written only here. `details` holds what one generator records and
+    no reader needs by name (espeak-ng's version, an ingest's clip counts and split rule); in the
+    file they sit at the top level beside the named fields."""
+
+    generator: str
+    counts: dict = field(default_factory=dict)  # {"identities": {split: n}, "items": {modality: n}}
+    config: dict = field(default_factory=dict)  # the generator's settings (synth: seed, identities, face_render)
+    population_model: dict | None = None  # a synthetic corpus's generator: asdict(PopulationModel)
+    oracle: dict = field(default_factory=dict)  # a synthetic corpus's exact oracle, per split
+    details: dict = field(default_factory=dict)
+    format_version: int = 1
+
+    @property
+    def seed(self) -> int | None:
+        """The generator's seed (None for a corpus made from recordings)."""
+        return self.config.get("seed")
+
+    @property
+    def face_render(self) -> int:
+        """The synthetic face painter's version (1 for corpora made before it was recorded)."""
+        return int(self.config.get("face_render", 1))
+
+    def to_dict(self) -> dict:
+        named = {"format_version": self.format_version, "generator": self.generator, "config": self.config,
+                 "population_model": self.population_model, "counts": self.counts, "oracle": self.oracle}
+        return {**{k: v for k, v in named.items() if v not in ({}, None)}, **self.details}
+
+    def write(self, corpus: Path) -> Path:
+        path = Path(corpus) / CORPUS_INFO
+        tmp = path.with_name(f".{CORPUS_INFO}.tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def from_dict(cls, d: dict) -> CorpusInfo:
+        named = {f.name for f in fields(cls)} - {"details"}
+        if not isinstance(d, dict) or not isinstance(d.get("generator"), str):
+            raise ValueError("no `generator`")
+        if "counts" not in d and "identities" in d:  # the ingests before CorpusInfo spread their counts
+            d = {**d, "counts": {"identities": d.pop("identities"), "items": d.pop("items", {})}}
+        return cls(**{k: v for k, v in d.items() if k in named}, details={k: v for k, v in d.items() if k not in named})
+
+    @classmethod
+    def read(cls, corpus: Path) -> CorpusInfo:
+        """FormatError naming the file when it is missing or not a corpus.json."""
+        path = Path(corpus) / CORPUS_INFO
+        try:
+            return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, UnicodeDecodeError, ValueError, TypeError) as e:
+            raise FormatError(f"{path}: not a corpus's {CORPUS_INFO} ({type(e).__name__}: {e})") from e
+
+    @classmethod
+    def find(cls, corpus: Path) -> CorpusInfo | None:
+        """The corpus's info, or None when it has no corpus.json (a corpus written by hand)."""
+        return cls.read(corpus) if (Path(corpus) / CORPUS_INFO).exists() else None

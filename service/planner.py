@@ -32,6 +32,7 @@ import faiss
 import numpy as np
 from tqdm import tqdm
 
+from facevoice.service.errors import UsageError
 from facevoice.service.gallery import BuildPlan, apply_search_params, exact_index, normalise
 
 KINDS = ("flat", "ivf-flat", "ivf-fp16", "ivf-sq8", "ivf-pq", "hnsw")
@@ -53,8 +54,8 @@ NPROBES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 EF_SEARCH = (16, 32, 64, 128, 256, 512)
 
 
-class PlanError(ValueError):
-    """No candidate fits the memory budget and reaches the recall target."""
+class PlanError(UsageError):
+    """No candidate fits the memory budget and reaches the recall target (the settings cannot work)."""
 
 
 def parse_bytes(text: str | int) -> int:

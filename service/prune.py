@@ -12,17 +12,45 @@ from __future__ import annotations
 
 import argparse
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
+from facevoice.cli import options
 from facevoice.service.errors import UsageError
 from facevoice.service.versions import current_version, read_meta
 from facevoice.service.writelog import offset_of, open_log
 
 
+@dataclass(frozen=True)
+class PruneOptions:
+    out: Path  # the index root
+    keep: int = 3  # versions kept per index, the current one included
+    gallery_log: str = "auto"  # auto | file | redis
+    redis: str | None = None  # the Redis of the gallery log
+
+
+@dataclass(frozen=True)
+class Pruned:
+    out: Path
+    removed: dict[str, list[str]]  # index -> the versions deleted
+    kept: dict[str, int]  # index -> versions left
+    log_kind: str | None  # the gallery log's kind, None without one
+    trimmed_to: str | None  # the offset the log was trimmed below
+    dropped: int = 0  # what the trim dropped: bytes of a file log, entries of a stream
+
+    def summary(self) -> str:
+        rows = [f"  {name:<12} removed {len(v)} old versions, kept {self.kept[name]}"
+                for name, v in self.removed.items()]
+        unit = "bytes" if self.log_kind == "file" else "entries"
+        return "\n".join([*rows, f"index prune: {self.out}; gallery log ({self.log_kind or 'none'}) trimmed below "
+                                 f"{self.trimmed_to} ({self.dropped} {unit} dropped)"])
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True, help="index root")
-    p.add_argument("--keep", type=int, default=3, help="versions kept per index, the current one included")
-    p.add_argument("--gallery-log", default="auto", choices=["auto", "file", "redis"])
+    p.add_argument("--keep", type=int, default=PruneOptions.keep,
+                   help="versions kept per index, the current one included")
+    p.add_argument("--gallery-log", default=PruneOptions.gallery_log, choices=["auto", "file", "redis"])
     p.add_argument("--redis", help="the Redis of the gallery log (with --gallery-log auto or redis)")
 
 
@@ -55,16 +83,18 @@ def prune(root: Path, keep: int, wlog) -> tuple[dict[str, list[str]], str | None
     return removed, low, wlog.trim(low)
 
 
-def run(args: argparse.Namespace) -> int:
-    wlog = open_log(args.gallery_log, args.out, args.redis)
+def prune_indexes(opts: PruneOptions) -> Pruned:
+    """`index prune`: `prune` on the index root and its gallery log."""
+    wlog = open_log(opts.gallery_log, opts.out, opts.redis)
     try:
-        removed, low, dropped = prune(args.out, args.keep, wlog)
+        removed, low, dropped = prune(opts.out, opts.keep, wlog)
     finally:
         if wlog is not None:
             wlog.close()
-    for name, versions in removed.items():
-        kept = len(versions_of(args.out, name))
-        print(f"  {name:<12} removed {len(versions)} old versions, kept {kept}")
-    print(f"index prune: {args.out}; gallery log ({wlog.kind if wlog else 'none'}) trimmed below {low} "
-          f"({dropped} {'bytes' if wlog and wlog.kind == 'file' else 'entries'} dropped)")
+    return Pruned(opts.out, removed, {name: len(versions_of(opts.out, name)) for name in removed},
+                  wlog.kind if wlog else None, low, dropped)
+
+
+def run(args: argparse.Namespace) -> int:
+    print(prune_indexes(options(PruneOptions, args)).summary())
     return 0

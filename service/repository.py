@@ -16,7 +16,7 @@ from facevoice.service.errors import FormatError, Unsupported
 from facevoice.service.media import frontends
 from facevoice.service.media.frontends import Frontend
 
-MANIFEST = "facevoice.json"
+REPOSITORY_MANIFEST = "facevoice.json"
 DETECTOR_FILE = "face_detector.svm"  # the corpus-face detector a repository ships (faces.py)
 FORMAT = 2  # format 1 (before spaces were recorded) is re-exported, not read
 
@@ -129,9 +129,9 @@ def _group(d: dict) -> ModelGroup:
     return ModelGroup(str(d["version"]), str(d["run"]), str(d["metric"]), int(d["dim"]), nets, dict(d["info"]))
 
 
-def read_manifest(repo: Path) -> Manifest:
+def read_repository_manifest(repo: Path) -> Manifest:
     """The manifest of a model repository as written; FormatError that says what to do otherwise."""
-    path = Path(repo) / MANIFEST
+    path = Path(repo) / REPOSITORY_MANIFEST
     try:
         return Manifest.from_json(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
@@ -159,23 +159,23 @@ def open_repository(repo: Path, progress=None) -> Manifest:
     """The manifest, after checking the files: each served network's ONNX against the SHA-256 in
     `facevoice.json`, and every file `checksums.sha256` lists (export writes it). What the service
     and `index build` read; ChecksumMismatch (a FormatError) names the first file that differs."""
-    manifest = read_manifest(repo)
+    manifest = read_repository_manifest(repo)
     digests = {network_file(n): n.sha256 for g in manifest.groups.values() for n in g.networks.values()}
     if (Path(repo) / checksums.NAME).exists():
         listed = checksums.read(repo)
         if disagree := sorted(f for f in set(listed) & set(digests) if listed[f] != digests[f]):
-            raise checksums.ChecksumMismatch(f"{repo}: {checksums.NAME} and {MANIFEST} record different SHA-256s "
-                                             f"for {disagree}")
+            raise checksums.ChecksumMismatch(f"{repo}: {checksums.NAME} and {REPOSITORY_MANIFEST} record different "
+                                             f"SHA-256s for {disagree}")
         digests = {**listed, **digests}
     checksums.verify(repo, digests, progress)
     return _detectors_found(repo, manifest)
 
 
-def write_manifest(repo: Path, manifest: Manifest) -> None:
+def write_repository_manifest(repo: Path, manifest: Manifest) -> None:
     """facevoice.json, replaced atomically, plus facevoice.vN.json kept for rollback (a file: a
     directory here would be read by Triton as a model)."""
     text = manifest.to_json()
     (Path(repo) / f"facevoice.v{manifest.triton_version}.json").write_text(text)
-    tmp = Path(repo) / f".{MANIFEST}.tmp"
+    tmp = Path(repo) / f".{REPOSITORY_MANIFEST}.tmp"
     tmp.write_text(text)
-    tmp.replace(Path(repo) / MANIFEST)  # readers never see half a manifest
+    tmp.replace(Path(repo) / REPOSITORY_MANIFEST)  # readers never see half a manifest

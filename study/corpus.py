@@ -10,11 +10,10 @@ carries gender, age_group (from the age), first_language and the other answers a
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 from pathlib import Path
 
-from facevoice.service.corpus import Item, write_csv, write_manifest
+from facevoice.service.corpus import CorpusInfo, Item, write_csv, write_manifest
 from facevoice.service.errors import UsageError
 from facevoice.study.config import Study
 from facevoice.study.store import Store, opened
@@ -67,10 +66,12 @@ def write_corpus(study: Study, store: Store, out: Path, split: str = "test", for
     write_manifest(out, items)
     columns = tuple(dict.fromkeys(k for row in identities for k in row))
     write_csv(out / "identities.csv", [{c: row.get(c, "") for c in columns} for row in identities], columns)
-    summary = {"source": f"facevoice study {study.title!r}", "identities": len(identities), "items": len(items),
-               "skipped_participants": skipped}
-    (out / "corpus.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
-    return summary
+    info = CorpusInfo(generator="facevoice study corpus",
+                      counts={"identities": {split: len(identities)},
+                              "items": {m: sum(i.modality == m for i in items) for m in ("face", "voice")}},
+                      details={"source": f"facevoice study {study.title!r}", "skipped_participants": skipped})
+    info.write(out)
+    return {"identities": len(identities), "items": len(items), "skipped_participants": skipped}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

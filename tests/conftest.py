@@ -6,7 +6,6 @@ import io
 
 import numpy as np
 import pytest
-import soundfile as sf
 from PIL import Image
 
 from facevoice.training.corpus.synth import SynthConfig, build_corpus
@@ -20,12 +19,6 @@ def corpus(tmp_path_factory):
     """(directory, summary) of a 20-identity corpus."""
     out = tmp_path_factory.mktemp("corpus")
     return out, build_corpus(out, SMALL, force=True, progress=False)
-
-
-def wav_bytes(x: np.ndarray, sr: int, fmt: str = "WAV", subtype: str | None = None) -> bytes:
-    buf = io.BytesIO()
-    sf.write(buf, x, sr, format=fmt, subtype=subtype)
-    return buf.getvalue()
 
 
 def image_bytes(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from facevoice.service.errors import UsageError
 from facevoice.training.association.config import load_config
 from facevoice.training.association.loss import hardest, triplet_loss
 from facevoice.training.association.model import (
@@ -88,11 +89,11 @@ def test_configs_are_files_with_overrides():
     assert small.train.iterations == 7 and small.face.widths == (8, 8, 8, 8, 8)
     assert PAPER.train.batch == 8 and PAPER.train.iterations == 240_000 and PAPER.train.hard_after == 120_000
     assert PAPER.face.size == 224 and PAPER.voice.seconds == 10.0 and PAPER.train.lr_backbone == 1e-5
-    with pytest.raises(ValueError, match="unknown TrainConfig keys: itrations"):
+    with pytest.raises(UsageError, match="unknown TrainConfig keys: itrations"):
         load_config("small", ["train.itrations=7"])
-    with pytest.raises(ValueError, match=r"expected section\.key=value"):
+    with pytest.raises(UsageError, match=r"expected section\.key=value"):
         load_config("small", ["iterations=7"])
-    with pytest.raises(ValueError, match=r"no config 'huge'"):
+    with pytest.raises(UsageError, match=r"no config 'huge'"):
         load_config("huge")
 
 
@@ -110,7 +111,7 @@ def test_backbone_weights_load_from_torchvision_style_files(tmp_path):
     for modality in ("face", "voice"):
         for a, b in zip(src.backbone_parameters(modality), dst.backbone_parameters(modality), strict=True):
             assert torch.equal(a, b)
-    with pytest.raises(ValueError, match=r"no weights for face backbone"):
+    with pytest.raises(UsageError, match=r"no weights for face backbone"):
         load_face_backbone(AssociationModel(PAPER).face_encoder, tmp_path / "vgg.pth")
 
 
@@ -118,13 +119,13 @@ def test_backbone_weights_load_from_torchvision_style_files(tmp_path):
 def test_unreadable_weight_files_are_clear_errors(tmp_path, content):
     path = tmp_path / "w.pt"
     path.write_bytes(content)
-    with pytest.raises(ValueError, match="not a readable weight file"):
+    with pytest.raises(UsageError, match="not a readable weight file"):
         load_face_backbone(AssociationModel(load_config("small")).face_encoder, path)
 
 
 def test_a_weight_file_of_the_wrong_type_is_a_clear_error(tmp_path):
     torch.save([1, 2, 3], tmp_path / "list.pt")
-    with pytest.raises(ValueError, match="expected a state dict, found list"):
+    with pytest.raises(UsageError, match="expected a state dict, found list"):
         load_voice_backbone(AssociationModel(load_config("small")).voice_encoder, tmp_path / "list.pt")
 
 
@@ -164,7 +165,7 @@ def test_the_pool5_switch_pools_after_the_fifth_max_pool():
     assert AssociationModel(old).face_encoder.features(torch.zeros(1, 3, 224, 224)).shape == (1, 512, 7, 7)
     paper, pool5 = AssociationModel(PAPER).face_encoder, AssociationModel(old).face_encoder
     assert set(paper.features.state_dict()) == set(pool5.features.state_dict())
-    with pytest.raises(ValueError, match=r"face\.pool"):
+    with pytest.raises(UsageError, match=r"face\.pool"):
         load_config("paper", ["face.pool=max"])
 
 
@@ -275,7 +276,7 @@ def test_table_a2_pools_by_two_for_representations_wider_than_the_last_conv_laye
         f, v = model(torch.zeros(2, 3, 64, 64), torch.zeros(2, small.voice.frontend().samples))
     assert f.shape == v.shape == (2, 1024)
     assert AssociationModel(PAPER).face_encoder.head[0].in_features == 512  # the paper's 128-d: global
-    with pytest.raises(ValueError, match=r"Table A\.2"):
+    with pytest.raises(UsageError, match=r"Table A\.2"):
         load_config("paper", ["embedding.pool=4x"])
 
 
@@ -288,5 +289,5 @@ def test_the_contrastive_loss_of_the_siamese_baseline():
     n = torch.tensor([[0.6, 0.8], [3.0, 0.0]])
     assert contrastive_loss(a, p, n, margin=2.0).tolist() == pytest.approx([25.0 + 1.0, 0.0])
     assert load_config("small", ["train.loss=contrastive"]).train.loss == "contrastive"
-    with pytest.raises(ValueError, match=r"train\.loss"):
+    with pytest.raises(UsageError, match=r"train\.loss"):
         load_config("small", ["train.loss=hinge"])

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facevoice.service.corpus import read_identities, read_manifest
+from facevoice.service.corpus import CorpusInfo, read_identities, read_manifest
 from facevoice.service.errors import UsageError
 from facevoice.service.media import decode_audio, decode_image
+from facevoice.training.corpus.faces import FACE_RENDER
 from facevoice.training.corpus.oracle import corpus_people
 from facevoice.training.corpus.people import person_from_row, sample_population
 from facevoice.training.corpus.splits import assign_splits, split_counts
@@ -94,9 +95,10 @@ def test_the_manifest_records_where_each_face_was_drawn(corpus):
 
 def test_corpus_json_oracle_and_summary(corpus):
     out, summary = corpus
-    stored = json.loads((out / "corpus.json").read_text())
-    assert stored["config"]["seed"] == 7 and stored["format_version"] == 1
-    acc = stored["oracle"]["population"]["accuracy"]
+    stored = CorpusInfo.read(out)
+    assert stored.seed == 7 and stored.format_version == 1 and stored.face_render == FACE_RENDER
+    assert CorpusInfo.from_dict(json.loads((out / "corpus.json").read_text())) == stored  # one JSON form
+    acc = stored.oracle["population"]["accuracy"]
     assert acc["v2f"]["-"] > acc["v2f"]["G"] > 0.5
     text = format_summary(summary)
     assert "oracle 1:2 matching accuracy" in text and "identities: test 4, train 14, val 2" in text

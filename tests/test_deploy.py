@@ -20,10 +20,10 @@ from pathlib import Path
 
 import yaml
 
+from devtools.local_servers import LocalProcess, free_port, wait_for
 from facevoice.cli import build_parser
 from facevoice.service.serve import ServeConfig, _convert
 from facevoice.service.versions import current_version
-from tests.local_servers import LocalProcess, free_port, wait_for
 from tests.serving import media, start_service
 
 ROOT = Path(__file__).resolve().parent.parent

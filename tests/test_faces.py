@@ -23,7 +23,7 @@ from facevoice.service.media.errors import InvalidSignalError
 from facevoice.service.media.faces import align, detect_faces
 from facevoice.service.media.frontends import from_dict, to_dict
 from facevoice.service.media.image import FaceImage, decode_image, face_input_used
-from facevoice.service.repository import MANIFEST
+from facevoice.service.repository import REPOSITORY_MANIFEST
 from facevoice.v1 import facevoice_pb2 as pb
 from tests.serving import start_service
 
@@ -136,10 +136,10 @@ def detecting_repo(stack, tmp_path):
     with `--set face.detector=hog` records)."""
     repo = tmp_path / "repo"
     shutil.copytree(stack.repo, repo)
-    manifest = json.loads((repo / MANIFEST).read_text())
+    manifest = json.loads((repo / REPOSITORY_MANIFEST).read_text())
     for space in ("face", "face_feature"):
         manifest["spaces"][space]["frontend"]["detector"] = "hog"
-    (repo / MANIFEST).write_text(json.dumps(manifest))
+    (repo / REPOSITORY_MANIFEST).write_text(json.dumps(manifest))
     checksums.write(repo)  # the service refuses a hand-edited manifest until its checksums are written anew
     return dataclasses.replace(stack, repo=repo)
 

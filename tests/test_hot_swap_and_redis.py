@@ -8,10 +8,10 @@ import urllib.request
 import grpc
 import pytest
 
+from devtools.local_servers import Background, LocalRedis, eventually
 from facevoice.cli import main
 from facevoice.service.versions import current_version
 from facevoice.v1 import facevoice_pb2 as pb
-from tests.local_servers import Background, LocalRedis, eventually
 from tests.serving import copy_indexes, media, start_service
 
 

@@ -9,9 +9,9 @@ import shutil
 import numpy as np
 import pytest
 
+from devtools.local_servers import LocalTriton
 from facevoice.cli import main
 from facevoice.service.versions import current_version, load_version, read_meta
-from tests.local_servers import LocalTriton
 
 
 def _gallery_with_a_broken_item(stack, tmp_path):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from devtools.media_samples import wav_bytes
 from facevoice.service.media import (
     AssociationAudio,
     Speech2FaceAudio,
@@ -15,7 +16,7 @@ from facevoice.service.media import (
 )
 from facevoice.service.media.audio import complex_spectrogram, power_law, resample, tile_to_length
 from facevoice.service.media.errors import MediaError
-from tests.conftest import tone, wav_bytes
+from tests.conftest import tone
 
 
 def test_paper_shapes():

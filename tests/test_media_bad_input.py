@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from devtools.media_samples import encode, video_without_audio, wav_bytes
 from facevoice.service.media import (
     EmptyMediaError,
     InvalidSignalError,
@@ -22,8 +23,7 @@ from facevoice.service.media import (
     face_input,
     speech2face_spectrogram,
 )
-from tests.conftest import image_bytes, tone, wav_bytes
-from tests.media_samples import encode, video_without_audio
+from tests.conftest import image_bytes, tone
 
 GOOD_WAV = wav_bytes(tone(seconds=1.0), 16_000)
 GOOD_FLAC = wav_bytes(tone(seconds=1.0), 16_000, "FLAC")
@@ -31,7 +31,7 @@ GOOD_OGG = wav_bytes(tone(seconds=1.0), 16_000, "OGG")
 GOOD_JPEG = image_bytes(Image.new("RGB", (64, 64), (200, 100, 50)), "JPEG")
 GOOD_PNG = image_bytes(Image.new("RGB", (64, 64), (200, 100, 50)), "PNG")
 RANDOM = np.random.default_rng(0).bytes(4096)
-# compressed formats, made by FFmpeg's encoders in the test (tests/media_samples.py)
+# compressed formats, made by FFmpeg's encoders in the test (devtools/media_samples.py)
 GOOD_MP3 = encode(tone(seconds=1.0), 16_000, "mp3")
 GOOD_OGG_OPUS = encode(tone(seconds=1.0), 16_000, "ogg-opus")
 GOOD_M4A = encode(tone(seconds=1.0), 16_000, "m4a")

@@ -6,11 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from devtools.media_samples import FORMATS, encode, speech, wav_bytes
 from facevoice.service.media.audio import decode_audio, resample
 from facevoice.service.media.containers import sniff
 from facevoice.v1 import facevoice_pb2 as pb
-from tests.conftest import wav_bytes
-from tests.media_samples import FORMATS, encode, speech
 from tests.serving import start_service
 
 
@@ -84,6 +83,6 @@ def test_index_build_takes_a_gallery_of_compressed_voices(stack, voice, tmp_path
 
 
 def _voice_version(stack) -> str:
-    from facevoice.service.repository import read_manifest
+    from facevoice.service.repository import read_repository_manifest
 
-    return read_manifest(stack.repo).spaces["voice"].version
+    return read_repository_manifest(stack.repo).spaces["voice"].version

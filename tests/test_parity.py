@@ -1,4 +1,4 @@
-"""Train/serve parity (DESIGN.md, One media pipeline): a corpus file becomes, in what training
+"""Train/serve parity (docs/architecture.md, "One media pipeline"): a corpus file becomes, in what training
 feeds a network (the float16 cache, through the tuple and pair samplers' crops), the float16
 rounding of what the service decodes for it, and in what evaluation embeds, exactly that."""
 

@@ -98,7 +98,7 @@ def test_gender_mismatch_is_impossible_for_the_oracle():
 
 
 def test_oracle_is_calibrated_to_published_voxceleb_levels():
-    """DESIGN.md: about 88% unconstrained and 78% same gender; docs/corpus.md has the table."""
+    """About 88% unconstrained and 78% same gender, the best published VoxCeleb levels (docs/corpus.md)."""
     m = POP.model
     for d in ("v2f", "f2v"):
         assert 0.84 < oracle_accuracy(m, POP.people, d, "-", 3000) < 0.93

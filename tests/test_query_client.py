@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from devtools.local_servers import free_port
 from facevoice.cli import main
 from facevoice.demo import serve_and_query
-from tests.local_servers import free_port
 from tests.serving import start_service
 
 

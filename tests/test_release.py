@@ -13,7 +13,7 @@ from facevoice import release as rel
 from facevoice.cli import main
 from facevoice.service import checksums
 from facevoice.service.checksums import ChecksumMismatch
-from facevoice.service.repository import network_file, open_repository, read_manifest
+from facevoice.service.repository import network_file, open_repository, read_repository_manifest
 from facevoice.service.serve import Running, ServeConfig
 
 FIGURES = {"association V->F 1:2 G": {"value": 0.55, "interval": [0.5, 0.6], "what": "x"},
@@ -37,14 +37,15 @@ def repo(stack, tmp_path):
 def test_export_records_every_file_and_the_service_checks_them(repo):
     listed = checksums.read(repo)
     assert set(listed) == set(checksums.tree(repo)) and "facevoice.json" in listed
-    assert all(network_file(n) in listed for g in read_manifest(repo).groups.values() for n in g.networks.values())
+    assert all(network_file(n) in listed for g in read_repository_manifest(repo).groups.values()
+               for n in g.networks.values())
     assert checksums.verify(repo, listed) == len(listed)
     open_repository(repo)  # the untouched copy opens
 
 
 @pytest.mark.parametrize("what", ["onnx", "config", "missing"])
 def test_the_service_and_index_build_refuse_a_changed_file(repo, stack, tmp_path, what):
-    manifest = read_manifest(repo)
+    manifest = read_repository_manifest(repo)
     onnx = repo / network_file(manifest.space("face").network)
     if what == "onnx":
         _flip_a_byte(onnx)
@@ -65,7 +66,7 @@ def test_the_manifest_digest_is_checked_without_a_checksums_file(repo):
     """An export from before checksums.sha256 still has each network's SHA-256 in facevoice.json."""
     (repo / checksums.NAME).unlink()
     open_repository(repo)
-    _flip_a_byte(repo / network_file(read_manifest(repo).space("voice").network))
+    _flip_a_byte(repo / network_file(read_repository_manifest(repo).space("voice").network))
     with pytest.raises(ChecksumMismatch, match="does not match"):
         open_repository(repo)
 
@@ -83,7 +84,7 @@ def test_a_malformed_checksums_file_is_refused(repo, text):
 
 def test_checksums_that_disagree_with_the_manifest_are_refused(repo):
     listed = checksums.read(repo)
-    onnx = network_file(read_manifest(repo).space("face").network)
+    onnx = network_file(read_repository_manifest(repo).space("face").network)
     listed[onnx] = "0" * 64
     (repo / checksums.NAME).write_text("".join(f"{d}  {f}\n" for f, d in listed.items()))
     with pytest.raises(ChecksumMismatch, match="different SHA-256s"):

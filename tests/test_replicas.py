@@ -8,9 +8,9 @@ from __future__ import annotations
 import grpc
 import pytest
 
+from devtools.local_servers import LocalRedis, LocalService, eventually
 from facevoice.cli import main
 from facevoice.v1 import facevoice_pb2 as pb
-from tests.local_servers import LocalRedis, LocalService, eventually
 from tests.serving import copy_indexes, media
 
 
@@ -130,8 +130,8 @@ def _damage_lifecycle(stack, root, extra: tuple[str, ...], damage, repair_args: 
     /metrics), stops every replica's writes, answers searches, and goes on by itself after the repair."""
     import urllib.request
 
+    from devtools.local_servers import free_port
     from facevoice.service.serve import REPLICA_SERVICE, SERVICE_NAME, WRITES_SERVICE
-    from tests.local_servers import free_port
 
     metrics_port = free_port()
     a = Replica(stack, root, *extra).start()

@@ -14,11 +14,11 @@ import time
 import grpc
 import pytest
 
+from devtools.local_servers import free_port, wait_for
 from facevoice.service.errors import UsageError
 from facevoice.service.serve import ServeConfig, add_arguments, load_config
 from facevoice.v1 import facevoice_pb2 as pb
 from facevoice.v1 import facevoice_pb2_grpc as pb_grpc
-from tests.local_servers import free_port, wait_for
 from tests.serving import media, start_service
 
 

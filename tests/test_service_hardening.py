@@ -13,11 +13,11 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import pytest
 
+from devtools.local_servers import LocalRedis
 from facevoice.service.cache import Subscriber, announce
 from facevoice.service.errors import UsageError
 from facevoice.service.serve import Running, ServeConfig, check_security, is_loopback
 from facevoice.v1 import facevoice_pb2 as pb
-from tests.local_servers import LocalRedis
 from tests.serving import media, start_service
 
 

@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 
+from facevoice.service.errors import UsageError
 from facevoice.service.media import Speech2FaceAudio
 from facevoice.training.association.model import count_parameters
 from facevoice.training.speech2face.config import load_config
@@ -116,9 +117,9 @@ def test_paper_decoder_draws_224_pixels():
 
 def test_voice_encoder_rejects_bad_input():
     enc = VoiceEncoder(load_config("small").voice, feature_dim=8)
-    with pytest.raises(ValueError, match="2, time, frequency"):
+    with pytest.raises(UsageError, match="2, time, frequency"):
         enc(torch.randn(1, 1, 100, 257))
-    with pytest.raises(ValueError, match="at least 16"):
+    with pytest.raises(UsageError, match="at least 16"):
         enc(torch.randn(1, 2, 15, 257))
 
 
@@ -162,13 +163,13 @@ def test_config_overrides_and_errors():
     paper = load_config("paper")
     assert (paper.train.beta1, paper.train.eps, paper.train.lambda1, paper.train.lambda2) == (0.5, 1e-4, 0.025, 200.0)
     assert paper.voice.widths == (64, 64, 128, 128, 128, 256, 512, 512, 512)
-    with pytest.raises(ValueError, match="nine conv layers"):
+    with pytest.raises(UsageError, match="nine conv layers"):
         load_config("small", ["voice.widths=[8, 8]"])
-    with pytest.raises(ValueError, match=r"decoder\.size"):
+    with pytest.raises(UsageError, match=r"decoder\.size"):
         load_config("small", ["decoder.size=100"])
-    with pytest.raises(ValueError, match="unknown DecoderConfig keys"):
+    with pytest.raises(UsageError, match="unknown DecoderConfig keys"):
         load_config("small", ["decoder.nope=1"])
-    with pytest.raises(ValueError, match="no config"):
+    with pytest.raises(UsageError, match="no config"):
         load_config("nonexistent")
 
 
@@ -204,7 +205,7 @@ def test_match_score_by_hand():
 
 
 def test_select_must_be_known():
-    with pytest.raises(ValueError, match=r"train\.select"):
+    with pytest.raises(UsageError, match=r"train\.select"):
         load_config("paper", ["train.select=angle"])
 
 
@@ -224,7 +225,7 @@ def test_ranking_by_hand():
 
 def test_ranking_is_off_in_the_paper_config_and_checked():
     assert load_config("paper").train.ranking_weight == 0
-    with pytest.raises(ValueError, match="ranking_temperature"):
+    with pytest.raises(UsageError, match="ranking_temperature"):
         load_config("small", ["train.ranking_temperature=0"])
 
 

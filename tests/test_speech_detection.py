@@ -11,15 +11,14 @@ import grpc
 import numpy as np
 import pytest
 
+from devtools.media_samples import speech, wav_bytes
 from facevoice.service import checksums
 from facevoice.service.media.audio import AssociationAudio, association_waveform
 from facevoice.service.media.errors import InvalidSignalError
 from facevoice.service.media.frontends import from_dict, to_dict
 from facevoice.service.media.speech import trim_to_speech
-from facevoice.service.repository import MANIFEST
+from facevoice.service.repository import REPOSITORY_MANIFEST
 from facevoice.v1 import facevoice_pb2 as pb
-from tests.conftest import wav_bytes
-from tests.media_samples import speech
 from tests.serving import start_service
 
 
@@ -56,9 +55,9 @@ def test_the_service_applies_the_models_speech_detection(stack, padded, tmp_path
     x, sr, _ = padded
     repo = tmp_path / "repo"
     shutil.copytree(stack.repo, repo)
-    manifest = json.loads((repo / MANIFEST).read_text())
+    manifest = json.loads((repo / REPOSITORY_MANIFEST).read_text())
     manifest["spaces"]["voice"]["frontend"]["vad"] = True  # as `train association --set voice.vad=true` records
-    (repo / MANIFEST).write_text(json.dumps(manifest))
+    (repo / REPOSITORY_MANIFEST).write_text(json.dumps(manifest))
     checksums.write(repo)  # the service refuses a hand-edited manifest until its checksums are written anew
     quiet = wav_bytes((np.random.default_rng(2).standard_normal(2 * sr) * 0.003).astype(np.float32), sr)
     with_vad, stub = start_service(dataclasses.replace(stack, repo=repo))

@@ -17,6 +17,9 @@ import pytest
 import soundfile as sf
 from matplotlib import cbook
 
+from devtools.local_servers import LocalPostgres, LocalStudy
+from devtools.media_samples import encode, speech
+from devtools.study_helpers import answers, http, make_study
 from facevoice.cli import main
 from facevoice.service.corpus import read_identities, read_manifest
 from facevoice.service.errors import UsageError
@@ -25,9 +28,6 @@ from facevoice.study.analyze import MIN_N_INTERVAL, analyze, collect, participan
 from facevoice.study.config import load_study
 from facevoice.study.design import experiment_pairs, participant_trials, stimulus_people
 from facevoice.study.store import Store
-from tests.local_servers import LocalPostgres, LocalStudy
-from tests.media_samples import encode, speech
-from tests.study_helpers import answers, http, make_study
 
 TOKEN = LocalStudy.ADMIN_TOKEN
 HOPPER = Path(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)).read_bytes()

@@ -24,11 +24,11 @@ import soundfile as sf
 from matplotlib import cbook
 from PIL import Image
 
+from devtools.local_servers import LocalStudy
+from devtools.media_samples import speech
+from devtools.study_helpers import PROLIFIC, http, make_study
 from facevoice.study.config import load_study
 from facevoice.study.store import Store
-from tests.local_servers import LocalStudy
-from tests.media_samples import speech
-from tests.study_helpers import PROLIFIC, http, make_study
 
 pytestmark = pytest.mark.skipif(shutil.which("chromedriver") is None or shutil.which("chromium") is None,
                                 reason="needs Debian's chromium and chromium-driver (deploy/setup-debian.sh)")

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.local_servers import LocalNginx, LocalPostgres, LocalStudy
-from tests.study_helpers import answers, make_study
+from devtools.local_servers import LocalNginx, LocalPostgres, LocalStudy
+from devtools.study_helpers import answers, make_study
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.skipif(shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists(),

@@ -20,6 +20,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from devtools.local_servers import LocalStudy
+from devtools.study_helpers import PROLIFIC, answers, http, make_study
 from facevoice.service.errors import UsageError
 from facevoice.study.analyze import accuracy, analyze, collect
 from facevoice.study.config import load_study
@@ -27,8 +29,6 @@ from facevoice.study.design import stimulus_people
 from facevoice.study.export import ExportReader, export
 from facevoice.study.stimuli import RATE, TARGET_RMS_DB, build_all
 from facevoice.study.store import CODE_ALPHABET, Store, new_code
-from tests.local_servers import LocalStudy
-from tests.study_helpers import PROLIFIC, answers, http, make_study
 
 TOKEN = LocalStudy.ADMIN_TOKEN
 

@@ -12,8 +12,8 @@ import pytest
 import torch
 import tritonclient.grpc as tc
 
+from devtools.local_servers import LocalTriton
 from facevoice.v1 import facevoice_pb2 as pb
-from tests.local_servers import LocalTriton
 from tests.serving import media, start_service
 from tests.test_export import _torch_networks
 

@@ -4,7 +4,6 @@ in the test (a face video with an espeak-ng speech track), with clips that must 
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
 import numpy as np
@@ -12,11 +11,11 @@ import pytest
 from matplotlib import cbook
 from PIL import Image, ImageOps
 
+from devtools.media_samples import av_clip, speech
 from facevoice.cli import main
-from facevoice.service.corpus import read_manifest
+from facevoice.service.corpus import CorpusInfo, read_manifest
 from facevoice.service.media import face_input
 from facevoice.service.media.faces import detect_faces
-from tests.media_samples import av_clip, speech
 
 HOPPER = Image.open(Path(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))).convert("RGB")
 LOGO = Image.open(Path(cbook.get_sample_data("logo2.png", asfileobj=False))).convert("RGB")
@@ -80,8 +79,9 @@ def test_voxceleb2_ingest_end_to_end(vox2, tmp_path, capsys):
     assert len(detect_faces(Image.open(out / by["canonical_face"][0].path))) == 1  # a face, aligned
     skipped = list(csv.DictReader((out / "skipped.csv").read_text().splitlines()))
     assert sorted(r["reason"].split(":")[0] for r in skipped) == ["no face", "no speech", "unreadable"]
-    summary = json.loads((out / "corpus.json").read_text())
-    assert summary["clips"] == 7 and summary["clips_kept"] == 4
+    info = CorpusInfo.read(out)
+    assert info.details["clips"] == 7 and info.details["clips_kept"] == 4
+    assert info.counts["items"]["canonical_face"] == 3
     assert "4 of 7 clips kept" in printed and "no face 1" in printed
     # resumable: a second run reuses every finished clip and writes the same manifest
     before = (out / "manifest.csv").read_text()

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 
 import pytest
 from PIL import Image
 
+from devtools.media_samples import wav_bytes
 from facevoice.cli import build_parser
-from facevoice.service.corpus import read_identities, read_manifest
+from facevoice.service.corpus import CorpusInfo, read_identities, read_manifest
 from facevoice.service.errors import FormatError
 from facevoice.service.media.errors import InvalidSignalError
 from facevoice.training.corpus import voxceleb
-from tests.conftest import image_bytes, tone, wav_bytes
+from tests.conftest import image_bytes, tone
 
 SPEAKERS = [  # VoxCeleb1 ID, VGGFace1 ID, gender, nationality
     ("id10001", "A.J._Buckley", "m", "Ireland"),
@@ -108,8 +108,7 @@ def test_learnable_pins_split_and_annotations(tree):
     assert rows["id10001"]["age_group"] == "40s"
     item = next(i for i in read_manifest(tmp_path / "corpus") if i.identity == "id10001")
     assert (item.gender, item.nationality, item.first_language) == ("male", "Ireland", "native")
-    summary = json.loads((tmp_path / "corpus" / "corpus.json").read_text())
-    assert summary["split"] == "learnable-pins"
+    assert CorpusInfo.read(tmp_path / "corpus").details["split"] == "learnable-pins"
 
 
 @pytest.mark.parametrize("content,message", [
@@ -184,8 +183,8 @@ def test_first_frame_of_each_clip_with_its_box(tree):
     assert np.array_equal(trained, served)
     with pytest.raises(InvalidSignalError, match="no face found"):  # without its box, the drawn frame has no face
         face_input((out / clips[0].path).read_bytes(), FaceImage())
-    summary = json.loads((out / "corpus.json").read_text())
-    assert summary["frames"] == "first of each clip" and summary["boxes"].startswith("each clip's first box")
+    details = CorpusInfo.read(out).details
+    assert details["frames"] == "first of each clip" and details["boxes"].startswith("each clip's first box")
 
 
 def test_a_track_file_without_rows_is_a_clear_error(tmp_path):

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from bench.log_damage import STEPS, ids
+from devtools.local_servers import LocalRedis
 from facevoice.service.errors import DependencyUnavailable, FormatError
 from facevoice.service.writelog import Change, FileLog, IndexChange, LogTrimmed, RedisLog, open_log
-from tests.local_servers import LocalRedis
 
 
 def upsert(i: int, dim: int = 4) -> Change:

@@ -1,5 +1,6 @@
 """Configs are TOML files (a named one shipped with the package, or any path) plus
-`section.key=value` overrides from the command line; each section is a frozen dataclass."""
+`section.key=value` overrides from the command line; each section is a frozen dataclass. What
+cannot be a config (an unknown key, a bad value, an unreadable file) is a UsageError."""
 
 from __future__ import annotations
 
@@ -8,13 +9,15 @@ from collections.abc import Iterable
 from dataclasses import fields
 from pathlib import Path
 
+from facevoice.service.errors import UsageError
+
 
 def build_section(kind, values: dict):
     """One dataclass from a TOML table; lists become tuples, unknown keys are an error."""
     known = {f.name for f in fields(kind)}
     unknown = set(values) - known
     if unknown:
-        raise ValueError(f"unknown {kind.__name__} keys: {', '.join(sorted(unknown))}")
+        raise UsageError(f"unknown {kind.__name__} keys: {', '.join(sorted(unknown))}")
     return kind(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
@@ -22,7 +25,7 @@ def build_config(cls, sections: dict, d: dict):
     """`cls(name=..., **one dataclass per section)` from a dict; unknown sections are an error."""
     unknown = set(d) - {"name", *sections}
     if unknown:
-        raise ValueError(f"unknown config sections: {', '.join(sorted(unknown))}")
+        raise UsageError(f"unknown config sections: {', '.join(sorted(unknown))}")
     return cls(name=d.get("name", "custom"), **{k: build_section(kind, d.get(k, {})) for k, kind in sections.items()})
 
 
@@ -41,13 +44,16 @@ def read_config(config_dir: Path, name_or_path: str, overrides: Iterable[str], s
         path = Path(name_or_path)
     if not path.exists():
         names = ", ".join(sorted(p.stem for p in Path(config_dir).glob("*.toml")))
-        raise ValueError(f"no config {name_or_path!r}: give one of {names} or a TOML file")
-    d = tomllib.loads(path.read_text())
+        raise UsageError(f"no config {name_or_path!r}: give one of {names} or a TOML file")
+    try:
+        d = tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise UsageError(f"config {path}: not a readable TOML file ({e})") from e
     for item in overrides:
         key, sep, value = item.partition("=")
         section, dot, name = key.strip().partition(".")
         if not sep or not dot or section not in sections:
-            raise ValueError(f"override {item!r}: expected section.key=value, section one of "
+            raise UsageError(f"override {item!r}: expected section.key=value, section one of "
                              f"{', '.join(sections)}")
         d.setdefault(section, {})[name] = _parse_value(value.strip())
     return d

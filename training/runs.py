@@ -1,16 +1,72 @@
-"""What every training command shares: device choice, the run log (CSV + TensorBoard) and atomic
-checkpoints. The loops themselves stay in their own modules, readable top to bottom."""
+"""What every training command shares: device choice, the run's record (run.json), the run log
+(CSV + TensorBoard) and atomic checkpoints. The loops themselves stay in their own modules,
+readable top to bottom."""
 
 from __future__ import annotations
 
 import csv
+import json
+import sys
 from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
 from facevoice.service.errors import FormatError
+
+RUN_INFO = "run.json"
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """run.json: what a training run ran with, read and written only here. `details` holds what
+    one command records and no reader needs by name (the association's direction and backbones,
+    Speech2Face's face network); in the file they sit at the top level beside the named fields."""
+
+    config: dict
+    corpus: str = ""  # absolute: evaluation finds the corpus a run trained on from here
+    seed: int = 0
+    device: str = "cpu"
+    world_size: int = 1
+    train_identities: int = 0
+    torch: str = torch.__version__
+    command: str = field(default_factory=lambda: " ".join(sys.argv))  # the command line as typed
+    details: dict = field(default_factory=dict)
+    format_version: int = 1
+
+    def to_dict(self) -> dict:
+        return {**{f.name: getattr(self, f.name) for f in fields(self) if f.name != "details"}, **self.details}
+
+    def write(self, run: Path) -> Path:
+        path = Path(run) / RUN_INFO
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{RUN_INFO}.tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RunInfo:
+        if not isinstance(d, dict) or not isinstance(d.get("config"), dict):
+            raise ValueError("no `config`")
+        named = {f.name for f in fields(cls)} - {"details"}
+        return cls(**{k: v for k, v in d.items() if k in named}, details={k: v for k, v in d.items() if k not in named})
+
+    @classmethod
+    def read(cls, run: Path) -> RunInfo:
+        """FormatError naming the file when it is missing or not a run.json."""
+        path = Path(run) / RUN_INFO
+        try:
+            return cls.from_dict(json.loads(path.read_text()))
+        except (OSError, UnicodeDecodeError, ValueError, TypeError) as e:
+            raise FormatError(f"{path}: not a training run's {RUN_INFO} ({type(e).__name__}: {e})") from e
+
+    @classmethod
+    def find(cls, run: Path) -> RunInfo | None:
+        """The run's record, or None for a run directory without one (weights put there by hand)."""
+        return cls.read(run) if (Path(run) / RUN_INFO).exists() else None
 
 
 def pick_device(name: str, local_rank: int = 0) -> torch.device:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from facevoice.service.errors import UsageError
 from facevoice.service.media import AssociationAudio, FaceImage
 from facevoice.service.media.faces import parse_detector
 from facevoice.training.configfile import build_config, read_config
@@ -129,32 +130,32 @@ def from_dict(d: dict) -> AssociationConfig:
 
 def validate(cfg: AssociationConfig) -> None:
     if len(cfg.face.widths) != len(cfg.face.convs):
-        raise ValueError("face.widths and face.convs must have one entry per VGG block")
+        raise UsageError("face.widths and face.convs must have one entry per VGG block")
     if len(cfg.voice.widths) != 6:
-        raise ValueError("voice.widths must give SoundNet conv1..conv6")
+        raise UsageError("voice.widths must give SoundNet conv1..conv6")
     if cfg.train.loss not in ("triplet", "contrastive", "classifier", "infonce"):
-        raise ValueError("train.loss must be 'triplet' (eq. (1)), 'contrastive' or 'classifier' (Table 7), "
+        raise UsageError("train.loss must be 'triplet' (eq. (1)), 'contrastive' or 'classifier' (Table 7), "
                          "or 'infonce'")
     if cfg.train.temperature <= 0:
-        raise ValueError("train.temperature must be positive")
+        raise UsageError("train.temperature must be positive")
     if cfg.train.identities < 0:
-        raise ValueError("train.identities must be 0 (all) or a positive count")
+        raise UsageError("train.identities must be 0 (all) or a positive count")
     if cfg.embedding.pool not in ("global", "2x"):
-        raise ValueError("embedding.pool must be 'global' or '2x' (Table A.2)")
+        raise UsageError("embedding.pool must be 'global' or '2x' (Table A.2)")
     if cfg.face.detector:
         parse_detector(cfg.face.detector)
     if len(cfg.face.augment_scale) != 2 or not 0 < cfg.face.augment_scale[0] <= cfg.face.augment_scale[1]:
-        raise ValueError("face.augment_scale must be [low, high] with 0 < low <= high")
+        raise UsageError("face.augment_scale must be [low, high] with 0 < low <= high")
     if cfg.face.pool not in ("conv5_3", "pool5"):
-        raise ValueError("face.pool must be 'conv5_3' (sec. 4.1) or 'pool5'")
+        raise UsageError("face.pool must be 'conv5_3' (sec. 4.1) or 'pool5'")
     if cfg.voice.crop not in ("first", "random"):
-        raise ValueError("voice.crop must be 'first' or 'random'")
+        raise UsageError("voice.crop must be 'first' or 'random'")
     if cfg.train.negatives not in ("any", "same-gender", "curriculum"):
-        raise ValueError("train.negatives must be 'any', 'same-gender' or 'curriculum'")
+        raise UsageError("train.negatives must be 'any', 'same-gender' or 'curriculum'")
     if cfg.train.precision not in ("auto", "bf16", "fp32"):
-        raise ValueError("train.precision must be 'auto', 'bf16' or 'fp32'")
+        raise UsageError("train.precision must be 'auto', 'bf16' or 'fp32'")
     if cfg.train.hard_pool < 1 or cfg.train.batch < 1:
-        raise ValueError("train.batch and train.hard_pool must be positive")
+        raise UsageError("train.batch and train.hard_pool must be positive")
 
 
 def load_config(name_or_path: str, overrides: list[str] = ()) -> AssociationConfig:

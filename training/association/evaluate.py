@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from facevoice.service.corpus import read_identities
+from facevoice.service.corpus import CorpusInfo, read_identities
 from facevoice.training.association import plots
 from facevoice.training.association.checkpoints import load_run
 from facevoice.training.association.data import EXACT, SplitData, load_split
@@ -26,7 +26,7 @@ from facevoice.training.association.protocol import (
 )
 from facevoice.training.association.report import format_summary, write_report
 from facevoice.training.corpus.oracle import split_oracle
-from facevoice.training.runs import pick_device
+from facevoice.training.runs import RunInfo, pick_device
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -48,11 +48,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def corpus_oracle(corpus: Path, split: str) -> dict | None:
     """The generator's exact oracle for this split, when the corpus is synthetic."""
-    meta = corpus / "corpus.json"
-    if not meta.exists():
-        return None
-    oracle = json.loads(meta.read_text()).get("oracle", {})
-    return oracle.get(f"{split}_split", {}).get("accuracy")
+    info = CorpusInfo.find(corpus)
+    return None if info is None else info.oracle.get(f"{split}_split", {}).get("accuracy")
 
 
 def tsne_figures(emb: Embeddings, split: SplitData, corpus: Path, out: Path, seed: int) -> list[Path]:
@@ -111,8 +108,8 @@ def loudness_dbfs(waves: np.ndarray, batch: int = 256) -> np.ndarray:
 def run(args: argparse.Namespace) -> int:
     device = pick_device(args.device, local_rank=0)
     model, cfg, state = load_run(args.run, args.checkpoint, device)
-    run_meta = json.loads((args.run / "run.json").read_text()) if (args.run / "run.json").exists() else {}
-    corpus = args.corpus or Path(run_meta.get("corpus", ""))
+    run_info = RunInfo.find(args.run)
+    corpus = args.corpus or Path(run_info.corpus if run_info else "")
     out = args.out or args.run / "report"
     out.mkdir(parents=True, exist_ok=True)
     if args.trial_list:
@@ -136,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
                      "step": state["step"], "config": cfg.name, "corpus": str(corpus), "split": args.split,
                      "identities": len(split.identities), "faces": len(split.face.item_ids),
                      "voices": len(split.voice.item_ids), "oracle": corpus_oracle(corpus, args.split),
-                     "backbones": run_meta.get("backbones", {})}
+                     "backbones": run_info.details.get("backbones", {}) if run_info else {}}
     keys = ["matching", "one_of_n", "verification", "retrieval", "probes", "links"]
     bar = tqdm(steps, desc="evaluate", disable=args.no_progress)
     for key, (name, fn) in zip(keys, bar, strict=True):

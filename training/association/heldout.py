@@ -20,13 +20,14 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from facevoice.service.corpus import CorpusInfo
 from facevoice.training.association.checkpoints import load_run
 from facevoice.training.association.data import EXACT, load_split
 from facevoice.training.association.embed import split_embeddings
 from facevoice.training.association.evaluate import corpus_oracle, people_table
 from facevoice.training.association.protocol import MATCH_CONTROLS, link_probes, matching_outcomes, outcome_cell
 from facevoice.training.association.report import ARROW, LINK_NAMES, _pct
-from facevoice.training.runs import pick_device
+from facevoice.training.runs import RunInfo, pick_device
 
 CONTROLS = tuple(c for c in MATCH_CONTROLS if c != "largest group")
 
@@ -54,15 +55,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def heldout_corpus(root: Path, seed: int, identities: int, progress: bool) -> Path:
     """A synthetic corpus of `identities` new people drawn with `seed`, all in the test split."""
     from facevoice.training.corpus.faces import FACE_RENDER
-    from facevoice.training.corpus.oracle import face_render
     from facevoice.training.corpus.synth import SynthConfig, build_corpus
 
     path = root / f"heldout-{seed}-{identities}"
-    if (path / "corpus.json").exists() and face_render(path) != FACE_RENDER:
-        print(f"{path}: drawn by face painter {face_render(path)}, not today's {FACE_RENDER}; building it again",
+    info = CorpusInfo.find(path)
+    if info is not None and info.face_render != FACE_RENDER:
+        print(f"{path}: drawn by face painter {info.face_render}, not today's {FACE_RENDER}; building it again",
               flush=True)
-        (path / "corpus.json").unlink()
-    if not (path / "corpus.json").exists():
+        info = None
+    if info is None:
         build_corpus(path, SynthConfig(identities=identities, seed=seed, splits=(0.0, 0.0, 1.0)), force=True,
                      progress=progress)
     return path
@@ -70,12 +71,9 @@ def heldout_corpus(root: Path, seed: int, identities: int, progress: bool) -> Pa
 
 def training_seeds(run: Path) -> tuple[int | None, int]:
     """The seed of the corpus a run trained on (None when unknown) and its training identities."""
-    meta = json.loads((run / "run.json").read_text())
-    corpus = Path(meta.get("corpus", ""))
-    seed = None
-    if (corpus / "corpus.json").exists():
-        seed = json.loads((corpus / "corpus.json").read_text()).get("config", {}).get("seed")
-    return seed, int(meta.get("train_identities", 0))
+    record = RunInfo.read(run)
+    info = CorpusInfo.find(Path(record.corpus))
+    return (info.seed if info else None), record.train_identities
 
 
 def evaluate_run(run: Path, corpora: list[Path], trials: int, probe_trials: int, device, workers: int,

@@ -7,9 +7,7 @@ after `hard_after`), validation 1:2 accuracy for model selection, checkpoint.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -40,6 +38,7 @@ from facevoice.training.association.model import AssociationModel, load_face_bac
 from facevoice.training.association.pretrain import provenance
 from facevoice.training.association.protocol import matching_cell
 from facevoice.training.runs import (
+    RunInfo,
     RunLog,
     configure_cuda,
     finish_distributed,
@@ -188,15 +187,13 @@ def run(args: argparse.Namespace) -> int:
     if args.resume:
         step, best, best_step = restore(last, device, model, optimizer, sampler.rng, rank)
     if main:
-        (out / "run.json").write_text(json.dumps({
-            "config": cfg.to_dict(), "direction": args.direction, "corpus": str(args.corpus.resolve()),
-            "seed": args.seed, "world_size": world, "device": str(device), "pretrained": bool(loaded),
-            "pretrained_backbones": sorted(loaded), "model_selection": "validation" if selecting else "last",
-            "backbones": {m: {"path": str(w), "trained_on": provenance(w)}
-                          for m, w in (("face", args.face_weights), ("voice", args.voice_weights)) if w},
-            "torch": torch.__version__, "train_identities": len(train.identities),
-            "refused": {"train": train.refused, "val": val.refused if val is not None else {}},
-            "command": " ".join(sys.argv)}, indent=2))
+        RunInfo(config=cfg.to_dict(), corpus=str(args.corpus.resolve()), seed=args.seed, device=str(device),
+                world_size=world, train_identities=len(train.identities), details={
+                    "direction": args.direction, "pretrained": bool(loaded), "pretrained_backbones": sorted(loaded),
+                    "model_selection": "validation" if selecting else "last",
+                    "backbones": {m: {"path": str(w), "trained_on": provenance(w)}
+                                  for m, w in (("face", args.face_weights), ("voice", args.voice_weights)) if w},
+                    "refused": {"train": train.refused, "val": val.refused if val is not None else {}}}).write(out)
     log = RunLog(out, args.resume, CSV_FIELDS) if main else None
 
     t = cfg.train

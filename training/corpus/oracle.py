@@ -12,14 +12,13 @@ group (E, the ethnicity analogue), both (G/E), or gender, group, first language 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from scipy.special import ndtr
 
-from facevoice.service.corpus import read_identities
+from facevoice.service.corpus import CorpusInfo, read_identities
 from facevoice.training.corpus.people import (
     ENGLISH_ACCENTS,
     FEMALE_VARIANTS,
@@ -226,22 +225,18 @@ def oracle_recall_at_k(scores: np.ndarray, query_identity: np.ndarray, gallery_i
 
 def corpus_people(corpus: Path) -> tuple[PopulationModel, dict[str, Person]] | None:
     """The generator's model and people of a synthetic corpus (None for any other corpus)."""
-    meta = Path(corpus) / "corpus.json"
-    if not meta.exists():
-        return None
-    summary = json.loads(meta.read_text())
-    if "population_model" not in summary:
+    info = CorpusInfo.find(corpus)
+    if info is None or info.population_model is None:
         return None
     people = {row["identity"]: person_from_row(row) for row in read_identities(Path(corpus))}
-    return population_model_from_dict(summary["population_model"]), people
+    return population_model_from_dict(info.population_model), people
 
 
 def face_render(corpus: Path) -> int:
     """The face painter's version a synthetic corpus was drawn with (1 for corpora made before
     corpus.json recorded it; training.corpus.faces.FACE_RENDER)."""
-    meta = Path(corpus) / "corpus.json"
-    config = json.loads(meta.read_text()).get("config", {}) if meta.exists() else {}
-    return int(config.get("face_render", 1))
+    info = CorpusInfo.find(corpus)
+    return 1 if info is None else info.face_render
 
 
 def split_oracle(corpus: Path, identities: list[str], directions=DIRECTIONS) -> dict[str, np.ndarray]:

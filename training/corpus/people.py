@@ -29,7 +29,7 @@ GENDERS = ("female", "male")
 AGE_GROUPS = ("<30", "30s", "40s", "50s", ">=60")
 APPEARANCE_GROUPS = ("A", "B", "C", "D", "E")
 FIRST_LANGUAGES = ("native", "non-native")
-# Native-English accents of espeak-ng 1.51 (FEASIBILITY.md: `en-scotland` is not a voice).
+# Native-English accents of espeak-ng 1.51 (`en-scotland` is not a voice: espeak-ng falls back to en-gb without a word).
 ENGLISH_ACCENTS = (
     "en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp",
     "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-029", "en-us-nyc",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import shutil
 import subprocess
@@ -15,7 +14,7 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
-from facevoice.service.corpus import IDENTITIES, Item, write_csv, write_manifest
+from facevoice.service.corpus import IDENTITIES, CorpusInfo, Item, write_csv, write_manifest
 from facevoice.service.errors import UsageError
 from facevoice.training.corpus import sheet
 from facevoice.training.corpus.faces import FACE_RENDER, FACE_RENDERS, FaceNuisance, drawn_box, render_face
@@ -27,7 +26,8 @@ from facevoice.training.corpus.voices import ESPEAK, SAMPLE_RATE, ClipNuisance, 
 
 FORMAT_VERSION = 1
 MIN_SPEECH_SECONDS = 1.0  # the voice front ends' default (training/*/config.py)
-# Best published VoxCeleb 1:2 matching, V->F (DESIGN.md): the level the oracle is calibrated to.
+# Best published VoxCeleb 1:2 matching, V->F: the level the oracle is calibrated to (docs/corpus.md,
+# "The oracle and its calibration").
 PUBLISHED = {"-": 0.88, "G": 0.78}
 
 
@@ -212,17 +212,15 @@ def build_corpus(out: Path, cfg: SynthConfig, force: bool = False, progress: boo
     write_manifest(out, items)
     write_csv(out / IDENTITIES, [{**person_row(p), "split": split_of[p.identity]} for p in people])
     media_seconds = time.perf_counter() - start
-    summary = {
-        "format_version": FORMAT_VERSION,
-        "generator": "facevoice corpus synth",
-        "espeak_ng": _espeak_version(),
-        "config": {k: v for k, v in asdict(cfg).items() if k != "model"},
-        "population_model": asdict(cfg.model),
-        "counts": corpus_counts(items, split_of, sorted(set(split_of.values())),
-                                ("face", "canonical_face", "voice")),
-        "oracle": _oracle(cfg, people, split_of) if cfg.oracle_trials else {},
-    }
-    (out / "corpus.json").write_text(json.dumps(summary, indent=2) + "\n")
+    info = CorpusInfo(generator="facevoice corpus synth", format_version=FORMAT_VERSION,
+                      config={k: v for k, v in asdict(cfg).items() if k != "model"},
+                      population_model=asdict(cfg.model),
+                      counts=corpus_counts(items, split_of, sorted(set(split_of.values())),
+                                           ("face", "canonical_face", "voice")),
+                      oracle=_oracle(cfg, people, split_of) if cfg.oracle_trials else {},
+                      details={"espeak_ng": _espeak_version()})
+    info.write(out)
+    summary = info.to_dict()
     sheet.contact_sheet(out, out / "contact_sheet.png")
     sheet.listening_page(out, out / "listen.html")
     summary["timing"] = {"media_s": round(media_seconds, 1),

@@ -35,7 +35,7 @@ import soundfile as sf
 from PIL import Image
 from tqdm import tqdm
 
-from facevoice.service.corpus import IDENTITIES, Item, write_csv, write_manifest
+from facevoice.service.corpus import IDENTITIES, CorpusInfo, Item, write_csv, write_manifest
 from facevoice.service.errors import FormatError, UsageError
 from facevoice.service.media.errors import InvalidSignalError
 from facevoice.service.media.faces import Detection, align, detect_faces, face_region
@@ -225,18 +225,18 @@ def ingest(clips: list[Clip], out: Path, split_of: dict[str, str], attrs: dict[s
         key = s["reason"].split(":")[0]
         reasons[key] = reasons.get(key, 0) + 1
     total = len(clips) + len(missing or [])
-    summary = {"format_version": 1, "generator": generator, "clips": total,
-               "clips_kept": total - len(skipped), "skipped": reasons,
-               "frames_per_clip": frames, "canonical_faces": "the most frontal aligned face of each identity",
-               **corpus_counts(items, {i: split_of[i] for i in kept}, list(SPLITS),
-                               ("face", "voice", "canonical_face"))}
-    (out / "corpus.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
+    info = CorpusInfo(generator=generator, config={"frames_per_clip": frames},
+                      counts=corpus_counts(items, {i: split_of[i] for i in kept}, list(SPLITS),
+                                           ("face", "voice", "canonical_face")),
+                      details={"clips": total, "clips_kept": total - len(skipped), "skipped": reasons,
+                               "canonical_faces": "the most frontal aligned face of each identity"})
+    info.write(out)
+    return info.to_dict()
 
 
 def format_summary(title: str, s: dict, skipped_path: Path) -> str:
     why = ", ".join(f"{k} {v}" for k, v in s["skipped"].items()) or "none"
-    return "\n".join([f"{title}: {s['clips_kept']} of {s['clips']} clips kept", *count_lines(s),
+    return "\n".join([f"{title}: {s['clips_kept']} of {s['clips']} clips kept", *count_lines(s["counts"]),
                       f"skipped:    {why} (see {skipped_path})"])
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import multiprocessing as mp
 import os
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from facevoice.service.corpus import IDENTITIES, Item, write_csv, write_manifest
+from facevoice.service.corpus import IDENTITIES, CorpusInfo, Item, write_csv, write_manifest
 from facevoice.service.errors import FormatError, UsageError
 from facevoice.service.media import MediaError, decode_audio, decode_image
 from facevoice.service.media.image import Box
@@ -249,7 +248,7 @@ def run(args: argparse.Namespace) -> int:
         for s in speakers])
     write_csv(args.out / "skipped.csv", skipped, ("identity", "path", "reason"))
     summary = _summary(args, speakers, split_of, items, skipped)
-    (args.out / "corpus.json").write_text(json.dumps(summary, indent=2) + "\n")
+    CorpusInfo.from_dict(summary).write(args.out)
     print(_format(summary, skipped))
     return 0
 
@@ -261,14 +260,14 @@ def _summary(args, speakers, split_of, items, skipped) -> dict:
         "split": "learnable-pins" if args.pins_splits else f"kim2018 seed {args.seed}",
         "frames": f"{args.frames} of each {'clip' if args.txt_root and args.frames == 'first' else 'video'}",
         "boxes": "each clip's first box, enlarged 1.5x when cropped" if args.box_frames else "none (face crops)",
-        **corpus_counts(items, {sp.vox_id: split_of[sp.vox_id] for sp in speakers}, splits,
-                        ("face", "voice")),
+        "counts": corpus_counts(items, {sp.vox_id: split_of[sp.vox_id] for sp in speakers}, splits,
+                                ("face", "voice")),
         "skipped": len(skipped),
     }
 
 
 def _format(s: dict, skipped: list[dict]) -> str:
-    lines = [f"VoxCeleb1 corpus ({s['split']}):", *count_lines(s),
+    lines = [f"VoxCeleb1 corpus ({s['split']}):", *count_lines(s["counts"]),
              f"skipped:    {s['skipped']} (see skipped.csv)"]
     lines += [f"  {r['identity']} {r['path']}: {r['reason']}" for r in skipped[:10]]
     if len(skipped) > 10:

@@ -36,7 +36,7 @@ from facevoice.service.repository import (
     ModelGroup,
     NetworkEntry,
     Space,
-    write_manifest,
+    write_repository_manifest,
 )
 from facevoice.training.association.checkpoints import load_run
 from facevoice.training.export.repository import VARIANTS, Network, next_version, write_network
@@ -174,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
     spaces = ship_face_detector(args.out, spaces)
     manifest = Manifest(version, default, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), groups, spaces,
                         DECODER if SPEECH2FACE in groups else None)
-    write_manifest(args.out, manifest)
+    write_repository_manifest(args.out, manifest)
     files = checksums.write(args.out)  # every file of the repository, checked before it is served
     print(f"exported Triton version {version} to {args.out} in {time.perf_counter() - start:.1f} s "
           f"(config.pbtxt = {default}; others in each model's configs/)")

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from facevoice.service.errors import UsageError
 from facevoice.service.media import FaceImage, Speech2FaceAudio
 from facevoice.service.media.image import INPUT_CONVENTIONS
 from facevoice.training.configfile import build_config, read_config
@@ -149,25 +150,25 @@ def from_dict(d: dict) -> S2FConfig:
 
 def validate(cfg: S2FConfig) -> None:
     if cfg.face.input not in INPUT_CONVENTIONS:
-        raise ValueError(f"face.input must be one of {sorted(INPUT_CONVENTIONS)}")
+        raise UsageError(f"face.input must be one of {sorted(INPUT_CONVENTIONS)}")
     if len(cfg.face.widths) != len(cfg.face.convs):
-        raise ValueError("face.widths and face.convs must have one entry per VGG block")
+        raise UsageError("face.widths and face.convs must have one entry per VGG block")
     if cfg.face.size % 2 ** len(cfg.face.widths):
-        raise ValueError(f"face.size must be a multiple of {2 ** len(cfg.face.widths)} (one halving per block)")
+        raise UsageError(f"face.size must be a multiple of {2 ** len(cfg.face.widths)} (one halving per block)")
     if len(cfg.voice.widths) != len(TABLE1_WIDTHS):
-        raise ValueError("voice.widths must give Table 1's nine conv layers")
+        raise UsageError("voice.widths must give Table 1's nine conv layers")
     if cfg.decoder.base * 2 ** (len(cfg.decoder.widths) - 1) != cfg.decoder.size:
-        raise ValueError("decoder.size must be decoder.base doubled once per decoder.widths entry after the first")
+        raise UsageError("decoder.size must be decoder.base doubled once per decoder.widths entry after the first")
     if cfg.voice.seconds <= 0 or cfg.train.batch < 1:
-        raise ValueError("voice.seconds and train.batch must be positive")
+        raise UsageError("voice.seconds and train.batch must be positive")
     if cfg.train.select not in SELECT:
-        raise ValueError(f"train.select must be one of {sorted(SELECT)}, got {cfg.train.select!r}")
+        raise UsageError(f"train.select must be one of {sorted(SELECT)}, got {cfg.train.select!r}")
     if cfg.decoder.lr_schedule not in ("constant", "cosine"):
-        raise ValueError(f"decoder.lr_schedule must be 'constant' or 'cosine', got {cfg.decoder.lr_schedule!r}")
+        raise UsageError(f"decoder.lr_schedule must be 'constant' or 'cosine', got {cfg.decoder.lr_schedule!r}")
     if cfg.train.ranking_weight < 0 or cfg.train.ranking_temperature <= 0:
-        raise ValueError("train.ranking_weight must be >= 0 and train.ranking_temperature > 0")
+        raise UsageError("train.ranking_weight must be >= 0 and train.ranking_temperature > 0")
     if cfg.train.target not in TARGETS:
-        raise ValueError(f"train.target must be one of {list(TARGETS)}, got {cfg.train.target!r}")
+        raise UsageError(f"train.target must be one of {list(TARGETS)}, got {cfg.train.target!r}")
 
 
 # train.select -> (the validation score, +1 when higher is better)

@@ -42,7 +42,7 @@ from facevoice.training.metrics import (
     recall_from_first_hit,
     wilson_interval,
 )
-from facevoice.training.runs import pick_device
+from facevoice.training.runs import RunInfo, pick_device
 from facevoice.training.speech2face.checkpoints import load_s2f_run
 from facevoice.training.speech2face.data import S2FSplit, load_s2f_split, rows_tensor, to_normalised, to_rgb
 from facevoice.training.speech2face.features import face_features
@@ -372,8 +372,8 @@ def decode(decoder: FaceDecoder, v: torch.Tensor, device, batch: int = 64) -> to
 def run(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
     encoder, net, decoder, cfg, state = load_s2f_run(args.run, args.checkpoint, device)
-    meta = json.loads((args.run / "run.json").read_text()) if (args.run / "run.json").exists() else {}
-    corpus = args.corpus or Path(meta.get("corpus", ""))
+    record = RunInfo.find(args.run)
+    corpus = args.corpus or Path(record.corpus if record else "")
     out = args.out or args.run / "report"
     out.mkdir(parents=True, exist_ok=True)
     cache = args.cache_dir or args.run / "cache"

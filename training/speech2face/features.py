@@ -6,8 +6,6 @@ documented deviation (docs/speech2face.md). Writes OUT/face_net.pt, metrics.csv,
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import time
 from pathlib import Path
 
@@ -20,7 +18,7 @@ from tqdm import tqdm
 from facevoice.training.association.augment import augment_faces
 from facevoice.training.association.data import has_items
 from facevoice.training.association.pretrain import attribute_loss, attribute_targets
-from facevoice.training.runs import RunLog, configure_cuda, pick_device, save_checkpoint
+from facevoice.training.runs import RunInfo, RunLog, configure_cuda, pick_device, save_checkpoint
 from facevoice.training.speech2face.checkpoints import VGGFACE_IDENTITIES, vggface_state
 from facevoice.training.speech2face.config import S2FConfig, from_dict, load_config
 from facevoice.training.speech2face.data import S2FSplit, load_s2f_split, rows_tensor
@@ -67,10 +65,10 @@ def config_with(cfg: S2FConfig, trained: S2FConfig, sections: tuple[str, ...]) -
     return from_dict({**cfg.to_dict(), **{s: trained.to_dict()[s] for s in sections}})
 
 
-def write_run_json(args: argparse.Namespace, cfg: S2FConfig, device: torch.device, **extra) -> None:
-    (args.out / "run.json").write_text(json.dumps({
-        "config": cfg.to_dict(), "corpus": str(args.corpus.resolve()), "seed": args.seed, "device": str(device),
-        "torch": torch.__version__, "command": " ".join(sys.argv), **extra}, indent=2))
+def write_run_json(args: argparse.Namespace, cfg: S2FConfig, device: torch.device, world_size: int = 1,
+                   train_identities: int = 0, **details) -> None:
+    RunInfo(config=cfg.to_dict(), corpus=str(args.corpus.resolve()), seed=args.seed, device=str(device),
+            world_size=world_size, train_identities=train_identities, details=details).write(args.out)
 
 
 @torch.no_grad()

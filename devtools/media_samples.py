@@ -22,6 +22,14 @@ FORMATS = {
 }
 
 
+def wav_bytes(x: np.ndarray, sr: int, fmt: str = "WAV", subtype: str | None = None) -> bytes:
+    import soundfile as sf
+
+    buf = io.BytesIO()
+    sf.write(buf, x, sr, format=fmt, subtype=subtype)
+    return buf.getvalue()
+
+
 def speech(seconds_text: str = "The quick brown fox jumps over the lazy dog, twice over.") -> tuple[np.ndarray, int]:
     """A real speech recording: espeak-ng's voice, as (float32 mono, 22,050 Hz)."""
     import soundfile as sf
