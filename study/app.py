@@ -208,9 +208,11 @@ def create_app(study: Study, store: Store, admin_token: str, pilot_only: bool = 
         if not hmac.compare_digest(presented.encode(), f"Bearer {admin_token}".encode()):
             raise HTTPException(401, "admin endpoints need the study's admin token", {"WWW-Authenticate": "Bearer"})
 
-    def ending(name: str) -> dict:
+    def ending(name: str, reason: str | None = None) -> dict:
+        """An outcome's code and redirect; a screened-out participant is told why (which check)."""
         o = study.outcome(name)
-        return {"outcome": name, "completion_code": o.code, "redirect": o.url()}
+        out = {"outcome": name, "completion_code": o.code, "redirect": o.url()}
+        return out | ({"reason": reason} if name == "screened_out" and reason else {})
 
     def stage(p) -> str:
         """Where the participant is: the page resumes there after a reload or on the resume link."""
@@ -252,7 +254,14 @@ def create_app(study: Study, store: Store, admin_token: str, pilot_only: bool = 
 
     @app.get("/", response_class=HTMLResponse)
     def index():
-        return HTMLResponse((WEB / "index.html").read_text(encoding="utf-8"))
+        """The study's front page: a link to each task it runs, and to the withdrawal page."""
+        tasks = {"record": '<li><a href="/record">Record yourself</a>: read {n} short texts aloud and take one '
+                           'photo.</li>',
+                 "match": '<li><a href="/match">Match voices and faces</a>: {tasks} short tasks.</li>'}
+        d = study.design
+        n_tasks = 2 * d.pairs_per_gender + d.consistency_controls + d.correctness_controls
+        items = "\n".join(tasks[r].format(n=len(study.scripts), tasks=n_tasks) for r in study.roles)
+        return HTMLResponse((WEB / "index.html").read_text(encoding="utf-8").replace("<!-- tasks -->", items))
 
     @app.get("/record", response_class=HTMLResponse)
     def record_page():
@@ -273,7 +282,9 @@ def create_app(study: Study, store: Store, admin_token: str, pilot_only: bool = 
     @app.post("/api/participants", status_code=201)
     def join(body: NewParticipant, request: Request):
         if body.role not in study.roles:
-            raise HTTPException(403, f"this study does not run the {body.role} task")
+            task = "recording" if body.role == "record" else "matching"
+            raise HTTPException(403, f"This study does not run the {task} task: open the link the study's "
+                                     "description gives")
         if body.source == "simulated":
             admin(request)  # only the researcher's scripts may add simulated data (and are not rate-limited)
         else:
@@ -311,7 +322,7 @@ def create_app(study: Study, store: Store, admin_token: str, pilot_only: bool = 
                 study.joins.inactive_after_s, platform=study.platform.name, platform_ids=ids,
                 once=study.platform.once, client=body.client.model_dump() if body.client else None)
         except TookPart as e:
-            raise HTTPException(409, f"{e}: each person takes part once") from None
+            raise HTTPException(409, f"{e}. Each person takes part once.") from None
         out = {"code": code, "role": body.role, "experiment": experiment, "source": body.source, "resumed": resumed}
         if experiment is not None:
             out["direction"] = EXPERIMENTS[experiment][0]
@@ -325,7 +336,8 @@ def create_app(study: Study, store: Store, admin_token: str, pilot_only: bool = 
             p = participant(body.code)
             if p.finished_at is not None:
                 raise HTTPException(409, "this code has already finished the study")
-            store.delete(body.code)
+            # on a platform the id cannot start again: the platform has this ending's code now
+            store.delete(body.code, keep_id=study.platform.once)
             shutil.rmtree(study.recordings_dir / body.code, ignore_errors=True)
         return ending(body.outcome)
 
@@ -338,7 +350,7 @@ def create_app(study: Study, store: Store, admin_token: str, pilot_only: bool = 
         if p.experiment is not None:
             out["direction"] = EXPERIMENTS[p.experiment][0]
         if p.finished_at is not None:
-            out |= ending(p.outcome or outcome_of(p.excluded))
+            out |= ending(p.outcome or outcome_of(p.excluded), p.excluded)
         return out
 
     @app.post("/api/participants/{code}/consent")
@@ -347,7 +359,7 @@ def create_app(study: Study, store: Store, admin_token: str, pilot_only: bool = 
         if not body.agree:  # declining deletes the join: nothing of them is kept
             if p.finished_at is not None:
                 raise HTTPException(409, "this code has already finished the study")
-            store.delete(code)
+            store.delete(code, keep_id=study.platform.once)
             return ending("declined")
         store.consent(code, study.consent.version, study.consent.digest())
         return {"ok": True}
@@ -400,7 +412,7 @@ def create_app(study: Study, store: Store, admin_token: str, pilot_only: bool = 
         if check["passed"] or left > 0:
             return {"passed": check["passed"], "tries_left": left}
         store.finish(code, SOUND_CHECK_FAILED, "screened_out")
-        return {"passed": False, "tries_left": 0, **ending("screened_out")}
+        return {"passed": False, "tries_left": 0, **ending("screened_out", SOUND_CHECK_FAILED)}
 
     def headphones_of(code: str) -> tuple[dict, dict]:
         """The participant's check state and its headphone part, while the check is theirs to take."""
@@ -409,6 +421,12 @@ def create_app(study: Study, store: Store, admin_token: str, pilot_only: bool = 
             raise HTTPException(409, "there is no headphone check to take now")
         check = dict(p.sound_check or {})
         return check, dict(check.get("headphones") or {"targets": [], "answers": []})
+
+    @app.get("/api/participants/{code}/headphone-check")
+    def headphone_state(code: str):
+        """Which trial comes next (a reload goes on from there)."""
+        _, hp = headphones_of(code)
+        return {"trial": len(hp["answers"]) + 1, "of": study.headphone_check.trials}
 
     @app.post("/api/participants/{code}/headphone-check/new")
     def headphone_draw(code: str):
@@ -445,7 +463,7 @@ def create_app(study: Study, store: Store, admin_token: str, pilot_only: bool = 
         if left or hp["passed"]:
             return {"trials_left": left, "passed": hp.get("passed")}
         store.finish(code, HEADPHONE_CHECK_FAILED, "screened_out")
-        return {"trials_left": 0, "passed": False, **ending("screened_out")}
+        return {"trials_left": 0, "passed": False, **ending("screened_out", HEADPHONE_CHECK_FAILED)}
 
     @app.get("/api/participants/{code}/trials")
     def trials(code: str):
@@ -536,7 +554,7 @@ def create_app(study: Study, store: Store, admin_token: str, pilot_only: bool = 
     def finish(code: str):
         p = participant(code)
         if p.finished_at is not None:  # a retry of a finish whose answer was lost: the same ending
-            return ending(p.outcome or outcome_of(p.excluded))
+            return ending(p.outcome or outcome_of(p.excluded), p.excluded)
         if p.survey is None:
             raise HTTPException(403, "answer the questionnaire first")
         if p.role == "match":
@@ -555,7 +573,7 @@ def create_app(study: Study, store: Store, admin_token: str, pilot_only: bool = 
             why = None
         outcome = outcome_of(why if p.excluded is None else p.excluded)
         store.finish(code, why, outcome)
-        return ending(outcome)
+        return ending(outcome, why)
 
     @app.post("/api/participants/{code}/recordings/{kind}/{script}")
     async def upload(code: str, kind: Literal["voice", "face"], script: int, request: Request):

@@ -14,6 +14,8 @@ from pathlib import Path
 from facevoice.service.errors import UsageError
 from facevoice.study.design import pool_summary
 
+TASKS = {"record": "recording", "match": "matching"}
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--study", type=Path, required=True, help="the study directory (with study.toml)")
@@ -79,12 +81,13 @@ def run(args: argparse.Namespace) -> int:
         if args.pilot:
             print("pilot only: real participants' joins are refused until the study is served without --pilot")
         else:
-            print(f"participants: http://{args.host}:{args.port}/record (recording) and /match (matching)"
-                  + (f", opened from {study.platform.name} with {', '.join(study.platform.params)}"
-                     if study.platform.name != "none" else ""))
+            links = " and ".join(f"http://{args.host}:{args.port}/{role} ({TASKS[role]})" for role in study.roles)
+            print(f"participants: {links}" + (f", opened from {study.platform.name} with "
+                                               f"{', '.join(study.platform.params)}"
+                                               if study.platform.name != "none" else ""))
         print(f"withdrawal page: http://{args.host}:{args.port}/withdraw; outcomes: "
               + ", ".join(f"{name} {o.code}" for name, o in study.outcomes.items()))
-        print(f"pilot (preview) links, left out of the analysis by default: /match?pilot={pilot_token(token)} "
-              f"and /record?pilot={pilot_token(token)}")
+        print("pilot (preview) links, left out of the analysis by default: "
+              + " and ".join(f"/{role}?pilot={pilot_token(token)}" for role in study.roles))
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
     return 0

@@ -101,6 +101,11 @@ PARTICIPANT_COLUMNS = ("code", "role", "experiment", "seed", "created_at", "cons
 JSON_COLUMNS = ("survey", "platform_ids", "client", "sound_check")
 
 
+def platform_name(platform: str | None) -> str:
+    """How a participant knows their recruitment platform."""
+    return {"prolific": "Prolific", "mturk": "MTurk"}.get(platform or "", "participant")
+
+
 def new_code() -> str:
     """A fresh participant code (CODE_ALPHABET, CODE_LENGTH): unguessable and safe to type."""
     return "".join(secrets.choice(CODE_ALPHABET) for _ in range(CODE_LENGTH))
@@ -243,19 +248,22 @@ class Store:
             if platform_id and once:
                 cur.execute("SELECT 1 FROM withdrawn_ids WHERE id_hash = ?", (id_hash(platform, role, platform_id),))
                 if cur.fetchone() is not None:
-                    raise TookPart(f"this {platform} id has taken part in the {role} study (and withdrawn)")
+                    raise TookPart(f"This {platform_name(platform)} ID has taken part in this study already (and "
+                                   "withdrawn, declined or left it)")
                 cur.execute("SELECT code, experiment, finished_at, platform_ids FROM participants "
                             "WHERE platform_id = ? AND role = ? AND platform = ? ORDER BY created_at LIMIT 1",
                             (platform_id, role, platform))
                 row = cur.fetchone()
                 if row is not None:
+                    # resumed only by the same session's link (all its ids), not by whoever knows the id;
+                    # a finished one resumes to its ending (its code again, after a closed tab)
+                    if json.loads(row[3] or "{}") == platform_ids:
+                        return row[0], row[1], True
                     if row[2] is not None:
-                        raise TookPart(f"this {platform} id has already taken part in the {role} study")
-                    # resumed only by the same session's link (all its ids), not by whoever knows the id
-                    if json.loads(row[3] or "{}") != platform_ids:
-                        raise TookPart(f"this {platform} id has a participation in progress in another session: "
-                                       "go back to that tab, or open the study again from the platform")
-                    return row[0], row[1], True
+                        raise TookPart(f"This {platform_name(platform)} ID has taken part in this study already")
+                    raise TookPart(f"This {platform_name(platform)} ID has a participation in progress in another "
+                                   "session: go back to that tab, or open the study again from "
+                                   f"{platform_name(platform)}")
             experiment = None
             if role == "match":
                 cutoff = -1.0 if inactive_after_s is None else time.time() - inactive_after_s

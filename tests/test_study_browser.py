@@ -180,7 +180,10 @@ def consent_and_survey(driver, page: str, recorded: str = "no") -> None:
 
     wait(driver, "#agree")
     shot(driver, f"{page}-consent")
+    # nothing of theirs is kept before consent: no withdrawal yet ("I do not agree" is the way out)
+    assert not driver.find_elements("css selector", "#withdraw-bar")
     button(driver, "I agree").click()
+    wait(driver, "#withdraw", 30)
     Select(wait(driver, "#q-gender")).select_by_visible_text("female")
     Select(wait(driver, "#q-ethnicity")).select_by_visible_text("Other")
     wait(driver, "#q-age").send_keys("34")
@@ -337,8 +340,12 @@ def test_a_whole_matching_experiment_with_a_reload_and_a_dropped_connection(brow
     browser.refresh()
     assert wait(browser, "#completion-code").text in ("DONE-1", "CHECKS-2")
     shot(browser, "match-done-reloaded")
-    # the same Prolific id in a new tab: told it has taken part
-    fresh(browser, f"{server.url}/match?PROLIFIC_PID={pid}")
+    # the same Prolific link in a new tab (the first one closed): the same ending and code again
+    fresh(browser, f"{server.url}/match?PROLIFIC_PID={pid}&STUDY_ID=s1&SESSION_ID=x1")
+    assert wait(browser, "#completion-code", 30).text in ("DONE-1", "CHECKS-2")
+    assert wait(browser, "#participant-code").text == code
+    # the same Prolific id from another session: told it has taken part
+    fresh(browser, f"{server.url}/match?PROLIFIC_PID={pid}&STUDY_ID=s1&SESSION_ID=x2")
     wait(browser, "#ending", 30, "taken part already")
     shot(browser, "match-taken-part")
     # withdrawal later, with the participant code
@@ -422,6 +429,15 @@ def test_the_sound_check(browser, console, tmp_path, corpus):
             wait(browser, "#beep-count", 20)
             (p,) = export(s)["participants"]
             beeps = p["sound_check"]["beeps"]
+            count = wait(browser, "#beep-count")
+            if attempt == 0:  # a number out of range is a typing slip, not a try; the same beeps play again
+                count.send_keys("25")
+                wait(browser, "#beep-answer").click()
+                wait(browser, "#beep-problem", 10, "in digits")
+                assert export(s)["participants"][0]["sound_check"].get("tries", 0) == 0
+                wait(browser, "#beeps", 10, "again").click()
+                wait(browser, "#beeps", 20, "again")  # played to its end again
+                assert export(s)["participants"][0]["sound_check"]["beeps"] == beeps  # no new draw
             count = wait(browser, "#beep-count")
             count.clear()
             count.send_keys(str(beeps + 1 if attempt == 0 else beeps))  # wrong first, then right

@@ -78,13 +78,18 @@ def test_prolific_ids_are_kept_one_take_each_and_every_outcome_has_its_code_and_
         status, done = http(base, "POST", f"/api/participants/{p['code']}/finish")
         assert done == {"outcome": "completed", "completion_code": "DONE-1",
                         "redirect": "https://app.prolific.com/submissions/complete?cc=DONE-1"}
-        # a reload after finishing gets the same ending; the same id cannot take part again
+        # a reload after finishing gets the same ending, and so does the same session's link in a
+        # new tab (a closed tab); another session of the same id cannot take part again
         assert http(base, "GET", f"/api/participants/{p['code']}")[1] == {**state, "stage": "finished", **done}
-        status, reply = http(base, "POST", "/api/participants", {"role": "match", "platform_ids": ids})
-        assert status == 409 and "already taken part" in reply["detail"]
+        status, again = http(base, "POST", "/api/participants", {"role": "match", "platform_ids": ids})
+        assert status == 201 and again["resumed"] and again["code"] == p["code"]
+        assert http(base, "GET", f"/api/participants/{again['code']}")[1]["completion_code"] == "DONE-1"
+        status, reply = http(base, "POST", "/api/participants",
+                             {"role": "match", "platform_ids": {**ids, "SESSION_ID": "sess-2"}})
+        assert status == 409 and "taken part in this study already" in reply["detail"] and "code" not in reply
         # the recording task is another study (roles = ["match"] here)
         status, reply = http(base, "POST", "/api/participants", {"role": "record", "platform_ids": ids})
-        assert status == 403 and "record task" in reply["detail"]
+        assert status == 403 and "recording task" in reply["detail"]
         stored = http(base, "GET", f"/api/admin/export?code={p['code']}", token=TOKEN)[1]["participants"][0]
         assert (stored["platform"], stored["platform_id"]) == ("prolific", ids["PROLIFIC_PID"])
         assert stored["platform_ids"] == ids
@@ -100,17 +105,25 @@ def test_prolific_ids_are_kept_one_take_each_and_every_outcome_has_its_code_and_
         r = http(base, "POST", "/api/participants", {"role": "match", "platform_ids": {"PROLIFIC_PID": "p3"}})[1]
         consent_survey(base, r["code"], {**answers(), "recorded": "yes"})
         answer_all(base, r["code"], r["direction"], lambda t: t["correct"])
-        assert http(base, "POST", f"/api/participants/{r['code']}/finish")[1]["outcome"] == "screened_out"
+        assert http(base, "POST", f"/api/participants/{r['code']}/finish")[1] == {
+            "outcome": "screened_out", "completion_code": "SCREEN-3", "reason": "took part in the recording",
+            "redirect": "https://app.prolific.com/submissions/complete?cc=SCREEN-3"}
         # declined: nothing is kept
         d = http(base, "POST", "/api/participants", {"role": "match", "platform_ids": {"PROLIFIC_PID": "p4"}})[1]
         status, ending = http(base, "POST", f"/api/participants/{d['code']}/consent", {"agree": False})
         assert status == 200 and ending["completion_code"] == "NOCONSENT-4" and "cc=NOCONSENT-4" in ending["redirect"]
         assert http(base, "GET", f"/api/participants/{d['code']}")[0] == 404
+        # the platform has the declined code now: the id cannot start again (only a hash of it is kept)
+        status, reply = http(base, "POST", "/api/participants",
+                             {"role": "match", "platform_ids": {"PROLIFIC_PID": "p4"}})
+        assert status == 409 and "declined" in reply["detail"]
         # no device: with or without a join
         n = http(base, "POST", "/api/participants", {"role": "match", "platform_ids": {"PROLIFIC_PID": "p5"}})[1]
         assert http(base, "POST", "/api/leave", {"outcome": "no_device", "code": n["code"]})[1]["completion_code"] \
             == "NODEVICE-5"
         assert http(base, "GET", f"/api/participants/{n['code']}")[0] == 404
+        assert http(base, "POST", "/api/participants", {"role": "match", "platform_ids": {"PROLIFIC_PID": "p5"}})[0] \
+            == 409
         assert http(base, "POST", "/api/leave", {"outcome": "no_device"})[1]["outcome"] == "no_device"
         # a withdrawal deletes everything but a hash of the id: the id cannot take part again
         w = http(base, "POST", "/api/participants", {"role": "match", "platform_ids": {"PROLIFIC_PID": "p6"}})[1]

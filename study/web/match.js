@@ -133,34 +133,52 @@ function taskScreen(jsPsych, state, plan) {
 }
 
 function soundCheck(state, study) {
-  // beeps to count before the tasks (study.toml [sound_check]); a wrong count may be retried,
-  // and failing every try screens the participant out
+  // beeps to count before the tasks (study.toml [sound_check]); the same beeps may be played
+  // again, a wrong count may be retried, and failing every try screens the participant out
   return screenTrial((el, done) => {
     const draw = (message) => {
-      el.innerHTML = '<div class="page"><h2>Sound check</h2><p>Put on headphones if you have them, set a comfortable volume, and count the beeps.</p>' +
+      const wear = study.headphone_check.enabled ? "Please put on headphones" : "Put on headphones if you have them";
+      el.innerHTML = `<div class="page"><h2>Sound check</h2><p>${wear}, set a comfortable volume, and count the beeps.</p>` +
         (message ? `<p class="error" role="alert">${escapeHtml(message)}</p>` : "") +
         '<p><button type="button" id="beeps" class="jspsych-btn">&#9654; Play the beeps</button></p>' +
-        '<p><label for="beep-count">How many beeps did you hear?</label><br><input id="beep-count" type="number" inputmode="numeric" min="0" max="20" disabled></p>' +
+        '<p><label for="beep-count">How many beeps did you hear?</label><br><input id="beep-count" type="number" inputmode="numeric" min="1" max="20" step="1" disabled></p>' +
+        '<p id="beep-problem" class="error" role="alert" hidden></p>' +
         '<p><button type="button" id="beep-answer" class="jspsych-btn" disabled>Continue</button></p></div>';
       const audio = new Audio();
-      el.querySelector("#beeps").addEventListener("click", () => {
-        el.querySelector("#beeps").disabled = true;
+      const play = el.querySelector("#beeps");
+      play.addEventListener("click", () => {
+        play.disabled = true;
+        if (audio.src) {  // the same beeps again: no new draw, no try used
+          audio.currentTime = 0;
+          audio.play().catch((e) => { play.disabled = false; announce(`${e.message}. Press play again.`); });
+          return;
+        }
         // a new count is drawn, then its clip fetched whole (a browser fetching it in parts
         // would otherwise be able to hear another draw than the one checked)
         api.call("POST", `/api/participants/${state.code}/sound-check/new`)
           .then(() => fetch(`/api/participants/${state.code}/sound-check.wav`))
           .then((r) => { if (!r.ok) throw new Error("the sound check could not be loaded"); return r.blob(); })
           .then((blob) => { audio.src = URL.createObjectURL(blob); return audio.play(); })
-          .catch((e) => { el.querySelector("#beeps").disabled = false; announce(`${e.message}. Press play again.`); });
+          .catch((e) => { play.disabled = false; announce(`${e.message}. Press play again.`); });
       });
       audio.addEventListener("ended", () => {
+        play.disabled = false;
+        play.innerHTML = "&#8635; Play the beeps again";
         el.querySelector("#beep-count").disabled = false;
         el.querySelector("#beep-answer").disabled = false;
         el.querySelector("#beep-count").focus();
       });
       el.querySelector("#beep-answer").addEventListener("click", () => {
+        const raw = el.querySelector("#beep-count").value.trim();
+        const problem = el.querySelector("#beep-problem");
+        if (!/^[0-9]{1,2}$/.test(raw) || Number(raw) < 1 || Number(raw) > 20) {  // not a try: a typing slip
+          problem.textContent = "Type the number of beeps you heard, in digits (for example 4).";
+          problem.hidden = false;
+          el.querySelector("#beep-count").focus();
+          return;
+        }
         el.querySelector("#beep-answer").disabled = true;
-        const count = Number(el.querySelector("#beep-count").value);
+        const count = Number(raw);
         api.call("POST", `/api/participants/${state.code}/sound-check`, {count}).then((r) => {
           if (r.passed) done();
           else if (r.tries_left > 0) draw(`That was not the number of beeps. Please listen again (${r.tries_left} more ${r.tries_left === 1 ? "try" : "tries"}).`);
@@ -179,7 +197,7 @@ function headphoneCheck(state, study) {
   return screenTrial((el, done) => {
     const draw = () => {
       el.innerHTML = '<div class="page"><h2>Headphone check</h2><p>Please wear headphones. You will hear three noises; one of them has a faint tone inside it.</p>' +
-        '<p id="hp-progress" class="progress"></p>' +
+        `<p id="hp-progress" class="progress">Trial ${at.trial} of ${at.of}</p>` +
         '<p><button type="button" id="hp-play" class="jspsych-btn">&#9654; Play the three noises</button></p>' +
         '<fieldset class="intervals"><legend>Which noise had the faint tone?</legend>' +
         [1, 2, 3].map((k) => `<button type="button" class="jspsych-btn interval" data-interval="${k}" disabled>Noise ${k}</button>`).join(" ") +
@@ -204,8 +222,7 @@ function headphoneCheck(state, study) {
         intervals.forEach((b) => { b.disabled = true; });
         const again = audio.src !== "";
         // a new trial is drawn only for its first playing; "again" replays the same noises
-        (again ? Promise.resolve(null) : api.call("POST", `/api/participants/${state.code}/headphone-check/new`).then((r) => {
-          el.querySelector("#hp-progress").textContent = `Trial ${r.trial} of ${r.of}`;
+        (again ? Promise.resolve(null) : api.call("POST", `/api/participants/${state.code}/headphone-check/new`).then(() => {
           return fetch(`/api/participants/${state.code}/headphone-check.wav`)
             .then((res) => { if (!res.ok) throw new Error("the headphone check could not be loaded"); return res.blob(); })
             .then((blob) => { audio.src = URL.createObjectURL(blob); });
@@ -217,16 +234,24 @@ function headphoneCheck(state, study) {
           intervals.forEach((x) => { x.disabled = true; });
           play.disabled = true;
           api.call("POST", `/api/participants/${state.code}/headphone-check`, {interval: Number(b.dataset.interval)}).then((r) => {
-            if (r.trials_left > 0) draw();
-            else if (r.passed) done();
-            else showEnding(r, state.code);
+            if (r.trials_left > 0) {
+              at.trial = at.of - r.trials_left + 1;
+              draw();
+              announce(`Trial ${at.trial} of ${at.of}: press play for the next three noises.`);
+            } else if (r.passed) {
+              done();
+            } else {
+              showEnding(r, state.code);
+            }
           }).catch(failed);
         });
       }
       el.querySelector("h2").setAttribute("tabindex", "-1");
       el.querySelector("h2").focus();
     };
-    draw();
+    const at = {trial: 1, of: study.headphone_check.trials};
+    api.call("GET", `/api/participants/${state.code}/headphone-check`)
+      .then((r) => { Object.assign(at, r); draw(); }).catch(failed);  // a reload goes on from its trial
   });
 }
 
@@ -239,7 +264,7 @@ function headphoneCheck(state, study) {
     return;
   }
   const jsPsych = initJsPsych({display_element: "study"});
-  withdrawLink(state);
+  if (state.stage !== "consent") withdrawLink(state, study);
   const todo = stagesFrom(state.stage, ["consent", "survey", "sound_check", "headphone_check", "tasks"]);
   const vf = state.direction === "V->F";
   const instructions = vf
@@ -259,8 +284,8 @@ function headphoneCheck(state, study) {
       tasks.timeline_variables = left.map((t) => ({trial: t}));
       const resumed = left.length < plan.trials.length;
       el.innerHTML = `<div class="page"><h2>${resumed ? "Welcome back" : "Instructions"}</h2>${instructions}` +
-        `<p>There are no right answers shown; go with your impression.</p>${resumed ? `<p>${plan.trials.length - left.length} of ${plan.trials.length} tasks are done; you go on from the next.</p>` : ""}` +
-        `<p class="hint">If you have to stop, this link brings you back to where you were: <span class="code small" id="resume-link">${escapeHtml(`${location.origin}/match?resume=${state.code}`)}</span></p>` +
+        `<p>There are ${plan.trials.length} tasks. An answer cannot be changed once given, and no answer is shown as right or wrong: go with your impression.</p>${resumed ? `<p>${plan.trials.length - left.length} of ${plan.trials.length} tasks are done; you go on from the next.</p>` : ""}` +
+        `<p class="hint">If you have to stop, this link brings you back to where you were: <a class="code small" id="resume-link" href="${escapeHtml(`/match?resume=${state.code}`)}">${escapeHtml(`${location.origin}/match?resume=${state.code}`)}</a></p>` +
         `<p><button type="button" id="start" class="jspsych-btn">${resumed ? "Go on" : "Start"}</button></p></div>`;
       el.querySelector("#start").addEventListener("click", () => { el.querySelector("#start").disabled = true; done(); });
       el.querySelector("#start").focus();

@@ -209,7 +209,7 @@ function photoScreen(state, media) {
     return;
   }
   const jsPsych = initJsPsych({display_element: "study"});
-  withdrawLink(state);
+  if (state.stage !== "consent") withdrawLink(state, study);
   const todo = stagesFrom(state.stage, ["consent", "survey", "tasks"]);
   const media = {};
   const timeline = [];

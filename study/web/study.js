@@ -47,7 +47,7 @@ const api = {
         let data = {};
         try { data = text ? JSON.parse(text) : {}; } catch (e) { data = {detail: text}; }
         if (!r.ok) {
-          const err = new Error(typeof data.detail === "string" ? data.detail : JSON.stringify(data.detail));
+          const err = new Error(detailText(data.detail));
           err.status = r.status;
           throw err;
         }
@@ -63,6 +63,13 @@ const api = {
     }
   },
 };
+
+function detailText(detail) {
+  // the server's reason in words: FastAPI's checks of a request give a list of {msg} objects
+  if (typeof detail === "string") return detail;
+  if (Array.isArray(detail)) return detail.map((d) => (d && d.msg) || String(d)).join("; ");
+  return "the server refused the request";
+}
 
 function escapeHtml(s) {
   return String(s).replace(/[&<>"']/g, (c) => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"}[c]));
@@ -112,11 +119,17 @@ function endPage(title, text, ending, code) {
   announce(title);
 }
 
+const SCREENED_OUT = {  // why a participant was screened out, in their words (the server's reasons)
+  "took part in the recording": "This study is for people who did not record themselves for it.",
+  "failed the sound check": "The sound check did not come through: this study needs you to hear its recordings clearly.",
+  "failed the headphone check": "The headphone check did not come through: this study needs headphones.",
+};
+
 function showEnding(ending, code) {
   const texts = {
     completed: ["Thank you!", "<p>You have finished the study.</p>"],
     failed_checks: ["Thank you", "<p>You have finished. Some of the check tasks were not answered as expected, so your answers cannot be used.</p>"],
-    screened_out: ["Thank you", "<p>This study is not for you (its screening questions or the sound check). Nothing more is asked of you.</p>"],
+    screened_out: ["Thank you for your time", `<p>${escapeHtml(SCREENED_OUT[ending.reason] || "This study is not for you.")} Nothing more is asked of you.</p>`],
     declined: ["Thank you", "<p>Without consent nothing is recorded. You can close this tab.</p>"],
     no_device: ["This device cannot be used", "<p>The study needs what this browser or device does not give.</p>"],
   };
@@ -195,7 +208,11 @@ async function joinStudy(role, study) {
   return api.call("GET", `/api/participants/${joined.code}`);
 }
 
-function withdrawLink(state) {
+function withdrawLink(state, study) {
+  // shown once consent is given (before it nothing of the participant is kept: "I do not agree" leaves)
+  if (document.getElementById("withdraw-bar")) return;
+  const platform = {prolific: "Prolific", mturk: "MTurk"}[study.platform.name];
+  const back = platform ? `<p>To end on ${platform}, return your submission there: there is no completion code for a withdrawal.</p>` : "";
   const bar = document.createElement("div");
   bar.id = "withdraw-bar";
   bar.innerHTML = '<button id="withdraw" type="button">Withdraw and delete my data</button>';
@@ -204,7 +221,7 @@ function withdrawLink(state) {
     if (!confirm("Withdraw from the study? Everything you gave is deleted.")) return;
     api.call("DELETE", `/api/participants/${state.code}`).then(() => {
       sessionStorage.clear();
-      endPage("You have withdrawn", "<p>Your data has been deleted. You can close this tab.</p>", null, null);
+      endPage("You have withdrawn", `<p>Your data has been deleted.</p>${back}<p>You can close this tab.</p>`, null, null);
     }).catch((e) => endPage("The withdrawal did not go through", `<p class="error">${escapeHtml(e.message)}</p>` +
       `<p>Your participant code is <span class="code small">${escapeHtml(state.code)}</span>: withdraw with it on <a href="/withdraw?code=${encodeURIComponent(state.code)}">the withdrawal page</a>, or write to the contact in the consent.</p>`, null, null));
   });
@@ -222,6 +239,7 @@ function screenTrial(render) {
       const el = document.getElementById("study").querySelector(".jspsych-content") || document.getElementById("study");
       let called = false;
       const done = () => { if (!called) { called = true; finish(); } };  // a double click ends one screen only
+      announce("");  // the last screen's announcement is not this one's
       render(el, done);
       const heading = el.querySelector("h1, h2");
       if (heading) { heading.setAttribute("tabindex", "-1"); heading.focus(); }
@@ -236,14 +254,15 @@ function failed(e) {
 function consentTrials(jsPsych, study, state) {
   return [screenTrial((el, done) => {
     el.innerHTML = `<div class="page"><h1>${escapeHtml(study.title)}</h1><h2>Consent</h2>${study.consent}` +
-      `<p class="hint">Consent version ${escapeHtml(study.consent_version || "-")}</p>` +
+      `<p class="hint">You can withdraw at any time, on <a href="/withdraw">${escapeHtml(location.origin)}/withdraw</a>, with the participant code you are given. Consent version ${escapeHtml(study.consent_version || "-")}</p>` +
       '<p class="choices"><button id="agree" class="jspsych-btn" type="button">I agree</button> ' +
       '<button id="disagree" class="jspsych-btn" type="button">I do not agree</button></p></div>';
     const off = () => { for (const b of el.querySelectorAll("button")) b.disabled = true; };
     el.querySelector("#agree").addEventListener("click", () => {
       off();
       api.call("POST", `/api/participants/${state.code}/consent`, {agree: true})
-        .catch((e) => { if (e.status !== 409) throw e; }).then(done).catch(failed);
+        .catch((e) => { if (e.status !== 409) throw e; })
+        .then(() => { withdrawLink(state, study); done(); }).catch(failed);
     });
     el.querySelector("#disagree").addEventListener("click", () => {
       off();

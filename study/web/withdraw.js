@@ -6,7 +6,7 @@
   const root = document.getElementById("study");
   const code = new URLSearchParams(window.location.search).get("code") || "";
   root.innerHTML = '<div class="page"><h1 tabindex="-1">Withdraw from the study</h1>' +
-    "<p>Enter the participant code you were shown at the end of the study (or that your link carries). Everything you gave is deleted: your answers, your questionnaire and your recordings.</p>" +
+    "<p>Enter the participant code you were shown in the study (on its last page, or in the link to come back to it). Everything you gave is deleted: your answers, your questionnaire and any recordings.</p>" +
     '<form id="withdraw-form"><p><label for="withdraw-code">Participant code</label><br>' +
     `<input id="withdraw-code" name="code" type="text" autocomplete="off" spellcheck="false" maxlength="64" required value="${escapeHtml(code)}"></p>` +
     '<p><button type="submit" class="jspsych-btn" id="withdraw-submit">Withdraw and delete my data</button></p></form>' +
