@@ -31,6 +31,7 @@ import torch
 
 from bench.association_train import triplets_per_s as association_rate
 from bench.s2f_train import pairs_per_s
+from facevoice.cli import run_script
 from facevoice.training.association.config import load_config
 from facevoice.training.association.model import AssociationModel
 
@@ -169,7 +170,7 @@ def report(data: dict) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU")
@@ -204,8 +205,8 @@ def main() -> None:
     text = report(data) + ("".join(f"\n\n{k}: {v}" for k, v in data["errors"].items()))
     (args.out / "gpu_check.md").write_text(text + "\n")
     print(text)
-    raise SystemExit(1 if data["errors"] else 0)
+    return 1 if data["errors"] else 0
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main, "python -m bench.gpu_check")

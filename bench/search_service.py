@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import shutil
 import subprocess
 import sys
@@ -33,7 +32,7 @@ from facevoice.service.gallery import Item
 from facevoice.service.planner import plan_and_build
 from facevoice.service.repository import FACE, VOICE, read_repository_manifest
 from facevoice.service.runners import EmbeddedRunner
-from facevoice.service.versions import publish, write_version
+from facevoice.service.versions import current_version, publish, read_meta, write_version
 from facevoice.v1 import facevoice_pb2 as pb
 from facevoice.v1 import facevoice_pb2_grpc as pb_grpc
 
@@ -179,7 +178,7 @@ def main() -> None:
 
 def build_throughput(args, embedder: Embedder, faces: list[bytes], triton: LocalTriton) -> dict:
     """Raw batched encoder (pre-decoded, batch 16) vs `index build` items/s on the same gallery."""
-    from facevoice.cli import main as cli
+    from facevoice.service.build import IndexBuildOptions, index_build
 
     x = np.stack([embedder.decode(FACE, b) for b in faces[:64]])
     t = time.perf_counter()
@@ -190,15 +189,14 @@ def build_throughput(args, embedder: Embedder, faces: list[bytes], triton: Local
     with open(args.corpus / "manifest.csv", newline="") as f:
         items = sum(r["modality"] == "face" for r in csv.DictReader(f))
     out = {}
-    for path, extra in (("embedded", []), ("triton", ["--triton-url", triton.grpc_url, "--concurrency", "4"])):
+    for path, extra in (("embedded", {}), ("triton", {"triton_url": triton.grpc_url, "concurrency": 4})):
         root = Path(tempfile.mkdtemp(prefix="facevoice-build-"))
         t = time.perf_counter()
-        cli(["index", "build", "--gallery", str(args.corpus / "manifest.csv"), "--model-repo", str(args.model_repo),
-             "--out", str(root), "--modalities", "face", "--batch", "16", "--no-progress", "--threads",
-             str(args.threads), *extra])
+        index_build(IndexBuildOptions(gallery=args.corpus / "manifest.csv", model_repo=args.model_repo, out=root,
+                                      modalities=("face",), batch=16, no_progress=True, threads=args.threads, **extra))
         out[path] = items / (time.perf_counter() - t)  # end to end: decode, both face networks, FAISS, files
-        meta = json.loads(next(root.glob("face/*/meta.json")).read_text())
-        out[f"{path}_embed"] = meta["embed_items_per_s"]
+        meta = read_meta(root, "face", current_version(root, "face"))
+        out[f"{path}_embed"] = meta.embed_items_per_s
         shutil.rmtree(root)
     return {"raw": raw, **out, "items": items}
 

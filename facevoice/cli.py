@@ -95,6 +95,34 @@ def options(cls: type[T], args: argparse.Namespace, **values) -> T:
     return cls(**{k: v for k, v in vars(args).items() if k in names} | values)
 
 
+def command_line(path: tuple[str, ...], opts) -> list[str]:
+    """The argv that gives the verb at `path` these options (each argument that differs from its
+    default, in the parser's order): how a pipeline that calls verb functions records the
+    commands a reader can type. `options` of its parse gives `opts` back."""
+    parser = build_parser(list(path))
+    for word in path:
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = sub.choices[word]
+    argv = list(path)
+    for action in parser._actions:
+        if action.dest in ("help", argparse.SUPPRESS) or not hasattr(opts, action.dest):
+            continue
+        value, default = getattr(opts, action.dest), action.default
+        if isinstance(value, list | tuple) and isinstance(default, list | tuple):
+            value, default = list(value), list(default)  # a dataclass's tuple is argparse's list
+        if value == default or (value in (None, []) and default in (None, [])):
+            continue
+        flag = max(action.option_strings, key=len) if action.option_strings else None
+        values = [str(v) for v in value] if isinstance(value, list | tuple) else [str(value)]
+        if isinstance(action, argparse._StoreTrueAction | argparse._StoreFalseAction):
+            argv.append(flag)
+        elif isinstance(action, argparse._AppendAction):
+            argv += [a for v in values for a in (flag, v)]
+        else:
+            argv += ([flag] if flag else []) + values
+    return argv
+
+
 def load(module: str, verb: str):
     from facevoice.service.errors import UsageError
 
@@ -128,6 +156,19 @@ def main(argv: list[str] | None = None) -> int:
 def exit_with(status: int) -> None:
     """A script's end: `python -m bench.X` and `python -m facevoice` exit through here."""
     sys.exit(status)
+
+
+def run_script(main_fn, name: str) -> None:
+    """`python -m MODULE` for a script outside the verb table (a benchmark, a one-off study): its
+    `main()`'s status, or a FacevoiceError's message and status as `main` gives a verb's."""
+    from facevoice.service.errors import FacevoiceError, UsageError
+
+    try:
+        status = main_fn()
+    except FacevoiceError as e:
+        print(f"{name}: {e}", file=sys.stderr, flush=True)
+        status = EXIT_USAGE if isinstance(e, UsageError) else EXIT_FAILED
+    exit_with(status or EXIT_OK)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import json
 import shutil
 import subprocess
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from facevoice.service import checksums
@@ -29,6 +29,51 @@ RELEASE = "release.json"
 FORMAT = 1
 DEFAULT = Path(__file__).resolve().parents[1] / "models" / "demo"  # beside the package in a checkout
 CONTROLS = ("-", "G", "E", "G/E", "G/E/F/A")
+
+
+@dataclass(frozen=True)
+class Release:
+    """release.json, read and written only here. `details` holds what a reader needs by no name
+    (the commit it was released at, the training corpus, each stage's seconds, the machine); in
+    the file they sit at the top level beside the named fields."""
+
+    created: str
+    commit: str  # the commit the models were trained at
+    corpus: dict  # the demo corpus: generator settings and the SHA-256 of its two tables (corpus_record)
+    commands: list[str]  # every command that made it, as a reader types them under `demo/`
+    figures: dict[str, dict]  # name -> {value, interval, what} (figures())
+    files: dict[str, str]  # every file of the release -> SHA-256
+    details: dict = field(default_factory=dict)
+    format: int = FORMAT
+
+    def to_dict(self) -> dict:
+        return {**{f.name: getattr(self, f.name) for f in fields(self) if f.name != "details"}, **self.details}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Release:
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
+            found = d.get("format") if isinstance(d, dict) else None
+            raise ValueError(f"format {found!r}, this version reads {FORMAT}")
+        named = {f.name for f in fields(cls)} - {"details"}
+        missing = sorted(named - {"format"} - set(d))
+        if missing:
+            raise KeyError(", ".join(missing))
+        return cls(**{k: d[k] for k in named}, details={k: v for k, v in d.items() if k not in named})
+
+    @classmethod
+    def read(cls, dest: Path) -> Release:
+        """FormatError that says how to make one when DEST holds no release of this format."""
+        path = Path(dest) / RELEASE
+        try:
+            return cls.from_dict(json.loads(path.read_text()))
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+            raise FormatError(f"{path}: not a facevoice release ({type(e).__name__}: {e}); "
+                              "make one with `facevoice demo --retrain --release DIR`") from e
+
+    def write(self, dest: Path) -> Path:
+        path = Path(dest) / RELEASE
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        return path
 
 
 def machine() -> str:
@@ -136,10 +181,11 @@ def format_comparison(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_release(repo: Path, dest: Path, *, runs: dict[str, str], info: dict) -> dict:
+def write_release(repo: Path, dest: Path, *, runs: dict[str, str], commit: str, corpus: dict, commands: list[str],
+                  figures: dict[str, dict], details: dict) -> Release:
     """Copies the exported repository REPO to DEST (replacing it), records each model group's run
     as RUNS names it (relative to the demo directory, not this machine's), writes the repository's
-    checksums and then DEST/release.json: INFO plus the SHA-256 of every file. Returns the release."""
+    checksums and then DEST/release.json with the SHA-256 of every file. Returns the release."""
     dest = Path(dest)
     tmp = dest.with_name(f".{dest.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -150,38 +196,23 @@ def write_release(repo: Path, dest: Path, *, runs: dict[str, str], info: dict) -
         old.unlink()  # the earlier exports' manifests name this machine's paths
     write_repository_manifest(tmp, replace(manifest, groups=groups))
     files = checksums.write(tmp)
-    release = {"format": FORMAT, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **info,
-               "files": {**files, checksums.NAME: checksums.sha256(tmp / checksums.NAME)}}
-    (tmp / RELEASE).write_text(json.dumps(release, indent=2) + "\n")
+    release = Release(created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), commit=commit, corpus=corpus,
+                      commands=commands, figures=figures,
+                      files={**files, checksums.NAME: checksums.sha256(tmp / checksums.NAME)}, details=details)
+    release.write(tmp)
     if dest.exists():
         shutil.rmtree(dest)
     tmp.rename(dest)
     return release
 
 
-def read_release(dest: Path) -> dict:
-    path = Path(dest) / RELEASE
-    try:
-        release = json.loads(path.read_text())
-        if not isinstance(release, dict) or release.get("format") != FORMAT:
-            raise ValueError(f"format {release.get('format') if isinstance(release, dict) else None!r}, "
-                             f"this version reads {FORMAT}")
-        for key in ("files", "figures", "corpus", "commands"):
-            if key not in release:
-                raise KeyError(key)
-    except (OSError, UnicodeDecodeError, ValueError, KeyError) as e:
-        raise FormatError(f"{path}: not a facevoice release ({type(e).__name__}: {e}); "
-                          "make one with `facevoice demo --retrain --release DIR`") from e
-    return release
-
-
-def verify_release(dest: Path, progress=None) -> tuple[dict, object]:
+def verify_release(dest: Path, progress=None) -> tuple[Release, object]:
     """The release and its manifest, after checking every file it lists and that the repository's
     own checksums are the ones it lists (so the service's check is this one). ChecksumMismatch
     names the first file that differs."""
-    release = read_release(dest)
-    listed = {f: d for f, d in release["files"].items() if f != checksums.NAME}
-    checksums.verify(dest, {checksums.NAME: release["files"][checksums.NAME]}, progress)
+    release = Release.read(dest)
+    listed = {f: d for f, d in release.files.items() if f != checksums.NAME}
+    checksums.verify(dest, {checksums.NAME: release.files[checksums.NAME]}, progress)
     if checksums.read(dest) != listed:
         raise checksums.ChecksumMismatch(f"{dest}: {checksums.NAME} and {RELEASE} list different files")
     unlisted = sorted(set(checksums.tree(dest)) - set(listed) - {RELEASE})
@@ -190,13 +221,13 @@ def verify_release(dest: Path, progress=None) -> tuple[dict, object]:
     return release, open_repository(dest, progress)
 
 
-def markdown(release: dict, rows: list[dict] | None = None) -> str:
+def markdown(release: Release, rows: list[dict] | None = None) -> str:
     """The release's figures as docs/results.md shows them; with ROWS (compare's, a rerun's) a
     column for the rerun and whether it lands inside the interval."""
     head = "| figure | released | 95% interval |" + (" rerun | inside |" if rows else "") + " what |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     rerun = {r["figure"]: r for r in rows or []}
-    for name, f in release["figures"].items():
+    for name, f in release.figures.items():
         iv = f"{f['interval'][0]:.3f}-{f['interval'][1]:.3f}" if f.get("interval") else "-"
         cells = [name, f"{f['value']:.3f}", iv]
         if rows:
@@ -214,4 +245,4 @@ if __name__ == "__main__":  # python -m facevoice.release [DIR] [--against RUN/a
     p.add_argument("release", type=Path, nargs="?", default=DEFAULT)
     p.add_argument("--against", type=Path, help="a rerun's against_release.json (facevoice demo --retrain)")
     a = p.parse_args()
-    print(markdown(read_release(a.release), json.loads(a.against.read_text()) if a.against else None))
+    print(markdown(Release.read(a.release), json.loads(a.against.read_text()) if a.against else None))

@@ -24,6 +24,9 @@ Two recalls, both reported:
 
 Intervals: 95%, resampling people. A query the guards refuse counts as a miss, and is counted.
 Nothing the queries carry is logged or kept.
+
+`eval_service(EvalServiceOptions(...))` runs it and returns an `EvalServiceResult`, which is what
+OUT/service.json holds (read back with `EvalServiceResult.read(OUT)`); OUT/service.md is its report.
 """
 
 from __future__ import annotations
@@ -31,14 +34,16 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import dataclass, field
 from math import comb
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
+from facevoice.cli import options
 from facevoice.service.corpus import read_manifest
-from facevoice.service.errors import UsageError
+from facevoice.service.errors import CorpusError, FormatError, UsageError
 
 KS = (1, 5, 10)
 POOL = 200  # items asked per query, from which the first K distinct people are read
@@ -46,12 +51,26 @@ SEARCHES = {"v2f": "association V->F (SearchFaces)", "f2v": "association F->V (S
             "s2f": "Speech2Face V->F (ReconstructFace nearest)"}
 
 
+SERVICE_JSON, SERVICE_MD = "service.json", "service.md"
+
+
+@dataclass(frozen=True)
+class EvalServiceOptions:
+    corpora: Path  # where the held-out corpora are (heldout-SEED-N/, generated when missing)
+    out: Path  # where service.json, service.md and the indexes go
+    model_repo: Path = Path("models/demo")  # the served models (a release)
+    seeds: tuple[int, ...] = (7101, 7102, 7103)  # one held-out corpus per seed
+    identities: int = 300  # people per held-out corpus
+    no_progress: bool = False
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model-repo", type=Path, default=Path("models/demo"), help="the served models (a release)")
+    p.add_argument("--model-repo", type=Path, default=EvalServiceOptions.model_repo,
+                   help="the served models (a release)")
     p.add_argument("--corpora", type=Path, required=True,
                    help="where the held-out corpora are (heldout-SEED-N/, generated when missing)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[7101, 7102, 7103])
-    p.add_argument("--identities", type=int, default=300, help="people per held-out corpus")
+    p.add_argument("--seeds", type=int, nargs="+", default=list(EvalServiceOptions.seeds))
+    p.add_argument("--identities", type=int, default=EvalServiceOptions.identities, help="people per held-out corpus")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--no-progress", action="store_true")
 
@@ -80,26 +99,25 @@ def query_corpus(repo: Path, corpus: Path, indexes: Path, progress: bool) -> dic
     """Builds CORPUS's indexes with REPO, serves them, sends every item; per search the hit lists."""
     import grpc
 
-    from facevoice.cli import main as cli
+    from facevoice.service.build import IndexBuildOptions, index_build
     from facevoice.service.serve import Running, ServeConfig
     from facevoice.v1 import facevoice_pb2 as pb
     from facevoice.v1 import facevoice_pb2_grpc as pb_grpc
 
-    if cli(["index", "build", "--gallery", str(corpus / "manifest.csv"), "--model-repo", str(repo), "--out",
-            str(indexes), "--split", "test", *([] if progress else ["--no-progress"])]) != 0:
-        raise SystemExit(f"eval service: index build of {corpus} failed")
     items = [i for i in read_manifest(corpus) if i.split == "test" and i.modality in ("face", "voice")]
     own = {}
     for i in items:
         own.setdefault((i.identity, i.modality), 0)
         own[(i.identity, i.modality)] += 1
     indexed = {m: sum(v for (_, mm), v in own.items() if mm == m) for m in ("face", "voice")}
+    people = {m: len({i for (i, mm) in own if mm == m}) for m in ("face", "voice")}
+    if not all(people.values()):
+        raise CorpusError(f"{corpus} has no {'face' if not people['face'] else 'voice'} in its test split")
+    print(index_build(IndexBuildOptions(gallery=corpus / "manifest.csv", model_repo=repo, out=indexes, split=("test",),
+                                        no_progress=not progress)).summary())
     running = Running(ServeConfig(model_repo=repo, index_root=indexes, host="127.0.0.1", port=0, metrics_port=-1,
                                   poll_s=0.0))
     stub = pb_grpc.FaceVoiceStub(grpc.insecure_channel(f"127.0.0.1:{running.port}"))
-    people = {m: len({i for (i, mm) in own if mm == m}) for m in ("face", "voice")}
-    if not all(people.values()):
-        raise SystemExit(f"eval service: {corpus} has no {'face' if not people['face'] else 'voice'} in its test split")
     gender_of = {i.identity: i.gender for i in items}
     short: set[str] = set()
     got: dict[str, dict] = {s: _empty() for s in SEARCHES}
@@ -167,17 +185,99 @@ def hit_lists(ranked: list[str], identity: str, k: int = max(KS)) -> tuple[list[
     return [r == identity for r in ranked[:k]], [r == identity for r in distinct(ranked)[:k]]
 
 
-def evaluate_service(model_repo: Path, corpora: Path, seeds: list[int], identities: int, out: Path,
-                     progress: bool = True) -> dict:
-    """Every item of each held-out corpus through the service serving MODEL_REPO; the result, as
-    written to OUT/service.json (report() renders it, or the file read back)."""
+@dataclass(frozen=True)
+class EvalServiceResult:
+    """service.json, read and written only here (`write` puts its report, service.md, beside it).
+    K keys are ints here, strings in the file."""
+
+    model_repo: str
+    corpora: list[str]  # the held-out corpora's names
+    # search (v2f, f2v, s2f) -> {what, refused, recall: {K: cell}, chance: {K: share}, recall_people,
+    # chance_people, people_in_top10, same_gender_in_top10}; a cell is recall_cell's
+    searches: dict[str, dict] = field(default_factory=dict)
+    seconds: float = 0.0
+    out: Path | None = None  # the folder written to or read from (not in the file)
+
+    def to_dict(self) -> dict:
+        return {"model_repo": self.model_repo, "corpora": self.corpora, "searches": self.searches,
+                "seconds": self.seconds}
+
+    def write(self, out: Path) -> Path:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / SERVICE_JSON
+        tmp = path.with_name(f".{SERVICE_JSON}.tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2))
+        tmp.replace(path)
+        (out / SERVICE_MD).write_text(self.report())
+        return path
+
+    @classmethod
+    def from_dict(cls, d: dict, out: Path | None = None) -> EvalServiceResult:
+        if not isinstance(d, dict) or not isinstance(d.get("searches"), dict):
+            raise ValueError("no `searches`")
+        by_k = ("recall", "chance", "recall_people", "chance_people")
+        searches = {s: {key: ({int(k): v for k, v in value.items()} if key in by_k else value)
+                        for key, value in cell.items()} for s, cell in d["searches"].items()}
+        return cls(str(d["model_repo"]), list(d["corpora"]), searches, float(d.get("seconds", 0.0)), out)
+
+    @classmethod
+    def read(cls, out: Path) -> EvalServiceResult:
+        """FormatError naming the file when it is missing or not a service.json."""
+        path = Path(out) / SERVICE_JSON
+        try:
+            return cls.from_dict(json.loads(path.read_text()), Path(out))
+        except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError, AttributeError) as e:
+            raise FormatError(f"{path}: not an `eval service` result ({e})") from e
+
+    def report(self) -> str:
+        """service.md: the table of recalls beside chance, by item and by person."""
+        lines = [f"The served models `{self.model_repo}` through the service: every face and voice of "
+                 f"{', '.join(self.corpora)} a query against all of that corpus's items of the other modality.", "",
+                 "| search | recall | R@1 | R@5 | R@10 | chance R@10 | R@10 / chance | people in the top 10 "
+                 "| same gender in the top 10 | queries (refused) |",
+                 "|---|---|---|---|---|---|---|---|---|---|"]
+        for cell in self.searches.values():
+            for by, recall, chances in (("by item", cell["recall"], cell["chance"]),
+                                        ("by person", cell["recall_people"], cell["chance_people"])):
+                cells = [f"{100 * recall[k]['recall']:.1f} ({100 * recall[k]['ci95'][0]:.1f}–"
+                         f"{100 * recall[k]['ci95'][1]:.1f})" for k in KS]
+                r10, c10 = recall[10], chances[10]
+                extra = (f"{cell['people_in_top10']:.1f} | {100 * cell['same_gender_in_top10']:.0f}%" if by == "by item"
+                         else " | ")
+                ratio = r10["recall"] / c10 if c10 else float("nan")
+                lines.append(f"| {cell['what']} | {by} | " + " | ".join(cells) + f" | {100 * c10:.1f} | "
+                             f"{ratio:.2f}x | {extra} | {r10['queries']} ({cell['refused']}) |")
+        return "\n".join(lines) + "\n" + (
+            "\nBy item: one of the person's own items among the first K items. By person: the person among "
+            "the first K distinct people of the ranking, each ranked by their nearest item (chance K / people "
+            "indexed). People in the top 10: distinct people among the first 10 items (10 when no two "
+            "items of a person are neighbours); same gender: the share of the first 10 items of the query's "
+            "gender.\n")
+
+    def summary(self) -> str:
+        n = len(self.corpora)
+        v2f = self.searches["v2f"]
+        r10, c10 = v2f["recall_people"][10]["recall"], v2f["chance_people"][10]
+        where = f"; report in {self.out / SERVICE_MD}" if self.out is not None else ""
+        return (self.report() + "\n"
+                + f"eval service: {self.model_repo} on {n} held-out {'corpus' if n == 1 else 'corpora'}, "
+                  f"{self.seconds:.0f} s: a voice's person among the first 10 people {100 * r10:.1f}% "
+                  f"({r10 / c10 if c10 else float('nan'):.2f}x chance){where}")
+
+
+def eval_service(opts: EvalServiceOptions) -> EvalServiceResult:
+    """`eval service`: every item of each held-out corpus through the service serving MODEL_REPO;
+    the result, written to OUT/service.json and its report to OUT/service.md."""
     from facevoice.training.association.heldout import heldout_corpus
 
+    model_repo, out, progress = Path(opts.model_repo), Path(opts.out), not opts.no_progress
     if not (model_repo / "facevoice.json").exists():
         raise UsageError(f"{model_repo}: not a model repository (no facevoice.json)")
     t0 = time.monotonic()
+    corpora = Path(opts.corpora)
     corpora.mkdir(parents=True, exist_ok=True)
-    held = [heldout_corpus(corpora, s, identities, progress) for s in seeds]
+    held = [heldout_corpus(corpora, s, opts.identities, progress) for s in opts.seeds]
     pooled: dict[str, dict] = {s: _empty() for s in SEARCHES}
     for corpus in held:
         got = query_corpus(model_repo, corpus, out / "indexes" / corpus.name, progress)
@@ -188,11 +288,11 @@ def evaluate_service(model_repo: Path, corpora: Path, seeds: list[int], identiti
             for k in KS:
                 pooled[s]["chance"][k] += cell["chance"][k]
                 pooled[s]["person_chance"][k] += cell["person_chance"][k]
-    result = {"model_repo": str(model_repo), "corpora": [c.name for c in held], "searches": {}}
+    searches = {}
     for s, cell in pooled.items():
         if not cell["hits"]:
             continue
-        result["searches"][s] = {
+        searches[s] = {
             "what": SEARCHES[s], "refused": cell["refused"],
             "recall": {k: recall_cell(cell["hits"], cell["who"], k) for k in KS},
             "chance": {k: float(np.mean(cell["chance"][k])) for k in KS},
@@ -200,49 +300,12 @@ def evaluate_service(model_repo: Path, corpora: Path, seeds: list[int], identiti
             "chance_people": {k: float(np.mean(cell["person_chance"][k])) for k in KS},
             "people_in_top10": float(np.mean(cell["people_top10"])) if cell["people_top10"] else 0.0,
             "same_gender_in_top10": float(np.mean(cell["same_gender_top10"])) if cell["same_gender_top10"] else 0.0}
-    result["seconds"] = round(time.monotonic() - t0, 1)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "service.json").write_text(json.dumps(result, indent=2))
-    (out / "service.md").write_text(report(result))
+    result = EvalServiceResult(str(model_repo), [c.name for c in held], searches,
+                               round(time.monotonic() - t0, 1), out)
+    result.write(out)
     return result
 
 
 def run(args: argparse.Namespace) -> int:
-    result = evaluate_service(args.model_repo, args.corpora, args.seeds, args.identities, args.out,
-                              not args.no_progress)
-    print(report(result))
-    n = len(result["corpora"])
-    v2f = result["searches"]["v2f"]
-    r10, c10 = v2f["recall_people"][10]["recall"], v2f["chance_people"][10]
-    print(f"eval service: {args.model_repo} on {n} held-out {'corpus' if n == 1 else 'corpora'}, "
-          f"{result['seconds']:.0f} s: a voice's person among the first 10 people {100 * r10:.1f}% "
-          f"({r10 / c10 if c10 else float('nan'):.2f}x chance); report in {args.out / 'service.md'}")
+    print(eval_service(options(EvalServiceOptions, args)).summary())
     return 0
-
-
-def report(result: dict) -> str:
-    def at(d: dict, k: int):  # K keys are ints, or strings in service.json read back
-        return d[k] if k in d else d[str(k)]
-
-    lines = [f"The served models `{result['model_repo']}` through the service: every face and voice of "
-             f"{', '.join(result['corpora'])} a query against all of that corpus's items of the other modality.", "",
-             "| search | recall | R@1 | R@5 | R@10 | chance R@10 | R@10 / chance | people in the top 10 "
-             "| same gender in the top 10 | queries (refused) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for cell in result["searches"].values():
-        for by, recall, chances in (("by item", cell["recall"], cell["chance"]),
-                                    ("by person", cell["recall_people"], cell["chance_people"])):
-            cells = [f"{100 * at(recall, k)['recall']:.1f} ({100 * at(recall, k)['ci95'][0]:.1f}–"
-                     f"{100 * at(recall, k)['ci95'][1]:.1f})" for k in KS]
-            r10, c10 = at(recall, 10), at(chances, 10)
-            extra = (f"{cell['people_in_top10']:.1f} | {100 * cell['same_gender_in_top10']:.0f}%" if by == "by item"
-                     else " | ")
-            ratio = r10["recall"] / c10 if c10 else float("nan")
-            lines.append(f"| {cell['what']} | {by} | " + " | ".join(cells) + f" | {100 * c10:.1f} | "
-                         f"{ratio:.2f}x | {extra} | {r10['queries']} ({cell['refused']}) |")
-    return "\n".join(lines) + "\n" + (
-        "\nBy item: one of the person's own items among the first K items. By person: the person among "
-        "the first K distinct people of the ranking, each ranked by their nearest item (chance K / people "
-        "indexed). People in the top 10: distinct people among the first 10 items (10 when no two "
-        "items of a person are neighbours); same gender: the share of the first 10 items of the query's "
-        "gender.\n")

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -22,11 +21,10 @@ def generate(out: Path) -> list[Path]:
     args = ["protoc", f"-I{PROTOS}", f"-I{include}", f"--python_out={out}", f"--pyi_out={out}",
             f"--grpc_python_out={out}", *files]
     if protoc.main(args) != 0:
-        raise SystemExit("protoc failed")
+        raise RuntimeError(f"protoc failed: {' '.join(args)}")
     return sorted((out / "facevoice").rglob("*_pb2*.py*"))
 
 
 if __name__ == "__main__":
     written = generate(ROOT)
     print("\n".join(str(p.relative_to(ROOT)) for p in written))
-    sys.exit(0)

@@ -20,16 +20,19 @@ import hashlib
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import KW_ONLY, asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import faiss
 import numpy as np
 from tqdm import tqdm
 
+from facevoice.cli import options
 from facevoice.service.corpus import manifest_path, read_manifest
 from facevoice.service.embedder import Embedder
-from facevoice.service.gallery import Item, normalise
+from facevoice.service.errors import UsageError
+from facevoice.service.gallery import BuildPlan, Item, normalise
 from facevoice.service.media import MediaError
 from facevoice.service.media.image import Box
 from facevoice.service.planner import (
@@ -43,15 +46,58 @@ from facevoice.service.planner import (
 )
 from facevoice.service.repository import FACE, VOICE, open_repository
 from facevoice.service.runners import EmbeddedRunner, TritonRunner
-from facevoice.service.versions import Folded, current_version, publish, read_folded, read_meta, write_version
+from facevoice.service.versions import (
+    Folded,
+    VersionLog,
+    current_version,
+    publish,
+    read_folded,
+    read_meta,
+    write_version,
+)
 from facevoice.service.writelog import WriteLog, offset_of, open_log
+
+if TYPE_CHECKING:
+    from facevoice.service.shards import BuildShardResult
+
+
+@dataclass(frozen=True)
+class GalleryBuildOptions:
+    """What a whole build, a shard and a merge share: which gallery, models and index root, and how
+    the index is planned and published. Past the first three, keywords only."""
+
+    gallery: Path  # manifest.csv (corpus format), or its directory
+    model_repo: Path  # the exported repository (its facevoice.json)
+    out: Path  # the index root
+    _: KW_ONLY
+    split: tuple[str, ...] | None = None  # only rows of these splits (None: all)
+    modalities: tuple[str, ...] = ("face", "voice")
+    threads: int = 2  # onnxruntime and FAISS threads
+    no_progress: bool = False
+    kind: str = "auto"  # auto: the planner's pick under memory_budget; a kind (planner.KINDS, or ivf): only that one
+    candidates: tuple[str, ...] = DEFAULT_KINDS  # what auto may pick, most accurate first
+    memory_budget: int | str = parse_bytes(DEFAULT_BUDGET)  # resident bytes per index, or a size such as 4GB
+    min_recall: float = 0.95  # recall@10 against exact search, on the other modality's queries
+    exact_below: int = 50_000  # galleries smaller than this are exact
+    redis: str | None = None  # announce new versions on this Redis
+    gallery_log: str = "auto"  # auto | file | redis: the write log to fold in, as the service's gallery_log
+    no_publish: bool = False  # write the versions but leave `current` alone
+
+
+@dataclass(frozen=True)
+class IndexBuildOptions(GalleryBuildOptions):
+    _: KW_ONLY
+    triton_url: str | None = None  # run the networks on this Triton (gRPC host:port) instead of in-process
+    batch: int = 16
+    concurrency: int = 2  # batches in flight
+    shard: tuple[int, int] | None = None  # (I, N): embed only slice I of N and keep its vectors for `index merge`
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_gallery_arguments(p)
     p.add_argument("--triton-url", help="run the networks on this Triton (gRPC host:port) instead of in-process")
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--concurrency", type=int, default=2, help="batches in flight")
+    p.add_argument("--batch", type=int, default=IndexBuildOptions.batch)
+    p.add_argument("--concurrency", type=int, default=IndexBuildOptions.concurrency, help="batches in flight")
     p.add_argument("--shard", type=shard_spec, metavar="I/N",
                    help="embed only slice I of N of the gallery and keep its vectors for `index merge`")
     add_plan_arguments(p)
@@ -59,28 +105,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_gallery_arguments(p: argparse.ArgumentParser) -> None:
     """What says which gallery, models and index root (build, shard and merge alike)."""
+    o = GalleryBuildOptions
     p.add_argument("--gallery", type=Path, required=True, help="manifest.csv (corpus format), or its directory")
     p.add_argument("--model-repo", type=Path, required=True, help="the exported repository (its facevoice.json)")
     p.add_argument("--out", type=Path, required=True, help="index root")
     p.add_argument("--split", action="append", help="only rows of this split (repeatable; default all)")
-    p.add_argument("--modalities", nargs="+", default=["face", "voice"], choices=["face", "voice"])
-    p.add_argument("--threads", type=int, default=2, help="onnxruntime and FAISS threads")
+    p.add_argument("--modalities", nargs="+", default=o.modalities, choices=["face", "voice"])
+    p.add_argument("--threads", type=int, default=o.threads, help="onnxruntime and FAISS threads")
     p.add_argument("--no-progress", action="store_true")
 
 
 def add_plan_arguments(p: argparse.ArgumentParser) -> None:
     """How the index is planned and published (build and merge)."""
-    p.add_argument("--kind", default="auto", choices=["auto", "ivf", *KINDS],
+    o = GalleryBuildOptions
+    p.add_argument("--kind", default=o.kind, choices=["auto", "ivf", *KINDS],
                    help="auto: the planner's pick under --memory-budget; a kind: only that one")
-    p.add_argument("--candidates", nargs="+", default=list(DEFAULT_KINDS), choices=list(KINDS), metavar="KIND",
+    p.add_argument("--candidates", nargs="+", default=o.candidates, choices=list(KINDS), metavar="KIND",
                    help=f"what auto may pick, most accurate first (default {' '.join(DEFAULT_KINDS)})")
-    p.add_argument("--memory-budget", default=parse_bytes(DEFAULT_BUDGET), type=budget,
+    p.add_argument("--memory-budget", default=o.memory_budget, type=budget,
                    help=f"resident bytes per index, e.g. 4GB, 512MB (default {DEFAULT_BUDGET})")
-    p.add_argument("--min-recall", "--target-recall", dest="min_recall", type=recall_target, default=0.95,
+    p.add_argument("--min-recall", "--target-recall", dest="min_recall", type=recall_target, default=o.min_recall,
                    help="recall@10 against exact search on the other modality's queries (default 0.95)")
-    p.add_argument("--exact-below", type=int, default=50_000, help="galleries smaller than this are exact")
+    p.add_argument("--exact-below", type=int, default=o.exact_below, help="galleries smaller than this are exact")
     p.add_argument("--redis", help="announce new versions on this Redis (redis://host:port/db)")
-    p.add_argument("--gallery-log", default="auto", choices=["auto", "file", "redis"],
+    p.add_argument("--gallery-log", default=o.gallery_log, choices=["auto", "file", "redis"],
                    help="the write log to fold in, as the service's gallery_log (auto: Redis's with --redis)")
     p.add_argument("--no-publish", action="store_true", help="write the versions but leave `current` alone")
 
@@ -229,12 +277,35 @@ def shard_spec(text: str) -> tuple[int, int]:
     """'2/8' -> (2, 8): slice 2 of 8, counted from 0."""
     i, _, n = text.partition("/")
     try:
-        i_, n_ = int(i), int(n)
+        shard = int(i), int(n)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r}: a shard is I/N, e.g. 0/4") from None
-    if not (n_ >= 1 and 0 <= i_ < n_):
-        raise argparse.ArgumentTypeError(f"{text!r}: I must be in 0..N-1 and N at least 1")
-    return i_, n_
+    try:
+        return check_shard(shard)
+    except UsageError:
+        raise argparse.ArgumentTypeError(f"{text!r}: I must be in 0..N-1 and N at least 1") from None
+
+
+def check_shard(shard: tuple[int, int]) -> tuple[int, int]:
+    i, n = shard
+    if not (n >= 1 and 0 <= i < n):
+        raise UsageError(f"shard {i}/{n}: I must be in 0..N-1 and N at least 1")
+    return shard
+
+
+def check(opts: GalleryBuildOptions) -> None:
+    """What argparse checks of the arguments, for a caller that made the options itself."""
+    if not 0.0 < opts.min_recall <= 1.0:
+        raise UsageError(f"min_recall {opts.min_recall!r}: a recall target is a number in (0, 1], e.g. 0.95")
+    try:
+        parse_bytes(opts.memory_budget)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if unknown := set(opts.modalities) - {"face", "voice"}:
+        raise UsageError(f"modalities {sorted(unknown)}: face and voice are the modalities")
+    if opts.kind not in ("auto", "ivf", *KINDS) or not set(opts.candidates) <= set(KINDS):
+        raise UsageError(f"kind {opts.kind!r}, candidates {list(opts.candidates)}: the kinds are {', '.join(KINDS)} "
+                         "(and auto or ivf for kind)")
 
 
 @dataclass
@@ -251,16 +322,20 @@ class Setup:
     gallery_hash: str
 
 
-def setup(args: argparse.Namespace, fold_log: bool = True, embed: bool = True) -> Setup:
-    faiss.omp_set_num_threads(args.threads)
-    manifest = open_repository(args.model_repo)
-    runner = None if not embed else TritonRunner(args.triton_url) if getattr(args, "triton_url", None) \
-        else EmbeddedRunner(args.model_repo, args.threads)
-    rows = gallery_rows(args.gallery, args.split)
-    wlog = open_log(args.gallery_log, args.out, args.redis) if fold_log else None
+def setup(opts: GalleryBuildOptions, *, triton_url: str | None = None, fold_log: bool = True,
+          embed: bool = True) -> Setup:
+    """The models, the gallery's rows and (with `fold_log`) the write log's changes folded onto the
+    previous versions; with `embed`, the runner: Triton's at `triton_url`, else in-process."""
+    check(opts)
+    faiss.omp_set_num_threads(opts.threads)
+    manifest = open_repository(opts.model_repo)
+    runner = None if not embed else TritonRunner(triton_url) if triton_url \
+        else EmbeddedRunner(opts.model_repo, opts.threads)
+    rows = gallery_rows(opts.gallery, opts.split)
+    wlog = open_log(opts.gallery_log, opts.out, opts.redis) if fold_log else None
     upto = wlog.head() if wlog is not None else None  # what this build folds in; later writes replay on top
-    folds = fold(wlog, args.out, {name: space.version for name, space in manifest.indexed().items()}, upto)
-    gallery_hash = hashlib.sha256(manifest_path(args.gallery).read_bytes()).hexdigest()[:12]
+    folds = fold(wlog, opts.out, {name: space.version for name, space in manifest.indexed().items()}, upto)
+    gallery_hash = hashlib.sha256(manifest_path(opts.gallery).read_bytes()).hexdigest()[:12]
     return Setup(manifest, runner.name if runner else "shards", Embedder(manifest, runner) if runner else None,
                  rows, wlog, upto, folds, gallery_hash)
 
@@ -271,38 +346,106 @@ def edited_ids(s: Setup, modality: str) -> set[str]:
     return (s.folds[name][0].erased | set(s.folds[name][0].upserted)) if name in s.folds else set()
 
 
-def run(args: argparse.Namespace) -> int:
-    start = time.perf_counter()
-    if args.shard:
+@dataclass(frozen=True)
+class SpaceBuilt:
+    """One index version a build wrote."""
+
+    name: str  # the index (space): face, voice, face_feature
+    modality: str
+    version: str
+    items: int
+    skipped: int  # the modality's gallery rows that did not decode
+    upserted: int  # items the write log upserted, carried in with their logged vectors
+    erased: int  # item ids the write log deleted, kept out
+    offset: str | None  # the log offset folded up to
+    plan: BuildPlan
+    embed_items_per_s: float
+
+    def line(self) -> str:
+        return (f"  {self.name:<12} {self.version}  {self.items:>6} items ({self.skipped} skipped); log: "
+                f"{self.upserted} upserted, {self.erased} erased, to offset {self.offset};  {self.plan.factory} "
+                f"{self.plan.params}  recall@10 {self.plan.recall_at_10:.3f}  {self.plan.bytes_per_item:.0f} "
+                f"B/item  embed {self.embed_items_per_s:.1f} items/s")
+
+
+@dataclass(frozen=True)
+class Built:
+    """What write_and_publish did, modality by modality."""
+
+    gallery: Path
+    modalities: tuple[str, ...]  # in the order built
+    spaces: list[SpaceBuilt]  # the versions written
+    empty: list[str]  # modalities without rows: nothing written for them
+    skipped_files: dict[str, Path]  # modality -> skipped-MODALITY.csv (item_id, reason), when any were
+    published: dict[str, str]  # index -> the version `current` now names (none with no_publish)
+
+    @property
+    def versions(self) -> dict[str, str]:
+        """index -> the version written."""
+        return {s.name: s.version for s in self.spaces}
+
+    def lines(self) -> list[str]:
+        return [line for m in self.modalities
+                for line in ([f"  {m}: no rows in {self.gallery}"] if m in self.empty else
+                             [s.line() for s in self.spaces if s.modality == m])]
+
+
+@dataclass(frozen=True)
+class IndexBuildResult:
+    gallery: Path
+    out: Path
+    runner: str  # embedded | triton
+    seconds: float
+    built: Built
+
+    @property
+    def versions(self) -> dict[str, str]:
+        return self.built.versions
+
+    @property
+    def published(self) -> dict[str, str]:
+        return self.built.published
+
+    def summary(self) -> str:
+        return "\n".join([f"index build: {self.gallery} -> {self.out} in {self.seconds:.1f} s "
+                          f"({self.runner} runner{', published' if self.published else ''})", *self.built.lines()])
+
+
+def index_build(opts: IndexBuildOptions) -> IndexBuildResult | BuildShardResult:
+    """`index build`: embeds the gallery (resumable), folds the write log in, writes and publishes a
+    new version per indexed space; with `shard`, only embeds slice I of N (shards.build_shard)."""
+    if opts.shard:
         from facevoice.service.shards import build_shard
 
-        return build_shard(args)
-    s = setup(args)
+        return build_shard(opts)
+    start = time.perf_counter()
+    s = setup(opts, triton_url=opts.triton_url)
     for modality in s.rows:
         edited = edited_ids(s, modality)
         s.rows[modality] = [r for r in s.rows[modality] if r.item.item_id not in edited]
     edits = hashlib.sha256(json.dumps({n: sorted(f[0].erased | set(f[0].upserted)) for n, f in s.folds.items()}
                                       ).encode()).hexdigest()[:8]
-    work = args.out / ".build" / f"{s.gallery_hash}-{edits}-{'+'.join(sorted(args.split or ['all']))}"
-    done = {m: embed_modality(s.emb, s.rows[m], m, work, args.batch, args.concurrency, not args.no_progress)
-            if s.rows.get(m) else None for m in args.modalities}
-    published, lines = write_and_publish(args, s, done)
-    print(f"index build: {args.gallery} -> {args.out} in {time.perf_counter() - start:.1f} s "
-          f"({s.runner} runner{', published' if published else ''})")
-    print("\n".join(lines))
+    work = opts.out / ".build" / f"{s.gallery_hash}-{edits}-{'+'.join(sorted(opts.split or ['all']))}"
+    done = {m: embed_modality(s.emb, s.rows[m], m, work, opts.batch, opts.concurrency, not opts.no_progress)
+            if s.rows.get(m) else None for m in opts.modalities}
+    built = write_and_publish(opts, s, done)
+    return IndexBuildResult(opts.gallery, opts.out, s.runner, time.perf_counter() - start, built)
+
+
+def run(args: argparse.Namespace) -> int:
+    print(index_build(options(IndexBuildOptions, args)).summary())
     return 0
 
 
-def write_and_publish(args: argparse.Namespace, s: Setup, done: dict[str, Embedded | None]
-                      ) -> tuple[dict[str, str], list[str]]:
+def write_and_publish(opts: GalleryBuildOptions, s: Setup, done: dict[str, Embedded | None]) -> Built:
     """A new version per indexed space of the embedded modalities, planned under the budget; all
     are written before any is published, so a plan that fails publishes nothing."""
     manifest, wlog, upto = s.manifest, s.wlog, s.upto
-    written, lines = {}, []
+    spaces, empty, skipped_files = [], [], {}
     for modality, e in done.items():
         names = [n for n, sp in manifest.indexed().items() if sp.modality == modality]
         if e is None and not any(s.folds[n][0].upserted for n in names):
-            lines.append(f"  {modality}: no rows in {args.gallery}")
+            empty.append(modality)
             continue
         e = e or Embedded([], {n: np.zeros((0, manifest.spaces[n].dim), np.float32) for n in names}, [], 0.0)
         rate = len(e.items) / max(e.seconds, 1e-9)
@@ -320,33 +463,30 @@ def write_and_publish(args: argparse.Namespace, s: Setup, done: dict[str, Embedd
             queries = next((d.vectors[other] for d in done.values() if d and other in d.vectors), None)
             tried: list[Tried] = []
             try:
-                index, plan = plan_and_build(x, space.metric, args.exact_below, args.kind, args.min_recall, queries,
-                                             memory_budget=args.memory_budget, kinds=tuple(args.candidates),
-                                             progress=not args.no_progress, tried=tried)
+                index, plan = plan_and_build(x, space.metric, opts.exact_below, opts.kind, opts.min_recall, queries,
+                                             memory_budget=opts.memory_budget, kinds=tuple(opts.candidates),
+                                             progress=not opts.no_progress, tried=tried)
             except PlanError as err:
-                raise SystemExit(f"index build: {name}: {err}") from None
-            log_meta = {"log": {"kind": wlog.kind, "offset": upto, "replayed_after": after}} if wlog else {}
-            version = write_version(args.out, name, index, items, plan, model_version=space.version,
-                                    metric=space.metric, folded=folded,
-                                    extra={"gallery": str(args.gallery), "gallery_sha256": s.gallery_hash,
-                                           "embed_items_per_s": rate, "runner": s.runner,
-                                           "tuned_on": "queries" if queries is not None else "perturbed gallery",
-                                           "folded": {"upserted": len(live), "erased": len(folded.erased)},
-                                           "planner": [asdict(t) for t in tried], **log_meta})
-            written[name] = version
-            lines.append(f"  {name:<12} {version}  {len(items):>6} items ({len(e.bad)} skipped); log: "
-                         f"{len(live)} upserted, {len(folded.erased)} erased, to offset {upto};  {plan.factory} "
-                         f"{plan.params}  recall@10 {plan.recall_at_10:.3f}  {plan.bytes_per_item:.0f} B/item  "
-                         f"embed {rate:.1f} items/s")
+                raise PlanError(f"{name}: {err}") from err
+            version = write_version(opts.out, name, index, items, plan, model_version=space.version,
+                                    metric=space.metric, folded=folded, runner=s.runner, embed_items_per_s=rate,
+                                    tuned_on="queries" if queries is not None else "perturbed gallery",
+                                    planner=[asdict(t) for t in tried],
+                                    log=VersionLog(wlog.kind, upto, after) if wlog else None,
+                                    details={"gallery": str(opts.gallery), "gallery_sha256": s.gallery_hash,
+                                             "folded": {"upserted": len(live), "erased": len(folded.erased)}})
+            spaces.append(SpaceBuilt(name, modality, version, len(items), len(e.bad), len(live), len(folded.erased),
+                                     upto, plan, rate))
             skipped += [d for d in dropped if d not in skipped]
         if skipped:
-            with open(args.out / f"skipped-{modality}.csv", "w", newline="") as f:
+            skipped_files[modality] = opts.out / f"skipped-{modality}.csv"
+            with open(skipped_files[modality], "w", newline="") as f:
                 csv.writer(f).writerows([("item_id", "reason"), *skipped])
-    published = {} if args.no_publish else written
+    published = {} if opts.no_publish else {sp.name: sp.version for sp in spaces}
     for name, version in published.items():
-        publish(args.out, name, version)
-    if args.redis and published:
+        publish(opts.out, name, version)
+    if opts.redis and published:
         from facevoice.service.cache import announce
 
-        announce(args.redis, published)
-    return published, lines
+        announce(opts.redis, published)
+    return Built(opts.gallery, tuple(done), spaces, empty, skipped_files, published)

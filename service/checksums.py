@@ -77,14 +77,24 @@ def verify(root: Path, digests: dict[str, str], progress=None) -> int:
     return len(digests)
 
 
-if __name__ == "__main__":  # python -m facevoice.service.checksums write|verify DIR
+def main(argv: list[str]) -> int:
+    """`python -m facevoice.service.checksums write|verify DIR`."""
+    from facevoice.service.errors import UsageError
+
+    if len(argv) != 2 or argv[0] not in ("write", "verify"):
+        raise UsageError("usage: python -m facevoice.service.checksums write|verify DIR")
+    where = Path(argv[1])
+    try:
+        n = len(write(where)) if argv[0] == "write" else verify(where, read(where))
+    except OSError as e:
+        raise ChecksumMismatch(f"{where}: {e}") from e
+    print(f"{where / NAME}: {n} files {'recorded' if argv[0] == 'write' else 'match'}")
+    return 0
+
+
+if __name__ == "__main__":
     import sys
 
-    if len(sys.argv) != 3 or sys.argv[1] not in ("write", "verify"):
-        raise SystemExit("usage: python -m facevoice.service.checksums write|verify DIR")
-    where = Path(sys.argv[2])
-    try:
-        n = len(write(where)) if sys.argv[1] == "write" else verify(where, read(where))
-    except (ChecksumMismatch, OSError) as e:
-        raise SystemExit(str(e)) from e
-    print(f"{where / NAME}: {n} files {'recorded' if sys.argv[1] == 'write' else 'match'}")
+    from facevoice.cli import run_script
+
+    run_script(lambda: main(sys.argv[1:]), "python -m facevoice.service.checksums")

@@ -23,11 +23,15 @@ import math
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import faiss
 import numpy as np
 
 from facevoice.service.errors import BadRequest
+
+if TYPE_CHECKING:
+    from facevoice.service.versions import IndexMeta
 
 GPU_MAX_K = 2048  # FAISS-GPU's largest k (and nprobe)
 EXACT_FILTER_ROWS = 20_000  # filters matching at most this many items are searched exactly
@@ -42,7 +46,8 @@ class Item:
 
 @dataclass(frozen=True)
 class BuildPlan:
-    """How an index was chosen (service/planner.py): its family, search settings and recall."""
+    """How an index was chosen (service/planner.py): its family, search settings and recall. A
+    version's meta.json holds it whole (versions.IndexMeta), so a field added here is kept there."""
 
     kind: str  # flat | ivf | hnsw: how rows are numbered, removed and searched
     params: dict
@@ -125,9 +130,9 @@ class Gallery:
     changed since its version was built (the live overlay, bounded by the caller)."""
 
     def __init__(self, index: faiss.Index, items: dict[int, Item], metric: str, plan: BuildPlan,
-                 use_gpu: bool = False, meta: dict | None = None, exact_filter_rows: int = EXACT_FILTER_ROWS,
+                 use_gpu: bool = False, meta: IndexMeta | None = None, exact_filter_rows: int = EXACT_FILTER_ROWS,
                  compact_at: float = 0.25, mapped_from: str | None = None):
-        self.metric, self.plan, self.meta = metric, plan, meta or {}
+        self.metric, self.plan, self.meta = metric, plan, meta  # meta: the version's, None for one built here
         self.mapped_from = mapped_from  # a memory-mapped (read-only) index file: read into memory before a write
         self._owning = threading.Lock()
         self.exact_filter_rows, self.compact_at = exact_filter_rows, compact_at
@@ -176,7 +181,7 @@ class Gallery:
     @property
     def generation(self) -> str:
         """Names this gallery's content: its version and the log offset applied on top of it."""
-        return f"{self.meta.get('version', '')}@{self.applied}"
+        return f"{self.meta.version if self.meta else ''}@{self.applied}"
 
     def _prepare(self, x: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(np.atleast_2d(x), np.float32)

@@ -30,11 +30,11 @@ from facevoice.service.errors import (
     Unsupported,
 )
 from facevoice.service.gallery import Item
+from facevoice.service.indexes import IndexSet
 from facevoice.service.media import MediaError, frontends
 from facevoice.service.media.image import Box, FaceUsed
 from facevoice.service.metrics import Metrics
 from facevoice.service.repository import ASSOCIATION, FACE, FACE_FEATURE, S2F_VOICE, SPEECH2FACE, VOICE
-from facevoice.service.served import IndexSet
 from facevoice.v1 import facevoice_pb2 as pb
 from facevoice.v1 import facevoice_pb2_grpc as pb_grpc
 
@@ -209,8 +209,8 @@ class FaceVoiceService(pb_grpc.FaceVoiceServicer):
         with self.metrics.timed(method, "search"):
             found = gallery.search(query, request.top_k, filters)
         response = pb.SearchResponse(hits=_hits(found, gallery.metric),
-                                     model_version=gallery.meta["model_version"],
-                                     index_version=gallery.meta["version"])
+                                     model_version=gallery.meta.model_version,
+                                     index_version=gallery.meta.version)
         if cacheable:
             with self.metrics.timed(method, "cache"):
                 self.cache.put("result", key, response.SerializeToString())
@@ -271,7 +271,7 @@ class FaceVoiceService(pb_grpc.FaceVoiceServicer):
             with self.metrics.timed("ReconstructFace", "search"):
                 found = gallery.search(feature, request.top_k)
             response.nearest.extend(_hits(found, gallery.metric))
-            response.index_version = gallery.meta["version"]
+            response.index_version = gallery.meta.version
         return response
 
     @rpc
@@ -333,9 +333,9 @@ class FaceVoiceService(pb_grpc.FaceVoiceServicer):
         infos = []
         for name, g in sorted(self.indexes.galleries.items()):
             m = g.meta
-            infos.append(pb.IndexInfo(name=name, version=m["version"], model_version=m["model_version"],
-                                      size=g.size, kind=m["kind"], params={k: str(v) for k, v in m["params"].items()},
-                                      recall_at_10=m["recall_at_10"], built_at=m["built_at"], device=g.device,
+            infos.append(pb.IndexInfo(name=name, version=m.version, model_version=m.model_version, size=g.size,
+                                      kind=g.plan.kind, params={k: str(v) for k, v in g.plan.params.items()},
+                                      recall_at_10=g.plan.recall_at_10, built_at=m.built_at, device=g.device,
                                       plan=g.plan.name or g.plan.kind, factory=g.plan.factory,
                                       bytes_per_item=g.plan.bytes_per_item, min_recall=g.plan.min_recall,
                                       memory_budget=g.plan.memory_budget, mapped=g.mapped_from is not None,

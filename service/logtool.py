@@ -11,15 +11,24 @@ runs it: what it moves aside is lost to the gallery (the write it held must be m
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
 
+from facevoice.cli import options
 from facevoice.service.errors import UsageError
-from facevoice.service.writelog import Verified, WriteLog, open_log
+from facevoice.service.writelog import Damage, Verified, open_log
+
+
+@dataclass(frozen=True)
+class IndexLogOptions:
+    out: Path  # the index root (the file log lives in its .gallery-log/)
+    gallery_log: str = "auto"  # auto | file | redis
+    redis: str | None = None  # the Redis of the gallery log
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True, help="index root (the file log lives in its .gallery-log/)")
-    p.add_argument("--gallery-log", default="auto", choices=["auto", "file", "redis"])
+    p.add_argument("--gallery-log", default=IndexLogOptions.gallery_log, choices=["auto", "file", "redis"])
     p.add_argument("--redis", help="the Redis of the gallery log (with --gallery-log auto or redis)")
 
 
@@ -36,33 +45,80 @@ def describe(v: Verified) -> list[str]:
     return lines
 
 
-def verify(wlog: WriteLog) -> tuple[Verified, list[str]]:
-    v = wlog.verify()
-    mark = wlog.damaged()
-    lines = describe(v)
-    if mark is not None and v.ok:
-        lines.append(f"  marked damaged at {mark.where}, which now reads intact: `index log repair` clears the mark")
-    return v, lines
+@dataclass(frozen=True)
+class IndexLogVerifyResult:
+    log: str  # the log's name: its directory, or "Redis stream NAME"
+    verified: Verified
+    mark: Damage | None  # the damage mark the log carries (every writer refuses while it stands)
+
+    @property
+    def damaged(self) -> bool:
+        return not self.verified.ok or self.mark is not None
+
+    @property
+    def status(self) -> int:
+        """0 when nothing is damaged, else 1."""
+        return 1 if self.damaged else 0
+
+    def lines(self) -> list[str]:
+        lines = describe(self.verified)
+        if self.mark is not None and self.verified.ok:
+            lines.append(f"  marked damaged at {self.mark.where}, which now reads intact: `index log repair` "
+                         "clears the mark")
+        return lines
+
+    def summary(self) -> str:
+        found = "DAMAGED, run `facevoice index log repair`" if self.damaged else "intact"
+        return "\n".join([*self.lines(), f"index log verify: {self.log}: {found}"])
+
+
+@dataclass(frozen=True)
+class IndexLogRepairResult:
+    moved: list[Damage]  # the damaged records moved into the quarantine
+    after: IndexLogVerifyResult  # the log verified after the repair
+
+    @property
+    def status(self) -> int:
+        """0 when the log reads intact after the repair, else 1."""
+        return 0 if self.after.verified.ok else 1
+
+    def summary(self) -> str:
+        moved = [f"  moved aside: {d.where}: {d.why}" + (f" ({d.length} bytes)" if d.length else "")
+                 for d in self.moved]
+        return "\n".join([*moved, *self.after.lines(),
+                          f"index log repair: {self.after.log}: {len(self.moved)} damaged records quarantined; "
+                          f"{'intact now' if self.after.verified.ok else 'STILL DAMAGED'}; every record after "
+                          "them kept"])
+
+
+def _open(opts: IndexLogOptions):
+    wlog = open_log(opts.gallery_log, opts.out, opts.redis)
+    if wlog is None:
+        raise UsageError("no gallery log (give --out, or a Redis)")
+    return wlog
+
+
+def index_log_verify(opts: IndexLogOptions) -> IndexLogVerifyResult:
+    """`index log verify`: every record of the gallery write log read and checked."""
+    wlog = _open(opts)
+    try:
+        return IndexLogVerifyResult(wlog.name, wlog.verify(), wlog.damaged())
+    finally:
+        wlog.close()
+
+
+def index_log_repair(opts: IndexLogOptions) -> IndexLogRepairResult:
+    """`index log repair`: each damaged record moved into the log's quarantine, every record after
+    it kept and the damage mark cleared; then the log verified again."""
+    wlog = _open(opts)
+    try:
+        moved = wlog.repair()
+        return IndexLogRepairResult(moved, IndexLogVerifyResult(wlog.name, wlog.verify(), wlog.damaged()))
+    finally:
+        wlog.close()
 
 
 def run(args: argparse.Namespace) -> int:
-    wlog = open_log(args.gallery_log, args.out, args.redis)
-    if wlog is None:
-        raise UsageError("index log: no gallery log (give --out, or a Redis)")
-    try:
-        if args.path[-1] == "verify":
-            v, lines = verify(wlog)
-            print("\n".join(lines))
-            bad = not v.ok or wlog.damaged() is not None
-            print(f"index log verify: {wlog.name}: {'DAMAGED, run `facevoice index log repair`' if bad else 'intact'}")
-            return 1 if bad else 0
-        moved = wlog.repair()
-        for d in moved:
-            print(f"  moved aside: {d.where}: {d.why}" + (f" ({d.length} bytes)" if d.length else ""))
-        v, lines = verify(wlog)
-        print("\n".join(lines))
-        print(f"index log repair: {wlog.name}: {len(moved)} damaged records quarantined; "
-              f"{'intact now' if v.ok else 'STILL DAMAGED'}; every record after them kept")
-        return 0 if v.ok else 1
-    finally:
-        wlog.close()
+    result = (index_log_verify if args.path[-1] == "verify" else index_log_repair)(options(IndexLogOptions, args))
+    print(result.summary())
+    return result.status

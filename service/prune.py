@@ -22,7 +22,7 @@ from facevoice.service.writelog import offset_of, open_log
 
 
 @dataclass(frozen=True)
-class PruneOptions:
+class IndexPruneOptions:
     out: Path  # the index root
     keep: int = 3  # versions kept per index, the current one included
     gallery_log: str = "auto"  # auto | file | redis
@@ -30,7 +30,7 @@ class PruneOptions:
 
 
 @dataclass(frozen=True)
-class Pruned:
+class IndexPruneResult:
     out: Path
     removed: dict[str, list[str]]  # index -> the versions deleted
     kept: dict[str, int]  # index -> versions left
@@ -48,9 +48,9 @@ class Pruned:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True, help="index root")
-    p.add_argument("--keep", type=int, default=PruneOptions.keep,
+    p.add_argument("--keep", type=int, default=IndexPruneOptions.keep,
                    help="versions kept per index, the current one included")
-    p.add_argument("--gallery-log", default=PruneOptions.gallery_log, choices=["auto", "file", "redis"])
+    p.add_argument("--gallery-log", default=IndexPruneOptions.gallery_log, choices=["auto", "file", "redis"])
     p.add_argument("--redis", help="the Redis of the gallery log (with --gallery-log auto or redis)")
 
 
@@ -83,7 +83,7 @@ def prune(root: Path, keep: int, wlog) -> tuple[dict[str, list[str]], str | None
     return removed, low, wlog.trim(low)
 
 
-def prune_indexes(opts: PruneOptions) -> Pruned:
+def index_prune(opts: IndexPruneOptions) -> IndexPruneResult:
     """`index prune`: `prune` on the index root and its gallery log."""
     wlog = open_log(opts.gallery_log, opts.out, opts.redis)
     try:
@@ -91,10 +91,10 @@ def prune_indexes(opts: PruneOptions) -> Pruned:
     finally:
         if wlog is not None:
             wlog.close()
-    return Pruned(opts.out, removed, {name: len(versions_of(opts.out, name)) for name in removed},
+    return IndexPruneResult(opts.out, removed, {name: len(versions_of(opts.out, name)) for name in removed},
                   wlog.kind if wlog else None, low, dropped)
 
 
 def run(args: argparse.Namespace) -> int:
-    print(prune_indexes(options(PruneOptions, args)).summary())
+    print(index_prune(options(IndexPruneOptions, args)).summary())
     return 0

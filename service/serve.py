@@ -2,6 +2,8 @@
 
 Settings come from flags, else FACEVOICE_* environment variables, else a TOML file (--config),
 else the defaults below. The embedded default needs only --model-repo (and --index-root to search).
+`serve(ServeOptions(...))` runs it until SIGTERM or SIGINT (or a given event); `Running(ServeConfig(...))`
+is the started service itself, for a caller that stops it.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ import logging
 import os
 import signal
 import threading
+import time
 import tomllib
 from concurrent import futures
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, make_dataclass
 from pathlib import Path
 
 import faiss
@@ -23,15 +26,16 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from facevoice.cli import options
 from facevoice.service.cache import Cache, Subscriber
 from facevoice.service.embedder import Embedder
 from facevoice.service.errors import DependencyUnavailable, UsageError
 from facevoice.service.handlers import FaceVoiceService
+from facevoice.service.indexes import IndexSet
 from facevoice.service.media import DEFAULT_LIMITS
 from facevoice.service.metrics import Metrics
 from facevoice.service.repository import open_repository
 from facevoice.service.runners import EmbeddedRunner, TritonRunner
-from facevoice.service.served import IndexSet
 from facevoice.service.writelog import LogDamaged, LogTrimmed, RedisLog, open_log
 from facevoice.v1 import facevoice_pb2, facevoice_pb2_grpc
 
@@ -90,18 +94,28 @@ def _convert(name: str, value):
     return str(value)
 
 
-def load_config(args: argparse.Namespace | None = None, env: dict | None = None) -> ServeConfig:
+ServeOptions = make_dataclass("ServeOptions", [
+    ("config", "Path | None", None),
+    *((f.name, f.type if "None" in f.type else f"{f.type} | None", None) for f in fields(ServeConfig))],
+    frozen=True)
+ServeOptions.__module__ = __name__
+ServeOptions.__doc__ = """`facevoice serve`'s arguments: `config` (the TOML file) and one flag per ServeConfig
+field, each None when not given, so that the environment, the file, then ServeConfig's default decide
+(load_config)."""
+
+
+def load_config(flags: ServeOptions | None = None, env: dict | None = None) -> ServeConfig:
     """Flags over FACEVOICE_* environment variables over the --config TOML file over defaults."""
     env = os.environ if env is None else env
     values: dict = {}
-    config_file = getattr(args, "config", None) or env.get("FACEVOICE_CONFIG")
+    config_file = getattr(flags, "config", None) or env.get("FACEVOICE_CONFIG")
     if config_file:
         with open(config_file, "rb") as f:
             values.update(tomllib.load(f).get("serve", {}))
     for f in fields(ServeConfig):
         if f"FACEVOICE_{f.name.upper()}" in env:
             values[f.name] = env[f"FACEVOICE_{f.name.upper()}"]
-        flag = getattr(args, f.name, None) if args is not None else None
+        flag = getattr(flags, f.name, None) if flags is not None else None
         if flag is not None:
             values[f.name] = flag
     unknown = set(values) - {f.name for f in fields(ServeConfig)}
@@ -286,15 +300,15 @@ class Running:
         if cfg.index_root and cfg.poll_s > 0:
             self.indexes.watch(cfg.poll_s)
 
-        options = [("grpc.max_receive_message_length", cfg.max_message_bytes),
-                   ("grpc.max_send_message_length", cfg.max_message_bytes)]
+        channel_options = [("grpc.max_receive_message_length", cfg.max_message_bytes),
+                           ("grpc.max_send_message_length", cfg.max_message_bytes)]
         interceptors = []
         if cfg.max_concurrent_rpcs > 0:
             interceptors.append(ConcurrencyLimit(cfg.max_concurrent_rpcs, self.metrics))
         if cfg.token or cfg.admin_token:
             interceptors.append(AuthInterceptor(cfg.token, cfg.admin_token))
         self.server = grpc.server(futures.ThreadPoolExecutor(cfg.workers, thread_name_prefix="facevoice-rpc"),
-                                  options=options, interceptors=interceptors)
+                                  options=channel_options, interceptors=interceptors)
         facevoice_pb2_grpc.add_FaceVoiceServicer_to_server(
             FaceVoiceService(self.embedder, self.indexes, self.cache, self.metrics), self.server)
         self.health = health.HealthServicer()
@@ -347,18 +361,48 @@ class Running:
             self.embedder.runner.close()
 
 
-def run(args: argparse.Namespace) -> int:
+@dataclass(frozen=True)
+class ServeResult:
+    host: str
+    port: int  # the gRPC port it listened on
+    metrics_port: int | None  # None with /metrics off
+    runner: str  # embedded or triton
+    loaded: dict[str, tuple[str, int]]  # index -> (version, items) at start-up
+    missing: list[str]  # the served models' indexes it found no version of at start-up
+    seconds: float  # from start-up to the end of the drain
+
+    def summary(self) -> str:
+        return f"facevoice serve: stopped after {self.seconds:.0f} s serving gRPC on {self.host}:{self.port}"
+
+
+def serve(opts: ServeOptions, *, env: dict | None = None, stop: threading.Event | None = None) -> ServeResult:
+    """`facevoice serve`: the service with the settings of `load_config(opts, env)`, until SIGTERM or
+    SIGINT (or, when given, until `stop` is set: then no signal handler is installed, so it may run
+    off the main thread), then drained. Prints where it listens once started, and when it drains."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    cfg = load_config(args)
+    cfg = load_config(opts, env)
+    t0 = time.monotonic()
     running = Running(cfg)
-    loaded = {n: (g.meta["version"], g.size) for n, g in running.indexes.galleries.items()}
-    print(f"facevoice serve: gRPC on {cfg.host}:{running.port}, metrics on :{running.metrics_port}, "
-          f"{running.embedder.runner.name} runner, indexes {loaded or 'none'}; "
-          f"missing: {[n for n in running.indexes.model_versions if n not in loaded] or 'none'}", flush=True)
-    stopped = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stopped.set())
-    stopped.wait()
-    print("facevoice serve: draining", flush=True)
-    running.stop()
+    loaded = {n: (g.meta.version, g.size) for n, g in running.indexes.galleries.items()}
+    missing = [n for n in running.indexes.model_versions if n not in loaded]
+    port, metrics_port, runner = running.port, running.metrics_port, running.embedder.runner.name
+    print(f"facevoice serve: gRPC on {cfg.host}:{port}, metrics on :{metrics_port}, {runner} runner, "
+          f"indexes {loaded or 'none'}; missing: {missing or 'none'}", flush=True)
+    handlers = {}
+    try:
+        if stop is None:
+            stop = threading.Event()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                handlers[sig] = signal.signal(sig, lambda *_: stop.set())
+        stop.wait()
+        print("facevoice serve: draining", flush=True)
+    finally:
+        running.stop()
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    return ServeResult(cfg.host, port, metrics_port, runner, loaded, missing, time.monotonic() - t0)
+
+
+def run(args: argparse.Namespace) -> int:
+    print(serve(options(ServeOptions, args)).summary(), flush=True)
     return 0

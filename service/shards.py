@@ -19,24 +19,83 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict
+from dataclasses import KW_ONLY, asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
+from facevoice.cli import options
 from facevoice.service.build import (
+    Built,
     Embedded,
+    GalleryBuildOptions,
+    IndexBuildOptions,
     Setup,
     add_gallery_arguments,
     add_plan_arguments,
+    check_shard,
     edited_ids,
     embed_modality,
     setup,
     write_and_publish,
 )
+from facevoice.service.errors import FacevoiceError, UsageError
 from facevoice.service.gallery import Item
 
 DONE = "shard.json"
+
+
+class ShardsMissing(FacevoiceError):
+    """A merge before every shard was built (nothing is published)."""
+
+
+@dataclass(frozen=True)
+class IndexMergeOptions(GalleryBuildOptions):
+    _: KW_ONLY
+    shards: int  # N, as the shards were built with `index build --shard I/N`
+
+
+@dataclass(frozen=True)
+class BuildShardResult:
+    shard: int  # I
+    of: int  # N
+    path: Path  # the shard's finished folder
+    seconds: float
+    modalities: dict[str, dict]  # modality -> {"items", "skipped", "seconds", "spaces"}, as in its shard.json
+    already_built: bool = False  # found finished: nothing was embedded
+
+    def summary(self) -> str:
+        if self.already_built:
+            return f"index build --shard {self.shard}/{self.of}: already built ({self.path})"
+        parts = ", ".join(f"{m} {d['items']} items ({d['skipped']} skipped)" for m, d in self.modalities.items())
+        return (f"index build --shard {self.shard}/{self.of}: {parts or 'no rows'} in {self.seconds:.1f} s "
+                f"-> {self.path}")
+
+
+@dataclass(frozen=True)
+class IndexMergeResult:
+    gallery: Path
+    out: Path
+    shards: int
+    seconds: float
+    built: Built
+    root: Path  # the shards' folder
+    deleted: bool  # the merged shards were deleted (every modality they hold was merged and published)
+    kept_for: tuple[str, ...] = ()  # published, but the shards are kept for these modalities, not merged yet
+
+    @property
+    def published(self) -> dict[str, str]:
+        return self.built.published
+
+    def summary(self) -> str:
+        lines = self.built.lines()
+        if self.deleted:
+            lines.append(f"  deleted the {self.shards} merged shards ({self.root})")
+        elif self.kept_for:
+            lines.append(f"  kept the shards for {', '.join(self.kept_for)}, not merged yet "
+                         f"({self.root}; `index prune` deletes what no merge takes)")
+        return "\n".join([f"index merge: {self.shards} shards of {self.gallery} -> {self.out} in "
+                          f"{self.seconds:.1f} s{' (published)' if self.published else ''}", *lines])
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -45,7 +104,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_plan_arguments(p)
 
 
-def shard_root(out: Path, s: Setup, splits: list[str] | None, n: int) -> Path:
+def shard_root(out: Path, s: Setup, splits: tuple[str, ...] | None, n: int) -> Path:
     """Where the N shards of this gallery, split and model versions go (the same on every machine)."""
     versions = sorted(sp.version for sp in s.manifest.indexed().values())
     key = hashlib.sha256(json.dumps([s.gallery_hash, sorted(splits or []), versions]).encode()).hexdigest()[:12]
@@ -56,25 +115,25 @@ def slice_of(rows: list, i: int, n: int) -> list:
     return rows[len(rows) * i // n: len(rows) * (i + 1) // n]
 
 
-def build_shard(args: argparse.Namespace) -> int:
-    """Embeds slice I of N of each modality and keeps its vectors and items for the merge."""
+def build_shard(opts: IndexBuildOptions) -> BuildShardResult:
+    """Embeds slice I of N (`opts.shard`) of each modality and keeps its vectors and items for the merge."""
     start = time.perf_counter()
-    i, n = args.shard
-    s = setup(args, fold_log=False)
-    root = shard_root(args.out, s, args.split, n)
+    i, n = check_shard(opts.shard)
+    s = setup(opts, triton_url=opts.triton_url, fold_log=False)
+    root = shard_root(opts.out, s, opts.split, n)
     final = root / f"{i:04d}"
     if (final / DONE).exists():
-        print(f"index build --shard {i}/{n}: already built ({final})")
-        return 0
+        return BuildShardResult(i, n, final, time.perf_counter() - start,
+                                json.loads((final / DONE).read_text())["modalities"], already_built=True)
     for stale in root.glob(f".tmp-{i:04d}-*"):  # left by an attempt that died; its batches are kept apart
         shutil.rmtree(stale, ignore_errors=True)
     tmp = root / f".tmp-{i:04d}-{os.getpid()}"
     tmp.mkdir(parents=True)
     summary = {"shard": i, "of": n, "modalities": {}}
-    for modality in args.modalities:
+    for modality in opts.modalities:
         part = slice_of(s.rows.get(modality, []), i, n)
-        e = embed_modality(s.emb, part, modality, root / f"work-{i:04d}" / "batches", args.batch,
-                           args.concurrency, not args.no_progress) if part else None
+        e = embed_modality(s.emb, part, modality, root / f"work-{i:04d}" / "batches", opts.batch,
+                           opts.concurrency, not opts.no_progress) if part else None
         if e is None:
             continue
         for name, x in e.vectors.items():
@@ -90,9 +149,7 @@ def build_shard(args: argparse.Namespace) -> int:
         shutil.rmtree(final)
     os.replace(tmp, final)
     shutil.rmtree(root / f"work-{i:04d}", ignore_errors=True)
-    parts = ", ".join(f"{m} {d['items']} items ({d['skipped']} skipped)" for m, d in summary["modalities"].items())
-    print(f"index build --shard {i}/{n}: {parts or 'no rows'} in {time.perf_counter() - start:.1f} s -> {final}")
-    return 0
+    return BuildShardResult(i, n, final, time.perf_counter() - start, summary["modalities"])
 
 
 def read_shards(root: Path, n: int, modality: str, spaces: list[str]) -> Embedded | None:
@@ -121,33 +178,35 @@ def without(e: Embedded, drop: set[str]) -> Embedded:
                     {name: x[keep] for name, x in e.vectors.items()}, e.bad, e.seconds)
 
 
-def run(args: argparse.Namespace) -> int:
+def index_merge(opts: IndexMergeOptions) -> IndexMergeResult:
+    """`index merge`: one index per space over every shard's vectors, the write log folded in, then
+    published; the merged shards are deleted once every modality they hold is merged."""
     start = time.perf_counter()
-    if args.shards < 1:
-        raise SystemExit("index merge: --shards must be at least 1")
-    s = setup(args, embed=False)
-    root = shard_root(args.out, s, args.split, args.shards)
-    missing = [i for i in range(args.shards) if not (root / f"{i:04d}" / DONE).exists()]
+    n = opts.shards
+    if n < 1:
+        raise UsageError("--shards must be at least 1")
+    s = setup(opts, embed=False)
+    root = shard_root(opts.out, s, opts.split, n)
+    missing = [i for i in range(n) if not (root / f"{i:04d}" / DONE).exists()]
     if missing:
-        shown = ", ".join(f"{i}/{args.shards}" for i in missing[:10]) + (" ..." if len(missing) > 10 else "")
-        raise SystemExit(f"index merge: {len(missing)} of {args.shards} shards are not built ({shown}): run "
-                         f"`index build --shard I/{args.shards}` for each with the same gallery and models; "
-                         "nothing was published")
+        shown = ", ".join(f"{i}/{n}" for i in missing[:10]) + (" ..." if len(missing) > 10 else "")
+        raise ShardsMissing(f"{len(missing)} of {n} shards are not built ({shown}): run "
+                            f"`index build --shard I/{n}` for each with the same gallery and models; "
+                            "nothing was published")
     done = {}
-    for modality in args.modalities:
+    for modality in opts.modalities:
         spaces = [name for name, sp in s.manifest.indexed().items() if sp.modality == modality]
-        e = read_shards(root, args.shards, modality, spaces)
+        e = read_shards(root, n, modality, spaces)
         done[modality] = without(e, edited_ids(s, modality)) if e is not None else None
-    published, lines = write_and_publish(args, s, done)
-    built = {m for i in range(args.shards)
-             for m in json.loads((root / f"{i:04d}" / DONE).read_text())["modalities"]}
-    if published and built <= set(args.modalities):  # they hold every row's vectors, deleted items' too
+    built = write_and_publish(opts, s, done)
+    shard_modalities = {m for i in range(n) for m in json.loads((root / f"{i:04d}" / DONE).read_text())["modalities"]}
+    deleted = bool(built.published) and shard_modalities <= set(opts.modalities)
+    if deleted:  # they hold every row's vectors, deleted items' too
         shutil.rmtree(root)
-        lines.append(f"  deleted the {args.shards} merged shards ({root})")
-    elif published:
-        lines.append(f"  kept the shards for {', '.join(sorted(built - set(args.modalities)))}, not merged yet "
-                     f"({root}; `index prune` deletes what no merge takes)")
-    print(f"index merge: {args.shards} shards of {args.gallery} -> {args.out} in {time.perf_counter() - start:.1f} s"
-          f"{' (published)' if published else ''}")
-    print("\n".join(lines))
+    kept_for = tuple(sorted(shard_modalities - set(opts.modalities))) if built.published and not deleted else ()
+    return IndexMergeResult(opts.gallery, opts.out, n, time.perf_counter() - start, built, root, deleted, kept_for)
+
+
+def run(args: argparse.Namespace) -> int:
+    print(index_merge(options(IndexMergeOptions, args)).summary())
     return 0

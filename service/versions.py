@@ -8,7 +8,7 @@ import json
 import os
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -16,15 +16,83 @@ import faiss
 import numpy as np
 
 from facevoice.service import checksums
-from facevoice.service.errors import FacevoiceError
+from facevoice.service.errors import FacevoiceError, FormatError
 from facevoice.service.gallery import BuildPlan, Gallery, Item, apply_search_params
 
-FILES = ("index.faiss", "items.jsonl", "meta.json")
+META = "meta.json"
+FILES = ("index.faiss", "items.jsonl", META)
 FOLDED = ("folded.json", "folded.npy")  # the write log folded in: what a later build carries forward
 
 
 class IndexVersionError(FacevoiceError):
     """An index version that must not be served (bad checksum, wrong model version, unreadable)."""
+
+
+@dataclass(frozen=True)
+class VersionLog:
+    """The gallery write log a version folded in: its kind, the offset it folded up to (a replica
+    replays from there) and the previous version's offset, after which the fold began."""
+
+    kind: str
+    offset: str | None = None
+    replayed_after: str | None = None
+
+
+@dataclass(frozen=True)
+class IndexMeta:
+    """An index version's meta.json, read and written only here. Its plan is the BuildPlan whole
+    (`asdict`, under "plan"); `details` holds what one builder records and no reader needs by name
+    (the gallery's path and hash, the counts of folded writes); in the file they sit at the top
+    level beside the named fields."""
+
+    name: str  # the index: face, voice, face_feature
+    version: str
+    model_version: str
+    metric: str
+    size: int
+    dim: int
+    plan: BuildPlan
+    file_bytes_per_item: float = 0.0
+    built_at: str = ""  # UTC, ISO 8601
+    runner: str = ""  # what `index build` embedded with: embedded, triton, or shards (a merge)
+    embed_items_per_s: float | None = None
+    tuned_on: str = ""  # queries (the other modality's) | perturbed gallery
+    planner: list[dict] = field(default_factory=list)  # asdict(planner.Tried) of every candidate tried
+    log: VersionLog | None = None  # the write log folded in; None: built without one
+    details: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        details = d.pop("details")
+        return {**d, **details}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> IndexMeta:
+        d = dict(d)
+        plan = d.pop("plan", None)
+        if not isinstance(plan, dict):  # versions before IndexMeta: the plan's fields at the top level, its name
+            named = {f.name for f in fields(BuildPlan)} - {"name"}  # under "plan" ("name" is the index's)
+            plan = {**{k: d.pop(k) for k in named & d.keys()}, "name": plan or ""}
+        log = d.pop("log", None)
+        named = {f.name for f in fields(cls)} - {"plan", "log", "details"}
+        return cls(**{k: v for k, v in d.items() if k in named}, plan=BuildPlan(**plan),
+                   log=VersionLog(**log) if log else None, details={k: v for k, v in d.items() if k not in named})
+
+    def write(self, path: Path) -> Path:
+        """Into the version's directory (a new one, not yet in place: versions are immutable)."""
+        out = Path(path) / META
+        out.write_text(json.dumps(self.to_dict(), indent=2))
+        return out
+
+    @classmethod
+    def read(cls, path: Path) -> IndexMeta:
+        """The meta.json of the version directory `path`; FormatError naming the file when it is
+        missing or not an index version's."""
+        file = Path(path) / META
+        try:
+            return cls.from_dict(json.loads(file.read_text()))
+        except (OSError, UnicodeDecodeError, ValueError, TypeError, AttributeError) as e:
+            raise FormatError(f"{file}: not an index version's {META} ({type(e).__name__}: {e})") from e
 
 
 @dataclass
@@ -61,8 +129,9 @@ def new_version() -> str:
 
 
 def write_version(root: Path, name: str, index: faiss.Index, items: list[Item], plan: BuildPlan, *,
-                  model_version: str, metric: str, extra: dict | None = None, folded: Folded | None = None) -> str:
-    """Writes a new immutable version (not yet served); returns its name."""
+                  model_version: str, metric: str, folded: Folded | None = None, **recorded) -> str:
+    """Writes a new immutable version (not yet served); returns its name. `recorded`: more of
+    IndexMeta's fields (what `index build` records: runner, tuned_on, planner, log, details)."""
     version = new_version()
     tmp = Path(root) / name / f".tmp-{version}"
     tmp.mkdir(parents=True)
@@ -71,14 +140,9 @@ def write_version(root: Path, name: str, index: faiss.Index, items: list[Item], 
         for row, it in enumerate(items):
             f.write(json.dumps({"row": row, **asdict(it)}) + "\n")
     index_bytes = (tmp / "index.faiss").stat().st_size
-    meta = {"name": name, "version": version, "model_version": model_version, "metric": metric,
-            "size": len(items), "dim": index.d, "kind": plan.kind, "params": plan.params,
-            "recall_at_10": plan.recall_at_10, "plan": plan.name or plan.kind, "factory": plan.factory,
-            "bytes_per_item": plan.bytes_per_item, "min_recall": plan.min_recall,
-            "memory_budget": plan.memory_budget, "file_bytes_per_item": index_bytes / max(len(items), 1),
-            "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            **(extra or {})}
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+    IndexMeta(name=name, version=version, model_version=model_version, metric=metric, size=len(items), dim=index.d,
+              plan=plan, file_bytes_per_item=index_bytes / max(len(items), 1),
+              built_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **recorded).write(tmp)
     files = FILES
     if folded is not None:
         ups = list(folded.upserted.values())
@@ -100,7 +164,7 @@ def publish(root: Path, name: str, version: str) -> None:
     """Points NAME's `current` at VERSION, atomically."""
     if any(p in ("", ".", "..") or "/" in p or "\\" in p for p in (name, version)):
         raise IndexVersionError(f"{name!r} / {version!r}: an index and a version are plain names")
-    if not (Path(root) / name / version / "meta.json").exists():
+    if not (Path(root) / name / version / META).exists():
         raise IndexVersionError(f"{root}/{name}/{version}: no such index version")
     tmp = Path(root) / name / f".current-{uuid.uuid4().hex[:8]}"
     tmp.write_text(version + "\n")
@@ -114,8 +178,8 @@ def current_version(root: Path, name: str) -> str | None:
         return None
 
 
-def read_meta(root: Path, name: str, version: str) -> dict:
-    return json.loads((Path(root) / name / version / "meta.json").read_text())
+def read_meta(root: Path, name: str, version: str) -> IndexMeta:
+    return IndexMeta.read(Path(root) / name / version)
 
 
 def verify(path: Path) -> None:
@@ -136,10 +200,10 @@ def load_version(root: Path, name: str, version: str, model_version: str, use_gp
     path = Path(root) / name / version
     verify(path)
     try:
-        meta = json.loads((path / "meta.json").read_text())
-        if meta["model_version"] != model_version:
-            raise IndexVersionError(f"{path}: built by model version {meta['model_version']}, "
-                              f"the service runs {model_version}")
+        meta = IndexMeta.read(path)
+        if meta.model_version != model_version:
+            raise IndexVersionError(f"{path}: built by model version {meta.model_version}, "
+                                    f"the service runs {model_version}")
         index = faiss.read_index(str(path / "index.faiss"), faiss.IO_FLAG_MMAP_IFC if mmap else 0)
         items = {}
         with open(path / "items.jsonl") as f:
@@ -147,10 +211,8 @@ def load_version(root: Path, name: str, version: str, model_version: str, use_gp
                 d = json.loads(line)
                 row = d.pop("row")
                 items[row] = Item(**d)
-        plan = BuildPlan(meta["kind"], meta["params"], meta["recall_at_10"], name=meta.get("plan", ""),
-                         factory=meta.get("factory", ""), bytes_per_item=meta.get("bytes_per_item", 0.0),
-                         min_recall=meta.get("min_recall", 0.0), memory_budget=meta.get("memory_budget", 0))
-    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
+        plan = meta.plan
+    except (FormatError, OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
         raise IndexVersionError(f"{path}: unreadable ({type(e).__name__}: {e})") from e
     apply_search_params(index, plan.params)
     if plan.removes and faiss.extract_index_ivf(index).direct_map.type == faiss.DirectMap.NoMap:
@@ -158,6 +220,6 @@ def load_version(root: Path, name: str, version: str, model_version: str, use_gp
         apply_search_params(index, plan.params)
         faiss.extract_index_ivf(index).set_direct_map_type(faiss.DirectMap.Hashtable)
         mmap = False
-    return Gallery(index, items, meta["metric"], plan, use_gpu=use_gpu, meta=meta,
+    return Gallery(index, items, meta.metric, plan, use_gpu=use_gpu, meta=meta,
                    mapped_from=str(path / "index.faiss") if mmap else None)
 

@@ -46,10 +46,14 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from facevoice.service.errors import DependencyUnavailable, FacevoiceError, FormatError
+
+if TYPE_CHECKING:
+    from facevoice.service.versions import IndexMeta
 
 log = logging.getLogger("facevoice.writelog")
 LOG_DIR = ".gallery-log"
@@ -896,8 +900,7 @@ def open_log(kind: str, index_root: Path | None, redis_url: str | None) -> Write
     return FileLog(index_root) if index_root is not None else None
 
 
-def offset_of(meta: dict, wlog: WriteLog) -> str:
+def offset_of(meta: IndexMeta, wlog: WriteLog) -> str:
     """Where a version's replay starts: its recorded offset in this log, else the log's start
     (a version built without this log: replaying all of it is safe, changes are idempotent)."""
-    recorded = meta.get("log") or {}
-    return recorded.get("offset", wlog.start) if recorded.get("kind") == wlog.kind else wlog.start
+    return meta.log.offset if meta.log is not None and meta.log.kind == wlog.kind else wlog.start

@@ -6,15 +6,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from facevoice.cli import main
 from tests.toy_corpus import TINY, build_toy_corpus
 
-S2F_TINY = ["face.size=32", "face.widths=[4, 8, 8, 16, 16]", "face.batch_norm=true", "face.fc=16",
+S2F_TINY = ("face.size=32", "face.widths=[4, 8, 8, 16, 16]", "face.batch_norm=true", "face.fc=16",
             "face.steps=30", "face.batch=16", "face.dropout=0.0", "face.attributes=['gender']",
             "decoder.first_layer=16", "decoder.size=32", "decoder.base=4", "decoder.widths=[16, 8, 8, 8]",
             "decoder.steps=10", "decoder.batch=16", "voice.seconds=1.0", "voice.widths=[4, 4, 8, 8, 8, 8, 16, 16, 16]",
             "train.batch=8", "train.iterations=10", "train.eval_every=10", "train.checkpoint_every=10",
-            "train.attributes=['gender']"]  # the toy corpus has one age group
+            "train.attributes=['gender']")  # the toy corpus has one age group
 
 
 @dataclass(frozen=True)
@@ -26,31 +25,36 @@ class Stack:
     index_root: Path
 
 
-def _sets(values: list[str]) -> list[str]:
-    return [a for s in values for a in ("--set", s)]
+def train_s2f_stack(corpus: Path, out: Path, cache: Path, sets: tuple[str, ...] = S2F_TINY) -> Path:
+    """Speech2Face's three networks trained tiny on CORPUS under OUT; the voice encoder's run."""
+    from facevoice.training.speech2face.decoder import TrainFaceDecoderOptions, train_face_decoder
+    from facevoice.training.speech2face.features import TrainFaceFeaturesOptions, train_face_features
+    from facevoice.training.speech2face.train import TrainS2FOptions, train_s2f
+
+    common = dict(corpus=corpus, workers=1, no_progress=True, threads=2, cache_dir=cache, set=sets)
+    face_net, decoder = out / "face" / "face_net.pt", out / "decoder" / "decoder.pt"
+    train_face_features(TrainFaceFeaturesOptions(**common, out=face_net.parent))
+    train_face_decoder(TrainFaceDecoderOptions(**common, out=decoder.parent, face_net=face_net))
+    train_s2f(TrainS2FOptions(**common, out=out / "voice", face_net=face_net, decoder=decoder))
+    return out / "voice"
 
 
 def build_stack(out: Path) -> Stack:
+    from facevoice.service.build import IndexBuildOptions, index_build
+    from facevoice.training.association.train import TrainAssociationOptions, train_association
+    from facevoice.training.export.command import ExportOptions, export_repository
+
     corpus = build_toy_corpus(out / "corpus", canonical=True)
-    common = ["--corpus", str(corpus), "--workers", "1", "--no-progress", "--threads", "2"]
     assoc = out / "assoc"
-    assert main(["train", "association", *common, "--config", "small", "--direction", "both", "--out", str(assoc),
-                 *_sets([*TINY, "train.iterations=20", "train.eval_every=20"])]) == 0
-    s2f = out / "s2f"
-    cache = ["--cache-dir", str(out / "s2f-cache")]
-    assert main(["train", "face-features", *common, *cache, "--out", str(s2f / "face"), *_sets(S2F_TINY)]) == 0
-    assert main(["train", "face-decoder", *common, *cache, "--out", str(s2f / "decoder"),
-                 "--face-net", str(s2f / "face" / "face_net.pt"), *_sets(S2F_TINY)]) == 0
-    assert main(["train", "s2f", *common, *cache, "--out", str(s2f / "voice"), "--face-net",
-                 str(s2f / "face" / "face_net.pt"), "--decoder", str(s2f / "decoder" / "decoder.pt"),
-                 *_sets(S2F_TINY)]) == 0
+    train_association(TrainAssociationOptions(corpus=corpus, workers=1, no_progress=True, threads=2, config="small",
+                                              direction="both", out=assoc,
+                                              set=(*TINY, "train.iterations=20", "train.eval_every=20")))
+    s2f = train_s2f_stack(corpus, out / "s2f", out / "s2f-cache")
     repo = out / "model_repo"
-    assert main(["export", "--association", str(assoc), "--s2f", str(s2f / "voice"), "--out", str(repo),
-                 "--default-config", "cpu"]) == 0
+    export_repository(ExportOptions(association=assoc, s2f=s2f, out=repo, default_config="cpu"))
     index_root = out / "indexes"
-    assert main(["index", "build", "--gallery", str(corpus / "manifest.csv"), "--model-repo", str(repo),
-                 "--out", str(index_root), "--no-progress"]) == 0
-    return Stack(corpus, assoc, s2f / "voice", repo, index_root)
+    index_build(IndexBuildOptions(gallery=corpus / "manifest.csv", model_repo=repo, out=index_root, no_progress=True))
+    return Stack(corpus, assoc, s2f, repo, index_root)
 
 
 def copy_indexes(stack: Stack, out: Path) -> Path:

@@ -4,19 +4,21 @@ as a curriculum, training on the first N identities, the within-gender link prob
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
-from facevoice.cli import main
+from facevoice.service.errors import FormatError, UsageError
 from facevoice.training.association.config import load_config
 from facevoice.training.association.data import Modality, SplitData, TupleSampler, first_identities
+from facevoice.training.association.heldout import EvalHeldoutOptions, HeldoutResults, eval_heldout
 from facevoice.training.association.loss import info_nce
 from facevoice.training.association.protocol import Embeddings, link_probes
+from facevoice.training.association.train import TrainAssociationOptions, train_association
 from facevoice.training.corpus.synth import build_corpus
+from facevoice.training.runs import RunInfo
 from tests.conftest import SMALL
 from tests.toy_corpus import TINY, build_toy_corpus
 
@@ -100,13 +102,13 @@ def test_first_identities_cuts_items_and_reads_lazily():
     assert cut.voice.data.shape == (8, 400) and cut.voice.data[[0, 7]].shape == (2, 400)
     assert cut.voice.data[3, 10:20].shape == (10,)
     assert first_identities(split, 0) is split and first_identities(split, 50) is split
-    with pytest.raises(ValueError, match="identities"):
+    with pytest.raises(UsageError, match="identities"):
         load_config("small", ["train.identities=-1"])
-    with pytest.raises(ValueError, match="negatives"):
+    with pytest.raises(UsageError, match="negatives"):
         load_config("small", ["train.negatives=nearest"])
-    with pytest.raises(ValueError, match="temperature"):
+    with pytest.raises(UsageError, match="temperature"):
         load_config("small", ["train.temperature=0"])
-    with pytest.raises(ValueError, match="augment_scale"):
+    with pytest.raises(UsageError, match="augment_scale"):
         load_config("small", ["face.augment_scale=[1.2, 0.9]"])
     assert load_config("small", ["face.augment_scale=[1.0, 1.0]"]).face.augment_scale == (1.0, 1.0)
 
@@ -131,26 +133,25 @@ def test_the_link_probe_reads_what_an_embedding_encodes_within_gender():
     assert link_probes(Embeddings(face, voice), split, {}) == {}
 
 
-def test_heldout_evaluates_runs_on_new_people_and_draws_the_curve(tmp_path, capsys):
+def test_heldout_evaluates_runs_on_new_people_and_draws_the_curve(tmp_path):
     toy = build_toy_corpus(tmp_path / "toy")
     runs = []
     for n in (4, 0):
         out = tmp_path / f"run-{n}"
-        sets = [a for s in [*TINY, "train.iterations=20", "train.loss=infonce", "train.batch=6",
-                            f"train.identities={n}"] for a in ("--set", s)]
-        assert main(["train", "association", "--corpus", str(toy), "--config", "small", "--direction", "both",
-                     "--out", str(out), "--workers", "1", "--no-progress", "--threads", "2", *sets]) == 0
+        sets = [*TINY, "train.iterations=20", "train.loss=infonce", "train.batch=6", f"train.identities={n}"]
+        assert train_association(TrainAssociationOptions(
+            corpus=toy, out=out, config="small", direction="both", workers=1, no_progress=True, threads=2,
+            set=sets)).steps == 20
         runs.append(out)
-    assert json.loads((runs[0] / "run.json").read_text())["train_identities"] == 4
+    assert RunInfo.read(runs[0]).train_identities == 4
     corpora = tmp_path / "corpora"
     for seed in (91, 92):  # what --seeds would generate, built smaller here
         build_corpus(corpora / f"heldout-{seed}-16", replace(SMALL, identities=16, seed=seed, splits=(0, 0, 1)),
                      progress=False)
     report = tmp_path / "report"
-    assert main(["eval", "heldout", *[a for r in runs for a in ("--run", str(r))], "--seeds", "91", "92",
-                 "--identities", "16", "--corpora", str(corpora), "--out", str(report), "--trials", "200",
-                 "--probe-trials", "3", "--curve", "--workers", "1", "--no-progress"]) == 0
-    results = json.loads((report / "heldout.json").read_text())
+    done = eval_heldout(EvalHeldoutOptions(out=report, run=runs, seeds=[91, 92], identities=16, corpora=corpora,
+                                           trials=200, probe_trials=3, curve=True, workers=1, no_progress=True))
+    results = HeldoutResults.read(report / "heldout.json").runs
     assert [r["train_identities"] for r in results] == [4, 12]
     for r in results:
         assert set(r["corpora"]) == {"heldout-91-16", "heldout-92-16"}
@@ -162,28 +163,27 @@ def test_heldout_evaluates_runs_on_new_people_and_draws_the_curve(tmp_path, caps
     assert (report / "curve.png").stat().st_size > 10_000
     text = (report / "heldout.md").read_text()
     assert "**pooled** | 32 |" in text and "oracle (mean of the corpora)" in text
-    assert "held-out evaluation of 2 run(s) on 2 corpora" in capsys.readouterr().out
+    assert "held-out evaluation of 2 run(s) on 2 corpora" in done.summary()
     # the same table and curve again from the saved results, without evaluating
     again = tmp_path / "again"
-    assert main(["eval", "heldout", "--results", str(report / "heldout.json"), "--curve", "--out", str(again),
-                 "--no-progress"]) == 0
+    eval_heldout(EvalHeldoutOptions(out=again, results=[report / "heldout.json"], curve=True, no_progress=True))
     assert (again / "heldout.md").read_text() == text and (again / "curve.png").exists()
-    with pytest.raises(SystemExit, match="--run RUN"):
-        main(["eval", "heldout", "--out", str(again)])
+    with pytest.raises(UsageError, match="--run RUN"):
+        eval_heldout(EvalHeldoutOptions(out=again))
     (tmp_path / "bad.json").write_text('{"not": "a list"}')
-    with pytest.raises(SystemExit, match=r"not a heldout\.json"):
-        main(["eval", "heldout", "--results", str(tmp_path / "bad.json"), "--out", str(again)])
+    with pytest.raises(FormatError, match=r"not a heldout\.json"):
+        eval_heldout(EvalHeldoutOptions(out=again, results=[tmp_path / "bad.json"]))
 
 
 def test_heldout_refuses_the_seed_a_run_trained_on(tmp_path, corpus):
     directory, _ = corpus
     out = tmp_path / "run"
-    sets = [a for s in [*TINY, "train.iterations=2", "train.eval_every=2"] for a in ("--set", s)]
-    assert main(["train", "association", "--corpus", str(directory), "--config", "small", "--out", str(out),
-                 "--workers", "1", "--no-progress", "--threads", "2", *sets]) == 0
-    with pytest.raises(SystemExit, match=r"seed\(s\) \[7\]"):
-        main(["eval", "heldout", "--run", str(out), "--seeds", str(SMALL.seed), "--corpora", str(tmp_path / "c"),
-              "--out", str(tmp_path / "r"), "--no-progress"])
+    assert train_association(TrainAssociationOptions(
+        corpus=directory, out=out, config="small", workers=1, no_progress=True, threads=2,
+        set=[*TINY, "train.iterations=2", "train.eval_every=2"])).steps == 2
+    with pytest.raises(UsageError, match=r"seed\(s\) \[7\]"):
+        eval_heldout(EvalHeldoutOptions(out=tmp_path / "r", run=[out], seeds=[SMALL.seed], corpora=tmp_path / "c",
+                                        no_progress=True))
 
 
 def test_a_held_out_corpus_of_an_older_face_painter_is_built_again(tmp_path, capsys):

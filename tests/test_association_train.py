@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -11,12 +10,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from facevoice.cli import main
+from facevoice.service.errors import FormatError, UsageError
 from facevoice.training.association.checkpoints import load_run
 from facevoice.training.association.data import load_split
 from facevoice.training.association.embed import split_embeddings
+from facevoice.training.association.evaluate import EvalAssociationOptions, EvalAssociationResult, eval_association
+from facevoice.training.association.pretrain import BackbonesInfo, TrainBackbonesOptions, train_backbones
 from facevoice.training.association.protocol import matching_cell
 from facevoice.training.association.report import label_provenance
+from facevoice.training.association.train import TrainAssociationOptions, TrainAssociationResult, train_association
+from facevoice.training.runs import RunInfo
 from tests.toy_corpus import TINY, build_toy_corpus
 
 
@@ -30,29 +33,33 @@ def toy(tmp_path_factory) -> Path:
 ITERATIONS = 300
 
 
-def _train(toy: Path, out: Path, *extra: str, iterations: int = ITERATIONS, direction: str = "both") -> int:
+def _train(toy: Path, out: Path, *sets: str, iterations: int = ITERATIONS, direction: str = "both",
+           **extra) -> TrainAssociationResult:
+    """`train association` on the toy corpus; `sets` are more config overrides, `extra` more options."""
     hard = max(80, 2 * iterations // 3)  # hard negatives for the last third, when there is one
-    sets = [a for s in [*TINY, f"train.iterations={iterations}", f"train.hard_after={hard}"] for a in ("--set", s)]
-    return main(["train", "association", "--corpus", str(toy), "--config", "small", "--direction", direction,
-                 "--out", str(out), "--workers", "1", "--no-progress", "--threads", "2", *sets, *extra])
+    result = train_association(TrainAssociationOptions(
+        corpus=toy, out=out, config="small", direction=direction, workers=1, no_progress=True, threads=2,
+        set=[*TINY, f"train.iterations={iterations}", f"train.hard_after={hard}", *sets], **extra))
+    assert result.steps == iterations
+    return result
 
 
 @pytest.fixture(scope="module")
 def trained(toy, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("run")
-    assert _train(toy, out) == 0
+    _train(toy, out)
     return out
 
 
-def test_training_writes_its_artifacts(trained, capsys):
+def test_training_writes_its_artifacts(trained):
     for name in ("best.pt", "checkpoints/last.pt", "metrics.csv", "training.png", "run.json"):
         assert (trained / name).exists(), name
     assert list((trained / "tensorboard").glob("events.out.tfevents.*"))
     rows = (trained / "metrics.csv").read_text().splitlines()
     assert rows[0].startswith("step,loss") and len(rows) == 1 + ITERATIONS // 20
     assert rows[-1].split(",")[rows[0].split(",").index("hard")] == "1"  # hard-negative mining was on at the end
-    meta = json.loads((trained / "run.json").read_text())
-    assert meta["direction"] == "both" and meta["config"]["train"]["iterations"] == ITERATIONS
+    meta = RunInfo.read(trained)
+    assert meta.details["direction"] == "both" and meta.config["train"]["iterations"] == ITERATIONS
 
 
 def test_trained_model_beats_chance_on_separable_data(trained, toy):
@@ -65,11 +72,11 @@ def test_trained_model_beats_chance_on_separable_data(trained, toy):
         assert cell["ci95"][0] > 0.5, (direction, cell)
 
 
-def test_evaluation_report(trained, toy, tmp_path, capsys):
+def test_evaluation_report(trained, toy, tmp_path):
     out = tmp_path / "report"
-    assert main(["eval", "association", "--run", str(trained), "--corpus", str(toy), "--out", str(out),
-                 "--trials", "300", "--probe-trials", "3", "--workers", "1", "--no-progress"]) == 0
-    m = json.loads((out / "metrics.json").read_text())
+    result = eval_association(EvalAssociationOptions(run=trained, corpus=toy, out=out, trials=300, probe_trials=3,
+                                                     workers=1, no_progress=True))
+    m = EvalAssociationResult.read(out).metrics
     assert set(m["matching"]["v2f"]) >= {"-", "G", "E", "G/E", "G/E/F/A", "largest group"}
     assert m["matching"]["v2f"]["-"]["trials"] == 300
     assert sorted(m["one_of_n"]["v2f"], key=int)[0] == "2" and len(m["one_of_n"]["v2f"]) == 5  # 6 test ids
@@ -81,14 +88,14 @@ def test_evaluation_report(trained, toy, tmp_path, capsys):
     assert "fig2_tsne_prosody.png" in m["figures"]  # Fig. 2: loudness beside pitch
     report = (out / "report.md").read_text()
     assert "## 1:2 matching (Table 3)" in report and "Kim et al. Table 3" in report
-    assert "1:2 accuracy %" in capsys.readouterr().out
+    assert "1:2 accuracy %" in result.summary()
 
 
 def test_resume_continues_exactly(toy, tmp_path):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    assert _train(toy, straight, iterations=40, direction="v2f") == 0
-    assert _train(toy, resumed, iterations=20, direction="v2f") == 0
-    assert _train(toy, resumed, "--resume", iterations=40, direction="v2f") == 0
+    _train(toy, straight, iterations=40, direction="v2f")
+    _train(toy, resumed, iterations=20, direction="v2f")
+    _train(toy, resumed, iterations=40, direction="v2f", resume=True)
     a = torch.load(straight / "checkpoints/last.pt", weights_only=True)
     b = torch.load(resumed / "checkpoints/last.pt", weights_only=True)
     assert a["step"] == b["step"] == 40
@@ -98,20 +105,30 @@ def test_resume_continues_exactly(toy, tmp_path):
 
 
 def test_resume_without_a_checkpoint_is_a_clear_error(toy, tmp_path):
-    with pytest.raises(SystemExit, match="no checkpoint"):
-        _train(toy, tmp_path / "empty", "--resume", iterations=2)
+    with pytest.raises(FormatError, match="no checkpoint"):
+        _train(toy, tmp_path / "empty", iterations=2, resume=True)
+
+
+def test_a_config_that_cannot_work_is_a_usage_error_before_anything_is_written(toy, tmp_path):
+    with pytest.raises(UsageError, match=r"train\.loss"):
+        _train(toy, tmp_path / "run", "train.loss=foo", iterations=2)
+    assert not (tmp_path / "run").exists()
 
 
 def test_torchrun_ddp_on_two_cpu_processes(toy, tmp_path):
+    """torchrun starts the function on two ranks (one gloo group); rank 0 writes and says it."""
     out = tmp_path / "ddp"
-    sets = [a for s in [*TINY, "train.iterations=10"] for a in ("--set", s)]
+    options = (f"TrainAssociationOptions(corpus=Path({str(toy)!r}), out=Path({str(out)!r}), workers=1, "
+               f"no_progress=True, set={[*TINY, 'train.iterations=10']!r})")
+    code = ("from pathlib import Path\n"
+            "from facevoice.training.association.train import TrainAssociationOptions, train_association\n"
+            f"print(train_association({options}).summary())\n")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "-m", "facevoice", "train", "association", "--corpus", str(toy), "--out", str(out),
-                           "--workers", "1", "--no-progress", *sets],
+                           "--no-python", sys.executable, "-c", code],
                           capture_output=True, text=True, timeout=240, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert json.loads((out / "run.json").read_text())["world_size"] == 2
+    assert RunInfo.read(out).world_size == 2
     assert "trained 10 iterations" in done.stdout
 
 
@@ -132,35 +149,32 @@ def test_trial_list_matching_and_verification(trained, toy, tmp_path):
     (tmp_path / "verify.txt").write_text("\n".join(verify) + "\n")
     for name in ("match.txt", "verify.txt"):
         out = tmp_path / name.replace(".txt", "")
-        assert main(["eval", "association", "--run", str(trained), "--trial-list", str(tmp_path / name),
-                     "--media-root", str(toy), "--out", str(out)]) == 0
-    m = json.loads((tmp_path / "match" / "trial_list.json").read_text())
+        eval_association(EvalAssociationOptions(run=trained, trial_list=tmp_path / name, media_root=toy, out=out))
+    m = EvalAssociationResult.read(tmp_path / "match", trial_list=True).trial_list
     assert m["kind"] == "matching" and m["trials"] == 2 * len(ids) and list(m["skipped_files"]) == ["missing.png"]
-    v = json.loads((tmp_path / "verify" / "trial_list.json").read_text())
+    v = EvalAssociationResult.read(tmp_path / "verify", trial_list=True).trial_list
     assert v["kind"] == "verification" and v["trials"] == 2 * len(ids) and 0 <= v["auc"] <= 1
 
 
 def test_trial_list_rejects_malformed_lines(trained, tmp_path):
     bad = tmp_path / "bad.txt"
     bad.write_text("a.wav b.png\n")
-    with pytest.raises(ValueError, match=r"bad\.txt:1: expected"):
-        main(["eval", "association", "--run", str(trained), "--trial-list", str(bad)])
+    with pytest.raises(FormatError, match=r"bad\.txt:1: expected"):
+        eval_association(EvalAssociationOptions(run=trained, trial_list=bad))
 
 
-def test_backbone_pretraining_writes_loadable_weights(toy, tmp_path, capsys):
-    sets = [a for s in TINY for a in ("--set", s)]
+def test_backbone_pretraining_writes_loadable_weights(toy, tmp_path):
     out = tmp_path / "bb"
-    assert main(["train", "backbones", "--corpus", str(toy), "--out", str(out), "--steps", "5", "--batch", "4",
-                 "--workers", "1", "--no-progress", "--attributes", "gender", "--measures", *sets]) == 0
-    assert "identity accuracy" in capsys.readouterr().out
-    record = json.loads((out / "backbones.json").read_text())
+    result = train_backbones(TrainBackbonesOptions(corpus=toy, out=out, steps=5, batch=4, workers=1, no_progress=True,
+                                                   attributes=["gender"], measures=True, set=list(TINY)))
+    assert "identity accuracy" in result.summary()
+    record = BackbonesInfo.read(out).weights
     assert record["face_backbone.pt"]["attributes"] == ["gender"] and record["voice_backbone.pt"]["split"] == "train"
     # the toy corpus's faces have no box: the face backbone says it had no measure head
     assert record["voice_backbone.pt"]["measures"] == ["log_f0"] and record["face_backbone.pt"]["measures"] == []
     run = tmp_path / "run"
-    assert _train(toy, run, "--face-weights", str(out / "face_backbone.pt"), "--voice-weights",
-                  str(out / "voice_backbone.pt"), iterations=2) == 0
-    meta = json.loads((run / "run.json").read_text())
+    _train(toy, run, face_weights=out / "face_backbone.pt", voice_weights=out / "voice_backbone.pt", iterations=2)
+    meta = RunInfo.read(run).details
     assert meta["pretrained"] is True
     assert meta["backbones"]["face"]["trained_on"]["attributes"] == ["gender"]  # reports say which labels it saw
     assert "pretrained with the face backbone on gender" in label_provenance(meta["backbones"])
@@ -171,31 +185,30 @@ def test_backbone_pretraining_writes_loadable_weights(toy, tmp_path, capsys):
 
 def test_evaluating_a_file_that_is_not_a_checkpoint_is_a_clear_error(tmp_path):
     (tmp_path / "best.pt").write_bytes(b"\x00" * 64)
-    with pytest.raises(SystemExit, match="not a `facevoice train association` checkpoint"):
-        main(["eval", "association", "--run", str(tmp_path), "--corpus", str(tmp_path)])
+    with pytest.raises(FormatError, match="not a `facevoice train association` checkpoint"):
+        eval_association(EvalAssociationOptions(run=tmp_path, corpus=tmp_path))
 
 
-def test_kims_split_without_validation_trains_the_schedule_and_keeps_the_last_model(tmp_path, capsys):
+def test_kims_split_without_validation_trains_the_schedule_and_keeps_the_last_model(tmp_path):
     """Sec. 4.2's split has train and test identities only; sec. 4.3 describes no model selection."""
     corpus = build_toy_corpus(tmp_path / "kim", val=False)
     out = tmp_path / "run"
-    assert _train(corpus, out, iterations=40) == 0
-    assert "no validation split: the whole schedule ran and best.pt is the last model (step 40" in \
-        capsys.readouterr().out
+    result = _train(corpus, out, iterations=40)
+    assert "no validation split: the whole schedule ran and best.pt is the last model (step 40" in result.summary()
     best = torch.load(out / "best.pt", weights_only=True)
     last = torch.load(out / "checkpoints/last.pt", weights_only=True)
     assert best["step"] == last["step"] == 40 and best["val"] == {}
     assert all(torch.equal(best["model"][k], last["model"][k]) for k in last["model"])
-    assert json.loads((out / "run.json").read_text())["model_selection"] == "last"
-    assert main(["eval", "association", "--run", str(out), "--corpus", str(corpus), "--workers", "1",
-                 "--no-progress", "--trials", "200", "--probe-trials", "2"]) == 0
+    assert RunInfo.read(out).details["model_selection"] == "last"
+    eval_association(EvalAssociationOptions(run=out, corpus=corpus, workers=1, no_progress=True, trials=200,
+                                            probe_trials=2))
 
 
 def test_the_siamese_baseline_trains_through_the_same_command(toy, tmp_path):
     """Table 7's Siamese variant is a config away: train.loss=contrastive."""
     out = tmp_path / "siamese"
-    assert _train(toy, out, "--set", "train.loss=contrastive", iterations=20) == 0
-    assert json.loads((out / "run.json").read_text())["config"]["train"]["loss"] == "contrastive"
+    _train(toy, out, "train.loss=contrastive", iterations=20)
+    assert RunInfo.read(out).config["train"]["loss"] == "contrastive"
     losses = [float(line.split(",")[1]) for line in (out / "metrics.csv").read_text().splitlines()[1:]]
     assert losses and all(x >= 0 for x in losses) and max(losses) > 0
 
@@ -207,7 +220,7 @@ def test_the_classification_network_baseline_trains_evaluates_and_is_not_exporte
     from facevoice.training.association.embed import pair_distances
 
     out = tmp_path / "clf"
-    assert _train(toy, out, "--set", "train.loss=classifier", iterations=60) == 0
+    _train(toy, out, "train.loss=classifier", iterations=60)
     model, cfg, _ = load_run(out, "best.pt", torch.device("cpu"))
     assert model.classifier is not None and cfg.train.loss == "classifier"
     split = load_split(toy, "test", cfg, out / "cache", workers=1, progress=False, voice_frontend=cfg.voice.frontend())
@@ -217,12 +230,15 @@ def test_the_classification_network_baseline_trains_evaluates_and_is_not_exporte
     # the cross matrix is the classifier's own score of each pair
     d = pair_distances(model, emb.face[:1], emb.voice[:1], "cpu")
     assert d[0, 0] == pytest.approx(emb.cross[0, 0], abs=1e-6)
-    assert main(["eval", "association", "--run", str(out), "--corpus", str(toy), "--out", str(out / "report"),
-                 "--trials", "200", "--probe-trials", "2", "--workers", "1", "--no-progress"]) == 0
-    m = json.loads((out / "report" / "metrics.json").read_text())
+    eval_association(EvalAssociationOptions(run=out, corpus=toy, out=out / "report", trials=200, probe_trials=2,
+                                            workers=1, no_progress=True))
+    m = EvalAssociationResult.read(out / "report").metrics
     assert 0.0 <= m["matching"]["v2f"]["-"]["accuracy"] <= 1.0
-    with pytest.raises(SystemExit, match="classification-network run"):
-        main(["export", "--association", str(out), "--out", str(tmp_path / "repo")])
+    from facevoice.training.export.command import ExportOptions, export_repository
+
+    with pytest.raises(UsageError, match="classification-network run"):
+        export_repository(ExportOptions(association=out, out=tmp_path / "repo"))
+    assert not (tmp_path / "repo" / "facevoice.json").exists()
 
 
 def test_a_split_can_leave_out_what_the_front_end_refuses(tmp_path):
@@ -246,16 +262,15 @@ def test_a_split_can_leave_out_what_the_front_end_refuses(tmp_path):
         assert victim.item_id not in split.face.item_ids and len(split.face.identity) == len(split.face.data)
         assert len(split.face.item_ids) == sum(1 for i in read_manifest(corpus)
                                                if i.modality == "face" and i.split == "train") - 1
-    assert _train(corpus, tmp_path / "run", iterations=2) == 0
-    assert json.loads((tmp_path / "run" / "run.json").read_text())["refused"] == {
-        "train": {"face": [victim.item_id]}, "val": {}}
+    _train(corpus, tmp_path / "run", iterations=2)
+    assert RunInfo.read(tmp_path / "run").details["refused"] == {"train": {"face": [victim.item_id]}, "val": {}}
 
 
 def test_bf16_autocast_on_a_cpu_is_a_switch(toy, tmp_path):
     """train.precision = "bf16" trains under bf16 autocast on a CPU too; a wrong value is refused."""
     from facevoice.training.association.config import load_config
 
-    assert _train(toy, tmp_path / "bf16", "--set", "train.precision=bf16", iterations=2) == 0
-    assert json.loads((tmp_path / "bf16" / "run.json").read_text())["config"]["train"]["precision"] == "bf16"
-    with pytest.raises(ValueError, match=r"train\.precision"):
+    _train(toy, tmp_path / "bf16", "train.precision=bf16", iterations=2)
+    assert RunInfo.read(tmp_path / "bf16").config["train"]["precision"] == "bf16"
+    with pytest.raises(UsageError, match=r"train\.precision"):
         load_config("small", ["train.precision=fp8"])

@@ -34,7 +34,7 @@ def test_corpus_synth_shows_progress_and_a_summary(tmp_path):
 
 def test_bad_arguments_fail_clearly(tmp_path):
     done = _run("corpus", "synth", "--out", str(tmp_path / "c"), "--identities", "1")
-    assert done.returncode != 0 and "at least 2" in done.stderr
+    assert done.returncode == 2 and "facevoice corpus synth: --identities must be at least 2" in done.stderr
     done = _run("corpus", "synth", "--out", str(tmp_path / "c"), "--face-size", "64")
-    assert done.returncode != 0 and "at least 128" in done.stderr
+    assert done.returncode == 2 and "--face-size must be at least 128" in done.stderr
     assert _run("no-such-verb").returncode == 2

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from collections import Counter
 from dataclasses import replace
 
@@ -18,18 +17,18 @@ from facevoice.training.corpus.faces import FACE_RENDER
 from facevoice.training.corpus.oracle import corpus_people
 from facevoice.training.corpus.people import person_from_row, sample_population
 from facevoice.training.corpus.splits import assign_splits, split_counts
-from facevoice.training.corpus.synth import build_corpus, format_summary
+from facevoice.training.corpus.synth import CorpusSynthOptions, SynthConfig, build_corpus, corpus_synth
 from tests.conftest import SMALL
 
 
 def test_counts_per_identity_and_modality(corpus):
-    out, summary = corpus
+    out, result = corpus
     items = read_manifest(out)
     per = Counter((i.identity, i.modality) for i in items)
     assert len({i.identity for i in items}) == 20
     assert set(per.values()) == {1, 2}  # one canonical face, 2 faces, 2 clips each
-    assert summary["counts"]["items"] == {"face": 40, "canonical_face": 20, "voice": 40}
-    assert summary["counts"]["identities"] == {"test": 4, "train": 14, "val": 2}  # 70/10/20
+    assert result.info.counts["items"] == {"face": 40, "canonical_face": 20, "voice": 40}
+    assert result.info.counts["identities"] == {"test": 4, "train": 14, "val": 2}  # 70/10/20
 
 
 def test_splits_are_identity_disjoint(corpus):
@@ -94,13 +93,14 @@ def test_the_manifest_records_where_each_face_was_drawn(corpus):
 
 
 def test_corpus_json_oracle_and_summary(corpus):
-    out, summary = corpus
+    out, result = corpus
     stored = CorpusInfo.read(out)
     assert stored.seed == 7 and stored.format_version == 1 and stored.face_render == FACE_RENDER
-    assert CorpusInfo.from_dict(json.loads((out / "corpus.json").read_text())) == stored  # one JSON form
+    assert result.out == out and result.info == stored  # what the verb returns is what corpus.json holds
+    assert CorpusInfo.from_dict(stored.to_dict()) == stored  # one JSON form
     acc = stored.oracle["population"]["accuracy"]
     assert acc["v2f"]["-"] > acc["v2f"]["G"] > 0.5
-    text = format_summary(summary)
+    text = result.summary()
     assert "oracle 1:2 matching accuracy" in text and "identities: test 4, train 14, val 2" in text
     assert Image.open(out / "contact_sheet.png").size[0] > 128 * 3
     assert "<audio" in (out / "listen.html").read_text()
@@ -126,7 +126,7 @@ def _digest(path):
 def test_deterministic_per_seed(corpus, tmp_path):
     out, _ = corpus
     again = build_corpus(tmp_path / "again", SMALL, progress=False)
-    assert again["counts"] == corpus[1]["counts"]
+    assert again.info.counts == corpus[1].info.counts
     assert _digest(tmp_path / "again") == _digest(out)
     build_corpus(tmp_path / "other", replace(SMALL, seed=8, oracle_trials=0), progress=False)
     assert _digest(tmp_path / "other")["manifest.csv"] != _digest(out)["manifest.csv"]
@@ -136,6 +136,33 @@ def test_refuses_to_overwrite_without_force(corpus):
     out, _ = corpus
     with pytest.raises(UsageError, match="--force"):
         build_corpus(out, SMALL, progress=False)
+    with pytest.raises(UsageError, match="--force"):
+        corpus_synth(CorpusSynthOptions(out=out, identities=20, seed=7), progress=False)
+
+
+@pytest.mark.parametrize("settings,message", [
+    ({"identities": 1}, "--identities must be at least 2"),
+    ({"faces": 0}, "--faces and --clips must be at least 1"),
+    ({"clips": 0}, "--faces and --clips must be at least 1"),
+    ({"face_size": 64}, "--face-size must be at least 128 pixels"),
+    ({"prevalence": ("B",)}, "expected GROUP=WEIGHT"),
+    ({"p_male": 1.5}, "--p-male is in 0..1"),
+])
+def test_settings_that_cannot_work_are_usage_errors(tmp_path, settings, message):
+    with pytest.raises(UsageError, match=message):
+        corpus_synth(CorpusSynthOptions(out=tmp_path / "c", **settings), progress=False)
+    assert not (tmp_path / "c").exists()  # refused before anything is written
+
+
+def test_the_options_make_the_generators_settings(tmp_path):
+    """`corpus synth`'s defaults are the generator's, and each option reaches its setting."""
+    assert CorpusSynthOptions(out=tmp_path).config() == SynthConfig()
+    cfg = CorpusSynthOptions(out=tmp_path, identities=9, seed=4, faces=3, clips=5, face_size=160,
+                             split=[0.5, 0.25, 0.25], workers=1, oracle_trials=0, face_render=1, unguarded=True,
+                             p_male=0.2, prevalence=("A=0",)).config()
+    assert (cfg.identities, cfg.seed, cfg.faces, cfg.clips, cfg.face_size, cfg.splits, cfg.workers,
+            cfg.oracle_trials, cfg.face_render, cfg.guarded) == (9, 4, 3, 5, 160, (0.5, 0.25, 0.25), 1, 0, 1, False)
+    assert cfg.model.p_male == 0.2 and {g.name: g.prevalence for g in cfg.model.groups}["A"] == 0
 
 
 def test_split_arithmetic():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 
 import numpy as np
@@ -10,9 +9,10 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from facevoice.cli import main
+from facevoice.service.errors import FormatError
+from facevoice.service.repository import Manifest, read_repository_manifest
 from facevoice.training.association.checkpoints import load_run
-from facevoice.training.export.command import FaceFeatures
+from facevoice.training.export.command import ExportOptions, FaceFeatures, export_repository
 from facevoice.training.speech2face.checkpoints import load_s2f_run
 
 NETWORKS = ("face_encoder", "voice_encoder", "s2f_voice_encoder", "face_features", "face_decoder")
@@ -26,8 +26,7 @@ def _torch_networks(stack):
 
 
 def test_repository_layout_and_configs(stack):
-    manifest = json.loads((stack.repo / "facevoice.json").read_text())
-    v = manifest["triton_version"]
+    v = read_repository_manifest(stack.repo).triton_version
     for name in NETWORKS:
         d = stack.repo / name
         assert (d / str(v) / "model.onnx").stat().st_size > 0
@@ -46,37 +45,37 @@ def test_repository_layout_and_configs(stack):
 
 
 def test_every_network_matches_pytorch(stack):
-    manifest = json.loads((stack.repo / "facevoice.json").read_text())
-    entries = {**manifest["groups"]["association"]["networks"], **manifest["groups"]["speech2face"]["networks"]}
+    manifest = read_repository_manifest(stack.repo)
+    entries = {**manifest.groups["association"].networks, **manifest.groups["speech2face"].networks}
     nets = _torch_networks(stack)
     rng = np.random.default_rng(1)
     for name, e in entries.items():
-        x = rng.standard_normal((5, *e["input_dims"]), dtype=np.float32)
+        x = rng.standard_normal((5, *e.input_dims), dtype=np.float32)
         with torch.no_grad():
             ref = nets[name].eval()(torch.from_numpy(x)).numpy()
-        path = stack.repo / name / str(e["triton_version"]) / "model.onnx"
-        out = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run([e["output"]], {e["input"]: x})[0]
-        assert out.shape == (5, *e["output_dims"])
+        path = stack.repo / name / str(e.triton_version) / "model.onnx"
+        out = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run([e.output], {e.input: x})[0]
+        assert out.shape == (5, *e.output_dims)
         assert np.abs(out - ref).max() <= 1e-4, name
-        assert e["parity_max_abs_diff"] <= 1e-4
+        assert e.parity_max_abs_diff <= 1e-4
 
 
-def test_a_second_export_is_the_next_version_and_keeps_the_first(stack, tmp_path, capsys):
+def test_a_second_export_is_the_next_version_and_keeps_the_first(stack, tmp_path):
     repo = tmp_path / "repo"
-    assert main(["export", "--association", str(stack.association), "--out", str(repo)]) == 0
-    assert main(["export", "--association", str(stack.association), "--out", str(repo)]) == 0
+    export_repository(ExportOptions(association=stack.association, out=repo))
+    result = export_repository(ExportOptions(association=stack.association, out=repo))
     assert sorted(p.name for p in (repo / "face_encoder").iterdir() if p.name.isdigit()) == ["1", "2"]
-    first, second = (json.loads((repo / f"facevoice.v{v}.json").read_text()) for v in (1, 2))
-    assert json.loads((repo / "facevoice.json").read_text())["triton_version"] == 2
+    first, second = (Manifest.from_json((repo / f"facevoice.v{v}.json").read_text()) for v in (1, 2))
+    assert read_repository_manifest(repo).triton_version == 2 and result.manifest.triton_version == 2
     # same weights, same content hash: indexes built by version 1 stay valid
-    assert first["groups"]["association"]["version"] == second["groups"]["association"]["version"]
-    assert "speech2face" not in second["groups"]
-    assert "exported Triton version 2" in capsys.readouterr().out
+    assert first.groups["association"].version == second.groups["association"].version
+    assert "speech2face" not in second.groups
+    assert "exported Triton version 2" in result.summary()
 
 
 def test_exporting_a_directory_that_is_not_a_run_is_a_clear_error(tmp_path):
-    with pytest.raises(SystemExit, match="no checkpoint"):
-        main(["export", "--association", str(tmp_path), "--out", str(tmp_path / "repo")])
+    with pytest.raises(FormatError, match="no checkpoint"):
+        export_repository(ExportOptions(association=tmp_path, out=tmp_path / "repo"))
 
 
 def test_parity_runs_on_the_networks_probe_inputs():

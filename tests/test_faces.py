@@ -17,8 +17,8 @@ import skimage
 from matplotlib import cbook
 from PIL import Image
 
-from facevoice.cli import main
 from facevoice.service import checksums
+from facevoice.service.build import IndexBuildOptions, index_build
 from facevoice.service.media.errors import InvalidSignalError
 from facevoice.service.media.faces import align, detect_faces
 from facevoice.service.media.frontends import from_dict, to_dict
@@ -122,6 +122,28 @@ def test_alignment_levels_the_eyes():
     assert abs(math.degrees(math.atan2(y2 - y1, x2 - x1))) < 4
 
 
+def test_the_shipped_detectors_record_reads_back(tmp_path):
+    """`train face-detector` writes its record beside the detector through DetectorRecord: the
+    shipped one reads back as the default settings gave it, and writes back byte for byte."""
+    from facevoice.service.errors import FormatError
+    from facevoice.service.media.faces import SYNTH_DETECTOR
+    from facevoice.training.corpus.face_detector import DetectorConfig, DetectorRecord, TrainFaceDetectorResult
+
+    record = DetectorRecord.read(SYNTH_DETECTOR)
+    assert record.config == dataclasses.asdict(DetectorConfig())
+    assert record.evaluation["new_people"]["found_iou_0.5"] >= 0.98  # the target the summary names
+    copy = tmp_path / "d.svm"
+    assert record.write(copy) == tmp_path / "d.json"
+    assert (tmp_path / "d.json").read_text() == SYNTH_DETECTOR.with_suffix(".json").read_text()
+    assert DetectorRecord.read(copy) == record
+    text = TrainFaceDetectorResult(copy, record).summary()
+    assert f"detector written to {copy}" in text and "its record beside it (d.json)" in text
+    assert "faces found at IoU 0.5" in text and "real faces: astronaut.png 1, grace_hopper.jpg 1" in text
+    (tmp_path / "bad.json").write_text("[]")
+    with pytest.raises(FormatError, match=r"bad\.json: not a face detector.s record"):
+        DetectorRecord.read(tmp_path / "bad.svm")
+
+
 def test_the_front_end_records_the_detector():
     cfg = FaceImage(size=224, detector="hog", min_score=0.2)
     assert from_dict(to_dict(cfg)) == cfg and from_dict({"kind": "face_image"}).detector == ""
@@ -179,7 +201,7 @@ def test_index_build_detects_and_skips_photos_without_a_face(detecting_repo, tmp
     (gallery / "manifest.csv").write_text("item_id,identity,modality,path,split\n"
                                           "hopper,gh,face,hopper.png,test\nlogo,none,face,logo.png,test\n")
     out = tmp_path / "indexes"
-    assert main(["index", "build", "--gallery", str(gallery / "manifest.csv"), "--model-repo",
-                 str(detecting_repo.repo), "--out", str(out), "--modalities", "face", "--no-progress"]) == 0
+    index_build(IndexBuildOptions(gallery=gallery / "manifest.csv", model_repo=detecting_repo.repo, out=out,
+                                  modalities=("face",), no_progress=True))
     skipped = (out / "skipped-face.csv").read_text()
     assert "logo" in skipped and "no face found" in skipped and "hopper" not in skipped

@@ -3,8 +3,6 @@ heads, its two shipped encoders on real files, and the command end to end on tin
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import soundfile as sf
@@ -86,14 +84,12 @@ def tiny_corpus(tmp_path_factory):
 def test_the_command_end_to_end(tiny_corpus, tmp_path):
     """Every head is fitted, sized on val, scored under every control on a held-out corpus, and the
     links are probed; the embeddings are kept and a rerun gives the same figures from them."""
-    from facevoice.cli import main
-
     out = tmp_path / "report"
-    argv = ["eval", "frozen", "--train-corpus", str(tiny_corpus), "--corpora", str(tmp_path / "held"),
-            "--seeds", "9001", "--identities", "16", "--trials", "300", "--out", str(out), "--no-progress",
-            "--workers", "1", "--threads", "1"]
-    assert main(argv) == 0
-    result = json.loads((out / "frozen.json").read_text())
+    opts = frozen.EvalFrozenOptions(train_corpus=tiny_corpus, corpora=tmp_path / "held", seeds=[9001], identities=16,
+                                    trials=300, out=out, no_progress=True, workers=1, threads=1)
+    done = frozen.eval_frozen(opts)
+    saved = frozen.EvalFrozenResult.read(out)
+    result = saved.record
     assert set(result["heads"]) == set(frozen.HEADS)
     assert result["heads"]["ridge"]["chosen"] in frozen.ALPHAS
     for kind in frozen.HEADS:
@@ -101,8 +97,9 @@ def test_the_command_end_to_end(tiny_corpus, tmp_path):
         assert 0 <= cell["accuracy"] <= 1 and cell["identities"] == 16
     assert set(result["links"]["face"]) == set(frozen.FACE_VALUES)
     assert all(-1 <= r <= 1 for r in result["links"]["voice"].values())
-    text = (out / "frozen.md").read_text()
+    text = saved.text
     assert "| cca (" in text and "| face | nose width |" in text
+    assert done.summary().startswith(text) and "frozen encoders: heads fitted on" in done.summary()
     assert (out / "embeddings" / "heldout-9001-16-test.npz").exists()
-    assert main(argv) == 0
-    assert json.loads((out / "frozen.json").read_text())["matching"] == result["matching"]
+    frozen.eval_frozen(opts)
+    assert frozen.EvalFrozenResult.read(out).record["matching"] == result["matching"]

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from facevoice.service.gallery import GPU_MAX_K, Gallery, Item, apply_search_params, gpu_k
+from facevoice.service.indexes import IndexSet
 from facevoice.service.metrics import Metrics
 from facevoice.service.planner import plan_and_build
-from facevoice.service.served import IndexSet
 from facevoice.service.versions import publish, write_version
 from tests.test_index import clustered
 
@@ -95,11 +95,11 @@ def test_a_refused_version_is_not_reread_every_poll(tmp_path, monkeypatch):
     publish(tmp_path, "face", v)
     metrics = Metrics()
     s = IndexSet(tmp_path, {"face": "m1"}, metrics, refused_backoff_s=(60.0, 600.0))
-    import facevoice.service.served as served
+    import facevoice.service.indexes as indexes
 
     loads = []
-    real = served.load_version
-    monkeypatch.setattr(served, "load_version", lambda *a, **k: loads.append(a) or real(*a, **k))
+    real = indexes.load_version
+    monkeypatch.setattr(indexes, "load_version", lambda *a, **k: loads.append(a) or real(*a, **k))
     for _ in range(5):
         assert s.refresh() == {}
     assert len(loads) == 1  # refused once, then left alone until the back-off passes

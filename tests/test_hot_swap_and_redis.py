@@ -9,7 +9,7 @@ import grpc
 import pytest
 
 from devtools.local_servers import Background, LocalRedis, eventually
-from facevoice.cli import main
+from facevoice.service.build import IndexBuildOptions, index_build
 from facevoice.service.versions import current_version
 from facevoice.v1 import facevoice_pb2 as pb
 from tests.serving import copy_indexes, media, start_service
@@ -48,9 +48,9 @@ class Traffic(Background):
         assert eventually(lambda: len(self.answered) >= start + n)
 
 
-def _rebuild(stack, root, *extra) -> None:
-    assert main(["index", "build", "--gallery", str(stack.corpus / "manifest.csv"), "--model-repo", str(stack.repo),
-                 "--out", str(root), "--modalities", "face", "--no-progress", *extra]) == 0
+def _rebuild(stack, root, **extra) -> None:
+    index_build(IndexBuildOptions(stack.corpus / "manifest.csv", stack.repo, root, modalities=("face",),
+                                  no_progress=True, **extra))
 
 
 def test_results_and_embeddings_are_cached(stack, redis_server, tmp_path):
@@ -94,7 +94,7 @@ def test_hot_swap_on_announcement_while_queries_run(stack, redis_server, tmp_pat
         with Traffic(stub, request) as traffic:
             traffic.more(10)
             for _ in range(3):
-                _rebuild(stack, root, "--redis", redis_server.url)
+                _rebuild(stack, root, redis=redis_server.url)
                 versions.append(current_version(root, "face"))
                 assert eventually(lambda v=versions[-1]: any(i.version == v for i in
                                                         stub.GetIndexInfo(pb.GetIndexInfoRequest()).indexes))

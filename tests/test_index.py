@@ -9,6 +9,7 @@ import pytest
 from facevoice.service.gallery import Gallery, Item, normalise
 from facevoice.service.planner import ground_truth, plan_and_build, recall
 from facevoice.service.versions import (
+    IndexMeta,
     IndexVersionError,
     current_version,
     load_version,
@@ -102,7 +103,7 @@ def test_versions_publish_load_and_refuse(tmp_path):
     assert current_version(tmp_path, "face") == v1
     g = load_version(tmp_path, "face", v1, "m1")
     assert g.size == 500 and g.search(x[7], 1)[0][0].item_id == "item7"
-    assert read_meta(tmp_path, "face", v1)["model_version"] == "m1"
+    assert read_meta(tmp_path, "face", v1).model_version == "m1"
     with pytest.raises(IndexVersionError, match="model version m1"):
         load_version(tmp_path, "face", v1, "m2")
     # tampering with any file is caught by the checksums
@@ -130,3 +131,20 @@ def test_a_crash_mid_write_leaves_the_served_version(tmp_path, monkeypatch):
     versions = [p.name for p in (tmp_path / "voice").iterdir() if p.is_dir() and not p.name.startswith(".")]
     assert versions == [v1]
     assert load_version(tmp_path, "voice", v1, "m").size == 100
+
+
+def test_meta_holds_the_plan_whole_and_reads_versions_written_before_it(tmp_path):
+    import dataclasses
+    import json
+
+    x = clustered(2000)
+    index, plan = plan_and_build(x, "l2", kind="ivf", target_recall=0.9)
+    v = write_version(tmp_path, "face", index, items(2000), plan, model_version="m1", metric="l2", runner="triton",
+                      details={"gallery": "g.csv"})
+    meta = IndexMeta.read(tmp_path / "face" / v)
+    assert meta.plan == plan and meta.runner == "triton" and meta.details == {"gallery": "g.csv"}
+    assert IndexMeta.from_dict(json.loads(json.dumps(meta.to_dict()))) == meta
+    # a meta.json written before IndexMeta: the plan's fields at the top level and its name under "plan"
+    flat = {**{k: val for k, val in meta.to_dict().items() if k != "plan"},
+            **{k: val for k, val in dataclasses.asdict(plan).items() if k != "name"}, "plan": plan.name}
+    assert IndexMeta.from_dict(flat) == meta

@@ -115,34 +115,30 @@ def test_pitch_residual_is_the_size_score():
 def test_the_command_end_to_end(tmp_path):
     """Tiny corpora and seconds of training: the command runs through, writes its report with
     every row, and its parameter oracle row is a real 1:2 (above chance on these people)."""
-    import json
-
-    from facevoice.cli import main
     from facevoice.training.corpus.synth import SynthConfig, build_corpus
 
     train = tmp_path / "train"
     build_corpus(train, SynthConfig(identities=30, seed=5, faces=2, clips=2, oracle_trials=0), progress=False)
     out = tmp_path / "report"
-    assert main(["eval", "media-ceiling", "--train-corpus", str(train), "--corpora", str(tmp_path / "held"),
-                 "--seeds", "9001", "--identities", "16", "--face-minutes", "0.05", "--voice-minutes", "0.05",
-                 "--trials", "300", "--out", str(out), "--no-progress", "--workers", "1"]) == 0
-    result = json.loads((out / "ceiling.json").read_text())
+    common = dict(train_corpus=train, corpora=tmp_path / "held", seeds=[9001], identities=16, trials=300,
+                  no_progress=True, workers=1)
+    done = ceiling.eval_media_ceiling(ceiling.EvalMediaCeilingOptions(out=out, face_minutes=0.05, voice_minutes=0.05,
+                                                                      **common))
+    saved = ceiling.EvalMediaCeilingResult.read(out)
+    result = saved.record
     assert set(result["matching"]) == {"parameter oracle", "media oracle"}
     assert result["matching"]["parameter oracle"]["v2f"]["-"]["accuracy"] > 0.6
     assert 0 <= result["matching"]["media oracle"]["v2f"]["G"]["accuracy"] <= 1
-    text = (out / "ceiling.md").read_text()
+    text = saved.text
     assert "| face | face width |" in text and "| media oracle | V→F |" in text
+    assert done.summary().startswith(text) and "media ceiling: 1 held-out corpora" in done.summary()
     assert (out / "face_readout.pt").exists() and (out / "voice_readout.pt").exists()
     # a second run reuses the read-outs
-    assert main(["eval", "media-ceiling", "--train-corpus", str(train), "--corpora", str(tmp_path / "held"),
-                 "--seeds", "9001", "--identities", "16", "--trials", "300", "--out", str(out), "--no-progress",
-                 "--workers", "1"]) == 0
-    again = json.loads((out / "ceiling.json").read_text())
+    ceiling.eval_media_ceiling(ceiling.EvalMediaCeilingOptions(out=out, **common))
+    again = ceiling.EvalMediaCeilingResult.read(out).record
     assert again["readouts"]["face"]["training"] == result["readouts"]["face"]["training"]
     # a step budget trains exactly that many steps, however busy the machine is
     steps = tmp_path / "steps"
-    assert main(["eval", "media-ceiling", "--train-corpus", str(train), "--corpora", str(tmp_path / "held"),
-                 "--seeds", "9001", "--identities", "16", "--face-steps", "3", "--voice-steps", "2",
-                 "--trials", "300", "--out", str(steps), "--no-progress", "--workers", "1"]) == 0
-    readouts = json.loads((steps / "ceiling.json").read_text())["readouts"]
+    ceiling.eval_media_ceiling(ceiling.EvalMediaCeilingOptions(out=steps, face_steps=3, voice_steps=2, **common))
+    readouts = ceiling.EvalMediaCeilingResult.read(steps).record["readouts"]
     assert readouts["face"]["training"]["steps"] == 3 and readouts["voice"]["training"]["steps"] == 2

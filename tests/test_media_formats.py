@@ -64,7 +64,7 @@ def test_every_audio_rpc_embeds_every_format_as_the_wav(stack, voice):
 
 
 def test_index_build_takes_a_gallery_of_compressed_voices(stack, voice, tmp_path):
-    from facevoice.cli import main
+    from facevoice.service.build import IndexBuildOptions, index_build
     from facevoice.service.versions import current_version, load_version
 
     files = voice[2]
@@ -76,8 +76,8 @@ def test_index_build_takes_a_gallery_of_compressed_voices(stack, voice, tmp_path
         rows.append(f"{name},speaker,voice,{name}.bin,test")
     (gallery / "manifest.csv").write_text("\n".join(rows) + "\n")
     out = tmp_path / "indexes"
-    assert main(["index", "build", "--gallery", str(gallery / "manifest.csv"), "--model-repo", str(stack.repo),
-                 "--out", str(out), "--modalities", "voice", "--no-progress"]) == 0
+    index_build(IndexBuildOptions(gallery=gallery / "manifest.csv", model_repo=stack.repo, out=out,
+                                  modalities=("voice",), no_progress=True))
     built = load_version(out, "voice", current_version(out, "voice"), _voice_version(stack))
     assert built.size == len(files) and not (out / "skipped-voice.csv").exists()
 

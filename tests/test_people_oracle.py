@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, replace
 
 import numpy as np
 import pytest
 
+from facevoice.service.corpus import CorpusInfo
 from facevoice.training.corpus.oracle import (
     CONTROLS,
     log_voice_given_face,
@@ -75,10 +75,11 @@ def test_identities_csv_round_trip():
         assert q.voice.pitch == pytest.approx(p.voice.pitch, abs=1e-6)
 
 
-def test_population_model_json_round_trip():
+def test_population_model_json_round_trip(tmp_path):
     """corpus.json stores asdict(model); evaluation rebuilds the very same model from it."""
     model = replace(PopulationModel(), pitch_sd=7.5)
-    assert population_model_from_dict(json.loads(json.dumps(asdict(model)))) == model
+    CorpusInfo(generator="facevoice corpus synth", population_model=asdict(model)).write(tmp_path)
+    assert population_model_from_dict(CorpusInfo.read(tmp_path).population_model) == model
 
 
 def test_trials_respect_their_control():

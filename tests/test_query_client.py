@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from devtools.local_servers import free_port
-from facevoice.cli import main
-from facevoice.demo import serve_and_query
+from facevoice.health import HealthOptions, health
+from facevoice.query import (
+    CallFailed,
+    QueryOptions,
+    query_faces,
+    query_info,
+    query_match,
+    query_reconstruct,
+    query_voices,
+)
+from facevoice.service.build import IndexBuildOptions, index_build
+from facevoice.service.errors import UsageError
+from facevoice.showcase import serve_and_query
 from tests.serving import start_service
 
 
@@ -22,43 +35,42 @@ def _files(stack, identity):
     return d / "0.wav", d / "0.png"
 
 
-def test_every_query_verb(stack, server, tmp_path, capsys):
+def test_every_query_verb(stack, server, tmp_path):
     voice, face = _files(stack, "toy003")
-    common = ["--server", server, "--token", "t0ken"]
-    assert main(["query", "faces", "--voice", str(voice), "--top-k", "3", "--filter", "gender=male", *common]) == 0
-    out = capsys.readouterr().out
+    common = QueryOptions(server=server, token="t0ken")
+    out = query_faces(replace(common, voice=voice, top_k=3, filter=["gender=male"])).summary()
     assert out.startswith("3 faces (model ") and out.count("gender=male") == 3
-    assert main(["query", "voices", "--face", str(face), *common]) == 0
-    assert capsys.readouterr().out.startswith("5 voices")
-    others = [str(_files(stack, p)[1]) for p in ("toy003", "toy010", "toy020")]
-    assert main(["query", "match", "--voice", str(voice), "--candidates", *others, *common]) == 0
-    out = capsys.readouterr().out
-    assert "ranking of 3 candidates" in out and all(o in out for o in others)
+    assert query_voices(replace(common, face=face)).summary().startswith("5 voices")
+    others = [_files(stack, p)[1] for p in ("toy003", "toy010", "toy020")]
+    out = query_match(replace(common, voice=voice, candidates=others)).summary()
+    assert "ranking of 3 candidates" in out and all(str(o) in out for o in others)
     png = tmp_path / "face.png"
-    assert main(["query", "reconstruct", "--voice", str(voice), "--out", str(png), *common]) == 0
+    query_reconstruct(replace(common, voice=voice, out=png))
     assert png.read_bytes().startswith(b"\x89PNG")
-    assert main(["query", "info", *common]) == 0
-    assert "face_feature" in capsys.readouterr().out
+    assert "face_feature" in query_info(common).summary()
 
 
-def test_health_verb(server, capsys):
-    assert main(["health", "--server", server]) == 0
-    assert "SERVING" in capsys.readouterr().out
-    assert main(["health", "--server", f"127.0.0.1:{free_port()}", "--timeout", "1"]) == 1
-    assert "UNAVAILABLE" in capsys.readouterr().err
+def test_health_verb(server):
+    result = health(HealthOptions(server=server))
+    assert result.status == 0
+    assert "SERVING" in result.summary()
+    with pytest.raises(CallFailed, match="UNAVAILABLE") as e:
+        health(HealthOptions(server=f"127.0.0.1:{free_port()}", timeout=1))
+    assert not isinstance(e.value, UsageError)  # a failure: exit 1
 
 
-def test_errors_are_one_line_and_a_nonzero_exit(stack, server, tmp_path, capsys):
+def test_errors_are_one_line_and_a_nonzero_exit(stack, server, tmp_path):
     voice, _ = _files(stack, "toy003")
-    assert main(["query", "faces", "--voice", str(voice), "--server", server]) == 1  # no token
-    assert "UNAUTHENTICATED" in capsys.readouterr().err
+    with pytest.raises(CallFailed, match="UNAUTHENTICATED"):  # no token: a failure, exit 1
+        query_faces(QueryOptions(server=server, voice=voice))
     junk = tmp_path / "junk.wav"
     junk.write_bytes(b"junk")
-    assert main(["query", "faces", "--voice", str(junk), "--server", server, "--token", "t0ken"]) == 1
-    assert "INVALID_ARGUMENT: audio:" in capsys.readouterr().err
-    assert main(["query", "faces", "--voice", str(tmp_path / "missing.wav"), "--server", server]) == 2
-    with pytest.raises(SystemExit, match="NAME=V1,V2"):
-        main(["query", "faces", "--voice", str(voice), "--server", server, "--filter", "gender"])
+    with pytest.raises(CallFailed, match="INVALID_ARGUMENT: audio:"):
+        query_faces(QueryOptions(server=server, token="t0ken", voice=junk))
+    with pytest.raises(UsageError, match="cannot read input"):  # exit 2
+        query_faces(QueryOptions(server=server, voice=tmp_path / "missing.wav"))
+    with pytest.raises(UsageError, match="NAME=V1,V2"):
+        query_faces(QueryOptions(server=server, voice=voice, filter=["gender"]))
 
 
 # what the ONNX export may differ from torch by, per embedding entry (export's parity check)
@@ -85,7 +97,7 @@ def test_service_recall_equals_offline_recall(stack, tmp_path):
     import numpy as np
     import torch
 
-    from facevoice.demo import service_recall, test_rows
+    from facevoice.showcase import service_recall, test_rows
     from facevoice.training.association.checkpoints import load_run
     from facevoice.training.association.data import load_split
     from facevoice.training.association.embed import split_embeddings
@@ -102,8 +114,8 @@ def test_service_recall_equals_offline_recall(stack, tmp_path):
     d = pairwise_l2(emb.voice, emb.face)
     offline = {"v2f": (d, split.voice, split.face), "f2v": (d.T, split.face, split.voice)}
     root = tmp_path / "indexes"
-    assert main(["index", "build", "--gallery", str(stack.corpus / "manifest.csv"), "--model-repo", str(stack.repo),
-                 "--out", str(root), "--split", "test", "--no-progress"]) == 0
+    index_build(IndexBuildOptions(gallery=stack.corpus / "manifest.csv", model_repo=stack.repo, out=root,
+                                  split=("test",), no_progress=True))
     running, stub = start_service(stack, index_root=root)
     try:
         served = service_recall(stub, stack.corpus, ks)

@@ -9,7 +9,8 @@ import grpc
 import pytest
 
 from devtools.local_servers import LocalRedis, LocalService, eventually
-from facevoice.cli import main
+from facevoice.service.build import IndexBuildOptions, index_build
+from facevoice.service.logtool import IndexLogOptions, index_log_repair, index_log_verify
 from facevoice.v1 import facevoice_pb2 as pb
 from tests.serving import copy_indexes, media
 
@@ -30,12 +31,12 @@ def _upsert(stub, item_id: str, stack) -> pb.UpsertItemsResponse:
         item_id=item_id, identity="newcomer", media=pb.Media(image=face), attributes={"gender": "male"})]), timeout=30)
 
 
-def _rebuild(stack, root, *extra: str) -> None:
-    assert main(["index", "build", "--gallery", str(stack.corpus / "manifest.csv"), "--model-repo", str(stack.repo),
-                 "--out", str(root), "--modalities", "face", "--no-progress", *extra]) == 0
+def _rebuild(stack, root, **extra) -> None:
+    index_build(IndexBuildOptions(stack.corpus / "manifest.csv", stack.repo, root, modalities=("face",),
+                                  no_progress=True, **extra))
 
 
-def _lifecycle(stack, root, extra: tuple[str, ...], build_extra: tuple[str, ...]) -> None:
+def _lifecycle(stack, root, extra: tuple[str, ...], build_extra: dict) -> None:
     a, b = Replica(stack, root, *extra).start(), Replica(stack, root, *extra).start()
     try:
         assert _upsert(a.stub, "live-1", stack).upserted == 1
@@ -56,7 +57,7 @@ def _lifecycle(stack, root, extra: tuple[str, ...], build_extra: tuple[str, ...]
         assert not {"live-1", "toy003-face-0"} & b.face_ids(stack)
         # the nightly rebuild from the manifest folds the log in: the deleted stay deleted, the live stay
         before = {r.stub.GetIndexInfo(pb.GetIndexInfoRequest()).indexes[0].version for r in (a, b)}
-        _rebuild(stack, root, *build_extra)
+        _rebuild(stack, root, **build_extra)
         for r in (a, b):
             assert eventually(lambda r=r: {i.version for i in r.stub.GetIndexInfo(pb.GetIndexInfoRequest()).indexes
                                             if i.name == "face"} - before)
@@ -73,13 +74,13 @@ def _lifecycle(stack, root, extra: tuple[str, ...], build_extra: tuple[str, ...]
 
 def test_two_replicas_on_the_file_log(stack, tmp_path):
     root = copy_indexes(stack, tmp_path / "indexes")
-    _lifecycle(stack, root, ("--gallery-log", "file"), ())
+    _lifecycle(stack, root, ("--gallery-log", "file"), {})
 
 
 def test_two_replicas_on_the_redis_stream(stack, tmp_path):
     root = copy_indexes(stack, tmp_path / "indexes")
     with LocalRedis(data_dir=tmp_path / "redis") as redis_server:
-        _lifecycle(stack, root, ("--redis-url", redis_server.url), ("--redis", redis_server.url))
+        _lifecycle(stack, root, ("--redis-url", redis_server.url), {"redis": redis_server.url})
 
 
 def test_redis_down_writes_fail_cleanly_and_searches_go_on(stack, tmp_path):
@@ -125,7 +126,7 @@ def _health(replica, service: str) -> str:
     return health_pb2.HealthCheckResponse.ServingStatus.Name(status)
 
 
-def _damage_lifecycle(stack, root, extra: tuple[str, ...], damage, repair_args: list[str]) -> None:
+def _damage_lifecycle(stack, root, extra: tuple[str, ...], damage, log: IndexLogOptions) -> None:
     """A replica that meets a damaged entry applies what comes before it, says so (GetIndexInfo, health,
     /metrics), stops every replica's writes, answers searches, and goes on by itself after the repair."""
     import urllib.request
@@ -154,9 +155,9 @@ def _damage_lifecycle(stack, root, extra: tuple[str, ...], damage, repair_args: 
         with pytest.raises(grpc.RpcError) as e:  # the other replica stops writing too
             _upsert(a.stub, "refused", stack)
         assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "index log repair" in e.value.details()
-        assert main(["index", "log", "verify", *repair_args]) == 1
-        assert main(["index", "log", "repair", *repair_args]) == 0
-        assert main(["index", "log", "verify", *repair_args]) == 0
+        assert index_log_verify(log).status == 1
+        assert index_log_repair(log).status == 0
+        assert index_log_verify(log).status == 0
         assert eventually(lambda: "after" in b.face_ids(stack))  # b goes on by itself
         assert "damaged" not in b.face_ids(stack)
         assert eventually(lambda: b.stub.GetIndexInfo(pb.GetIndexInfoRequest()).log.state == "ok")
@@ -184,7 +185,7 @@ def test_a_damaged_file_log_record_stops_writes_and_replay_until_repaired(stack,
         data[(start + ends["damaged"]) // 2] ^= 0x10  # one flipped bit inside the middle record
         segment.write_bytes(data)
 
-    _damage_lifecycle(stack, root, ("--gallery-log", "file"), damage, ["--out", str(root)])
+    _damage_lifecycle(stack, root, ("--gallery-log", "file"), damage, IndexLogOptions(root))
 
 
 def test_an_undecodable_redis_entry_stops_writes_and_replay_until_repaired(stack, tmp_path):
@@ -200,4 +201,4 @@ def test_an_undecodable_redis_entry_stops_writes_and_replay_until_repaired(stack
             client.xadd("facevoice:gallery", after_fields)
 
         _damage_lifecycle(stack, root, ("--redis-url", redis_server.url), damage,
-                          ["--out", str(root), "--redis", redis_server.url])
+                          IndexLogOptions(root, redis=redis_server.url))

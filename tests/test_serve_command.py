@@ -1,13 +1,10 @@
-"""`facevoice serve` as users run it: settings precedence, the real process with SIGTERM, TLS,
+"""`facevoice serve` as users run it: settings precedence, serve until told to stop, TLS,
 and a graceful stop under load."""
 
 from __future__ import annotations
 
 import argparse
-import os
-import signal
 import subprocess
-import sys
 import threading
 import time
 
@@ -15,8 +12,9 @@ import grpc
 import pytest
 
 from devtools.local_servers import free_port, wait_for
+from facevoice.cli import options
 from facevoice.service.errors import UsageError
-from facevoice.service.serve import ServeConfig, add_arguments, load_config
+from facevoice.service.serve import ServeConfig, ServeOptions, add_arguments, load_config, serve
 from facevoice.v1 import facevoice_pb2 as pb
 from facevoice.v1 import facevoice_pb2_grpc as pb_grpc
 from tests.serving import media, start_service
@@ -32,31 +30,33 @@ def test_settings_flags_over_env_over_file_over_defaults(tmp_path):
     f = tmp_path / "serve.toml"
     f.write_text('[serve]\nport = 6000\nworkers = 3\nredis_url = "redis://file:1/0"\ngpu = false\n')
     env = {"FACEVOICE_PORT": "7000", "FACEVOICE_CACHE_TTL_S": "60"}
-    cfg = load_config(_args("--config", str(f), "--port", "8000"), env)
+    cfg = load_config(options(ServeOptions, _args("--config", str(f), "--port", "8000")), env)
     assert (cfg.port, cfg.workers, cfg.redis_url, cfg.cache_ttl_s, cfg.gpu) == (8000, 3, "redis://file:1/0", 60, False)
-    assert load_config(_args(), {}) == ServeConfig()
+    assert load_config(options(ServeOptions, _args()), {}) == ServeConfig()
     f.write_text("[serve]\nprot = 1\n")
     with pytest.raises(UsageError, match="prot"):
-        load_config(_args("--config", str(f)), {})
+        load_config(options(ServeOptions, _args("--config", str(f))), {})
 
 
-def test_the_serve_process_starts_answers_and_drains_on_sigterm(stack):
+def test_serve_starts_answers_and_drains_when_told(stack, capsys):
+    """`serve` in-process until its stop event (the process, stopped by SIGTERM: tests/test_cli.py)."""
     port, metrics = free_port(), free_port()
-    env = dict(os.environ, FACEVOICE_METRICS_PORT=str(metrics))
-    proc = subprocess.Popen([sys.executable, "-m", "facevoice", "serve", "--model-repo", str(stack.repo),
-                             "--index-root", str(stack.index_root), "--host", "127.0.0.1", "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
+    stop, done = threading.Event(), []
+    opts = ServeOptions(model_repo=stack.repo, index_root=stack.index_root, host="127.0.0.1", port=port)
+    thread = threading.Thread(target=lambda: done.append(
+        serve(opts, env={"FACEVOICE_METRICS_PORT": str(metrics)}, stop=stop)))
+    thread.start()
     try:
         stub = pb_grpc.FaceVoiceStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
-        wait_for(lambda: bool(stub.GetIndexInfo(pb.GetIndexInfoRequest(), timeout=1).indexes), 60, "facevoice serve",
-                 proc)
+        wait_for(lambda: bool(stub.GetIndexInfo(pb.GetIndexInfoRequest(), timeout=1).indexes), 60, "facevoice serve")
         hits = stub.SearchFaces(pb.SearchFacesRequest(voice=pb.Audio(data=media(stack, "toy001", "voice")), top_k=2))
         assert len(hits.hits) == 2
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=60)
     finally:
-        proc.kill()
-    assert proc.returncode == 0
+        stop.set()
+        thread.join(60)
+    (result,) = done
+    assert (result.port, result.metrics_port) == (port, metrics)
+    out = capsys.readouterr().out
     assert "gRPC on 127.0.0.1:" in out and "draining" in out
 
 

@@ -3,12 +3,12 @@ service on a held-out corpus, recall@K beside chance."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
 from facevoice import served
+from facevoice.served import EvalServiceOptions, EvalServiceResult, eval_service
+from facevoice.service.errors import UsageError
 
 
 def test_chance_is_the_share_of_random_top_k_that_hold_an_own_item():
@@ -41,35 +41,32 @@ def test_recall_by_person_reads_the_first_distinct_people():
 
 
 @pytest.mark.timeout(900)  # the stack fixture trains its tiny models first when this runs alone
-def test_the_command_on_a_held_out_corpus(stack, tmp_path, capsys):
+def test_the_command_on_a_held_out_corpus(stack, tmp_path):
     """The tiny stack's release served on a corpus of new people: every search answers every
     query, and recall lies between chance-like and perfect with its interval around it."""
-    from facevoice.cli import main
-
     out = tmp_path / "report"
-    assert main(["eval", "service", "--model-repo", str(stack.repo), "--corpora", str(tmp_path / "held"),
-                 "--seeds", "9002", "--identities", "12", "--out", str(out), "--no-progress"]) == 0
-    result = json.loads((out / "service.json").read_text())
-    assert set(result["searches"]) == {"v2f", "f2v", "s2f"}
-    for cell in result["searches"].values():
-        r10 = cell["recall"]["10"]
+    got = eval_service(EvalServiceOptions(model_repo=stack.repo, corpora=tmp_path / "held", seeds=(9002,),
+                                          identities=12, out=out, no_progress=True))
+    result = EvalServiceResult.read(out)
+    assert result == got  # service.json read back is the result returned
+    assert set(result.searches) == {"v2f", "f2v", "s2f"}
+    for cell in result.searches.values():
+        r10 = cell["recall"][10]
         assert r10["people"] == 12 and r10["queries"] == 48  # 4 photos or clips each; a refused one is a miss
         assert r10["ci95"][0] <= r10["recall"] <= r10["ci95"][1]
-        assert 0 < cell["chance"]["10"] < 1
+        assert 0 < cell["chance"][10] < 1
         # by person: the first 10 of 12 distinct people; never below recall by item at the same K
-        assert cell["chance_people"]["10"] == pytest.approx(10 / 12)
-        for k in ("1", "5", "10"):
+        assert cell["chance_people"][10] == pytest.approx(10 / 12)
+        for k in (1, 5, 10):
             assert cell["recall_people"][k]["recall"] >= cell["recall"][k]["recall"] - 1e-9
-    for cell in result["searches"].values():
+    for cell in result.searches.values():
         assert 1 <= cell["people_in_top10"] <= 10 and 0 <= cell["same_gender_in_top10"] <= 1
     assert "| Speech2Face V->F (ReconstructFace nearest) |" in (out / "service.md").read_text()
-    assert served.report(result) == (out / "service.md").read_text()  # the JSON read back renders the same
-    summary = capsys.readouterr().out.strip().splitlines()[-1]
+    assert result.report() == (out / "service.md").read_text()  # the JSON read back renders the same
+    summary = got.summary().strip().splitlines()[-1]
     assert summary.startswith("eval service:") and "1 held-out corpus," in summary and "x chance" in summary
 
 
 def test_a_directory_that_is_no_model_repository_is_a_clear_error(tmp_path):
-    from facevoice.cli import main
-
-    with pytest.raises(SystemExit, match="not a model repository"):
-        main(["eval", "service", "--model-repo", str(tmp_path), "--corpora", str(tmp_path), "--out", str(tmp_path)])
+    with pytest.raises(UsageError, match="not a model repository"):
+        eval_service(EvalServiceOptions(model_repo=tmp_path, corpora=tmp_path, out=tmp_path))

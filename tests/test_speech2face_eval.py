@@ -11,7 +11,7 @@ from facevoice.training.corpus.oracle import corpus_people, identity_scores, ora
 from facevoice.training.corpus.people import Person, sample_population
 from facevoice.training.metrics import one_per_identity_galleries
 from facevoice.training.speech2face.data import S2FSplit
-from facevoice.training.speech2face.evaluate import (
+from facevoice.training.speech2face.measures import (
     KS,
     age_trend,
     attribute_agreement,
@@ -133,16 +133,15 @@ def test_voice_parameter_readout_recovers_a_feature_made_of_voice_parameters(tmp
     """When v_f is a linear function of the audible voice parameters, the readout fitted on
     training people (read back from the corpus files) predicts test people's v_f; a corpus
     without a generator gives none."""
-    import json
     from dataclasses import asdict
 
-    from facevoice.service.corpus import IDENTITIES, write_csv
+    from facevoice.service.corpus import IDENTITIES, CorpusInfo, write_csv
     from facevoice.training.corpus.people import person_row
-    from facevoice.training.speech2face.evaluate import voice_parameter_readout
+    from facevoice.training.speech2face.measures import voice_parameter_readout
 
     pop = sample_population(80, seed=5)
     write_csv(tmp_path / IDENTITIES, [person_row(p) for p in pop.people])
-    (tmp_path / "corpus.json").write_text(json.dumps({"population_model": asdict(pop.model)}))
+    CorpusInfo(generator="facevoice corpus synth", population_model=asdict(pop.model)).write(tmp_path)
 
     def split(people):
         ident = np.arange(len(people))
@@ -220,15 +219,14 @@ def test_voice_hearing_reads_the_parameters_a_feature_carries():
 
 
 def _generator_corpus(tmp_path, n: int, seed: int):
-    import json
     from dataclasses import asdict
 
-    from facevoice.service.corpus import IDENTITIES, write_csv
+    from facevoice.service.corpus import IDENTITIES, CorpusInfo, write_csv
     from facevoice.training.corpus.people import person_row
 
     pop = sample_population(n, seed=seed)
     write_csv(tmp_path / IDENTITIES, [person_row(p) for p in pop.people])
-    (tmp_path / "corpus.json").write_text(json.dumps({"population_model": asdict(pop.model)}))
+    CorpusInfo(generator="facevoice corpus synth", population_model=asdict(pop.model)).write(tmp_path)
     return pop.people, corpus_people(tmp_path)[1]
 
 
@@ -242,7 +240,7 @@ def test_ranking_readout_finds_people_by_a_feature_made_of_voice_parameters(tmp_
     """v_f made of (centred) pitch, speed and gender: the map trained for cosine ranking puts the
     speaker first far above chance (1 in 20), and the ridge readout does too."""
     from facevoice.training.speech2face.ceiling import ranking_readout
-    from facevoice.training.speech2face.evaluate import voice_parameter_readout
+    from facevoice.training.speech2face.measures import voice_parameter_readout
 
     pop, people = _generator_corpus(tmp_path, 80, seed=5)
 
@@ -269,10 +267,11 @@ def test_ideal_features_hold_the_named_face_parameters(tmp_path):
 
 
 def test_ceilings_need_a_generator(tmp_path):
-    from facevoice.training.speech2face.ceiling import main
+    from facevoice.service.errors import CorpusError
+    from facevoice.training.speech2face.ceiling import ceilings
 
-    with pytest.raises(SystemExit, match="no generator parameters"):
-        main(["--corpus", str(tmp_path), "--face-net", str(tmp_path / "face_net.pt"), "--no-progress"])
+    with pytest.raises(CorpusError, match="no generator parameters"):
+        ceilings(tmp_path, tmp_path / "face_net.pt", tmp_path / "cache", progress=False)
 
 
 def test_geometry_reads_the_generator_parameters_off_reconstructions(tmp_path):
@@ -282,7 +281,7 @@ def test_geometry_reads_the_generator_parameters_off_reconstructions(tmp_path):
     from facevoice.service.media.image import normalise
     from facevoice.training.corpus.faces import FaceNuisance, render_face
     from facevoice.training.speech2face.data import to_rgb
-    from facevoice.training.speech2face.evaluate import geometry
+    from facevoice.training.speech2face.measures import geometry
 
     pop, _ = _generator_corpus(tmp_path, 40, seed=4)
     frontend = FaceImage(size=32)
@@ -339,23 +338,25 @@ def test_table2_reports_unit_and_raw_distances_beside_the_paper_angle():
 
 
 def test_convergence_figure_overlays_runs(tmp_path):
-    from facevoice.training.speech2face.convergence import main
+    from facevoice.service.errors import UsageError
+    from facevoice.training.speech2face.convergence import convergence
 
     for name, scale in (("bn", 1.0), ("nobn", 2.0)):
         (tmp_path / name).mkdir()
         (tmp_path / name / "metrics.csv").write_text(
             "step,loss,val_loss\n" + "".join(f"{s},{scale / s},{scale / s + 0.1}\n" for s in (10, 20, 30)))
     out = tmp_path / "fig8.png"
-    assert main(["--run", f"BN={tmp_path / 'bn'}", "--run", f"no BN={tmp_path / 'nobn'}", "--out", str(out)]) == 0
+    result = convergence([f"BN={tmp_path / 'bn'}", f"no BN={tmp_path / 'nobn'}"], out)
+    assert result.figure == out and result.runs == {"BN": tmp_path / "bn", "no BN": tmp_path / "nobn"}
     assert out.stat().st_size > 5000
-    with pytest.raises(SystemExit, match="LABEL=RUN_DIR"):
-        main(["--run", str(tmp_path / "bn"), "--out", str(out)])
+    with pytest.raises(UsageError, match="LABEL=RUN_DIR"):
+        convergence([str(tmp_path / "bn")], out)
 
 
 def test_segment_consistency_separates_same_video_other_video_and_other_speakers():
     """Fig. 9: a speaker's clips from one video agree more than across videos, and both more than
     two speakers'."""
-    from facevoice.training.speech2face.evaluate import segment_consistency
+    from facevoice.training.speech2face.measures import segment_consistency
 
     v_s = torch.tensor([[1.0, 0.0, 0.0], [1.0, 0.1, 0.0], [1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
     voice = Modality(np.zeros((4, 1)), np.array([0, 0, 0, 1]), ["a", "b", "c", "d"], np.array(["v1", "v1", "v2", "v3"]))

@@ -245,23 +245,24 @@ def _vggface_layout(net: FaceNet, cfg) -> dict:
     return out
 
 
-def test_published_vggface_weights_load_with_their_input_convention(tmp_path, capsys):
+def test_published_vggface_weights_load_with_their_input_convention(tmp_path):
     """Oh et al. use VGG-Face: its published weights become face_net.pt, and its convention (BGR,
     0-255, mean-subtracted) travels in the config to every network and the export."""
-    from facevoice.cli import main
+    from facevoice.service.errors import FormatError
     from facevoice.service.media import frontends
     from facevoice.training.speech2face.checkpoints import VGGFACE_IDENTITIES, load_face_net
+    from facevoice.training.speech2face.features import TrainFaceFeaturesOptions, train_face_features
 
     sets = ["face.size=32", "face.widths=[4, 8, 8, 16, 16]", "face.fc=16", "face.batch_norm=false"]
     cfg = load_config("small", sets)
     source = FaceNet(cfg.face, VGGFACE_IDENTITIES).eval()
     torch.save(_vggface_layout(source, cfg), tmp_path / "vgg_face.pth")
-    def argv(weights):
-        return ["train", "face-features", "--corpus", str(tmp_path), "--config", "small", "--out",
-                str(tmp_path / "net"), "--vggface", str(weights), *[a for s in sets for a in ("--set", s)]]
+    def opts(weights):
+        return TrainFaceFeaturesOptions(corpus=tmp_path, config="small", out=tmp_path / "net", vggface=weights,
+                                        set=sets)
 
-    assert main(argv(tmp_path / "vgg_face.pth")) == 0
-    assert "BGR" in capsys.readouterr().out
+    result = train_face_features(opts(tmp_path / "vgg_face.pth"))
+    assert "BGR" in result.summary() and result.face_net == tmp_path / "net" / "face_net.pt"
     net, trained = load_face_net(tmp_path / "net" / "face_net.pt", torch.device("cpu"))
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
@@ -270,8 +271,8 @@ def test_published_vggface_weights_load_with_their_input_convention(tmp_path, ca
     assert (trained.face.input, face.channels) == ("vggface", "BGR")
     assert frontends.from_dict(frontends.to_dict(face)) == face  # what export writes and the service reads
     torch.save({k: v for k, v in _vggface_layout(source, cfg).items() if k != "conv3_2.weight"}, tmp_path / "cut.pth")
-    with pytest.raises(SystemExit, match=r"no 'conv3_2\.weight'"):
-        main(argv(tmp_path / "cut.pth"))
+    with pytest.raises(FormatError, match=r"no 'conv3_2\.weight'"):
+        train_face_features(opts(tmp_path / "cut.pth"))
 
 
 def test_the_vggface_convention_is_bgr_0_255_minus_the_mean():

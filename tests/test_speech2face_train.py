@@ -1,5 +1,5 @@
 """Speech2Face training commands end to end on the toy corpus: face network -> decoder -> voice
-encoder, through the CLI, with resume and clear errors for wrong files."""
+encoder, through the verbs' functions, with resume and clear errors for wrong files."""
 
 from __future__ import annotations
 
@@ -9,8 +9,13 @@ import json
 import numpy as np
 import pytest
 
-from facevoice.cli import main
+from facevoice.service.errors import CorpusError, FormatError, UsageError
+from facevoice.training.runs import RunInfo
 from facevoice.training.speech2face.config import load_config
+from facevoice.training.speech2face.decoder import TrainFaceDecoderOptions, train_face_decoder
+from facevoice.training.speech2face.evaluate import EvalS2FOptions, eval_s2f
+from facevoice.training.speech2face.features import TrainFaceFeaturesOptions, train_face_features
+from facevoice.training.speech2face.train import TrainS2FOptions, train_s2f
 from tests.toy_corpus import build_toy_corpus
 
 TINY = ["face.size=32", "face.widths=[4, 8, 8, 16, 16]", "face.batch_norm=true", "face.fc=16",
@@ -23,7 +28,14 @@ TINY = ["face.size=32", "face.widths=[4, 8, 8, 16, 16]", "face.batch_norm=true",
 
 
 def _sets(extra=()):
-    return [a for s in [*TINY, *extra] for a in ("--set", s)]
+    return (*TINY, *extra)
+
+
+def _argv(options: dict) -> list[str]:
+    """The command-line flags of `options` (for the torchrun test, which runs the real command)."""
+    flags = {"corpus": str(options["corpus"]), "cache-dir": str(options["cache_dir"]),
+             "threads": str(options["threads"]), "workers": str(options["workers"])}
+    return [*(a for k, v in flags.items() for a in (f"--{k}", v)), "--no-progress"]
 
 
 @pytest.fixture(scope="module")
@@ -35,17 +47,19 @@ def toy(tmp_path_factory):
 def nets(toy, tmp_path_factory):
     out = tmp_path_factory.mktemp("s2f")
     cache = out / "cache"
-    common = ["--corpus", str(toy), "--cache-dir", str(cache), "--threads", "2", "--workers", "1", "--no-progress"]
-    assert main(["train", "face-features", *common, "--out", str(out / "face"), *_sets()]) == 0
-    assert main(["train", "face-decoder", *common, "--out", str(out / "decoder"),
-                 "--face-net", str(out / "face" / "face_net.pt"), *_sets()]) == 0
-    assert main(["train", "s2f", *common, "--out", str(out / "s2f"), "--face-net", str(out / "face" / "face_net.pt"),
-                 "--decoder", str(out / "decoder" / "decoder.pt"),
-                 *_sets(["train.iterations=160", "train.ranking_weight=1"])]) == 0
+    common = dict(corpus=toy, cache_dir=cache, threads=2, workers=1, no_progress=True)
+    face = train_face_features(TrainFaceFeaturesOptions(**common, out=out / "face", set=_sets()))
+    assert face.face_net == out / "face" / "face_net.pt"
+    decoder = train_face_decoder(TrainFaceDecoderOptions(**common, out=out / "decoder", face_net=face.face_net,
+                                                         set=_sets()))
+    assert decoder.decoder == out / "decoder" / "decoder.pt"
+    voice = train_s2f(TrainS2FOptions(**common, out=out / "s2f", face_net=face.face_net, decoder=decoder.decoder,
+                                      set=_sets(["train.iterations=160", "train.ranking_weight=1"])))
+    assert voice.steps == 160
     return out, common
 
 
-def test_each_command_writes_its_artifacts(nets, capsys):
+def test_each_command_writes_its_artifacts(nets):
     out, _ = nets
     for name in ("face/face_net.pt", "face/training.png", "decoder/decoder.pt", "decoder/f2f_val.png",
                  "s2f/best.pt", "s2f/checkpoints/last.pt", "s2f/training.png", "s2f/run.json"):
@@ -68,15 +82,14 @@ def test_voice_encoder_learns(nets):
     assert min(angle[1:]) < angle[0] - 5
 
 
-def test_resume_continues_from_the_last_checkpoint(nets, tmp_path, capsys):
+def test_resume_continues_from_the_last_checkpoint(nets, tmp_path):
     out, common = nets
-    args = ["train", "s2f", *common, "--out", str(tmp_path), "--face-net", str(out / "face" / "face_net.pt"),
-            "--decoder", str(out / "decoder" / "decoder.pt")]
-    assert main([*args, *_sets(["train.iterations=20"])]) == 0
-    assert main([*args, "--resume", *_sets(["train.iterations=40"])]) == 0
+    args = dict(**common, out=tmp_path, face_net=out / "face" / "face_net.pt", decoder=out / "decoder" / "decoder.pt")
+    train_s2f(TrainS2FOptions(**args, set=_sets(["train.iterations=20"])))
+    resumed = train_s2f(TrainS2FOptions(**args, resume=True, set=_sets(["train.iterations=40"])))
     rows = list(csv.DictReader((tmp_path / "metrics.csv").open()))
     assert [int(r["step"]) for r in rows] == [20, 40]
-    assert "trained 40 iterations" in capsys.readouterr().out
+    assert "trained 40 iterations" in resumed.summary() and resumed.steps == 40
 
 
 def test_attribute_heads_and_mean_target_train_resume_and_stay_out_of_the_encoder(nets, tmp_path):
@@ -85,18 +98,17 @@ def test_attribute_heads_and_mean_target_train_resume_and_stay_out_of_the_encode
     import torch
 
     out, common = nets
-    args = ["train", "s2f", *common, "--out", str(tmp_path), "--face-net", str(out / "face" / "face_net.pt"),
-            "--decoder", str(out / "decoder" / "decoder.pt")]
+    args = dict(**common, out=tmp_path, face_net=out / "face" / "face_net.pt", decoder=out / "decoder" / "decoder.pt")
     extra = ["train.attributes=['gender']", "train.attribute_weight=2.0", "train.target=mean"]
-    assert main([*args, *_sets([*extra, "train.iterations=20"])]) == 0
-    assert main([*args, "--resume", *_sets([*extra, "train.iterations=40"])]) == 0
+    train_s2f(TrainS2FOptions(**args, set=_sets([*extra, "train.iterations=20"])))
+    train_s2f(TrainS2FOptions(**args, resume=True, set=_sets([*extra, "train.iterations=40"])))
     rows = list(csv.DictReader((tmp_path / "metrics.csv").open()))
     assert [int(r["step"]) for r in rows] == [20, 40] and all(float(r["attributes"]) > 0 for r in rows)
     last = torch.load(tmp_path / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
     assert set(last["heads"]) == {"gender.weight", "gender.bias"}
     best = torch.load(tmp_path / "best.pt", map_location="cpu", weights_only=True)
     assert "heads" not in best and not any(k.startswith("gender") for k in best["model"])
-    with pytest.raises(ValueError, match=r"train\.target must be one of"):
+    with pytest.raises(UsageError, match=r"train\.target must be one of"):
         load_config("small", ["train.target=median"])
 
 
@@ -112,9 +124,9 @@ def test_best_checkpoint_follows_the_selection_rule(nets, tmp_path):
     for rule, pick in (("loss", lambda rows: min(rows, key=lambda r: float(r["val_loss"]))),
                        ("match", lambda rows: max(rows, key=lambda r: float(r["val_match"])))):
         run = tmp_path / rule
-        assert main(["train", "s2f", *common, "--out", str(run), "--face-net", str(out / "face" / "face_net.pt"),
-                     "--decoder", str(out / "decoder" / "decoder.pt"),
-                     *_sets(["train.iterations=80", f"train.select={rule}"])]) == 0
+        train_s2f(TrainS2FOptions(**common, out=run, face_net=out / "face" / "face_net.pt",
+                                  decoder=out / "decoder" / "decoder.pt",
+                                  set=_sets(["train.iterations=80", f"train.select={rule}"])))
         rows = list(csv.DictReader((run / "metrics.csv").open()))
         best = torch.load(run / "best.pt", map_location="cpu", weights_only=True)
         assert best["step"] == int(pick(rows)["step"]), rule
@@ -132,12 +144,13 @@ def test_torchrun_ddp_with_attribute_heads_on_two_cpu_processes(nets, tmp_path):
     out, common = nets
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "-m", "facevoice", "train", "s2f", *common, "--out", str(tmp_path),
+                           "-m", "facevoice", "train", "s2f", *_argv(common), "--out", str(tmp_path),
                            "--face-net", str(out / "face" / "face_net.pt"),
-                           "--decoder", str(out / "decoder" / "decoder.pt"), *_sets(["train.iterations=20"])],
+                           "--decoder", str(out / "decoder" / "decoder.pt"),
+                           *(a for s in _sets(["train.iterations=20"]) for a in ("--set", s))],
                           capture_output=True, text=True, timeout=240, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert json.loads((tmp_path / "run.json").read_text())["world_size"] == 2
+    assert RunInfo.read(tmp_path).world_size == 2
     assert "gender.weight" in torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)["heads"]
 
 
@@ -145,35 +158,35 @@ def test_wrong_files_are_clear_errors(nets, tmp_path):
     out, common = nets
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")
-    with pytest.raises(SystemExit, match="not a readable face network checkpoint"):
-        main(["train", "face-decoder", *common, "--out", str(tmp_path / "d"), "--face-net", str(junk), *_sets()])
+    with pytest.raises(FormatError, match="not a readable face network checkpoint"):
+        train_face_decoder(TrainFaceDecoderOptions(**common, out=tmp_path / "d", face_net=junk, set=_sets()))
     cut = tmp_path / "cut.pt"
     cut.write_bytes((out / "face" / "face_net.pt").read_bytes()[:1000])  # a copy interrupted mid-file
-    with pytest.raises(SystemExit, match="not a readable face network checkpoint"):
-        main(["train", "face-decoder", *common, "--out", str(tmp_path / "d"), "--face-net", str(cut), *_sets()])
+    with pytest.raises(FormatError, match="not a readable face network checkpoint"):
+        train_face_decoder(TrainFaceDecoderOptions(**common, out=tmp_path / "d", face_net=cut, set=_sets()))
     # an s2f checkpoint is not a face network
-    with pytest.raises(SystemExit, match=r"not a face network checkpoint \(face_net\.pt"):
-        main(["train", "face-decoder", *common, "--out", str(tmp_path / "d"),
-              "--face-net", str(out / "s2f" / "best.pt"), *_sets()])
-    with pytest.raises(SystemExit, match="no checkpoint"):
-        main(["train", "s2f", *common, "--out", str(tmp_path / "r"), "--face-net", str(out / "face" / "face_net.pt"),
-              "--decoder", str(out / "decoder" / "decoder.pt"), "--resume", *_sets()])
+    with pytest.raises(FormatError, match=r"not a face network checkpoint \(face_net\.pt"):
+        train_face_decoder(TrainFaceDecoderOptions(**common, out=tmp_path / "d", face_net=out / "s2f" / "best.pt",
+                                                   set=_sets()))
+    with pytest.raises(FormatError, match="no checkpoint"):
+        train_s2f(TrainS2FOptions(**common, out=tmp_path / "r", face_net=out / "face" / "face_net.pt",
+                                  decoder=out / "decoder" / "decoder.pt", resume=True, set=_sets()))
 
 
 def test_decoder_needs_canonical_faces(tmp_path, nets):
     out, _ = nets
     plain = build_toy_corpus(tmp_path / "plain")  # no canonical faces
-    with pytest.raises(SystemExit, match="no canonical_face"):
-        main(["train", "face-decoder", "--corpus", str(plain), "--out", str(tmp_path / "d"), "--workers", "1",
-              "--no-progress", "--face-net", str(out / "face" / "face_net.pt"), *_sets()])
+    with pytest.raises(CorpusError, match="no canonical_face"):
+        train_face_decoder(TrainFaceDecoderOptions(corpus=plain, out=tmp_path / "d", workers=1, no_progress=True,
+                                                   face_net=out / "face" / "face_net.pt", set=_sets()))
 
 
-def test_evaluation_report(nets, toy, tmp_path, capsys):
+def test_evaluation_report(nets, toy, tmp_path):
     out, _ = nets
     report = tmp_path / "report"
-    assert main(["eval", "s2f", "--run", str(out / "s2f"), "--corpus", str(toy), "--out", str(report),
-                 "--cache-dir", str(out / "cache"), "--seconds", "1", "2", "--trials", "300", "--workers", "1",
-                 "--no-progress"]) == 0
+    result = eval_s2f(EvalS2FOptions(run=out / "s2f", corpus=toy, out=report, cache_dir=out / "cache",
+                                     seconds=(1.0, 2.0), trials=300, workers=1, no_progress=True))
+    assert result.report == report / "report.md"
     text = (report / "report.md").read_text()
     for heading in ("Feature similarity (Table 2)", "S2F -> face retrieval (Table 3)", "Attribute agreement",
                     "Cross-check"):
@@ -194,35 +207,35 @@ def test_evaluation_report(nets, toy, tmp_path, capsys):
     assert "Do the reconstructions follow the person?" in text
     for f in m["figures"]:
         assert (report / f).stat().st_size > 0
-    assert "Speech2Face evaluation" in capsys.readouterr().out
+    assert "Speech2Face evaluation" in result.summary()
 
 
 def test_evaluating_a_non_s2f_checkpoint_is_a_clear_error(nets, tmp_path):
     out, _ = nets
     (tmp_path / "best.pt").write_bytes(b"junk")
-    with pytest.raises(SystemExit, match="not a readable Speech2Face voice encoder checkpoint"):
-        main(["eval", "s2f", "--run", str(tmp_path), "--corpus", str(tmp_path), "--no-progress"])
-    with pytest.raises(SystemExit, match="not a Speech2Face voice encoder checkpoint"):
-        main(["eval", "s2f", "--run", str(out / "face"), "--checkpoint", "face_net.pt", "--no-progress"])
+    with pytest.raises(FormatError, match="not a readable Speech2Face voice encoder checkpoint"):
+        eval_s2f(EvalS2FOptions(run=tmp_path, corpus=tmp_path, no_progress=True))
+    with pytest.raises(FormatError, match="not a Speech2Face voice encoder checkpoint"):
+        eval_s2f(EvalS2FOptions(run=out / "face", checkpoint="face_net.pt", no_progress=True))
 
 
-def test_kims_split_without_validation_trains_every_network(tmp_path, capsys):
+def test_kims_split_without_validation_trains_every_network(tmp_path):
     """A corpus with train and test identities only (Kim et al. sec. 4.2, VoxCeleb's default
     ingest): every command runs its schedule; the voice encoder keeps its last model."""
     import torch
 
     corpus = build_toy_corpus(tmp_path / "kim", canonical=True, val=False)
-    common = ["--corpus", str(corpus), "--cache-dir", str(tmp_path / "cache"), "--threads", "2", "--workers", "1",
-              "--no-progress"]
-    short = _sets(["face.steps=20", "decoder.steps=10", "train.iterations=20", "train.select=loss"])
-    assert main(["train", "face-features", *common, "--out", str(tmp_path / "face"), *short]) == 0
-    assert "n/a (no validation split)" in capsys.readouterr().out
-    net = str(tmp_path / "face" / "face_net.pt")
-    assert main(["train", "face-decoder", *common, "--out", str(tmp_path / "decoder"), "--face-net", net, *short]) == 0
-    assert "no validation split" in capsys.readouterr().out and (tmp_path / "decoder" / "f2f_train.png").exists()
-    assert main(["train", "s2f", *common, "--out", str(tmp_path / "s2f"), "--face-net", net,
-                 "--decoder", str(tmp_path / "decoder" / "decoder.pt"), *short]) == 0
-    assert "no validation split: best.pt is the last model (step 20)" in capsys.readouterr().out
+    common = dict(corpus=corpus, cache_dir=tmp_path / "cache", threads=2, workers=1, no_progress=True,
+                  set=_sets(["face.steps=20", "decoder.steps=10", "train.iterations=20", "train.select=loss"]))
+    face = train_face_features(TrainFaceFeaturesOptions(**common, out=tmp_path / "face"))
+    assert "n/a (no validation split)" in face.summary() and not face.held_out
+    net = tmp_path / "face" / "face_net.pt"
+    decoder = train_face_decoder(TrainFaceDecoderOptions(**common, out=tmp_path / "decoder", face_net=net))
+    assert "no validation split" in decoder.summary() and (tmp_path / "decoder" / "f2f_train.png").exists()
+    assert decoder.picture == tmp_path / "decoder" / "f2f_train.png" and decoder.val_pixel_l1 is None
+    voice = train_s2f(TrainS2FOptions(**common, out=tmp_path / "s2f", face_net=net,
+                                      decoder=tmp_path / "decoder" / "decoder.pt"))
+    assert "no validation split: best.pt is the last model (step 20)" in voice.summary()
     assert torch.load(tmp_path / "s2f" / "best.pt", map_location="cpu", weights_only=True)["step"] == 20
 
 

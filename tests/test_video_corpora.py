@@ -12,10 +12,11 @@ from matplotlib import cbook
 from PIL import Image, ImageOps
 
 from devtools.media_samples import av_clip, speech
-from facevoice.cli import main
 from facevoice.service.corpus import CorpusInfo, read_manifest
 from facevoice.service.media import face_input
 from facevoice.service.media.faces import detect_faces
+from facevoice.training.corpus.avspeech import CorpusAvspeechOptions, corpus_avspeech
+from facevoice.training.corpus.voxceleb2 import CorpusVoxceleb2Options, corpus_voxceleb2
 
 HOPPER = Image.open(Path(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))).convert("RGB")
 LOGO = Image.open(Path(cbook.get_sample_data("logo2.png", asfileobj=False))).convert("RGB")
@@ -58,11 +59,12 @@ def vox2(tmp_path_factory, voice):
     return root
 
 
-def test_voxceleb2_ingest_end_to_end(vox2, tmp_path, capsys):
+def test_voxceleb2_ingest_end_to_end(vox2, tmp_path):
     out = tmp_path / "corpus"
-    assert main(["corpus", "voxceleb2", "--root", str(vox2), "--meta", str(vox2 / "vox2_meta.csv"), "--out", str(out),
-                 "--frames", "2", "--workers", "1", "--no-progress"]) == 0
-    printed = capsys.readouterr().out
+    opts = CorpusVoxceleb2Options(root=vox2, meta=vox2 / "vox2_meta.csv", out=out, frames=2, workers=1,
+                                  no_progress=True)
+    result = corpus_voxceleb2(opts)
+    printed = result.summary()
     items = read_manifest(out)
     by = {m: [i for i in items if i.modality == m] for m in ("face", "voice", "canonical_face")}
     assert {i.identity for i in items} == {"id00001", "id00002"}
@@ -80,23 +82,24 @@ def test_voxceleb2_ingest_end_to_end(vox2, tmp_path, capsys):
     skipped = list(csv.DictReader((out / "skipped.csv").read_text().splitlines()))
     assert sorted(r["reason"].split(":")[0] for r in skipped) == ["no face", "no speech", "unreadable"]
     info = CorpusInfo.read(out)
+    assert result.out == out and result.info == info and result.skipped_csv == out / "skipped.csv"
     assert info.details["clips"] == 7 and info.details["clips_kept"] == 4
-    assert info.counts["items"]["canonical_face"] == 3
+    assert info.counts["items"] == {"face": 8, "voice": 4, "canonical_face": 2}  # as the manifest holds
     assert "4 of 7 clips kept" in printed and "no face 1" in printed
     # resumable: a second run reuses every finished clip and writes the same manifest
     before = (out / "manifest.csv").read_text()
-    assert main(["corpus", "voxceleb2", "--root", str(vox2), "--meta", str(vox2 / "vox2_meta.csv"), "--out", str(out),
-                 "--frames", "2", "--workers", "1", "--no-progress"]) == 0
+    assert corpus_voxceleb2(opts).info == info
     assert (out / "manifest.csv").read_text() == before
     # Speech2Face's face decoder trains on it: the canonical faces are its targets
-    from tests.serving import S2F_TINY, _sets
+    from facevoice.training.speech2face.decoder import TrainFaceDecoderOptions, train_face_decoder
+    from facevoice.training.speech2face.features import TrainFaceFeaturesOptions, train_face_features
+    from tests.serving import S2F_TINY
 
-    common = ["--corpus", str(out), "--workers", "1", "--no-progress", "--threads", "2", "--cache-dir",
-              str(tmp_path / "cache")]
-    tiny = [s for s in S2F_TINY if not s.startswith("face.attributes")] + ["face.attributes=[]"]
-    assert main(["train", "face-features", *common, "--out", str(tmp_path / "face"), *_sets(tiny)]) == 0
-    assert main(["train", "face-decoder", *common, "--out", str(tmp_path / "decoder"), "--face-net",
-                 str(tmp_path / "face" / "face_net.pt"), *_sets(tiny)]) == 0
+    tiny = (*(s for s in S2F_TINY if not s.startswith("face.attributes")), "face.attributes=[]")
+    common = dict(corpus=out, workers=1, no_progress=True, threads=2, cache_dir=tmp_path / "cache", set=tiny)
+    train_face_features(TrainFaceFeaturesOptions(**common, out=tmp_path / "face"))
+    train_face_decoder(TrainFaceDecoderOptions(**common, out=tmp_path / "decoder",
+                                               face_net=tmp_path / "face" / "face_net.pt"))
     assert (tmp_path / "decoder" / "decoder.pt").exists()
 
 
@@ -112,8 +115,8 @@ def test_avspeech_ingest_takes_the_face_nearest_the_published_centre(tmp_path, v
     (tmp_path / "avspeech.csv").write_text("yt_two,0.000000,3.000000,0.85,0.5\n"
                                            "yt_whole,1.000000,4.500000,0.5,0.5\nyt_gone,0,3,0.5,0.5\n")
     out = tmp_path / "corpus"
-    assert main(["corpus", "avspeech", "--csv", str(tmp_path / "avspeech.csv"), "--clips", str(clips), "--out",
-                 str(out), "--frames", "2", "--workers", "1", "--split", "0.5", "0", "0.5", "--no-progress"]) == 0
+    corpus_avspeech(CorpusAvspeechOptions(csv=tmp_path / "avspeech.csv", clips=clips, out=out, frames=2, workers=1,
+                                          split=(0.5, 0.0, 0.5), no_progress=True))
     items = read_manifest(out)
     faces = [i for i in items if i.modality == "face" and i.identity == "yt_two"]
     assert faces and all(i.video == "yt_two" for i in faces)

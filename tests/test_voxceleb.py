@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from devtools.media_samples import wav_bytes
-from facevoice.cli import build_parser
 from facevoice.service.corpus import CorpusInfo, read_identities, read_manifest
 from facevoice.service.errors import FormatError
 from facevoice.service.media.errors import InvalidSignalError
 from facevoice.training.corpus import voxceleb
+from facevoice.training.corpus.voxceleb import CorpusVoxcelebOptions, corpus_voxceleb
 from tests.conftest import image_bytes, tone
 
 SPEAKERS = [  # VoxCeleb1 ID, VGGFace1 ID, gender, nationality
@@ -52,16 +53,15 @@ def tree(tmp_path):
     return tmp_path, wav, faces, meta
 
 
-def _args(tmp_path, wav, faces, meta, *extra):
-    argv = ["corpus", "voxceleb", "--wav-root", str(wav), "--faces-root", str(faces),
-            "--meta", str(meta), "--out", str(tmp_path / "corpus"), *extra]
-    return build_parser(argv).parse_args(argv)
+def _opts(tmp_path, wav, faces, meta, **extra) -> CorpusVoxcelebOptions:
+    return CorpusVoxcelebOptions(wav_root=wav, faces_root=faces, meta=meta, out=tmp_path / "corpus", **extra)
 
 
-def test_manifest_and_skipped_report(tree, capsys):
+def test_manifest_and_skipped_report(tree):
     tmp_path, wav, faces, meta = tree
-    assert voxceleb.run(_args(tmp_path, wav, faces, meta)) == 0
+    result = corpus_voxceleb(_opts(tmp_path, wav, faces, meta))
     out = tmp_path / "corpus"
+    assert result.out == out and result.info == CorpusInfo.read(out)
     items = read_manifest(out)
     by = Counter(i.modality for i in items)
     # 7 speakers x 2 videos x 2 clips, less the 2 unreadable; first frame of 8 x 2 videos, less 1
@@ -71,7 +71,8 @@ def test_manifest_and_skipped_report(tree, capsys):
     assert "wav/id10003/1zcIwhmdeo4/00001.wav" in skipped
     assert "unzippedFaces/Aamir_Khan/1.6/7w0IBEWc9Qw/0000375.jpg" in skipped
     assert "id10008,voice,no wav/id10008/*/*.wav" in skipped
-    printed = capsys.readouterr().out
+    assert len(result.skipped) == 4 and result.info.details["skipped"] == 4
+    printed = result.summary()
     assert "skipped:    4" in printed and "id10008" in printed
     for item in items:  # documented layout, reachable through the corpus's links
         assert (out / item.path).is_file()
@@ -82,7 +83,7 @@ def test_manifest_and_skipped_report(tree, capsys):
 
 def test_kim_split_is_seeded_and_identity_disjoint(tree):
     tmp_path, wav, faces, meta = tree
-    voxceleb.run(_args(tmp_path, wav, faces, meta, "--seed", "3"))
+    corpus_voxceleb(_opts(tmp_path, wav, faces, meta, seed=3))
     rows = read_identities(tmp_path / "corpus")
     assert Counter(r["split"] for r in rows) == {"train": 6, "test": 2}  # 250/1251 of 8, rounded
     split = {r["identity"]: r["split"] for r in rows}
@@ -99,8 +100,7 @@ def test_learnable_pins_split_and_annotations(tree):
     notes = tmp_path / "notes.csv"
     notes.write_text("name,age_group,appearance_group,first_language\n"
                      "A.J._Buckley,40s,white,native\n")
-    voxceleb.run(_args(tmp_path, wav, faces, meta, "--pins-splits", str(pins),
-                       "--annotations", str(notes)))
+    corpus_voxceleb(_opts(tmp_path, wav, faces, meta, pins_splits=pins, annotations=notes))
     rows = {r["identity"]: r for r in read_identities(tmp_path / "corpus")}
     assert {k: r["split"] for k, r in rows.items()} == {
         "id10001": "train", "id10002": "train", "id10003": "val", "id10004": "test",
@@ -131,14 +131,13 @@ def test_bad_pins_line_is_a_clear_error(tmp_path):
 
 def test_all_frames_option(tree):
     tmp_path, wav, faces, meta = tree
-    voxceleb.run(_args(tmp_path, wav, faces, meta, "--frames", "all"))
+    corpus_voxceleb(_opts(tmp_path, wav, faces, meta, frames="all"))
     assert Counter(i.modality for i in read_manifest(tmp_path / "corpus"))["face"] == 31
 
 
-def test_parser_has_the_issue_flags():
-    argv = ["corpus", "voxceleb", "--wav-root", "a", "--faces-root", "b", "--meta", "m", "--out", "o"]
-    args = build_parser(argv).parse_args(argv)
-    assert (args.frames, args.seed, args.val, args.pins_splits) == ("first", 0, 0, None)
+def test_the_options_default_to_the_issue_flags():
+    opts = CorpusVoxcelebOptions(wav_root=Path("a"), faces_root=Path("b"), meta=Path("m"), out=Path("o"))
+    assert (opts.frames, opts.seed, opts.val, opts.pins_splits) == ("first", 0, 0, None)
 
 
 def _tracks(tmp_path, first_frames: dict[str, int]) -> object:
@@ -166,7 +165,7 @@ def test_first_frame_of_each_clip_with_its_box(tree):
     for frame in ("0000375", "0000400"):  # a picture whose crop differs from its centre square
         Image.fromarray(gradient).save(faces / "unzippedFaces/A.J._Buckley/1.6/1zcIwhmdeo4" / f"{frame}.jpg")
     txt = _tracks(tmp_path, {"00001": 375, "00002": 390})  # clip 2 starts between the two frames
-    voxceleb.run(_args(tmp_path, wav, faces, meta, "--txt-root", str(txt), "--box-frames", "--seed", "1"))
+    corpus_voxceleb(_opts(tmp_path, wav, faces, meta, txt_root=txt, box_frames=True, seed=1))
     out = tmp_path / "corpus"
     items = read_manifest(out)
     clips = sorted((i for i in items if i.identity == "id10001" and i.modality == "face" and i.video == "1zcIwhmdeo4"),

@@ -251,8 +251,8 @@ def test_the_redis_stream_quarantines_an_entry_it_cannot_decode():
 def test_a_replica_that_does_not_apply_the_log_reports_how_far_behind(tmp_path):
     import time
 
+    from facevoice.service.indexes import IndexSet
     from facevoice.service.metrics import Metrics
-    from facevoice.service.served import IndexSet
 
     log, metrics = FileLog(tmp_path), Metrics()
     replica = IndexSet(tmp_path, {}, metrics, write_log=log, max_lag_s=0.05)

@@ -30,15 +30,19 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
+from facevoice.cli import options
 from facevoice.service.corpus import read_manifest
+from facevoice.service.errors import CorpusError, FormatError
 from facevoice.training.association.config import load_config
 from facevoice.training.association.data import STORE, SplitData, load_split
 from facevoice.training.association.heldout import CONTROLS, heldout_corpus
@@ -59,27 +63,92 @@ GENDER_VARIANTS = tuple(f"female+{v}" for v in FEMALE_VARIANTS) + tuple(f"male+{
 PROBED = {"face": tuple(FACE_VALUES), "voice": tuple(VOICE_VALUES)}
 
 
+@dataclass(frozen=True)
+class EvalMediaCeilingOptions:
+    train_corpus: Path  # synthetic: its train split trains the read-outs, its val split calibrates them
+    corpora: Path  # where the held-out corpora are (heldout-SEED-N/, generated when missing)
+    out: Path
+    seeds: Sequence[int] = (7101, 7102, 7103)
+    identities: int = 300  # people per held-out corpus
+    model_repo: Sequence[Path] = ()  # served models whose embeddings are probed and matched beside the read-outs
+    config: str = "small"  # association config whose inputs the read-outs see
+    face_size: int | None = None  # face crop size (default: the config's)
+    face_minutes: float = 4.0  # training time of the face read-out
+    voice_minutes: float = 6.0  # training time of the voice read-out
+    face_steps: int | None = None  # train the face read-out this many steps instead of minutes
+    voice_steps: int | None = None  # the same for the voice read-out
+    trials: int = 4000  # 1:2 trials per cell and corpus
+    workers: int = 2
+    threads: int = 2  # torch threads
+    seed: int = 0
+    no_progress: bool = False
+
+
+class ReportFiles:
+    """A held-out evaluation's OUT/STEM.json (its record) and OUT/STEM.md (the record as text),
+    written and read only here; `eval media-ceiling` and `eval frozen` results are ones."""
+
+    STEM: ClassVar[str]
+    out: Path
+    record: dict
+    text: str
+
+    def write(self) -> Path:
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / f"{self.STEM}.json").write_text(json.dumps(self.record, indent=2, default=float))
+        (self.out / f"{self.STEM}.md").write_text(self.text)
+        return self.out / f"{self.STEM}.json"
+
+    @classmethod
+    def read(cls, out: Path):
+        """FormatError naming the file when either is missing or the record is not a JSON object."""
+        path = Path(out) / f"{cls.STEM}.json"
+        try:
+            record = json.loads(path.read_text())
+            if not isinstance(record, dict):
+                raise ValueError("not a JSON object")
+            text = path.with_suffix(".md").read_text()
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            raise FormatError(f"{path}: not a {cls.STEM} report ({type(e).__name__}: {e})") from e
+        return cls(Path(out), record, text)
+
+
+@dataclass(frozen=True)
+class EvalMediaCeilingResult(ReportFiles):
+    STEM: ClassVar[str] = "ceiling"
+    out: Path
+    record: dict  # what OUT/ceiling.json holds: read-outs, links, pooled matching, refused items, seconds
+    text: str  # what OUT/ceiling.md holds, report(record)
+
+    def summary(self) -> str:
+        r = self.record
+        return (f"{self.text}\nmedia ceiling: {len(r['corpora'])} held-out corpora, read-outs trained on "
+                f"{r['train_identities']} people, {r['seconds']:.0f} s -> {self.out}")
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    o = EvalMediaCeilingOptions
     p.add_argument("--train-corpus", type=Path, required=True,
                    help="a synthetic corpus whose train split trains the read-outs and val split calibrates them")
     p.add_argument("--corpora", type=Path, required=True,
                    help="where the held-out corpora are (heldout-SEED-N/, generated when missing)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[7101, 7102, 7103])
-    p.add_argument("--identities", type=int, default=300, help="people per held-out corpus")
-    p.add_argument("--model-repo", type=Path, action="append", default=[],
+    p.add_argument("--seeds", type=int, nargs="+", default=list(o.seeds))
+    p.add_argument("--identities", type=int, default=o.identities, help="people per held-out corpus")
+    p.add_argument("--model-repo", type=Path, action="append", default=list(o.model_repo),
                    help="served models whose embeddings are probed and matched beside the read-outs (repeatable)")
-    p.add_argument("--config", default="small", help="association config whose inputs the read-outs see")
+    p.add_argument("--config", default=o.config, help="association config whose inputs the read-outs see")
     p.add_argument("--face-size", type=int, help="face crop size (default: the config's)")
-    p.add_argument("--face-minutes", type=float, default=4.0, help="training time of the face read-out")
-    p.add_argument("--voice-minutes", type=float, default=6.0, help="training time of the voice read-out")
+    p.add_argument("--face-minutes", type=float, default=o.face_minutes, help="training time of the face read-out")
+    p.add_argument("--voice-minutes", type=float, default=o.voice_minutes,
+                   help="training time of the voice read-out")
     p.add_argument("--face-steps", type=int, help="train the face read-out this many steps instead of minutes "
                                                   "(a fit that does not depend on how busy the machine is)")
     p.add_argument("--voice-steps", type=int, help="the same for the voice read-out")
-    p.add_argument("--trials", type=int, default=4000, help="1:2 trials per cell and corpus")
+    p.add_argument("--trials", type=int, default=o.trials, help="1:2 trials per cell and corpus")
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--threads", type=int, default=2, help="torch threads")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=o.workers)
+    p.add_argument("--threads", type=int, default=o.threads, help="torch threads")
+    p.add_argument("--seed", type=int, default=o.seed)
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -394,14 +463,6 @@ def pooled(cells: dict) -> dict:
     return {k: {d: {c: _pool(v) for c, v in per.items()} for d, per in by_d.items()} for k, by_d in cells.items()}
 
 
-def write_report(out: Path, stem: str, result: dict, text: str) -> None:
-    """OUT/STEM.json and OUT/STEM.md, and the text printed."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{stem}.json").write_text(json.dumps(result, indent=2, default=float))
-    (out / f"{stem}.md").write_text(text)
-    print(text)
-
-
 def matching_row(label: str, cells: dict) -> str:
     """One direction's report row: each control's accuracy with its identity-bootstrap interval."""
     return f"| {label} | " + " | ".join(
@@ -409,17 +470,20 @@ def matching_row(label: str, cells: dict) -> str:
         f"{_pct(c['ci95_identity_bootstrap'][1])})" for c in (cells[x] for x in CONTROLS)) + " |"
 
 
-def run(args: argparse.Namespace) -> int:
-    torch.set_num_threads(args.threads)
-    progress = not args.no_progress
+def eval_media_ceiling(opts: EvalMediaCeilingOptions) -> EvalMediaCeilingResult:
+    """`eval media-ceiling`: read-outs trained on TRAIN_CORPUS, scored with the media oracle (and
+    each served model) on held-out corpora -> OUT/ceiling.json, ceiling.md (and the read-outs'
+    weights, kept for a later run)."""
+    torch.set_num_threads(opts.threads)
+    progress = not opts.no_progress
     t0 = time.monotonic()
-    cfg = load_config(args.config)
-    if args.face_size:
-        cfg = replace(cfg, face=replace(cfg.face, size=args.face_size))
+    cfg = load_config(opts.config)
+    if opts.face_size:
+        cfg = replace(cfg, face=replace(cfg.face, size=opts.face_size))
     samples = cfg.voice.frontend().samples
-    generator = corpus_people(args.train_corpus)
+    generator = corpus_people(opts.train_corpus)
     if generator is None:
-        raise SystemExit(f"eval media-ceiling: {args.train_corpus} is not a synthetic corpus (no population model)")
+        raise CorpusError(f"{opts.train_corpus} is not a synthetic corpus (no population model)")
     model = generator[0]
     groups = tuple(g.name for g in model.groups)
     accents = mo.all_accents(model)
@@ -428,26 +492,26 @@ def run(args: argparse.Namespace) -> int:
     from facevoice.training.association.evaluate import people_table
 
     def load(corpus: Path, split: str) -> tuple[SplitData, dict]:
-        data = load_split(corpus, split, cfg, corpus / "cache" / "ceiling", args.workers, progress, store=STORE,
+        data = load_split(corpus, split, cfg, corpus / "cache" / "ceiling", opts.workers, progress, store=STORE,
                           skip_refused=True)
         for modality, ids in data.refused.items():
             result["refused"].setdefault(modality, []).extend(f"{corpus.name}/{i}" for i in ids)
         return data, people_table(corpus)
 
     result: dict = {"refused": {}}
-    train, people = load(args.train_corpus, "train")
-    val, val_people = load(args.train_corpus, "val")
-    args.corpora.mkdir(parents=True, exist_ok=True)
-    held = [heldout_corpus(args.corpora, s, args.identities, progress) for s in args.seeds]
+    train, people = load(opts.train_corpus, "train")
+    val, val_people = load(opts.train_corpus, "val")
+    opts.corpora.mkdir(parents=True, exist_ok=True)
+    held = [heldout_corpus(opts.corpora, s, opts.identities, progress) for s in opts.seeds]
     n_classes = {"face": {"gender": 2, "appearance_group": len(groups)},
                  "voice": {"gender": 2, "voice_accent": len(accents), "gender_variant": len(GENDER_VARIANTS)}}
-    result |= {"train_corpus": str(args.train_corpus), "train_identities": len(train.identities),
+    result |= {"train_corpus": str(opts.train_corpus), "train_identities": len(train.identities),
                     "face_size": cfg.face.size, "voice_seconds": cfg.voice.seconds,
                     "corpora": [c.name for c in held], "readouts": {}, "links": {}, "matching": {}}
     nets, cal, conf = {}, {}, {}
-    for modality, minutes in (("face", args.face_minutes), ("voice", args.voice_minutes)):
+    for modality, minutes in (("face", opts.face_minutes), ("voice", opts.voice_minutes)):
         t = targets(train, modality, people, model, groups, accents)
-        saved = args.out / f"{modality}_readout.pt"
+        saved = opts.out / f"{modality}_readout.pt"
         if saved.exists():  # a run stopped later: its read-outs are kept (delete the file to train again)
             state = torch.load(saved, weights_only=False)
             net = _network(modality, t.values.shape[1], n_classes[modality], cfg.voice.sample_rate)
@@ -455,9 +519,9 @@ def run(args: argparse.Namespace) -> int:
             nets[modality] = (net.eval(), state["info"])
         else:
             nets[modality] = train_readout(modality, getattr(train, modality).data, t, n_classes[modality], minutes,
-                                           args.seed, cfg.voice.sample_rate, samples, progress,
-                                           getattr(args, f"{modality}_steps"))
-            args.out.mkdir(parents=True, exist_ok=True)
+                                           opts.seed, cfg.voice.sample_rate, samples, progress,
+                                           getattr(opts, f"{modality}_steps"))
+            opts.out.mkdir(parents=True, exist_ok=True)
             torch.save({"weights": nets[modality][0].state_dict(), "info": nets[modality][1]}, saved)
         tv = targets(val, modality, val_people, model, groups, accents)
         pred, probs = predict(*nets[modality], getattr(val, modality).data, modality, samples)
@@ -466,8 +530,8 @@ def run(args: argparse.Namespace) -> int:
         conf[modality] = {k: confusion(tv.classes[k], probs[k], n) for k, n in n_classes[modality].items()}
         result["readouts"][modality] = {"training": nets[modality][1], "calibration": cal[modality]}
     served, train_t = {}, {}
-    for r in args.model_repo:
-        got = served_embeddings(r, args.train_corpus, train, progress)
+    for r in opts.model_repo:
+        got = served_embeddings(r, opts.train_corpus, train, progress)
         mine = subset(train, {m: ok for m, (_, ok) in got.items()})
         served[str(r)] = {m: v[ok] for m, (v, ok) in got.items()}
         train_t[str(r)] = {m: targets(mine, m, people, model, groups, accents) for m in ("face", "voice")}
@@ -477,7 +541,7 @@ def run(args: argparse.Namespace) -> int:
     for corpus in tqdm(held, desc="held-out corpora", disable=not progress):
         split, cpeople = load(corpus, "test")
         # the items every served model takes, so all rows score the same trials
-        embedded = {str(r): served_embeddings(r, corpus, split, progress) for r in args.model_repo}
+        embedded = {str(r): served_embeddings(r, corpus, split, progress) for r in opts.model_repo}
         keep = {m: np.logical_and.reduce([np.ones(len(getattr(split, m).identity), bool)]
                                          + [e[m][1] for e in embedded.values()]) for m in ("face", "voice")}
         for m in ("face", "voice"):
@@ -507,7 +571,7 @@ def run(args: argparse.Namespace) -> int:
             served_emb = Embeddings(emb["face"], emb["voice"])
             for d in ARROW:
                 for c in CONTROLS:
-                    found = matching_outcomes(served_emb, split, d, c, args.trials, seed=0)
+                    found = matching_outcomes(served_emb, split, d, c, opts.trials, seed=0)
                     if found is not None:
                         cells[repo][d][c].append(found)
         fr = face_readout(*reads["face"], cal["face"], conf["face"], prevalence)
@@ -515,16 +579,20 @@ def run(args: argparse.Namespace) -> int:
         for name, (f, v) in (("media oracle", (fr, vr)), ("parameter oracle", item_exact(hmodel, split, cpeople))):
             for d, e in oracle_embeddings(hmodel, f, v).items():
                 for c in CONTROLS:
-                    found = matching_outcomes(e, split, d, c, args.trials, seed=0)
+                    found = matching_outcomes(e, split, d, c, opts.trials, seed=0)
                     if found is not None:
                         cells[name][d][c].append(found)
     result["links"] = {m: {n: {k: float(np.mean(v)) for k, v in per.items()} for n, per in cells_.items()}
                        for m, cells_ in link_r.items()}
     result["matching"] = pooled(cells)
     result["seconds"] = round(time.monotonic() - t0, 1)
-    write_report(args.out, "ceiling", result, report(result))
-    print(f"media ceiling: {len(held)} held-out corpora, read-outs trained on {len(train.identities)} people, "
-          f"{result['seconds']:.0f} s -> {args.out}")
+    done = EvalMediaCeilingResult(opts.out, result, report(result))
+    done.write()
+    return done
+
+
+def run(args: argparse.Namespace) -> int:
+    print(eval_media_ceiling(options(EvalMediaCeilingOptions, args)).summary())
     return 0
 
 

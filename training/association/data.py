@@ -15,6 +15,7 @@ import torch
 from tqdm import tqdm
 
 from facevoice.service.corpus import ATTRIBUTES, MANIFEST, Item, read_manifest
+from facevoice.service.errors import CorpusError
 from facevoice.service.media import AssociationAudio, MediaError
 from facevoice.service.media.frontends import Frontend, model_input
 from facevoice.training.association.augment import augment_faces, augment_voices
@@ -149,7 +150,7 @@ def load_split(corpus: Path, split: str, cfg: AssociationConfig, cache_dir: Path
     for modality, frontend in frontends.items():
         chosen = [i for i in items if i.modality == modality]
         if not chosen:
-            raise ValueError(f"{corpus}: no {modality} items in split {split!r}")
+            raise CorpusError(f"{corpus}: no {modality} items in split {split!r}")
         lost: list[int] | None = [] if skip_refused else None
         data = decode_items(corpus, chosen, frontend, Path(cache_dir),
                             cache_key(corpus, split, modality, frontend, store), workers, progress, store, lost)
@@ -235,7 +236,7 @@ class TupleSampler:
                             for m in ("face", "voice")}
         usable = [i for i in range(n) if len(self.by_identity["face"][i]) and len(self.by_identity["voice"][i])]
         if len(usable) < 2:
-            raise ValueError("training needs at least two identities with both a face and a voice")
+            raise CorpusError("training needs at least two identities with both a face and a voice")
         self.usable = np.array(usable)
         self.anchors = {m: np.concatenate([self.by_identity[m][i] for i in usable]) for m in ("face", "voice")}
         gender = [split.attributes[i].get("gender", "") for i in range(n)]

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
+from facevoice.cli import options
 from facevoice.service.corpus import CorpusInfo, read_identities
+from facevoice.service.errors import FormatError
 from facevoice.training.association import plots
 from facevoice.training.association.checkpoints import load_run
 from facevoice.training.association.data import EXACT, SplitData, load_split
@@ -29,19 +32,74 @@ from facevoice.training.corpus.oracle import split_oracle
 from facevoice.training.runs import RunInfo, pick_device
 
 
+@dataclass(frozen=True)
+class EvalAssociationOptions:
+    run: Path  # a `facevoice train association` run directory
+    corpus: Path | None = None  # test corpus (default: the run's training corpus)
+    out: Path | None = None  # report directory (default RUN/report)
+    checkpoint: str = "best.pt"  # file in RUN (best.pt or checkpoints/last.pt)
+    split: str = "test"
+    trials: int = 4000  # trials per 1:2 and 1:N cell
+    probe_trials: int = 20  # holdout trials per linear probe
+    trial_list: Path | None = None  # score a trial list instead (probe A B label lines)
+    media_root: Path | None = None  # where the trial list's paths are (default: corpus)
+    seed: int = 0
+    device: str = "auto"
+    workers: int = 2
+    cache_dir: Path | None = None  # decoded arrays (default RUN/cache)
+    no_progress: bool = False
+
+
+METRICS, TRIAL_LIST = "metrics.json", "trial_list.json"
+
+
+@dataclass(frozen=True)
+class EvalAssociationResult:
+    """The evaluation, as OUT/metrics.json holds it, or a trial list's score, as OUT/trial_list.json
+    holds it; those files are written and read only here (report.md renders the metrics)."""
+
+    out: Path  # the report directory
+    metrics: dict | None = None  # the evaluation (None when a trial list was scored)
+    trial_list: dict | None = None  # a trial list's score
+
+    def summary(self) -> str:
+        return self.trial_list["summary"] if self.trial_list is not None else format_summary(self.metrics, self.out)
+
+    def write(self) -> Path:
+        path = self.out / (TRIAL_LIST if self.trial_list is not None else METRICS)
+        path.write_text(json.dumps(self.trial_list if self.trial_list is not None else self.metrics, indent=2,
+                                   default=float))
+        return path
+
+    @classmethod
+    def read(cls, out: Path, trial_list: bool = False) -> EvalAssociationResult:
+        """OUT/metrics.json (or with `trial_list` OUT/trial_list.json); FormatError naming the file
+        when it is missing or not one."""
+        path = Path(out) / (TRIAL_LIST if trial_list else METRICS)
+        try:
+            found = json.loads(path.read_text())
+            if not isinstance(found, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            raise FormatError(f"{path}: not an `eval association` {path.name} ({type(e).__name__}: {e})") from e
+        return cls(Path(out), None, found) if trial_list else cls(Path(out), found)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", type=Path, required=True, help="a `facevoice train association` run directory")
     p.add_argument("--corpus", type=Path, help="test corpus (default: the run's training corpus)")
     p.add_argument("--out", type=Path, help="report directory (default RUN/report)")
-    p.add_argument("--checkpoint", default="best.pt", help="file in RUN (best.pt or checkpoints/last.pt)")
-    p.add_argument("--split", default="test")
-    p.add_argument("--trials", type=int, default=4000, help="trials per 1:2 and 1:N cell")
-    p.add_argument("--probe-trials", type=int, default=20, help="holdout trials per linear probe")
+    p.add_argument("--checkpoint", default=EvalAssociationOptions.checkpoint,
+                   help="file in RUN (best.pt or checkpoints/last.pt)")
+    p.add_argument("--split", default=EvalAssociationOptions.split)
+    p.add_argument("--trials", type=int, default=EvalAssociationOptions.trials, help="trials per 1:2 and 1:N cell")
+    p.add_argument("--probe-trials", type=int, default=EvalAssociationOptions.probe_trials,
+                   help="holdout trials per linear probe")
     p.add_argument("--trial-list", type=Path, help="score a trial list instead (probe A B label lines)")
     p.add_argument("--media-root", type=Path, help="where the trial list's paths are (default: corpus)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--seed", type=int, default=EvalAssociationOptions.seed)
+    p.add_argument("--device", default=EvalAssociationOptions.device)
+    p.add_argument("--workers", type=int, default=EvalAssociationOptions.workers)
     p.add_argument("--cache-dir", type=Path, help="decoded arrays (default RUN/cache)")
     p.add_argument("--no-progress", action="store_true")
 
@@ -105,37 +163,42 @@ def loudness_dbfs(waves: np.ndarray, batch: int = 256) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros(0)
 
 
-def run(args: argparse.Namespace) -> int:
-    device = pick_device(args.device, local_rank=0)
-    model, cfg, state = load_run(args.run, args.checkpoint, device)
-    run_info = RunInfo.find(args.run)
-    corpus = args.corpus or Path(run_info.corpus if run_info else "")
-    out = args.out or args.run / "report"
+def eval_association(opts: EvalAssociationOptions) -> EvalAssociationResult:
+    """`eval association`: Kim et al.'s evaluation of a run on a split -> OUT/report.md,
+    metrics.json and the figures; or, with `trial_list`, that list scored -> OUT/trial_list.json."""
+    device = pick_device(opts.device, local_rank=0)
+    model, cfg, state = load_run(opts.run, opts.checkpoint, device)
+    run_info = RunInfo.find(opts.run)
+    corpus = opts.corpus or Path(run_info.corpus if run_info else "")
+    out = opts.out or opts.run / "report"
     out.mkdir(parents=True, exist_ok=True)
-    if args.trial_list:
+    if opts.trial_list:
         from facevoice.training.association.trial_list import score_trial_list
-        result = score_trial_list(model, cfg, args.trial_list, args.media_root or corpus, device)
-        (out / "trial_list.json").write_text(json.dumps(result, indent=2))
-        print(result["summary"])
-        return 0
+        try:
+            scored = score_trial_list(model, cfg, opts.trial_list, opts.media_root or corpus, device)
+        except ValueError as e:  # the list's own errors (a line it cannot parse, mixed kinds, nothing decoded)
+            raise FormatError(str(e)) from e
+        done = EvalAssociationResult(out, None, scored)
+        done.write()
+        return done
 
-    split = load_split(corpus, args.split, cfg, args.cache_dir or args.run / "cache", args.workers,
-                       not args.no_progress, voice_frontend=cfg.voice.frontend(), store=EXACT)
+    split = load_split(corpus, opts.split, cfg, opts.cache_dir or opts.run / "cache", opts.workers,
+                       not opts.no_progress, voice_frontend=cfg.voice.frontend(), store=EXACT)
     emb = split_embeddings(model, cfg, split, device)
     oracle = split_oracle(corpus, split.identities) or None
-    steps = [("1:2 matching", lambda: matching_table(emb, split, args.trials, args.seed)),
-             ("1:N matching", lambda: one_of_n(emb, split, args.trials, args.seed)),
+    steps = [("1:2 matching", lambda: matching_table(emb, split, opts.trials, opts.seed)),
+             ("1:N matching", lambda: one_of_n(emb, split, opts.trials, opts.seed)),
              ("verification", lambda: verification(emb, split)),
-             ("retrieval", lambda: retrieval(emb, split, args.seed, oracle=oracle)),
-             ("linear probes", lambda: linear_probes(emb, split, args.probe_trials, args.seed)),
-             ("link probes", lambda: link_probes(emb, split, people_table(corpus), args.probe_trials, args.seed))]
-    metrics: dict = {"run": str(args.run), "checkpoint": args.checkpoint, "trained_direction": state["direction"],
-                     "step": state["step"], "config": cfg.name, "corpus": str(corpus), "split": args.split,
+             ("retrieval", lambda: retrieval(emb, split, opts.seed, oracle=oracle)),
+             ("linear probes", lambda: linear_probes(emb, split, opts.probe_trials, opts.seed)),
+             ("link probes", lambda: link_probes(emb, split, people_table(corpus), opts.probe_trials, opts.seed))]
+    metrics: dict = {"run": str(opts.run), "checkpoint": opts.checkpoint, "trained_direction": state["direction"],
+                     "step": state["step"], "config": cfg.name, "corpus": str(corpus), "split": opts.split,
                      "identities": len(split.identities), "faces": len(split.face.item_ids),
-                     "voices": len(split.voice.item_ids), "oracle": corpus_oracle(corpus, args.split),
+                     "voices": len(split.voice.item_ids), "oracle": corpus_oracle(corpus, opts.split),
                      "backbones": run_info.details.get("backbones", {}) if run_info else {}}
     keys = ["matching", "one_of_n", "verification", "retrieval", "probes", "links"]
-    bar = tqdm(steps, desc="evaluate", disable=args.no_progress)
+    bar = tqdm(steps, desc="evaluate", disable=opts.no_progress)
     for key, (name, fn) in zip(keys, bar, strict=True):
         bar.set_postfix_str(name)
         metrics[key] = fn()
@@ -148,10 +211,15 @@ def run(args: argparse.Namespace) -> int:
                                          metrics["verification"]["auc"])}, out / "roc.png"),
         plots.recall_curves({d: metrics["retrieval"][d] for d in ("v2f", "f2v")},
                             metrics["retrieval"]["random"], out / "recall.png"),
-        *tsne_figures(emb, split, corpus, out, args.seed),
+        *tsne_figures(emb, split, corpus, out, opts.seed),
     ]
     metrics["figures"] = [f.name for f in figures]
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
+    done = EvalAssociationResult(out, metrics)
+    done.write()
     write_report(metrics, out / "report.md")
-    print(format_summary(metrics, out))
+    return done
+
+
+def run(args: argparse.Namespace) -> int:
+    print(eval_association(options(EvalAssociationOptions, args)).summary())
     return 0

@@ -31,20 +31,23 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 from tqdm import tqdm
 
+from facevoice.cli import options
 from facevoice.service.corpus import Item, read_manifest
+from facevoice.service.errors import UsageError
 from facevoice.training.association.ceiling import (
     FACE_VALUES,
     VOICE_VALUES,
+    ReportFiles,
     matching_row,
     pooled,
     ridge_r,
     subset,
     targets,
-    write_report,
 )
 from facevoice.training.association.config import load_config
 from facevoice.training.association.data import STORE, SplitData, load_split
@@ -57,20 +60,50 @@ COMPONENTS = (4, 8, 16, 32)
 ALPHAS = (1.0, 10.0, 100.0, 1000.0)
 
 
+@dataclass(frozen=True)
+class EvalFrozenOptions:
+    train_corpus: Path  # its train split fits the heads, its val split chooses their size
+    corpora: Path  # where the held-out corpora are (heldout-SEED-N/, generated when missing)
+    out: Path
+    seeds: Sequence[int] = (7101, 7102, 7103)
+    identities: int = 300  # people per held-out corpus
+    heads: Sequence[str] = HEADS
+    trials: int = 4000  # 1:2 trials per cell and corpus
+    config: str = "small"  # association config whose splits and front ends say which items the service takes
+    workers: int = 2
+    threads: int = 2  # torch threads (resemblyzer)
+    no_progress: bool = False
+
+
+@dataclass(frozen=True)
+class EvalFrozenResult(ReportFiles):
+    STEM: ClassVar[str] = "frozen"
+    out: Path
+    record: dict  # what OUT/frozen.json holds: encoders, heads, links, pooled matching, refused items, seconds
+    text: str  # what OUT/frozen.md holds, report(record)
+
+    def summary(self) -> str:
+        r = self.record
+        refused = sum(len(v) for v in r["refused"].values())
+        return (f"{self.text}\nfrozen encoders: heads fitted on {r['train_identities']} people, scored on "
+                f"{len(r['corpora'])} held-out corpora ({refused} items refused), {r['seconds']:.0f} s -> {self.out}")
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    o = EvalFrozenOptions
     p.add_argument("--train-corpus", type=Path, required=True,
                    help="a corpus whose train split fits the heads and val split chooses their size")
     p.add_argument("--corpora", type=Path, required=True,
                    help="where the held-out corpora are (heldout-SEED-N/, generated when missing)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[7101, 7102, 7103])
-    p.add_argument("--identities", type=int, default=300, help="people per held-out corpus")
-    p.add_argument("--heads", nargs="+", choices=HEADS, default=list(HEADS))
-    p.add_argument("--trials", type=int, default=4000, help="1:2 trials per cell and corpus")
-    p.add_argument("--config", default="small", help="association config whose splits and front ends say "
-                                                     "which items the service takes")
+    p.add_argument("--seeds", type=int, nargs="+", default=list(o.seeds))
+    p.add_argument("--identities", type=int, default=o.identities, help="people per held-out corpus")
+    p.add_argument("--heads", nargs="+", choices=HEADS, default=list(o.heads))
+    p.add_argument("--trials", type=int, default=o.trials, help="1:2 trials per cell and corpus")
+    p.add_argument("--config", default=o.config, help="association config whose splits and front ends say "
+                                                      "which items the service takes")
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--threads", type=int, default=2, help="torch threads (resemblyzer)")
+    p.add_argument("--workers", type=int, default=o.workers)
+    p.add_argument("--threads", type=int, default=o.threads, help="torch threads (resemblyzer)")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -227,11 +260,9 @@ def head_accuracy(head: Head, face: np.ndarray, voice: np.ndarray, split: SplitD
 # ---------------------------------------------------------------- the command
 
 
-def evaluate_frozen(train_corpus: Path, corpora: Path, out: Path, seeds: Sequence[int] = (7101, 7102, 7103),
-                    identities: int = 300, heads_: Sequence[str] = HEADS, trials: int = 4000,
-                    config: str = "small", workers: int = 2, threads: int = 2, progress: bool = True) -> dict:
-    """Heads fitted on TRAIN_CORPUS's train split over the frozen encoders, scored on held-out
-    corpora; the result as written to OUT/frozen.json (report() renders it)."""
+def eval_frozen(opts: EvalFrozenOptions) -> EvalFrozenResult:
+    """`eval frozen`: heads fitted on TRAIN_CORPUS's train split over the frozen encoders, scored
+    on held-out corpora -> OUT/frozen.json and frozen.md (report() renders the first as the second)."""
     import warnings
 
     import torch
@@ -239,9 +270,13 @@ def evaluate_frozen(train_corpus: Path, corpora: Path, out: Path, seeds: Sequenc
     from facevoice.training.association.evaluate import people_table
     from facevoice.training.corpus.oracle import corpus_people
 
-    torch.set_num_threads(threads)
+    unknown = sorted(set(opts.heads) - set(HEADS))
+    if unknown:
+        raise UsageError(f"heads must be among {', '.join(HEADS)}, not {', '.join(unknown)}")
+    train_corpus, corpora, out, progress = opts.train_corpus, opts.corpora, opts.out, not opts.no_progress
+    torch.set_num_threads(opts.threads)
     t0 = time.monotonic()
-    cfg = load_config(config)
+    cfg = load_config(opts.config)
     generator = corpus_people(train_corpus)
     groups = tuple(g.name for g in generator[0].groups) if generator else ()
     from facevoice.training.corpus import media_oracle as mo
@@ -252,7 +287,7 @@ def evaluate_frozen(train_corpus: Path, corpora: Path, out: Path, seeds: Sequenc
                     "links": {}, "matching": {}}
 
     def load(corpus: Path, split: str):
-        data = load_split(corpus, split, cfg, corpus / "cache" / "ceiling", workers, progress, store=STORE,
+        data = load_split(corpus, split, cfg, corpus / "cache" / "ceiling", opts.workers, progress, store=STORE,
                           skip_refused=True)
         got = embed(corpus, data, encoders, out, f"{corpus.name}-{split}", progress)
         for modality, (_, ok) in got.items():
@@ -268,7 +303,7 @@ def evaluate_frozen(train_corpus: Path, corpora: Path, out: Path, seeds: Sequenc
     heads: dict[str, Head] = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # sklearn's convergence notes on the largest k
-        for kind in heads_:
+        for kind in opts.heads:
             scores = {}
             for size in (ALPHAS if kind == "ridge" else COMPONENTS):
                 head = fit_head(kind, size, train_v["face"], train.face.identity, train_v["voice"],
@@ -281,7 +316,7 @@ def evaluate_frozen(train_corpus: Path, corpora: Path, out: Path, seeds: Sequenc
     train_t = ({m: targets(train, m, train_people, generator[0], groups, accents) for m in ("face", "voice")}
                if generator else None)
     corpora.mkdir(parents=True, exist_ok=True)
-    held = [heldout_corpus(corpora, s, identities, progress) for s in seeds]
+    held = [heldout_corpus(corpora, s, opts.identities, progress) for s in opts.seeds]
     result |= {"train_corpus": str(train_corpus), "train_identities": people,
                "corpora": [c.name for c in held]}
     cells = {k: {d: {c: [] for c in CONTROLS} for d in ARROW} for k in heads}
@@ -292,7 +327,7 @@ def evaluate_frozen(train_corpus: Path, corpora: Path, out: Path, seeds: Sequenc
             for d in ARROW:
                 emb = head.embeddings(vecs["face"], vecs["voice"], d)
                 for c in CONTROLS:
-                    found = matching_outcomes(emb, split, d, c, trials, seed=0)
+                    found = matching_outcomes(emb, split, d, c, opts.trials, seed=0)
                     if found is not None:
                         cells[kind][d][c].append(found)
         if train_t is not None:
@@ -305,17 +340,13 @@ def evaluate_frozen(train_corpus: Path, corpora: Path, out: Path, seeds: Sequenc
     result["links"] = {m: {n: float(np.mean(v)) for n, v in per.items()} for m, per in link_r.items()}
     result["matching"] = pooled(cells)
     result["seconds"] = round(time.monotonic() - t0, 1)
-    write_report(out, "frozen", result, report(result))
-    return result
+    done = EvalFrozenResult(out, result, report(result))
+    done.write()
+    return done
 
 
 def run(args: argparse.Namespace) -> int:
-    result = evaluate_frozen(args.train_corpus, args.corpora, args.out, args.seeds, args.identities, args.heads,
-                             args.trials, args.config, args.workers, args.threads, not args.no_progress)
-    refused = sum(len(v) for v in result["refused"].values())
-    print(f"frozen encoders: heads fitted on {result['train_identities']} people, scored on "
-          f"{len(result['corpora'])} held-out corpora ({refused} items refused), "
-          f"{result['seconds']:.0f} s -> {args.out}")
+    print(eval_frozen(options(EvalFrozenOptions, args)).summary())
     return 0
 
 

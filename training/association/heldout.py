@@ -15,12 +15,16 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
+from facevoice.cli import options
 from facevoice.service.corpus import CorpusInfo
+from facevoice.service.errors import FormatError, UsageError
 from facevoice.training.association.checkpoints import load_run
 from facevoice.training.association.data import EXACT, load_split
 from facevoice.training.association.embed import split_embeddings
@@ -32,23 +36,84 @@ from facevoice.training.runs import RunInfo, pick_device
 CONTROLS = tuple(c for c in MATCH_CONTROLS if c != "largest group")
 
 
+HELDOUT_RESULTS = "heldout.json"
+
+
+@dataclass(frozen=True)
+class EvalHeldoutOptions:
+    out: Path  # the report directory
+    run: Sequence[Path] = ()  # run directories
+    results: Sequence[Path] = ()  # heldout.json files of earlier evaluations, tabulated without evaluating again
+    seeds: Sequence[int] = (7101, 7102, 7103)  # corpus seeds; seeds no training corpus was generated with
+    identities: int = 200  # people per held-out corpus
+    corpora: Path | None = None  # where the held-out corpora are (heldout-SEED-N/, generated when missing)
+    trials: int = 4000  # 1:2 trials per cell and corpus
+    probe_trials: int = 20
+    curve: bool = False  # also plot pooled accuracy against each run's training identities (curve.png)
+    device: str = "auto"
+    workers: int = 2
+    no_progress: bool = False
+
+
+@dataclass(frozen=True)
+class HeldoutResults:
+    """heldout.json: each run's results on the held-out corpora (evaluate_run's dicts), read and
+    written only here; `eval heldout --results` tabulates earlier ones from it."""
+
+    runs: list[dict] = field(default_factory=list)
+
+    def write(self, out: Path) -> Path:
+        path = Path(out) / HELDOUT_RESULTS
+        tmp = path.with_name(f".{HELDOUT_RESULTS}.tmp")
+        tmp.write_text(json.dumps(self.runs, indent=2, default=float))
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def read(cls, path: Path) -> HeldoutResults:
+        """From a heldout.json (or the report directory holding one); FormatError naming the file
+        when it is missing or not one."""
+        path = Path(path) / HELDOUT_RESULTS if Path(path).is_dir() else Path(path)
+        try:
+            found = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            raise FormatError(f"{path}: not a {HELDOUT_RESULTS} ({e})") from e
+        if not isinstance(found, list) or not all(isinstance(r, dict) and "pooled" in r for r in found):
+            raise FormatError(f"{path}: not a {HELDOUT_RESULTS} (a list of run results)")
+        return cls(found)
+
+
+@dataclass(frozen=True)
+class EvalHeldoutResult:
+    out: Path
+    runs: list[dict]  # each run's results, the earlier ones (--results) first, as heldout.json holds them
+    corpora: list[str]  # the held-out corpora's names
+    report: Path  # OUT/heldout.md
+    figure: Path | None = None  # OUT/curve.png, when drawn
+
+    def summary(self) -> str:
+        return "\n".join([f"held-out evaluation of {len(self.runs)} run(s) on {len(self.corpora)} corpora "
+                          f"-> {self.out}", *table(self.runs)])
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--run", type=Path, action="append", default=[], help="a run directory (repeatable)")
-    p.add_argument("--results", type=Path, nargs="+", default=[],
+    p.add_argument("--run", type=Path, action="append", default=list(EvalHeldoutOptions.run),
+                   help="a run directory (repeatable)")
+    p.add_argument("--results", type=Path, nargs="+", default=list(EvalHeldoutOptions.results),
                    help="heldout.json files of earlier runs of this command: tabulated (and with --curve "
                         "plotted) with the --run results, without evaluating them again")
-    p.add_argument("--seeds", type=int, nargs="+", default=[7101, 7102, 7103],
+    p.add_argument("--seeds", type=int, nargs="+", default=list(EvalHeldoutOptions.seeds),
                    help="corpus seeds; use seeds no training corpus was generated with")
-    p.add_argument("--identities", type=int, default=200, help="people per held-out corpus")
+    p.add_argument("--identities", type=int, default=EvalHeldoutOptions.identities, help="people per held-out corpus")
     p.add_argument("--corpora", type=Path,
                    help="where the held-out corpora are (heldout-SEED-N/, generated when missing)")
     p.add_argument("--out", type=Path, required=True, help="report directory")
-    p.add_argument("--trials", type=int, default=4000, help="1:2 trials per cell and corpus")
-    p.add_argument("--probe-trials", type=int, default=20)
+    p.add_argument("--trials", type=int, default=EvalHeldoutOptions.trials, help="1:2 trials per cell and corpus")
+    p.add_argument("--probe-trials", type=int, default=EvalHeldoutOptions.probe_trials)
     p.add_argument("--curve", action="store_true",
                    help="also plot pooled accuracy against each run's training identities (curve.png)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--device", default=EvalHeldoutOptions.device)
+    p.add_argument("--workers", type=int, default=EvalHeldoutOptions.workers)
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -191,49 +256,43 @@ def curve(results: list[dict], path: Path) -> Path:
     return path
 
 
-def earlier_results(paths: list[Path]) -> list[dict]:
-    out = []
-    for path in paths:
-        try:
-            found = json.loads(Path(path).read_text())
-        except (OSError, ValueError) as e:
-            raise SystemExit(f"eval heldout: {path}: not a heldout.json ({e})") from e
-        if not isinstance(found, list) or not all(isinstance(r, dict) and "pooled" in r for r in found):
-            raise SystemExit(f"eval heldout: {path}: not a heldout.json (a list of run results)")
-        out += found
-    return out
-
-
-def run(args: argparse.Namespace) -> int:
-    if not args.run and not args.results:
-        raise SystemExit("eval heldout: give --run RUN (repeatable) or --results heldout.json ...")
-    if args.run and args.corpora is None:
-        raise SystemExit("eval heldout: --corpora DIR is needed to evaluate runs")
-    device = pick_device(args.device, local_rank=0)
-    progress = not args.no_progress
-    used = {training_seeds(r)[0] for r in args.run}
-    clash = sorted(s for s in args.seeds if s in used)
+def eval_heldout(opts: EvalHeldoutOptions) -> EvalHeldoutResult:
+    """`eval heldout`: every run evaluated on the held-out corpora of `seeds` (generated where
+    missing), with the earlier results of `results` -> OUT/heldout.json, heldout.md (and curve.png)."""
+    if not opts.run and not opts.results:
+        raise UsageError("give --run RUN (repeatable) or --results heldout.json ...")
+    if opts.run and opts.corpora is None:
+        raise UsageError("--corpora DIR is needed to evaluate runs")
+    device = pick_device(opts.device, local_rank=0)
+    progress = not opts.no_progress
+    used = {training_seeds(r)[0] for r in opts.run}
+    clash = sorted(s for s in opts.seeds if s in used)
     if clash:
-        raise SystemExit(f"eval heldout: seed(s) {clash} generated a training corpus of these runs; "
+        raise UsageError(f"seed(s) {clash} generated a training corpus of these runs; "
                          "held-out people need seeds of their own")
+    earlier = [r for path in opts.results for r in HeldoutResults.read(path).runs]
     corpora = []
-    if args.run:
-        args.corpora.mkdir(parents=True, exist_ok=True)
-        corpora = [heldout_corpus(args.corpora, s, args.identities, progress) for s in args.seeds]
-    results = earlier_results(args.results) + [
-        evaluate_run(r, corpora, args.trials, args.probe_trials, device, args.workers, progress)
-        for r in tqdm(args.run, desc="runs", disable=not progress)]
+    if opts.run:
+        opts.corpora.mkdir(parents=True, exist_ok=True)
+        corpora = [heldout_corpus(opts.corpora, s, opts.identities, progress) for s in opts.seeds]
+    results = earlier + [
+        evaluate_run(r, corpora, opts.trials, opts.probe_trials, device, opts.workers, progress)
+        for r in tqdm(opts.run, desc="runs", disable=not progress)]
     corpora_names = sorted({c for r in results for c in r["corpora"]})
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "heldout.json").write_text(json.dumps(results, indent=2, default=float))
-    figure = curve(results, args.out / "curve.png") if args.curve and len(results) > 1 else None
+    opts.out.mkdir(parents=True, exist_ok=True)
+    HeldoutResults(results).write(opts.out)
+    figure = curve(results, opts.out / "curve.png") if opts.curve and len(results) > 1 else None
     text = ["# Association on held-out people", "",
             f"Corpora of new people ({', '.join(corpora_names)}, all test); "
-            f"{'/'.join(str(t) for t in sorted({r.get('trials', args.trials) for r in results}))} 1:2 trials "
+            f"{'/'.join(str(t) for t in sorted({r.get('trials', opts.trials) for r in results}))} 1:2 trials "
             "per cell and corpus; pooled intervals resample people (95%).", "",
             *table(results), "", "## Within-gender links (Pearson r of a ridge read-out, mean of the corpora)", "",
             *link_table(results), "", *([f"![learning curve]({figure.name})", ""] if figure else [])]
-    (args.out / "heldout.md").write_text("\n".join(text))
-    print("\n".join([f"held-out evaluation of {len(results)} run(s) on {len(corpora_names)} corpora -> {args.out}",
-                     *table(results)]))
+    report = opts.out / "heldout.md"
+    report.write_text("\n".join(text))
+    return EvalHeldoutResult(opts.out, results, corpora_names, report, figure)
+
+
+def run(args: argparse.Namespace) -> int:
+    print(eval_heldout(options(EvalHeldoutOptions, args)).summary())
     return 0

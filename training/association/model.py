@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from facevoice.service.errors import UsageError
 from facevoice.training.association.config import AssociationConfig, EmbeddingConfig, FaceConfig, VoiceConfig
 
 # SoundNet 8-layer (Aytar et al. 2016), conv1..conv6: (kernel, stride, padding, max-pool after)
@@ -157,11 +158,11 @@ def _state_dict_from_file(path: Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as e:  # truncated, not torch, code
-        raise ValueError(f"{path}: not a readable weight file ({type(e).__name__}: {str(e)[:200]})") from e
+        raise UsageError(f"{path}: not a readable weight file ({type(e).__name__}: {str(e)[:200]})") from e
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a state dict, found {type(state).__name__}")
+        raise UsageError(f"{path}: expected a state dict, found {type(state).__name__}")
     return state
 
 
@@ -177,7 +178,7 @@ def load_face_backbone(encoder: FaceEncoder, path: Path) -> int:
             picked[name] = value
     missing = sorted(set(wanted) - set(picked))
     if missing:
-        raise ValueError(f"{path}: no weights for face backbone {missing[:4]}... "
+        raise UsageError(f"{path}: no weights for face backbone {missing[:4]}... "
                          "(batch_norm and widths must match the file)")
     encoder.features.load_state_dict(picked)
     return len(picked)
@@ -196,7 +197,7 @@ def load_voice_backbone(encoder: VoiceEncoder, path: Path) -> int:
             picked[name] = value
     missing = sorted(k for k in set(wanted) - set(picked) if not k.endswith("num_batches_tracked"))
     if missing:
-        raise ValueError(f"{path}: no weights for voice backbone {missing[:4]}...")
+        raise UsageError(f"{path}: no weights for voice backbone {missing[:4]}...")
     encoder.features.load_state_dict(picked, strict=False)
     return len(picked)
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +21,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from facevoice.cli import options
 from facevoice.service.corpus import read_manifest
-from facevoice.service.errors import CorpusError
+from facevoice.service.errors import CorpusError, FormatError, UsageError
 from facevoice.training.association.augment import augment_faces, augment_voices
 from facevoice.training.association.config import AssociationConfig, load_config
 from facevoice.training.association.data import SplitData, first_identities, load_split, windows
@@ -29,25 +32,70 @@ from facevoice.training.association.model import SoundNet, vgg_features
 from facevoice.training.runs import pick_device
 
 
+@dataclass(frozen=True)
+class TrainBackbonesOptions:
+    corpus: Path
+    out: Path  # directory for face_backbone.pt, voice_backbone.pt
+    config: str = "small"  # small | paper | a TOML file
+    set: Sequence[str] = ()  # SECTION.KEY=VALUE overrides
+    steps: int = 600  # optimiser steps per backbone
+    modalities: Sequence[str] = ("face", "voice")
+    batch: int = 32
+    lr: float = 1e-3
+    attributes: Sequence[str] = ()  # manifest attributes of the training identities also classified
+    measures: bool = False  # also regress the cues measured from the media (measures.py)
+    seed: int = 0
+    device: str = "auto"
+    threads: int = 0  # torch CPU threads (0: all cores)
+    workers: int = 2
+    cache_dir: Path | None = None  # decoded arrays (default OUT/cache)
+    no_progress: bool = False
+
+
+@dataclass(frozen=True)
+class TrainBackbonesResult:
+    out: Path
+    identities: int  # the training identities the backbones classify
+    refused: dict[str, list[str]]  # modality -> items the front end refuses, left out
+    weights: dict[str, Path]  # modality -> the weight file written
+    stats: dict[str, dict]  # modality -> classify_identities' figures (steps, seconds, accuracy, classes)
+    unmeasured: tuple[str, ...] = ()  # modalities asked to --measures with nothing measurable
+
+    def summary(self) -> str:
+        lines = [f"backbones pretrained on {self.identities} training identities -> {self.out}"]
+        lines += [f"  left out: {len(ids)} {m} item(s) the front end refuses ({', '.join(ids[:3])}"
+                  f"{', ...' if len(ids) > 3 else ''})" for m, ids in self.refused.items()]
+        for modality, path in self.weights.items():
+            if modality in self.unmeasured:
+                lines.append(f"  {modality}: nothing measurable ({', '.join(MEASURES[modality])}), no measure head")
+            stats = self.stats[modality]
+            lines.append(f"  {modality}: {stats['steps']} steps in {stats['seconds']:.0f} s, identity accuracy on "
+                         f"training batches {100 * stats['final_train_accuracy']:.0f}% (chance "
+                         f"{100 / stats['classes']:.1f}%) -> {path.name}")
+        lines.append(f"  next: facevoice train association ... --face-weights {self.out / 'face_backbone.pt'} "
+                     f"--voice-weights {self.out / 'voice_backbone.pt'}")
+        return "\n".join(lines)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--corpus", type=Path, required=True)
-    p.add_argument("--config", default="small", help="small | paper | a TOML file")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    p.add_argument("--config", default=TrainBackbonesOptions.config, help="small | paper | a TOML file")
+    p.add_argument("--set", action="append", default=list(TrainBackbonesOptions.set), metavar="SECTION.KEY=VALUE")
     p.add_argument("--out", type=Path, required=True, help="directory for face_backbone.pt, voice_backbone.pt")
-    p.add_argument("--steps", type=int, default=600, help="optimiser steps per backbone")
-    p.add_argument("--modalities", nargs="+", choices=("face", "voice"), default=["face", "voice"])
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--attributes", nargs="*", default=[], metavar="ATTR",
+    p.add_argument("--steps", type=int, default=TrainBackbonesOptions.steps, help="optimiser steps per backbone")
+    p.add_argument("--modalities", nargs="+", choices=("face", "voice"), default=list(TrainBackbonesOptions.modalities))
+    p.add_argument("--batch", type=int, default=TrainBackbonesOptions.batch)
+    p.add_argument("--lr", type=float, default=TrainBackbonesOptions.lr)
+    p.add_argument("--attributes", nargs="*", default=list(TrainBackbonesOptions.attributes), metavar="ATTR",
                    help="also classify these manifest attributes of the training identities "
                         "(e.g. gender age_group appearance_group): a documented deviation, see docs/association.md")
     p.add_argument("--measures", action="store_true",
                    help="also regress cues measured from the media themselves (measures.py: the face box's "
                         "aspect, the voice's F0), which keep within-gender links a demographic head ignores")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--seed", type=int, default=TrainBackbonesOptions.seed)
+    p.add_argument("--device", default=TrainBackbonesOptions.device)
+    p.add_argument("--threads", type=int, default=TrainBackbonesOptions.threads)
+    p.add_argument("--workers", type=int, default=TrainBackbonesOptions.workers)
     p.add_argument("--cache-dir", type=Path, help="decoded arrays (default OUT/cache)")
     p.add_argument("--no-progress", action="store_true")
 
@@ -134,58 +182,90 @@ def classify_identities(split: SplitData, modality: str, cfg: AssociationConfig,
                      "seconds": time.perf_counter() - start}
 
 
-PROVENANCE = "backbones.json"
+BACKBONES_INFO = "backbones.json"
 
 
-def record_provenance(weights: Path, info: dict) -> None:
-    """What a weight file was trained on, in backbones.json beside it (keyed by file name), so a
-    report can say which labels its backbones saw."""
-    path = weights.parent / PROVENANCE
-    known = json.loads(path.read_text()) if path.exists() else {}
-    known[weights.name] = info
-    path.write_text(json.dumps(known, indent=2) + "\n")
+@dataclass(frozen=True)
+class BackbonesInfo:
+    """backbones.json beside the weight files of `train backbones`: per weight file name, what it
+    was trained on (corpus, split, identities, attributes, measures and the fit's figures), so a
+    report can say which labels its backbones saw. Read and written only here."""
+
+    weights: dict[str, dict] = field(default_factory=dict)  # file name -> what it was trained on
+
+    def with_weights(self, name: str, info: dict) -> BackbonesInfo:
+        return replace(self, weights={**self.weights, name: info})
+
+    def write(self, folder: Path) -> Path:
+        path = Path(folder) / BACKBONES_INFO
+        tmp = path.with_name(f".{BACKBONES_INFO}.tmp")
+        tmp.write_text(json.dumps(self.weights, indent=2) + "\n")
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def read(cls, folder: Path) -> BackbonesInfo:
+        """FormatError naming the file when it is missing or not a backbones.json."""
+        path = Path(folder) / BACKBONES_INFO
+        try:
+            d = json.loads(path.read_text())
+            if not isinstance(d, dict) or not all(isinstance(v, dict) for v in d.values()):
+                raise ValueError("expected {weight file: what it was trained on}")
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            raise FormatError(f"{path}: not a {BACKBONES_INFO} of `train backbones` ({type(e).__name__}: {e})") from e
+        return cls(d)
+
+    @classmethod
+    def find(cls, folder: Path) -> BackbonesInfo | None:
+        """The folder's record, or None where it has none (a user's own weight files)."""
+        return cls.read(folder) if (Path(folder) / BACKBONES_INFO).exists() else None
 
 
 def provenance(weights: Path | None) -> dict | None:
     """The backbones.json entry of a weight file, or None (a user's own file)."""
     if weights is None:
         return None
-    path = Path(weights).parent / PROVENANCE
-    return json.loads(path.read_text()).get(Path(weights).name) if path.exists() else None
+    info = BackbonesInfo.find(Path(weights).parent)
+    return info.weights.get(Path(weights).name) if info else None
 
 
-def run(args: argparse.Namespace) -> int:
-    device = pick_device(args.device, local_rank=0)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    cfg = load_config(args.config, args.set)
-    args.out.mkdir(parents=True, exist_ok=True)
-    train = first_identities(load_split(args.corpus, "train", cfg, args.cache_dir or args.out / "cache",
-                                        args.workers, not args.no_progress, skip_refused=True), cfg.train.identities)
-    lines = [f"backbones pretrained on {len(train.identities)} training identities -> {args.out}"]
-    lines += [f"  left out: {len(ids)} {m} item(s) the front end refuses ({', '.join(ids[:3])}"
-              f"{', ...' if len(ids) > 3 else ''})" for m, ids in train.refused.items()]
-    for modality in args.modalities:
+def train_backbones(opts: TrainBackbonesOptions) -> TrainBackbonesResult:
+    """`train backbones`: each chosen backbone trained to classify the training identities (and
+    `attributes`, and with `measures` the measured cues), saved as OUT/MODALITY_backbone.pt and
+    recorded in OUT/backbones.json."""
+    unknown = sorted(set(opts.modalities) - {"face", "voice"})
+    if unknown:
+        raise UsageError(f"modalities must be face and/or voice, not {', '.join(unknown)}")
+    cfg = load_config(opts.config, list(opts.set))
+    device = pick_device(opts.device, local_rank=0)
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    opts.out.mkdir(parents=True, exist_ok=True)
+    progress = not opts.no_progress
+    train = first_identities(load_split(opts.corpus, "train", cfg, opts.cache_dir or opts.out / "cache",
+                                        opts.workers, progress, skip_refused=True), cfg.train.identities)
+    weights, stats, unmeasured = {}, {}, []
+    for modality in opts.modalities:
         measured = None
-        if args.measures:
-            chosen = {i.item_id: i for i in read_manifest(args.corpus)}
+        if opts.measures:
+            chosen = {i.item_id: i for i in read_manifest(opts.corpus)}
             m = getattr(train, modality)
             measured = measure(modality, m.data, [chosen[k] for k in m.item_ids], cfg.voice.sample_rate)
             if not np.isfinite(measured).all(1).any():  # e.g. a corpus without face boxes
-                lines.append(f"  {modality}: nothing measurable ({', '.join(MEASURES[modality])}), no measure head")
+                unmeasured.append(modality)
                 measured = None
-        encoder, stats = classify_identities(train, modality, cfg, args.steps, args.batch, args.lr, args.seed,
-                                             device, not args.no_progress, args.attributes, measured)
-        path = args.out / f"{modality}_backbone.pt"
+        encoder, stats[modality] = classify_identities(train, modality, cfg, opts.steps, opts.batch, opts.lr,
+                                                       opts.seed, device, progress, list(opts.attributes), measured)
+        path = weights[modality] = opts.out / f"{modality}_backbone.pt"
         torch.save({k: v.cpu() for k, v in encoder.state_dict().items()}, path)
-        record_provenance(path, {"corpus": str(args.corpus.resolve()), "split": "train",
-                                 "identities": len(train.identities), "attributes": list(args.attributes),
-                                 "measures": list(MEASURES[modality]) if measured is not None else [],
-                                 **{k: v for k, v in stats.items() if k != "seconds"}})
-        lines.append(f"  {modality}: {stats['steps']} steps in {stats['seconds']:.0f} s, identity accuracy on "
-                     f"training batches {100 * stats['final_train_accuracy']:.0f}% (chance "
-                     f"{100 / stats['classes']:.1f}%) -> {path.name}")
-    lines.append(f"  next: facevoice train association ... --face-weights {args.out / 'face_backbone.pt'} "
-                 f"--voice-weights {args.out / 'voice_backbone.pt'}")
-    print("\n".join(lines))
+        record = BackbonesInfo.find(opts.out) or BackbonesInfo()
+        record.with_weights(path.name, {
+            "corpus": str(opts.corpus.resolve()), "split": "train", "identities": len(train.identities),
+            "attributes": list(opts.attributes), "measures": list(MEASURES[modality]) if measured is not None else [],
+            **{k: v for k, v in stats[modality].items() if k != "seconds"}}).write(opts.out)
+    return TrainBackbonesResult(opts.out, len(train.identities), train.refused, weights, stats, tuple(unmeasured))
+
+
+def run(args: argparse.Namespace) -> int:
+    print(train_backbones(options(TrainBackbonesOptions, args)).summary())
     return 0

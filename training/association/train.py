@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,8 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
+from facevoice.cli import options
+from facevoice.service.errors import UsageError
 from facevoice.training.association.config import AssociationConfig, load_config
 from facevoice.training.association.data import (
     Batch,
@@ -53,18 +57,68 @@ CSV_FIELDS = ("step", "loss", "lr_head", "lr_face_backbone", "lr_voice_backbone"
               "val_f2v")
 
 
+@dataclass(frozen=True)
+class TrainAssociationOptions:
+    corpus: Path
+    out: Path  # the run directory
+    config: str = "small"  # small | paper | a TOML file
+    set: Sequence[str] = ()  # SECTION.KEY=VALUE overrides, e.g. train.iterations=500
+    direction: str = "v2f"  # v2f | f2v | both
+    seed: int = 0
+    resume: bool = False  # continue from OUT/checkpoints/last.pt
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int = 0  # torch CPU threads (0: all cores)
+    workers: int = 2  # processes that decode the corpus once
+    cache_dir: Path | None = None  # decoded arrays (default OUT/cache)
+    face_weights: Path | None = None  # VGG16 / VGG-Face conv weights (state dict)
+    voice_weights: Path | None = None  # SoundNet conv1..conv6 weights (state dict)
+    no_progress: bool = False
+
+
+@dataclass(frozen=True)
+class TrainAssociationResult:
+    """What one rank of a run did; only rank 0 writes, and only its summary says anything."""
+
+    out: Path
+    direction: str
+    steps: int  # iterations done (the schedule's, also after --resume)
+    best: float | None  # best validation score; None: no validation split, best.pt is the last model
+    best_step: int
+    last_val: dict[str, float] = field(default_factory=dict)  # the last validation's 1:2 accuracies
+    throughput: float | None = None  # median triplets/s over the logged windows (None: none logged)
+    windows: int = 0  # logged windows the throughput is the median of
+    rank: int = 0
+    world_size: int = 1
+
+    def summary(self) -> str:
+        if self.rank != 0:
+            return ""
+        return "\n".join([
+            f"association model ({self.direction}) trained {self.steps} iterations -> {self.out}",
+            f"  no validation split: the whole schedule ran and best.pt is the last model (step {self.best_step}; "
+            "sec. 4.3 describes no model selection)" if self.best is None else
+            f"  best validation 1:2 accuracy {self.best:.3f} at step {self.best_step} (saved as best.pt); "
+            f"last {', '.join(f'{k} {v:.3f}' for k, v in self.last_val.items())}",
+            f"  throughput {self.throughput:.1f} triplets/s (median of {self.windows} windows)"
+            if self.throughput is not None else "",
+            f"  metrics.csv, tensorboard/, training.png; next: facevoice eval association --run {self.out}",
+        ])
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--corpus", type=Path, required=True)
-    p.add_argument("--config", default="small", help="small | paper | a TOML file")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+    p.add_argument("--config", default=TrainAssociationOptions.config, help="small | paper | a TOML file")
+    p.add_argument("--set", action="append", default=list(TrainAssociationOptions.set), metavar="SECTION.KEY=VALUE",
                    help="override one config value, e.g. train.iterations=500")
-    p.add_argument("--direction", choices=DIRECTIONS, default="v2f")
+    p.add_argument("--direction", choices=DIRECTIONS, default=TrainAssociationOptions.direction)
     p.add_argument("--out", type=Path, required=True, help="run directory")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=TrainAssociationOptions.seed)
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: all cores)")
-    p.add_argument("--workers", type=int, default=2, help="processes that decode the corpus once")
+    p.add_argument("--device", default=TrainAssociationOptions.device, help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--threads", type=int, default=TrainAssociationOptions.threads,
+                   help="torch CPU threads (0: all cores)")
+    p.add_argument("--workers", type=int, default=TrainAssociationOptions.workers,
+                   help="processes that decode the corpus once")
     p.add_argument("--cache-dir", type=Path, help="decoded arrays (default OUT/cache)")
     p.add_argument("--face-weights", type=Path, help="VGG16 / VGG-Face conv weights (state dict)")
     p.add_argument("--voice-weights", type=Path, help="SoundNet conv1..conv6 weights (state dict)")
@@ -137,68 +191,73 @@ def selection_score(val: dict[str, float], direction: str) -> float:
     return val[f"val_{direction}"]
 
 
-def run(args: argparse.Namespace) -> int:
+def train_association(opts: TrainAssociationOptions) -> TrainAssociationResult:
+    """`train association`: the whole run on this process. Under torchrun every rank calls it (one
+    process group of WORLD_SIZE); rank 0 alone validates, writes the run directory and says what
+    was done in its result's summary."""
+    if opts.direction not in DIRECTIONS:
+        raise UsageError(f"direction must be one of {', '.join(DIRECTIONS)}, not {opts.direction!r}")
+    cfg = load_config(opts.config, list(opts.set))  # a config that cannot work stops here, before any file
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    device = pick_device(args.device, local_rank)
+    device = pick_device(opts.device, local_rank)
     if world > 1:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
     configure_cuda(device)
     main = rank == 0
-    cfg = load_config(args.config, args.set)
-    out: Path = args.out
+    out: Path = opts.out
     out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(args.seed + rank)
-    progress = main and not args.no_progress
+    torch.manual_seed(opts.seed + rank)
+    progress = main and not opts.no_progress
 
-    cache = args.cache_dir or out / "cache"
+    cache = opts.cache_dir or out / "cache"
     # an item the service's front end refuses (a face its guard does not find) is left out, as
     # `index build` leaves it out; run.json lists them
-    train = first_identities(load_split(args.corpus, "train", cfg, cache, args.workers, progress, skip_refused=True),
+    train = first_identities(load_split(opts.corpus, "train", cfg, cache, opts.workers, progress, skip_refused=True),
                              cfg.train.identities)
     # Kim's own split (sec. 4.2) has no validation identities: then the whole schedule runs and
     # the last model is kept, as sec. 4.3 describes no model selection
-    selecting = has_items(args.corpus, "val", ("face", "voice"))
-    val = (load_split(args.corpus, "val", cfg, cache, args.workers, progress, skip_refused=True)
+    selecting = has_items(opts.corpus, "val", ("face", "voice"))
+    val = (load_split(opts.corpus, "val", cfg, cache, opts.workers, progress, skip_refused=True)
            if main and selecting else None)
 
     model = AssociationModel(cfg)
     loaded = set()
-    if args.face_weights:
-        load_face_backbone(model.face_encoder, args.face_weights)
+    if opts.face_weights:
+        load_face_backbone(model.face_encoder, opts.face_weights)
         loaded.add("face")
-    if args.voice_weights:
-        load_voice_backbone(model.voice_encoder, args.voice_weights)
+    if opts.voice_weights:
+        load_voice_backbone(model.voice_encoder, opts.voice_weights)
         loaded.add("voice")
     model.to(device)
     if device.type == "cuda":
         model.face_encoder.to(memory_format=torch.channels_last)
-    net: nn.Module = TripletNet(model, cfg.train.loss, cfg.train.margin, args.direction, cfg.train.temperature)
+    net: nn.Module = TripletNet(model, cfg.train.loss, cfg.train.margin, opts.direction, cfg.train.temperature)
     if world > 1:
         net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = build_optimizer(model, cfg, loaded)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
-    sampler = TupleSampler(train, cfg, args.direction, seed=args.seed * 1000 + rank)
+    sampler = TupleSampler(train, cfg, opts.direction, seed=opts.seed * 1000 + rank)
 
     step, best, best_step = 0, -1.0, 0
     last = out / "checkpoints" / "last.pt"
-    if args.resume:
+    if opts.resume:
         step, best, best_step = restore(last, device, model, optimizer, sampler.rng, rank)
     if main:
-        RunInfo(config=cfg.to_dict(), corpus=str(args.corpus.resolve()), seed=args.seed, device=str(device),
+        RunInfo(config=cfg.to_dict(), corpus=str(opts.corpus.resolve()), seed=opts.seed, device=str(device),
                 world_size=world, train_identities=len(train.identities), details={
-                    "direction": args.direction, "pretrained": bool(loaded), "pretrained_backbones": sorted(loaded),
+                    "direction": opts.direction, "pretrained": bool(loaded), "pretrained_backbones": sorted(loaded),
                     "model_selection": "validation" if selecting else "last",
                     "backbones": {m: {"path": str(w), "trained_on": provenance(w)}
-                                  for m, w in (("face", args.face_weights), ("voice", args.voice_weights)) if w},
+                                  for m, w in (("face", opts.face_weights), ("voice", opts.voice_weights)) if w},
                     "refused": {"train": train.refused, "val": val.refused if val is not None else {}}}).write(out)
-    log = RunLog(out, args.resume, CSV_FIELDS) if main else None
+    log = RunLog(out, opts.resume, CSV_FIELDS) if main else None
 
     t = cfg.train
     amp = t.precision == "bf16" or (t.precision == "auto" and device.type == "cuda")
-    bar = tqdm(total=t.iterations, initial=step, desc=f"train {args.direction}", unit="it",
+    bar = tqdm(total=t.iterations, initial=step, desc=f"train {opts.direction}", unit="it",
                disable=not progress, dynamic_ncols=True)
     window_start, window_tuples, losses = time.perf_counter(), 0, []
     val_scores: dict[str, float] = {}
@@ -231,15 +290,15 @@ def run(args: argparse.Namespace) -> int:
             rate = window_tuples / (time.perf_counter() - window_start)
             if selecting:
                 val_scores = validate(model, val, cfg, device)
-                score = selection_score(val_scores, args.direction)
+                score = selection_score(val_scores, opts.direction)
                 if score > best:
                     best, best_step = score, step
                     save_checkpoint(out / "best.pt", model=model.state_dict(), config=cfg.to_dict(),
-                                    direction=args.direction, step=step, val=val_scores)
+                                    direction=opts.direction, step=step, val=val_scores)
             elif step == t.iterations:  # no validation split: the last model is the one kept
                 best_step = step
                 save_checkpoint(out / "best.pt", model=model.state_dict(), config=cfg.to_dict(),
-                                direction=args.direction, step=step, val={})
+                                direction=opts.direction, step=step, val={})
             log.write({"step": step, "loss": float(np.mean(losses)), "lr_head": optimizer.param_groups[0]["lr"],
                        "lr_face_backbone": optimizer.param_groups[1]["lr"],
                        "lr_voice_backbone": optimizer.param_groups[2]["lr"], "triplets_per_s": rate,
@@ -253,28 +312,21 @@ def run(args: argparse.Namespace) -> int:
             rngs = [sampler.rng.bit_generator.state]
             save_checkpoint(last, model=model.state_dict(), optimizer=optimizer.state_dict(), step=step,
                             best=best, best_step=best_step, sampler_rng=rngs, torch_rng=torch.get_rng_state(),
-                            config=cfg.to_dict(), direction=args.direction)
+                            config=cfg.to_dict(), direction=opts.direction)
     bar.close()
+    rates: list[float] = []
     if main:
         log.close()
         from facevoice.training.association.plots import training_curves
         training_curves(out / "metrics.csv", out / "training.png")
-        print(summary(out, args.direction, step, best if selecting else None, best_step, val_scores))
+        # every logged window, those before a --resume too
+        rates = [float(r["triplets_per_s"]) for r in read_metrics(out / "metrics.csv") if r["triplets_per_s"]]
     if world > 1:
         finish_distributed()
+    return TrainAssociationResult(out, opts.direction, step, best if selecting else None, best_step, val_scores,
+                                  float(np.median(rates)) if rates else None, len(rates), rank, world)
+
+
+def run(args: argparse.Namespace) -> int:
+    print(train_association(options(TrainAssociationOptions, args)).summary())
     return 0
-
-
-def summary(out: Path, direction: str, step: int, best: float | None, best_step: int, last_val: dict) -> str:
-    """`best` None: there was no validation split, and best.pt is the last model."""
-    rows = read_metrics(out / "metrics.csv")
-    rates = [float(r["triplets_per_s"]) for r in rows if r["triplets_per_s"]]
-    return "\n".join([
-        f"association model ({direction}) trained {step} iterations -> {out}",
-        f"  no validation split: the whole schedule ran and best.pt is the last model (step {best_step}; "
-        "sec. 4.3 describes no model selection)" if best is None else
-        f"  best validation 1:2 accuracy {best:.3f} at step {best_step} (saved as best.pt); "
-        f"last {', '.join(f'{k} {v:.3f}' for k, v in last_val.items())}",
-        f"  throughput {np.median(rates):.1f} triplets/s (median of {len(rates)} windows)" if rates else "",
-        f"  metrics.csv, tensorboard/, training.png; next: facevoice eval association --run {out}",
-    ])

@@ -20,13 +20,15 @@ import argparse
 import json
 import multiprocessing as mp
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+from facevoice.cli import options
+from facevoice.service.errors import FormatError
 from facevoice.service.media.faces import iou
 from facevoice.training.corpus.faces import FaceNuisance, drawn_box, render_face
 from facevoice.training.corpus.people import sample_population
@@ -51,6 +53,69 @@ class DetectorConfig:
     C: float = 5.0
     window: int = 80  # the detection window's side in pixels (dlib's default area, 80 x 80)
     workers: int = 2
+
+
+@dataclass(frozen=True)
+class TrainFaceDetectorOptions:
+    out: Path  # the detector file to write (dlib's .svm); its record goes beside it (.json)
+    people: int = DetectorConfig.people
+    eval_people: int = DetectorConfig.eval_people
+    seed: int = DetectorConfig.seed
+    workers: int = DetectorConfig.workers
+
+    def config(self) -> DetectorConfig:
+        return DetectorConfig(seed=self.seed, people=self.people, eval_people=self.eval_people, workers=self.workers)
+
+
+@dataclass
+class DetectorRecord:
+    """The detector's record (its .svm's name with .json): how it was trained and how it did, read
+    and written only here."""
+
+    config: dict  # asdict(DetectorConfig)
+    pictures: int  # training pictures, with and without a face
+    faces: int  # faces among them
+    train_seconds: float
+    evaluation: dict = field(default_factory=dict)  # evaluate()'s figures
+
+    @staticmethod
+    def path(detector: Path) -> Path:
+        return Path(detector).with_suffix(".json")
+
+    def write(self, detector: Path) -> Path:
+        path = self.path(detector)
+        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        return path
+
+    @classmethod
+    def read(cls, detector: Path) -> DetectorRecord:
+        """FormatError naming the file when it is missing or not a detector's record."""
+        path = cls.path(detector)
+        try:
+            d = json.loads(path.read_text(encoding="utf-8"))
+            return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+        except (OSError, UnicodeDecodeError, ValueError, TypeError) as e:
+            raise FormatError(f"{path}: not a face detector's record ({type(e).__name__}: {e})") from e
+
+
+@dataclass(frozen=True)
+class TrainFaceDetectorResult:
+    out: Path  # the detector written
+    record: DetectorRecord  # and its record, written beside it
+
+    def summary(self) -> str:
+        r, out = self.record, self.out
+        ev = r.evaluation
+        neg = ev["negatives"]
+        return "\n".join([
+            f"detector written to {out} ({r.pictures} pictures, {r.faces} faces, "
+            f"{r.train_seconds} s); its record beside it ({DetectorRecord.path(out).name})",
+            f"new people: {ev['new_people']['found_iou_0.5']:.1%} of {ev['new_people']['faces']} faces found at "
+            f"IoU 0.5 (median IoU {ev['new_people']['median_iou']:.2f}; target 98%)",
+            f"negatives: {len(neg['with_a_detection'])} of {neg['pictures']} with a detection "
+            f"{neg['with_a_detection'] or ''}",
+            "real faces: " + ", ".join(f"{k} {v}" for k, v in ev["real_faces"].items()),
+        ])
 
 
 def _person_faces(job: tuple[int, int, int, object, int]) -> list[tuple[np.ndarray, tuple]]:
@@ -163,8 +228,9 @@ def training_set(images: list[np.ndarray], boxes: list[tuple], cfg: DetectorConf
     return out_images, out_boxes
 
 
-def train(cfg: DetectorConfig, out: Path, progress: bool = True) -> dict:
-    """Train on new people and write the detector to `out` (dlib's format); returns the record."""
+def train(cfg: DetectorConfig, out: Path, progress: bool = True) -> DetectorRecord:
+    """Train on new people and write the detector to `out` (dlib's format); returns its record
+    (not yet evaluated)."""
     import dlib
 
     start = time.perf_counter()
@@ -181,8 +247,7 @@ def train(cfg: DetectorConfig, out: Path, progress: bool = True) -> dict:
     detector = dlib.train_simple_object_detector(images, rects, opts)
     out.parent.mkdir(parents=True, exist_ok=True)
     detector.save(str(out))
-    return {"config": asdict(cfg), "pictures": len(images), "faces": sum(map(len, boxes)),
-            "train_seconds": round(time.perf_counter() - start, 1)}
+    return DetectorRecord(asdict(cfg), len(images), sum(map(len, boxes)), round(time.perf_counter() - start, 1))
 
 
 def negative_images(seed: int = 0) -> dict[str, Image.Image]:
@@ -242,7 +307,7 @@ def real_faces() -> dict[str, Image.Image]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    d = DetectorConfig()
+    d = TrainFaceDetectorOptions
     p.add_argument("--out", type=Path, required=True, help="the detector file to write (dlib's .svm)")
     p.add_argument("--people", type=int, default=d.people)
     p.add_argument("--eval-people", type=int, default=d.eval_people)
@@ -250,29 +315,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=d.workers)
 
 
-def build_detector(cfg: DetectorConfig, out: Path, progress: bool = True) -> dict:
-    """Train, evaluate, and write the detector with its record (`out` with .json) beside it."""
-    record = train(cfg, out, progress)
-    record["evaluation"] = evaluate(out, cfg, progress)
-    out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
-    return record
+def train_face_detector(opts: TrainFaceDetectorOptions, *, progress: bool = True) -> TrainFaceDetectorResult:
+    """`train face-detector`: train, evaluate, and write the detector to `opts.out` with its record
+    (`opts.out` with .json) beside it."""
+    cfg = opts.config()
+    record = train(cfg, opts.out, progress)
+    record.evaluation = evaluate(opts.out, cfg, progress)
+    record.write(opts.out)
+    return TrainFaceDetectorResult(opts.out, record)
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = DetectorConfig(seed=args.seed, people=args.people, eval_people=args.eval_people, workers=args.workers)
-    print(summary(build_detector(cfg, args.out), args.out))
+    print(train_face_detector(options(TrainFaceDetectorOptions, args)).summary())
     return 0
-
-
-def summary(record: dict, out: Path) -> str:
-    ev = record["evaluation"]
-    neg = ev["negatives"]
-    return "\n".join([
-        f"detector written to {out} ({record['pictures']} pictures, {record['faces']} faces, "
-        f"{record['train_seconds']} s); its record beside it ({out.with_suffix('.json').name})",
-        f"new people: {ev['new_people']['found_iou_0.5']:.1%} of {ev['new_people']['faces']} faces found at IoU 0.5 "
-        f"(median IoU {ev['new_people']['median_iou']:.2f}; target 98%)",
-        f"negatives: {len(neg['with_a_detection'])} of {neg['pictures']} with a detection "
-        f"{neg['with_a_detection'] or ''}",
-        "real faces: " + ", ".join(f"{k} {v}" for k, v in ev["real_faces"].items()),
-    ])

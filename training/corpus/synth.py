@@ -14,14 +14,15 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
+from facevoice.cli import options
 from facevoice.service.corpus import IDENTITIES, CorpusInfo, Item, write_csv, write_manifest
 from facevoice.service.errors import UsageError
 from facevoice.training.corpus import sheet
 from facevoice.training.corpus.faces import FACE_RENDER, FACE_RENDERS, FaceNuisance, drawn_box, render_face
-from facevoice.training.corpus.manifest import corpus_counts, count_lines
 from facevoice.training.corpus.oracle import CONTROLS, DIRECTIONS, oracle_table
 from facevoice.training.corpus.people import Person, PopulationModel, person_row, sample_population
 from facevoice.training.corpus.splits import assign_splits, split_counts
+from facevoice.training.corpus.summary import corpus_counts, count_lines
 from facevoice.training.corpus.voices import ESPEAK, SAMPLE_RATE, ClipNuisance, synthesize_clip
 
 FORMAT_VERSION = 1
@@ -50,15 +51,67 @@ class SynthConfig:
     model: PopulationModel = field(default_factory=PopulationModel)
 
 
+@dataclass(frozen=True)
+class CorpusSynthOptions:
+    """`corpus synth`'s arguments; `config()` is the generator's SynthConfig they make."""
+
+    out: Path  # the corpus directory to create
+    identities: int = SynthConfig.identities
+    seed: int = SynthConfig.seed
+    faces: int = SynthConfig.faces  # face images per identity
+    clips: int = SynthConfig.clips  # voice clips per identity
+    face_size: int = SynthConfig.face_size
+    split: tuple[float, float, float] = SynthConfig.splits
+    workers: int = SynthConfig.workers
+    oracle_trials: int = SynthConfig.oracle_trials  # 0: skip the oracle
+    force: bool = False  # replace an existing corpus directory
+    face_render: int = FACE_RENDER
+    unguarded: bool = False  # keep faces and clips the service's guards would refuse
+    p_male: float | None = None  # None: the population model's share of men
+    prevalence: tuple[str, ...] | None = None  # appearance-group weights, "GROUP=WEIGHT" each
+
+    def config(self) -> SynthConfig:
+        return SynthConfig(identities=self.identities, seed=self.seed, faces=self.faces, clips=self.clips,
+                           face_size=self.face_size, splits=tuple(self.split), workers=self.workers,
+                           oracle_trials=self.oracle_trials, guarded=not self.unguarded,
+                           face_render=self.face_render,
+                           model=population(self.p_male, parse_prevalence(self.prevalence)))
+
+
+@dataclass(frozen=True)
+class CorpusSynthResult:
+    out: Path
+    info: CorpusInfo  # what corpus.json holds
+    media_s: float  # seconds spent drawing faces and speaking clips
+    total_s: float
+
+    def summary(self) -> str:
+        """The one-screen summary printed at the end of `corpus synth`."""
+        lines = [f"corpus written to {self.out} in {self.total_s} s (media {self.media_s} s)",
+                 *count_lines(self.info.counts)]
+        if self.info.oracle:
+            lines.append("oracle 1:2 matching accuracy (chance 50%):")
+            lines.append(f"  {'':24s}" + "".join(f"{k:>9s}" for k in CONTROLS))
+            for scope, res in self.info.oracle.items():
+                for d in DIRECTIONS:
+                    row = res["accuracy"][d]
+                    cells = "".join("      n/a" if row[k] is None else f"{row[k]:9.1%}" for k in CONTROLS)
+                    lines.append(f"  {scope + ' ' + d:24s}{cells}")
+            lines.append(f"  {'published VoxCeleb best':24s}" + "".join(
+                f"{PUBLISHED[k]:9.0%}" if k in PUBLISHED else "        -" for k in CONTROLS))
+        lines.append(f"look: {self.out}/contact_sheet.png   listen: {self.out}/listen.html")
+        return "\n".join(lines)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    d = SynthConfig()
+    d = CorpusSynthOptions
     p.add_argument("--out", type=Path, required=True, help="corpus directory to create")
     p.add_argument("--identities", type=int, default=d.identities)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--faces", type=int, default=d.faces, help="face images per identity")
     p.add_argument("--clips", type=int, default=d.clips, help="voice clips per identity")
     p.add_argument("--face-size", type=int, default=d.face_size, help="pixels (>= 128)")
-    p.add_argument("--split", type=float, nargs=3, default=d.splits, metavar=("TRAIN", "VAL", "TEST"))
+    p.add_argument("--split", type=float, nargs=3, default=d.split, metavar=("TRAIN", "VAL", "TEST"))
     p.add_argument("--workers", type=int, default=d.workers)
     p.add_argument("--oracle-trials", type=int, default=d.oracle_trials,
                    help="1:2 trials per oracle cell (0: skip the oracle)")
@@ -67,8 +120,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="face painter version (1: the faint nose under the beard of corpora before issue 30)")
     p.add_argument("--unguarded", action="store_true",
                    help="keep faces and clips the service's guards would refuse (the corpus as made before them)")
-    p.add_argument("--p-male", type=float, help=f"share of men (default {d.model.p_male}); with --prevalence, "
-                   "a population of another attribute mix, for cross-dataset tests (Kim et al. Table 8)")
+    p.add_argument("--p-male", type=float, help=f"share of men (default {PopulationModel.p_male}); with "
+                   "--prevalence, a population of another attribute mix, for cross-dataset tests (Kim et al. Table 8)")
     p.add_argument("--prevalence", nargs="+", metavar="GROUP=WEIGHT",
                    help="appearance-group weights, e.g. A=0.1 B=0.5 (groups not named keep theirs)")
 
@@ -84,7 +137,7 @@ def population(p_male: float | None, prevalence: dict[str, float]) -> Population
     return replace(base, groups=groups, p_male=base.p_male if p_male is None else p_male)
 
 
-def parse_prevalence(specs: list[str] | None) -> dict[str, float]:
+def parse_prevalence(specs: tuple[str, ...] | list[str] | None) -> dict[str, float]:
     out = {}
     for spec in specs or []:
         name, sep, weight = spec.partition("=")
@@ -97,13 +150,13 @@ def parse_prevalence(specs: list[str] | None) -> dict[str, float]:
     return out
 
 
+def corpus_synth(opts: CorpusSynthOptions, *, progress: bool = True) -> CorpusSynthResult:
+    """`corpus synth`: the corpus its options describe, written under `opts.out`."""
+    return build_corpus(opts.out, opts.config(), force=opts.force, progress=progress)
+
+
 def run(args: argparse.Namespace) -> int:
-    cfg = SynthConfig(identities=args.identities, seed=args.seed, faces=args.faces, clips=args.clips,
-                      face_size=args.face_size, splits=tuple(args.split), workers=args.workers,
-                      oracle_trials=args.oracle_trials, guarded=not args.unguarded, face_render=args.face_render,
-                      model=population(args.p_male, parse_prevalence(args.prevalence)))
-    summary = build_corpus(args.out, cfg, force=args.force)
-    print(format_summary(summary))
+    print(corpus_synth(options(CorpusSynthOptions, args)).summary())
     return 0
 
 
@@ -181,8 +234,9 @@ def voice_passes(audio: np.ndarray) -> bool:
     return True
 
 
-def build_corpus(out: Path, cfg: SynthConfig, force: bool = False, progress: bool = True) -> dict:
-    """Write the whole corpus under `out`; returns the summary also stored in corpus.json."""
+def build_corpus(out: Path, cfg: SynthConfig, force: bool = False, progress: bool = True) -> CorpusSynthResult:
+    """Write the whole corpus of generator settings `cfg` under `out` (what `corpus synth` does, for
+    callers with settings its options do not carry, such as the oracle's population)."""
     _validate(cfg)
     out = Path(out)
     if out.exists() and any(out.iterdir()):
@@ -220,13 +274,10 @@ def build_corpus(out: Path, cfg: SynthConfig, force: bool = False, progress: boo
                       oracle=_oracle(cfg, people, split_of) if cfg.oracle_trials else {},
                       details={"espeak_ng": _espeak_version()})
     info.write(out)
-    summary = info.to_dict()
     sheet.contact_sheet(out, out / "contact_sheet.png")
     sheet.listening_page(out, out / "listen.html")
-    summary["timing"] = {"media_s": round(media_seconds, 1),
-                         "total_s": round(time.perf_counter() - start, 1)}
-    summary["out"] = str(out)
-    return summary
+    # as corpus.json holds it (its tuples lists), so a caller sees what a reader of the corpus will
+    return CorpusSynthResult(out, CorpusInfo.read(out), round(media_seconds, 1), round(time.perf_counter() - start, 1))
 
 
 def _espeak_version() -> str:
@@ -245,24 +296,3 @@ def _oracle(cfg: SynthConfig, people: list[Person], split_of: dict[str, str]) ->
         "test_split": {"identities": len(test), "trials": cfg.oracle_trials,
                        "accuracy": oracle_table(cfg.model, test, cfg.oracle_trials, cfg.seed)},
     }
-
-
-def format_summary(s: dict) -> str:
-    """The one-screen summary printed at the end of `corpus synth`."""
-    lines = [
-        f"corpus written to {s['out']} in {s['timing']['total_s']} s "
-        f"(media {s['timing']['media_s']} s)",
-        *count_lines(s["counts"]),
-    ]
-    if s["oracle"]:
-        lines.append("oracle 1:2 matching accuracy (chance 50%):")
-        lines.append(f"  {'':24s}" + "".join(f"{k:>9s}" for k in CONTROLS))
-        for scope, res in s["oracle"].items():
-            for d in DIRECTIONS:
-                row = res["accuracy"][d]
-                cells = "".join("      n/a" if row[k] is None else f"{row[k]:9.1%}" for k in CONTROLS)
-                lines.append(f"  {scope + ' ' + d:24s}{cells}")
-        lines.append(f"  {'published VoxCeleb best':24s}" + "".join(
-            f"{PUBLISHED[k]:9.0%}" if k in PUBLISHED else "        -" for k in CONTROLS))
-    lines.append(f"look: {s['out']}/contact_sheet.png   listen: {s['out']}/listen.html")
-    return "\n".join(lines)

@@ -1,4 +1,6 @@
-"""Video corpora in the corpus format: `facevoice corpus voxceleb2` and `facevoice corpus avspeech`.
+"""What the video corpus commands share (`corpus voxceleb2` in voxceleb2.py, `corpus avspeech` in
+avspeech.py, each reading its own data set's metadata into clips): decoding a clip, ingesting
+clips, writing the corpus.
 
 Each clip (an MP4, or a segment of one) gives:
 - its audio track, 16 kHz mono WAV, kept when WebRTC's VAD hears at least `--min-speech` s of
@@ -21,14 +23,13 @@ skipped.csv. Finished clips are remembered under OUT/.ingest/, so a re-run resum
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
 import json
 import math
 import multiprocessing as mp
-import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import soundfile as sf
@@ -36,16 +37,60 @@ from PIL import Image
 from tqdm import tqdm
 
 from facevoice.service.corpus import IDENTITIES, CorpusInfo, Item, write_csv, write_manifest
-from facevoice.service.errors import FormatError, UsageError
+from facevoice.service.errors import UsageError
 from facevoice.service.media.errors import InvalidSignalError
 from facevoice.service.media.faces import Detection, align, detect_faces, face_region
 from facevoice.service.media.image import crop_face
-from facevoice.training.corpus.manifest import corpus_counts, count_lines
 from facevoice.training.corpus.splits import SPLITS, assign_splits
+from facevoice.training.corpus.summary import corpus_counts, count_lines
 
 AUDIO_RATE = 16_000
 CANONICAL_SIZE = 256
-GENDERS = {"m": "male", "f": "female", "male": "male", "female": "female"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class IngestOptions:
+    """The arguments both video corpus commands take; each command's options add its data set's."""
+
+    out: Path
+    frames: int = 3  # face frames per clip: the first, then evenly spaced
+    min_speech: float = 0.5  # seconds of speech a clip must have
+    split: tuple[float, float, float] = (0.8, 0.1, 0.1)  # identity fractions where the data set gives no split
+    seed: int = 0
+    workers: int = 2
+    no_progress: bool = False
+
+
+def add_ingest_arguments(p: argparse.ArgumentParser) -> None:
+    d = IngestOptions
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--frames", type=int, default=d.frames,
+                   help="face frames per clip: the first, then evenly spaced")
+    p.add_argument("--min-speech", type=float, default=d.min_speech, help="seconds of speech a clip must have")
+    p.add_argument("--split", type=float, nargs=3, default=d.split, metavar=("TRAIN", "VAL", "TEST"),
+                   help="identity fractions where the data set gives no split")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--workers", type=int, default=d.workers)
+    p.add_argument("--no-progress", action="store_true")
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """A video corpus written; each command's result names its data set (TITLE)."""
+
+    out: Path
+    info: CorpusInfo  # what corpus.json holds: counts, clips, clips kept, skipped per reason
+    TITLE: ClassVar[str] = "video corpus"
+
+    @property
+    def skipped_csv(self) -> Path:
+        return self.out / "skipped.csv"
+
+    def summary(self) -> str:
+        d = self.info.details
+        why = ", ".join(f"{k} {v}" for k, v in d["skipped"].items()) or "none"
+        return "\n".join([f"{self.TITLE}: {d['clips_kept']} of {d['clips']} clips kept", *count_lines(self.info.counts),
+                          f"skipped:    {why} (see {self.skipped_csv})"])
 
 
 @dataclass
@@ -61,9 +106,19 @@ class Clip:
 
 @dataclass
 class ClipResult:
+    """One clip ingested, as remembered under OUT/.ingest/ (read and written only here)."""
+
     reason: str = ""  # empty when kept
     voice: str = ""
     faces: list[dict] = field(default_factory=list)  # {path, box, frontal}
+
+    @classmethod
+    def read(cls, path: Path) -> ClipResult:
+        return cls(**json.loads(path.read_text()))
+
+    def write(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(asdict(self)))
 
 
 def frontality(face: Detection) -> float:
@@ -143,7 +198,7 @@ def ingest_clip(job: tuple[Clip, Path, int, float]) -> tuple[Clip, ClipResult]:
     done = out / ".ingest" / (hashlib.sha1(f"{clip.path}|{clip.start}|{clip.end}|{frames}".encode()).hexdigest()
                               + ".json")
     if done.exists():
-        return clip, ClipResult(**json.loads(done.read_text()))
+        return clip, ClipResult.read(done)
     result = ClipResult()
     try:
         samples, images = read_clip(clip, frames)
@@ -169,8 +224,7 @@ def ingest_clip(job: tuple[Clip, Path, int, float]) -> tuple[Clip, ClipResult]:
         else:
             result.voice = (rel / f"{clip.clip}.wav").as_posix()
             sf.write(out / result.voice, samples, AUDIO_RATE, subtype="PCM_16")
-    done.parent.mkdir(parents=True, exist_ok=True)
-    done.write_text(json.dumps(asdict(result)))
+    result.write(done)
     return clip, result
 
 
@@ -185,16 +239,17 @@ def canonical_face(out: Path, face: dict) -> Image.Image:
     return crop_face(region, (x, y, w, h), 1.5).resize((CANONICAL_SIZE, CANONICAL_SIZE), Image.BICUBIC)
 
 
-def ingest(clips: list[Clip], out: Path, split_of: dict[str, str], attrs: dict[str, dict], frames: int,
-           min_speech: float, workers: int, generator: str, progress: bool = True,
-           missing: list[dict] | None = None) -> dict:
-    """Every clip ingested (in `workers` processes), the manifest, identities.csv, skipped.csv,
-    corpus.json written; returns the summary."""
+def ingest(clips: list[Clip], opts: IngestOptions, split_of: dict[str, str], attrs: dict[str, dict],
+           generator: str, missing: list[dict] | None = None) -> CorpusInfo:
+    """Every clip ingested (in `opts.workers` processes), the manifest, identities.csv, skipped.csv,
+    corpus.json written under `opts.out`; returns what corpus.json holds. `missing`: clips the
+    metadata names and the disk lacks, listed in skipped.csv as they are."""
+    out, frames = opts.out, opts.frames
     out.mkdir(parents=True, exist_ok=True)
-    jobs = [(c, out, frames, min_speech) for c in clips]
-    with mp.get_context("fork").Pool(max(1, workers)) as pool:
+    jobs = [(c, out, frames, opts.min_speech) for c in clips]
+    with mp.get_context("fork").Pool(max(1, opts.workers)) as pool:
         results = list(tqdm(pool.imap(ingest_clip, jobs), total=len(jobs), desc="ingesting clips", unit="clip",
-                            disable=not progress))
+                            disable=opts.no_progress))
     items, skipped, best = [], list(missing or []), {}
     for clip, r in results:
         if r.reason:
@@ -231,13 +286,7 @@ def ingest(clips: list[Clip], out: Path, split_of: dict[str, str], attrs: dict[s
                       details={"clips": total, "clips_kept": total - len(skipped), "skipped": reasons,
                                "canonical_faces": "the most frontal aligned face of each identity"})
     info.write(out)
-    return info.to_dict()
-
-
-def format_summary(title: str, s: dict, skipped_path: Path) -> str:
-    why = ", ".join(f"{k} {v}" for k, v in s["skipped"].items()) or "none"
-    return "\n".join([f"{title}: {s['clips_kept']} of {s['clips']} clips kept", *count_lines(s["counts"]),
-                      f"skipped:    {why} (see {skipped_path})"])
+    return info
 
 
 def random_split(identities: list[str], fractions: tuple[float, float, float], seed: int) -> dict[str, str]:
@@ -246,118 +295,3 @@ def random_split(identities: list[str], fractions: tuple[float, float, float], s
     if n - n_val - n_test < 1:
         raise UsageError(f"--split {fractions} leaves no training identities of {n}")
     return assign_splits(identities, (n - n_val - n_test, n_val, n_test), seed)
-
-
-# VoxCeleb2 ---------------------------------------------------------------------------------
-def voxceleb2_clips(root: Path) -> list[Clip]:
-    """`<root>/dev/mp4/idXXXXX/<ytid>/<n>.mp4` (and `test/mp4/...`)."""
-    clips = [Clip(p.parts[-3], p.parts[-2], p.stem, p) for p in sorted(root.glob("*/mp4/id*/*/*.mp4"))]
-    if not clips:
-        raise FormatError(f"{root}: no */mp4/idXXXXX/<video>/<n>.mp4 files (the VoxCeleb2 layout)")
-    return clips
-
-
-def read_vox2_meta(path: Path) -> dict[str, dict[str, str]]:
-    """vox2_meta.csv: `VoxCeleb2 ID ,VGGFace2 ID ,Gender ,Set` (comma-separated, padded)."""
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = [[c.strip() for c in row] for row in csv.reader(f) if any(c.strip() for c in row)]
-    if not rows or len(rows[0]) < 4:
-        raise FormatError(f"{path}: expected vox2_meta.csv with VoxCeleb2 ID, VGGFace2 ID, Gender, Set")
-    out = {}
-    for n, row in enumerate(rows[1:], start=2):
-        if len(row) < 4 or row[2].lower() not in GENDERS or row[3].lower() not in ("dev", "test"):
-            raise FormatError(f"{path}:{n}: cannot read row {row!r}")
-        out[row[0]] = {"gender": GENDERS[row[2].lower()], "set": row[3].lower()}
-    return out
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--frames", type=int, default=3, help="face frames per clip: the first, then evenly spaced")
-    p.add_argument("--min-speech", type=float, default=0.5, help="seconds of speech a clip must have")
-    p.add_argument("--split", type=float, nargs=3, default=(0.8, 0.1, 0.1), metavar=("TRAIN", "VAL", "TEST"),
-                   help="identity fractions where the data set gives no split")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--no-progress", action="store_true")
-
-
-def add_voxceleb2_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--root", type=Path, required=True, help="folder holding dev/mp4/idXXXXX/... (and test/mp4/...)")
-    p.add_argument("--meta", type=Path, help="vox2_meta.csv: gender, and the dev/test set (dev -> train/val)")
-    add_arguments(p)
-
-
-def run_voxceleb2(args: argparse.Namespace) -> int:
-    clips = voxceleb2_clips(args.root)
-    ids = sorted({c.identity for c in clips})
-    attrs: dict[str, dict] = {}
-    if args.meta:
-        meta = read_vox2_meta(args.meta)
-        attrs = {i: {"gender": meta[i]["gender"]} for i in ids if i in meta}
-        test = [i for i in ids if meta.get(i, {}).get("set") == "test"]
-        dev = [i for i in ids if i not in test]
-        n_val = round(len(dev) * args.split[1] / max(args.split[0] + args.split[1], 1e-9))
-        split_of = {**assign_splits(dev, (len(dev) - n_val, n_val, 0), args.seed), **dict.fromkeys(test, "test")}
-    else:
-        split_of = random_split(ids, tuple(args.split), args.seed)
-    s = ingest(clips, args.out, split_of, attrs, args.frames, args.min_speech, args.workers,
-               "facevoice corpus voxceleb2", not args.no_progress)
-    print(format_summary("VoxCeleb2 corpus", s, args.out / "skipped.csv"))
-    return 0
-
-
-# AVSpeech -----------------------------------------------------------------------------------
-def read_avspeech_csv(path: Path) -> list[tuple[str, float, float, float, float]]:
-    """The published CSV: YouTube id, start, end, face centre x, y (fractions of the frame)."""
-    rows = []
-    with open(path, newline="", encoding="utf-8") as f:
-        for n, row in enumerate(csv.reader(f), start=1):
-            if not row:
-                continue
-            try:
-                ytid, start, end, x, y = row[0].strip(), *(float(v) for v in row[1:5])
-            except (ValueError, IndexError) as e:
-                raise FormatError(f"{path}:{n}: expected `ytid,start,end,x,y`, got {row!r}") from e
-            rows.append((ytid, start, end, x, y))
-    return rows
-
-
-def avspeech_clips(rows, clips_dir: Path) -> tuple[list[Clip], list[dict]]:
-    """Each CSV row's clip: `<ytid>_<start>_<end>.mp4` (a downloaded segment), else `<ytid>.mp4`
-    (the whole video, cut at start..end)."""
-    found, missing = [], []
-    segments = {}
-    for p in clips_dir.glob("*.mp4"):
-        m = re.fullmatch(r"(.+)_([\d.]+)_([\d.]+)", p.stem)
-        if m:
-            segments[(m[1], round(float(m[2]), 3), round(float(m[3]), 3))] = p
-    for ytid, start, end, x, y in rows:
-        name = f"{start:.3f}-{end:.3f}"
-        seg = segments.get((ytid, round(start, 3), round(end, 3)))
-        if seg is not None:
-            found.append(Clip(ytid, ytid, name, seg, None, None, (x, y)))
-        elif (clips_dir / f"{ytid}.mp4").exists():
-            found.append(Clip(ytid, ytid, name, clips_dir / f"{ytid}.mp4", start, end, (x, y)))
-        else:
-            missing.append({"identity": ytid, "path": f"{ytid} {start}-{end}", "reason": "unreadable: no clip file"})
-    return found, missing
-
-
-def add_avspeech_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--csv", type=Path, required=True, help="avspeech_train.csv or avspeech_test.csv")
-    p.add_argument("--clips", type=Path, required=True,
-                   help="folder of <ytid>_<start>_<end>.mp4 segments or <ytid>.mp4 videos")
-    add_arguments(p)
-
-
-def run_avspeech(args: argparse.Namespace) -> int:
-    clips, missing = avspeech_clips(read_avspeech_csv(args.csv), args.clips)
-    if not clips:
-        raise FormatError(f"{args.clips}: none of the CSV's clips is there")
-    # AVSpeech names no speakers: each video is taken as one identity (docs/corpus.md)
-    split_of = random_split(sorted({c.identity for c in clips}), tuple(args.split), args.seed)
-    s = ingest(clips, args.out, split_of, {}, args.frames, args.min_speech, args.workers,
-               "facevoice corpus avspeech", not args.no_progress, missing)
-    print(format_summary("AVSpeech corpus", s, args.out / "skipped.csv"))
-    return 0

@@ -18,12 +18,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from facevoice.cli import options
 from facevoice.service.corpus import IDENTITIES, CorpusInfo, Item, write_csv, write_manifest
 from facevoice.service.errors import FormatError, UsageError
 from facevoice.service.media import MediaError, decode_audio, decode_image
 from facevoice.service.media.image import Box
-from facevoice.training.corpus.manifest import corpus_counts, count_lines
 from facevoice.training.corpus.splits import SPLITS, assign_splits
+from facevoice.training.corpus.summary import corpus_counts, count_lines
 
 KIM_TEST_IDENTITIES, VOXCELEB1_IDENTITIES = 250, 1251  # Kim et al. 2018 sec. 4.2
 PINS_SETS = {"1": "train", "2": "val", "3": "seen_test", "4": "test"}  # Nagrani et al. 2018
@@ -39,28 +40,61 @@ class Speaker:
     nationality: str
 
 
+@dataclass(frozen=True)
+class CorpusVoxcelebOptions:
+    wav_root: Path  # the folder holding wav/<id>/...
+    faces_root: Path  # the folder holding unzippedFaces/<Name>/1.6/...
+    meta: Path  # vox1_meta.csv
+    out: Path
+    seed: int = 0  # the seed of Kim et al.'s random split
+    val: int = 0  # identities moved from Kim's train split to a validation split
+    pins_splits: Path | None = None  # Learnable-PINs identity_splits.txt; replaces Kim's split
+    annotations: Path | None = None  # CSV of per-identity demographics
+    frames: str = "first"  # first | all
+    txt_root: Path | None = None  # the folder holding txt/<id>/<ytid>/<clip>.txt, the per-clip face tracks
+    box_frames: bool = False  # the face images are whole video frames: record each clip's first box
+    workers: int = 2
+
+
+@dataclass(frozen=True)
+class CorpusVoxcelebResult:
+    out: Path
+    info: CorpusInfo  # what corpus.json holds
+    skipped: list[dict]  # skipped.csv's rows: identity, path, reason
+
+    def summary(self) -> str:
+        d = self.info.details
+        lines = [f"VoxCeleb1 corpus ({d['split']}):", *count_lines(self.info.counts),
+                 f"skipped:    {len(self.skipped)} (see skipped.csv)"]
+        lines += [f"  {r['identity']} {r['path']}: {r['reason']}" for r in self.skipped[:10]]
+        if len(self.skipped) > 10:
+            lines.append(f"  ... and {len(self.skipped) - 10} more")
+        return "\n".join(lines)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    d = CorpusVoxcelebOptions
     p.add_argument("--wav-root", type=Path, required=True, help="folder holding wav/<id>/...")
     p.add_argument("--faces-root", type=Path, required=True,
                    help="folder holding unzippedFaces/<Name>/1.6/...")
     p.add_argument("--meta", type=Path, required=True, help="vox1_meta.csv")
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--seed", type=int, default=0, help="seed of Kim et al.'s random split")
-    p.add_argument("--val", type=int, default=0,
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of Kim et al.'s random split")
+    p.add_argument("--val", type=int, default=d.val,
                    help="identities moved from Kim's train split to a validation split")
     p.add_argument("--pins-splits", type=Path,
                    help="Learnable-PINs identity_splits.txt; replaces Kim's split")
     p.add_argument("--annotations", type=Path,
                    help="CSV of per-identity demographics (identity or name column, and any of "
                         + ", ".join(ANNOTATED) + ")")
-    p.add_argument("--frames", choices=("first", "all"), default="first",
+    p.add_argument("--frames", choices=("first", "all"), default=d.frames,
                    help="face frames: the first of each clip (Kim 4.2; of each video without --txt-root) or all")
     p.add_argument("--txt-root", type=Path,
                    help="folder holding txt/<id>/<ytid>/<clip>.txt, VoxCeleb1's per-clip face tracks (FRAME X Y W H)")
     p.add_argument("--box-frames", action="store_true",
                    help="the face images are whole video frames: record each clip's first box (the media "
                         "pipeline enlarges it 1.5x, Kim 4.2); without it they are VGGFace1's crops, no box")
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=int, default=d.workers)
 
 
 def read_meta(path: Path) -> list[Speaker]:
@@ -215,21 +249,23 @@ def _link(out: Path, name: str, target: Path) -> None:
     os.symlink(target.resolve() / name, link)
 
 
-def run(args: argparse.Namespace) -> int:
-    speakers = read_meta(args.meta)
+def corpus_voxceleb(opts: CorpusVoxcelebOptions) -> CorpusVoxcelebResult:
+    """`corpus voxceleb`: VoxCeleb1's media, put through the media pipeline and linked, as the
+    corpus at `opts.out`."""
+    speakers = read_meta(opts.meta)
     ids = [s.vox_id for s in speakers]
-    split_of = pins_split(args.pins_splits, speakers) if args.pins_splits else kim_split(
-        ids, args.seed, args.val)
-    notes = read_annotations(args.annotations, speakers) if args.annotations else {}
+    split_of = pins_split(opts.pins_splits, speakers) if opts.pins_splits else kim_split(
+        ids, opts.seed, opts.val)
+    notes = read_annotations(opts.annotations, speakers) if opts.annotations else {}
     speakers = [s for s in speakers if s.vox_id in split_of]
-    found, missing = _candidates(speakers, args.wav_root, args.faces_root, args.frames, args.txt_root)
+    found, missing = _candidates(speakers, opts.wav_root, opts.faces_root, opts.frames, opts.txt_root)
     jobs = [(modality, path) for _, modality, path, *_ in found]
-    with mp.get_context("fork").Pool(max(1, args.workers)) as pool:
+    with mp.get_context("fork").Pool(max(1, opts.workers)) as pool:
         verdicts = list(tqdm(pool.imap(_probe, jobs, chunksize=16), total=len(jobs),
                              desc="checking media", unit="file"))
-    args.out.mkdir(parents=True, exist_ok=True)
-    _link(args.out, "wav", args.wav_root)
-    _link(args.out, "unzippedFaces", args.faces_root)
+    opts.out.mkdir(parents=True, exist_ok=True)
+    _link(opts.out, "wav", opts.wav_root)
+    _link(opts.out, "unzippedFaces", opts.faces_root)
     items, skipped = [], [{"identity": s.vox_id, "path": what, "reason": why}
                           for s, what, why in missing]
     for (s, modality, path, rel, clip, box), why in zip(found, verdicts, strict=True):
@@ -238,38 +274,34 @@ def run(args: argparse.Namespace) -> int:
             continue
         video, stem = Path(rel).parts[-2], Path(rel).stem
         item_id = f"{s.vox_id}-{modality}-{video}-{clip or stem}"
-        box_text = " ".join(f"{v:g}" for v in pixel_box(path, box)) if box and args.box_frames else ""
+        box_text = " ".join(f"{v:g}" for v in pixel_box(path, box)) if box and opts.box_frames else ""
         items.append(Item(item_id, s.vox_id, modality, rel, split_of[s.vox_id], gender=s.gender,
                           nationality=s.nationality, video=video, box=box_text, **notes.get(s.vox_id, {})))
-    write_manifest(args.out, items)
-    write_csv(args.out / IDENTITIES, [
+    write_manifest(opts.out, items)
+    write_csv(opts.out / IDENTITIES, [
         {"identity": s.vox_id, "name": s.name, "gender": s.gender, "nationality": s.nationality,
          "split": split_of[s.vox_id], **{k: notes.get(s.vox_id, {}).get(k, "") for k in ANNOTATED}}
         for s in speakers])
-    write_csv(args.out / "skipped.csv", skipped, ("identity", "path", "reason"))
-    summary = _summary(args, speakers, split_of, items, skipped)
-    CorpusInfo.from_dict(summary).write(args.out)
-    print(_format(summary, skipped))
+    write_csv(opts.out / "skipped.csv", skipped, ("identity", "path", "reason"))
+    info = _info(opts, speakers, split_of, items, skipped)
+    info.write(opts.out)
+    return CorpusVoxcelebResult(opts.out, info, skipped)
+
+
+def run(args: argparse.Namespace) -> int:
+    print(corpus_voxceleb(options(CorpusVoxcelebOptions, args)).summary())
     return 0
 
 
-def _summary(args, speakers, split_of, items, skipped) -> dict:
+def _info(opts: CorpusVoxcelebOptions, speakers, split_of, items, skipped) -> CorpusInfo:
     splits = [s for s in (*SPLITS, "seen_test") if s in set(split_of.values())]
-    return {
-        "format_version": 1, "generator": "facevoice corpus voxceleb",
-        "split": "learnable-pins" if args.pins_splits else f"kim2018 seed {args.seed}",
-        "frames": f"{args.frames} of each {'clip' if args.txt_root and args.frames == 'first' else 'video'}",
-        "boxes": "each clip's first box, enlarged 1.5x when cropped" if args.box_frames else "none (face crops)",
-        "counts": corpus_counts(items, {sp.vox_id: split_of[sp.vox_id] for sp in speakers}, splits,
-                                ("face", "voice")),
-        "skipped": len(skipped),
-    }
-
-
-def _format(s: dict, skipped: list[dict]) -> str:
-    lines = [f"VoxCeleb1 corpus ({s['split']}):", *count_lines(s["counts"]),
-             f"skipped:    {s['skipped']} (see skipped.csv)"]
-    lines += [f"  {r['identity']} {r['path']}: {r['reason']}" for r in skipped[:10]]
-    if len(skipped) > 10:
-        lines.append(f"  ... and {len(skipped) - 10} more")
-    return "\n".join(lines)
+    frames_of = "clip" if opts.txt_root and opts.frames == "first" else "video"
+    return CorpusInfo(
+        generator="facevoice corpus voxceleb",
+        counts=corpus_counts(items, {sp.vox_id: split_of[sp.vox_id] for sp in speakers}, splits, ("face", "voice")),
+        details={
+            "split": "learnable-pins" if opts.pins_splits else f"kim2018 seed {opts.seed}",
+            "frames": f"{opts.frames} of each {frames_of}",
+            "boxes": "each clip's first box, enlarged 1.5x when cropped" if opts.box_frames else "none (face crops)",
+            "skipped": len(skipped),
+        })

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from facevoice.cli import options
 from facevoice.service import checksums
 from facevoice.service.errors import UsageError
 from facevoice.service.media.audio import complex_spectrogram, power_law
@@ -56,11 +57,41 @@ class FaceFeatures(nn.Module):
         return self.net.features(faces)
 
 
+@dataclass(frozen=True)
+class ExportOptions:
+    association: Path  # a `train association` run
+    out: Path  # the model repository (created or extended)
+    s2f: Path | None = None  # a `train s2f` run (adds the ReconstructFace networks)
+    checkpoint: str = "best.pt"  # of each run
+    version: int | None = None  # Triton version number (default: one more than the highest)
+    default_config: str | None = None  # the variant config.pbtxt becomes (default: gpu with CUDA here, else cpu)
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    out: Path
+    manifest: Manifest  # what facevoice.json now says
+    files: int  # files whose SHA-256 checksums.sha256 lists
+    seconds: float
+
+    def summary(self) -> str:
+        m = self.manifest
+        entries = [e for g in m.groups.values() for e in g.networks.values()]
+        return "\n".join([
+            f"exported Triton version {m.triton_version} to {self.out} in {self.seconds:.1f} s "
+            f"(config.pbtxt = {m.default_config}; others in each model's configs/)",
+            *[f"  {e.model:<18} {e.input}{list(e.input_dims)} -> {e.output}{list(e.output_dims)}  "
+              f"max |onnx - torch| {e.parity_max_abs_diff:.1e}" for e in entries],
+            f"  {self.files} files' SHA-256 in {self.out / checksums.NAME}",
+            *[f"  {name} model version {group.version}" for name, group in m.groups.items()],
+        ])
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--association", type=Path, required=True, help="a `train association` run")
     p.add_argument("--s2f", type=Path, help="a `train s2f` run (adds the ReconstructFace networks)")
     p.add_argument("--out", type=Path, required=True, help="model repository (created or extended)")
-    p.add_argument("--checkpoint", default="best.pt")
+    p.add_argument("--checkpoint", default=ExportOptions.checkpoint)
     p.add_argument("--version", type=int, help="Triton version number (default: one more than the highest)")
     p.add_argument("--default-config", choices=sorted(VARIANTS),
                    help="which variant becomes config.pbtxt (default: gpu when CUDA is here, else cpu)")
@@ -152,34 +183,33 @@ def model_version(entries: list[NetworkEntry], detector: str = "") -> str:
     return hashlib.sha256(("".join(e.sha256 for e in entries) + detector).encode()).hexdigest()[:16]
 
 
-def run(args: argparse.Namespace) -> int:
+def export_repository(opts: ExportOptions) -> ExportResult:
+    """`export`: the runs' networks as ONNX into the Triton model repository OUT, each checked
+    against PyTorch, with facevoice.json (the spaces served) and checksums.sha256."""
     start = time.perf_counter()
     torch.set_num_threads(min(torch.get_num_threads(), 2))
-    default = args.default_config or ("gpu" if torch.cuda.is_available() else "cpu")
-    specs = {ASSOCIATION: association_networks(args.association, args.checkpoint)}
-    if args.s2f:
-        specs[SPEECH2FACE] = s2f_networks(args.s2f, args.checkpoint)
-    version = args.version or next_version(args.out, [n.name for spec in specs.values() for n in spec.nets])
-    runs = {ASSOCIATION: args.association, SPEECH2FACE: args.s2f}
-    groups, spaces, lines = {}, {}, []
+    default = opts.default_config or ("gpu" if torch.cuda.is_available() else "cpu")
+    specs = {ASSOCIATION: association_networks(opts.association, opts.checkpoint)}
+    if opts.s2f:
+        specs[SPEECH2FACE] = s2f_networks(opts.s2f, opts.checkpoint)
+    version = opts.version or next_version(opts.out, [n.name for spec in specs.values() for n in spec.nets])
+    runs = {ASSOCIATION: opts.association, SPEECH2FACE: opts.s2f}
+    groups, spaces = {}, {}
     for name, spec in specs.items():
-        entries = {n.name: write_network(args.out, n, version, default) for n in spec.nets}
+        entries = {n.name: write_network(opts.out, n, version, default) for n in spec.nets}
         group = ModelGroup(model_version(list(entries.values()), detector_digest(spec)), str(runs[name]),
                            spec.metric, spec.dim, entries, spec.info)
         groups[name] = group
         spaces.update({s.name: Space(s.name, s.modality, name, entries[s.network], s.frontend, group.version,
                                      spec.metric, spec.dim, s.indexed) for s in spec.spaces})
-        lines += [f"  {e.model:<18} {e.input}{list(e.input_dims)} -> {e.output}{list(e.output_dims)}  "
-                  f"max |onnx - torch| {e.parity_max_abs_diff:.1e}" for e in entries.values()]
-    spaces = ship_face_detector(args.out, spaces)
+    spaces = ship_face_detector(opts.out, spaces)
     manifest = Manifest(version, default, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), groups, spaces,
                         DECODER if SPEECH2FACE in groups else None)
-    write_repository_manifest(args.out, manifest)
-    files = checksums.write(args.out)  # every file of the repository, checked before it is served
-    print(f"exported Triton version {version} to {args.out} in {time.perf_counter() - start:.1f} s "
-          f"(config.pbtxt = {default}; others in each model's configs/)")
-    print("\n".join(lines))
-    print(f"  {len(files)} files' SHA-256 in {args.out / checksums.NAME}")
-    for name, group in groups.items():
-        print(f"  {name} model version {group.version}")
+    write_repository_manifest(opts.out, manifest)
+    files = checksums.write(opts.out)  # every file of the repository, checked before it is served
+    return ExportResult(opts.out, manifest, len(files), time.perf_counter() - start)
+
+
+def run(args: argparse.Namespace) -> int:
+    print(export_repository(options(ExportOptions, args)).summary())
     return 0

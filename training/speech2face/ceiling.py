@@ -1,7 +1,7 @@
 """How much S2F retrieval a face feature space allows on a synthetic corpus, whatever the voice
 encoder: `python -m facevoice.training.speech2face.ceiling --corpus demo/corpus --face-net FACE_NET.pt`.
 
-Every row queries the paper's galleries (one photo per test person, `evaluate.retrieval`) by cosine
+Every row queries the paper's galleries (one photo per test person, `measures.retrieval`) by cosine
 with a prediction made from the generator's audible voice parameters, i.e. from a voice encoder that
 heard them perfectly:
 
@@ -17,6 +17,7 @@ The oracle on the same galleries (the generator's joint model) is the last row."
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,14 +25,15 @@ import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from facevoice.service.errors import CorpusError, FacevoiceError
+from facevoice.cli import run_script
+from facevoice.service.errors import CorpusError
 from facevoice.training.association.data import Modality
 from facevoice.training.corpus.oracle import corpus_people, identity_scores
 from facevoice.training.corpus.people import APPEARANCE_GROUPS, Person
 from facevoice.training.speech2face.checkpoints import load_face_net
 from facevoice.training.speech2face.data import S2FSplit, load_s2f_split
-from facevoice.training.speech2face.evaluate import retrieval, voice_parameter_readout, voice_parameters
 from facevoice.training.speech2face.features import face_features
+from facevoice.training.speech2face.measures import retrieval, voice_parameter_readout, voice_parameters
 
 # face parameters by what a voice carries of them (training/corpus/people.py): demographics,
 # the two geometry scores linked to the voice, and parameters drawn independently of the voice
@@ -86,8 +88,28 @@ def _one_per_person(split: S2FSplit) -> S2FSplit:
     return S2FSplit(split.identities, split.attributes, mod(), mod(), None)
 
 
-def ceilings(corpus: Path, face_net: Path, cache: Path, workers: int = 2, progress: bool = True) -> dict[str, dict]:
-    """name -> cosine R@K on the paper's galleries (and its 95% interval at K = 10)."""
+@dataclass(frozen=True)
+class CeilingsResult:
+    corpus: Path
+    face_net: Path
+    rows: dict[str, dict]  # query name -> `retrieval`'s result (cosine R@K, and its 95% interval where known)
+
+    def summary(self) -> str:
+        lines = [f"S2F retrieval ceilings of {self.face_net} on {self.corpus} (one photo per test person, cosine):",
+                 f"  {'query':40s} R@1   R@5   R@10  (95% interval)"]
+        for name, r in self.rows.items():
+            c = r["cosine"]
+            ci = "" if "cosine_ci" not in r else "({:.1f}-{:.1f})".format(*(100 * v for v in r["cosine_ci"][10]))
+            lines.append(f"  {name:40s} " + " ".join(f"{100 * c[k]:5.1f}" for k in (1, 5, 10)) + f"  {ci}")
+        return "\n".join(lines)
+
+
+def ceilings(corpus: Path, face_net: Path, cache: Path, workers: int = 2, progress: bool = True,
+             threads: int = 0) -> CeilingsResult:
+    """Each row's cosine R@K on the paper's galleries (and its 95% interval at K = 10); `threads`:
+    torch CPU threads (0: leave them)."""
+    if threads:
+        torch.set_num_threads(threads)
     generator = corpus_people(corpus)
     if generator is None:
         raise CorpusError(f"{corpus}: no generator parameters (corpus.json, identities.csv): the ceilings need them")
@@ -111,7 +133,7 @@ def ceilings(corpus: Path, face_net: Path, cache: Path, workers: int = 2, progre
         steps.update()
     out["oracle (the generator's joint model)"] = {"cosine": ridge["oracle"]}
     steps.close()
-    return out
+    return CeilingsResult(corpus, face_net, out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,19 +144,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    try:
-        out = ceilings(args.corpus, args.face_net, args.cache_dir, progress=not args.no_progress)
-    except FacevoiceError as e:  # the one place this command turns an error into an exit
-        raise SystemExit(str(e)) from e
-    print(f"S2F retrieval ceilings of {args.face_net} on {args.corpus} (one photo per test person, cosine):")
-    print(f"  {'query':40s} R@1   R@5   R@10  (95% interval)")
-    for name, r in out.items():
-        c = r["cosine"]
-        ci = "" if "cosine_ci" not in r else "({:.1f}-{:.1f})".format(*(100 * v for v in r["cosine_ci"][10]))
-        print(f"  {name:40s} " + " ".join(f"{100 * c[k]:5.1f}" for k in (1, 5, 10)) + f"  {ci}")
+    print(ceilings(args.corpus, args.face_net, args.cache_dir, progress=not args.no_progress,
+                   threads=args.threads).summary())
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_script(main, "python -m facevoice.training.speech2face.ceiling")

@@ -8,8 +8,11 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
 
+from facevoice.cli import run_script
+from facevoice.service.errors import UsageError
 from facevoice.training.association.plots import _save, plt
 from facevoice.training.runs import read_metrics
 
@@ -32,20 +35,34 @@ def convergence_figure(runs: dict[str, Path], path: Path) -> Path:
     return _save(fig, path)
 
 
+@dataclass(frozen=True)
+class ConvergenceResult:
+    figure: Path
+    runs: dict[str, Path]  # label -> run directory
+
+    def summary(self) -> str:
+        return f"Fig. 8: {len(self.runs)} runs -> {self.figure}"
+
+
+def convergence(runs: list[str], out: Path) -> ConvergenceResult:
+    """Fig. 8 from `LABEL=RUN_DIR` specs (each RUN_DIR with a metrics.csv) -> the PNG `out`."""
+    found = {}
+    for spec in runs:
+        label, sep, run = spec.partition("=")
+        if not sep or not (Path(run) / "metrics.csv").exists():
+            raise UsageError(f"--run {spec!r}: expected LABEL=RUN_DIR with a metrics.csv in RUN_DIR")
+        found[label] = Path(run)
+    return ConvergenceResult(convergence_figure(found, out), found)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", action="append", required=True, metavar="LABEL=RUN_DIR")
     p.add_argument("--out", type=Path, required=True, help="PNG to write")
     args = p.parse_args(argv)
-    runs = {}
-    for spec in args.run:
-        label, sep, run = spec.partition("=")
-        if not sep or not (Path(run) / "metrics.csv").exists():
-            raise SystemExit(f"--run {spec!r}: expected LABEL=RUN_DIR with a metrics.csv in RUN_DIR")
-        runs[label] = Path(run)
-    print(f"Fig. 8: {len(runs)} runs -> {convergence_figure(runs, args.out)}")
+    print(convergence(args.run, args.out).summary())
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_script(main, "python -m facevoice.training.speech2face.convergence")

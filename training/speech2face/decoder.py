@@ -11,12 +11,14 @@ from __future__ import annotations
 import argparse
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from facevoice.cli import options
 from facevoice.service.errors import CorpusError
 from facevoice.training.association.augment import augment_faces
 from facevoice.training.association.data import has_items
@@ -24,11 +26,44 @@ from facevoice.training.runs import RunLog, save_checkpoint
 from facevoice.training.speech2face.checkpoints import load_face_net
 from facevoice.training.speech2face.config import S2FConfig
 from facevoice.training.speech2face.data import S2FSplit, load_s2f_split, rows_tensor, to_normalised, to_rgb
-from facevoice.training.speech2face.features import add_common, config_with, face_features, setup, write_run_json
+from facevoice.training.speech2face.features import (
+    S2FOptions,
+    add_common,
+    config_with,
+    face_features,
+    setup,
+    write_run_json,
+)
 from facevoice.training.speech2face.loss import normalised_l2
 from facevoice.training.speech2face.model import FaceDecoder, FaceNet
 
 FIELDS = ("step", "loss", "pixel_l1", "feature_l2", "val_pixel_l1")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainFaceDecoderOptions(S2FOptions):
+    face_net: Path  # face_net.pt from `train face-features`
+
+
+@dataclass(frozen=True)
+class TrainFaceDecoderResult:
+    decoder: Path  # OUT/decoder.pt
+    face_net: Path
+    config: str  # the config's name
+    steps: int
+    seconds: float
+    val_pixel_l1: float | None  # to the canonical face, RGB in [0, 1]; None without validation identities
+    picture: Path  # photo | canonical | F2F of up to 8 people (val identities, else training ones)
+
+    def summary(self) -> str:
+        return "\n".join([
+            f"face decoder ({self.config}): {self.steps} steps in {self.seconds:.0f} s -> {self.decoder}",
+            f"  validation pixel L1 to the canonical face {self.val_pixel_l1:.4f} (RGB in [0, 1])"
+            if self.val_pixel_l1 is not None else
+            "  no validation split: no held-out L1; the picture shows training identities",
+            f"  look: {self.picture}",
+            f"  next: facevoice train s2f --face-net {self.face_net} --decoder {self.decoder} ...",
+        ])
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -63,21 +98,22 @@ def validation_l1(decoder: FaceDecoder, net: FaceNet, split: S2FSplit, cfg: S2FC
     return l1
 
 
-def run(args: argparse.Namespace) -> int:
-    flags, device, cache = setup(args)
-    net, trained = load_face_net(args.face_net, device)
+def train_face_decoder(opts: TrainFaceDecoderOptions) -> TrainFaceDecoderResult:
+    """`train face-decoder`: the decoder from the face network's feature to the canonical face -> OUT/decoder.pt."""
+    flags, device, cache = setup(opts)
+    net, trained = load_face_net(opts.face_net, device)
     cfg = config_with(flags, trained, ("face",))
-    progress = not args.no_progress
+    progress = not opts.no_progress
     d = cfg.decoder
-    train = load_s2f_split(args.corpus, "train", cfg, cache, args.workers, progress, modalities=("face",))
-    held_out = has_items(args.corpus, "val", ("face",))  # Kim et al.'s split has no validation identities
-    val = load_s2f_split(args.corpus, "val", cfg, cache, args.workers, progress, modalities=("face",)) \
+    train = load_s2f_split(opts.corpus, "train", cfg, cache, opts.workers, progress, modalities=("face",))
+    held_out = has_items(opts.corpus, "val", ("face",))  # Kim et al.'s split has no validation identities
+    val = load_s2f_split(opts.corpus, "val", cfg, cache, opts.workers, progress, modalities=("face",)) \
         if held_out else None
-    rng = np.random.default_rng(args.seed)
+    rng = np.random.default_rng(opts.seed)
     decoder = FaceDecoder(d, cfg.face.fc).to(device)
     opt = torch.optim.Adam(decoder.parameters(), d.lr)
-    write_run_json(args, cfg, device, face_net=str(args.face_net), train_identities=len(train.identities))
-    log = RunLog(args.out, False, FIELDS)
+    write_run_json(opts, cfg, device, face_net=str(opts.face_net), train_identities=len(train.identities))
+    log = RunLog(opts.out, False, FIELDS)
     hist: dict[str, list[float]] = {"loss": [], "pixel_l1": [], "feature_l2": []}
     val_l1, start = float("nan"), time.perf_counter()
     bar = tqdm(range(1, d.steps + 1), desc="train face-decoder", disable=not progress, dynamic_ncols=True)
@@ -104,10 +140,10 @@ def run(args: argparse.Namespace) -> int:
             hist = {k: [] for k in hist}
     log.close()
     decoder.eval()
-    path = args.out / "decoder.pt"
-    save_checkpoint(path, model=decoder.state_dict(), config=cfg.to_dict(), face_net=str(args.face_net))
+    path = opts.out / "decoder.pt"
+    save_checkpoint(path, model=decoder.state_dict(), config=cfg.to_dict(), face_net=str(opts.face_net))
     from facevoice.training.speech2face.plots import face_grid, training_curves
-    training_curves(args.out / "metrics.csv", args.out / "training.png", "face decoder")
+    training_curves(opts.out / "metrics.csv", opts.out / "training.png", "face decoder")
     shown = val if held_out else train
     first = [int(np.flatnonzero(shown.face.identity == i)[0]) for i in range(min(8, len(shown.identities)))]
     with torch.no_grad():
@@ -115,12 +151,11 @@ def run(args: argparse.Namespace) -> int:
     hwc = lambda t: t.permute(0, 2, 3, 1).numpy()  # noqa: E731
     grid = face_grid({"photo": hwc(to_rgb(rows_tensor(shown.face.data, first), cfg.face.frontend())),
                       "canonical": hwc(canonical_targets(shown, np.array(first), cfg)), "F2F": hwc(f2f)},
-                     args.out / ("f2f_val.png" if held_out else "f2f_train.png"))
-    print("\n".join([
-        f"face decoder ({cfg.name}): {d.steps} steps in {time.perf_counter() - start:.0f} s -> {path}",
-        f"  validation pixel L1 to the canonical face {val_l1:.4f} (RGB in [0, 1])" if held_out else
-        "  no validation split: no held-out L1; the picture shows training identities",
-        f"  look: {grid}",
-        f"  next: facevoice train s2f --face-net {args.face_net} --decoder {path} ...",
-    ]))
+                     opts.out / ("f2f_val.png" if held_out else "f2f_train.png"))
+    return TrainFaceDecoderResult(path, opts.face_net, cfg.name, d.steps, time.perf_counter() - start,
+                                  val_l1 if held_out else None, grid)
+
+
+def run(args: argparse.Namespace) -> int:
+    print(train_face_decoder(options(TrainFaceDecoderOptions, args)).summary())
     return 0

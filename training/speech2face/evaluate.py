@@ -11,6 +11,9 @@ report.md, metrics.json and PNG figures:
 - pictures: true | F2F | S2F for 16 people (Fig. 3), several clips of one person (Fig. 9), the
   training curves (Fig. 8);
 - a cross-check with the association task: 1:2 V->F by distance to the S2F reconstruction.
+
+The measures themselves are in measures.py; `eval_s2f` computes the features they take, runs them
+and writes what they give.
 """
 
 from __future__ import annotations
@@ -18,350 +21,82 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from scipy import stats
-from sklearn.linear_model import LogisticRegression, Ridge
 from tqdm import tqdm
 
-from facevoice.service.media import FaceImage
-from facevoice.service.media.image import normalise
+from facevoice.cli import options
+from facevoice.service.errors import UsageError
 from facevoice.training.association.data import EXACT
-from facevoice.training.association.trials import matching_trials
-from facevoice.training.corpus.faces import FACE_RENDER, FaceNuisance, render_face
-from facevoice.training.corpus.oracle import corpus_people, face_render, identity_scores, oracle_recall_at_k
-from facevoice.training.corpus.people import AGE_GROUPS, Person, PopulationModel, sample_population
-from facevoice.training.metrics import (
-    cluster_bootstrap_correlation,
-    cluster_bootstrap_interval,
-    first_hit,
-    one_per_identity_galleries,
-    random_recall_at_k,
-    recall_from_first_hit,
-    wilson_interval,
-)
+from facevoice.training.corpus.oracle import corpus_people, face_render, identity_scores
 from facevoice.training.runs import RunInfo, pick_device
 from facevoice.training.speech2face.checkpoints import load_s2f_run
 from facevoice.training.speech2face.data import S2FSplit, load_s2f_split, rows_tensor, to_normalised, to_rgb
 from facevoice.training.speech2face.features import face_features
+from facevoice.training.speech2face.measures import (
+    age_trend,
+    attribute_agreement,
+    cross_check,
+    feature_similarity,
+    geometry,
+    reconstruction_variation,
+    retrieval,
+    segment_consistency,
+    voice_hearing,
+    voice_parameter_readout,
+)
 from facevoice.training.speech2face.model import FaceDecoder
 from facevoice.training.speech2face.train import voice_features
 
-KS = (1, 2, 5, 10)
-ATTRS = ("gender", "age_group", "appearance_group")
-AGE_YEARS = {g: 25.0 + 10 * k for k, g in enumerate(AGE_GROUPS)}  # a year for each of the paper's age bins
-GEOMETRY = ("face_width", "face_height", "jaw", "nose_width", "nose_length", "eye_spacing", "eye_size",
-            "mouth_width", "lip_thickness")
+
+@dataclass(frozen=True)
+class EvalS2FOptions:
+    run: Path  # a `train s2f` run directory
+    corpus: Path | None = None  # default: the run's corpus (its run.json)
+    out: Path | None = None  # the report directory (default RUN/report)
+    checkpoint: str = "best.pt"
+    split: str = "test"
+    seconds: tuple[float, ...] = (3.0, 6.0)  # input durations (Table 2); the last is the main one
+    trials: int = 4000  # 1:2 cross-check trials
+    seed: int = 0
+    device: str = "auto"
+    workers: int = 2
+    cache_dir: Path | None = None  # decoded arrays (default RUN/cache)
+    no_progress: bool = False
+
+    def __post_init__(self):
+        object.__setattr__(self, "seconds", tuple(self.seconds))  # argparse's nargs="+" gives a list
+
+
+@dataclass(frozen=True)
+class EvalS2FResult:
+    out: Path  # the report directory
+    metrics: dict  # what metrics.json holds
+    report: Path  # report.md
+    figures: list[Path]
+
+    def summary(self) -> str:
+        from facevoice.training.speech2face.report import format_summary
+        return format_summary(self.metrics, self.out)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", type=Path, required=True, help="a `train s2f` run directory")
     p.add_argument("--corpus", type=Path, help="default: the run's corpus")
     p.add_argument("--out", type=Path, help="report directory (default RUN/report)")
-    p.add_argument("--checkpoint", default="best.pt")
-    p.add_argument("--split", default="test")
-    p.add_argument("--seconds", type=float, nargs="+", default=[3.0, 6.0], help="input durations (Table 2)")
-    p.add_argument("--trials", type=int, default=4000, help="1:2 cross-check trials")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--checkpoint", default=EvalS2FOptions.checkpoint)
+    p.add_argument("--split", default=EvalS2FOptions.split)
+    p.add_argument("--seconds", type=float, nargs="+", default=list(EvalS2FOptions.seconds),
+                   help="input durations (Table 2)")
+    p.add_argument("--trials", type=int, default=EvalS2FOptions.trials, help="1:2 cross-check trials")
+    p.add_argument("--seed", type=int, default=EvalS2FOptions.seed)
+    p.add_argument("--device", default=EvalS2FOptions.device)
+    p.add_argument("--workers", type=int, default=EvalS2FOptions.workers)
     p.add_argument("--cache-dir", type=Path, help="decoded arrays (default RUN/cache)")
     p.add_argument("--no-progress", action="store_true")
-
-
-def feature_similarity(v_s: torch.Tensor, v_f: torch.Tensor, split: S2FSplit) -> dict:
-    """Table 2: over every (clip, photo of the same person) pair, and over (clip, photo of someone
-    else) pairs as the baseline; mean and standard deviation, as the paper reports them.
-
-    The paper does not say how its L2 and L1 are normalised. Eq. (1) compares features divided by
-    their L2 norm, so `l2_unit` / `l1_unit` use that; `l2` / `l1` are on the raw features. Its
-    L2 of 0.18 at 45.75 degrees does not fit unit vectors (2 sin(45.75 / 2) = 0.78), so only the
-    angle, which no scaling changes, compares with the paper directly."""
-    same = split.voice.identity[:, None] == split.face.identity[None, :]
-    unit_s, unit_f = torch.nn.functional.normalize(v_s, dim=1), torch.nn.functional.normalize(v_f, dim=1)
-    angle = torch.rad2deg(torch.acos((unit_s @ unit_f.T).clamp(-1, 1))).numpy()
-    measures = {"angle_deg": angle, "l2": torch.cdist(v_s, v_f).numpy(), "l1": torch.cdist(v_s, v_f, p=1).numpy(),
-                "l2_unit": torch.cdist(unit_s, unit_f).numpy(), "l1_unit": torch.cdist(unit_s, unit_f, p=1).numpy()}
-    return {name: {"same_person": float(m[same].mean()), "same_person_sd": float(m[same].std()),
-                   "other_people": float(m[~same].mean())} for name, m in measures.items()}
-
-
-def distances(q: torch.Tensor, g: torch.Tensor, metric: str) -> np.ndarray:
-    if metric == "cosine":
-        return (1 - torch.nn.functional.normalize(q, dim=1) @ torch.nn.functional.normalize(g, dim=1).T).numpy()
-    return torch.cdist(q, g, p=1 if metric == "l1" else 2).numpy()
-
-
-def retrieval(v_s: torch.Tensor, v_f: torch.Tensor, split: S2FSplit, oracle: np.ndarray | None = None) -> dict:
-    """Table 3: each clip's v_s queries test photos' v_f by L1, L2 and cosine distance.
-
-    The paper's protocol (top level): "the chance of retrieving the true image of a speaker", one
-    true image among 5,000, so random R@K = K / gallery. Here a gallery holds one photo per test
-    identity; the result is averaged over draws that together use every photo
-    (`one_per_identity_galleries`). `all_photos` is the looser variant where every photo is in the
-    gallery and any photo of the speaker is a hit. `oracle`, the V->F `identity_scores` over
-    split.identities, adds the generator's Bayes-optimal ranking: the ceiling."""
-    dist = {m: distances(v_s, v_f, m) for m in ("l1", "l2", "cosine")}
-    qid, gid = split.voice.identity, split.face.identity
-
-    def scores(rows: np.ndarray) -> tuple[dict, np.ndarray]:
-        """Recall@K per metric on these gallery rows, and each query's cosine first-hit rank."""
-        first = {m: first_hit(d[:, rows], qid, gid[rows]) for m, d in dist.items()}
-        out = {m: recall_from_first_hit(f, KS) for m, f in first.items()}
-        out["random"] = random_recall_at_k(gid[rows], qid, KS)
-        if oracle is not None:
-            out["oracle"] = oracle_recall_at_k(oracle, qid, gid[rows], KS)
-        return out, first["cosine"]
-
-    draws, firsts = zip(*(scores(rows) for rows in one_per_identity_galleries(gid)), strict=True)
-    paper = {key: {k: float(np.mean([d[key][k] for d in draws])) for k in KS} for key in draws[0]}
-    # 95% interval of cosine R@K, resampling whole speakers (their clips are not independent)
-    ci = {k: cluster_bootstrap_interval((np.stack(firsts) < k).mean(0), qid) for k in KS}
-    everything, _ = scores(np.arange(len(gid)))
-    return {**paper, "cosine_ci": ci, "gallery": len(split.identities), "draws": len(draws),
-            "all_photos": {**everything, "gallery": len(gid)}}
-
-
-def segment_consistency(v_s: torch.Tensor, split: S2FSplit) -> dict:
-    """Fig. 9, temporal and cross-video consistency, as numbers: the mean cosine between the
-    predicted features of two clips of the same speaker from the same video, from different
-    videos (where the manifest records videos; otherwise "any"), and of two different speakers."""
-    unit = torch.nn.functional.normalize(v_s, dim=1)
-    cos = (unit @ unit.T).numpy()
-    ident = split.voice.identity
-    video = split.voice.video if split.voice.video is not None else np.array([""] * len(ident))
-    pair = ~np.eye(len(ident), dtype=bool)
-    same = (ident[:, None] == ident[None, :]) & pair
-    known = (video[:, None] != "") & (video[None, :] != "")
-    groups = {"same_speaker_same_video": same & known & (video[:, None] == video[None, :]),
-              "same_speaker_other_video": same & known & (video[:, None] != video[None, :]),
-              "same_speaker_any": same, "different_speakers": (ident[:, None] != ident[None, :])}
-    return {k: {"cosine": float(cos[m].mean()), "pairs": int(m.sum() // 2)} for k, m in groups.items() if m.any()}
-
-
-VARIATION_ROWS = 400  # reconstructions compared pairwise (a seeded sample of them past this)
-
-
-def reconstruction_variation(split: S2FSplit, pictures: torch.Tensor, features: torch.Tensor, modality: str,
-                             seed: int = 0) -> dict:
-    """Does a reconstruction follow the person? The mean distance between reconstructions of
-    different people of the same gender over the mean distance between reconstructions of two
-    rows (clips for S2F, photos for F2F) of the same person, in pixels (RMS) and in the face
-    feature (cosine distance). A decoder that draws one face per gender scores near 1; one that
-    draws each person's own face, well above it. Not a figure of Oh et al.: a check on the decoder."""
-    ident = getattr(split, modality).identity
-    rows = np.arange(len(ident))
-    if len(rows) > VARIATION_ROWS:
-        rows = np.sort(np.random.default_rng(seed).choice(rows, VARIATION_ROWS, replace=False))
-    ident = ident[rows]
-    gender = np.array([split.attributes[i].get("gender", "") for i in ident])
-    x = pictures[rows].reshape(len(rows), -1).double()
-    sq = (x * x).sum(1)
-    pixel = ((sq[:, None] + sq[None, :] - 2 * x @ x.T).clamp(min=0) / x.shape[1]).sqrt().numpy()
-    unit = torch.nn.functional.normalize(features[rows].double(), dim=1)
-    feature = (1 - unit @ unit.T).numpy()
-    pair = ~np.eye(len(rows), dtype=bool)
-    same = (ident[:, None] == ident[None, :]) & pair
-    others = (ident[:, None] != ident[None, :]) & (gender[:, None] == gender[None, :])
-    if not same.any() or not others.any():
-        return {}
-    out = {"pairs": {"same_person": int(same.sum() // 2), "different_people_same_gender": int(others.sum() // 2)}}
-    for name, d in (("pixel", pixel), ("feature", feature)):
-        within, between = float(d[same].mean()), float(d[others].mean())
-        out[name] = {"same_person": within, "different_people_same_gender": between,
-                     "ratio": between / max(within, 1e-12)}
-    return out
-
-
-def _labels(split: S2FSplit, attr: str, rows_identity: np.ndarray) -> np.ndarray:
-    return np.array([split.attributes[i].get(attr, "") for i in rows_identity])
-
-
-def same_person_pairs(test: S2FSplit) -> tuple[np.ndarray, np.ndarray]:
-    """(clip row, photo row) for every clip and every photo of the same person."""
-    pairs = [(c, f) for c in range(len(test.voice.identity)) for f in test.items_of("face", test.voice.identity[c])]
-    c, f = map(np.array, zip(*pairs, strict=True))
-    return c, f
-
-
-def ordered(classes: list[str]) -> list[str]:
-    """Age groups youngest first, as Fig. 4 draws them (sorting by name puts "<30" after "50s");
-    any other classes by name."""
-    return sorted(classes, key=AGE_GROUPS.index) if set(classes) <= set(AGE_GROUPS) else sorted(classes)
-
-
-def attribute_agreement(train: S2FSplit, train_vf: torch.Tensor, test: S2FSplit, photo_vf: torch.Tensor,
-                        s2f_vf: torch.Tensor) -> dict:
-    """Fig. 4: a logistic classifier on face features, trained on training photos (our Face++),
-    labels each test photo and the S2F reconstruction of each of the person's clips; the
-    confusion matrix counts (photo class, reconstruction class) over same-person pairs."""
-    out = {}
-    c, f = same_person_pairs(test)
-    for attr in ATTRS:
-        y = _labels(train, attr, train.face.identity)
-        if len(set(y)) < 2 or "" in set(y):
-            continue
-        clf = LogisticRegression(max_iter=2000, C=1.0).fit(train_vf.numpy(), y)
-        classes = ordered(list(clf.classes_))
-        photo = clf.predict(photo_vf.numpy())
-        recon = clf.predict(s2f_vf.numpy())
-        matrix = np.zeros((len(classes), len(classes)), dtype=int)
-        for a, b in zip(photo[f], recon[c], strict=True):
-            matrix[classes.index(a), classes.index(b)] += 1
-        truth = _labels(test, attr, test.face.identity)
-        out[attr] = {"classes": classes, "confusion": matrix.tolist(),
-                     "agreement": float(np.trace(matrix) / matrix.sum()),
-                     "photo_accuracy": float((photo == truth).mean()),
-                     "s2f_accuracy": float((recon[c] == truth[f]).mean()),
-                     "majority": float(max((truth == k).mean() for k in classes))}
-    return out
-
-
-def age_trend(train: S2FSplit, train_vf: torch.Tensor, test: S2FSplit, photo_vf: torch.Tensor,
-              queries: dict[str, torch.Tensor], seed: int) -> dict | None:
-    """Fig. 4's age trend as a number, which five-way agreement hides: a ridge regressor from v_f to
-    age (each training photo's age group as a year, AGE_YEARS: our Face++ age estimate) reads an
-    age off every test photo and off every clip's query feature (`queries`: name -> one v_f-space
-    feature per clip, e.g. the S2F reconstruction's). Per query: Pearson r between the age read off
-    the clip's query and off each photo of the same person, its 95% interval resampling speakers
-    (`ci95`; scipy's `p` treats the pairs as independent), r over random pairs (the baseline), and
-    the mean age read. None when the corpus has no age groups."""
-    groups = [a.get("age_group", "") for a in train.attributes]
-    if not set(groups) <= set(AGE_GROUPS) or len(set(groups)) < 2:
-        return None
-    reg = Ridge(alpha=10.0).fit(train_vf.numpy(), np.array([AGE_YEARS[g] for g in groups])[train.face.identity])
-    photo_age = reg.predict(photo_vf.numpy())
-    c, f = same_person_pairs(test)
-    shuffled = np.random.default_rng(seed).permutation(f)
-    truth = np.array([AGE_YEARS.get(test.attributes[i].get("age_group", ""), np.nan) for i in test.face.identity])
-    known = ~np.isnan(truth)
-    out = {"regressor_r_on_photos": float(stats.pearsonr(photo_age[known], truth[known])[0]) if known.sum() > 2
-           else None, "photo_mean_years": float(photo_age.mean())}
-    for name, q in queries.items():
-        age = reg.predict(q.numpy())
-        r, p = stats.pearsonr(age[c], photo_age[f])
-        out[name] = {"r": float(r), "p": float(p), "random_r": float(stats.pearsonr(age[c], photo_age[shuffled])[0]),
-                     "ci95": list(cluster_bootstrap_correlation(age[c], photo_age[f], test.voice.identity[c])),
-                     "mean_years": float(age.mean())}
-    return out
-
-
-HEARD = ("pitch", "speed", "pitch_range", "variant_score")  # VoiceParams the voice encoder could recover
-
-
-def voice_hearing(people: dict[str, Person], train: S2FSplit, train_vs: torch.Tensor, test: S2FSplit,
-                  test_vs: torch.Tensor) -> dict:
-    """What the voice encoder hears, on synthetic corpora: a ridge regressor from v_s to each of the
-    generator's continuous voice parameters and the speaker's age, fitted on training clips; Pearson
-    r between its reading and the truth on test clips (new speakers) and on the training clips. A
-    gap between the two is the encoder memorising its training speakers."""
-    def truth(split: S2FSplit, name: str) -> np.ndarray:
-        who = [people[split.identities[i]] for i in split.voice.identity]
-        return np.array([p.shared.age if name == "age" else getattr(p.voice, name) for p in who], dtype=float)
-
-    out = {}
-    for name in (*HEARD, "age"):
-        y = truth(train, name)
-        reg = Ridge(alpha=10.0).fit(train_vs.numpy(), y)
-        out[name] = {"test_r": float(stats.pearsonr(reg.predict(test_vs.numpy()), truth(test, name))[0]),
-                     "train_r": float(stats.pearsonr(reg.predict(train_vs.numpy()), y)[0])}
-    return out
-
-
-AUDIBLE = ("gender", "accent", "variant", "pitch", "pitch_range", "speed")  # VoiceParams espeak-ng hears
-
-
-def voice_parameters(people: dict[str, Person], train: S2FSplit, test: S2FSplit) -> tuple[np.ndarray, np.ndarray]:
-    """The generator's audible voice parameters (one-hot accent and variant, pitch, range, speed) of
-    each training and test identity, standardised by the training identities."""
-    voices = [people[i].voice for i in (*train.identities, *test.identities)]
-    levels = {k: sorted({getattr(v, k) for v in voices}) for k in AUDIBLE if isinstance(getattr(voices[0], k), str)}
-
-    def x(identities: list[str]) -> np.ndarray:
-        rows = []
-        for name in identities:
-            v = people[name].voice
-            rows.append([float(getattr(v, k) == level) for k in levels for level in levels[k]]
-                        + [float(getattr(v, k)) for k in AUDIBLE if k not in levels])
-        return np.array(rows)
-
-    x_train, x_test = x(train.identities), x(test.identities)
-    mean, sd = x_train.mean(0), x_train.std(0) + 1e-9
-    return (x_train - mean) / sd, (x_test - mean) / sd
-
-
-def voice_parameter_readout(people: dict[str, Person], train: S2FSplit, train_vf: torch.Tensor,
-                            test: S2FSplit) -> torch.Tensor:
-    """A diagnostic for synthetic corpora: ridge regression from the generator's audible voice
-    parameters (`voice_parameters`) to v_f, fitted on training photos, then one prediction per test
-    clip. It is what a voice encoder that heard those parameters perfectly and mapped them linearly
-    would give: retrieval with it separates what the face feature space allows from what the voice
-    encoder misses. `people`: the generator's people by identity (`corpus_people`)."""
-    x_train, x_test = voice_parameters(people, train, test)
-    reg = Ridge(alpha=10.0).fit(x_train[train.face.identity], train_vf.numpy())
-    return torch.from_numpy(reg.predict(x_test)[test.voice.identity]).float()
-
-
-def geometry(generator: tuple[PopulationModel, dict[str, Person]] | None, test: S2FSplit, f2f: np.ndarray,
-             s2f: np.ndarray, frontend: FaceImage, seed: int, renders: int = 1000, version: int = FACE_RENDER
-             ) -> dict | None:
-    """Fig. 5 on a synthetic corpus (`generator`: `corpus_people`; None elsewhere gives None).
-
-    The paper measures face geometry with landmarks on the reconstructions. Our measuring tool is a
-    ridge regressor from pixels to the generator's geometry scores (GEOMETRY), fitted on canonical
-    faces of `renders` new people drawn from the corpus's population and drawn by the generator:
-    a landmark detector trained where the truth is known. It reads every parameter off each test
-    clip's S2F reconstruction and off the F2F reconstruction of a photo of the same person. Per
-    parameter: Pearson r between the two with p and its 95% interval resampling speakers, r for
-    random pairs (the baseline), and the tool's r
-    against the truth on held-out renders (can it measure at all?), on the F2F reconstructions (what
-    the face feature and decoder keep) and on the S2F ones."""
-    if generator is None:
-        return None
-    model, people = generator
-    drawn = sample_population(renders, seed=seed + 1_000_003, model=model).people
-    side = f2f.shape[-1]
-    pixels = np.stack([normalise(render_face(p.face, FaceNuisance.canonical(), 2 * side, version=version),
-                                 frontend) for p in drawn])
-    pixels = to_rgb(torch.from_numpy(pixels), frontend).numpy().reshape(renders, -1)
-    truth_drawn = np.array([[getattr(p.face, k) for k in GEOMETRY] for p in drawn])
-    fit = int(0.8 * renders)
-    reg = Ridge(alpha=1.0).fit(pixels[:fit], truth_drawn[:fit])
-    held_out = reg.predict(pixels[fit:])
-    read_f2f = reg.predict(f2f.reshape(len(f2f), -1))
-    read_s2f = reg.predict(s2f.reshape(len(s2f), -1))
-    rng = np.random.default_rng(seed)
-    photo = np.array([rng.choice(test.items_of("face", i)) for i in test.voice.identity])
-    shuffled = rng.permutation(photo)
-    def truth(rows: np.ndarray, k: str) -> np.ndarray:
-        return np.array([getattr(people[test.identities[i]].face, k) for i in rows])
-
-    out = {}
-    for j, k in enumerate(GEOMETRY):
-        r, p = stats.pearsonr(read_f2f[photo, j], read_s2f[:, j])
-        ci = cluster_bootstrap_correlation(read_f2f[photo, j], read_s2f[:, j], test.voice.identity)
-        out[k] = {"r": float(r), "p": float(p), "ci95": list(ci),
-                  "random_r": float(stats.pearsonr(read_f2f[shuffled, j], read_s2f[:, j])[0]),
-                  "tool_r_on_renders": float(stats.pearsonr(held_out[:, j], truth_drawn[fit:, j])[0]),
-                  "tool_r_on_f2f": float(stats.pearsonr(read_f2f[:, j], truth(test.face.identity, k))[0]),
-                  "tool_r_on_s2f": float(stats.pearsonr(read_s2f[:, j], truth(test.voice.identity, k))[0])}
-    return out
-
-
-def cross_check(split: S2FSplit, recon_vf: torch.Tensor, v_s: torch.Tensor, v_f: torch.Tensor, n: int,
-                seed: int) -> dict:
-    """1:2 V->F without control: pick the photo whose feature is nearer (cosine) to the S2F
-    reconstruction's feature, or directly to v_s."""
-    t = matching_trials(split, "v2f", "-", n, seed)
-    out = {}
-    for name, q in (("via_reconstruction", recon_vf), ("via_feature", v_s)):
-        d = distances(q[t.probe], v_f, "cosine")
-        right = d[np.arange(n), t.candidates[:, 0]] < d[np.arange(n), t.candidates[:, 1]]
-        out[name] = {"accuracy": float(right.mean()), "ci95": list(wilson_interval(float(right.sum()), n)),
-                     "trials": n}
-    return out
 
 
 @torch.no_grad()
@@ -369,49 +104,53 @@ def decode(decoder: FaceDecoder, v: torch.Tensor, device, batch: int = 64) -> to
     return torch.cat([decoder(v[i:i + batch].to(device)).cpu() for i in range(0, len(v), batch)])
 
 
-def run(args: argparse.Namespace) -> int:
-    device = pick_device(args.device)
-    encoder, net, decoder, cfg, state = load_s2f_run(args.run, args.checkpoint, device)
-    record = RunInfo.find(args.run)
-    corpus = args.corpus or Path(record.corpus if record else "")
-    out = args.out or args.run / "report"
+def eval_s2f(opts: EvalS2FOptions) -> EvalS2FResult:
+    """`eval s2f`: the run's voice encoder, face network and decoder on the corpus's test identities
+    -> OUT/report.md, metrics.json and the figures."""
+    device = pick_device(opts.device)
+    encoder, net, decoder, cfg, state = load_s2f_run(opts.run, opts.checkpoint, device)
+    record = RunInfo.find(opts.run)
+    if opts.corpus is None and record is None:
+        raise UsageError(f"{opts.run} has no run.json to name its corpus: pass --corpus")
+    corpus = opts.corpus or Path(record.corpus)
+    out = opts.out or opts.run / "report"
     out.mkdir(parents=True, exist_ok=True)
-    cache = args.cache_dir or args.run / "cache"
-    progress = not args.no_progress
+    cache = opts.cache_dir or opts.run / "cache"
+    progress = not opts.no_progress
     frontend = cfg.face.frontend()
-    steps = tqdm(total=6 + len(args.seconds), desc="evaluate s2f", disable=not progress)
+    steps = tqdm(total=6 + len(opts.seconds), desc="evaluate s2f", disable=not progress)
 
-    train = load_s2f_split(corpus, "train", cfg, cache, args.workers, progress, modalities=("face",))
-    test = {s: load_s2f_split(corpus, args.split, cfg, cache, args.workers, progress, seconds=s, store=EXACT)
-            for s in args.seconds}
-    split = test[args.seconds[-1]]
+    train = load_s2f_split(corpus, "train", cfg, cache, opts.workers, progress, modalities=("face",))
+    test = {s: load_s2f_split(corpus, opts.split, cfg, cache, opts.workers, progress, seconds=s, store=EXACT)
+            for s in opts.seconds}
+    split = test[opts.seconds[-1]]
     train_vf = face_features(net, train.face.data, device)
     v_f = face_features(net, split.face.data, device)
     steps.update()
-    metrics: dict = {"run": str(args.run), "checkpoint": args.checkpoint, "step": state.get("step"),
-                     "config": cfg.name, "corpus": str(corpus), "split": args.split,
+    metrics: dict = {"run": str(opts.run), "checkpoint": opts.checkpoint, "step": state.get("step"),
+                     "config": cfg.name, "corpus": str(corpus), "split": opts.split,
                      "identities": len(split.identities), "faces": len(split.face.item_ids),
                      "voices": len(split.voice.item_ids), "similarity": {}}
     v_s = {}
-    for s in args.seconds:
+    for s in opts.seconds:
         v_s[s] = voice_features(encoder, test[s].voice.data, device)
         metrics["similarity"][f"{s:g}s"] = feature_similarity(v_s[s], v_f, split)
         steps.update()
-    main_s = v_s[args.seconds[-1]]
+    main_s = v_s[opts.seconds[-1]]
     generator = corpus_people(corpus)  # synthetic corpora only: the oracle and the readout
     oracle = identity_scores(generator[0], [generator[1][i] for i in split.identities], "v2f") if generator else None
     metrics["retrieval"] = retrieval(main_s, v_f, split, oracle)
     metrics["consistency"] = segment_consistency(main_s, split)
     # Table 3 has rows for 3 s and 6 s of speech: every duration's L1 / L2 / cosine recalls
-    metrics["retrieval_by_seconds"] = {f"{s:g}s": metrics["retrieval"] if s == args.seconds[-1] else
-                                       retrieval(v_s[s], v_f, split) for s in args.seconds}
+    metrics["retrieval_by_seconds"] = {f"{s:g}s": metrics["retrieval"] if s == opts.seconds[-1] else
+                                       retrieval(v_s[s], v_f, split) for s in opts.seconds}
     readout = voice_parameter_readout(generator[1], train, train_vf, split) if generator else None
     if generator:  # the same galleries queried by the parameter readout: keep its cosine rows
         r = retrieval(readout, v_f, split)
         metrics["retrieval"]["voice_params"] = r["cosine"]
         metrics["retrieval"]["all_photos"]["voice_params"] = r["all_photos"]["cosine"]
-        train_voice = load_s2f_split(corpus, "train", cfg, cache, args.workers, progress,
-                                     seconds=args.seconds[-1], modalities=("voice",))
+        train_voice = load_s2f_split(corpus, "train", cfg, cache, opts.workers, progress,
+                                     seconds=opts.seconds[-1], modalities=("voice",))
         train_vs = voice_features(encoder, train_voice.voice.data, device)
         metrics["hearing"] = voice_hearing(generator[1], train_voice, train_vs, split, main_s)
     steps.update()
@@ -422,28 +161,31 @@ def run(args: argparse.Namespace) -> int:
     metrics["attributes"] = attribute_agreement(train, train_vf, split, v_f, s2f_vf)
     metrics["age_trend"] = age_trend(train, train_vf, split, v_f, {
         "reconstruction": s2f_vf, "feature": main_s, **({"voice_params": readout} if readout is not None else {})},
-        args.seed)
+        opts.seed)
     steps.update()
-    metrics["geometry"] = geometry(generator, split, f2f.numpy(), s2f.numpy(), frontend, args.seed,
+    metrics["geometry"] = geometry(generator, split, f2f.numpy(), s2f.numpy(), frontend, opts.seed,
                                    version=face_render(corpus))
     steps.update()
-    metrics["cross_check"] = cross_check(split, s2f_vf, main_s, v_f, args.trials, args.seed)
+    metrics["cross_check"] = cross_check(split, s2f_vf, main_s, v_f, opts.trials, opts.seed)
     f2f_vf = face_features(net, to_normalised(f2f, frontend).numpy(), device)
-    metrics["variation"] = {"s2f": reconstruction_variation(split, s2f, s2f_vf, "voice", args.seed),
-                            "f2f": reconstruction_variation(split, f2f, f2f_vf, "face", args.seed)}
+    metrics["variation"] = {"s2f": reconstruction_variation(split, s2f, s2f_vf, "voice", opts.seed),
+                            "f2f": reconstruction_variation(split, f2f, f2f_vf, "face", opts.seed)}
     steps.update()
-    figures = pictures(split, f2f, s2f, frontend, out, args.seed)
-    if (args.run / "training.png").exists():
-        shutil.copy(args.run / "training.png", out / "training.png")
+    figures = pictures(split, f2f, s2f, frontend, out, opts.seed)
+    if (opts.run / "training.png").exists():
+        shutil.copy(opts.run / "training.png", out / "training.png")
         figures.append(out / "training.png")
     figures.append(confusion_figure(metrics["attributes"], out / "attributes.png"))
     metrics["figures"] = [p.name for p in figures]
     steps.update()
     steps.close()
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    from facevoice.training.speech2face.report import format_summary, write_report
-    write_report(metrics, out / "report.md")
-    print(format_summary(metrics, out))
+    from facevoice.training.speech2face.report import write_report
+    return EvalS2FResult(out, metrics, write_report(metrics, out / "report.md"), figures)
+
+
+def run(args: argparse.Namespace) -> int:
+    print(eval_s2f(options(EvalS2FOptions, args)).summary())
     return 0
 
 

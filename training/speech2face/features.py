@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
+from facevoice.cli import options
 from facevoice.training.association.augment import augment_faces
 from facevoice.training.association.data import has_items
 from facevoice.training.association.pretrain import attribute_loss, attribute_targets
@@ -27,17 +29,71 @@ from facevoice.training.speech2face.model import FaceNet
 FIELDS = ("step", "loss", "identity_acc", "val_gender_acc")
 
 
+@dataclass(frozen=True, kw_only=True)
+class S2FOptions:
+    """What every Speech2Face training command takes (`add_common`)."""
+
+    corpus: Path
+    out: Path  # the run directory
+    config: str = "small"  # small | paper | a TOML file
+    set: tuple[str, ...] = ()  # SECTION.KEY=VALUE overrides of the config
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int = 0  # torch CPU threads (0: all cores)
+    workers: int = 2  # processes that decode the corpus once
+    cache_dir: Path | None = None  # decoded arrays (default OUT/cache)
+    no_progress: bool = False
+
+    def __post_init__(self):
+        object.__setattr__(self, "set", tuple(self.set))  # argparse's `append` gives a list
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainFaceFeaturesOptions(S2FOptions):
+    vggface: Path | None = None  # published VGG-Face weights to use instead of training a network
+
+
+@dataclass(frozen=True)
+class TrainFaceFeaturesResult:
+    face_net: Path  # OUT/face_net.pt
+    config: str  # the config's name
+    steps: int = 0  # 0: taken from published VGG-Face weights, not trained
+    seconds: float = 0.0
+    train_identities: int = 0
+    held_out: bool = False  # the corpus has validation identities
+    val_gender_acc: float | None = None  # the gender head on them (None without one)
+    vggface: Path | None = None  # the published weights it was made from
+    channels: str = "RGB"  # the input convention the config records
+    mean: tuple[float, ...] = ()  # per channel, on 0-1 pixels
+
+    def summary(self) -> str:
+        if self.vggface is not None:
+            return "\n".join([
+                f"face feature network from VGG-Face weights {self.vggface} -> {self.face_net} (not trained further)",
+                f"  input convention: {self.channels}, mean {tuple(round(255 * m, 4) for m in self.mean)} "
+                "on 0-255 pixels, recorded in the run and exported with the model",
+                f"  next: facevoice train face-decoder --face-net {self.face_net} ..."])
+        return "\n".join([
+            f"face feature network ({self.config}): {self.steps} steps in {self.seconds:.0f} s on "
+            f"{self.train_identities} training identities -> {self.face_net}",
+            "  held-out gender from the feature (gender head, val identities): "
+            + ("n/a (no validation split)" if not self.held_out else "n/a (no gender head)"
+               if self.val_gender_acc is None else f"{100 * self.val_gender_acc:.1f}%"),
+            f"  next: facevoice train face-decoder --face-net {self.face_net} ...",
+        ])
+
+
 def add_common(p: argparse.ArgumentParser) -> None:
-    """Arguments every Speech2Face command shares."""
+    """Arguments every Speech2Face command shares (S2FOptions)."""
     p.add_argument("--corpus", type=Path, required=True)
-    p.add_argument("--config", default="small", help="small | paper | a TOML file")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+    p.add_argument("--config", default=S2FOptions.config, help="small | paper | a TOML file")
+    p.add_argument("--set", action="append", default=list(S2FOptions.set), metavar="SECTION.KEY=VALUE",
                    help="override one config value, e.g. train.iterations=500")
     p.add_argument("--out", type=Path, required=True, help="run directory")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: all cores)")
-    p.add_argument("--workers", type=int, default=2, help="processes that decode the corpus once")
+    p.add_argument("--seed", type=int, default=S2FOptions.seed)
+    p.add_argument("--device", default=S2FOptions.device, help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--threads", type=int, default=S2FOptions.threads, help="torch CPU threads (0: all cores)")
+    p.add_argument("--workers", type=int, default=S2FOptions.workers, help="processes that decode the corpus once")
     p.add_argument("--cache-dir", type=Path, help="decoded arrays (default OUT/cache)")
     p.add_argument("--no-progress", action="store_true")
 
@@ -48,15 +104,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "the face network instead of training one (Oh et al. sec. 3)")
 
 
-def setup(args: argparse.Namespace, local_rank: int = 0) -> tuple[S2FConfig, torch.device, Path]:
-    device = pick_device(args.device, local_rank)
+def setup(opts: S2FOptions, local_rank: int = 0) -> tuple[S2FConfig, torch.device, Path]:
+    """(the config of --config and --set, the device, the cache directory); makes OUT and seeds torch."""
+    device = pick_device(opts.device, local_rank)
     configure_cuda(device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    cfg = load_config(args.config, args.set)
-    args.out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(args.seed)
-    return cfg, device, args.cache_dir or args.out / "cache"
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    cfg = load_config(opts.config, opts.set)
+    opts.out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(opts.seed)
+    return cfg, device, opts.cache_dir or opts.out / "cache"
 
 
 def config_with(cfg: S2FConfig, trained: S2FConfig, sections: tuple[str, ...]) -> S2FConfig:
@@ -65,10 +122,10 @@ def config_with(cfg: S2FConfig, trained: S2FConfig, sections: tuple[str, ...]) -
     return from_dict({**cfg.to_dict(), **{s: trained.to_dict()[s] for s in sections}})
 
 
-def write_run_json(args: argparse.Namespace, cfg: S2FConfig, device: torch.device, world_size: int = 1,
+def write_run_json(opts: S2FOptions, cfg: S2FConfig, device: torch.device, world_size: int = 1,
                    train_identities: int = 0, **details) -> None:
-    RunInfo(config=cfg.to_dict(), corpus=str(args.corpus.resolve()), seed=args.seed, device=str(device),
-            world_size=world_size, train_identities=train_identities, details=details).write(args.out)
+    RunInfo(config=cfg.to_dict(), corpus=str(Path(opts.corpus).resolve()), seed=opts.seed, device=str(device),
+            world_size=world_size, train_identities=train_identities, details=details).write(opts.out)
 
 
 @torch.no_grad()
@@ -91,41 +148,39 @@ def gender_accuracy(net: FaceNet, head: nn.Module, split: S2FSplit, classes: lis
     return float((np.array(classes)[pred] == labels).mean())
 
 
-def from_vggface(args: argparse.Namespace, cfg: S2FConfig) -> int:
+def from_vggface(opts: TrainFaceFeaturesOptions, cfg: S2FConfig) -> TrainFaceFeaturesResult:
     """face_net.pt from published VGG-Face weights, trained no further: what Oh et al. use. Its
     config records VGG-Face's input convention (BGR, 0-255, mean-subtracted), which the decoder,
     the voice encoder, export and the service then apply."""
     cfg = from_dict({**cfg.to_dict(), "face": {**cfg.to_dict()["face"], "input": "vggface"}})
-    state = vggface_state(args.vggface, cfg)
-    path = args.out / "face_net.pt"
+    state = vggface_state(opts.vggface, cfg)
+    path = opts.out / "face_net.pt"
     save_checkpoint(path, model=state, config=cfg.to_dict(), identities=[f"vggface-{k:04d}" for k in
                                                                            range(VGGFACE_IDENTITIES)])
-    write_run_json(args, cfg, torch.device("cpu"), vggface=str(args.vggface))
+    write_run_json(opts, cfg, torch.device("cpu"), vggface=str(opts.vggface))
     f = cfg.face.frontend()
-    print("\n".join([f"face feature network from VGG-Face weights {args.vggface} -> {path} (not trained further)",
-                     f"  input convention: {f.channels}, mean {tuple(round(255 * m, 4) for m in f.mean)} "
-                     "on 0-255 pixels, recorded in the run and exported with the model",
-                     f"  next: facevoice train face-decoder --face-net {path} ..."]))
-    return 0
+    return TrainFaceFeaturesResult(path, cfg.name, vggface=opts.vggface, channels=f.channels, mean=tuple(f.mean))
 
 
-def run(args: argparse.Namespace) -> int:
-    cfg, device, cache = setup(args)
-    if args.vggface:
-        return from_vggface(args, cfg)
-    progress = not args.no_progress
+def train_face_features(opts: TrainFaceFeaturesOptions) -> TrainFaceFeaturesResult:
+    """`train face-features`: the face network trained on the corpus's training identities (or
+    taken from published VGG-Face weights, `opts.vggface`) -> OUT/face_net.pt."""
+    cfg, device, cache = setup(opts)
+    if opts.vggface:
+        return from_vggface(opts, cfg)
+    progress = not opts.no_progress
     f = cfg.face
-    train = load_s2f_split(args.corpus, "train", cfg, cache, args.workers, progress, modalities=("face",))
+    train = load_s2f_split(opts.corpus, "train", cfg, cache, opts.workers, progress, modalities=("face",))
     # without validation identities (Kim et al.'s split) nothing is held out to report on
-    val = load_s2f_split(args.corpus, "val", cfg, cache, args.workers, progress, modalities=("face",)) \
-        if has_items(args.corpus, "val", ("face",)) else None
-    rng = np.random.default_rng(args.seed)
+    val = load_s2f_split(opts.corpus, "val", cfg, cache, opts.workers, progress, modalities=("face",)) \
+        if has_items(opts.corpus, "val", ("face",)) else None
+    rng = np.random.default_rng(opts.seed)
     net = FaceNet(f, len(train.identities)).to(device)
     targets = attribute_targets(train, list(f.attributes))
     heads = nn.ModuleDict({a: nn.Linear(f.fc, int(t.max()) + 1) for a, t in targets.items()}).to(device)
     opt = torch.optim.Adam([*net.parameters(), *heads.parameters()], f.lr)
-    write_run_json(args, cfg, device, train_identities=len(train.identities))
-    log = RunLog(args.out, False, FIELDS)
+    write_run_json(opts, cfg, device, train_identities=len(train.identities))
+    log = RunLog(opts.out, False, FIELDS)
     labels = train.face.identity
     genders = sorted({a.get("gender", "") for a in train.attributes})  # the gender head's classes, in its order
     losses, correct, val_acc, start = [], [], None, time.perf_counter()
@@ -151,16 +206,14 @@ def run(args: argparse.Namespace) -> int:
             bar.set_postfix(loss=f"{np.mean(losses):.3f}", acc=f"{np.mean(correct):.2f}")
             losses, correct = [], []
     log.close()
-    path = args.out / "face_net.pt"
+    path = opts.out / "face_net.pt"
     save_checkpoint(path, model=net.state_dict(), config=cfg.to_dict(), identities=train.identities)
     from facevoice.training.speech2face.plots import training_curves
-    training_curves(args.out / "metrics.csv", args.out / "training.png", "face feature network")
-    print("\n".join([
-        f"face feature network ({cfg.name}): {f.steps} steps in {time.perf_counter() - start:.0f} s on "
-        f"{len(train.identities)} training identities -> {path}",
-        "  held-out gender from the feature (gender head, val identities): "
-        + ("n/a (no validation split)" if val is None else "n/a (no gender head)" if val_acc is None
-           else f"{100 * val_acc:.1f}%"),
-        f"  next: facevoice train face-decoder --face-net {path} ...",
-    ]))
+    training_curves(opts.out / "metrics.csv", opts.out / "training.png", "face feature network")
+    return TrainFaceFeaturesResult(path, cfg.name, f.steps, time.perf_counter() - start, len(train.identities),
+                                   val is not None, val_acc)
+
+
+def run(args: argparse.Namespace) -> int:
+    print(train_face_features(options(TrainFaceFeaturesOptions, args)).summary())
     return 0

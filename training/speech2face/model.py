@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from facevoice.service.errors import UsageError
 from facevoice.training.association.model import vgg_features
 from facevoice.training.speech2face.config import DecoderConfig, FaceNetConfig, VoiceNetConfig
 
@@ -123,9 +124,9 @@ class VoiceEncoder(nn.Module):
     def forward(self, spec: torch.Tensor) -> torch.Tensor:
         """[B, 2, T, F] -> pseudo face feature v_s [B, feature_dim]."""
         if spec.dim() != 4 or spec.shape[1] != 2:
-            raise ValueError(f"expected a [batch, 2, time, frequency] spectrogram, got {tuple(spec.shape)}")
+            raise UsageError(f"expected a [batch, 2, time, frequency] spectrogram, got {tuple(spec.shape)}")
         if spec.shape[2] < self.min_frames:
-            raise ValueError(f"spectrogram has {spec.shape[2]} frames; Table 1 needs at least {self.min_frames}")
+            raise UsageError(f"spectrogram has {spec.shape[2]} frames; Table 1 needs at least {self.min_frames}")
         x = spec
         for block in self.blocks:
             x = block(x)

@@ -14,7 +14,7 @@ PAPER_TABLE3 = {("3s", "l2"): (5.86, 10.02, 18.98, 28.92), ("3s", "l1"): (6.22, 
                 ("6s", "l1"): (8.34, 13.70, 24.66, 36.22), ("6s", "cosine"): (10.92, 17.00, 30.60, 45.82)}
 PAPER_KS = (1, 2, 5, 10)
 # Oh et al. Table 2 (AVSpeech, 5,000 test samples): mean ± sd of cos (deg), L2, L1 between v_s and
-# the speaker's v_f, normalisation unstated (see evaluate.feature_similarity)
+# the speaker's v_f, normalisation unstated (see measures.feature_similarity)
 PAPER_TABLE2 = {"3s": {"angle_deg": (48.43, 6.01), "l2": (0.19, 0.03), "l1": (9.81, 1.74)},
                 "6s": {"angle_deg": (45.75, 5.09), "l2": (0.18, 0.02), "l1": (9.42, 1.54)}}
 PAPER_RANDOM_PRINTED = dict(zip(PAPER_KS, (1.0, 2.0, 5.0, 10.0), strict=True))

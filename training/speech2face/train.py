@@ -12,6 +12,7 @@ import argparse
 import math
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,18 +21,64 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
+from facevoice.cli import options
 from facevoice.training.association.data import has_items
 from facevoice.training.association.pretrain import attribute_loss, attribute_targets
 from facevoice.training.runs import RunLog, finish_distributed, read_metrics, restore, save_checkpoint
 from facevoice.training.speech2face.checkpoints import load_decoder, load_face_net
 from facevoice.training.speech2face.config import SELECT, S2FConfig
 from facevoice.training.speech2face.data import S2FSplit, load_s2f_split, rows_tensor
-from facevoice.training.speech2face.features import add_common, config_with, face_features, setup, write_run_json
+from facevoice.training.speech2face.features import (
+    S2FOptions,
+    add_common,
+    config_with,
+    face_features,
+    setup,
+    write_run_json,
+)
 from facevoice.training.speech2face.loss import ranking, s2f_loss, s2f_terms
 from facevoice.training.speech2face.model import FaceDecoder, FaceNet, VoiceEncoder
 
 LOSSES = ("loss", "decoder_l1", "feature_l2", "distill", "attributes", "ranking")  # logged per window
 FIELDS = ("step", *LOSSES, "lr", "pairs_per_s", "val_loss", "val_angle_deg", "val_match")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainS2FOptions(S2FOptions):
+    face_net: Path  # face_net.pt from `train face-features`
+    decoder: Path  # decoder.pt from `train face-decoder`
+    resume: bool = False  # continue from OUT/checkpoints/last.pt
+
+
+@dataclass(frozen=True)
+class TrainS2FResult:
+    """What one rank did; only rank 0 writes the run, validates and has a summary."""
+
+    out: Path
+    steps: int  # iterations trained, in all
+    best: float  # the score that selected best.pt (train.select)
+    best_step: int
+    last_val: dict[str, float] = field(default_factory=dict)  # the last validation's scores
+    key: str = "val_loss"  # what selects best.pt (SELECT): a val_* score, or "step" for the last model
+    held_out: bool = True  # the corpus has validation identities
+    pairs_per_s: float | None = None  # median over the logged windows
+    windows: int = 0
+    rank: int = 0
+    world_size: int = 1
+
+    def summary(self) -> str:
+        if self.rank != 0:
+            return ""
+        return "\n".join([
+            f"Speech2Face voice encoder trained {self.steps} iterations -> {self.out}",
+            (f"  no validation split: best.pt is the last model (step {self.best_step})" if not self.held_out else
+             f"  best.pt is the model at step {self.best_step} (train.select=last); last " if self.key == "step" else
+             f"  best {self.key} {self.best:.4f} at step {self.best_step} (best.pt); last ")
+            + ", ".join(f"{k} {v:.3f}" for k, v in self.last_val.items()),
+            f"  throughput {self.pairs_per_s:.1f} pairs/s (median of {self.windows} windows)"
+            if self.pairs_per_s is not None else "",
+            f"  metrics.csv, tensorboard/, training.png; next: facevoice eval s2f --run {self.out}",
+        ])
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -124,25 +171,27 @@ def match_score(v_s: torch.Tensor, means: torch.Tensor, identity: torch.Tensor) 
     return float(((sim < own[:, None]).sum(1).float() / (sim.shape[1] - 1)).mean())
 
 
-def run(args: argparse.Namespace) -> int:
+def train_s2f(opts: TrainS2FOptions) -> TrainS2FResult:
+    """`train s2f`: the voice encoder against the fixed face network and decoder, eq. (1). Runs on every
+    rank under torchrun (WORLD_SIZE, RANK, LOCAL_RANK); rank 0 validates and writes the run."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    flags, device, cache = setup(args, local_rank)
+    flags, device, cache = setup(opts, local_rank)
     if world > 1:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    torch.manual_seed(args.seed + rank)
+    torch.manual_seed(opts.seed + rank)
     main = rank == 0
-    progress = main and not args.no_progress
-    net, face_cfg = load_face_net(args.face_net, device)
-    decoder, dec_cfg = load_decoder(args.decoder, face_cfg, device)
+    progress = main and not opts.no_progress
+    net, face_cfg = load_face_net(opts.face_net, device)
+    decoder, dec_cfg = load_decoder(opts.decoder, face_cfg, device)
     cfg = config_with(flags, dec_cfg, ("face", "decoder"))
     t = cfg.train
 
     crop = t.crop_from if t.crop_from > cfg.voice.seconds else None  # longer training clips to crop from
-    train = load_s2f_split(args.corpus, "train", cfg, cache, args.workers, progress, seconds=crop)
+    train = load_s2f_split(opts.corpus, "train", cfg, cache, opts.workers, progress, seconds=crop)
     # Kim et al.'s split has no validation identities: then best.pt is the last model
-    held_out = has_items(args.corpus, "val", ("face", "voice"))
-    val = load_s2f_split(args.corpus, "val", cfg, cache, args.workers, progress) if main and held_out else None
+    held_out = has_items(opts.corpus, "val", ("face", "voice"))
+    val = load_s2f_split(opts.corpus, "val", cfg, cache, opts.workers, progress) if main and held_out else None
     train_vf = face_features(net, train.face.data, device)
     means = train.face_means(train_vf)
     if cfg.train.target == "mean":  # every photo's target becomes its person's mean feature
@@ -158,18 +207,18 @@ def run(args: argparse.Namespace) -> int:
     heads = nn.ModuleDict({a: nn.Linear(cfg.face.fc, int(y.max()) + 1) for a, y in targets.items()}).to(device)
     optimizer = torch.optim.Adam([*encoder.parameters(), *heads.parameters()], t.lr, betas=(t.beta1, 0.999),
                                  eps=t.eps)
-    sampler = PairSampler(train, seed=args.seed * 1000 + rank, within_video=cfg.train.pair_within_video)
+    sampler = PairSampler(train, seed=opts.seed * 1000 + rank, within_video=cfg.train.pair_within_video)
     augment = VoiceAugment(cfg, cfg.voice.frontend().shape[1], sampler.rng)
 
     key, sign = SELECT[t.select if held_out else "last"]  # best.pt: the highest sign * validation score
     step, best, best_step = 0, -math.inf, 0
-    last = args.out / "checkpoints" / "last.pt"
-    if args.resume:
+    last = opts.out / "checkpoints" / "last.pt"
+    if opts.resume:
         step, best, best_step = restore(last, device, encoder, optimizer, sampler.rng, rank, {"heads": heads})
     if main:
-        write_run_json(args, cfg, device, face_net=str(args.face_net), decoder=str(args.decoder), world_size=world,
+        write_run_json(opts, cfg, device, face_net=str(opts.face_net), decoder=str(opts.decoder), world_size=world,
                        train_identities=len(train.identities))
-    log = RunLog(args.out, args.resume, FIELDS) if main else None
+    log = RunLog(opts.out, opts.resume, FIELDS) if main else None
 
     amp = device.type == "cuda"
     bar = tqdm(total=t.iterations, initial=step, desc="train s2f", unit="it", disable=not progress,
@@ -216,8 +265,8 @@ def run(args: argparse.Namespace) -> int:
             score = sign * {**val_scores, "step": step}[key]
             if score > best:
                 best, best_step = score, step
-                save_checkpoint(args.out / "best.pt", model=encoder.state_dict(), config=cfg.to_dict(), step=step,
-                                val=val_scores, face_net=str(args.face_net), decoder=str(args.decoder))
+                save_checkpoint(opts.out / "best.pt", model=encoder.state_dict(), config=cfg.to_dict(), step=step,
+                                val=val_scores, face_net=str(opts.face_net), decoder=str(opts.decoder))
             log.write({"step": step, **{k: float(np.mean(v)) if v else 0.0 for k, v in hist.items()},
                        "lr": optimizer.param_groups[0]["lr"], "pairs_per_s": rate, **val_scores})
             bar.set_postfix(loss=f"{np.mean(hist['loss']):.3f}", pps=f"{rate:.0f}", **(
@@ -229,29 +278,21 @@ def run(args: argparse.Namespace) -> int:
             save_checkpoint(last, model=encoder.state_dict(), optimizer=optimizer.state_dict(), step=step, best=best,
                             best_step=best_step, sampler_rng=[sampler.rng.bit_generator.state],
                             torch_rng=torch.get_rng_state(), heads=heads.state_dict(), config=cfg.to_dict(),
-                            face_net=str(args.face_net),
-                            decoder=str(args.decoder))  # `eval s2f --checkpoint checkpoints/last.pt` works too
+                            face_net=str(opts.face_net),
+                            decoder=str(opts.decoder))  # `eval s2f --checkpoint checkpoints/last.pt` works too
     bar.close()
+    rates = []
     if main:
         log.close()
         from facevoice.training.speech2face.plots import training_curves
-        training_curves(args.out / "metrics.csv", args.out / "training.png", "Speech2Face voice encoder")
-        print(summary(args.out, step, sign * best, best_step, val_scores, key, held_out))
+        training_curves(opts.out / "metrics.csv", opts.out / "training.png", "Speech2Face voice encoder")
+        rates = [float(r["pairs_per_s"]) for r in read_metrics(opts.out / "metrics.csv") if r["pairs_per_s"]]
     if world > 1:
         finish_distributed()
+    return TrainS2FResult(opts.out, step, sign * best, best_step, val_scores, key, held_out,
+                          float(np.median(rates)) if rates else None, len(rates), rank, world)
+
+
+def run(args: argparse.Namespace) -> int:
+    print(train_s2f(options(TrainS2FOptions, args)).summary())
     return 0
-
-
-def summary(out: Path, step: int, best: float, best_step: int, last_val: dict, key: str = "val_loss",
-            held_out: bool = True) -> str:
-    rows = read_metrics(out / "metrics.csv")
-    rates = [float(r["pairs_per_s"]) for r in rows if r["pairs_per_s"]]
-    return "\n".join([
-        f"Speech2Face voice encoder trained {step} iterations -> {out}",
-        (f"  no validation split: best.pt is the last model (step {best_step})" if not held_out else
-         f"  best.pt is the model at step {best_step} (train.select=last); last " if key == "step" else
-         f"  best {key} {best:.4f} at step {best_step} (best.pt); last ")
-        + ", ".join(f"{k} {v:.3f}" for k, v in last_val.items()),
-        f"  throughput {np.median(rates):.1f} pairs/s (median of {len(rates)} windows)" if rates else "",
-        f"  metrics.csv, tensorboard/, training.png; next: facevoice eval s2f --run {out}",
-    ])

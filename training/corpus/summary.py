@@ -1,5 +1,5 @@
-"""What every corpus command prints of the corpus it wrote. The format itself (manifest.csv,
-identities.csv) is defined once, in facevoice.service.corpus."""
+"""The corpus commands' summaries: what every corpus command prints of the corpus it wrote. The
+format itself (manifest.csv, identities.csv) is defined once, in facevoice.service.corpus."""
 
 from __future__ import annotations
 

@@ -87,7 +87,7 @@ class IndexSet:
             for name, model_version in self.model_versions.items():
                 version = current_version(self.root, name)
                 loaded = self.galleries.get(name)
-                if version is None or (loaded and loaded.meta.get("version") == version):
+                if version is None or (loaded and loaded.meta.version == version):
                     continue
                 retry = self.refused.get((name, version))
                 if retry and time.monotonic() < retry[0]:
@@ -132,10 +132,10 @@ class IndexSet:
         m = gallery.meta
         if old is not None:
             om = old.meta
-            self.metrics.index_info.remove(name, om["version"], om["model_version"], om["kind"])
-        self.metrics.index_info.labels(name, m["version"], m["model_version"], m["kind"]).set(1)
+            self.metrics.index_info.remove(name, om.version, om.model_version, om.plan.kind)
+        self.metrics.index_info.labels(name, m.version, m.model_version, m.plan.kind).set(1)
         self._export_size(name, gallery)
-        built = datetime.fromisoformat(m["built_at"].replace("Z", "+00:00"))
+        built = datetime.fromisoformat(m.built_at.replace("Z", "+00:00"))
         self.metrics.index_built.labels(name).set(built.timestamp())
 
     def _export_size(self, name: str, gallery: Gallery) -> None:
@@ -149,11 +149,11 @@ class IndexSet:
             return
         if change.op == "upsert" and name in change.upserts:
             u = change.upserts[name]
-            if u.model_version == gallery.meta.get("model_version"):
+            if u.model_version == gallery.meta.model_version:
                 gallery.upsert([Item(**it) for it in u.items], u.vectors)
             else:  # embedded by another model: this index cannot hold the vector
                 log.warning("log entry %s: %s vectors of model %s skipped (index runs %s)", offset, name,
-                            u.model_version, gallery.meta.get("model_version"))
+                            u.model_version, gallery.meta.model_version)
         elif change.op == "delete" and name in change.indexes:
             gallery.delete(change.item_ids)
         gallery.applied = offset
@@ -187,9 +187,9 @@ class IndexSet:
         names = list(change.upserts) if change.op == "upsert" else change.indexes
         for name in names:
             gallery = self.get(name)
-            if change.op == "upsert" and change.upserts[name].model_version != gallery.meta["model_version"]:
+            if change.op == "upsert" and change.upserts[name].model_version != gallery.meta.model_version:
                 raise BadRequest(f"{name}: embedded by {change.upserts[name].model_version}, the index holds "
-                                 f"{gallery.meta['model_version']}")
+                                 f"{gallery.meta.model_version}")
             if change.op == "upsert":
                 new = {it["item_id"] for it in change.upserts[name].items} - gallery.edited
                 if len(gallery.edited) + len(new) > self.max_overlay:
@@ -210,7 +210,7 @@ class IndexSet:
         return offset
 
     def upsert(self, upserts: dict[str, tuple[list[Item], np.ndarray]], actor: str = "") -> str:
-        change = Change("upsert", {name: IndexChange(self.get(name).meta["model_version"],
+        change = Change("upsert", {name: IndexChange(self.get(name).meta.model_version,
                                                      [{"item_id": it.item_id, "identity": it.identity,
                                                        "attributes": it.attributes} for it in items],
                                                      np.asarray(v, np.float32))
