@@ -29,17 +29,15 @@ from pathlib import Path
 
 import torch
 
+from bench.association_train import TINY as ASSOCIATION_TINY
 from bench.association_train import triplets_per_s as association_rate
+from bench.s2f_train import TINY as S2F_TINY
 from bench.s2f_train import pairs_per_s
 from facevoice.cli import run_script
 from facevoice.training.association.config import load_config
 from facevoice.training.association.model import AssociationModel
 
-TINY_ASSOC = ["face.size=32", "face.widths=[4, 8, 8, 16, 16]", "voice.seconds=1.0",
-              "voice.widths=[4, 8, 8, 16, 16, 16]", "embedding.hidden=16", "embedding.dim=8"]
-TINY_S2F = ["face.size=32", "face.widths=[4, 8, 8, 16, 16]", "face.fc=16", "decoder.first_layer=16",
-            "decoder.size=32", "decoder.base=4", "decoder.widths=[16, 8, 8, 8]", "voice.seconds=1.0",
-            "voice.widths=[4, 4, 8, 8, 8, 8, 16, 16, 16]"]
+TINY_ASSOC, TINY_S2F = ASSOCIATION_TINY, list(S2F_TINY)  # the smoke's shapes, the train benches' own
 
 
 def sync(device: torch.device) -> None:

@@ -9,7 +9,7 @@ result's summary.
 Exit statuses, here and only here (`main`; no other module exits):
     0  done
     1  failed: a FacevoiceError (a file in the wrong format, a corpus that lacks something, a
-       dependency down)
+       dependency down), or an OSError no verb looked for (a missing or unreadable file)
     2  usage: a UsageError (settings or arguments that cannot work), or arguments argparse refuses
 """
 
@@ -151,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     except FacevoiceError as e:
         print(f"facevoice {verb}: {e}", file=sys.stderr, flush=True)
         return EXIT_USAGE if isinstance(e, UsageError) else EXIT_FAILED
+    except OSError as e:  # a file or a socket the verb met, unlooked-for: its words, not a traceback
+        print(f"facevoice {verb}: {e}", file=sys.stderr, flush=True)
+        return EXIT_FAILED
 
 
 def exit_with(status: int) -> None:

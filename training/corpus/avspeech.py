@@ -44,16 +44,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def read_avspeech_csv(path: Path) -> list[tuple[str, float, float, float, float]]:
     """The published CSV: YouTube id, start, end, face centre x, y (fractions of the frame)."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            table = list(csv.reader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise FormatError(f"{path}: cannot read AVSpeech's CSV ({getattr(e, 'strerror', None) or e})") from e
     rows = []
-    with open(path, newline="", encoding="utf-8") as f:
-        for n, row in enumerate(csv.reader(f), start=1):
-            if not row:
-                continue
-            try:
-                ytid, start, end, x, y = row[0].strip(), *(float(v) for v in row[1:5])
-            except (ValueError, IndexError) as e:
-                raise FormatError(f"{path}:{n}: expected `ytid,start,end,x,y`, got {row!r}") from e
-            rows.append((ytid, start, end, x, y))
+    for n, row in enumerate(table, start=1):
+        if not row:
+            continue
+        try:
+            ytid, start, end, x, y = row[0].strip(), *(float(v) for v in row[1:5])
+        except (ValueError, IndexError) as e:
+            raise FormatError(f"{path}:{n}: expected `ytid,start,end,x,y`, got {row!r}") from e
+        rows.append((ytid, start, end, x, y))
     return rows
 
 

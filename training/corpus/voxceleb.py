@@ -99,8 +99,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def read_meta(path: Path) -> list[Speaker]:
     """vox1_meta.csv: tab-separated, header `VoxCeleb1 ID, VGGFace1 ID, Gender, Nationality, Set`."""
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.reader(f, delimiter="\t"))
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f, delimiter="\t"))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise FormatError(f"{path}: cannot read VoxCeleb1's metadata ({getattr(e, 'strerror', None) or e})") from e
     if not rows or len(rows[0]) < 4:
         raise FormatError(f"{path}: expected a tab-separated vox1_meta.csv with at least 4 columns")
     speakers = []
