@@ -19,14 +19,16 @@ import argparse
 import json
 import math
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from facevoice.cli import options
 from facevoice.service.errors import UsageError
-from facevoice.study.app import exclusion
 from facevoice.study.config import EXPERIMENTS, Study
 from facevoice.study.design import stimulus_people
+from facevoice.study.rules import exclusion
 from facevoice.study.store import SOURCES, Store, opened
 
 PAPER_TABLE1 = {1: (71.4, 13.6, 13.17, 70), 2: (65.0, 13.0, 9.65, 70), 3: (58.4, 13.8, 5.20, 73),
@@ -295,12 +297,40 @@ def report(study: Study, data: dict, t1: dict, aov: dict | None, hard: list, mac
     return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class StudyAnalyzeOptions:
+    study: Path
+    out: Path  # the report directory
+    database: str | None = None  # default STUDY_DIR's SQLite
+    export: Path | None = None  # analyse this `study export` directory instead of the database
+    sources: tuple[str, ...] = ("participant",)  # whose answers count
+    model_repo: Path | None = None  # answer the trials with this model repository (embedded service)
+    service: str | None = None  # or through a running service's Match (HOST:PORT)
+
+
+@dataclass(frozen=True)
+class StudyAnalyzeResult:
+    out: Path
+    report: dict  # report.json's content: table1, anova, excluded, sources, left_out, machine, ...
+    note: str | None = None  # said before the results (an export made under another study.toml)
+
+    def summary(self) -> str:
+        lines = [self.note] if self.note else []
+        for e, r in self.report["table1"].items():
+            machine = self.report["machine"].get(e)
+            extra = f"; model {machine['accuracy']:.1f}% on the same {machine['trials']} trials" if machine else ""
+            lines.append(f"experiment {label(int(e))}: {r['mean']:.1f}% ± {r['sd']:.1f} (n = {r['n']}){extra}")
+        lines.append(f"excluded: {self.report['excluded'] or 'none'}{_left_out(self.report)}; "
+                     f"report: {self.out / 'report.md'}")
+        return "\n".join(lines)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--study", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True, help="the report directory")
     p.add_argument("--database", help="default STUDY_DIR's SQLite")
     p.add_argument("--export", type=Path, help="analyse this `study export` directory instead of the database")
-    p.add_argument("--sources", nargs="+", choices=SOURCES, default=["participant"],
+    p.add_argument("--sources", nargs="+", choices=SOURCES, default=StudyAnalyzeOptions.sources,
                    help="whose answers count: real participants (default), pilots (the preview link), simulated")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--model-repo", type=Path, help="answer the trials with this model repository (embedded service)")
@@ -341,22 +371,24 @@ def _left_out(data: dict) -> str:
     return f" (left out: {_held_out(data)}; --sources to include them)" if data["left_out"] else ""
 
 
-def run(args: argparse.Namespace) -> int:
-    if args.export is not None:
+def study_analyze(opts: StudyAnalyzeOptions) -> StudyAnalyzeResult:
+    """`study analyze`: `analyze` on the study's database, or on its export (`opts.export`)."""
+    sources, note = tuple(opts.sources), None
+    if opts.export is not None:
         from facevoice.study.config import load_study
         from facevoice.study.export import ExportReader
 
-        reader = ExportReader(args.export)
-        study = load_study(args.study)
-        if reader.manifest.get("study_toml_sha256") != study.digest:
-            print(f"note: {args.export} was exported under another study.toml than {args.study}'s present one")
-        result = analyze(study, reader, args.out, args.model_repo, args.service, tuple(args.sources))
+        reader = ExportReader(opts.export)
+        study = load_study(opts.study)
+        if reader.manifest.study_toml_sha256 != study.digest:
+            note = f"note: {opts.export} was exported under another study.toml than {opts.study}'s present one"
+        report = analyze(study, reader, opts.out, opts.model_repo, opts.service, sources)
     else:
-        with opened(args.study, args.database) as (study, store):
-            result = analyze(study, store, args.out, args.model_repo, args.service, tuple(args.sources))
-    for e, r in result["table1"].items():
-        machine = result["machine"].get(e)
-        extra = f"; model {machine['accuracy']:.1f}% on the same {machine['trials']} trials" if machine else ""
-        print(f"experiment {label(int(e))}: {r['mean']:.1f}% ± {r['sd']:.1f} (n = {r['n']}){extra}")
-    print(f"excluded: {result['excluded'] or 'none'}{_left_out(result)}; report: {args.out / 'report.md'}")
+        with opened(opts.study, opts.database) as (study, store):
+            report = analyze(study, store, opts.out, opts.model_repo, opts.service, sources)
+    return StudyAnalyzeResult(opts.out, report, note)
+
+
+def run(args: argparse.Namespace) -> int:
+    print(study_analyze(options(StudyAnalyzeOptions, args)).summary())
     return 0

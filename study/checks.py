@@ -1,6 +1,7 @@
 """The checks a matcher takes before the tasks (study.toml [sound_check], [headphone_check]):
-their sounds, drawn per try on the server, and how an answer is scored. Neither is in Kim et
-al.; both are what online listening studies run (docs/study.md, "Protocol, point by point")."""
+their sounds, drawn per try on the server, and each check's state (kept with the participant):
+a draw, and how an answer is scored. Neither is in Kim et al.; both are what online listening
+studies run (docs/study.md, "Protocol, point by point")."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import io
 
 import numpy as np
 import soundfile as sf
+
+from facevoice.study.errors import Conflict
 
 CHECK_RATE = 44_100
 # Huggins pitch (Milne et al. 2021, Behav. Res. Methods 53:1551): white noise whose band around
@@ -65,6 +68,53 @@ def headphone_passed(answers: list[int], targets: list[int], min_correct: int) -
     """Whether at least `min_correct` of the trials' answers named the Huggins interval (all
     trials are taken, and no answer is told right or wrong, as in Milne et al.)."""
     return sum(a == t for a, t in zip(answers, targets, strict=True)) >= min_correct
+
+
+def draw_beeps(state: dict | None, beeps: int, seed: int) -> dict:
+    """The sound check's state with a new clip drawn (`beeps` beeps, made from `seed`): each try
+    hears another; the tries and answers so far are kept."""
+    check = dict(state or {"tries": 0, "answers": []})
+    check["beeps"], check["seed"] = beeps, seed
+    return check
+
+
+def count_beeps(state: dict, count: int, tries: int) -> tuple[dict, int]:
+    """The answer `count` to the drawn clip -> (the state after it, tries left of `tries`): passed
+    when it is the clip's number of beeps. The clip is used up; Conflict when none was drawn."""
+    if "beeps" not in state:
+        raise Conflict("play the sound check first")
+    check = dict(state)
+    check["tries"] = check.get("tries", 0) + 1
+    check["answers"] = [*check.get("answers", []), count]
+    check["passed"] = count == check.pop("beeps")
+    check.pop("seed", None)
+    return check, tries - check["tries"]
+
+
+def draw_huggins(state: dict, target: int, seed: int) -> dict:
+    """The headphone check's state with the next trial drawn: its Huggins interval `target` (1-3)
+    and the noise's `seed`. A trial drawn and not answered is replaced, so drawing again cannot
+    add a trial."""
+    hp = dict(state)
+    if len(hp["targets"]) > len(hp["answers"]):
+        hp["targets"] = hp["targets"][:-1]
+    hp["targets"] = [*hp["targets"], target]
+    hp["seed"] = seed
+    return hp
+
+
+def answer_huggins(state: dict, interval: int, trials: int, min_correct: int) -> tuple[dict, int]:
+    """The answer `interval` to the drawn trial -> (the state after it, trials left of `trials`);
+    after the last one, `passed` (headphone_passed). Conflict when no trial is drawn."""
+    if len(state["targets"]) <= len(state["answers"]):
+        raise Conflict("play the headphone check first")
+    hp = dict(state)
+    hp["answers"] = [*hp["answers"], interval]
+    hp.pop("seed", None)
+    left = trials - len(hp["answers"])
+    if left == 0:
+        hp["passed"] = headphone_passed(hp["answers"], hp["targets"], min_correct)
+    return hp, left
 
 
 def _wav(x: np.ndarray, sr: int) -> bytes:

@@ -11,12 +11,35 @@ from __future__ import annotations
 
 import argparse
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
+from facevoice.cli import options
 from facevoice.service.corpus import CorpusInfo, Item, write_csv, write_manifest
 from facevoice.service.errors import UsageError
 from facevoice.study.config import Study
 from facevoice.study.store import Store, opened
+
+
+@dataclass(frozen=True)
+class StudyCorpusOptions:
+    study: Path
+    out: Path  # the corpus directory
+    database: str | None = None  # default STUDY_DIR's SQLite
+    split: str = "test"  # the split of every recorded identity
+    force: bool = False  # replace a non-empty `out`
+
+
+@dataclass(frozen=True)
+class StudyCorpusResult:
+    out: Path
+    identities: int  # finished recorders with an accepted voice and photo
+    items: int
+    skipped_participants: int  # recorders without them, left out
+
+    def summary(self) -> str:
+        return (f"corpus {self.out}: {self.identities} people, {self.items} items ({self.skipped_participants} "
+                "recorders without a finished, accepted voice and photo left out)")
 
 
 def age_group(age) -> str:
@@ -28,7 +51,7 @@ def age_group(age) -> str:
         return ""
 
 
-def write_corpus(study: Study, store: Store, out: Path, split: str = "test", force: bool = False) -> dict:
+def write_corpus(study: Study, store: Store, out: Path, split: str = "test", force: bool = False) -> StudyCorpusResult:
     if out.exists() and any(out.iterdir()):
         if not force:
             raise UsageError(f"{out} is not empty (--force replaces it)")
@@ -71,20 +94,24 @@ def write_corpus(study: Study, store: Store, out: Path, split: str = "test", for
                               "items": {m: sum(i.modality == m for i in items) for m in ("face", "voice")}},
                       details={"source": f"facevoice study {study.title!r}", "skipped_participants": skipped})
     info.write(out)
-    return {"identities": len(identities), "items": len(items), "skipped_participants": skipped}
+    return StudyCorpusResult(out, len(identities), len(items), skipped)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--study", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--database")
-    p.add_argument("--split", default="test", help="the split of every recorded identity (default test)")
+    p.add_argument("--split", default=StudyCorpusOptions.split,
+                   help="the split of every recorded identity (default test)")
     p.add_argument("--force", action="store_true")
 
 
+def study_corpus(opts: StudyCorpusOptions) -> StudyCorpusResult:
+    """`study corpus`: `write_corpus` from the study's database."""
+    with opened(opts.study, opts.database) as (study, store):
+        return write_corpus(study, store, opts.out, opts.split, opts.force)
+
+
 def run(args: argparse.Namespace) -> int:
-    with opened(args.study, args.database) as (study, store):
-        s = write_corpus(study, store, args.out, args.split, args.force)
-    print(f"corpus {args.out}: {s['identities']} people, {s['items']} items "
-          f"({s['skipped_participants']} recorders without a finished, accepted voice and photo left out)")
+    print(study_corpus(options(StudyCorpusOptions, args)).summary())
     return 0

@@ -9,8 +9,9 @@
   the questionnaire (one column per question), the consent text's version and sha256, browser,
   screen and device class, the sound check, and the exclusions with their history.
 - exclusions.csv: every exclusion as it was made (who, when, why).
-- manifest.json: the app version, study.toml's sha256, the consent's version and hash, when and
-  from which database it was exported, the counts, and each file's sha256.
+- manifest.json (ExportManifest, its one reader and writer): its format version, the app version,
+  study.toml's sha256, the consent's version and hash, when and from which database it was
+  exported, the counts, and each file's sha256.
 
 No media and no recordings' paths are exported; `study analyze --export DIR` reads this."""
 
@@ -21,9 +22,12 @@ import csv
 import hashlib
 import json
 import time
+from dataclasses import asdict, dataclass, field, fields
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from facevoice.cli import options
+from facevoice.service.errors import FormatError, UsageError
 from facevoice.study.config import EXPERIMENTS, Study
 from facevoice.study.store import Participant, Store, opened
 
@@ -35,6 +39,54 @@ PARTICIPANT_FIELDS = ("participant", "role", "source", "experiment", "direction"
                       "platform_ids", "created_at", "consented_at", "finished_at", "outcome", "excluded",
                       "exclusion_history", "consent_version", "consent_hash", "device", "screen", "browser",
                       "sound_check_tries", "sound_check_passed")
+EXPORT_FORMAT = 1  # the layout of an export's files; a reader refuses another
+MANIFEST = "manifest.json"
+DATA_FILES = ("trials.csv", "trials.json", "participants.csv", "participants.json", "exclusions.csv")
+CSV_NOTE = "free text starting with = + - @ is prefixed with ' (no spreadsheet formulas); the JSON is as stored"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExportManifest:
+    """An export's manifest.json, read and written here only."""
+
+    format_version: int = EXPORT_FORMAT
+    app: str = "facevoice"
+    app_version: str
+    study: str  # the study's title
+    csv: str = CSV_NOTE
+    study_toml_sha256: str
+    consent_version: str
+    consent_sha256: str
+    database: str  # sqlite or postgresql
+    exported_at: str  # UTC, ISO 8601
+    participants: int
+    trials: int
+    exclusions: int
+    by_source: dict[str, int] = field(default_factory=dict)  # participants per source
+    files: dict[str, str] = field(default_factory=dict)  # each file of DATA_FILES -> its sha256
+
+    def write(self, directory: Path) -> None:
+        (Path(directory) / MANIFEST).write_text(json.dumps(asdict(self), indent=2), encoding="utf-8")
+
+    @classmethod
+    def read(cls, directory: Path) -> ExportManifest:
+        """UsageError when `directory` holds no export; FormatError for a manifest of another format
+        (an export written before the format version was recorded is format 1)."""
+        path = Path(directory) / MANIFEST
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as e:
+            raise UsageError(f"{directory}: not a study export ({e})") from e
+        if not isinstance(raw, dict):
+            raise FormatError(f"{path}: not a study export's manifest (a JSON object)")
+        found = raw.get("format_version", 1)
+        if found != EXPORT_FORMAT:
+            raise FormatError(f"{path}: export format {found!r}; this facevoice reads format {EXPORT_FORMAT}")
+        names = {f.name for f in fields(cls)}
+        try:
+            return cls(**{k: v for k, v in raw.items() if k in names} | {"format_version": found})
+        except TypeError as e:
+            raise FormatError(f"{path}: not a study export's manifest ({e})") from e
 
 
 def app_version() -> str:
@@ -121,8 +173,8 @@ def _write_csv(path: Path, rows: list[dict], fields: tuple[str, ...]) -> None:
             w.writerow({k: cell(r.get(k)) for k in fields})
 
 
-def export(study: Study, store: Store, out: Path) -> dict:
-    """Writes the export to `out` -> the manifest."""
+def export(study: Study, store: Store, out: Path) -> ExportManifest:
+    """Writes the export to `out` -> its manifest."""
     out.mkdir(parents=True, exist_ok=True)
     participants, trials, exclusions = store.participants(), store.trials(), store.exclusions()
     known = {p.code for p in participants}
@@ -137,20 +189,14 @@ def export(study: Study, store: Store, out: Path) -> dict:
     (out / "trials.json").write_text(json.dumps(t_rows, indent=1), encoding="utf-8")
     # the JSON keeps what analyze needs as it was stored (the survey as a mapping)
     (out / "participants.json").write_text(json.dumps([p.__dict__ for p in participants], indent=1), encoding="utf-8")
-    files = {}
-    for name in ("trials.csv", "trials.json", "participants.csv", "participants.json", "exclusions.csv"):
-        files[name] = hashlib.sha256((out / name).read_bytes()).hexdigest()
-    manifest = {"app": "facevoice", "app_version": app_version(), "study": study.title,
-                "csv": "free text starting with = + - @ is prefixed with ' (no spreadsheet formulas); "
-                       "the JSON is as stored",
-                "study_toml_sha256": study.digest, "consent_version": study.consent.version,
-                "consent_sha256": study.consent.digest(), "database": store.kind,
-                "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "participants": len(participants), "trials": len(t_rows), "exclusions": len(exclusions),
-                "by_source": {s: sum(p.source == s for p in participants)
-                              for s in sorted({p.source for p in participants})},
-                "files": files}
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    manifest = ExportManifest(
+        app_version=app_version(), study=study.title, study_toml_sha256=study.digest,
+        consent_version=study.consent.version, consent_sha256=study.consent.digest(), database=store.kind,
+        exported_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        participants=len(participants), trials=len(t_rows), exclusions=len(exclusions),
+        by_source={s: sum(p.source == s for p in participants) for s in sorted({p.source for p in participants})},
+        files={name: hashlib.sha256((out / name).read_bytes()).hexdigest() for name in DATA_FILES})
+    manifest.write(out)
     return manifest
 
 
@@ -158,16 +204,14 @@ class ExportReader:
     """An export read back, with the Store's read methods `analyze` uses."""
 
     def __init__(self, directory: Path):
-        from facevoice.service.errors import UsageError
-
         directory = Path(directory)
+        self.manifest = ExportManifest.read(directory)
         try:
-            self.manifest = json.loads((directory / "manifest.json").read_text(encoding="utf-8"))
             people = json.loads((directory / "participants.json").read_text(encoding="utf-8"))
             rows = json.loads((directory / "trials.json").read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as e:
             raise UsageError(f"{directory}: not a study export ({e})") from e
-        for name, digest in self.manifest.get("files", {}).items():
+        for name, digest in self.manifest.files.items():
             if name.endswith(".json") and hashlib.sha256((directory / name).read_bytes()).hexdigest() != digest:
                 raise UsageError(f"{directory / name}: changed since it was exported "
                                  "(its sha256 is not the manifest's)")
@@ -185,17 +229,41 @@ class ExportReader:
         return [t for t in self._trials if code is None or t["code"] == code]
 
 
+@dataclass(frozen=True)
+class StudyExportOptions:
+    study: Path
+    out: Path  # the export directory
+    database: str | None = None  # sqlite:///PATH (default: STUDY_DIR/study.sqlite3) or postgresql://...
+
+
+@dataclass(frozen=True)
+class StudyExportResult:
+    study: Path
+    out: Path
+    manifest: ExportManifest
+
+    def summary(self) -> str:
+        m = self.manifest
+        return "\n".join([
+            f"exported {m.participants} participants ({', '.join(f'{k} {v}' for k, v in m.by_source.items())}), "
+            f"{m.trials} trials, {m.exclusions} exclusions to {self.out} (trials.csv, participants.csv, "
+            "exclusions.csv, the JSON and manifest.json)",
+            f"next: facevoice study analyze --study {self.study} --export {self.out} --out REPORT_DIR"])
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--study", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--database", help="sqlite:///PATH (default: STUDY_DIR/study.sqlite3) or postgresql://...")
 
 
+def study_export(opts: StudyExportOptions) -> StudyExportResult:
+    """`study export`: `export` of the study's database to `opts.out`."""
+    with opened(opts.study, opts.database) as (study, store):
+        manifest = export(study, store, opts.out)
+    return StudyExportResult(opts.study, opts.out, manifest)
+
+
 def run(args: argparse.Namespace) -> int:
-    with opened(args.study, args.database) as (study, store):
-        m = export(study, store, args.out)
-    print(f"exported {m['participants']} participants ({', '.join(f'{k} {v}' for k, v in m['by_source'].items())}), "
-          f"{m['trials']} trials, {m['exclusions']} exclusions to {args.out} (trials.csv, participants.csv, "
-          f"exclusions.csv, the JSON and manifest.json)")
-    print(f"next: facevoice study analyze --study {args.study} --export {args.out} --out REPORT_DIR")
+    print(study_export(options(StudyExportOptions, args)).summary())
     return 0

@@ -24,8 +24,10 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
+from facevoice.cli import options
 from facevoice.service.errors import UsageError
 from facevoice.study.config import EXPERIMENTS, load_study
 
@@ -187,45 +189,81 @@ def default_answers(questions: list[dict]) -> dict:
     return out
 
 
+@dataclass(frozen=True)
+class StudySimulateOptions:
+    study: Path
+    participants: int = 40
+    skill: str = "oracle"  # 'oracle' or a rate in [0, 1]
+    url: str | None = None  # a running `study serve` (None: the study served here on a free port)
+    database: str | None = None  # with no url: the database URL (default STUDY_DIR's SQLite)
+    admin_token_file: Path | None = None
+    seed: int = 0
+    spread: float = 0.1
+    lapse: float = 0.2
+    careless: float = 0.05
+    no_progress: bool = False
+
+
+@dataclass(frozen=True)
+class StudySimulateResult:
+    study: Path
+    skill: str
+    participants: list[dict]  # one per matcher: code, experiment, rate, careless, completion_code
+
+    @property
+    def per_experiment(self) -> dict[int, int]:
+        return {e: sum(r["experiment"] == e for r in self.participants) for e in EXPERIMENTS}
+
+    def summary(self) -> str:
+        careless = sum(r["careless"] for r in self.participants)
+        return "\n".join([
+            f"simulated {len(self.participants)} matchers (skill {self.skill}; {careless} careless): "
+            + ", ".join(f"experiment {e}: {n}" for e, n in self.per_experiment.items() if n),
+            f"next: facevoice study analyze --study {self.study} --out REPORT_DIR --sources simulated"])
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    o = StudySimulateOptions
     p.add_argument("--study", type=Path, required=True)
-    p.add_argument("--participants", type=int, default=40)
-    p.add_argument("--skill", default="oracle", help="'oracle' or a rate in [0, 1] (default oracle)")
+    p.add_argument("--participants", type=int, default=o.participants)
+    p.add_argument("--skill", default=o.skill, help="'oracle' or a rate in [0, 1] (default oracle)")
     p.add_argument("--url", help="a running `study serve` (default: serve the study here on a free port)")
     p.add_argument("--database", help="with no --url: the database URL (default STUDY_DIR's SQLite)")
     p.add_argument("--admin-token-file", type=Path)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--spread", type=float, default=0.1)
-    p.add_argument("--lapse", type=float, default=0.2)
-    p.add_argument("--careless", type=float, default=0.05)
+    p.add_argument("--seed", type=int, default=o.seed)
+    p.add_argument("--spread", type=float, default=o.spread)
+    p.add_argument("--lapse", type=float, default=o.lapse)
+    p.add_argument("--careless", type=float, default=o.careless)
     p.add_argument("--no-progress", action="store_true")
 
 
-def run(args: argparse.Namespace) -> int:
+def study_simulate(opts: StudySimulateOptions) -> StudySimulateResult:
+    """`study simulate`: `simulate` against --url, or against the study served here for the run."""
     from facevoice.study.serve import admin_token
 
-    if args.skill != "oracle":
+    if opts.skill != "oracle":
         try:
-            if not 0.0 <= float(args.skill) <= 1.0:
+            if not 0.0 <= float(opts.skill) <= 1.0:
                 raise ValueError
         except ValueError:
-            raise UsageError(f"--skill {args.skill!r}: 'oracle' or a rate between 0 and 1") from None
-    chooser = oracle_chooser(args.study) if args.skill == "oracle" else None
-    if args.skill == "oracle" and chooser is None:
+            raise UsageError(f"--skill {opts.skill!r}: 'oracle' or a rate between 0 and 1") from None
+    chooser = oracle_chooser(opts.study) if opts.skill == "oracle" else None
+    if opts.skill == "oracle" and chooser is None:
         raise UsageError("--skill oracle needs a synthetic corpus (its corpus.json has the generator); give a rate")
-    token, _ = admin_token(Path(args.study).resolve(), args.admin_token_file)
-    kw = dict(seed=args.seed, spread=args.spread, lapse=args.lapse, careless=args.careless, chooser=chooser,
-              progress=not args.no_progress)
+    token, _ = admin_token(Path(opts.study).resolve(), opts.admin_token_file)
+    kw = dict(seed=opts.seed, spread=opts.spread, lapse=opts.lapse, careless=opts.careless, chooser=chooser,
+              progress=not opts.no_progress)
     try:
-        if args.url:
-            results = simulate(Client(args.url, token), args.participants, args.skill, **kw)
+        if opts.url:
+            results = simulate(Client(opts.url, token), opts.participants, opts.skill, **kw)
         else:
-            with served(args.study, args.database, token) as url:
-                results = simulate(Client(url, token), args.participants, args.skill, **kw)
+            with served(opts.study, opts.database, token) as url:
+                results = simulate(Client(url, token), opts.participants, opts.skill, **kw)
     except Refused as e:
         raise UsageError(f"the study server answered {e}") from e
-    per = {e: sum(r["experiment"] == e for r in results) for e in EXPERIMENTS}
-    print(f"simulated {len(results)} matchers (skill {args.skill}; {sum(r['careless'] for r in results)} careless): "
-          + ", ".join(f"experiment {e}: {n}" for e, n in per.items() if n))
-    print(f"next: facevoice study analyze --study {args.study} --out REPORT_DIR --sources simulated")
+    return StudySimulateResult(opts.study, opts.skill, results)
+
+
+def run(args: argparse.Namespace) -> int:
+    print(study_simulate(options(StudySimulateOptions, args)).summary())
     return 0

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from facevoice.cli import options
 from facevoice.service.media import DEFAULT_LIMITS, decode_audio
 from facevoice.service.media.audio import resample
 from facevoice.service.media.errors import MediaError
@@ -92,24 +93,45 @@ def build_all(study: Study, people: dict, progress: bool = False) -> dict[int, d
     return {e: by_length[study.stimuli.seconds(e)] for e in study.experiments}
 
 
+@dataclass(frozen=True)
+class StudyBuildOptions:
+    study: Path  # the study directory (with study.toml)
+
+
+@dataclass(frozen=True)
+class StudyBuildResult:
+    stimuli_dir: Path
+    fill: str  # how a shorter speech was filled: silence or tile
+    seconds: dict[int, float]  # experiment -> its clips' length
+    clips: dict[int, dict[str, Built]]  # experiment -> identity -> its clip
+
+    def summary(self) -> str:
+        lines = []
+        for e, clips in self.clips.items():
+            measured = [b for b in clips.values() if b.source_seconds]
+            line = f"experiment {e}: {len(clips)} clips of {self.seconds[e]:g} s in {self.stimuli_dir}"
+            if measured:
+                speech = np.array([b.source_seconds for b in measured])
+                line += (f"; built {len(measured)}, speech {speech.min():.1f}-{speech.max():.1f} s "
+                         f"(median {np.median(speech):.1f}), {sum(b.filled for b in measured)} {self.fill}-filled")
+            lines.append(line)
+        return "\n".join(lines)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--study", type=Path, required=True, help="the study directory (with study.toml)")
 
 
-def run(args: argparse.Namespace) -> int:
+def study_build(opts: StudyBuildOptions, *, progress: bool = True) -> StudyBuildResult:
+    """`study build`: every stimulus person's clip at each experiment's length (`build_all`)."""
     from facevoice.study.config import load_study
     from facevoice.study.design import stimulus_people
 
-    study = load_study(args.study)
-    people = stimulus_people(study)
-    built = build_all(study, people, progress=True)
-    for e, clips in built.items():
-        measured = [b for b in clips.values() if b.source_seconds]
-        filled = sum(b.filled for b in measured)
-        line = f"experiment {e}: {len(clips)} clips of {study.stimuli.seconds(e):g} s in {study.stimuli_dir}"
-        if measured:
-            speech = np.array([b.source_seconds for b in measured])
-            line += (f"; built {len(measured)}, speech {speech.min():.1f}-{speech.max():.1f} s "
-                     f"(median {np.median(speech):.1f}), {filled} {study.stimuli.fill}-filled")
-        print(line)
+    study = load_study(opts.study)
+    built = build_all(study, stimulus_people(study), progress=progress)
+    return StudyBuildResult(study.stimuli_dir, study.stimuli.fill, {e: study.stimuli.seconds(e) for e in built}, built)
+
+
+def run(args: argparse.Namespace) -> int:
+    print(study_build(options(StudyBuildOptions, args)).summary())
     return 0

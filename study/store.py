@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from facevoice.service.errors import UsageError
+from facevoice.study.errors import Conflict  # a write that would change something already stored: 409
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS participants (
@@ -109,10 +110,6 @@ def platform_name(platform: str | None) -> str:
 def new_code() -> str:
     """A fresh participant code (CODE_ALPHABET, CODE_LENGTH): unguessable and safe to type."""
     return "".join(secrets.choice(CODE_ALPHABET) for _ in range(CODE_LENGTH))
-
-
-class Conflict(Exception):
-    """The write would change something already stored (a replay, a second submission)."""
 
 
 class TookPart(Conflict):

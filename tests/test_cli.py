@@ -158,3 +158,16 @@ def test_the_serve_process_starts_answers_and_drains_on_sigterm(stack):
         proc.kill()
     assert proc.returncode == 0
     assert "gRPC on 127.0.0.1:" in out and "draining" in out and "stopped after" in out
+
+
+def test_study_serve_refuses_a_real_run_without_the_consent_fields(tmp_path, capsys):
+    from devtools.study_helpers import make_study
+    from facevoice.cli import main
+
+    study = make_study(tmp_path / "study", tmp_path / "corpus")
+    toml = (study / "study.toml").read_text()
+    for line in ('ethics_approval = "TEST-IRB-1"\n', 'payment = "none (a test)"\n'):
+        toml = toml.replace(line, "")
+    (study / "study.toml").write_text(toml)
+    assert main(["study", "serve", "--study", str(study), "--port", "1"]) == 2
+    assert "facevoice study serve: " in (err := capsys.readouterr().err) and "lacks ethics_approval, payment" in err

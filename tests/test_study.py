@@ -20,13 +20,14 @@ from matplotlib import cbook
 from devtools.local_servers import LocalPostgres, LocalStudy
 from devtools.media_samples import encode, speech
 from devtools.study_helpers import answers, http, make_study
-from facevoice.cli import main
 from facevoice.service.corpus import read_identities, read_manifest
 from facevoice.service.errors import UsageError
 from facevoice.service.media.image import FaceImage, face_input_used
 from facevoice.study.analyze import MIN_N_INTERVAL, analyze, collect, participants_needed, table1
 from facevoice.study.config import load_study
+from facevoice.study.corpus import StudyCorpusOptions, study_corpus
 from facevoice.study.design import experiment_pairs, participant_trials, stimulus_people
+from facevoice.study.simulate import StudySimulateOptions, study_simulate
 from facevoice.study.store import Store
 
 TOKEN = LocalStudy.ADMIN_TOKEN
@@ -274,8 +275,7 @@ def test_uploads_are_checked_by_the_media_pipeline_and_become_a_corpus(server, t
     assert http(base, "POST", f"/api/participants/{code}/finish")[0] == 200
     kept = sorted(f.name for f in (server.study_dir / "recordings" / code).iterdir())
     assert kept == ["face-0.jpg", "voice-0.wav", "voice-1.wav"]  # the uploads themselves are not kept
-    args = ["--study", str(server.study_dir), "--out", str(tmp_path / "rec")]
-    assert main(["study", "corpus", *args, *(["--database", server.database] if server.database else [])]) == 0
+    study_corpus(StudyCorpusOptions(server.study_dir, tmp_path / "rec", database=server.database))
     items = read_manifest(tmp_path / "rec")
     assert Counter(i.modality for i in items) == {"voice": 2, "face": 1}
     (ident,) = read_identities(tmp_path / "rec")
@@ -317,8 +317,8 @@ def test_simulated_participants_give_back_their_accuracy(tmp_path, corpus, stack
     """The analysis recovers the rate the participants were given, excludes the careless ones,
     and our model answers the very trials they saw (through the service's Match)."""
     study_dir = make_study(tmp_path / "study", corpus[0])
-    assert main(["study", "simulate", "--study", str(study_dir), "--participants", "80", "--skill", "0.75",
-                 "--spread", "0.05", "--careless", "0", "--seed", "4", "--no-progress"]) == 0
+    study_simulate(StudySimulateOptions(study_dir, participants=80, skill="0.75", spread=0.05, careless=0, seed=4,
+                                        no_progress=True))
     study = load_study(study_dir)
     store = Store(study.database_url)
     try:
@@ -341,8 +341,7 @@ def test_simulated_participants_give_back_their_accuracy(tmp_path, corpus, stack
     assert "## Table 1" in report and "Tukey" in report and (tmp_path / "report" / "table1.png").stat().st_size > 5000
     # and chance gives chance
     study_dir2 = make_study(tmp_path / "chance", corpus[0])
-    assert main(["study", "simulate", "--study", str(study_dir2), "--participants", "24", "--skill", "0.5",
-                 "--careless", "0", "--seed", "5", "--no-progress"]) == 0
+    study_simulate(StudySimulateOptions(study_dir2, participants=24, skill="0.5", careless=0, seed=5, no_progress=True))
     store = Store(load_study(study_dir2).database_url)
     try:
         chance = analyze(load_study(study_dir2), store, tmp_path / "report2", sources=("simulated",))["table1"]

@@ -10,9 +10,6 @@ import csv
 import hashlib
 import io
 import json
-import os
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -27,6 +24,7 @@ from facevoice.study.analyze import accuracy, analyze, collect
 from facevoice.study.config import load_study
 from facevoice.study.design import stimulus_people
 from facevoice.study.export import ExportReader, export
+from facevoice.study.serve import StudyServeOptions, study_serve
 from facevoice.study.stimuli import RATE, TARGET_RMS_DB, build_all
 from facevoice.study.store import CODE_ALPHABET, Store, new_code
 
@@ -361,10 +359,8 @@ def test_serve_refuses_a_real_run_without_the_consent_fields(tmp_path, corpus):
     for line in ('ethics_approval = "TEST-IRB-1"\n', 'payment = "none (a test)"\n'):
         toml = toml.replace(line, "")
     (study / "study.toml").write_text(toml)
-    out = subprocess.run([sys.executable, "-m", "facevoice", "study", "serve", "--study", str(study), "--port", "1"],
-                         capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "FACEVOICE_STUDY_ADMIN_TOKEN": TOKEN})
-    assert out.returncode != 0 and "ethics_approval, payment" in out.stderr + out.stdout
+    with pytest.raises(UsageError, match="ethics_approval, payment"):
+        study_serve(StudyServeOptions(study, port=1))
     # --pilot serves the preview link only
     with LocalStudy(study, extra_args=("--pilot",)) as s:
         status, reply = http(s.url, "POST", "/api/participants", {"role": "match"})
@@ -455,7 +451,7 @@ def test_the_tidy_export_holds_every_trial_and_analyze_reads_it(tmp_path, corpus
     out = tmp_path / "export"
     trials = list(csv.DictReader((out / "trials.csv").open()))
     people = list(csv.DictReader((out / "participants.csv").open()))
-    assert len(trials) == manifest["trials"] == sum(1 for _ in json.loads((out / "trials.json").read_text()))
+    assert len(trials) == manifest.trials == sum(1 for _ in json.loads((out / "trials.json").read_text()))
     assert {r["participant"] for r in trials} == set(codes) and len(people) == 8
     row = trials[0]
     for column in ("platform_id", "experiment", "query_stimulus", "option0_stimulus", "clip_seconds", "served_at",
@@ -470,9 +466,9 @@ def test_the_tidy_export_holds_every_trial_and_analyze_reads_it(tmp_path, corpus
     assert second["survey_first_language"] == "'=HYPERLINK(1)"  # quoted in the CSV, as stored in the JSON
     assert {p_["survey"]["first_language"] for p_ in json.loads((out / "participants.json").read_text())} \
         >= {"=HYPERLINK(1)"}
-    for name, digest in manifest["files"].items():
+    for name, digest in manifest.files.items():
         assert hashlib.sha256((out / name).read_bytes()).hexdigest() == digest
-    assert manifest["study_toml_sha256"] == study.digest and manifest["app_version"]
+    assert manifest.study_toml_sha256 == study.digest and manifest.app_version
     # analyze reads the export and gets what it gets from the database
     reader = ExportReader(out)
     def accuracies(data):
