@@ -1,7 +1,7 @@
 """A history checker for the gallery, in the style of Jepsen's -> docs/reliability.md.
 
     python -m bench.history --model-repo models/demo --index-root demo/indexes --corpus demo/corpus \
-        --seconds 600 --log file redis
+        --seconds 600 --log file redis [--smoke] [--doc PATH]
 
 Two replicas (`facevoice serve` processes) share one gallery write log: the file log of their index
 root, or a Redis stream. For `--seconds`, on loopback:
@@ -48,6 +48,7 @@ from pathlib import Path
 import grpc
 
 from devtools.local_servers import LocalRedis, LocalService, LocalTriton
+from facevoice.cli import run_script
 from facevoice.v1 import facevoice_pb2 as pb
 
 INDETERMINATE = {"UNAVAILABLE", "DEADLINE_EXCEEDED", "INTERNAL", "UNKNOWN", "CANCELLED"}
@@ -351,9 +352,10 @@ def section(results: list[dict], command: str, machine_line: str) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     from bench.reliability import DOC
-    from bench.report import add_demo_arguments, machine, write_section
+    from bench.report import MADE, add_demo_arguments, machine, parse, publish, smoke_release
+    from facevoice.service.build import gallery_rows
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_demo_arguments(p)
@@ -361,19 +363,21 @@ def main() -> None:
     p.add_argument("--log", nargs="+", default=["file", "redis"], choices=["file", "redis"])
     p.add_argument("--triton", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args()
-    face = next(p for p in sorted((args.corpus).rglob("*.png")) if "canonical" not in p.name).read_bytes()
-    voice = sorted(args.corpus.rglob("*.wav"))[0].read_bytes()
+    p.add_argument("--fault-every", type=float, nargs=2, default=(4.0, 10.0), metavar=("MIN_S", "MAX_S"),
+                   help="the nemesis's pause between faults, drawn between these")
+    p.add_argument("--bound-s", type=float, default=5.0, help="how soon a write must be visible on every replica")
+    args = smoke_release(parse(p, argv, DOC, smoke={"corpus": MADE, "index_root": MADE, "seconds": 3.0,
+                                                    "fault_every": (1.0, 2.0), "bound_s": 2.0, "log": ["redis"]}))
+    rows = gallery_rows(args.corpus / "manifest.csv", None)  # a photo of the corpus (not its contact sheet)
+    face, voice = rows["face"][0].path.read_bytes(), rows["voice"][0].path.read_bytes()
     build = ["--gallery", str(args.corpus / "manifest.csv"), "--model-repo", str(args.model_repo), "--split", "test",
              "--modalities", "face"]
     results = [run_history(args.model_repo, args.index_root, face, voice, build, kind, args.seconds, args.seed,
-                           args.triton) for kind in args.log]
-    command = "python -m bench.history " + " ".join(sys.argv[1:])
-    body = section(results, command, machine())
-    print(body)
-    write_section("history", body, DOC)
-    print(f"written to {DOC}")
+                           args.triton, args.bound_s, tuple(args.fault_every)) for kind in args.log]
+    command = "python -m bench.history " + " ".join(sys.argv[1:] if argv is None else argv)
+    publish("history", section(results, command, machine()), args)
+    return 0 if not any(r["anomalies"] for r in results) else 1
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main, "python -m bench.history")

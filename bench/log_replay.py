@@ -1,6 +1,6 @@
 """Gallery write-log replay against log length -> docs/benchmarks.md (section log-replay).
 
-    python -m bench.log_replay --sizes 100000 1000000
+    python -m bench.log_replay --sizes 100000 1000000 [--smoke] [--doc PATH]
 
 For each size N, a log of N upserts (one item, a 64-d vector in each of two spaces, the shape of
 an UpsertItems of one photo) is written in the log's own record format (bulk, without an fsync per
@@ -26,8 +26,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from bench.report import machine, publish
+from bench.report import machine, parse, publish
 from devtools.local_servers import LocalRedis
+from facevoice.cli import run_script
 from facevoice.service.build import fold
 from facevoice.service.writelog import HEADER, Change, FileLog, IndexChange, RedisLog
 
@@ -87,11 +88,11 @@ def measure(make_log, n: int) -> dict:
     return {"replay": replay_s, "fold": fold_s, "head": head_s}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     p.add_argument("--no-redis", action="store_true")
-    args = p.parse_args()
+    args = parse(p, argv, smoke={"sizes": [200, 2000]})
     rows = []
     for n in args.sizes:
         work = Path(tempfile.mkdtemp(prefix="facevoice-log-bench-"))
@@ -126,8 +127,9 @@ def main() -> None:
               "entries (quadratic), `index build` folded the log once per space, and `head` decoded the "
               "whole log."]
     publish("log-replay", "## Gallery write log: replay against log length (`bench/log_replay.py`)\n\n"
-            + "\n".join(lines))
+            + "\n".join(lines), args)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main, "python -m bench.log_replay")

@@ -1,6 +1,7 @@
 """Reliability figures of the service -> docs/reliability.md (a benchmark, not a timed test).
 
-    python -m bench.reliability --model-repo models/demo --index-root demo/indexes --corpus demo/corpus
+    python -m bench.reliability --model-repo models/demo --index-root demo/indexes --corpus demo/corpus \
+        [--smoke] [--doc PATH]
 
 Every service runs as its own `facevoice serve` process on a private copy of the index root:
 - fuzz: mutated real WAV / PNG files (bit flips, truncation, splices, lying headers) through
@@ -30,8 +31,9 @@ from pathlib import Path
 
 import grpc
 
-from bench.report import add_demo_arguments, machine, sections_of
+from bench.report import MADE, SMOKE_NOTE, add_demo_arguments, machine, parse, sections_of, smoke_release
 from devtools.local_servers import Background, LocalRedis, LocalService, LocalTriton
+from facevoice.cli import run_script
 from facevoice.v1 import facevoice_pb2 as pb
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "reliability.md"
@@ -81,7 +83,7 @@ def requests_for(kind: str, data: bytes, good_face: bytes, good_voice: bytes):
 
 def corpus_media(corpus: Path) -> tuple[list[bytes], list[bytes], list[bytes]]:
     wavs = [p.read_bytes() for p in sorted(corpus.rglob("*.wav"))[:40]]
-    pngs = [p.read_bytes() for p in sorted(corpus.rglob("*.png"))[:40]]
+    pngs = [p.read_bytes() for p in sorted((corpus / "faces").rglob("*.png"))[:40]]  # not the contact sheet
     jpgs = []
     from io import BytesIO
 
@@ -168,9 +170,9 @@ def pct(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100)[q - 1] if len(values) > 1 else (values[0] if values else float("nan"))
 
 
-def soak(svc: LocalService, request, seconds: float) -> dict:
+def soak(svc: LocalService, request, seconds: float, probe_s: float = 15.0) -> dict:
     with Load(svc.stub, request, threads=8) as probe:
-        time.sleep(15)
+        time.sleep(probe_s)
     ok = [d for d in probe.done if d[2] == "OK"]
     max_qps = len(ok) / (ok[-1][0] - ok[0][0]) if len(ok) > 1 else 0.0
     target = 0.7 * max_qps
@@ -185,7 +187,7 @@ def soak(svc: LocalService, request, seconds: float) -> dict:
                             "p99_ms": pct(lat, 99), "errors": sum(1 for d in window if d[2] != "OK"),
                             "rss_mb": svc.rss_mb()})
             print(f"  soak minute {len(minutes)}: {minutes[-1]}", flush=True)
-    return {"max_qps": max_qps, "target_qps": target, "minutes": minutes}
+    return {"max_qps": max_qps, "target_qps": target, "probe_s": probe_s, "minutes": minutes}
 
 
 class Writer(Background):
@@ -237,25 +239,29 @@ def faults(args, root_copy, media_, voice: bytes, face: bytes) -> list[dict]:
     rows = []
     request = pb.SearchFacesRequest(voice=pb.Audio(data=voice), top_k=5)
     work = Path(tempfile.mkdtemp(prefix="facevoice-faults-"))
+    k = args.pause  # every wait below scaled by it (a smoke run's are shorter)
+
+    def pause(seconds: float) -> None:
+        time.sleep(seconds * k)
 
     # Redis killed and restarted (the write log and caches are there)
     redis = LocalRedis(data_dir=work / "redis").start()
     root = root_copy(work / "r1")
     svc = LocalService(args.model_repo, root, "--redis-url", redis.url, "--poll-s", "1").start()
     with Load(svc.stub, request) as load, Writer(svc.stub, face, "redis") as writer:
-        time.sleep(3)
+        pause(3)
         t0 = time.perf_counter()
         redis.kill()
-        time.sleep(3)
+        pause(3)
         redis = LocalRedis(port=redis.port, data_dir=work / "redis").start()
         back = time.perf_counter()
         n0 = len(writer.acked)
         while len(writer.acked) == n0 and time.perf_counter() - back < 30:
             time.sleep(0.05)
         write_recovery = time.perf_counter() - back
-        time.sleep(2)
+        pause(2)
     lost = len(set(writer.acked) - present(svc, writer.acked, voice))
-    rows.append({"fault": "Redis killed for 3 s, restarted on its AOF", "failed_searches": load.failed(t0),
+    rows.append({"fault": f"Redis killed for {3 * k:g} s, restarted on its AOF", "failed_searches": load.failed(t0),
                  "failed_writes": writer.failed, "recover_s": f"writes {write_recovery:.2f} after restart",
                  "acked": len(writer.acked), "lost": lost})
     svc.stop()
@@ -266,15 +272,15 @@ def faults(args, root_copy, media_, voice: bytes, face: bytes) -> list[dict]:
     root = root_copy(work / "r2")
     svc = LocalService(args.model_repo, root, "--triton-url", triton.grpc_url, "--gallery-log", "file").start()
     with Load(svc.stub, request) as load, Writer(svc.stub, face, "triton") as writer:
-        time.sleep(3)
+        pause(3)
         t0 = time.perf_counter()
         triton.kill()
-        time.sleep(3)
+        pause(3)
         triton.start()
         ready = time.perf_counter() - t0
         rec = recovery(load, t0)
     lost = len(set(writer.acked) - present(svc, writer.acked, voice))
-    rows.append({"fault": "Triton killed for 3 s, restarted", "failed_searches": load.failed(t0),
+    rows.append({"fault": f"Triton killed for {3 * k:g} s, restarted", "failed_searches": load.failed(t0),
                  "failed_writes": writer.failed,
                  "recover_s": f"{rec:.2f} from the kill (Triton ready again at {ready:.2f})",
                  "acked": len(writer.acked),
@@ -288,22 +294,22 @@ def faults(args, root_copy, media_, voice: bytes, face: bytes) -> list[dict]:
     build = [sys.executable, "-m", "facevoice", "index", "build", "--gallery", str(args.corpus / "manifest.csv"),
              "--model-repo", str(args.model_repo), "--out", str(root), "--split", "test", "--no-progress"]
     with Load(svc.stub, request) as load, Writer(svc.stub, face, "swap") as writer:
-        time.sleep(2)
+        pause(2)
         t0 = time.perf_counter()
         subprocess.run(build, check=True, stdout=subprocess.DEVNULL)
-        time.sleep(3)
+        pause(3)
         swap_failed = load.failed(t0)
         t1 = time.perf_counter()
         proc = subprocess.Popen(build, stdout=subprocess.DEVNULL)
-        time.sleep(4)
+        pause(4)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        time.sleep(2)
+        pause(2)
         killed_failed = load.failed(t1)
     lost = len(set(writer.acked) - present(svc, writer.acked, voice))
     rows.append({"fault": "index rebuilt and swapped under load", "failed_searches": swap_failed,
                  "failed_writes": 0, "recover_s": "0 (no failure)", "acked": len(writer.acked), "lost": lost})
-    rows.append({"fault": "rebuild SIGKILLed after 4 s", "failed_searches": killed_failed,
+    rows.append({"fault": f"rebuild SIGKILLed after {4 * k:g} s", "failed_searches": killed_failed,
                  "failed_writes": writer.failed,
                  "recover_s": "0 (the served version is untouched)", "acked": len(writer.acked), "lost": lost})
     svc.stop()
@@ -313,7 +319,7 @@ def faults(args, root_copy, media_, voice: bytes, face: bytes) -> list[dict]:
     a = LocalService(args.model_repo, root, "--gallery-log", "file", "--poll-s", "0.5").start()
     b = LocalService(args.model_repo, root, "--gallery-log", "file", "--poll-s", "0.5").start()
     with Writer(a.stub, face, "kill") as writer:
-        time.sleep(3)
+        pause(3)
     a.kill()
     t0 = time.perf_counter()
     a.start()
@@ -362,12 +368,14 @@ def base_size(svc: LocalService) -> int:
 
 
 # the report --------------------------------------------------------------------------------------
-def report(raw: dict) -> str:
+def report(raw: dict, note: str = "") -> str:
+    """The document's title and its own section (`<!-- bench:reliability -->`), from every part's
+    latest figures, `note` at its end."""
     fz, sk, fl, rp = (raw.get(k) for k in ("fuzz", "soak", "faults", "replication"))
-    lines = ["# Reliability", "", "Written by `python -m bench.reliability` (and its marked sections by "
+    lines = ["# Reliability", "", "Written by `python -m bench.reliability` (and its other marked sections by "
              "`python -m bench.log_damage` and `python -m bench.history`); every service runs as its own "
              "`facevoice serve` process on a private copy of the index root. Each section names the command and "
-             "machine that measured it.", ""]
+             "machine that measured it.", "", "<!-- bench:reliability -->"]
 
     def command(section: str) -> str:
         c = raw["commands"][section]
@@ -386,7 +394,7 @@ def report(raw: dict) -> str:
                   f"{', '.join(f'{r:.0f}' for _, r in fz['rss_by_1000'])} MB.", ""]
     if sk:
         lines += ["## Soak", "", command("soak"), "",
-                  f"Maximum SearchFaces QPS (8 clients, 15 s): {sk['max_qps']:.1f}; held at 70% "
+                  f"Maximum SearchFaces QPS (8 clients, {sk.get('probe_s', 15):g} s): {sk['max_qps']:.1f}; held at 70% "
                   f"({sk['target_qps']:.1f} QPS) for {len(sk['minutes'])} minutes.", "",
                   "| minute | calls | p50 ms | p99 ms | errors | RSS MB |", "|---|---|---|---|---|---|",
                   *[f"| {m['minute']} | {m['calls']} | {m['p50_ms']:.1f} | {m['p99_ms']:.1f} | {m['errors']} | "
@@ -405,19 +413,23 @@ def report(raw: dict) -> str:
                   "An upsert acknowledged by replica A, then polled on replica B until B "
                   "returns it.", "", "| log | writes | p50 ms | p99 ms |", "|---|---|---|---|",
                   *[f"| {r['log']} | {r['writes']} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} |" for r in rp], ""]
-    return "\n".join(lines)
+    return "\n".join([*lines, note]).rstrip() + "\n<!-- /bench:reliability -->"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_demo_arguments(p)
     p.add_argument("--fuzz", type=int, default=10_000)
     p.add_argument("--soak-s", type=float, default=600)
+    p.add_argument("--soak-probe-s", type=float, default=15.0, help="the maximum QPS's measurement before the soak")
     p.add_argument("--replication-writes", type=int, default=100)
-    p.add_argument("--doc", type=Path, default=DOC, help="where the report goes (its figures beside it as .json)")
+    p.add_argument("--pause", type=float, default=1.0, help="the faults' waits scaled by this")
     p.add_argument("--only", nargs="+", choices=["fuzz", "soak", "faults", "replication"],
                    default=["fuzz", "soak", "faults", "replication"])
-    args = p.parse_args()
+    # the report goes to --doc, its figures beside it as .json
+    args = smoke_release(parse(p, argv, DOC, smoke={
+        "corpus": MADE, "index_root": MADE, "fuzz": 40, "soak_s": 2.0, "soak_probe_s": 2.0,
+        "replication_writes": 3, "pause": 0.3}))
     rng = random.Random(0)
     media_ = corpus_media(args.corpus)
     voice, face = media_[0][0], media_[1][0]
@@ -437,7 +449,8 @@ def main() -> None:
                 fz = fuzz(svc, args.fuzz, media_, rng)
             if "soak" in args.only:
                 print("soak ...", flush=True)
-                sk = soak(svc, pb.SearchFacesRequest(voice=pb.Audio(data=voice), top_k=10), args.soak_s)
+                sk = soak(svc, pb.SearchFacesRequest(voice=pb.Audio(data=voice), top_k=10), args.soak_s,
+                          args.soak_probe_s)
         finally:
             svc.stop()
     if "faults" in args.only:
@@ -449,17 +462,21 @@ def main() -> None:
     shutil.rmtree(work, ignore_errors=True)
     doc, raw_path = args.doc, args.doc.with_suffix(".json")
     raw = json.loads(raw_path.read_text()) if raw_path.exists() else {"commands": {}}
-    here = {"command": f"python -m bench.reliability {' '.join(sys.argv[1:])}", "machine": machine()}
+    here = {"command": f"python -m bench.reliability {' '.join(sys.argv[1:] if argv is None else argv)}",
+            "machine": machine()}
     for name, result in (("fuzz", fz), ("soak", sk), ("faults", fl), ("replication", rp)):
         if result:
             raw[name], raw["commands"][name] = result, here
     raw_path.write_text(json.dumps(raw, indent=1) + "\n")
-    text = report(raw)
-    kept = sections_of(doc.read_text()) if doc.exists() else ""  # what bench.history and bench.log_damage wrote
+    text = report(raw, SMOKE_NOTE if args.smoke else "")
+    # what bench.history and bench.log_damage wrote
+    kept = sections_of(doc.read_text(), leaving=("reliability",)) if doc.exists() else ""
+    doc.parent.mkdir(parents=True, exist_ok=True)
     doc.write_text(text + ("\n\n" + kept if kept else "") + "\n")
     print(text)
     print(f"\nwrote {doc} and {raw_path}")
+    return 0 if fz is None or fz["alive"] else 1
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main, "python -m bench.reliability")

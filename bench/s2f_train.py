@@ -3,7 +3,7 @@ measures compute alone: one step of `train s2f` (Table 1 encoder forward and bac
 through the frozen decoder's first layer and face network's last layer, Adam). Baseline: the
 `small` config at batch 8 with one torch thread, same run.
 
-    python -m bench.s2f_train [--steps 10] [--paper-steps 3]
+    python -m bench.s2f_train [--steps 10] [--paper-steps 3] [--smoke] [--doc PATH]
 
 On a GPU host the same command runs the paper config in bf16 autocast, as `train s2f` does.
 """
@@ -16,12 +16,17 @@ import time
 import numpy as np
 import torch
 
-from bench.report import machine, publish, ratio_table
+from bench.report import machine, parse, publish, ratio_table
+from facevoice.cli import run_script
 from facevoice.training.speech2face.config import load_config
 from facevoice.training.speech2face.loss import s2f_loss, s2f_terms
 from facevoice.training.speech2face.model import FaceDecoder, FaceNet, VoiceEncoder
 
 PAPER_CLASSES = 2622  # VGG-Face's identities: the size of f_VGG's output in eq. (1)
+# every config's shapes made tiny (--smoke here, and bench.gpu_check's smoke)
+TINY = ("face.size=32", "face.widths=[4, 8, 8, 16, 16]", "face.fc=16", "decoder.first_layer=16",
+        "decoder.size=32", "decoder.base=4", "decoder.widths=[16, 8, 8, 8]", "voice.seconds=1.0",
+        "voice.widths=[4, 4, 8, 8, 8, 8, 16, 16, 16]")
 
 
 def pairs_per_s(config: str, batch: int, threads: int, steps: int, device: torch.device,
@@ -58,20 +63,22 @@ def pairs_per_s(config: str, batch: int, threads: int, steps: int, device: torch
     return batch / float(np.median(times))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=10, help="measured steps per small row")
     p.add_argument("--paper-steps", type=int, default=3, help="measured steps of the paper config")
-    args = p.parse_args()
+    p.add_argument("--batch", type=int, default=8, help="the baseline's batch (the larger row: 4 times it)")
+    args = parse(p, argv, smoke={"steps": 2, "paper_steps": 1, "batch": 2})  # smoke: every config's shapes tiny too
+    sets = TINY if args.smoke else ()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    cores = torch.get_num_threads()
-    rows = [("`small`, batch 8, 1 thread (baseline)", "small", 8, 1, args.steps),
-            (f"`small`, batch 8, {cores} threads", "small", 8, cores, args.steps),
-            (f"`small`, batch 32, {cores} threads", "small", 32, cores, args.steps),
-            (f"`paper` (Table 1, 6 s), batch 8, {cores} threads", "paper", 8, cores, args.paper_steps)]
+    cores, b = torch.get_num_threads(), args.batch
+    rows = [(f"`small`, batch {b}, 1 thread (baseline)", "small", b, 1, args.steps),
+            (f"`small`, batch {b}, {cores} threads", "small", b, cores, args.steps),
+            (f"`small`, batch {4 * b}, {cores} threads", "small", 4 * b, cores, args.steps),
+            (f"`paper` (Table 1, 6 s), batch {b}, {cores} threads", "paper", b, cores, args.paper_steps)]
     results = []
     for name, config, batch, threads, steps in rows:
-        results.append((name, pairs_per_s(config, batch, threads, steps, device)))
+        results.append((name, pairs_per_s(config, batch, threads, steps, device, sets)))
         print(f"{name}: {results[-1][1]:.2f} pairs/s", flush=True)
     paper = results[-1][1]
     days = 637_500 * 8 / paper / 86_400
@@ -84,8 +91,9 @@ forward and backward, eq. (1) through the frozen f_dec and f_VGG, Adam), median 
 The paper config's schedule, 637,500 iterations at batch 8, would take {days:,.0f} days at this rate.
 
 {ratio_table(results, "pairs/s", digits=2)}"""
-    publish(f"s2f-train-{device.type}", body)
+    publish(f"s2f-train-{device.type}", body, args)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main, "python -m bench.s2f_train")

@@ -1,7 +1,8 @@
 """Cost against gallery size: every plan the index planner considers, at 10k, 100k, 1M and 10M
 vectors, side by side in one run, with a PNG of latency, memory and recall against size.
 
-    python -m bench.scale --model-repo models/demo --corpus demo/corpus --real CORPUS [CORPUS ...]
+    python -m bench.scale --model-repo models/demo --corpus demo/corpus --real CORPUS [CORPUS ...] \
+        [--smoke] [--doc PATH]
 
 The 10k gallery is real: faces of the `--real` corpora embedded by the served face encoder. The
 larger ones are synthetic, matched to those embeddings: identity centres drawn from a Gaussian with
@@ -15,6 +16,7 @@ Per plan: build time (train, add, tune), bytes per item (the planner's count and
 resident memory and replica start-up of a fresh process reading the version (page cache dropped
 first when allowed), plain and memory-mapped; search p50 / p99 at batch 1 and QPS at batch 1,000;
 and, up to `--service-max` items, SearchFaces through `facevoice serve` at concurrency 1 and 32.
+The PNG goes to images/index/scale.png beside the `--doc` (docs/ by default).
 """
 
 from __future__ import annotations
@@ -32,26 +34,28 @@ import faiss
 import numpy as np
 from tqdm import tqdm
 
-from bench.report import machine, write_section
+from bench.report import MADE, machine, parse, smoke_release
+from bench.report import publish as publish_section
 from bench.search_service import ServeProcess, load
 from devtools.local_servers import rss_bytes
+from facevoice.cli import run_script
 from facevoice.service.build import embed_modality, gallery_rows
 from facevoice.service.embedder import Embedder
 from facevoice.service.gallery import Item
 from facevoice.service.planner import KINDS, ground_truth, plan_and_build, recall
-from facevoice.service.repository import FACE, VOICE, read_repository_manifest
+from facevoice.service.repository import FACE, VOICE, open_repository
 from facevoice.service.runners import EmbeddedRunner
 from facevoice.service.versions import load_version, publish, write_version
 from facevoice.v1 import facevoice_pb2 as pb
 
 PER_IDENTITY = 4
-IMAGES = Path(__file__).resolve().parent.parent / "docs" / "images" / "index"
+IMAGES = Path("images") / "index"  # the plot's place, relative to the document that shows it
 
 
 def real_embeddings(model_repo: Path, corpora: list[Path], faces: int, voices: int, work: Path
                     ) -> tuple[np.ndarray, list[str], np.ndarray]:
     """Face embeddings (with identities) and voice-query embeddings of real corpora."""
-    emb = Embedder(read_repository_manifest(model_repo), EmbeddedRunner(model_repo, 2))
+    emb = Embedder(open_repository(model_repo), EmbeddedRunner(model_repo, 2))
     f_rows, v_rows = [], []
     for c in corpora:
         rows = gallery_rows(c, None)
@@ -85,12 +89,16 @@ def synthetic(stats: dict, n: int, seed: int) -> np.ndarray:
     return out
 
 
-def probe(root: Path, version: str, model_version: str, mmap: bool, queries: np.ndarray, whole: bool) -> dict:
+def probe(root: Path, version: str, model_version: str, mmap: bool, queries: np.ndarray, whole: bool,
+          drop_caches: bool = True) -> dict:
     """Start-up and resident memory of a fresh process that reads the version's index (and, when
-    `whole`, the whole version as the service does: checksums, items, gallery)."""
+    `whole`, the whole version as the service does: checksums, items, gallery); the page cache
+    dropped first when allowed and `drop_caches` (a smoke run leaves the machine's cache alone)."""
     q = root / "probe-queries.npy"
     np.save(q, queries)
     try:
+        if not drop_caches:
+            raise OSError("not asked to")
         Path("/proc/sys/vm/drop_caches").write_text("3\n")
         cold = True
     except OSError:
@@ -170,7 +178,7 @@ def measure(args, x: np.ndarray, kind: str, tune_q: np.ndarray, eval_q: np.ndarr
     del index
     file_bytes = (root / "face" / version / "index.faiss").stat().st_size
     whole = len(x) <= args.service_max
-    plain, mapped = (probe(root, version, model_version, m, eval_q, whole) for m in (False, True))
+    plain, mapped = (probe(root, version, model_version, m, eval_q, whole, not args.smoke) for m in (False, True))
     svc = service(args, root, voices) if len(x) <= args.service_max else None
     shutil.rmtree(root)
     out = {"size": len(x), "kind": kind, "factory": plan.factory, "params": plan.params, "build_s": build_s,
@@ -180,11 +188,11 @@ def measure(args, x: np.ndarray, kind: str, tune_q: np.ndarray, eval_q: np.ndarr
     return out
 
 
-def kinds_for(size: int, hnsw_max: int, flat_max: int) -> list[str]:
-    return [k for k in KINDS if not (k == "hnsw" and size > hnsw_max) and not (k == "flat" and size > flat_max)]
+def kinds_for(size: int, hnsw_max: int, flat_max: int, kinds: tuple[str, ...] = KINDS) -> list[str]:
+    return [k for k in kinds if not (k == "hnsw" and size > hnsw_max) and not (k == "flat" and size > flat_max)]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model-repo", type=Path, default=Path("models/demo"))
     p.add_argument("--corpus", type=Path, default=Path("demo/corpus"), help="its voices are the service's queries")
@@ -192,6 +200,7 @@ def main() -> None:
     p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000, 10_000_000])
     p.add_argument("--hnsw-max", type=int, default=1_000_000, help="HNSW above this is not built (its build time)")
     p.add_argument("--flat-max", type=int, default=10_000_000)
+    p.add_argument("--kinds", nargs="+", default=KINDS, choices=KINDS, help="the plans measured (default all)")
     p.add_argument("--service-max", type=int, default=1_000_000,
                    help="SearchFaces through the service up to this size (its item table lives in Python)")
     p.add_argument("--min-recall", type=float, default=0.95)
@@ -202,24 +211,28 @@ def main() -> None:
     p.add_argument("--probe", nargs=4, help=argparse.SUPPRESS)
     p.add_argument("--mmap", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--whole", action="store_true", help=argparse.SUPPRESS)
-    args = p.parse_args()
+    args = parse(p, argv, smoke={"corpus": MADE, "sizes": [1000], "seconds": 0.3, "service_max": 1000,
+                                 "kinds": ["flat", "ivf-pq"]})  # smoke: the exact baseline and the most involved plan
     if args.probe:
-        return run_probe(*args.probe, mmap=args.mmap, whole=args.whole)
-    data = json.loads(args.results.read_text()) if args.results else run(args)
-    body = report(data)
-    plot(data["plans"], IMAGES / "scale.png")
-    print(body)
-    print(f"wrote {write_section('scale', body)} and {IMAGES / 'scale.png'}")
+        run_probe(*args.probe, mmap=args.mmap, whole=args.whole)
+        return 0
+    data = json.loads(args.results.read_text()) if args.results else run(smoke_release(args))
+    image = args.doc.parent / IMAGES / "scale.png"
+    plot(data["plans"], image)
+    publish_section("scale", report(data), args)
+    print(f"and {image}")
+    return 0
 
 
 def run(args) -> dict:
     start = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="facevoice-scale-"))
-    manifest = read_repository_manifest(args.model_repo)
+    manifest = open_repository(args.model_repo)
     model_version = manifest.space(FACE).version
     real, identities, queries = real_embeddings(args.model_repo, args.real or [args.corpus], max(args.sizes[0], 1),
                                                 2000, work)
-    tune_q, eval_q = queries[:1000], queries[1000:]
+    half = min(1000, len(queries) // 2)  # 1,000 tune and the rest measure; half each of fewer (a smoke's corpus)
+    tune_q, eval_q = queries[:half], queries[half:]
     stats = fit(real, identities)
     rows = gallery_rows(args.corpus, ["test"])
     voices = [r.path.read_bytes() for r in rows.get("voice", [])][:16]
@@ -232,14 +245,14 @@ def run(args) -> dict:
         for size in args.sizes:
             x = real[:size] if size <= len(real) else synthetic(stats, size, size)
             truth = ground_truth(x, eval_q, "l2", 10)
-            for kind in kinds_for(size, args.hnsw_max, args.flat_max):
+            for kind in kinds_for(size, args.hnsw_max, args.flat_max, args.kinds):
                 plans.append(measure(args, x, kind, tune_q, eval_q, truth, model_version, work, voices))
             del x
     finally:
         shutil.rmtree(work, ignore_errors=True)
     data = {"command": " ".join(["python -m bench.scale", *sys.argv[1:]]), "machine": machine(),
             "real": len(real), "check": check, "plans": plans, "seconds": time.perf_counter() - start}
-    out = args.out or Path(tempfile.gettempdir()) / "facevoice-scale.json"
+    out = args.out or (args.doc.parent if args.smoke else Path(tempfile.gettempdir())) / "facevoice-scale.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(data, indent=1))
     print(f"results in {out}")
@@ -360,4 +373,4 @@ def plot(plans: list[dict], path: Path) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main, "python -m bench.scale")

@@ -1,6 +1,7 @@
 """Where one SearchFaces call's time goes, and issue 20's serving-overhead target, in one run.
 
-    python -m bench.search_breakdown --model-repo models/demo --corpus demo/corpus --index-root demo/indexes
+    python -m bench.search_breakdown --model-repo models/demo --corpus demo/corpus --index-root demo/indexes \
+        [--smoke] [--doc PATH]
 
 At concurrency 1: the client's latency, the server's own per-stage histograms (from its /metrics),
 and the raw parts measured in the same run (decoding alone, the voice encoder called on Triton
@@ -27,11 +28,12 @@ import tritonclient.grpc as tc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tqdm import tqdm
 
-from bench.report import machine, write_section
+from bench.report import MADE, add_demo_arguments, machine, parse, publish, smoke_release
 from bench.search_service import ServeProcess, load
 from devtools.local_servers import LocalTriton, free_port
+from facevoice.cli import run_script
 from facevoice.service.embedder import Embedder
-from facevoice.service.repository import FACE, VOICE, read_repository_manifest
+from facevoice.service.repository import FACE, VOICE, open_repository
 from facevoice.service.runners import EmbeddedRunner
 from facevoice.service.versions import current_version, load_version
 from facevoice.v1 import facevoice_pb2 as pb
@@ -67,17 +69,15 @@ def server_stages(metrics_url: str) -> dict[str, tuple[float, float]]:
     return out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model-repo", type=Path, default=Path("models/demo"))
-    p.add_argument("--corpus", type=Path, default=Path("demo/corpus"))
-    p.add_argument("--index-root", type=Path, default=Path("demo/indexes"))
+    add_demo_arguments(p)
     p.add_argument("--calls", type=int, default=300)
     p.add_argument("--seconds", type=float, default=4.0, help="per cell at concurrency 32")
     p.add_argument("--threads", type=int, default=1, help="the service's FAISS and onnxruntime threads")
-    args = p.parse_args()
+    args = smoke_release(parse(p, argv, smoke={"corpus": MADE, "index_root": MADE, "calls": 10, "seconds": 0.5}))
     faiss.omp_set_num_threads(args.threads)
-    manifest = read_repository_manifest(args.model_repo)
+    manifest = open_repository(args.model_repo)  # checked, its detector files found
     with open(args.corpus / "manifest.csv", newline="") as f:
         rows = [r for r in csv.DictReader(f) if r["split"] == "test" and r["modality"] == "voice"][:16]
     voices = [(args.corpus / r["path"]).read_bytes() for r in rows]
@@ -129,9 +129,8 @@ def main() -> None:
                   flush=True)
     finally:
         triton.stop()
-    body = report(args, raw, raw32, results)
-    print(body)
-    print(f"wrote {write_section('search_breakdown', body)}")
+    publish("search_breakdown", report(args, raw, raw32, results), args)
+    return 0
 
 
 def report(args, raw: dict, raw32: dict, results: dict) -> str:
@@ -178,4 +177,4 @@ def report(args, raw: dict, raw32: dict, results: dict) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main, "python -m bench.search_breakdown")

@@ -2,7 +2,7 @@
 at concurrency 1, 8 and 32, galleries of 10k and 1M, embedded default and Triton path; and the
 index build's items/s against the encoder's raw batched throughput. All in one run.
 
-    python -m bench.search_service --model-repo demo/model_repo --corpus demo/corpus
+    python -m bench.search_service --model-repo models/demo --corpus demo/corpus [--smoke] [--doc PATH]
 
 The gallery vectors are synthetic (clustered, like embeddings; the demo corpus has 1,200 faces),
 the queries are real voices through the real encoder. No cache (Redis off): every query embeds.
@@ -25,12 +25,14 @@ import grpc
 import numpy as np
 import tritonclient.grpc as tc
 
-from bench.report import machine, write_section
+from bench.report import MADE, machine, parse, smoke_release
+from bench.report import publish as publish_section
 from devtools.local_servers import LocalTriton, free_port, wait_for
+from facevoice.cli import run_script
 from facevoice.service.embedder import Embedder
 from facevoice.service.gallery import Item
 from facevoice.service.planner import plan_and_build
-from facevoice.service.repository import FACE, VOICE, read_repository_manifest
+from facevoice.service.repository import FACE, VOICE, open_repository
 from facevoice.service.runners import EmbeddedRunner
 from facevoice.service.versions import current_version, publish, read_meta, write_version
 from facevoice.v1 import facevoice_pb2 as pb
@@ -109,17 +111,18 @@ def gallery_root(root: Path, vectors: np.ndarray, model_version: str) -> dict:
     return {"kind": plan.kind, "params": plan.params, "recall": plan.recall_at_10, "index": index}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model-repo", type=Path, default=Path("demo/model_repo"))
+    p.add_argument("--model-repo", type=Path, default=Path("models/demo"))
     p.add_argument("--corpus", type=Path, default=Path("demo/corpus"))
     p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 1_000_000])
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     p.add_argument("--seconds", type=float, default=4.0)
     p.add_argument("--threads", type=int, default=1, help="FAISS and onnxruntime threads")
-    args = p.parse_args()
+    args = smoke_release(parse(p, argv, smoke={"corpus": MADE, "sizes": [1000], "concurrency": [1, 4],
+                                               "seconds": 0.5}))
     faiss.omp_set_num_threads(args.threads)
-    manifest = read_repository_manifest(args.model_repo)
+    manifest = open_repository(args.model_repo)  # checked, its detector files found
     with open(args.corpus / "manifest.csv", newline="") as f:
         rows = [r for r in csv.DictReader(f) if r["split"] == "test"]
     voices = [(args.corpus / r["path"]).read_bytes() for r in rows if r["modality"] == "voice"][:16]
@@ -172,8 +175,8 @@ def main() -> None:
     finally:
         triton.stop()
         shutil.rmtree(work, ignore_errors=True)
-    path = write_section("search_service", report(args, results, notes, build))
-    print(f"wrote {path}")
+    publish_section("search_service", report(args, results, notes, build), args)
+    return 0
 
 
 def build_throughput(args, embedder: Embedder, faces: list[bytes], triton: LocalTriton) -> dict:
@@ -204,7 +207,7 @@ def build_throughput(args, embedder: Embedder, faces: list[bytes], triton: Local
 def report(args, results: list[dict], notes: list[str], build: dict) -> str:
     lines = ["## Retrieval service: SearchFaces against its raw parts", "",
              f"Command: `python -m bench.search_service --model-repo {args.model_repo} --corpus {args.corpus}` on "
-             f"{machine()}; {args.seconds:.0f} s per cell; FAISS and onnxruntime {args.threads} thread(s); "
+             f"{machine()}; {args.seconds:g} s per cell; FAISS and onnxruntime {args.threads} thread(s); "
              "client threads run on the same 2 cores as the server.", "",
              *[f"- {n}" for n in notes], "",
              "Baseline per row: the same voice encoder called on Triton directly (pre-decoded input) plus the same "
@@ -234,4 +237,4 @@ def report(args, results: list[dict], notes: list[str], build: dict) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main, "python -m bench.search_service")

@@ -1,6 +1,6 @@
 """The human study under load -> docs/benchmarks.md (section study-load) and docs/study.md's figures.
 
-    python -m bench.study_load --participants 300
+    python -m bench.study_load --participants 300 [--smoke] [--doc PATH]
 
 Two `facevoice study serve` replicas on one real PostgreSQL, as deploy/compose.yaml runs them
 (without the TLS proxy, so no TLS cost is measured; each participant goes to a replica in turn,
@@ -33,9 +33,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from bench.report import machine, publish
+from bench.report import machine, parse, publish
 from devtools.local_servers import LocalPostgres, LocalStudy
 from devtools.study_helpers import answers, make_study
+from facevoice.cli import run_script
 from facevoice.training.corpus.synth import SynthConfig, build_corpus
 
 
@@ -163,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--replicas", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-publish", action="store_true")
-    args = ap.parse_args(argv)
+    args = parse(ap, argv, smoke={"participants": 3})
     tmp = Path(tempfile.mkdtemp(prefix="facevoice-study-load-"))
     print("building a 40-person synthetic corpus for the stimuli ...")
     corpus = tmp / "corpus"
@@ -209,11 +210,11 @@ def main(argv: list[str] | None = None) -> int:
         f"| errors | {s['error_count']} {s['errors'][:3] if s['errors'] else ''} |",
         f"| wall time | {seconds:.0f} s |"])
     if not args.no_publish:
-        publish("study-load", body)
+        publish("study-load", body, args)
     else:
         print(body)
     return 0 if s["answers_lost"] == 0 and s["duplicates"] == 0 else 1
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_script(main, "python -m bench.study_load")
