@@ -22,7 +22,7 @@ def voice():
 def test_each_format_is_sniffed_and_decodes_to_the_same_speech(voice):
     x, sr, files = voice
     expected = {"mp3": "mp3", "m4a": "mp4", "webm-opus": "matroska", "ogg-opus": "ogg", "mp4-video": "mp4",
-                "mkv-video": "matroska"}
+                "mkv-video": "matroska", "webm-video": "matroska"}
     for name, data in files.items():
         assert sniff(data) == expected[name]
         y, rate = decode_audio(data)
