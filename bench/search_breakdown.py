@@ -14,7 +14,6 @@ Embedded default and Triton path.
 from __future__ import annotations
 
 import argparse
-import csv
 import re
 import tempfile
 import time
@@ -32,6 +31,7 @@ from bench.report import MADE, add_demo_arguments, machine, parse, publish, smok
 from bench.search_service import ServeProcess, load
 from devtools.local_servers import LocalTriton, free_port
 from facevoice.cli import run_script
+from facevoice.service.corpus import read_manifest
 from facevoice.service.embedder import Embedder
 from facevoice.service.repository import FACE, VOICE, open_repository
 from facevoice.service.runners import EmbeddedRunner
@@ -78,9 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     args = smoke_release(parse(p, argv, smoke={"corpus": MADE, "index_root": MADE, "calls": 10, "seconds": 0.5}))
     faiss.omp_set_num_threads(args.threads)
     manifest = open_repository(args.model_repo)  # checked, its detector files found
-    with open(args.corpus / "manifest.csv", newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r["split"] == "test" and r["modality"] == "voice"][:16]
-    voices = [(args.corpus / r["path"]).read_bytes() for r in rows]
+    rows = [r for r in read_manifest(args.corpus) if r.split == "test" and r.modality == "voice"][:16]
+    voices = [(args.corpus / r.path).read_bytes() for r in rows]
     embedder = Embedder(manifest, EmbeddedRunner(args.model_repo, threads=args.threads))
     wave = embedder.decode(VOICE, voices[0])[None]
     info = manifest.space(VOICE).network

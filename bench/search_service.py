@@ -11,7 +11,6 @@ the queries are real voices through the real encoder. No cache (Redis off): ever
 from __future__ import annotations
 
 import argparse
-import csv
 import shutil
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from bench.report import MADE, machine, parse, smoke_release
 from bench.report import publish as publish_section
 from devtools.local_servers import LocalTriton, free_port, wait_for
 from facevoice.cli import run_script
+from facevoice.service.corpus import read_manifest
 from facevoice.service.embedder import Embedder
 from facevoice.service.gallery import Item
 from facevoice.service.planner import plan_and_build
@@ -123,10 +123,9 @@ def main(argv: list[str] | None = None) -> int:
                                                "seconds": 0.5}))
     faiss.omp_set_num_threads(args.threads)
     manifest = open_repository(args.model_repo)  # checked, its detector files found
-    with open(args.corpus / "manifest.csv", newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r["split"] == "test"]
-    voices = [(args.corpus / r["path"]).read_bytes() for r in rows if r["modality"] == "voice"][:16]
-    faces = [(args.corpus / r["path"]).read_bytes() for r in rows if r["modality"] == "face"]
+    rows = [r for r in read_manifest(args.corpus) if r.split == "test"]
+    voices = [(args.corpus / r.path).read_bytes() for r in rows if r.modality == "voice"][:16]
+    faces = [(args.corpus / r.path).read_bytes() for r in rows if r.modality == "face"]
     embedder = Embedder(manifest, EmbeddedRunner(args.model_repo, threads=args.threads))
     wave = embedder.decode(VOICE, voices[0])[None]
     dim = manifest.space(VOICE).dim
@@ -189,8 +188,7 @@ def build_throughput(args, embedder: Embedder, faces: list[bytes], triton: Local
         for s in range(0, len(x), 16):
             embedder.embed(FACE, x[s:s + 16])
     raw = 5 * len(x) / (time.perf_counter() - t)
-    with open(args.corpus / "manifest.csv", newline="") as f:
-        items = sum(r["modality"] == "face" for r in csv.DictReader(f))
+    items = sum(r.modality == "face" for r in read_manifest(args.corpus))
     out = {}
     for path, extra in (("embedded", {}), ("triton", {"triton_url": triton.grpc_url, "concurrency": 4})):
         root = Path(tempfile.mkdtemp(prefix="facevoice-build-"))

@@ -111,12 +111,12 @@ class Trained:
 def retrain(stage: Stages, recipe: Recipe, out: Path, progress: bool) -> Trained:
     """The recipe's whole pipeline up to the exported models: corpora, backbones, association,
     its evaluation on the demo corpus's test split, Speech2Face's three networks, theirs, export."""
-    from facevoice.training.association.evaluate import EvalAssociationOptions, eval_association
+    from facevoice.training.association.evaluate import EvalAssociationOptions, EvalAssociationResult, eval_association
     from facevoice.training.association.pretrain import TrainBackbonesOptions, train_backbones
     from facevoice.training.association.train import TrainAssociationOptions, train_association
     from facevoice.training.export.command import ExportOptions, export_repository
     from facevoice.training.speech2face.decoder import TrainFaceDecoderOptions, train_face_decoder
-    from facevoice.training.speech2face.evaluate import EvalS2FOptions, eval_s2f
+    from facevoice.training.speech2face.evaluate import EvalS2FOptions, EvalS2FResult, eval_s2f
     from facevoice.training.speech2face.features import TrainFaceFeaturesOptions, train_face_features
     from facevoice.training.speech2face.train import TrainS2FOptions, train_s2f
 
@@ -164,8 +164,8 @@ def retrain(stage: Stages, recipe: Recipe, out: Path, progress: bool) -> Trained
         shutil.rmtree(repo, ignore_errors=True)
     stage.run("export", repo / REPOSITORY_MANIFEST, ("export",), export_repository,
               ExportOptions(association=assoc, s2f=s2f, out=repo))
-    figures = rel.figures(json.loads((assoc / "report" / "metrics.json").read_text()),
-                          json.loads((s2f / "report" / "metrics.json").read_text()))
+    figures = rel.figures(EvalAssociationResult.read(assoc / "report").metrics,
+                          EvalS2FResult.read(s2f / "report").metrics)
     return Trained(corpus, train_corpus, runs, repo, figures)
 
 

@@ -32,7 +32,7 @@ SETTINGS = {f"FACEVOICE_{f.name.upper()}": f.name for f in fields(ServeConfig)}
 DEFAULTS = ServeConfig()
 
 
-def parses_as_cli(argv: list[str]) -> None:
+def parses_as_a_command_line(argv: list[str]) -> None:
     """The arguments are a real `facevoice` command line (argparse exits on anything else)."""
     build_parser(argv).parse_args(argv)
 
@@ -70,7 +70,7 @@ def test_the_study_image_serves_the_study():
     entry = json.loads(next(a for k, a in steps if k == "ENTRYPOINT"))
     cmd = json.loads(next(a for k, a in steps if k == "CMD"))
     assert entry == ["facevoice"] and cmd[:2] == ["study", "serve"]
-    parses_as_cli(cmd)
+    parses_as_a_command_line(cmd)
     assert {int(p) for k, a in steps if k == "EXPOSE" for p in a.split()} == {8600}
     assert next(a for k, a in steps if k == "USER") not in ("root", "0")
     copies = " ".join(a for k, a in steps if k == "COPY")
@@ -91,10 +91,10 @@ def test_dockerfile_matches_the_service():
     entry = json.loads(next(a for k, a in steps if k == "ENTRYPOINT"))
     cmd = json.loads(next(a for k, a in steps if k == "CMD"))
     assert entry == ["facevoice"]
-    parses_as_cli(cmd)
+    parses_as_a_command_line(cmd)
     health = json.loads(next(a for k, a in steps if k == "HEALTHCHECK").split("CMD", 1)[1])
     assert health[0] == "facevoice"
-    parses_as_cli(health[1:])
+    parses_as_a_command_line(health[1:])
     env = dict(re.findall(r"(FACEVOICE_\w+)=(\S+)", " ".join(a for k, a in steps if k == "ENV")))
     cfg = check_settings(env)
     exposed = {int(p) for k, a in steps if k == "EXPOSE" for p in a.split()}
@@ -136,7 +136,7 @@ def test_compose_matches_the_service():
                              "study-db", "study", "study-proxy"}  # the study's: tests/test_study_deploy.py
     svc = services["facevoice"]
     cfg = check_settings(svc["environment"])
-    parses_as_cli(svc["command"])
+    parses_as_a_command_line(svc["command"])
     assert {f"{cfg.port}:{cfg.port}", f"{cfg.metrics_port}:{cfg.metrics_port}"} == set(svc["ports"])
     mounts = {v.split(":")[1]: v.split(":")[0] for v in svc["volumes"]}
     assert str(cfg.model_repo) in mounts and str(cfg.index_root) in mounts
@@ -144,12 +144,12 @@ def test_compose_matches_the_service():
     assert host == "triton" and f"{port}:{port}" in services["triton"]["ports"]
     assert urllib.parse.urlparse(cfg.redis_url).hostname == "redis"
     job = services["index-build"]
-    parses_as_cli(job["command"])
+    parses_as_a_command_line(job["command"])
     args = job["command"]
     assert args[args.index("--triton-url") + 1] == cfg.triton_url
     assert args[args.index("--out") + 1] == str(cfg.index_root) and job["profiles"] == ["jobs"]
     assert "--model-repository=/models" in services["triton"]["command"]
-    parses_as_cli(services["index-prune"]["command"])
+    parses_as_a_command_line(services["index-prune"]["command"])
     # the gallery write log's Redis: durable, and nothing without a TTL evicted
     redis_durable(services["redis"]["command"][1:])
     assert "redis-data:/data" in services["redis"]["volumes"]
@@ -208,7 +208,7 @@ def test_kubernetes_base_matches_the_service():
     config = check_settings(objects[("ConfigMap", "facevoice")]["data"])
     deploy = objects[("Deployment", "facevoice")]["spec"]["template"]["spec"]
     container = deploy["containers"][0]
-    parses_as_cli(container["args"])
+    parses_as_a_command_line(container["args"])
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"grpc": config.port, "metrics": config.metrics_port}
     for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
@@ -224,8 +224,8 @@ def test_kubernetes_base_matches_the_service():
     assert 8001 in triton_ports and urllib.parse.urlparse(config.redis_url).hostname == "redis"
     job = objects[("CronJob", "index-rebuild")]["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     build, prune = job["initContainers"][0]["args"], job["containers"][0]["args"]
-    parses_as_cli(build)
-    parses_as_cli(prune)
+    parses_as_a_command_line(build)
+    parses_as_a_command_line(prune)
     assert build[:2] == ["index", "build"] and prune[:2] == ["index", "prune"]
     redis = objects[("Deployment", "redis")]["spec"]["template"]["spec"]
     redis_durable(redis["containers"][0]["args"])
@@ -247,9 +247,9 @@ def test_sharded_build_jobs_match_the_cli():
     args = shards["spec"]["template"]["spec"]["containers"][0]["args"]
     assert f"$(JOB_COMPLETION_INDEX)/{n}" in args  # Kubernetes sets the index; it fills in the argument
     for i in (0, n - 1):
-        parses_as_cli([a.replace("$(JOB_COMPLETION_INDEX)", str(i)) for a in args])
+        parses_as_a_command_line([a.replace("$(JOB_COMPLETION_INDEX)", str(i)) for a in args])
     merge_args = merge["spec"]["template"]["spec"]["containers"][0]["args"]
-    parses_as_cli(merge_args)
+    parses_as_a_command_line(merge_args)
     assert merge_args[:2] == ["index", "merge"] and merge_args[merge_args.index("--shards") + 1] == str(n)
     same = ("--gallery", "--model-repo", "--out")
     assert all(args[args.index(f) + 1] == merge_args[merge_args.index(f) + 1] for f in same)

@@ -19,6 +19,7 @@ from facevoice.service.checksums import ChecksumMismatch
 from facevoice.service.errors import FormatError, UsageError
 from facevoice.service.repository import network_file, open_repository, read_repository_manifest
 from facevoice.service.serve import Running, ServeConfig
+from facevoice.training.association.evaluate import EvalAssociationResult
 
 FIGURES = {"association V->F 1:2 G": {"value": 0.55, "interval": [0.5, 0.6], "what": "x"},
            "s2f gender agreement": {"value": 0.8, "interval": None, "what": "y"}}
@@ -264,7 +265,7 @@ def test_retrain_releases_what_the_default_demo_then_serves(tmp_path, capsys):
     assert f"released to {dest}" in text and "the true identity is rank" in text
     release, _ = rel.verify_release(dest)
     assert release == made.released
-    metrics = json.loads((out / "runs" / "association" / "report" / "metrics.json").read_text())
+    metrics = EvalAssociationResult.read(out / "runs" / "association" / "report").metrics
     assert release.figures["association V->F 1:2 -"]["value"] == metrics["matching"]["v2f"]["-"]["accuracy"]
     assert release.corpus["seed"] == 5 and release.corpus["identities"] == 30
     # the models train on a corpus of their own and are evaluated on the served one, new to them

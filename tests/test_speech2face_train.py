@@ -4,7 +4,6 @@ encoder, through the verbs' functions, with resume and clear errors for wrong fi
 from __future__ import annotations
 
 import csv
-import json
 
 import numpy as np
 import pytest
@@ -13,7 +12,7 @@ from facevoice.service.errors import CorpusError, FormatError, UsageError
 from facevoice.training.runs import RunInfo
 from facevoice.training.speech2face.config import load_config
 from facevoice.training.speech2face.decoder import TrainFaceDecoderOptions, train_face_decoder
-from facevoice.training.speech2face.evaluate import EvalS2FOptions, eval_s2f
+from facevoice.training.speech2face.evaluate import EvalS2FOptions, EvalS2FResult, eval_s2f
 from facevoice.training.speech2face.features import TrainFaceFeaturesOptions, train_face_features
 from facevoice.training.speech2face.train import TrainS2FOptions, train_s2f
 from tests.toy_corpus import build_toy_corpus
@@ -191,7 +190,7 @@ def test_evaluation_report(nets, toy, tmp_path):
     for heading in ("Feature similarity (Table 2)", "S2F -> face retrieval (Table 3)", "Attribute agreement",
                     "Cross-check"):
         assert heading in text
-    m = json.loads((report / "metrics.json").read_text())
+    m = EvalS2FResult.read(report).metrics
     assert set(m["similarity"]) == {"1s", "2s"}
     # one photo per person (6) in the paper's protocol, all 12 in the other; no generator, no oracle
     r = m["retrieval"]

@@ -29,7 +29,7 @@ import torch
 from tqdm import tqdm
 
 from facevoice.cli import options
-from facevoice.service.errors import UsageError
+from facevoice.service.errors import FormatError, UsageError
 from facevoice.training.association.data import EXACT
 from facevoice.training.corpus.oracle import corpus_people, face_render, identity_scores
 from facevoice.training.runs import RunInfo, pick_device
@@ -51,6 +51,7 @@ from facevoice.training.speech2face.measures import (
 from facevoice.training.speech2face.model import FaceDecoder
 from facevoice.training.speech2face.train import voice_features
 
+METRICS = "metrics.json"
 
 @dataclass(frozen=True)
 class EvalS2FOptions:
@@ -73,6 +74,8 @@ class EvalS2FOptions:
 
 @dataclass(frozen=True)
 class EvalS2FResult:
+    """The evaluation, as OUT/metrics.json holds it: written and read only here."""
+
     out: Path  # the report directory
     metrics: dict  # what metrics.json holds
     report: Path  # report.md
@@ -81,6 +84,23 @@ class EvalS2FResult:
     def summary(self) -> str:
         from facevoice.training.speech2face.report import format_summary
         return format_summary(self.metrics, self.out)
+
+    def write(self) -> Path:
+        path = self.out / METRICS
+        path.write_text(json.dumps(self.metrics, indent=2))
+        return path
+
+    @classmethod
+    def read(cls, out: Path) -> EvalS2FResult:
+        """OUT/metrics.json; FormatError naming the file when it is missing or not one."""
+        path = Path(out) / METRICS
+        try:
+            metrics = json.loads(path.read_text())
+            if not isinstance(metrics, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            raise FormatError(f"{path}: not an `eval s2f` {METRICS} ({type(e).__name__}: {e})") from e
+        return cls(Path(out), metrics, Path(out) / "report.md", [Path(out) / f for f in metrics.get("figures", [])])
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -179,9 +199,12 @@ def eval_s2f(opts: EvalS2FOptions) -> EvalS2FResult:
     metrics["figures"] = [p.name for p in figures]
     steps.update()
     steps.close()
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     from facevoice.training.speech2face.report import write_report
-    return EvalS2FResult(out, metrics, write_report(metrics, out / "report.md"), figures)
+
+    result = EvalS2FResult(out, metrics, out / "report.md", figures)
+    result.write()
+    write_report(metrics, result.report)
+    return result
 
 
 def run(args: argparse.Namespace) -> int:
