@@ -1,12 +1,11 @@
 #!/usr/bin/env bash
 # The checks a lent GPU machine is for, in under 8 minutes, figures written to a file.
 #   bash bench/gpu_check.sh [--smoke] [--out DIR] [bench.gpu_check options]
-# On the device machine (CUDA PyTorch, no registry, nothing of ours installed):
-#   run(command="bash bench/gpu_check.sh --out $OUT", timeout_s=540)
+# On a GPU host (CUDA PyTorch, no package registry, nothing of ours installed), from a copy of
+# the repository: OUT=DIR bash bench/gpu_check.sh --out DIR
 # --smoke runs every part with tiny shapes on this CPU (tests/test_gpu_check.py does, in CI).
-# Wheels the machine lacks travel in .whl/ (see /work/.library/device/README.md); none is needed
-# today: onnxruntime-gpu's wheel is far over the 64 MiB a call may carry, so the encoders are
-# timed with TorchScript and torch.compile instead.
+# No wheel is needed there: onnxruntime-gpu's wheel is too large to carry to such a host, so the
+# encoders are timed with TorchScript and torch.compile instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-$PWD/gpu-check}

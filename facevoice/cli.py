@@ -90,29 +90,35 @@ T = TypeVar("T")
 
 def options(cls: type[T], args: argparse.Namespace, **values) -> T:
     """A verb's options dataclass from its parsed arguments: each field from the argument of its
-    name (argparse's own, such as `module`, are left out), then `values`."""
+    name (argparse's own, such as `module`, are left out; argparse's lists become tuples, as the
+    frozen dataclasses hold them), then `values`."""
     names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in vars(args).items() if k in names} | values)
+    given = {k: tuple(v) if isinstance(v, list) else v for k, v in vars(args).items() if k in names}
+    return cls(**given | values)
 
 
-def command_line(path: tuple[str, ...], opts) -> list[str]:
-    """The argv that gives the verb at `path` these options (each argument that differs from its
-    default, in the parser's order): how a pipeline that calls verb functions records the
-    commands a reader can type. `options` of its parse gives `opts` back."""
+def command_line(path: tuple[str, ...], opts, always: tuple[str, ...] = (), omit: tuple[str, ...] = ()) -> list[str]:
+    """The argv that gives the verb at `path` these options, in the parser's order: each argument
+    that differs from its default, and those named in `always` even at their default (what a
+    recipe sets, so the record does not change meaning when a default does); none in `omit`.
+    How a pipeline that calls verb functions records the commands a reader can type;
+    `options` of its parse gives `opts` back (but for `omit`)."""
     parser = build_parser(list(path))
     for word in path:
         sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
         parser = sub.choices[word]
     argv = list(path)
     for action in parser._actions:
-        if action.dest in ("help", argparse.SUPPRESS) or not hasattr(opts, action.dest):
+        dest = action.dest
+        if dest in ("help", argparse.SUPPRESS, *omit) or not hasattr(opts, dest):
             continue
-        value, default = getattr(opts, action.dest), action.default
+        value, default = getattr(opts, dest), action.default
         if isinstance(value, list | tuple) and isinstance(default, list | tuple):
             value, default = list(value), list(default)  # a dataclass's tuple is argparse's list
-        if value == default or (value in (None, []) and default in (None, [])):
+        unset = value == default or (value in (None, []) and default in (None, []))
+        if (unset and dest not in always) or value in (None, False, []):
             continue
-        flag = max(action.option_strings, key=len) if action.option_strings else None
+        flag = action.option_strings[0] if action.option_strings else None  # the first is the verb's own
         values = [str(v) for v in value] if isinstance(value, list | tuple) else [str(value)]
         if isinstance(action, argparse._StoreTrueAction | argparse._StoreFalseAction):
             argv.append(flag)
@@ -135,25 +141,35 @@ def load(module: str, verb: str):
         raise
 
 
+def failure_status(e: BaseException, name: str) -> int | None:
+    """The status of an error a command met, its message printed once as `NAME: message`; None
+    for an error that is not ours to turn into one (a bug: its traceback says more)."""
+    from facevoice.service.errors import FacevoiceError, UsageError
+
+    if not isinstance(e, FacevoiceError | OSError):
+        return None
+    print(f"{name}: {e}", file=sys.stderr, flush=True)  # an OSError no verb looked for: its words, not a traceback
+    return EXIT_USAGE if isinstance(e, UsageError) else EXIT_FAILED
+
+
 def main(argv: list[str] | None = None) -> int:
     """Runs one verb -> its exit status (the module docstring's table). Every FacevoiceError a
     command meets is printed as `facevoice VERB: message` on stderr, here, once."""
-    from facevoice.service.errors import FacevoiceError, UsageError
-
     argv = sys.argv[1:] if argv is None else argv
+    words = [a for a in argv if not a.startswith("-")]
+    verb = " ".join(next((p for p in VERBS if list(p) == words[:len(p)]), ()))
     try:
+        # argparse's refusals exit inside parse_args: --help (0), or arguments it refused (2, its
+        # message printed); building the parser imports the verb's module (torch, for training)
         args = build_parser(argv).parse_args(argv)
-    except SystemExit as e:  # argparse: --help (0), or arguments it refused (2, its message printed)
-        return EXIT_USAGE if e.code not in (0, None) else EXIT_OK
-    verb = " ".join(args.path)
-    try:
         return load(args.module, verb).run(args)
-    except FacevoiceError as e:
-        print(f"facevoice {verb}: {e}", file=sys.stderr, flush=True)
-        return EXIT_USAGE if isinstance(e, UsageError) else EXIT_FAILED
-    except OSError as e:  # a file or a socket the verb met, unlooked-for: its words, not a traceback
-        print(f"facevoice {verb}: {e}", file=sys.stderr, flush=True)
-        return EXIT_FAILED
+    except SystemExit as e:
+        return EXIT_USAGE if e.code not in (0, None) else EXIT_OK
+    except Exception as e:
+        status = failure_status(e, f"facevoice {verb}".strip())
+        if status is None:
+            raise
+        return status
 
 
 def exit_with(status: int) -> None:
@@ -163,14 +179,13 @@ def exit_with(status: int) -> None:
 
 def run_script(main_fn, name: str) -> None:
     """`python -m MODULE` for a script outside the verb table (a benchmark, a one-off study): its
-    `main()`'s status, or a FacevoiceError's message and status as `main` gives a verb's."""
-    from facevoice.service.errors import FacevoiceError, UsageError
-
+    `main()`'s status, or an error's message and status as `main` gives a verb's."""
     try:
         status = main_fn()
-    except FacevoiceError as e:
-        print(f"{name}: {e}", file=sys.stderr, flush=True)
-        status = EXIT_USAGE if isinstance(e, UsageError) else EXIT_FAILED
+    except Exception as e:
+        status = failure_status(e, name)
+        if status is None:
+            raise
     exit_with(status or EXIT_OK)
 
 

@@ -16,15 +16,14 @@ Each stage is skipped when its artifact already exists (delete it, or pass --for
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tqdm import tqdm
 
 from facevoice import release as rel
-from facevoice.cli import options
+from facevoice.cli import command_line, options
 from facevoice.pipeline import Stages, corpus_stage, index_stage, release_run, retrain, with_corpora
 from facevoice.recipe import CorpusRecipe, load_recipe
 from facevoice.service.errors import FormatError, UsageError
@@ -69,10 +68,9 @@ class DemoResult:
         lines += ["", f"demo finished in {self.seconds:.0f} s"
                   + (f"; the first answer came {self.first_answer:.0f} s after the start" if self.first_answer else "")
                   + "; stages:", *self.stages]
-        for name, path in (("association", self.out / "runs/association/report/metrics.json"),
-                           ("speech2face", self.out / "runs/s2f/report/metrics.json")):
-            if path.exists():
-                lines.append(f"  {name} report: {path.parent / 'report.md'}")
+        if self.which == "trained here":
+            lines += [f"  {name} report: {self.out / 'runs' / run / 'report' / 'report.md'}"
+                      for name, run in (("association", "association"), ("speech2face", "s2f"))]
         lines += [f"  models ({self.which}): {self.repo}",
                   f"  look: {self.out}/queries/s2f_grid.png (S2F faces beside the photos), "
                   f"{self.out}/queries/queries.txt",
@@ -129,13 +127,13 @@ def serve_release(opts: DemoOptions) -> DemoResult:
     spec, guarded, face_render = CorpusRecipe(c["identities"], c["seed"]), c.get("guarded", False), \
         c.get("face_render", 1)
     corpus_stage(stage, corpus, spec, progress, guarded, face_render)
-    if "corpus" not in stage.made and rel.same_corpus(corpus, c):
+    if "corpus" not in stage.made and rel.corpus_differences(corpus, c):
         print(f"demo: {corpus} is not the corpus the released models were trained on (an older one?); "
               "building it again", flush=True)
         stage.force = True
         corpus_stage(stage, corpus, spec, progress, guarded, face_render)
         stage.force = opts.force
-    if differs := rel.same_corpus(corpus, c):
+    if differs := rel.corpus_differences(corpus, c):
         raise FormatError(f"{corpus}: {', '.join(differs)} differ from the corpus the released models were trained on "
                           f"(seed {c['seed']}, {c['identities']} people): the corpus generator has changed since they "
                           "were released. Train them anew: facevoice demo --retrain (--release DIR to release them)")
@@ -175,12 +173,12 @@ def retrain_and_serve(opts: DemoOptions) -> DemoResult:
         released = None
     if released is not None:
         rows = rel.compare(released.figures, trained.figures)
-        (out / "against_release.json").write_text(json.dumps(rows, indent=2))
+        rel.Comparison(str(opts.models), rows).write(out)
         comparison = f"\nthis run's figures beside the release in {opts.models}:\n{rel.format_comparison(rows)}"
     made = None
-    if opts.release:
-        argv = ["demo", "--retrain", "--out", "demo", "--release", str(opts.release),
-                *(["--recipe", opts.recipe] if opts.recipe != DemoOptions.recipe else [])]
+    if opts.release:  # the command as a reader types it after `make demo` (its output under demo/)
+        argv = command_line(("demo",), replace(opts, out=Path("demo")), always=("retrain",),
+                            omit=("no_progress", "force", "models"))
         made = release_run(stage, trained, recipe, opts.release, argv)
     return DemoResult(out, trained.repo, "trained here", time.perf_counter() - stage.started, stage.first_answer,
                       stage.log, text, comparison, made, opts.release)

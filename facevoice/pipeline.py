@@ -5,21 +5,35 @@ exported models; `corpus_stage` and `index_stage` serve the released models' pat
 
 from __future__ import annotations
 
-import json
 import shlex
 import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import ClassVar
 
 from facevoice import release as rel
 from facevoice.cli import command_line
 from facevoice.recipe import CorpusRecipe, Recipe
 from facevoice.service.errors import FormatError
+from facevoice.service.records import JsonRecord
 from facevoice.service.repository import REPOSITORY_MANIFEST, read_repository_manifest
 
-STAGES = "stages.json"  # each stage's time and the commit the run began at, kept beside the artifacts
+BACKBONE_FIELDS = ("config", "steps", "modalities", "attributes")  # what the recipe sets, recorded as set
+
+
+@dataclass(frozen=True)
+class StagesRecord(JsonRecord):
+    """stages.json, beside the artifacts: the commit the run began at and each stage's time, so a
+    run that reuses a stage still reports (and releases) how long it took."""
+
+    FILE: ClassVar[str] = "stages.json"
+    WHAT: ClassVar[str] = "a demo run's stages.json"
+
+    commit: str | None = None
+    times: dict[str, float] = field(default_factory=dict)
+    details: dict = field(default_factory=dict)
 
 
 class Stages:
@@ -31,15 +45,17 @@ class Stages:
         self.first_answer: float | None = None
         self.made: set[str] = set()  # the stages this run made (not reused)
         try:
-            kept = {} if force else json.loads((self.out / STAGES).read_text())  # --force: a new run
-        except (OSError, ValueError):
-            kept = {}
-        self.times: dict[str, float] = dict(kept.get("times", {}))
-        self.commit: str | None = kept.get("commit")  # the commit the first stage ran at
+            kept = None if force else StagesRecord.find(self.out)  # --force: a new run
+        except FormatError:  # a damaged record costs only the earlier stages' times
+            kept = None
+        self.times: dict[str, float] = dict(kept.times) if kept else {}
+        self.commit: str | None = kept.commit if kept else None  # the commit the first stage ran at
 
-    def run(self, name: str, artifact: Path, verb: tuple[str, ...], fn: Callable, opts, **kw):
-        """fn(opts, **kw) unless ARTIFACT exists; its result (None when reused)."""
-        self.commands.append(command_line(verb, opts))
+    def run(self, name: str, artifact: Path, verb: tuple[str, ...], fn: Callable, opts, *,
+            always: tuple[str, ...] = (), omit: tuple[str, ...] = (), **kw):
+        """fn(opts, **kw) unless ARTIFACT exists; its result (None when reused). The command is
+        recorded with the options named in `always` even at their defaults (what the recipe sets)."""
+        self.commands.append(command_line(verb, opts, always, omit))
         if artifact.exists() and not self.force:
             took = f"(took {self.times[name]:.0f} s)" if name in self.times else ""
             self.log.append(f"  {name:<22} reused {artifact} {took}")
@@ -51,8 +67,7 @@ class Stages:
         print(result.summary(), flush=True)
         self.times[name] = time.perf_counter() - start
         self.made.add(name)
-        self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / STAGES).write_text(json.dumps({"commit": self.commit, "times": self.times}, indent=2))
+        StagesRecord(self.commit, self.times).write(self.out)
         self.log.append(f"  {name:<22} {self.times[name]:>6.0f} s  -> {artifact}")
         return result
 
@@ -76,8 +91,9 @@ def corpus_stage(stage: Stages, corpus: Path, spec: CorpusRecipe, progress: bool
 
     opts = CorpusSynthOptions(out=corpus, identities=spec.identities, seed=spec.seed, unguarded=not guarded,
                               face_render=FACE_RENDER if face_render is None else face_render, force=True)
-    stage.run(name, corpus / "corpus.json", ("corpus", "synth"), corpus_synth, opts, progress=progress)
-    stage.commands[-1] = [a for a in stage.commands[-1] if a != "--force"]  # a reader's corpus is new
+    # a reader's corpus directory is new: the record leaves out the --force a rebuild needs here
+    stage.run(name, corpus / "corpus.json", ("corpus", "synth"), corpus_synth, opts, always=("identities", "seed"),
+              omit=("force",), progress=progress)
 
 
 def index_stage(stage: Stages, repo: Path, corpus: Path, indexes: Path, progress: bool) -> None:
@@ -129,15 +145,17 @@ def retrain(stage: Stages, recipe: Recipe, out: Path, progress: bool) -> Trained
     b, bb = recipe.backbones, runs / "backbones"
     common = dict(corpus=train_corpus, config=b.config, out=bb, measures=b.measures, no_progress=quiet)
     stage.run("face backbone", bb / "face_backbone.pt", ("train", "backbones"), train_backbones,
-              TrainBackbonesOptions(**common, steps=b.face_steps, modalities=("face",), attributes=b.face_attributes))
+              TrainBackbonesOptions(**common, steps=b.face_steps, modalities=("face",), attributes=b.face_attributes),
+              always=BACKBONE_FIELDS)
     stage.run("voice backbone", bb / "voice_backbone.pt", ("train", "backbones"), train_backbones,
               TrainBackbonesOptions(**common, steps=b.voice_steps, modalities=("voice",),
-                                    attributes=b.voice_attributes))
+                                    attributes=b.voice_attributes), always=BACKBONE_FIELDS)
     a, assoc = recipe.association, runs / "association"
     stage.run("association", assoc / "best.pt", ("train", "association"), train_association,
               TrainAssociationOptions(corpus=train_corpus, config=a.config, set=a.set, direction=a.direction,
                                       out=assoc, cache_dir=bb / "cache", face_weights=bb / "face_backbone.pt",
-                                      voice_weights=bb / "voice_backbone.pt", no_progress=quiet))
+                                      voice_weights=bb / "voice_backbone.pt", no_progress=quiet),
+              always=("config", "direction"))
     # evaluated on the demo corpus's test split (its decoded arrays cached per corpus)
     stage.run("association eval", assoc / "report" / "metrics.json", ("eval", "association"), eval_association,
               EvalAssociationOptions(run=assoc, corpus=corpus, out=assoc / "report", cache_dir=bb / "cache",
@@ -146,11 +164,13 @@ def retrain(stage: Stages, recipe: Recipe, out: Path, progress: bool) -> Trained
     s2f_common = dict(corpus=train_corpus, config=s.config, cache_dir=runs / "s2f-cache", no_progress=quiet)
     face_net, decoder, s2f = runs / "s2f-face" / "face_net.pt", runs / "s2f-decoder" / "decoder.pt", runs / "s2f"
     stage.run("s2f face network", face_net, ("train", "face-features"), train_face_features,
-              TrainFaceFeaturesOptions(**s2f_common, out=face_net.parent, set=s.face_features))
+              TrainFaceFeaturesOptions(**s2f_common, out=face_net.parent, set=s.face_features), always=("config",))
     stage.run("s2f face decoder", decoder, ("train", "face-decoder"), train_face_decoder,
-              TrainFaceDecoderOptions(**s2f_common, out=decoder.parent, face_net=face_net, set=s.face_decoder))
+              TrainFaceDecoderOptions(**s2f_common, out=decoder.parent, face_net=face_net, set=s.face_decoder),
+              always=("config",))
     stage.run("s2f voice encoder", s2f / "best.pt", ("train", "s2f"), train_s2f,
-              TrainS2FOptions(**s2f_common, out=s2f, face_net=face_net, decoder=decoder, set=s.voice_encoder))
+              TrainS2FOptions(**s2f_common, out=s2f, face_net=face_net, decoder=decoder, set=s.voice_encoder),
+              always=("config",))
     stage.run("s2f eval", s2f / "report" / "metrics.json", ("eval", "s2f"), eval_s2f,
               EvalS2FOptions(run=s2f, corpus=corpus, out=s2f / "report", cache_dir=runs / "s2f-cache",
                              no_progress=quiet))
@@ -174,6 +194,8 @@ def release_run(stage: Stages, trained: Trained, recipe: Recipe, dest: Path, arg
     release.json with the exact commands, both corpora, the commit and each stage's time."""
     details = {"released_at": rel.git_commit(), "recipe": recipe.name, "stage_seconds":
                {k: round(v, 1) for k, v in stage.times.items()}, "machine": rel.machine()}
+    if recipe.path and Path(recipe.path).is_file():  # the recipe itself, for a reader who has not the file
+        details["recipe_toml"] = Path(recipe.path).read_text(encoding="utf-8")
     if trained.train_corpus != trained.corpus:
         details["train_corpus"] = rel.corpus_record(trained.train_corpus, recipe.train_corpus.seed,
                                                     recipe.train_corpus.identities)

@@ -13,16 +13,16 @@ Only `facevoice demo --retrain --release DIR` writes a release; the tests never 
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import time
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import ClassVar
 
 from facevoice.service import checksums
 from facevoice.service.corpus import CorpusInfo
-from facevoice.service.errors import FormatError
+from facevoice.service.records import JsonRecord
 from facevoice.service.repository import open_repository, read_repository_manifest, write_repository_manifest
 
 RELEASE = "release.json"
@@ -32,10 +32,16 @@ CONTROLS = ("-", "G", "E", "G/E", "G/E/F/A")
 
 
 @dataclass(frozen=True)
-class Release:
+class Release(JsonRecord):
     """release.json, read and written only here. `details` holds what a reader needs by no name
-    (the commit it was released at, the training corpus, each stage's seconds, the machine); in
-    the file they sit at the top level beside the named fields."""
+    (the commit it was released at, the training corpus, the recipe, each stage's seconds, the
+    machine)."""
+
+    FILE: ClassVar[str] = RELEASE
+    WHAT: ClassVar[str] = "a facevoice release"
+    VERSION_KEY: ClassVar[str] = "format"
+    VERSION: ClassVar[int] = FORMAT
+    HINT: ClassVar[str] = "; make one with `facevoice demo --retrain --release DIR`"
 
     created: str
     commit: str  # the commit the models were trained at
@@ -44,36 +50,19 @@ class Release:
     figures: dict[str, dict]  # name -> {value, interval, what} (figures())
     files: dict[str, str]  # every file of the release -> SHA-256
     details: dict = field(default_factory=dict)
-    format: int = FORMAT
 
-    def to_dict(self) -> dict:
-        return {**{f.name: getattr(self, f.name) for f in fields(self) if f.name != "details"}, **self.details}
 
-    @classmethod
-    def from_dict(cls, d: dict) -> Release:
-        if not isinstance(d, dict) or d.get("format") != FORMAT:
-            found = d.get("format") if isinstance(d, dict) else None
-            raise ValueError(f"format {found!r}, this version reads {FORMAT}")
-        named = {f.name for f in fields(cls)} - {"details"}
-        missing = sorted(named - {"format"} - set(d))
-        if missing:
-            raise KeyError(", ".join(missing))
-        return cls(**{k: d[k] for k in named}, details={k: v for k, v in d.items() if k not in named})
+@dataclass(frozen=True)
+class Comparison(JsonRecord):
+    """against_release.json: a rerun's figures beside a release's (compare()), what
+    `demo --retrain` writes and `python -m facevoice.release --against` reads."""
 
-    @classmethod
-    def read(cls, dest: Path) -> Release:
-        """FormatError that says how to make one when DEST holds no release of this format."""
-        path = Path(dest) / RELEASE
-        try:
-            return cls.from_dict(json.loads(path.read_text()))
-        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
-            raise FormatError(f"{path}: not a facevoice release ({type(e).__name__}: {e}); "
-                              "make one with `facevoice demo --retrain --release DIR`") from e
+    FILE: ClassVar[str] = "against_release.json"
+    WHAT: ClassVar[str] = "a rerun's comparison with a release"
 
-    def write(self, dest: Path) -> Path:
-        path = Path(dest) / RELEASE
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        return path
+    release: str  # the release compared with
+    rows: list[dict]  # compare()'s
+    details: dict = field(default_factory=dict)
 
 
 def machine() -> str:
@@ -108,13 +97,13 @@ def git_commit(where: Path | None = None) -> str:
 def corpus_record(corpus: Path, seed: int, identities: int) -> dict:
     """What identifies a demo corpus: its generator settings and the digests of its two tables."""
     info = CorpusInfo.read(corpus)
-    return {"generator": info.generator, "format_version": info.format_version, "seed": seed,
+    return {"generator": info.generator, "format_version": CorpusInfo.VERSION, "seed": seed,
             "identities": identities, "espeak_ng": info.details.get("espeak_ng"),
             "guarded": info.config.get("guarded", False), "face_render": info.face_render,
             "sha256": {name: checksums.sha256(Path(corpus) / name) for name in ("manifest.csv", "identities.csv")}}
 
 
-def same_corpus(corpus: Path, record: dict) -> list[str]:
+def corpus_differences(corpus: Path, record: dict) -> list[str]:
     """The tables of CORPUS whose digest differs from the release's record (empty: the same corpus)."""
     return [name for name, digest in record["sha256"].items()
             if not (Path(corpus) / name).is_file() or checksums.sha256(Path(corpus) / name) != digest]
@@ -238,11 +227,20 @@ def markdown(release: Release, rows: list[dict] | None = None) -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":  # python -m facevoice.release [DIR] [--against RUN/against_release.json]
+def main() -> int:
+    """`python -m facevoice.release [DIR] [--against RUN]`: a release's figures as a Markdown table."""
     import argparse
 
     p = argparse.ArgumentParser(description="print a release's figures as a Markdown table")
     p.add_argument("release", type=Path, nargs="?", default=DEFAULT)
-    p.add_argument("--against", type=Path, help="a rerun's against_release.json (facevoice demo --retrain)")
+    p.add_argument("--against", type=Path, metavar="RUN",
+                   help="a `demo --retrain` output directory: its against_release.json beside the release's figures")
     a = p.parse_args()
-    print(markdown(Release.read(a.release), json.loads(a.against.read_text()) if a.against else None))
+    print(markdown(Release.read(a.release), Comparison.read(a.against).rows if a.against else None))
+    return 0
+
+
+if __name__ == "__main__":
+    from facevoice.cli import run_script
+
+    run_script(main, "python -m facevoice.release")

@@ -43,7 +43,8 @@ from tqdm import tqdm
 
 from facevoice.cli import options
 from facevoice.service.corpus import read_manifest
-from facevoice.service.errors import CorpusError, FormatError, UsageError
+from facevoice.service.errors import CorpusError, FormatError
+from facevoice.service.repository import read_repository_manifest
 
 KS = (1, 5, 10)
 POOL = 200  # items asked per query, from which the first K distinct people are read
@@ -272,8 +273,7 @@ def eval_service(opts: EvalServiceOptions) -> EvalServiceResult:
     from facevoice.training.association.heldout import heldout_corpus
 
     model_repo, out, progress = Path(opts.model_repo), Path(opts.out), not opts.no_progress
-    if not (model_repo / "facevoice.json").exists():
-        raise UsageError(f"{model_repo}: not a model repository (no facevoice.json)")
+    read_repository_manifest(model_repo)  # FormatError, saying what to do, for a directory that is not one
     t0 = time.monotonic()
     corpora = Path(opts.corpora)
     corpora.mkdir(parents=True, exist_ok=True)

@@ -15,12 +15,13 @@ generator's population model and exact oracle, an ingest's skipped clips."""
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import ClassVar
 
 from facevoice.service.errors import FormatError
 from facevoice.service.media.image import Box
+from facevoice.service.records import JsonRecord
 
 MANIFEST = "manifest.csv"
 IDENTITIES = "identities.csv"
@@ -116,10 +117,12 @@ def read_identities(corpus: Path) -> list[dict[str, str]]:
 
 
 @dataclass(frozen=True)
-class CorpusInfo:
+class CorpusInfo(JsonRecord):
     """corpus.json, read and written only here. `details` holds what one generator records and
-    no reader needs by name (espeak-ng's version, an ingest's clip counts and split rule); in the
-    file they sit at the top level beside the named fields."""
+    no reader needs by name (espeak-ng's version, an ingest's clip counts and split rule)."""
+
+    FILE: ClassVar[str] = CORPUS_INFO
+    WHAT: ClassVar[str] = "a corpus's corpus.json"
 
     generator: str
     counts: dict = field(default_factory=dict)  # {"identities": {split: n}, "items": {modality: n}}
@@ -127,7 +130,6 @@ class CorpusInfo:
     population_model: dict | None = None  # a synthetic corpus's generator: asdict(PopulationModel)
     oracle: dict = field(default_factory=dict)  # a synthetic corpus's exact oracle, per split
     details: dict = field(default_factory=dict)
-    format_version: int = 1
 
     @property
     def seed(self) -> int | None:
@@ -139,37 +141,9 @@ class CorpusInfo:
         """The synthetic face painter's version (1 for corpora made before it was recorded)."""
         return int(self.config.get("face_render", 1))
 
-    def to_dict(self) -> dict:
-        named = {"format_version": self.format_version, "generator": self.generator, "config": self.config,
-                 "population_model": self.population_model, "counts": self.counts, "oracle": self.oracle}
-        return {**{k: v for k, v in named.items() if v not in ({}, None)}, **self.details}
-
-    def write(self, corpus: Path) -> Path:
-        path = Path(corpus) / CORPUS_INFO
-        tmp = path.with_name(f".{CORPUS_INFO}.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
-        tmp.replace(path)
-        return path
-
     @classmethod
-    def from_dict(cls, d: dict) -> CorpusInfo:
-        named = {f.name for f in fields(cls)} - {"details"}
-        if not isinstance(d, dict) or not isinstance(d.get("generator"), str):
-            raise ValueError("no `generator`")
+    def upgrade(cls, d: dict) -> dict:
         if "counts" not in d and "identities" in d:  # the ingests before CorpusInfo spread their counts
-            d = {**d, "counts": {"identities": d.pop("identities"), "items": d.pop("items", {})}}
-        return cls(**{k: v for k, v in d.items() if k in named}, details={k: v for k, v in d.items() if k not in named})
-
-    @classmethod
-    def read(cls, corpus: Path) -> CorpusInfo:
-        """FormatError naming the file when it is missing or not a corpus.json."""
-        path = Path(corpus) / CORPUS_INFO
-        try:
-            return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
-        except (OSError, UnicodeDecodeError, ValueError, TypeError) as e:
-            raise FormatError(f"{path}: not a corpus's {CORPUS_INFO} ({type(e).__name__}: {e})") from e
-
-    @classmethod
-    def find(cls, corpus: Path) -> CorpusInfo | None:
-        """The corpus's info, or None when it has no corpus.json (a corpus written by hand)."""
-        return cls.read(corpus) if (Path(corpus) / CORPUS_INFO).exists() else None
+            rest = {k: v for k, v in d.items() if k not in ("identities", "items")}
+            d = {**rest, "counts": {"identities": d["identities"], "items": d.get("items", {})}}
+        return d

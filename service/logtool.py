@@ -92,6 +92,9 @@ class IndexLogRepairResult:
 
 
 def _open(opts: IndexLogOptions):
+    if opts.gallery_log != "redis" and not opts.redis and not Path(opts.out).is_dir():
+        # a verify must not make the log it was asked about: a mistyped --out would read "intact"
+        raise UsageError(f"--out {opts.out}: no such index root")
     wlog = open_log(opts.gallery_log, opts.out, opts.redis)
     if wlog is None:
         raise UsageError("no gallery log (give --out, or a Redis)")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from facevoice.cli import options
 from facevoice.service.errors import UsageError
-from facevoice.service.versions import current_version, read_meta
+from facevoice.service.versions import META, current_version, read_meta
 from facevoice.service.writelog import offset_of, open_log
 
 
@@ -57,7 +57,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def versions_of(root: Path, name: str) -> list[str]:
     """Finished versions, oldest first (names sort by creation time)."""
     return sorted(p.name for p in (root / name).iterdir()
-                  if p.is_dir() and not p.name.startswith(".") and (p / "meta.json").exists())
+                  if p.is_dir() and not p.name.startswith(".") and (p / META).exists())
 
 
 def prune(root: Path, keep: int, wlog) -> tuple[dict[str, list[str]], str | None, int]:

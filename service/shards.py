@@ -19,8 +19,9 @@ import json
 import os
 import shutil
 import time
-from dataclasses import KW_ONLY, asdict, dataclass
+from dataclasses import KW_ONLY, asdict, dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -41,8 +42,23 @@ from facevoice.service.build import (
 )
 from facevoice.service.errors import FacevoiceError, UsageError
 from facevoice.service.gallery import Item
+from facevoice.service.records import JsonRecord
 
 DONE = "shard.json"
+
+
+@dataclass(frozen=True)
+class ShardRecord(JsonRecord):
+    """A finished shard's shard.json: which slice it is and what it holds per modality."""
+
+    FILE: ClassVar[str] = DONE
+    WHAT: ClassVar[str] = "a finished shard's shard.json"
+    HINT: ClassVar[str] = "; delete the shard's folder and build it again (`index build --shard I/N`)"
+
+    shard: int
+    of: int
+    modalities: dict[str, dict]  # modality -> {"items", "skipped", "seconds", "spaces"}
+    details: dict = field(default_factory=dict)
 
 
 class ShardsMissing(FacevoiceError):
@@ -123,13 +139,13 @@ def build_shard(opts: IndexBuildOptions) -> BuildShardResult:
     root = shard_root(opts.out, s, opts.split, n)
     final = root / f"{i:04d}"
     if (final / DONE).exists():
-        return BuildShardResult(i, n, final, time.perf_counter() - start,
-                                json.loads((final / DONE).read_text())["modalities"], already_built=True)
+        return BuildShardResult(i, n, final, time.perf_counter() - start, ShardRecord.read(final).modalities,
+                                already_built=True)
     for stale in root.glob(f".tmp-{i:04d}-*"):  # left by an attempt that died; its batches are kept apart
         shutil.rmtree(stale, ignore_errors=True)
     tmp = root / f".tmp-{i:04d}-{os.getpid()}"
     tmp.mkdir(parents=True)
-    summary = {"shard": i, "of": n, "modalities": {}}
+    modalities = {}
     for modality in opts.modalities:
         part = slice_of(s.rows.get(modality, []), i, n)
         e = embed_modality(s.emb, part, modality, root / f"work-{i:04d}" / "batches", opts.batch,
@@ -142,14 +158,14 @@ def build_shard(opts: IndexBuildOptions) -> BuildShardResult:
             for it in e.items:
                 f.write(json.dumps(asdict(it)) + "\n")
         (tmp / f"skipped-{modality}.json").write_text(json.dumps(e.bad))
-        summary["modalities"][modality] = {"items": len(e.items), "skipped": len(e.bad), "seconds": e.seconds,
-                                           "spaces": sorted(e.vectors)}
-    (tmp / DONE).write_text(json.dumps(summary, indent=2))
+        modalities[modality] = {"items": len(e.items), "skipped": len(e.bad), "seconds": e.seconds,
+                                "spaces": sorted(e.vectors)}
+    ShardRecord(i, n, modalities).write(tmp)
     if final.exists():  # a shard that died after its rename but before this line cannot exist; a stale one can
         shutil.rmtree(final)
     os.replace(tmp, final)
     shutil.rmtree(root / f"work-{i:04d}", ignore_errors=True)
-    return BuildShardResult(i, n, final, time.perf_counter() - start, summary["modalities"])
+    return BuildShardResult(i, n, final, time.perf_counter() - start, modalities)
 
 
 def read_shards(root: Path, n: int, modality: str, spaces: list[str]) -> Embedded | None:
@@ -157,7 +173,7 @@ def read_shards(root: Path, n: int, modality: str, spaces: list[str]) -> Embedde
     items, vectors, bad, seconds = [], {name: [] for name in spaces}, [], 0.0
     for i in range(n):
         d = root / f"{i:04d}"
-        summary = json.loads((d / DONE).read_text())["modalities"].get(modality)
+        summary = ShardRecord.read(d).modalities.get(modality)
         if summary is None:
             continue
         with open(d / f"items-{modality}.jsonl") as f:
@@ -199,7 +215,7 @@ def index_merge(opts: IndexMergeOptions) -> IndexMergeResult:
         e = read_shards(root, n, modality, spaces)
         done[modality] = without(e, edited_ids(s, modality)) if e is not None else None
     built = write_and_publish(opts, s, done)
-    shard_modalities = {m for i in range(n) for m in json.loads((root / f"{i:04d}" / DONE).read_text())["modalities"]}
+    shard_modalities = {m for i in range(n) for m in ShardRecord.read(root / f"{i:04d}").modalities}
     deleted = bool(built.published) and shard_modalities <= set(opts.modalities)
     if deleted:  # they hold every row's vectors, deleted items' too
         shutil.rmtree(root)

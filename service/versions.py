@@ -11,6 +11,7 @@ import uuid
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import ClassVar
 
 import faiss
 import numpy as np
@@ -18,6 +19,7 @@ import numpy as np
 from facevoice.service import checksums
 from facevoice.service.errors import FacevoiceError, FormatError
 from facevoice.service.gallery import BuildPlan, Gallery, Item, apply_search_params
+from facevoice.service.records import JsonRecord
 
 META = "meta.json"
 FILES = ("index.faiss", "items.jsonl", META)
@@ -39,11 +41,13 @@ class VersionLog:
 
 
 @dataclass(frozen=True)
-class IndexMeta:
+class IndexMeta(JsonRecord):
     """An index version's meta.json, read and written only here. Its plan is the BuildPlan whole
     (`asdict`, under "plan"); `details` holds what one builder records and no reader needs by name
-    (the gallery's path and hash, the counts of folded writes); in the file they sit at the top
-    level beside the named fields."""
+    (the gallery's path and hash, the counts of folded writes)."""
+
+    FILE: ClassVar[str] = META
+    WHAT: ClassVar[str] = "an index version's meta.json"
 
     name: str  # the index: face, voice, face_feature
     version: str
@@ -61,38 +65,19 @@ class IndexMeta:
     log: VersionLog | None = None  # the write log folded in; None: built without one
     details: dict = field(default_factory=dict)
 
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        details = d.pop("details")
-        return {**d, **details}
+    def _plain(self, name: str):
+        value = getattr(self, name)
+        return asdict(value) if name in ("plan", "log") and value is not None else value
 
     @classmethod
-    def from_dict(cls, d: dict) -> IndexMeta:
+    def upgrade(cls, d: dict) -> dict:
         d = dict(d)
         plan = d.pop("plan", None)
         if not isinstance(plan, dict):  # versions before IndexMeta: the plan's fields at the top level, its name
             named = {f.name for f in fields(BuildPlan)} - {"name"}  # under "plan" ("name" is the index's)
             plan = {**{k: d.pop(k) for k in named & d.keys()}, "name": plan or ""}
         log = d.pop("log", None)
-        named = {f.name for f in fields(cls)} - {"plan", "log", "details"}
-        return cls(**{k: v for k, v in d.items() if k in named}, plan=BuildPlan(**plan),
-                   log=VersionLog(**log) if log else None, details={k: v for k, v in d.items() if k not in named})
-
-    def write(self, path: Path) -> Path:
-        """Into the version's directory (a new one, not yet in place: versions are immutable)."""
-        out = Path(path) / META
-        out.write_text(json.dumps(self.to_dict(), indent=2))
-        return out
-
-    @classmethod
-    def read(cls, path: Path) -> IndexMeta:
-        """The meta.json of the version directory `path`; FormatError naming the file when it is
-        missing or not an index version's."""
-        file = Path(path) / META
-        try:
-            return cls.from_dict(json.loads(file.read_text()))
-        except (OSError, UnicodeDecodeError, ValueError, TypeError, AttributeError) as e:
-            raise FormatError(f"{file}: not an index version's {META} ({type(e).__name__}: {e})") from e
+        return {**d, "plan": BuildPlan(**plan), "log": VersionLog(**log) if log else None}
 
 
 @dataclass

@@ -27,6 +27,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from facevoice.cli import options
+from facevoice.service.checksums import ChecksumMismatch
 from facevoice.service.errors import FormatError, UsageError
 from facevoice.study.config import EXPERIMENTS, Study
 from facevoice.study.store import Participant, Store, opened
@@ -74,9 +75,13 @@ class ExportManifest:
         (an export written before the format version was recorded is format 1)."""
         path = Path(directory) / MANIFEST
         try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as e:
-            raise UsageError(f"{directory}: not a study export ({e})") from e
+            text = path.read_text(encoding="utf-8")
+        except OSError as e:  # pointed at a directory that holds no export
+            raise UsageError(f"{directory}: not a study export ({e.strerror}: {path})") from e
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise FormatError(f"{path}: not a study export's manifest ({e})") from e
         if not isinstance(raw, dict):
             raise FormatError(f"{path}: not a study export's manifest (a JSON object)")
         found = raw.get("format_version", 1)
@@ -209,12 +214,12 @@ class ExportReader:
         try:
             people = json.loads((directory / "participants.json").read_text(encoding="utf-8"))
             rows = json.loads((directory / "trials.json").read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as e:
-            raise UsageError(f"{directory}: not a study export ({e})") from e
+        except (OSError, json.JSONDecodeError) as e:  # a manifest with its files missing or damaged
+            raise FormatError(f"{directory}: a damaged study export ({e})") from e
         for name, digest in self.manifest.files.items():
             if name.endswith(".json") and hashlib.sha256((directory / name).read_bytes()).hexdigest() != digest:
-                raise UsageError(f"{directory / name}: changed since it was exported "
-                                 "(its sha256 is not the manifest's)")
+                raise ChecksumMismatch(f"{directory / name}: changed since it was exported "
+                                       "(its sha256 is not the manifest's)")
         self._participants = [Participant(**p) for p in people]
         self._trials = [{"code": r["participant"], "idx": r["trial"], "kind": r["kind"], "query": r["query"],
                          "option0": r["option0"], "option1": r["option1"], "correct": r["correct"],

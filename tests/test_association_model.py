@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from facevoice.service.errors import UsageError
+from facevoice.service.errors import FormatError, UsageError
 from facevoice.training.association.config import load_config
 from facevoice.training.association.loss import hardest, triplet_loss
 from facevoice.training.association.model import (
@@ -119,13 +119,13 @@ def test_backbone_weights_load_from_torchvision_style_files(tmp_path):
 def test_unreadable_weight_files_are_clear_errors(tmp_path, content):
     path = tmp_path / "w.pt"
     path.write_bytes(content)
-    with pytest.raises(UsageError, match="not a readable weight file"):
+    with pytest.raises(FormatError, match="not a readable weight file"):
         load_face_backbone(AssociationModel(load_config("small")).face_encoder, path)
 
 
 def test_a_weight_file_of_the_wrong_type_is_a_clear_error(tmp_path):
     torch.save([1, 2, 3], tmp_path / "list.pt")
-    with pytest.raises(UsageError, match="expected a state dict, found list"):
+    with pytest.raises(FormatError, match="expected a state dict, found list"):
         load_voice_backbone(AssociationModel(load_config("small")).voice_encoder, tmp_path / "list.pt")
 
 

@@ -82,8 +82,8 @@ EXITS = [
      "not a synthetic corpus"),
     (["eval", "frozen", "--train-corpus", "{tmp}", "--corpora", "{tmp}", "--out", "{tmp}/f"], 1,
      "unreadable corpus manifest"),
-    (["eval", "service", "--model-repo", "{tmp}/empty", "--corpora", "{tmp}", "--out", "{tmp}/o"], 2,
-     "not a model repository"),
+    (["eval", "service", "--model-repo", "{tmp}/empty", "--corpora", "{tmp}", "--out", "{tmp}/o"], 1,
+     "not a facevoice model repository"),
     (["export", "--association", "{tmp}/empty", "--out", "{tmp}/repo"], 1, "no checkpoint"),
     (["index", "build", "--gallery", "{tmp}/bad.csv", "--model-repo", "models/demo", "--out", "{tmp}/i"], 1,
      "not a corpus manifest"),
@@ -94,6 +94,7 @@ EXITS = [
     (["index", "publish", "--out", "{tmp}/i", "--index", "voice", "--version", "20990101T000000Z-x"], 1,
      "no such index version"),
     (["index", "prune", "--out", "{tmp}", "--keep", "0"], 2, "--keep must be at least 1"),
+    (["index", "log", "verify", "--out", "{tmp}/no-root"], 2, "no such index root"),
     (["serve", "--model-repo", "{tmp}/empty", "--index-root", "{tmp}/i", "--port", "0"], 1,
      "not a facevoice model repository"),
     (["query", "faces", "--voice", "{tmp}/missing.wav", "--server", "127.0.0.1:1"], 2, "cannot read input"),
@@ -171,3 +172,13 @@ def test_study_serve_refuses_a_real_run_without_the_consent_fields(tmp_path, cap
     (study / "study.toml").write_text(toml)
     assert main(["study", "serve", "--study", str(study), "--port", "1"]) == 2
     assert "facevoice study serve: " in (err := capsys.readouterr().err) and "lacks ethics_approval, payment" in err
+
+
+def test_a_training_verb_without_torch_says_so_with_status_2():
+    """The service image has no torch: a training verb there is a usage problem, said in words."""
+    script = ("import sys; sys.modules['torch'] = None\n"
+              "from facevoice.cli import main\n"
+              "sys.exit(main(['train', 'association', '--corpus', 'c', '--out', 'o']))")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "facevoice train association: needs torch" in done.stderr and "Traceback" not in done.stderr

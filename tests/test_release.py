@@ -17,7 +17,7 @@ from facevoice.service import checksums
 from facevoice.service.build import IndexBuildOptions, index_build
 from facevoice.service.checksums import ChecksumMismatch
 from facevoice.service.errors import FormatError, UsageError
-from facevoice.service.repository import network_file, open_repository, read_repository_manifest
+from facevoice.service.repository import Manifest, network_file, open_repository, read_repository_manifest
 from facevoice.service.serve import Running, ServeConfig
 from facevoice.training.association.evaluate import EvalAssociationResult
 
@@ -109,7 +109,7 @@ def test_a_release_lists_every_file_and_verifies(repo, tmp_path):
     dest = tmp_path / "rel"
     assert set(made.files) == (set(checksums.tree(dest)) - {rel.RELEASE}) | {checksums.NAME}
     assert not list(dest.rglob("__pycache__"))
-    assert [json.loads(m.read_text())["groups"]["association"]["run"] for m in dest.glob("facevoice*.json")] == \
+    assert [Manifest.from_json(m.read_text()).groups["association"].run for m in dest.glob("facevoice*.json")] == \
         ["demo/runs/association"] * 2  # facevoice.json and its facevoice.vN.json: no path of this machine
     release, manifest = rel.verify_release(dest)
     assert release.figures == FIGURES and manifest.groups["association"].run == "demo/runs/association"
@@ -279,7 +279,11 @@ def test_retrain_releases_what_the_default_demo_then_serves(tmp_path, capsys):
     assert any("--measures" in c for c in release.commands if c.startswith("facevoice train backbones"))
     assert "facevoice corpus synth --out demo/corpus --identities 30 --seed 5" in release.commands
     assert set(details["stage_seconds"]) >= {"corpus", "association", "s2f voice encoder", "export"}
-    assert release.commands[0] == f"facevoice demo --retrain --out demo --release {dest} --recipe {recipe}"
+    assert release.commands[0] == (f"facevoice demo --retrain --recipe {recipe} --release {dest} --identities 30 "
+                                   "--seed 5 --train-identities 30 --train-seed 6 --people 1 --grid 2")
+    assert details["recipe_toml"] == recipe.read_text()  # the recipe itself travels with the release
+    assert "facevoice train backbones --corpus demo/train-corpus --config small --out demo/runs/backbones " \
+           "--steps 2 --modalities face --attributes gender age_group appearance_group --measures" in release.commands
     assert not any(str(tmp_path) in c for c in release.commands[1:])  # each stage's, as under demo/
     # each recorded command is a command line the CLI takes (parsed here, not run)
     for c in release.commands[1:]:
@@ -290,7 +294,7 @@ def test_retrain_releases_what_the_default_demo_then_serves(tmp_path, capsys):
     assert "files match their SHA-256" in capsys.readouterr().out and served.which == "released"
     # a rerun on the same artifacts is compared with the release's intervals
     rerun = demo(DemoOptions(retrain=True, out=out, models=dest, **sizes, **shown))
-    rows = json.loads((out / "against_release.json").read_text())
+    rows = rel.Comparison.read(out).rows
     assert rows and all(r["inside"] in (True, None) for r in rows)
     assert "figures with an interval land inside it" in rerun.summary()
 

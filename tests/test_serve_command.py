@@ -3,7 +3,6 @@ and a graceful stop under load."""
 
 from __future__ import annotations
 
-import argparse
 import subprocess
 import threading
 import time
@@ -12,30 +11,23 @@ import grpc
 import pytest
 
 from devtools.local_servers import free_port, wait_for
-from facevoice.cli import options
 from facevoice.service.errors import UsageError
-from facevoice.service.serve import ServeConfig, ServeOptions, add_arguments, load_config, serve
+from facevoice.service.serve import ServeConfig, ServeOptions, load_config, serve
 from facevoice.v1 import facevoice_pb2 as pb
 from facevoice.v1 import facevoice_pb2_grpc as pb_grpc
 from tests.serving import media, start_service
-
-
-def _args(*argv: str) -> argparse.Namespace:
-    p = argparse.ArgumentParser()
-    add_arguments(p)
-    return p.parse_args(list(argv))
 
 
 def test_settings_flags_over_env_over_file_over_defaults(tmp_path):
     f = tmp_path / "serve.toml"
     f.write_text('[serve]\nport = 6000\nworkers = 3\nredis_url = "redis://file:1/0"\ngpu = false\n')
     env = {"FACEVOICE_PORT": "7000", "FACEVOICE_CACHE_TTL_S": "60"}
-    cfg = load_config(options(ServeOptions, _args("--config", str(f), "--port", "8000")), env)
+    cfg = load_config(ServeOptions(config=f, port=8000), env)
     assert (cfg.port, cfg.workers, cfg.redis_url, cfg.cache_ttl_s, cfg.gpu) == (8000, 3, "redis://file:1/0", 60, False)
-    assert load_config(options(ServeOptions, _args()), {}) == ServeConfig()
+    assert load_config(ServeOptions(), {}) == ServeConfig()
     f.write_text("[serve]\nprot = 1\n")
     with pytest.raises(UsageError, match="prot"):
-        load_config(options(ServeOptions, _args("--config", str(f))), {})
+        load_config(ServeOptions(config=f), {})
 
 
 def test_serve_starts_answers_and_drains_when_told(stack, capsys):

@@ -8,7 +8,7 @@ import pytest
 
 from facevoice import served
 from facevoice.served import EvalServiceOptions, EvalServiceResult, eval_service
-from facevoice.service.errors import UsageError
+from facevoice.service.errors import FormatError
 
 
 def test_chance_is_the_share_of_random_top_k_that_hold_an_own_item():
@@ -68,5 +68,5 @@ def test_the_command_on_a_held_out_corpus(stack, tmp_path):
 
 
 def test_a_directory_that_is_no_model_repository_is_a_clear_error(tmp_path):
-    with pytest.raises(UsageError, match="not a model repository"):
+    with pytest.raises(FormatError, match=r"not a facevoice model repository manifest.*run `facevoice export`"):
         eval_service(EvalServiceOptions(model_repo=tmp_path, corpora=tmp_path, out=tmp_path))

@@ -19,6 +19,7 @@ import soundfile as sf
 
 from devtools.local_servers import LocalStudy
 from devtools.study_helpers import PROLIFIC, answers, http, make_study
+from facevoice.service.checksums import ChecksumMismatch
 from facevoice.service.errors import UsageError
 from facevoice.study.analyze import accuracy, analyze, collect
 from facevoice.study.config import load_study
@@ -479,5 +480,5 @@ def test_the_tidy_export_holds_every_trial_and_analyze_reads_it(tmp_path, corpus
     assert sum(r["n"] for r in report["table1"].values()) == sum(len(v) for v in from_db["included"].values())
     # a changed export is refused
     (out / "trials.json").write_text((out / "trials.json").read_text().replace('"choice": 0', '"choice": 1', 1))
-    with pytest.raises(UsageError, match="changed since"):
+    with pytest.raises(ChecksumMismatch, match="changed since"):
         ExportReader(out)

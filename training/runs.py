@@ -5,25 +5,29 @@ readable top to bottom."""
 from __future__ import annotations
 
 import csv
-import json
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 import torch.distributed as dist
 
 from facevoice.service.errors import FormatError
+from facevoice.service.records import JsonRecord
 
 RUN_INFO = "run.json"
 
 
 @dataclass(frozen=True)
-class RunInfo:
+class RunInfo(JsonRecord):
     """run.json: what a training run ran with, read and written only here. `details` holds what
     one command records and no reader needs by name (the association's direction and backbones,
-    Speech2Face's face network); in the file they sit at the top level beside the named fields."""
+    Speech2Face's face network)."""
+
+    FILE: ClassVar[str] = RUN_INFO
+    WHAT: ClassVar[str] = "a training run's run.json"
 
     config: dict
     corpus: str = ""  # absolute: evaluation finds the corpus a run trained on from here
@@ -34,39 +38,6 @@ class RunInfo:
     torch: str = torch.__version__
     command: str = field(default_factory=lambda: " ".join(sys.argv))  # the command line as typed
     details: dict = field(default_factory=dict)
-    format_version: int = 1
-
-    def to_dict(self) -> dict:
-        return {**{f.name: getattr(self, f.name) for f in fields(self) if f.name != "details"}, **self.details}
-
-    def write(self, run: Path) -> Path:
-        path = Path(run) / RUN_INFO
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{RUN_INFO}.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        tmp.replace(path)
-        return path
-
-    @classmethod
-    def from_dict(cls, d: dict) -> RunInfo:
-        if not isinstance(d, dict) or not isinstance(d.get("config"), dict):
-            raise ValueError("no `config`")
-        named = {f.name for f in fields(cls)} - {"details"}
-        return cls(**{k: v for k, v in d.items() if k in named}, details={k: v for k, v in d.items() if k not in named})
-
-    @classmethod
-    def read(cls, run: Path) -> RunInfo:
-        """FormatError naming the file when it is missing or not a run.json."""
-        path = Path(run) / RUN_INFO
-        try:
-            return cls.from_dict(json.loads(path.read_text()))
-        except (OSError, UnicodeDecodeError, ValueError, TypeError) as e:
-            raise FormatError(f"{path}: not a training run's {RUN_INFO} ({type(e).__name__}: {e})") from e
-
-    @classmethod
-    def find(cls, run: Path) -> RunInfo | None:
-        """The run's record, or None for a run directory without one (weights put there by hand)."""
-        return cls.read(run) if (Path(run) / RUN_INFO).exists() else None
 
 
 def pick_device(name: str, local_rank: int = 0) -> torch.device:
@@ -131,7 +102,7 @@ def read_metrics(path: Path) -> list[dict[str, str]]:
 
 def load_checkpoint(path: Path, what: str, keys: Sequence[str]) -> dict:
     """A weights-only torch checkpoint that must be a dict with `keys`; anything else is a
-    SystemExit that names the file and what was expected (truncated, junk, another kind)."""
+    FormatError that names the file and what was expected (truncated, junk, another kind)."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a bad file (pickle, struct, zip, OS errors)

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from facevoice.service.errors import UsageError
+from facevoice.service.errors import FormatError, UsageError
 from facevoice.training.association.config import AssociationConfig, EmbeddingConfig, FaceConfig, VoiceConfig
 
 # SoundNet 8-layer (Aytar et al. 2016), conv1..conv6: (kernel, stride, padding, max-pool after)
@@ -158,11 +158,11 @@ def _state_dict_from_file(path: Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as e:  # truncated, not torch, code
-        raise UsageError(f"{path}: not a readable weight file ({type(e).__name__}: {str(e)[:200]})") from e
+        raise FormatError(f"{path}: not a readable weight file ({type(e).__name__}: {str(e)[:200]})") from e
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     if not isinstance(state, dict):
-        raise UsageError(f"{path}: expected a state dict, found {type(state).__name__}")
+        raise FormatError(f"{path}: expected a state dict, found {type(state).__name__}")
     return state
 
 

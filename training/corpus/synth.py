@@ -25,7 +25,6 @@ from facevoice.training.corpus.splits import assign_splits, split_counts
 from facevoice.training.corpus.summary import corpus_counts, count_lines
 from facevoice.training.corpus.voices import ESPEAK, SAMPLE_RATE, ClipNuisance, synthesize_clip
 
-FORMAT_VERSION = 1
 MIN_SPEECH_SECONDS = 1.0  # the voice front ends' default (training/*/config.py)
 # Best published VoxCeleb 1:2 matching, V->F: the level the oracle is calibrated to (docs/corpus.md,
 # "The oracle and its calibration").
@@ -266,7 +265,7 @@ def build_corpus(out: Path, cfg: SynthConfig, force: bool = False, progress: boo
     write_manifest(out, items)
     write_csv(out / IDENTITIES, [{**person_row(p), "split": split_of[p.identity]} for p in people])
     media_seconds = time.perf_counter() - start
-    info = CorpusInfo(generator="facevoice corpus synth", format_version=FORMAT_VERSION,
+    info = CorpusInfo(generator="facevoice corpus synth",
                       config={k: v for k, v in asdict(cfg).items() if k != "model"},
                       population_model=asdict(cfg.model),
                       counts=corpus_counts(items, split_of, sorted(set(split_of.values())),
