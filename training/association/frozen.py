@@ -17,11 +17,12 @@ A linear head joins them, fitted on the person means of the training people of a
 
 k and the ridge's alpha are chosen on the corpus's validation people (unconstrained 1:2 of both
 directions). Each head is scored on held-out corpora with the same 1:2 trials as `eval
-heldout` and `eval media-ceiling` (Kim et al. Table 3's protocol, under every control), pooled
-over the corpora with identity-bootstrap intervals. A within-gender ridge from each frozen
-embedding to the generator's values (as `eval media-ceiling` probes the served embeddings)
-says which links each encoder reads from our media. No media is written or logged; the
-embeddings of each corpus are kept in OUT/embeddings so that a rerun does not compute them again.
+heldout` and `eval media-ceiling` (Kim et al. Table 3's controls; G/E/F/A over every such
+group, where Kim et al. take the largest), pooled over the corpora with identity-bootstrap
+intervals. A within-gender ridge from each frozen embedding to the generator's values (as
+`eval media-ceiling` probes the served embeddings) says which links each encoder reads from
+our media. No media is written or logged; the embeddings of each corpus are kept in
+OUT/embeddings so that a rerun does not compute them again.
 """
 
 from __future__ import annotations

@@ -3,9 +3,10 @@
 Kim et al. 2018 test on identities disjoint from training (sec. 4.2); on a synthetic corpus a
 run's own test split is one draw of 60 such people. This command generates (or reuses) whole
 corpora of new people from seeds of the caller's choosing, each split entirely into `test`,
-evaluates every run on each with Table 3's protocol, pools the trials of all corpora for one
-identity-bootstrap interval per cell, and probes the within-gender links. With runs trained on
-different numbers of identities (train.identities) it also draws the learning curve.
+evaluates every run on each under Table 3's controls (G/E/F/A over every such group, not only
+Kim's largest), pools the trials of all corpora for one identity-bootstrap interval per cell,
+and probes the within-gender links. With runs trained on different numbers of identities
+(train.identities) it also draws the learning curve.
 
     facevoice eval heldout --run runs/a --run runs/b --seeds 7101 7102 7103 --identities 200 \\
         --corpora corpora/ --out reports/heldout --curve
