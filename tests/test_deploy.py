@@ -18,6 +18,7 @@ import urllib.request
 from dataclasses import fields
 from pathlib import Path
 
+import pytest
 import yaml
 
 from devtools.local_servers import LocalProcess, free_port, wait_for
@@ -284,6 +285,53 @@ def test_gpu_overlay_patches_apply():
     assert "--model-config-name=gpu" in triton["args"] and "--model-config-name=cpu" not in triton["args"]
     assert triton["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert check_settings(patched[("ConfigMap", "facevoice")]["data"]).gpu is True
+
+
+def test_every_kubernetes_object_validates_against_the_api_schemas():
+    """kubernetes-validate (the API's own OpenAPI schemas, shipped in the package: no cluster, no
+    network), strict: an unknown field is an error. The base, the GPU overlay's patched objects,
+    and the sharded build's jobs."""
+    import kubernetes_validate
+
+    objects = list(base_objects().values())
+    overlay = yaml.safe_load((DEPLOY / "k8s" / "overlays" / "gpu" / "kustomization.yaml").read_text())
+    by_key = base_objects()
+    objects += [apply_patch(by_key[(p["target"]["kind"], p["target"]["name"])], yaml.safe_load(p["patch"]))
+                for p in overlay["patches"]]
+    objects += [d for f in sorted((DEPLOY / "k8s" / "sharded-build").glob("*.yaml")) for d in k8s(f)]
+    assert len(objects) >= 17
+    for doc in objects:
+        kubernetes_validate.validate(doc, "1.31", strict=True)  # raises on a schema error
+    broken = copy.deepcopy(by_key[("Deployment", "facevoice")])
+    broken["spec"]["template"]["spec"]["containers"][0]["imagePullPolicyy"] = "Always"
+    with pytest.raises(kubernetes_validate.ValidationError):  # the check can fail
+        kubernetes_validate.validate(broken, "1.31", strict=True)
+
+
+def test_compose_and_kubernetes_run_the_image_as_it_is_built():
+    """The Dockerfile's service stage against what runs it: the user it declares is the one the
+    manifests name, the directories it makes are the ones they mount, read-only where the
+    service only reads, and every FACEVOICE_ setting the image sets is one the service knows."""
+    steps = stages()[""]
+    user = next(a for k, a in steps if k == "USER")
+    env = dict(re.findall(r"(FACEVOICE_\w+)=(\S+)", " ".join(a for k, a in steps if k == "ENV")))
+    cfg = check_settings(env)
+    root = " ".join(a for st in stages().values() for k, a in st if k == "RUN")
+    assert "mkdir -p /models /indexes" in root and "chown facevoice /indexes" in root
+    for deployment in (base_objects()[("Deployment", "facevoice")],):
+        pod = deployment["spec"]["template"]["spec"]
+        assert str(pod["securityContext"]["runAsUser"]) == user
+        mounts = {m["mountPath"]: m.get("readOnly", False) for m in pod["containers"][0]["volumeMounts"]}
+        assert mounts[str(cfg.model_repo)] is True and mounts[str(cfg.index_root)] is True  # the service only reads
+    job = base_objects()[("CronJob", "index-rebuild")]["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    assert str(job["securityContext"]["runAsUser"]) == user
+    job_mounts = {m["mountPath"]: m.get("readOnly", False) for c in job["initContainers"] for m in c["volumeMounts"]}
+    assert job_mounts[str(cfg.index_root)] is False and job_mounts[str(cfg.model_repo)] is True  # the job writes
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]
+    svc = {v.split(":")[1]: v.split(":")[2:] for v in compose["facevoice"]["volumes"]}
+    assert svc[str(cfg.model_repo)] == ["ro"] and svc[str(cfg.index_root)] == ["ro"]
+    build = {v.split(":")[1]: v.split(":")[2:] for v in compose["index-build"]["volumes"]}
+    assert build[str(cfg.index_root)] == [] and build[str(cfg.model_repo)] == ["ro"]
 
 
 # Prometheus -----------------------------------------------------------------------------------

@@ -5,10 +5,10 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from fractions import Fraction
+from math import gcd
 
 import numpy as np
 import soundfile as sf
-from scipy.signal import resample_poly
 
 from facevoice.service.media.containers import decode_container, sniff
 from facevoice.service.media.errors import (
@@ -202,6 +202,42 @@ def resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
         return x.astype(np.float32, copy=False)
     ratio = Fraction(sr_out, sr_in).limit_denominator(1000)
     return resample_poly(x, ratio.numerator, ratio.denominator).astype(np.float32)
+
+
+def resample_poly(x: np.ndarray, up: int, down: int) -> np.ndarray:
+    """scipy.signal.resample_poly's defaults (a Kaiser-windowed (beta 5) low-pass FIR of 20 x
+    max(up, down) + 1 taps, zero padding, the same alignment), in numpy, in float64: the service
+    image carries no scipy for this one function. tests/test_media_audio.py holds it to scipy's."""
+    g = gcd(up, down)
+    up, down = up // g, down // g
+    x = np.asarray(x, np.float64)
+    if up == down == 1:
+        return x.copy()
+    n_in, max_rate = len(x), max(up, down)
+    n_out = -(-n_in * up // down)
+    half_len = 10 * max_rate
+    m = np.arange(2 * half_len + 1) - half_len
+    h = np.sinc(m / max_rate) / max_rate * np.kaiser(len(m), 5.0)  # firwin(..., 1 / max_rate)
+    h = h / h.sum() * up
+    pre_pad = down - half_len % down  # scipy's alignment: the filter's centre on the first output
+    first = (half_len + pre_pad) // down  # the first output kept, on the full output's count
+    h = np.concatenate([np.zeros(pre_pad), h])
+    taps = -(-len(h) // up)  # each polyphase branch's length
+    branches = np.concatenate([h, np.zeros(taps * up - len(h))]).reshape(taps, up).T[:, ::-1]  # [phase, tap]
+    # x[i] at xp[i + taps - 1]: output k (on the upsampled grid at k * down) is the window of
+    # `taps` samples ending at x[k * down // up], dotted with its phase's branch
+    last = ((first + n_out - 1) * down) // up
+    xp = np.concatenate([np.zeros(taps - 1), x, np.zeros(max(0, last - n_in + 1))])
+    windows = np.lib.stride_tricks.sliding_window_view(xp, taps)
+    out = np.empty(n_out)
+    for r in range(up):  # the outputs k = r (mod up) share a phase; their windows step by `down`
+        k0 = first + (r - first) % up
+        if k0 >= first + n_out:
+            continue
+        i0 = k0 * down // up
+        count = (first + n_out - 1 - k0) // up + 1
+        out[k0 - first::up] = windows[i0:i0 + count * down:down] @ branches[(k0 * down) % up]
+    return out
 
 
 def tile_to_length(x: np.ndarray, n: int) -> np.ndarray:
