@@ -291,3 +291,34 @@ def test_the_contrastive_loss_of_the_siamese_baseline():
     assert load_config("small", ["train.loss=contrastive"]).train.loss == "contrastive"
     with pytest.raises(UsageError, match=r"train\.loss"):
         load_config("small", ["train.loss=hinge"])
+
+
+def test_link_probes_read_a_measured_number_without_a_generator():
+    """The speaker's measured F0 (`measured`) is read like the generator's numbers: within gender,
+    from each side. Faces here carry it (plus noise), voices do not; a person without it is left out,
+    and the generator's figures are the same with or without it."""
+    import numpy as np
+
+    from facevoice.training.association.data import Modality, SplitData
+    from facevoice.training.association.protocol import Embeddings, link_probes
+
+    rng = np.random.default_rng(0)
+    n = 40
+    ident = np.repeat(np.arange(n), 2)
+    split = SplitData([f"p{i}" for i in range(n)], [{"gender": "female" if i % 2 else "male"} for i in range(n)],
+                      Modality(np.zeros((2 * n, 1)), ident.copy(), [str(k) for k in range(2 * n)]),
+                      Modality(np.zeros((2 * n, 1)), ident.copy(), [str(k) for k in range(2 * n)]))
+    f0 = np.log(np.where(np.arange(n) % 2, 200.0, 100.0) * np.exp(0.1 * rng.standard_normal(n)))
+    f0[3] = np.nan  # never voiced
+    face = np.c_[np.nan_to_num(f0)[ident] + 0.02 * rng.standard_normal(2 * n), rng.standard_normal((2 * n, 3))]
+    emb = Embeddings(face=face, voice=rng.standard_normal((2 * n, 4)))
+    links = link_probes(emb, split, {}, trials=10, measured={"measured_f0": f0})
+    assert set(links) == {"face", "voice"} and list(links["face"]) == ["measured_f0"]
+    assert links["face"]["measured_f0"]["r"] > 0.9  # within gender: the spread around 100 / 200 Hz
+    assert abs(links["voice"]["measured_f0"]["r"]) < 0.3
+    assert link_probes(emb, split, {}, trials=10) == {}
+    people = {f"p{i}": {"z_size": str(float(face[2 * i, 0]))} for i in range(n)}
+    plain = link_probes(emb, split, people, trials=10)
+    both = link_probes(emb, split, people, trials=10, measured={"measured_f0": f0})
+    assert plain["face"]["z_size"] == both["face"]["z_size"] and plain["voice"] == {
+        k: v for k, v in both["voice"].items() if k != "measured_f0"}

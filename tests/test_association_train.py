@@ -72,10 +72,23 @@ def test_trained_model_beats_chance_on_separable_data(trained, toy):
         assert cell["ci95"][0] > 0.5, (direction, cell)
 
 
+def _people_by_split(corpus: Path) -> dict[str, dict[str, dict[str, int]]]:
+    """From manifest.csv itself: per split, people counted by each attribute's value."""
+    import csv
+    from collections import Counter
+
+    with (corpus / "manifest.csv").open() as f:
+        person = {r["identity"]: r for r in csv.DictReader(f)}
+    return {split: {a: dict(Counter(r[a] for r in person.values() if r["split"] == split))
+                    for a in ("gender", "appearance_group", "first_language", "age_group")}
+            for split in {r["split"] for r in person.values()}}
+
+
 def test_evaluation_report(trained, toy, tmp_path):
     out = tmp_path / "report"
+    other = build_toy_corpus(tmp_path / "other", identities=12, seed=1)  # 3 test people: Table 8 and Fig. 3
     result = eval_association(EvalAssociationOptions(run=trained, corpus=toy, out=out, trials=300, probe_trials=3,
-                                                     workers=1, no_progress=True))
+                                                     workers=1, no_progress=True, cross_corpus=other))
     m = EvalAssociationResult.read(out).metrics
     assert set(m["matching"]["v2f"]) >= {"-", "G", "E", "G/E", "G/E/F/A", "largest group"}
     assert m["matching"]["v2f"]["-"]["trials"] == 300
@@ -86,9 +99,35 @@ def test_evaluation_report(trained, toy, tmp_path):
     for fig in m["figures"]:
         assert (out / fig).stat().st_size > 1000
     assert "fig2_tsne_prosody.png" in m["figures"]  # Fig. 2: loudness beside pitch
+    # Fig. 3 (two corpora), Figs. A.6 / A.7 (first language among the panels), each in report.md
+    assert {"fig1_tsne.png", "fig3_cross_corpus_tsne.png", "figA6_tsne_voice.png", "figA7_tsne_face.png"} <= set(
+        m["figures"])
     report = (out / "report.md").read_text()
     assert "## 1:2 matching (Table 3)" in report and "Kim et al. Table 3" in report
+    assert all(f"![{f}]({f})" in report for f in m["figures"] if f.startswith("fig"))
     assert "1:2 accuracy %" in result.summary()
+    # the measured F0: every toy clip is espeak-ng's default voice at -p 10..90 (65-160 Hz by
+    # tests/test_pitch.py's measurements), each voiced; with 3 test people a gender there is no
+    # within-gender holdout (6 needed), so no link is read on this corpus
+    assert m["f0"]["clips"] == m["f0"]["voiced_clips"] == m["voices"] == 12
+    assert 60 < m["f0"]["median_hz"]["male"] < 170 and m["f0"]["r_generator_pitch"] == {}
+    # Table 2: people per split and value, equal to the manifest's own counts
+    assert m["tables"] == ["demographics.md"] and (out / "demographics.md").exists()
+    table = m["demographics"][0]["splits"]
+    truth = _people_by_split(toy)
+    for split, counts in truth.items():
+        assert table[split]["people"] == sum(counts["gender"].values())
+        for attr, by_value in counts.items():
+            assert {v: n for v, n in table[split][attr].items() if n} == by_value, (split, attr)
+    assert table["all"]["people"] == 24 and table["test"]["people"] == 6 and table["test"]["gender"] == {
+        "male": 3, "female": 3}
+    md = (out / "demographics.md").read_text()
+    assert "| test | 6 | 3 | 3 |" in md and "| Kim et al. VoxCeleb test (250 people) | 150 | 100 |" in md
+    assert "## The data (Table 2" in report
+    # the second corpus: its own Table 2, and the 1:2 table beside Kim's Table 8
+    assert [d["name"] for d in m["demographics"]] == [toy.name, "other"]  # the corpora's directory names
+    assert m["demographics"][1]["splits"]["all"]["people"] == 12 and m["cross_corpus"]["identities"] == 3
+    assert "Kim et al. Table 8" in report and "on other (3 identities, Table 8)" in result.summary()
 
 
 def test_resume_continues_exactly(toy, tmp_path):

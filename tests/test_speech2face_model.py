@@ -306,3 +306,78 @@ def test_the_batch_norm_switch_removes_every_bn_of_the_encoder():
     assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in with_bn.modules()) == 8
     with torch.no_grad():
         assert enc(torch.randn(2, 2, 100, 257)).shape == (2, 32)
+
+
+def test_ohs_crop_is_a_config_key_that_travels_to_the_front_end(tmp_path):
+    """Oh et al. sec. 3 crop dlib's CNN face region and resize it to 224 x 224: `paper` is that
+    (detector cnn, box_scale 1.0, no alignment); `small` keeps the corpus-face detector and Kim et
+    al.'s 1.5x margin. The key is recorded in a network's checkpoint and in the front end export
+    writes (facevoice.json's `frontends.to_dict`)."""
+    import json
+
+    from facevoice.service.media import frontends
+    from facevoice.training.speech2face.checkpoints import VGGFACE_IDENTITIES, load_face_net
+    from facevoice.training.speech2face.config import from_dict
+    from facevoice.training.speech2face.features import TrainFaceFeaturesOptions, train_face_features
+
+    paper, small = load_config("paper").face, load_config("small").face
+    assert (paper.detector, paper.box_scale, paper.align, paper.size) == ("cnn", 1.0, False, 224)
+    assert (small.detector, small.box_scale, small.align) == ("hog+synth", 1.5, False)
+    face = paper.frontend()
+    assert (face.detector, face.box_scale, face.align, face.size) == ("cnn", 1.0, False, 224)
+    assert frontends.from_dict(json.loads(json.dumps(frontends.to_dict(face)))) == face
+    assert load_config("small", ["face.box_scale=1.25"]).face.frontend().box_scale == 1.25
+    # a run recorded before the key existed was cut with the 1.5x margin, and still is
+    old = load_config("small").to_dict()
+    del old["face"]["box_scale"]
+    assert from_dict(old).face.frontend().box_scale == 1.5
+    with pytest.raises(UsageError, match="box_scale"):
+        load_config("small", ["face.box_scale=0"])
+    with pytest.raises(UsageError, match=r"face\.detector"):
+        load_config("small", ["face.detector=mtcnn"])
+    # through a network's checkpoint, which the decoder, the voice encoder and export start from
+    sets = ["face.size=32", "face.widths=[4, 8, 8, 16, 16]", "face.fc=16", "face.batch_norm=false",
+            "face.detector=cnn", "face.box_scale=1.0"]
+    cfg = load_config("small", sets)
+    torch.save(_vggface_layout(FaceNet(cfg.face, VGGFACE_IDENTITIES), cfg), tmp_path / "vgg_face.pth")
+    train_face_features(TrainFaceFeaturesOptions(corpus=tmp_path, out=tmp_path / "net", set=sets,
+                                                 vggface=tmp_path / "vgg_face.pth"))
+    _, trained = load_face_net(tmp_path / "net" / "face_net.pt", torch.device("cpu"))
+    assert (trained.face.frontend().detector, trained.face.frontend().box_scale) == ("cnn", 1.0)
+
+
+# Faces in the photos packages ship, read off the pictures (as tests/test_faces.py): eye centres
+REAL_PHOTOS = {"grace_hopper.jpg": ((222, 194), (307, 190)), "astronaut.png": ((202, 102), (247, 102))}
+
+
+@pytest.mark.parametrize("name", sorted(REAL_PHOTOS))
+def test_an_oh_crop_of_a_real_photo_is_the_cnn_face_region_at_the_network_size(name):
+    """The paper config's front end on a real photo: dlib's CNN finds one face (about 3 s on one
+    core), and the network's input is exactly that box (square) resized to 224 x 224: no margin,
+    no rotation. The box lies on the face (both eyes inside, IoU over 0.5 with dlib's HOG box),
+    and is tighter than Kim et al.'s 1.5x crop of the same box."""
+    from pathlib import Path
+
+    import numpy as np
+    import skimage
+    from matplotlib import cbook
+
+    from facevoice.service.media.faces import detect_faces, iou
+    from facevoice.service.media.image import decode_image, face_input_used, normalise
+
+    path = (Path(skimage.__file__).parent / "data" / name if name == "astronaut.png"
+            else Path(cbook.get_sample_data(name, asfileobj=False)))
+    data = path.read_bytes()
+    frontend = load_config("paper").face.frontend()
+    x, used = face_input_used(data, frontend)
+    assert x.shape == (3, 224, 224) and used.source == "detected" and len(used.faces) == 1
+    bx, by, w, h = used.box
+    assert w == h  # the MMOD detector's boxes are square: the crop is the box itself
+    img = decode_image(data)
+    np.testing.assert_array_equal(x, normalise(img.crop((round(bx), round(by), round(bx + w), round(by + h))),
+                                               frontend))
+    assert all(bx <= ex <= bx + w and by <= ey <= by + h for ex, ey in REAL_PHOTOS[name])
+    (hog,) = detect_faces(img, "hog")
+    assert iou(used.box, hog.box) > 0.5
+    margin = img.crop((round(bx - w / 4), round(by - h / 4), round(bx + 1.25 * w), round(by + 1.25 * h)))
+    assert np.abs(x - normalise(margin, frontend)).mean() > 0.1

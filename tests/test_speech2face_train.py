@@ -184,7 +184,8 @@ def test_evaluation_report(nets, toy, tmp_path):
     out, _ = nets
     report = tmp_path / "report"
     result = eval_s2f(EvalS2FOptions(run=out / "s2f", corpus=toy, out=report, cache_dir=out / "cache",
-                                     seconds=(1.0, 2.0), trials=300, workers=1, no_progress=True))
+                                     seconds=(1.0, 2.0), trials=300, workers=1, classifier_steps=60,
+                                     no_progress=True))
     assert result.report == report / "report.md"
     text = (report / "report.md").read_text()
     for heading in ("Feature similarity (Table 2)", "S2F -> face retrieval (Table 3)", "Attribute agreement",
@@ -206,7 +207,33 @@ def test_evaluation_report(nets, toy, tmp_path):
     assert "Do the reconstructions follow the person?" in text
     for f in m["figures"]:
         assert (report / f).stat().st_size > 0
-    assert "Speech2Face evaluation" in result.summary()
+    # the paper's remaining figures, each a PNG named after it
+    for f in ("fig4a_pixel_classifier.png", "fig4b_dataset.png", "fig6_durations.png", "fig7_retrieval.png"):
+        assert f in m["figures"] and (report / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Fig. 4 on pixels: the toy corpus has one age group, so gender and appearance group; 6 test
+    # people with 2 clips and 2 photos each: 24 (clip, photo) pairs, 12 clips
+    pixels = m["attributes_pixels"]
+    assert set(pixels) == {"gender", "appearance_group"} and m["pixel_classifier"]["steps"] == 60
+    for v in pixels.values():
+        assert sum(map(sum, v["confusion"])) == 24 and sum(map(sum, v["confusion_truth"])) == 12
+        for key in ("agreement", "photo_accuracy", "s2f_accuracy", "f2f_accuracy", "majority"):
+            assert 0 <= v[key] <= 1
+        assert v["agreement"] == np.trace(v["confusion"]) / 24 and v["chance"] == 0.5
+    assert "The same on pixels, independent of the model" in text and "| photo \\ S2F |" in text
+    # Fig. 4(b): 12 training, 6 validation and 6 test people, half of each male
+    assert {s: v["people"] for s, v in m["dataset"].items()} == {"train": 12, "val": 6, "test": 6}
+    assert m["dataset"]["test"]["gender"] == {"female": 3, "male": 3} and "Dataset statistics (Fig. 4(b))" in text
+    # Fig. 7: the first 5 test people, each with its speaker's rank in the 6-photo gallery
+    ex = m["retrieval_examples"]
+    assert [e["identity"] for e in ex] == m_identities(toy)[:5] and all(1 <= e["true_rank"] <= 6 for e in ex)
+    assert "Retrieval examples (Fig. 7)" in text
+    assert "Speech2Face evaluation" in result.summary() and "by a CNN on pixels" in result.summary()
+
+
+def m_identities(corpus) -> list[str]:
+    """The corpus's test identities, sorted (the order `eval s2f` numbers them)."""
+    from facevoice.service.corpus import read_manifest
+    return sorted({i.identity for i in read_manifest(corpus) if i.split == "test"})
 
 
 def test_evaluating_a_non_s2f_checkpoint_is_a_clear_error(nets, tmp_path):

@@ -165,7 +165,8 @@ def test_first_frame_of_each_clip_with_its_box(tree):
     for frame in ("0000375", "0000400"):  # a picture whose crop differs from its centre square
         Image.fromarray(gradient).save(faces / "unzippedFaces/A.J._Buckley/1.6/1zcIwhmdeo4" / f"{frame}.jpg")
     txt = _tracks(tmp_path, {"00001": 375, "00002": 390})  # clip 2 starts between the two frames
-    corpus_voxceleb(_opts(tmp_path, wav, faces, meta, txt_root=txt, box_frames=True, seed=1))
+    # the first box of each track (--box-filter first); the default median is tested below
+    corpus_voxceleb(_opts(tmp_path, wav, faces, meta, txt_root=txt, box_frames=True, box_filter="first", seed=1))
     out = tmp_path / "corpus"
     items = read_manifest(out)
     clips = sorted((i for i in items if i.identity == "id10001" and i.modality == "face" and i.video == "1zcIwhmdeo4"),
@@ -190,4 +191,89 @@ def test_a_track_file_without_rows_is_a_clear_error(tmp_path):
     bad = tmp_path / "00001.txt"
     bad.write_text("Identity  : \tid10001\n\nFRAME \tX \tY \tW \tH \n")
     with pytest.raises(FormatError, match="FRAME X Y W H"):
+        voxceleb.read_track(bad)
+
+
+def _track_file(txt_root: Path, clip: str, rows: list[tuple[int, float, float, float, float]]) -> None:
+    """A VoxCeleb1 txt file for id10001's clip `clip` of video 1zcIwhmdeo4: FRAME X Y W H rows."""
+    d = txt_root / "txt" / "id10001" / "1zcIwhmdeo4"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / f"{clip}.txt").write_text("Identity  : \tid10001\nReference : \t1zcIwhmdeo4\nOffset    : \t1\n\n"
+                                   "FRAME \tX \tY \tW \tH \n"
+                                   + "".join(f"{f:06d} \t{x:g} \t{y:g} \t{w:g} \t{h:g} \n" for f, x, y, w, h in rows))
+
+
+def _clip_boxes(tmp_path, wav, faces, meta, **extra) -> dict[str, str]:
+    corpus_voxceleb(_opts(tmp_path, wav, faces, meta, txt_root=tmp_path / "txt_root", box_frames=True, seed=1,
+                          **extra))
+    return {i.item_id.rsplit("-", 1)[1]: i.box for i in read_manifest(tmp_path / "corpus")
+            if i.identity == "id10001" and i.modality == "face" and i.video == "1zcIwhmdeo4"}
+
+
+# a face centred at (32, 30), 30 x 28 px, whose box jitters: centre by up to ±2 px, size by up to
+# ±3 px, in a five-frame cycle whose median is no jitter at all
+JITTER = [(-2, 1, 3, -2), (2, -1, -3, 2), (-1, 2, 0, 1), (1, -2, 2, -1), (0, 0, -2, 0)]
+
+
+def _jittering(first: int, last: int) -> list[tuple[int, float, float, float, float]]:
+    rows = []
+    for f in range(first, last + 1):
+        dx, dy, dw, dh = JITTER[f % 5]
+        w, h = 30 + dw, 28 + dh
+        rows.append((f, 32 + dx - w / 2, 30 + dy - h / 2, w, h))
+    return rows
+
+
+def test_a_jittering_track_gives_its_median_box(tree):
+    """Kim sec. 4.2: "We first filtered the bounding boxes temporally as there were fluctuations in
+    their sizes and positions". By default each clip's box is the median over its track's rows
+    within 12 frames of the chosen frame (frame 375, the clip's first face image): the steady
+    box (17, 16, 30, 28), not the first row's."""
+    tmp_path, wav, faces, meta = tree
+    _track_file(tmp_path / "txt_root", "00001", _jittering(360, 390))
+    first_row = _jittering(360, 360)[0]  # frame 360: centre (30, 31), 30 + 3 x 28 - 2 px
+    assert _clip_boxes(tmp_path, wav, faces, meta) == {"00001": "17 16 30 28"}
+    assert _clip_boxes(tmp_path, wav, faces, meta, box_filter="first") == {
+        "00001": " ".join(f"{v:g}" for v in first_row[1:])} == {"00001": "13.5 18 33 26"}
+    track = voxceleb.read_track(tmp_path / "txt_root/txt/id10001/1zcIwhmdeo4/00001.txt")
+    found = voxceleb.filtered_box(track, 375)
+    assert found.rows == 25 and found.outliers == 0 and not found.jumps  # frames 363-387
+    assert voxceleb.filtered_box(track, 375, window=0).box == track.boxes[15]  # frame 375's own box
+    details = CorpusInfo.read(tmp_path / "corpus").details
+    assert details["boxes"].startswith("each clip's first box")  # the last run was --box-filter first
+
+
+def test_an_outlier_frame_does_not_move_the_box(tree):
+    """A steady track with one wild row, at the chosen frame itself: the median ignores it and the
+    track is kept (1 of 25 rows far from the median, under the quarter that drops a track)."""
+    tmp_path, wav, faces, meta = tree
+    rows = [(f, 17.0, 16.0, 30.0, 28.0) for f in range(360, 391)]
+    rows[15] = (375, 40.0, 2.0, 20.0, 20.0)  # the detector on something else for one frame
+    _track_file(tmp_path / "txt_root", "00001", rows)
+    assert _clip_boxes(tmp_path, wav, faces, meta) == {"00001": "17 16 30 28"}
+    found = voxceleb.filtered_box(voxceleb.read_track(tmp_path / "txt_root/txt/id10001/1zcIwhmdeo4/00001.txt"), 375)
+    assert (found.rows, found.outliers, found.jumps) == (25, 1, False)
+    assert "each clip's median box over its track within 12 frames" in CorpusInfo.read(tmp_path / "corpus").details[
+        "boxes"]
+
+
+def test_a_track_that_jumps_is_dropped_and_reported(tree):
+    """A track whose box moves to another place halfway through the window (a cut, another face)
+    is no face to trust: the clip's face is left out and listed in skipped.csv; with
+    --box-filter first it is kept with its first box, as before."""
+    tmp_path, wav, faces, meta = tree
+    rows = [(f, 4.0 if f < 375 else 30.0, 16.0, 30.0, 28.0) for f in range(360, 391)]
+    _track_file(tmp_path / "txt_root", "00001", rows)
+    _track_file(tmp_path / "txt_root", "00002", _jittering(395, 420))  # a steady clip beside it
+    assert _clip_boxes(tmp_path, wav, faces, meta) == {"00002": "17 16 30 28"}
+    skipped = (tmp_path / "corpus" / "skipped.csv").read_text()
+    assert "id10001,txt/id10001/1zcIwhmdeo4/00001.txt,face track jumps: 12 of its 25 boxes" in skipped
+    assert _clip_boxes(tmp_path, wav, faces, meta, box_filter="first") == {"00001": "4 16 30 28",
+                                                                          "00002": "13.5 18 33 26"}
+
+
+def test_a_track_with_a_bad_row_is_a_clear_error(tmp_path):
+    bad = tmp_path / "00001.txt"
+    bad.write_text("Identity  : \tid10001\n\nFRAME \tX \tY \tW \tH \n000001 \t1 \t2 \t3 \t4 \n000002 \t1 \tx \t3 \n")
+    with pytest.raises(FormatError, match="cannot read the FRAME X Y W H row '000002 1 x 3'"):
         voxceleb.read_track(bad)

@@ -23,6 +23,14 @@ class FaceConfig:
     # the augmentation's window size, as a fraction of the image: supp. A.2.2's -40%..+20% crop.
     # (1, 1) keeps every face at its photo's size, so a face's width stays visible (our option)
     augment_scale: tuple[float, float] = (0.8, 1.4)
+    # how far the window's centre may move, as a fraction of the crop's half-side: A.2.2 has no
+    # shift (0); 0.1 (±5% of the side) is what `small` trains with (our option)
+    augment_shift: float = 0.0
+    # A.2.2's wider windows ("negative cropping, more background") read the photo around the
+    # crop, cached with a margin (data.py); false: they repeat the crop's border pixels, as
+    # before, and no margin is cached (it holds (augment_scale's high + augment_shift)^2 times
+    # the crop's pixels)
+    augment_background: bool = True
     # what is average-pooled globally: "conv5_3" as sec. 4.1 says (14x14 at 224 px), or "pool5",
     # after VGG16's fifth max-pool (7x7; what this project did before, kept a switch away)
     pool: str = "conv5_3"
@@ -146,6 +154,8 @@ def validate(cfg: AssociationConfig) -> None:
         parse_detector(cfg.face.detector)
     if len(cfg.face.augment_scale) != 2 or not 0 < cfg.face.augment_scale[0] <= cfg.face.augment_scale[1]:
         raise UsageError("face.augment_scale must be [low, high] with 0 < low <= high")
+    if not 0 <= cfg.face.augment_shift < 1:
+        raise UsageError("face.augment_shift must be in [0, 1): a fraction of the crop's half-side")
     if cfg.face.pool not in ("conv5_3", "pool5"):
         raise UsageError("face.pool must be 'conv5_3' (sec. 4.1) or 'pool5'")
     if cfg.voice.crop not in ("first", "random"):

@@ -7,6 +7,7 @@ import hashlib
 import json
 import multiprocessing as mp
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +19,13 @@ from facevoice.service.corpus import ATTRIBUTES, MANIFEST, Item, read_manifest
 from facevoice.service.errors import CorpusError
 from facevoice.service.media import AssociationAudio, MediaError
 from facevoice.service.media.frontends import Frontend, model_input
-from facevoice.training.association.augment import augment_faces, augment_voices
+from facevoice.training.association.augment import (
+    FaceMargin,
+    augment_faces,
+    augment_voices,
+    face_margin,
+    face_with_margin,
+)
 from facevoice.training.association.config import AssociationConfig
 
 # Training's cache holds float16 (half the memory; inputs are normalised images and [-1, 1]
@@ -34,6 +41,9 @@ class Modality:
     identity: np.ndarray
     item_ids: list[str]
     video: np.ndarray | None = None  # each item's source recording ("" unknown), from the manifest
+    # faces only, for the augmentation's wider windows: () -> [N, 3, L, L], each row's crop with
+    # a margin of its photo around it (FaceMargin), decoded on the first call
+    wide: Callable[[], np.ndarray] | None = None
 
 
 @dataclass
@@ -53,15 +63,15 @@ def cache_key(corpus: Path, split: str, modality: str, frontend, store=STORE) ->
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
-_WORKER: tuple[Path, Frontend, type, bool] | None = None
+_WORKER: tuple[Path, Frontend | FaceMargin, type, bool] | None = None
 
 
-def _set_worker(corpus: Path, frontend: Frontend, store, skip: bool = False) -> None:
+def _set_worker(corpus: Path, frontend: Frontend | FaceMargin, store, skip: bool = False) -> None:
     global _WORKER
     _WORKER = (corpus, frontend, store, skip)
 
 
-def _init_worker(corpus: Path, frontend: Frontend, store, skip: bool = False) -> None:
+def _init_worker(corpus: Path, frontend: Frontend | FaceMargin, store, skip: bool = False) -> None:
     torch.set_num_threads(1)  # in the decode processes only: the parent keeps its threads
     _set_worker(corpus, frontend, store, skip)
 
@@ -72,15 +82,19 @@ def _decode(item: Item) -> np.ndarray | None:
     corpus, frontend, store, skip = _WORKER
     try:
         # the manifest's face box, cropped as the index build and the service crop it
-        return model_input((corpus / item.path).read_bytes(), frontend, item.face_box()).astype(store)
+        data = (corpus / item.path).read_bytes()
+        if isinstance(frontend, FaceMargin):
+            return face_with_margin(data, frontend, item.face_box()).astype(store)
+        return model_input(data, frontend, item.face_box()).astype(store)
     except MediaError as e:
         if skip:
             return None
         raise MediaError(f"{item.item_id} ({item.path}): {e}") from e
 
 
-def decode_items(corpus: Path, items: list[Item], frontend: Frontend, cache_dir: Path, key: str, workers: int = 2,
-                 progress: bool = True, store=STORE, refused: list[int] | None = None) -> np.ndarray:
+def decode_items(corpus: Path, items: list[Item], frontend: Frontend | FaceMargin, cache_dir: Path, key: str,
+                 workers: int = 2, progress: bool = True, store=STORE, refused: list[int] | None = None
+                 ) -> np.ndarray:
     """Every item through service.media once, as `store`; later calls map the cached file. With
     `refused` (a list), items the front end refuses are left as zeros and their positions added
     to it (kept beside the cache, KEY.refused.json) instead of failing the whole decode."""
@@ -137,7 +151,9 @@ def load_split(corpus: Path, split: str, cfg: AssociationConfig, cache_dir: Path
                skip_refused: bool = False) -> SplitData:
     """Faces at cfg.face.size and voices of cfg.voice.cache_frontend() for one split, as `store`
     (EXACT for evaluation). With skip_refused, items the front end refuses (no face found, no
-    speech) are left out and listed in `refused`, as `index build` skips them; else they fail it."""
+    speech) are left out and listed in `refused`, as `index build` skips them; else they fail it.
+    When training augments faces from a margin (face_margin(cfg)), face.wide decodes the same
+    faces with it, on its first call."""
     corpus = Path(corpus)
     items = [i for i in read_manifest(corpus) if i.split == split]
     identities = sorted({i.identity for i in items})
@@ -158,9 +174,20 @@ def load_split(corpus: Path, split: str, cfg: AssociationConfig, cache_dir: Path
             refused[modality] = [chosen[k].item_id for k in lost]
             keep = np.setdiff1d(np.arange(len(chosen)), lost)
             data, chosen = _Rows(data, keep), [chosen[k] for k in keep]
+        wide = None
+        margin = face_margin(cfg) if modality == "face" else None
+        if margin is not None:
+            wide = _margin_loader(corpus, chosen, margin, Path(cache_dir),
+                                  cache_key(corpus, split, modality, margin, store), workers, progress, store)
         mods[modality] = Modality(data, np.array([index[i.identity] for i in chosen]),
-                                  [i.item_id for i in chosen], np.array([i.video for i in chosen]))
+                                  [i.item_id for i in chosen], np.array([i.video for i in chosen]), wide)
     return SplitData(identities, attributes, mods["face"], mods["voice"], refused)
+
+
+def _margin_loader(corpus: Path, items: list[Item], margin: FaceMargin, cache_dir: Path, key: str, workers: int,
+                   progress: bool, store) -> Callable[[], np.ndarray]:
+    """The items (those the face front end took) with their margins, decoded once into the cache."""
+    return lambda: decode_items(corpus, items, margin, cache_dir, key, workers, progress, store)
 
 
 def first_identities(split: SplitData, n: int) -> SplitData:
@@ -172,8 +199,9 @@ def first_identities(split: SplitData, n: int) -> SplitData:
 
     def cut(m: Modality) -> Modality:
         keep = np.flatnonzero(m.identity < n)
+        wide = None if m.wide is None else (lambda: _Rows(m.wide(), keep))
         return Modality(m.data if len(keep) == len(m.identity) else _Rows(m.data, keep), m.identity[keep],
-                        [m.item_ids[k] for k in keep], None if m.video is None else m.video[keep])
+                        [m.item_ids[k] for k in keep], None if m.video is None else m.video[keep], wide)
 
     return SplitData(split.identities[:n], split.attributes[:n], cut(split.face), cut(split.voice))
 
@@ -248,6 +276,8 @@ class TupleSampler:
         self.genders = {g: np.array([i for i in usable if gender[i] == g]) for g in sorted(set(gender))}
         self.same_gender = cfg.train.negatives == "same-gender"
         self.voice_len = cfg.voice.frontend().samples
+        # faces augment from their margins where there are some (decoded here, once)
+        self.face_source = split.face.wide() if cfg.face.augment and split.face.wide is not None else None
 
     def restrict(self, same_gender: bool) -> None:
         """Impostors of the anchor's gender from now on (train.negatives = "curriculum" calls it at
@@ -313,8 +343,12 @@ class TupleSampler:
                      torch.full((k,), self.direction != "f2v"))
 
     def _faces(self, rows: list[int]) -> torch.Tensor:
-        x = torch.from_numpy(np.asarray(self.split.face.data[rows], dtype=np.float32))
-        return augment_faces(x, self.rng, tuple(self.cfg.face.augment_scale)) if self.cfg.face.augment else x
+        f = self.cfg.face
+        if not f.augment:
+            return torch.from_numpy(np.asarray(self.split.face.data[rows], dtype=np.float32))
+        source = self.split.face.data if self.face_source is None else self.face_source
+        x = torch.from_numpy(np.asarray(source[rows], dtype=np.float32))
+        return augment_faces(x, self.rng, tuple(f.augment_scale), f.augment_shift, f.size)
 
     def _voices(self, rows: list[int]) -> torch.Tensor:
         data = self.split.voice.data

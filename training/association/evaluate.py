@@ -1,5 +1,6 @@
 """`facevoice eval association`: the whole Kim et al. 2018 evaluation of a run on the test
-identities -> REPORT_DIR/report.md, metrics.json and PNG figures."""
+identities -> REPORT_DIR/report.md, metrics.json, demographics.md (Table 2) and PNG figures; with
+`--cross-corpus`, a second corpus's test split too (Table 8 and Fig. 3)."""
 
 from __future__ import annotations
 
@@ -16,10 +17,12 @@ from facevoice.service.corpus import CorpusInfo, read_identities
 from facevoice.service.errors import FormatError
 from facevoice.training.association import plots
 from facevoice.training.association.checkpoints import load_run
-from facevoice.training.association.data import EXACT, SplitData, load_split
+from facevoice.training.association.data import EXACT, load_split
+from facevoice.training.association.demographics import demographics, write_demographics
 from facevoice.training.association.embed import split_embeddings
+from facevoice.training.association.figures import cross_corpus_figure, tsne_figures
+from facevoice.training.association.measures import clip_f0, speaker_f0
 from facevoice.training.association.protocol import (
-    Embeddings,
     linear_probes,
     link_probes,
     matching_table,
@@ -41,6 +44,7 @@ class EvalAssociationOptions:
     split: str = "test"
     trials: int = 4000  # trials per 1:2 and 1:N cell
     probe_trials: int = 20  # holdout trials per linear probe
+    cross_corpus: Path | None = None  # a second corpus: its split's 1:2 table (Table 8) and Fig. 3
     trial_list: Path | None = None  # score a trial list instead (probe A B label lines)
     media_root: Path | None = None  # where the trial list's paths are (default: corpus)
     seed: int = 0
@@ -50,7 +54,7 @@ class EvalAssociationOptions:
     no_progress: bool = False
 
 
-METRICS, TRIAL_LIST = "metrics.json", "trial_list.json"
+METRICS, TRIAL_LIST, DEMOGRAPHICS = "metrics.json", "trial_list.json", "demographics.md"
 
 
 @dataclass(frozen=True)
@@ -95,6 +99,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trials", type=int, default=EvalAssociationOptions.trials, help="trials per 1:2 and 1:N cell")
     p.add_argument("--probe-trials", type=int, default=EvalAssociationOptions.probe_trials,
                    help="holdout trials per linear probe")
+    p.add_argument("--cross-corpus", type=Path,
+                   help="a second corpus (e.g. another population): its split's 1:2 table beside the first "
+                        "(Kim's Table 8) and both corpora in one t-SNE (Fig. 3)")
     p.add_argument("--trial-list", type=Path, help="score a trial list instead (probe A B label lines)")
     p.add_argument("--media-root", type=Path, help="where the trial list's paths are (default: corpus)")
     p.add_argument("--seed", type=int, default=EvalAssociationOptions.seed)
@@ -108,43 +115,6 @@ def corpus_oracle(corpus: Path, split: str) -> dict | None:
     """The generator's exact oracle for this split, when the corpus is synthetic."""
     info = CorpusInfo.find(corpus)
     return None if info is None else info.oracle.get(f"{split}_split", {}).get("accuracy")
-
-
-def tsne_figures(emb: Embeddings, split: SplitData, corpus: Path, out: Path, seed: int) -> list[Path]:
-    """Fig. 1 (identity, gender, age, group) and Fig. 2 (voice pitch and loudness) as t-SNE panels."""
-    from sklearn.manifold import TSNE
-
-    xy = {}
-    for modality in ("face", "voice"):
-        x = emb.of(modality)
-        xy[modality] = TSNE(2, perplexity=min(30, max(5, len(x) // 4)), init="pca",
-                            random_state=seed).fit_transform(x)
-    rng = np.random.default_rng(seed)
-    shown = set(rng.choice(len(split.identities), size=min(10, len(split.identities)), replace=False).tolist())
-
-    def per_item(values: list) -> dict[str, list]:
-        return {m: [values[i] for i in getattr(split, m).identity] for m in ("face", "voice")}
-
-    colourings = {"identity (10)": per_item([split.identities[i] if i in shown else None
-                                             for i in range(len(split.identities))])}
-    for attr in ("gender", "age_group", "appearance_group"):
-        colourings[attr] = per_item([a.get(attr, "") for a in split.attributes])
-    paths = [plots.tsne_panels(xy, colourings, out / "fig1_tsne.png", "t-SNE of test representations")]
-    rows = people_table(corpus)
-    pitch = [float(rows[i]["voice_pitch"]) if i in rows and rows[i].get("voice_pitch") else None
-             for i in split.identities]
-    # Fig. 2: pitch (the generator's, per speaker, where the corpus records it) and loudness,
-    # measured per clip; a face takes its speaker's mean loudness
-    loud = loudness_dbfs(split.voice.data)
-    speaker_loud = [float(loud[split.voice.identity == i].mean()) if (split.voice.identity == i).any() else None
-                    for i in range(len(split.identities))]
-    prosody = {"voice loudness (dBFS)": {"face": [speaker_loud[i] for i in split.face.identity],
-                                         "voice": loud.tolist()}}
-    if any(p is not None for p in pitch):
-        prosody = {"voice pitch": per_item(pitch), **prosody}
-    paths.append(plots.tsne_panels(xy, prosody, out / "fig2_tsne_prosody.png",
-                                   "t-SNE coloured by prosody: voice pitch and loudness (Fig. 2)"))
-    return paths
 
 
 def people_table(corpus: Path) -> dict[str, dict[str, str]]:
@@ -182,26 +152,34 @@ def eval_association(opts: EvalAssociationOptions) -> EvalAssociationResult:
         done.write()
         return done
 
-    split = load_split(corpus, opts.split, cfg, opts.cache_dir or opts.run / "cache", opts.workers,
-                       not opts.no_progress, voice_frontend=cfg.voice.frontend(), store=EXACT)
+    cache = opts.cache_dir or opts.run / "cache"
+    split = load_split(corpus, opts.split, cfg, cache, opts.workers, not opts.no_progress,
+                       voice_frontend=cfg.voice.frontend(), store=EXACT)
     emb = split_embeddings(model, cfg, split, device)
     oracle = split_oracle(corpus, split.identities) or None
+    people = people_table(corpus)
+    f0 = clip_f0(split.voice.data, cfg.voice.sample_rate, not opts.no_progress)
+    speaker = speaker_f0(f0, split.voice.identity, len(split.identities))
     steps = [("1:2 matching", lambda: matching_table(emb, split, opts.trials, opts.seed)),
              ("1:N matching", lambda: one_of_n(emb, split, opts.trials, opts.seed)),
              ("verification", lambda: verification(emb, split)),
              ("retrieval", lambda: retrieval(emb, split, opts.seed, oracle=oracle)),
              ("linear probes", lambda: linear_probes(emb, split, opts.probe_trials, opts.seed)),
-             ("link probes", lambda: link_probes(emb, split, people_table(corpus), opts.probe_trials, opts.seed))]
+             ("link probes", lambda: link_probes(emb, split, people, opts.probe_trials, opts.seed,
+                                                 measured={"measured_f0": np.log(speaker)}))]
     metrics: dict = {"run": str(opts.run), "checkpoint": opts.checkpoint, "trained_direction": state["direction"],
                      "step": state["step"], "config": cfg.name, "corpus": str(corpus), "split": opts.split,
                      "identities": len(split.identities), "faces": len(split.face.item_ids),
                      "voices": len(split.voice.item_ids), "oracle": corpus_oracle(corpus, opts.split),
-                     "backbones": run_info.details.get("backbones", {}) if run_info else {}}
+                     "backbones": run_info.details.get("backbones", {}) if run_info else {},
+                     "f0": f0_summary(f0, speaker, split.identities, split.attributes, people)}
     keys = ["matching", "one_of_n", "verification", "retrieval", "probes", "links"]
     bar = tqdm(steps, desc="evaluate", disable=opts.no_progress)
     for key, (name, fn) in zip(keys, bar, strict=True):
         bar.set_postfix_str(name)
         metrics[key] = fn()
+    names = corpus_names(corpus, opts.cross_corpus)
+    tables = [(names[0], demographics(corpus))]
     figures = [
         plots.matching_bars({d: metrics["matching"][d] for d in ("v2f", "f2v")}, metrics["oracle"],
                             out / "matching.png"),
@@ -211,13 +189,56 @@ def eval_association(opts: EvalAssociationOptions) -> EvalAssociationResult:
                                          metrics["verification"]["auc"])}, out / "roc.png"),
         plots.recall_curves({d: metrics["retrieval"][d] for d in ("v2f", "f2v")},
                             metrics["retrieval"]["random"], out / "recall.png"),
-        *tsne_figures(emb, split, corpus, out, opts.seed),
+        *tsne_figures(emb, split, people, out, opts.seed, f0, loudness_dbfs(split.voice.data)),
     ]
+    if opts.cross_corpus:
+        other = load_split(opts.cross_corpus, opts.split, cfg, cache, opts.workers, not opts.no_progress,
+                           voice_frontend=cfg.voice.frontend(), store=EXACT)
+        other_emb = split_embeddings(model, cfg, other, device)
+        metrics["cross_corpus"] = {"name": names[1], "corpus": str(opts.cross_corpus),
+                                   "identities": len(other.identities), "faces": len(other.face.item_ids),
+                                   "voices": len(other.voice.item_ids),
+                                   "oracle": corpus_oracle(opts.cross_corpus, opts.split),
+                                   "matching": matching_table(other_emb, other, opts.trials, opts.seed)}
+        tables.append((names[1], demographics(opts.cross_corpus)))
+        figures.append(cross_corpus_figure({names[0]: emb, names[1]: other_emb}, out, opts.seed))
+    metrics["demographics"] = [{"name": n, **d} for n, d in tables]
     metrics["figures"] = [f.name for f in figures]
+    metrics["tables"] = [write_demographics(tables, out / DEMOGRAPHICS).name]
     done = EvalAssociationResult(out, metrics)
     done.write()
     write_report(metrics, out / "report.md")
     return done
+
+
+def corpus_names(corpus: Path, cross: Path | None) -> list[str]:
+    """How the report and Fig. 3 call the corpora: their directories' names, or their paths when
+    those are the same."""
+    if cross is None:
+        return [Path(corpus).name or str(corpus)]
+    a, b = Path(corpus), Path(cross)
+    return [a.name, b.name] if a.name != b.name else [str(a), str(b)]
+
+
+def f0_summary(f0: np.ndarray, speaker: np.ndarray, identities: list[str], attributes: list[dict[str, str]],
+               people: dict[str, dict[str, str]]) -> dict:
+    """What the measured F0 found: clips voiced, the speakers' median F0 by gender and, where the
+    corpus records the generator's pitch setting, Pearson r of log F0 on it by gender (the check
+    of the estimator on the corpus, docs/association.md)."""
+    gender = np.array([a.get("gender", "") for a in attributes])
+    ok = np.isfinite(speaker)
+    pitch = np.array([float(people[i]["voice_pitch"]) if people.get(i, {}).get("voice_pitch") else np.nan
+                      for i in identities])
+    out = {"estimator": "YIN (service.media.pitch)", "clips": len(f0), "voiced_clips": int(np.isfinite(f0).sum()),
+           "speakers": int(ok.sum()), "median_hz": {}, "r_generator_pitch": {}}
+    for g in sorted(set(gender)):
+        mine = ok & (gender == g)
+        if mine.any():
+            out["median_hz"][g or "all"] = float(np.median(speaker[mine]))
+        both = mine & np.isfinite(pitch)
+        if both.sum() >= 3 and np.log(speaker[both]).std() > 0 and pitch[both].std() > 0:
+            out["r_generator_pitch"][g or "all"] = float(np.corrcoef(np.log(speaker[both]), pitch[both])[0, 1])
+    return out
 
 
 def run(args: argparse.Namespace) -> int:

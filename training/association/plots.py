@@ -125,3 +125,20 @@ def tsne_panels(points: dict[str, np.ndarray], colourings: dict[str, list], path
             ax.set_title(f"{modality}: {name}", fontsize=9)
     fig.suptitle(title)
     return _save(fig, path)
+
+
+def corpus_tsne(points: dict[str, np.ndarray], labels: dict[str, list[str]], path: Path, title: str) -> Path:
+    """Kim et al. Fig. 3's layout: one panel per modality side by side, each point coloured by the
+    corpus it came from (in the order the corpora first appear)."""
+    fig, axes = plt.subplots(1, len(points), figsize=(4.2 * len(points), 4.2), squeeze=False)
+    for ax, (modality, xy) in zip(axes[0], points.items(), strict=True):
+        names = np.asarray(labels[modality])
+        for name in dict.fromkeys(labels[modality]):
+            sel = names == name
+            ax.scatter(xy[sel, 0], xy[sel, 1], s=8, alpha=0.7, label=f"{name} ({int(sel.sum())})")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(f"{modality} distribution", fontsize=9)
+        ax.legend(fontsize=7, markerscale=1.5)
+    fig.suptitle(title)
+    return _save(fig, path)

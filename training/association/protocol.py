@@ -254,45 +254,67 @@ def linear_probes(emb: Embeddings, split: SplitData, trials: int = 20, seed: int
 # shared latents themselves, whose best possible r from one side is that side's link (0.55).
 LINKS = {"face": ("face_width", "face_nose_width", "face_age", "z_size", "z_nasal", "age"),
          "voice": ("voice_pitch", "voice_variant_score", "voice_speed", "z_size", "z_nasal", "age")}
+# Numbers measured from the media, which need no generator (any corpus, VoxCeleb included): the
+# speaker's median F0 over its clips (YIN, log Hz; evaluate.py measures it), read from both sides
+MEASURED_LINKS = ("measured_f0",)
+
+
+def _link_r(x: np.ndarray, ident: np.ndarray, value: np.ndarray, gender: np.ndarray, trials: int,
+            rng: np.random.Generator) -> dict | None:
+    """Mean Pearson r (and 99% CI) of ridge from x to per-identity `value` (NaN: left out), fitted
+    on half of one gender's identities and scored on the other half's items."""
+    from sklearn.linear_model import Ridge
+
+    rs = []
+    for _ in range(trials):
+        for g in np.unique(gender):
+            ids = rng.permutation(np.flatnonzero((gender == g) & np.isfinite(value)))
+            if len(ids) < 6:
+                continue
+            tr, te = np.isin(ident, ids[: len(ids) // 2]), np.isin(ident, ids[len(ids) // 2:])
+            mean, sd = x[tr].mean(0), x[tr].std(0) + 1e-9
+            reg = Ridge(alpha=10.0).fit((x[tr] - mean) / sd, value[ident[tr]])
+            guess, truth = reg.predict((x[te] - mean) / sd), value[ident[te]]
+            if guess.std() > 0 and truth.std() > 0:
+                rs.append(float(np.corrcoef(guess, truth)[0, 1]))
+    if not rs:
+        return None
+    r, half = mean_interval(np.array(rs), 0.99)
+    return {"r": r, "ci99": half}
 
 
 def link_probes(emb: Embeddings, split: SplitData, people: dict[str, dict[str, str]], trials: int = 20,
-                seed: int = 0) -> dict:
+                seed: int = 0, measured: dict[str, np.ndarray] | None = None) -> dict:
     """Within gender, how well each side's representation linearly predicts the generator's
     continuous per-person numbers (LINKS): ridge regression fitted on half of one gender's
     identities, Pearson r on the other half's items, averaged over genders and `trials` holdouts
     (mean and 99% CI). Chance is r = 0. Gender alone predicts nothing here, so a representation
     that only separates gender reads about 0: this is what shows whether within-gender cues were
-    learnt. {modality: {name: {"r", "ci99"}}}; {} on a corpus without these columns."""
-    from sklearn.linear_model import Ridge
-
-    if not people or not all(i in people for i in split.identities):
+    learnt. `measured` adds numbers measured from the media ({name: [identities] values, NaN
+    where unmeasured}, MEASURED_LINKS), read from both sides after the generator's (whose
+    figures it leaves as they were). {modality: {name: {"r", "ci99"}}}; {} when there is
+    neither a generator table (a corpus without these columns) nor a measured number."""
+    have_people = bool(people) and all(i in people for i in split.identities)
+    if not have_people and not measured:
         return {}
     rng = np.random.default_rng(seed)
     gender = np.array([a.get("gender", "") for a in split.attributes])
-    out: dict = {}
-    for modality, names in LINKS.items():
+    out: dict = {m: {} for m in LINKS}
+    for modality, names in LINKS.items() if have_people else ():
         m = getattr(split, modality)
         x = np.asarray(emb.of(modality), np.float64)
-        cells = {}
         for name in names:
             if any(not people[i].get(name) for i in split.identities):
                 continue
             value = np.array([float(people[i][name]) for i in split.identities])
-            rs = []
-            for _ in range(trials):
-                for g in np.unique(gender):
-                    ids = rng.permutation(np.flatnonzero(gender == g))
-                    if len(ids) < 6:
-                        continue
-                    tr, te = np.isin(m.identity, ids[: len(ids) // 2]), np.isin(m.identity, ids[len(ids) // 2:])
-                    mean, sd = x[tr].mean(0), x[tr].std(0) + 1e-9
-                    reg = Ridge(alpha=10.0).fit((x[tr] - mean) / sd, value[m.identity[tr]])
-                    guess, truth = reg.predict((x[te] - mean) / sd), value[m.identity[te]]
-                    if guess.std() > 0 and truth.std() > 0:
-                        rs.append(float(np.corrcoef(guess, truth)[0, 1]))
-            if rs:
-                r, half = mean_interval(np.array(rs), 0.99)
-                cells[name] = {"r": r, "ci99": half}
-        out[modality] = cells
+            cell = _link_r(x, m.identity, value, gender, trials, rng)
+            if cell:
+                out[modality][name] = cell
+    for modality in LINKS:
+        m = getattr(split, modality)
+        x = np.asarray(emb.of(modality), np.float64)
+        for name, value in (measured or {}).items():
+            cell = _link_r(x, m.identity, np.asarray(value, np.float64), gender, trials, rng)
+            if cell:
+                out[modality][name] = cell
     return out

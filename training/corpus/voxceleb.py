@@ -16,12 +16,14 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from facevoice.cli import options
 from facevoice.service.corpus import IDENTITIES, CorpusInfo, Item, write_csv, write_manifest
 from facevoice.service.errors import FormatError, UsageError
 from facevoice.service.media import MediaError, decode_audio, decode_image
+from facevoice.service.media.faces import iou
 from facevoice.service.media.image import Box
 from facevoice.training.corpus.splits import SPLITS, assign_splits
 from facevoice.training.corpus.summary import corpus_counts, count_lines
@@ -30,6 +32,13 @@ KIM_TEST_IDENTITIES, VOXCELEB1_IDENTITIES = 250, 1251  # Kim et al. 2018 sec. 4.
 PINS_SETS = {"1": "train", "2": "val", "3": "seen_test", "4": "test"}  # Nagrani et al. 2018
 GENDERS = {"m": "male", "f": "female", "male": "male", "female": "female"}
 ANNOTATED = ("age_group", "appearance_group", "first_language")
+# Kim et al. sec. 4.2: "We first filtered the bounding boxes temporally as there were fluctuations
+# in their sizes and positions". How is not said; ours: the median box over the track's rows
+# within BOX_WINDOW frames of the chosen frame (about a second at VoxCeleb's 25 fps), and a track
+# is dropped when more than JUMP_SHARE of those rows lie far from it (IoU < JUMP_IOU): it jumps
+# (to another face, across a cut), so none of its boxes can be trusted
+BOX_WINDOW, JUMP_IOU, JUMP_SHARE = 12, 0.5, 0.25
+BOX_FILTERS = ("median", "first")
 
 
 @dataclass
@@ -52,7 +61,9 @@ class CorpusVoxcelebOptions:
     annotations: Path | None = None  # CSV of per-identity demographics
     frames: str = "first"  # first | all
     txt_root: Path | None = None  # the folder holding txt/<id>/<ytid>/<clip>.txt, the per-clip face tracks
-    box_frames: bool = False  # the face images are whole video frames: record each clip's first box
+    box_frames: bool = False  # the face images are whole video frames: record each clip's box
+    box_filter: str = "median"  # with box_frames: "median" over the track (Kim 4.2) or the track's "first" box
+    box_window: int = BOX_WINDOW  # frames each side of the chosen frame that the median takes
     workers: int = 2
 
 
@@ -92,8 +103,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--txt-root", type=Path,
                    help="folder holding txt/<id>/<ytid>/<clip>.txt, VoxCeleb1's per-clip face tracks (FRAME X Y W H)")
     p.add_argument("--box-frames", action="store_true",
-                   help="the face images are whole video frames: record each clip's first box (the media "
+                   help="the face images are whole video frames: record each clip's box (the media "
                         "pipeline enlarges it 1.5x, Kim 4.2); without it they are VGGFace1's crops, no box")
+    p.add_argument("--box-filter", choices=BOX_FILTERS, default=d.box_filter,
+                   help="with --box-frames: the median box over the track about the chosen frame, tracks "
+                        "that jump dropped (Kim 4.2's temporal filtering; default), or each track's first box")
+    p.add_argument("--box-window", type=int, default=d.box_window,
+                   help="frames each side of the chosen frame that the median takes")
     p.add_argument("--workers", type=int, default=d.workers)
 
 
@@ -173,23 +189,65 @@ def _probe(job: tuple[str, Path]) -> str | None:
 
 @dataclass
 class Track:
-    """A clip's face track from its VoxCeleb1 txt file: the first frame and its box."""
+    """A clip's face track from its VoxCeleb1 txt file: every row's frame and box, in order."""
 
-    frame: int
-    box: Box
+    frames: list[int]
+    boxes: list[Box]
+
+    @property
+    def frame(self) -> int:
+        """The clip's first frame."""
+        return self.frames[0]
+
+    @property
+    def box(self) -> Box:
+        """The first frame's box."""
+        return self.boxes[0]
 
 
 def read_track(path: Path) -> Track:
-    """The first `FRAME X Y W H` row after the header of a VoxCeleb1 clip txt file."""
+    """The `FRAME X Y W H` rows after the header of a VoxCeleb1 clip txt file."""
     lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
     header = next((n for n, line in enumerate(lines) if line.split()[:1] == ["FRAME"]), None)
     rows = [line.split() for line in lines[header + 1:] if line.strip()] if header is not None else []
+    frames, boxes = [], []
     try:
-        frame, *box = rows[0][:5]
-        x, y, w, h = (float(v) for v in box)
-        return Track(int(frame), (x, y, w, h))
-    except (IndexError, ValueError) as e:
-        raise FormatError(f"{path}: expected a FRAME X Y W H table with at least one row") from e
+        for row in rows:
+            frame, *box = row[:5]
+            x, y, w, h = (float(v) for v in box)
+            frames.append(int(frame))
+            boxes.append((x, y, w, h))
+    except ValueError as e:
+        raise FormatError(f"{path}: cannot read the FRAME X Y W H row {' '.join(row)!r}") from e
+    if not frames:
+        raise FormatError(f"{path}: expected a FRAME X Y W H table with at least one row")
+    return Track(frames, boxes)
+
+
+@dataclass(frozen=True)
+class TrackBox:
+    """A box filtered over a track: the box, the rows it was taken over, how many lie far from it."""
+
+    box: Box
+    rows: int
+    outliers: int
+    jumps: bool  # more than JUMP_SHARE of the rows are outliers
+
+
+def filtered_box(track: Track, frame: int, window: int = BOX_WINDOW) -> TrackBox:
+    """Kim et al. 4.2's temporal filtering, ours in detail: over the track's rows within `window`
+    frames of `frame` (the nearest end of the track when `frame` lies outside it), the median of
+    the boxes' centres, widths and heights, so a jittering box is steadied and a few wrong rows do
+    not move it; rows with IoU < JUMP_IOU against it are counted as outliers."""
+    frames = np.array(track.frames)
+    at = min(max(frame, int(frames.min())), int(frames.max()))
+    near = np.abs(frames - at) <= window
+    b = np.array(track.boxes, dtype=float)[near]
+    cx, cy = np.median(b[:, 0] + b[:, 2] / 2), np.median(b[:, 1] + b[:, 3] / 2)
+    w, h = np.median(b[:, 2]), np.median(b[:, 3])
+    box = (float(cx - w / 2), float(cy - h / 2), float(w), float(h))
+    outliers = sum(iou(tuple(r), box) < JUMP_IOU for r in b)
+    return TrackBox(box, len(b), outliers, outliers > JUMP_SHARE * len(b))
 
 
 def pixel_box(image: Path, box: Box) -> Box:
@@ -209,10 +267,21 @@ def _first_frame_of_clip(frames: list[Path], track: Track) -> Path:
     return after[0] if after else frames[-1]
 
 
-def _faces(s: Speaker, faces_root: Path, txt_root: Path | None, frames: str):
+def _track_box(path: Path, track: Track, box_filter: str, window: int) -> tuple[Box | None, str]:
+    """The clip's box for its face image at `path` ("first" or "median"), or None and why not."""
+    if box_filter == "first":
+        return track.box, ""
+    frame = int(path.stem) if path.stem.isdigit() else track.frame
+    found = filtered_box(track, frame, window)
+    return (None, f"face track jumps: {found.outliers} of its {found.rows} boxes within {window} frames of frame "
+                  f"{frame} are far from their median (IoU < {JUMP_IOU})") if found.jumps else (found.box, "")
+
+
+def _faces(s: Speaker, faces_root: Path, txt_root: Path | None, frames: str, box_filter: str = "first",
+           window: int = BOX_WINDOW):
     """(path, clip, box) for the speaker's face items: per clip (its first frame) with --txt-root,
-    else per video, or every frame."""
-    out = []
+    else per video, or every frame; and (track path, why) for clips whose track was dropped."""
+    out, dropped = [], []
     for video in sorted(p for p in (faces_root / "unzippedFaces" / s.name / "1.6").glob("*") if p.is_dir()):
         jpgs = sorted(video.glob("*.jpg"))
         tracks = sorted((txt_root / "txt" / s.vox_id / video.name).glob("*.txt")) if txt_root else []
@@ -223,19 +292,26 @@ def _faces(s: Speaker, faces_root: Path, txt_root: Path | None, frames: str):
         elif tracks:
             for t in tracks:
                 track = read_track(t)
-                out.append((_first_frame_of_clip(jpgs, track), t.stem, track.box))
+                image = _first_frame_of_clip(jpgs, track)
+                box, why = _track_box(image, track, box_filter, window)
+                if why:
+                    dropped.append((t.relative_to(txt_root).as_posix(), why))
+                else:
+                    out.append((image, t.stem, box))
         else:
             out.append((jpgs[0], "", None))
-    return out
+    return out, dropped
 
 
-def _candidates(speakers: list[Speaker], wav_root: Path, faces_root: Path, frames: str, txt_root: Path | None):
+def _candidates(speakers: list[Speaker], wav_root: Path, faces_root: Path, frames: str, txt_root: Path | None,
+                box_filter: str = "first", window: int = BOX_WINDOW):
     """(speaker, modality, absolute path, path inside the corpus, clip, box) for every media item
-    found, plus (speaker, what, why) for speakers with nothing on disk."""
+    found, plus (speaker, what, why) for speakers with nothing on disk and dropped tracks."""
     found, missing = [], []
     for s in speakers:
         wavs = sorted((wav_root / "wav" / s.vox_id).glob("*/*.wav"))
-        faces = _faces(s, faces_root, txt_root, frames)
+        faces, dropped = _faces(s, faces_root, txt_root, frames, box_filter, window)
+        missing += [(s, track, why) for track, why in dropped]
         if not wavs:
             missing.append((s, "voice", f"no wav/{s.vox_id}/*/*.wav"))
         if not faces:
@@ -255,13 +331,20 @@ def _link(out: Path, name: str, target: Path) -> None:
 def corpus_voxceleb(opts: CorpusVoxcelebOptions) -> CorpusVoxcelebResult:
     """`corpus voxceleb`: VoxCeleb1's media, put through the media pipeline and linked, as the
     corpus at `opts.out`."""
+    if opts.box_filter not in BOX_FILTERS:
+        raise UsageError(f"--box-filter must be one of {', '.join(BOX_FILTERS)}")
+    if opts.box_window < 0:
+        raise UsageError("--box-window must be 0 or more frames")
     speakers = read_meta(opts.meta)
     ids = [s.vox_id for s in speakers]
     split_of = pins_split(opts.pins_splits, speakers) if opts.pins_splits else kim_split(
         ids, opts.seed, opts.val)
     notes = read_annotations(opts.annotations, speakers) if opts.annotations else {}
     speakers = [s for s in speakers if s.vox_id in split_of]
-    found, missing = _candidates(speakers, opts.wav_root, opts.faces_root, opts.frames, opts.txt_root)
+    # boxes are filtered, and jumping tracks dropped, only where boxes are recorded
+    box_filter = opts.box_filter if opts.box_frames else "first"
+    found, missing = _candidates(speakers, opts.wav_root, opts.faces_root, opts.frames, opts.txt_root,
+                                 box_filter, opts.box_window)
     jobs = [(modality, path) for _, modality, path, *_ in found]
     with mp.get_context("fork").Pool(max(1, opts.workers)) as pool:
         verdicts = list(tqdm(pool.imap(_probe, jobs, chunksize=16), total=len(jobs),
@@ -305,6 +388,16 @@ def _info(opts: CorpusVoxcelebOptions, speakers, split_of, items, skipped) -> Co
         details={
             "split": "learnable-pins" if opts.pins_splits else f"kim2018 seed {opts.seed}",
             "frames": f"{opts.frames} of each {frames_of}",
-            "boxes": "each clip's first box, enlarged 1.5x when cropped" if opts.box_frames else "none (face crops)",
+            "boxes": _boxes(opts),
             "skipped": len(skipped),
         })
+
+
+def _boxes(opts: CorpusVoxcelebOptions) -> str:
+    if not opts.box_frames:
+        return "none (face crops)"
+    if opts.box_filter == "first":
+        return "each clip's first box, enlarged 1.5x when cropped"
+    return (f"each clip's median box over its track within {opts.box_window} frames of the chosen frame "
+            f"(tracks that jump dropped: over {JUMP_SHARE:.0%} of those boxes at IoU < {JUMP_IOU}), "
+            "enlarged 1.5x when cropped")

@@ -4,16 +4,19 @@ report.md, metrics.json and PNG figures:
 - feature similarity (Table 2): angle, L2 and L1 between v_s and v_f, per input duration;
 - S2F -> face retrieval (Table 3): recall@1/2/5/10 over galleries of test faces, L1 / L2 / cosine,
   with random and (synthetic corpora) the generator's oracle;
-- attribute agreement (Fig. 4): confusion matrices between the attributes of the original photo
-  and of the S2F reconstruction, from a classifier trained on training faces (our Face++);
+- attribute agreement (Fig. 4(a)): confusion matrices between the attributes of the original photo
+  and of the S2F reconstruction, from two stand-ins for Face++ trained on the training faces: a
+  logistic read-out of the face network's features, and a small CNN on pixels, independent of the
+  model (pixel_attributes.py); the dataset's statistics (Fig. 4(b));
 - geometry (Fig. 5): Pearson r between geometry read off F2F and S2F reconstructions (synthetic
   corpora: a ridge regressor for the generator's face parameters), with a random-pair baseline;
-- pictures: true | F2F | S2F for 16 people (Fig. 3), several clips of one person (Fig. 9), the
-  training curves (Fig. 8);
+- pictures: true | F2F | S2F for 16 people (Fig. 3), the same clips at each duration (Fig. 6),
+  retrieval examples (Fig. 7), several clips of one person (Fig. 9), the training curves (Fig. 8);
 - a cross-check with the association task: 1:2 V->F by distance to the S2F reconstruction.
 
-The measures themselves are in measures.py; `eval_s2f` computes the features they take, runs them
-and writes what they give.
+The measures themselves are in measures.py (the pixel classifier in pixel_attributes.py, Fig.
+4(b), 6 and 7 in figures.py); `eval_s2f` computes the features they take, runs them and writes
+what they give.
 """
 
 from __future__ import annotations
@@ -36,6 +39,17 @@ from facevoice.training.runs import RunInfo, pick_device
 from facevoice.training.speech2face.checkpoints import load_s2f_run
 from facevoice.training.speech2face.data import S2FSplit, load_s2f_split, rows_tensor, to_normalised, to_rgb
 from facevoice.training.speech2face.features import face_features
+from facevoice.training.speech2face.figures import (
+    FIG4A_PIXELS,
+    FIG4B,
+    FIG6,
+    FIG7,
+    dataset_statistics,
+    fig4b,
+    fig6,
+    fig7,
+    retrieval_examples,
+)
 from facevoice.training.speech2face.measures import (
     age_trend,
     attribute_agreement,
@@ -49,6 +63,11 @@ from facevoice.training.speech2face.measures import (
     voice_parameter_readout,
 )
 from facevoice.training.speech2face.model import FaceDecoder
+from facevoice.training.speech2face.pixel_attributes import (
+    classifier_record,
+    pixel_agreement,
+    train_pixel_classifier,
+)
 from facevoice.training.speech2face.train import voice_features
 
 METRICS = "metrics.json"
@@ -66,6 +85,7 @@ class EvalS2FOptions:
     device: str = "auto"
     workers: int = 2
     cache_dir: Path | None = None  # decoded arrays (default RUN/cache)
+    classifier_steps: int = 0  # training steps of Fig. 4's pixel attribute classifier (0: 75 passes, <= 5,000)
     no_progress: bool = False
 
     def __post_init__(self):
@@ -116,6 +136,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=EvalS2FOptions.device)
     p.add_argument("--workers", type=int, default=EvalS2FOptions.workers)
     p.add_argument("--cache-dir", type=Path, help="decoded arrays (default RUN/cache)")
+    p.add_argument("--classifier-steps", type=int, default=EvalS2FOptions.classifier_steps,
+                   help="training steps of Fig. 4's attribute classifier on pixels (0: 75 passes over the "
+                   "training photos, 50 to 5,000 steps)")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -138,7 +161,7 @@ def eval_s2f(opts: EvalS2FOptions) -> EvalS2FResult:
     cache = opts.cache_dir or opts.run / "cache"
     progress = not opts.no_progress
     frontend = cfg.face.frontend()
-    steps = tqdm(total=6 + len(opts.seconds), desc="evaluate s2f", disable=not progress)
+    steps = tqdm(total=9 + len(opts.seconds), desc="evaluate s2f", disable=not progress)
 
     train = load_s2f_split(corpus, "train", cfg, cache, opts.workers, progress, modalities=("face",))
     test = {s: load_s2f_split(corpus, opts.split, cfg, cache, opts.workers, progress, seconds=s, store=EXACT)
@@ -179,6 +202,11 @@ def eval_s2f(opts: EvalS2FOptions) -> EvalS2FResult:
     s2f_vf = face_features(net, to_normalised(s2f, frontend).numpy(), device)
     steps.update()
     metrics["attributes"] = attribute_agreement(train, train_vf, split, v_f, s2f_vf)
+    pixels = train_pixel_classifier(train, frontend, opts.classifier_steps, opts.seed, progress)
+    if pixels is not None:
+        metrics["attributes_pixels"] = pixel_agreement(pixels, split, s2f, f2f)
+        metrics["pixel_classifier"] = classifier_record(pixels)
+    steps.update()
     metrics["age_trend"] = age_trend(train, train_vf, split, v_f, {
         "reconstruction": s2f_vf, "feature": main_s, **({"voice_params": readout} if readout is not None else {})},
         opts.seed)
@@ -196,6 +224,15 @@ def eval_s2f(opts: EvalS2FOptions) -> EvalS2FResult:
         shutil.copy(opts.run / "training.png", out / "training.png")
         figures.append(out / "training.png")
     figures.append(confusion_figure(metrics["attributes"], out / "attributes.png"))
+    if "attributes_pixels" in metrics:
+        figures.append(confusion_figure(metrics["attributes_pixels"], out / FIG4A_PIXELS,
+                                        "Fig. 4(a) by a CNN on pixels, trained on the training photos"))
+    metrics["dataset"] = dataset_statistics(corpus)
+    figures.append(fig4b(metrics["dataset"], out / FIG4B))
+    figures.append(fig6(test, v_s, lambda v: decode(decoder, v, device), frontend, out / FIG6))
+    metrics["retrieval_examples"] = retrieval_examples(main_s, v_f, split)
+    figures.append(fig7(metrics["retrieval_examples"], split, s2f, frontend, out / FIG7))
+    steps.update()
     metrics["figures"] = [p.name for p in figures]
     steps.update()
     steps.close()
@@ -230,7 +267,7 @@ def pictures(split: S2FSplit, f2f: torch.Tensor, s2f: torch.Tensor, frontend, ou
     return figs
 
 
-def confusion_figure(attributes: dict, path: Path) -> Path:
+def confusion_figure(attributes: dict, path: Path, title: str = "") -> Path:
     from facevoice.training.association.plots import _save, plt
     fig, axes = plt.subplots(1, max(1, len(attributes)), figsize=(4 * max(1, len(attributes)), 3.6), squeeze=False)
     for ax, (attr, a) in zip(axes[0], attributes.items(), strict=False):
@@ -241,4 +278,6 @@ def confusion_figure(attributes: dict, path: Path) -> Path:
         ax.set_yticks(range(len(a["classes"])), a["classes"], fontsize=7)
         ax.set(xlabel="S2F reconstruction", ylabel="original photo",
                title=f"{attr}: agreement {100 * a['agreement']:.0f}%")
+    if title:
+        fig.suptitle(title, fontsize=9)
     return _save(fig, path)

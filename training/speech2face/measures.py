@@ -63,10 +63,12 @@ def retrieval(v_s: torch.Tensor, v_f: torch.Tensor, split: S2FSplit, oracle: np.
     """Table 3: each clip's v_s queries test photos' v_f by L1, L2 and cosine distance.
 
     The paper's protocol (top level): "the chance of retrieving the true image of a speaker", one
-    true image among 5,000, so random R@K = K / gallery. Here a gallery holds one photo per test
-    identity; the result is averaged over draws that together use every photo
-    (`one_per_identity_galleries`). `all_photos` is the looser variant where every photo is in the
-    gallery and any photo of the speaker is a hit. `oracle`, the V->F `identity_scores` over
+    true image in "a database of 5,000 images", so random R@K = K / gallery (Table 3 prints its
+    random row as 1.00 / 2.00 / 5.00 / 10.00 % for R@1/2/5/10, i.e. K / 100, not K / 5,000: see
+    report.PAPER_RANDOM_PRINTED). Here a gallery holds one photo per test identity; the result is
+    averaged over draws that together use every photo (`one_per_identity_galleries`).
+    `all_photos` is the looser variant where every photo is in the gallery and any photo of the
+    speaker is a hit. `oracle`, the V->F `identity_scores` over
     split.identities, adds the generator's Bayes-optimal ranking: the ceiling."""
     dist = {m: distances(v_s, v_f, m) for m in ("l1", "l2", "cosine")}
     qid, gid = split.voice.identity, split.face.identity

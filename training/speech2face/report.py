@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from facevoice.training.speech2face.figures import FIG4A_PIXELS, FIG4B, FIG7
+
 # Oh et al. 2019 Table 3 (AVSpeech test set, a database of 5,000 face images): R@1/2/5/10 in %
 # of S2F features, by input duration and distance. Its "Random" row reads 1 / 2 / 5 / 10 %, which
 # is K / 100, not the K / 5,000 that "a database of 5,000 images" implies (0.02 / 0.04 / 0.1 /
@@ -98,6 +100,80 @@ def table3_lines(m: dict) -> list[str]:
     return lines
 
 
+SHOWN_IN_SECTIONS = {"attributes.png", FIG4A_PIXELS, FIG4B}  # drawn in their sections, not under Pictures
+
+
+def _matrix_lines(classes: list[str], matrix: list[list[int]], rows: str, cols: str) -> list[str]:
+    """A confusion matrix as a table: counts, each with its share of the row (Fig. 4(a)
+    normalises rows)."""
+    lines = [f"| {rows} \\ {cols} | " + " | ".join(classes) + " |", "|---|" + "---|" * len(classes)]
+    for name, row in zip(classes, matrix, strict=True):
+        total = max(1, sum(row))
+        lines.append(f"| {name} | " + " | ".join(f"{n} ({100 * n / total:.0f}%)" for n in row) + " |")
+    return lines
+
+
+def pixel_attribute_lines(m: dict) -> list[str]:
+    """Fig. 4(a) by the classifier on pixels (pixel_attributes.py): a summary table beside the
+    feature read-out, then per attribute the photo-vs-S2F and truth-vs-S2F confusion tables."""
+    pixels = m.get("attributes_pixels")
+    if not pixels:
+        return []
+    c = m.get("pixel_classifier", {})
+    lines = ["### The same on pixels, independent of the model", "",
+             f"A small CNN ({c.get('architecture', '')}) trained {c.get('steps', '?')} steps on the "
+             f"{c.get('train_photos', '?')} training photos ({c.get('input_px', '?')} px) and their labels, as Face++ "
+             "is a classifier of its own: it never sees the face network's features. It labels each test "
+             "photo, each clip's S2F reconstruction and each photo's F2F reconstruction; accuracies are "
+             "against the people's true attributes.", "",
+             "| attribute | agreement photo vs S2F | (feature read-out) | photo accuracy | S2F accuracy | "
+             "F2F accuracy | majority class | chance |", "|---|---|---|---|---|---|---|---|"]
+    for a, v in pixels.items():
+        feature = m["attributes"].get(a, {}).get("agreement")
+        lines.append(f"| {a} | **{_pct(v['agreement'])}** | {'–' if feature is None else _pct(feature)} | "
+                     f"{_pct(v['photo_accuracy'])} | {_pct(v['s2f_accuracy'])} | "
+                     f"{_pct(v['f2f_accuracy']) if 'f2f_accuracy' in v else '–'} | {_pct(v['majority'])} | "
+                     f"{_pct(v['chance'])} |")
+    lines.append("")
+    for a, v in pixels.items():
+        lines += [f"**{a}**: the photo's class (rows) against its S2F reconstruction's (columns), over "
+                  f"same-person (clip, photo) pairs, agreement {_pct(v['agreement'])}%; then the speaker's true "
+                  "class against the reconstruction's, one per clip.", "",
+                  *_matrix_lines(v["classes"], v["confusion"], "photo", "S2F"), "",
+                  *_matrix_lines(v["classes"], v["confusion_truth"], "truth", "S2F"), ""]
+    return [*lines, f"![pixel classifier]({FIG4A_PIXELS})", ""]
+
+
+def dataset_lines(m: dict) -> list[str]:
+    """Fig. 4(b): the people of each split by attribute."""
+    stats = m.get("dataset")
+    if not stats:
+        return []
+    lines = ["## Dataset statistics (Fig. 4(b))", "",
+             "People of each split of the corpus by attribute (each person counted once):", "",
+             "| attribute | class | " + " | ".join(f"{s} ({v['people']})" for s, v in stats.items()) + " |",
+             "|---|---|" + "---|" * len(stats)]
+    for attr in ("gender", "age_group", "appearance_group"):
+        classes = list(dict.fromkeys(c for v in stats.values() for c in v.get(attr, {})))
+        for c in classes:
+            lines.append(f"| {attr} | {c} | " + " | ".join(
+                f"{v[attr].get(c, 0)} ({100 * v[attr].get(c, 0) / max(1, v['people']):.0f}%)"
+                for v in stats.values()) + " |")
+    return [*lines, "", f"![dataset]({FIG4B})", ""]
+
+
+def retrieval_example_lines(m: dict) -> list[str]:
+    """Fig. 7: where each example query ranked its speaker's photo."""
+    ex = m.get("retrieval_examples")
+    if not ex:
+        return []
+    return ["## Retrieval examples (Fig. 7)", "",
+            f"Each row of `{FIG7}`: one clip's S2F reconstruction and the 5 photos nearest its v_s "
+            f"(cosine) in a gallery of {ex[0]['gallery']} test photos, one per person; the speaker's own is "
+            "framed in green. Rank of the speaker's photo: "
+            + ", ".join(f"{e['identity']} {e['true_rank']}" for e in ex) + ".", ""]
+
+
 def write_report(m: dict, path: Path) -> Path:
     r = m["retrieval"]
     ks = sorted(int(k) for k in r["random"])
@@ -152,6 +228,8 @@ def write_report(m: dict, path: Path) -> Path:
         "",
         "![attributes](attributes.png)",
         "",
+        *pixel_attribute_lines(m),
+        *dataset_lines(m),
     ]
     if m.get("age_trend"):
         a = m["age_trend"]
@@ -212,8 +290,9 @@ def write_report(m: dict, path: Path) -> Path:
               *[f"| {k.replace('_', ' ')} | {_pct(v['accuracy'])} | {_pct(v['ci95'][0])}-{_pct(v['ci95'][1])} | "
                 f"{v['trials']} |" for k, v in c.items()],
               "| chance | 50.0 | | |", "",
-              "## Pictures (Fig. 3, 9, 8)", "",
-              *[f"![{f}]({f})" for f in m["figures"] if f != "attributes.png"], ""]
+              *retrieval_example_lines(m),
+              "## Pictures (Fig. 3, 6, 7, 9, 8)", "",
+              *[f"![{f}]({f})" for f in m["figures"] if f not in SHOWN_IN_SECTIONS], ""]
     path.write_text("\n".join(lines))
     return path
 
@@ -223,6 +302,8 @@ def format_summary(m: dict, out: Path) -> str:
     sim = "; ".join(f"{s}: {v['angle_deg']['same_person']:.1f} deg vs {v['angle_deg']['other_people']:.1f} other"
                     for s, v in m["similarity"].items())
     attrs = ", ".join(f"{a} {_pct(v['agreement'])}%" for a, v in m["attributes"].items())
+    pixel_attrs = ", ".join(f"{a} {_pct(v['agreement'])}% (S2F vs truth {_pct(v['s2f_accuracy'])}%, photos "
+                            f"{_pct(v['photo_accuracy'])}%)" for a, v in m.get("attributes_pixels", {}).items())
     cc = m["cross_check"]["via_reconstruction"]
     return "\n".join([
         f"Speech2Face evaluation of {m['run']} on {m['identities']} {m['split']} identities -> {out}",
@@ -232,7 +313,8 @@ def format_summary(m: dict, out: Path) -> str:
         + (" (R@10 95% interval {}-{})".format(*map(_pct, _get(r["cosine_ci"], 10))) if "cosine_ci" in r else "")
         + " vs random " + "/".join(_pct(_get(r["random"], k)) for k in (1, 5, 10))
         + ("; oracle " + "/".join(_pct(_get(r["oracle"], k)) for k in (1, 5, 10)) if "oracle" in r else ""),
-        f"  attribute agreement photo vs S2F: {attrs}",
+        f"  attribute agreement photo vs S2F: {attrs} (face-feature read-out)",
+        *([f"  the same by a CNN on pixels: {pixel_attrs}"] if pixel_attrs else []),
         *([f"  age trend: r = {m['age_trend']['reconstruction']['r']:.2f} ({_ci(m['age_trend']['reconstruction'])}) "
            f"between the age read off the photo and off the reconstruction (random pairs "
            f"{m['age_trend']['reconstruction']['random_r']:.2f})"]
