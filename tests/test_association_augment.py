@@ -160,3 +160,13 @@ def test_training_augments_from_the_cached_margin(corpus, tmp_path, background):
     assert torch.equal(centre, cached)
     cut = first_identities(split, 3)  # a cut keeps the rows of both caches together
     assert np.array_equal(np.asarray(cut.face.wide())[:, :, 16:80, 16:80], np.asarray(cut.face.data))
+    # backbone pretraining augments from the same margin, with the config's shift
+    from facevoice.training.association.augment import augment_faces
+    from facevoice.training.association.pretrain import _inputs
+
+    rows = np.array([0, 2, 5])
+    got = _inputs(split, "face", cfg, rows, np.random.default_rng(3), wide)
+    want = augment_faces(torch.from_numpy(wide[rows]), np.random.default_rng(3), (0.8, 1.4), 0.1, 64)
+    assert got.shape == (3, 3, 64, 64) and torch.equal(got, want)
+    plain = _inputs(split, "face", cfg, rows, np.random.default_rng(3))
+    assert not torch.equal(plain, got)  # the crop alone repeats its border where the margin shows the photo

@@ -101,11 +101,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _inputs(split: SplitData, modality: str, cfg: AssociationConfig, rows: np.ndarray,
-            rng: np.random.Generator) -> torch.Tensor:
+            rng: np.random.Generator, faces=None) -> torch.Tensor:
+    """A batch as the backbone sees it in pretraining: faces always augmented (supp. A.2.2's
+    scheme with the config's shift, read from `faces`, the crops with their margins, when given),
+    voices a random window each, volume jittered."""
     data = getattr(split, modality).data
     if modality == "face":
-        return augment_faces(torch.from_numpy(np.asarray(data[rows], dtype=np.float32)), rng,
-                             tuple(cfg.face.augment_scale))
+        source = data if faces is None else faces
+        return augment_faces(torch.from_numpy(np.asarray(source[rows], dtype=np.float32)), rng,
+                             tuple(cfg.face.augment_scale), cfg.face.augment_shift, cfg.face.size)
     n = cfg.voice.frontend().samples
     starts = rng.integers(data.shape[1] - n + 1, size=len(rows))
     return augment_voices(torch.from_numpy(windows(data, rows, starts, n)), rng)
@@ -158,12 +162,14 @@ def classify_identities(split: SplitData, modality: str, cfg: AssociationConfig,
         heads["measured"] = nn.Linear(width, z.shape[1]).to(device)
     opt = torch.optim.Adam([*encoder.parameters(), *classifier.parameters(), *heads.parameters()], lr)
     pool = (2, 3) if modality == "face" else (2,)
+    # wider windows show the photo around the crop where load_split cached a margin (face.augment_background)
+    faces = split.face.wide() if modality == "face" and split.face.wide is not None else None
     losses, correct, start = [], [], time.perf_counter()
     bar = tqdm(range(steps), desc=f"pretrain {modality} backbone", disable=not progress, dynamic_ncols=True)
     for step in bar:
         rows = rng.integers(len(labels), size=batch)
         y = torch.from_numpy(labels[rows]).long().to(device)
-        pooled = encoder(_inputs(split, modality, cfg, rows, rng).to(device)).mean(dim=pool)
+        pooled = encoder(_inputs(split, modality, cfg, rows, rng, faces).to(device)).mean(dim=pool)
         logits = classifier(pooled)
         loss = nn.functional.cross_entropy(logits, y) + attribute_loss(heads, targets, pooled, labels[rows])
         if measured is not None and usable[rows].any():
