@@ -11,6 +11,7 @@ the queries are real voices through the real encoder. No cache (Redis off): ever
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -84,14 +85,17 @@ def load(fn, concurrency: int, seconds: float) -> dict:
 class ServeProcess:
     """`facevoice serve` in its own process, as users run it (no GIL shared with the load)."""
 
-    def __init__(self, args, root: Path, workers: int, extra: list[str], metrics_port: int = -1):
+    def __init__(self, args, root: Path, workers: int, extra: list[str], metrics_port: int = -1,
+                 env: dict[str, str] | None = None):
         self.port, self.metrics_port = free_port(), metrics_port
         cmd = [sys.executable, "-m", "facevoice", "serve", "--model-repo", str(args.model_repo), "--index-root",
                str(root), "--host", "127.0.0.1", "--port", str(self.port), "--metrics-port", str(metrics_port),
                "--poll-s", "0",
                "--workers", str(workers), "--ort-threads", str(args.threads), "--faiss-threads", str(args.threads),
                *extra]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # env: e.g. PYTHONPATH naming another commit's code (bench.search_breakdown --compare)
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     env=None if env is None else {**os.environ, **env})
 
     def __enter__(self) -> pb_grpc.FaceVoiceStub:
         stub = pb_grpc.FaceVoiceStub(grpc.insecure_channel(f"127.0.0.1:{self.port}"))

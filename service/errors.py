@@ -45,6 +45,10 @@ class DeadlineExceeded(ServiceError):
     """The call's own deadline passed (DEADLINE_EXCEEDED)."""
 
 
+class Cancelled(ServiceError):
+    """The client cancelled the call while it waited (CANCELLED)."""
+
+
 class Exhausted(ServiceError):
     """A bound was reached (concurrent calls, the live-edit overlay); RESOURCE_EXHAUSTED."""
 

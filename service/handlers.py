@@ -17,10 +17,12 @@ from collections.abc import Callable
 import grpc
 import numpy as np
 
+from facevoice.service.batching import call_scope
 from facevoice.service.cache import Cache
 from facevoice.service.embedder import Embedder, to_png
 from facevoice.service.errors import (
     BadRequest,
+    Cancelled,
     DeadlineExceeded,
     DependencyUnavailable,
     Exhausted,
@@ -50,6 +52,7 @@ STATUS = [(MediaError, grpc.StatusCode.INVALID_ARGUMENT), (BadRequest, grpc.Stat
           (NotLoaded, grpc.StatusCode.NOT_FOUND), (Unsupported, grpc.StatusCode.FAILED_PRECONDITION),
           (Stopped, grpc.StatusCode.FAILED_PRECONDITION),
           (DependencyUnavailable, grpc.StatusCode.UNAVAILABLE), (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
+          (Cancelled, grpc.StatusCode.CANCELLED),
           (Exhausted, grpc.StatusCode.RESOURCE_EXHAUSTED)]
 audit = logging.getLogger("facevoice.audit")
 
@@ -69,7 +72,9 @@ def rpc(method: Callable) -> Callable:
         try:
             remaining = context.time_remaining()
             deadline = None if remaining is None else time.monotonic() + remaining
-            return method(self, request, context, deadline)
+            with call_scope() as scope:  # a cancelled call's inputs leave the batchers' queues
+                context.add_callback(scope.cancel)
+                return method(self, request, context, deadline)
         except (MediaError, ServiceError) as e:
             code = status_of(e)
             if isinstance(e, DependencyUnavailable):

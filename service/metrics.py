@@ -24,6 +24,9 @@ class Metrics:
                                ["method", "stage"], buckets=LATENCY_BUCKETS, registry=r)
         self.batch = Histogram("facevoice_embed_batch_size", "Items per network call", ["network"],
                                buckets=BATCH_BUCKETS, registry=r)
+        self.runner_batch = Histogram("facevoice_runner_batch_rows",
+                                      "Rows per onnxruntime call of the embedded runner's dynamic batcher",
+                                      ["network"], buckets=BATCH_BUCKETS, registry=r)
         self.index_items = Gauge("facevoice_index_items", "Items in the served index", ["index"], registry=r)
         self.index_info = Gauge("facevoice_index_info", "The served index version (value 1)",
                                 ["index", "version", "model_version", "kind"], registry=r)

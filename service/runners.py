@@ -5,22 +5,34 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from facevoice.service.batching import Batcher, BatchPolicy, read_policy
 from facevoice.service.errors import DeadlineExceeded, DependencyUnavailable
 from facevoice.service.repository import NetworkEntry, network_file
 
 
 class EmbeddedRunner:
-    """The ONNX files run in-process with onnxruntime, one session per network, made on first use."""
+    """The ONNX files run in-process with onnxruntime, one session per network, made on first use.
+
+    Each network whose config.pbtxt asks for dynamic batching (`max_batch_size` > 1 and a
+    `dynamic_batching` block, as `facevoice export` writes it) gets a Batcher
+    (service/batching.py): concurrent callers' rows go through one onnxruntime call, as Triton's
+    dynamic batcher does, with the same max batch size and queue delay. `instances` batches run
+    at once, each on `threads` onnxruntime threads (instances x threads: the cores the encoders
+    may use). `batching=False` runs every call on its own, in the caller's thread."""
 
     name = "embedded"
 
-    def __init__(self, repo: Path, threads: int = 1):
-        self.repo, self.threads = Path(repo), threads
+    def __init__(self, repo: Path, threads: int = 1, instances: int = 2, batching: bool = True,
+                 observe: Callable[[str, int], None] | None = None):
+        self.repo, self.threads, self.instances, self.batching = Path(repo), threads, instances, batching
+        self.observe = observe  # (network, rows) of each onnxruntime call that a batcher made
         self._sessions: dict[str, object] = {}
+        self._batchers: dict[str, Batcher | None] = {}
         self._lock = threading.Lock()
 
     def _session(self, info: NetworkEntry):
@@ -36,11 +48,41 @@ class EmbeddedRunner:
                                                                   providers=["CPUExecutionProvider"])
             return self._sessions[info.model]
 
+    def policy(self, info: NetworkEntry) -> BatchPolicy:
+        """The network's batching, from its config.pbtxt (none when batching is off)."""
+        return read_policy(self.repo / info.model / "config.pbtxt") if self.batching else BatchPolicy()
+
+    def _batcher(self, info: NetworkEntry) -> Batcher | None:
+        key = f"{info.model}/{info.triton_version}"
+        if key in self._batchers:
+            return self._batchers[key]
+        session, policy = self._session(info), self.policy(info)
+        with self._lock:
+            if key not in self._batchers:
+                def run(x: np.ndarray, session=session) -> np.ndarray:
+                    return session.run([info.output], {info.input: x})[0]
+
+                def observe(rows: int, model=info.model) -> None:
+                    if self.observe is not None:
+                        self.observe(model, rows)
+
+                self._batchers[key] = (Batcher(run, policy, self.instances, info.model, observe)
+                                       if policy.max_batch > 1 else None)
+            return self._batchers[key]
+
     def close(self) -> None:
-        pass
+        with self._lock:
+            batchers, self._batchers = list(self._batchers.values()), {}
+        for b in batchers:
+            if b is not None:
+                b.close()
 
     def infer(self, info: NetworkEntry, x: np.ndarray, deadline: float | None = None) -> np.ndarray:
-        return self._session(info).run([info.output], {info.input: np.ascontiguousarray(x, np.float32)})[0]
+        x = np.ascontiguousarray(x, np.float32)
+        batcher = self._batcher(info)
+        if batcher is None:
+            return self._session(info).run([info.output], {info.input: x})[0]
+        return batcher.infer(x, deadline)
 
 
 class TritonRunner:

@@ -71,6 +71,8 @@ class ServeConfig:
     tls_key: Path | None = None
     workers: int = 8
     ort_threads: int = 1
+    ort_instances: int = 2  # embedded runner: batches run at once per network, each on ort_threads threads
+    batching: bool = True  # embedded runner: batch concurrent calls as each network's config.pbtxt says
     faiss_threads: int = 1
     gpu: bool = True  # use a GPU for FAISS when faiss sees one
     index_mmap: bool = True  # map index files (a replica starts without reading them); read in on a write
@@ -267,7 +269,9 @@ class Running:
         self.metrics = Metrics()
         manifest = open_repository(cfg.model_repo)
         runner = (TritonRunner(cfg.triton_url, retries=cfg.triton_retries) if cfg.triton_url
-                  else EmbeddedRunner(cfg.model_repo, threads=cfg.ort_threads))
+                  else EmbeddedRunner(cfg.model_repo, threads=cfg.ort_threads, instances=cfg.ort_instances,
+                                      batching=cfg.batching,
+                                      observe=lambda net, rows: self.metrics.runner_batch.labels(net).observe(rows)))
         self.embedder = Embedder(manifest, runner)
         self.write_log = open_log(cfg.gallery_log, cfg.index_root, cfg.redis_url)
         if isinstance(self.write_log, RedisLog):

@@ -115,7 +115,8 @@ def test_service_image_requirements_cover_the_online_imports():
             "grpc_health": "grpcio-health-checking",
             "grpc_reflection": "grpcio-reflection", "google": "protobuf", "prometheus_client": "prometheus-client",
             "faiss": "faiss-cpu", "tritonclient": "tritonclient", "onnxruntime": "onnxruntime", "redis": "redis",
-            "numpy": "numpy", "scipy": "scipy", "soundfile": "soundfile", "tqdm": "tqdm"}
+            "numpy": "numpy", "scipy": "scipy", "soundfile": "soundfile", "tqdm": "tqdm",
+            "threadpoolctl": "threadpoolctl"}
     online = [*(ROOT / "service").rglob("*.py"), *(ROOT / "facevoice" / n for n in ("cli.py", "query.py", "health.py"))]
     for path in online:
         for node in ast.walk(ast.parse(path.read_text())):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from fractions import Fraction
+from functools import lru_cache
 from math import gcd
 
 import numpy as np
@@ -207,37 +208,80 @@ def resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
 def resample_poly(x: np.ndarray, up: int, down: int) -> np.ndarray:
     """scipy.signal.resample_poly's defaults (a Kaiser-windowed (beta 5) low-pass FIR of 20 x
     max(up, down) + 1 taps, zero padding, the same alignment), in numpy, in float64: the service
-    image carries no scipy for this one function. tests/test_media_audio.py holds it to scipy's."""
+    image carries no scipy for this one function. tests/test_media_audio.py holds it to scipy's.
+
+    Output k is the `taps` samples of the zero-padded input ending at k * down // up, dotted with
+    the filter's phase (k * down) % up. Every `up` outputs the input moves on by `down` samples
+    and the phases repeat, so the outputs are a matrix product: the input cut into rows that
+    start `down` samples apart, times the filter laid out as one banded matrix per group of
+    phases (_polyphase_plan, made once per ratio). A handful of BLAS calls instead of one per
+    phase, as fast as scipy's compiled loop (bench: decode in benchmarks.md)."""
     g = gcd(up, down)
     up, down = up // g, down // g
     x = np.asarray(x, np.float64)
     if up == down == 1:
         return x.copy()
-    n_in, max_rate = len(x), max(up, down)
+    n_in = len(x)
     n_out = -(-n_in * up // down)
+    first, taps, span, groups = _polyphase_plan(up, down)
+    q0, q1 = first // up, (first + n_out - 1) // up + 1  # the rows of `up` outputs that hold ours
+    need = (q1 - 1) * down + span  # the padded input the last row reads
+    xp = np.zeros(max(need, taps - 1 + n_in))
+    xp[taps - 1:taps - 1 + n_in] = x  # x[i] at xp[i + taps - 1]
+    rows = np.lib.stride_tricks.as_strided(xp[q0 * down:], shape=(q1 - q0, span),
+                                           strides=(down * xp.strides[0], xp.strides[0]), writeable=False)
+    out = np.empty((q1 - q0, up))
+    with _one_blas_thread():
+        for r0, r1, s0, s1, w in groups:
+            out[:, r0:r1] = np.ascontiguousarray(rows[:, s0:s1]) @ w  # contiguous: BLAS, not numpy's own loop
+    start = first - q0 * up
+    return out.reshape(-1)[start:start + n_out]
+
+
+_BLAS = None
+
+
+def _one_blas_thread():
+    """A context in which numpy's BLAS runs on one thread: OpenBLAS otherwise starts a thread per
+    core for products of a few hundred rows, and on two busy cores that made a clip's resampling
+    20-70x slower (measured here, issue 36). threadpoolctl, about 20 µs a call."""
+    global _BLAS
+    if _BLAS is None:
+        from threadpoolctl import ThreadpoolController
+
+        _BLAS = ThreadpoolController().select(user_api="blas")
+    return _BLAS.limit(limits=1)
+
+
+_GROUP = 32  # phases per banded block: wider wastes multiplications on zeros, narrower adds calls
+
+
+@lru_cache(maxsize=32)
+def _polyphase_plan(up: int, down: int) -> tuple[int, int, int, tuple]:
+    """For resample_poly at up / down (reduced): the first output kept (on the full output's
+    count), the taps per phase, the input span one row of `up` outputs reads, and per group of
+    phases (r0, r1, s0, s1, W): outputs r0..r1 of a row are row[s0:s1] @ W."""
+    max_rate = max(up, down)
     half_len = 10 * max_rate
     m = np.arange(2 * half_len + 1) - half_len
     h = np.sinc(m / max_rate) / max_rate * np.kaiser(len(m), 5.0)  # firwin(..., 1 / max_rate)
     h = h / h.sum() * up
     pre_pad = down - half_len % down  # scipy's alignment: the filter's centre on the first output
-    first = (half_len + pre_pad) // down  # the first output kept, on the full output's count
+    first = (half_len + pre_pad) // down
     h = np.concatenate([np.zeros(pre_pad), h])
     taps = -(-len(h) // up)  # each polyphase branch's length
     branches = np.concatenate([h, np.zeros(taps * up - len(h))]).reshape(taps, up).T[:, ::-1]  # [phase, tap]
-    # x[i] at xp[i + taps - 1]: output k (on the upsampled grid at k * down) is the window of
-    # `taps` samples ending at x[k * down // up], dotted with its phase's branch
-    last = ((first + n_out - 1) * down) // up
-    xp = np.concatenate([np.zeros(taps - 1), x, np.zeros(max(0, last - n_in + 1))])
-    windows = np.lib.stride_tricks.sliding_window_view(xp, taps)
-    out = np.empty(n_out)
-    for r in range(up):  # the outputs k = r (mod up) share a phase; their windows step by `down`
-        k0 = first + (r - first) % up
-        if k0 >= first + n_out:
-            continue
-        i0 = k0 * down // up
-        count = (first + n_out - 1 - k0) // up + 1
-        out[k0 - first::up] = windows[i0:i0 + count * down:down] @ branches[(k0 * down) % up]
-    return out
+    ends = [r * down // up for r in range(up)]  # where output r of a row starts reading, in the row
+    groups = []
+    for r0 in range(0, up, _GROUP):
+        r1 = min(up, r0 + _GROUP)
+        s0, s1 = ends[r0], ends[r1 - 1] + taps
+        w = np.zeros((s1 - s0, r1 - r0))
+        for r in range(r0, r1):
+            w[ends[r] - s0:ends[r] - s0 + taps, r - r0] = branches[(r * down) % up]
+        w.flags.writeable = False
+        groups.append((r0, r1, s0, s1, w))
+    return first, taps, ends[-1] + taps, tuple(groups)
 
 
 def tile_to_length(x: np.ndarray, n: int) -> np.ndarray:
