@@ -155,8 +155,14 @@ def speech_only(x: np.ndarray, sr: int, found: SpeechFound) -> np.ndarray:
 
 def speech_rms(x: np.ndarray, sr: int, found: SpeechFound) -> float:
     """The RMS of x over its speech frames (DC removed)."""
-    parts = [x[_samples(i, sr):_samples(i + 1, sr)] for i in np.flatnonzero(found.speech)]
-    speech = np.concatenate(parts) if parts else x
+    if not found.speech.any():
+        speech = x
+    else:  # the speech frames' samples, in order: x[_samples(i, sr):_samples(i + 1, sr)] for each
+        bounds = np.minimum(np.round(np.arange(len(found.speech) + 1) * (FRAME_MS * sr / 1000)).astype(np.int64),
+                            len(x))
+        mask = np.zeros(len(x), bool)
+        mask[:bounds[-1]] = np.repeat(found.speech, np.diff(bounds))
+        speech = x[mask]
     return float(np.sqrt(np.mean((speech - x.mean(dtype=np.float64)) ** 2)))
 
 
