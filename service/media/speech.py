@@ -81,11 +81,17 @@ def autocorrelation(frames: np.ndarray) -> tuple[np.ndarray, int]:
     n = frames.shape[1]
     emphasised = np.concatenate([frames[:, :1], frames[:, 1:] - 0.97 * frames[:, :-1]], axis=1)
     window = np.hanning(n)
-    spectrum = np.fft.rfft(emphasised * window, 2 * n, axis=1)
     lo, hi = int(VAD_RATE / F0_RANGE[1]), int(VAD_RATE / F0_RANGE[0])
-    ac = np.fft.irfft(np.abs(spectrum) ** 2, 2 * n, axis=1)[:, :hi]
+    size = _fft_size(n + hi)  # lags below hi do not wrap around: 768 points for 480, not 2 x 480
+    spectrum = np.fft.rfft(emphasised * window, size, axis=1)
+    ac = np.fft.irfft(np.abs(spectrum) ** 2, size, axis=1)[:, :hi]
     taper = np.correlate(window, window, "full")[n - 1:n - 1 + hi]
     return ac / np.maximum(ac[:, :1], 1e-20) / (taper / taper[0]), lo
+
+
+def _fft_size(n: int) -> int:
+    """The smallest 2^a x 3^b at least n (sizes pocketfft is fastest at)."""
+    return min(p * 3 ** b for b in range(4) for p in [1 << max(0, (-(-n // 3 ** b) - 1).bit_length())])
 
 
 def periodicity(frames: np.ndarray) -> np.ndarray:
@@ -123,7 +129,8 @@ def find_speech(x: np.ndarray, sr: int) -> SpeechFound:
         return SpeechFound(np.zeros(len(frames), bool), 0.0)
     gain = 10 ** (LOUD_DBFS / 20) / loud
     active = rms >= loud * 10 ** (ACTIVE_DB / 20)
-    voiced = (periodicity(frames) >= MIN_PERIODICITY) & active
+    voiced = np.zeros(len(frames), bool)  # periodicity on the active frames only: the rest cannot be voiced
+    voiced[active] = periodicity(frames[active]) >= MIN_PERIODICITY
     speech = _vad(y * gain) & active & _near(voiced, KEEP_MS // FRAME_MS)
     return SpeechFound(speech, pause_ratio(rms, speech))
 
