@@ -94,22 +94,8 @@ def batch_curve(runner: EmbeddedRunner, info, wave: np.ndarray, seconds: float) 
         runner.infer(info, x)
         row = {}
         for callers in (1, 2):
-            stop, done = time.monotonic() + seconds, [0] * callers
-
-            def work(k: int, x=x, stop=stop, done=done) -> None:
-                while time.monotonic() < stop:
-                    runner.infer(info, x)
-                    done[k] += 1
-
-            ts = [threading.Thread(target=work, args=(k,)) for k in range(callers)]
-            t0 = time.perf_counter()
-            for t in ts:
-                t.start()
-            for t in ts:
-                t.join()
-            wall = time.perf_counter() - t0
-            row[callers] = {"rows_per_s": b * sum(done) / wall,
-                            "ms_per_call": 1000 * wall * callers / max(sum(done), 1)}
+            qps = load(lambda x=x: runner.infer(info, x), callers, seconds)["qps"]  # calls per second
+            row[callers] = {"rows_per_s": b * qps, "ms_per_call": 1000 * callers / max(qps, 1e-9)}
         out[b] = row
     return out
 

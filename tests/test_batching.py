@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +53,24 @@ def threads_calling(batcher: Batcher, inputs: list[np.ndarray], deadlines=None) 
     return ts, out
 
 
+@contextmanager
+def occupied(max_batch: int, max_delay_s: float = 0.0):
+    """(net, batcher): one worker, busy with a first call until the test sets net.gate, so the
+    test's calls queue behind it."""
+    net = Network(gate=True)
+    b = Batcher(net, BatchPolicy(max_batch, max_delay_s), instances=1, name="toy")
+    try:
+        blocker, _ = threads_calling(b, [np.zeros((1, 2), np.float32)])
+        assert net.started.wait(5)
+        yield net, b
+        net.gate.set()
+        for t in blocker:
+            t.join(10)
+    finally:
+        net.gate.set()
+        b.close()
+
+
 def test_each_caller_gets_its_own_rows_back():
     net = Network(gate=True)
     b = Batcher(net, BatchPolicy(max_batch=16, max_delay_s=0.05), instances=1, name="toy")
@@ -90,45 +109,33 @@ def test_a_batch_of_one_is_the_call_itself():
 
 
 def test_one_bad_input_fails_only_its_caller():
-    net = Network(gate=True)
-    b = Batcher(net, BatchPolicy(max_batch=16, max_delay_s=0.05), instances=1, name="toy")
-    try:
-        blocker, _ = threads_calling(b, [np.zeros((1, 2), np.float32)])
-        assert net.started.wait(5)
+    with occupied(16, 0.05) as (net, b):
         inputs = [np.full((1, 2), k, np.float32) for k in range(5)]
         inputs[2] = np.array([[np.nan, 1.0]], np.float32)
         ts, out = threads_calling(b, inputs)
         while len(b._queue) < 5:
             time.sleep(0.005)
         net.gate.set()
-        for t in blocker + ts:
+        for t in ts:
             t.join(10)
         assert isinstance(out[2], ValueError)
         for k in (0, 1, 3, 4):
             assert np.array_equal(out[k], 3 * inputs[k] + 1)
         assert [len(c) for c in net.calls[1:]] == [5, 1, 1, 1, 1, 1]  # the batch failed, then each alone
-    finally:
-        b.close()
 
 
 def test_a_deadline_that_passes_in_the_queue_fails_that_call_alone():
-    net = Network(gate=True)
-    b = Batcher(net, BatchPolicy(max_batch=8, max_delay_s=0.0), instances=1, name="toy")
-    try:
-        blocker, _ = threads_calling(b, [np.zeros((1, 2), np.float32)])
-        assert net.started.wait(5)
+    with occupied(8) as (net, b):
         now = time.monotonic()
         inputs = [np.full((1, 2), k, np.float32) for k in range(3)]
         ts, out = threads_calling(b, inputs, deadlines=[now + 0.05, None, now + 30])
         ts[0].join(5)  # it gives up on its own, while the worker is still busy
         assert isinstance(out[0], DeadlineExceeded) and "busy" in str(out[0])
         net.gate.set()
-        for t in blocker + ts:
+        for t in ts:
             t.join(10)
         assert np.array_equal(out[1], 3 * inputs[1] + 1) and np.array_equal(out[2], 3 * inputs[2] + 1)
         assert [len(c) for c in net.calls] == [1, 2]  # the expired request never ran
-    finally:
-        b.close()
 
 
 def test_a_deadline_that_passes_while_its_batch_runs():
@@ -149,11 +156,7 @@ def test_a_deadline_that_passes_while_its_batch_runs():
 
 
 def test_a_cancelled_call_leaves_the_queue():
-    net = Network(gate=True)
-    b = Batcher(net, BatchPolicy(max_batch=8, max_delay_s=0.0), instances=1, name="toy")
-    try:
-        blocker, _ = threads_calling(b, [np.zeros((1, 2), np.float32)])
-        assert net.started.wait(5)
+    with occupied(8) as (net, b):
         result: list = []
         scopes: list = []
 
@@ -173,15 +176,11 @@ def test_a_cancelled_call_leaves_the_queue():
         t.join(5)
         assert isinstance(result[0], Cancelled) and not b._queue
         net.gate.set()
-        for x in blocker:
-            x.join(10)
-        assert len(net.calls) == 1
         with call_scope() as scope:  # a scope cancelled before its call starts refuses it
             scope.cancel()
             with pytest.raises(Cancelled):
                 b.infer(np.ones((1, 2), np.float32))
-    finally:
-        b.close()
+    assert len(net.calls) == 1  # the cancelled request never ran
 
 
 def test_the_policy_comes_from_the_triton_config(tmp_path):
