@@ -88,14 +88,16 @@ class ServeProcess:
     def __init__(self, args, root: Path, workers: int, extra: list[str], metrics_port: int = -1,
                  env: dict[str, str] | None = None):
         self.port, self.metrics_port = free_port(), metrics_port
-        cmd = [sys.executable, "-m", "facevoice", "serve", "--model-repo", str(args.model_repo), "--index-root",
-               str(root), "--host", "127.0.0.1", "--port", str(self.port), "--metrics-port", str(metrics_port),
-               "--poll-s", "0",
+        cmd = [sys.executable, "-m", "facevoice", "serve", "--model-repo", str(Path(args.model_repo).resolve()),
+               "--index-root", str(Path(root).resolve()), "--host", "127.0.0.1", "--port", str(self.port),
+               "--metrics-port", str(metrics_port), "--poll-s", "0",
                "--workers", str(workers), "--ort-threads", str(args.threads), "--faiss-threads", str(args.threads),
                *extra]
-        # env: e.g. PYTHONPATH naming another commit's code (bench.search_breakdown --compare)
+        # env: e.g. PYTHONPATH naming another commit's code (bench.search_breakdown --compare), run
+        # from there too (`python -m` puts the working directory first on the path)
+        code = (env or {}).get("PYTHONPATH")
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                     env=None if env is None else {**os.environ, **env})
+                                     env=None if env is None else {**os.environ, **env}, cwd=code)
 
     def __enter__(self) -> pb_grpc.FaceVoiceStub:
         stub = pb_grpc.FaceVoiceStub(grpc.insecure_channel(f"127.0.0.1:{self.port}"))

@@ -72,3 +72,47 @@ def test_smoke_values_replace_only_the_defaults():
     assert parse(parser(), ["--smoke", "--steps", "5"], smoke={"steps": 2}).steps == 5
     args = parse(parser(), [], smoke={"steps": 2})
     assert args.steps == 20 and not args.smoke and args.doc == ROOT / "docs" / "benchmarks.md"
+
+
+def _service_figures(client_p50: float, decode: float, qps: float) -> dict:
+    return {"client": {"p50": client_p50, "p99": 2 * client_p50, "mean": client_p50},
+            "server": {"decode": decode, "embed": 5.0, "search": 0.1, "rpc": decode + 5.5},
+            "empty": {"p50": 0.7, "p99": 1.0, "mean": 0.7}, "at32": {"qps": qps, "p50": 100.0, "p99": 200.0}}
+
+
+def test_the_compare_table_names_what_got_slower():
+    """`search_breakdown --compare`: a part 10% and 0.2 ms slower, or QPS 10% lower, is named;
+    noise below that is not."""
+    from bench.search_breakdown import compare_table
+
+    ref = {"embedded": _service_figures(10.0, 2.0, 300.0), "triton": _service_figures(12.0, 2.0, 150.0)}
+    today = {"embedded": _service_figures(10.1, 3.0, 300.0), "triton": _service_figures(12.0, 2.0, 120.0)}
+    results = {**{("v1", p): r for p, r in ref.items()}, **{("today", p): r for p, r in today.items()}}
+    lines = compare_table(results, "v1", "today")
+    verdict = lines[-1]
+    assert "embedded server decode (2.00 -> 3.00)" in verdict and "triton QPS at 32 (150.00 -> 120.00)" in verdict
+    assert "client p50" not in verdict  # 1% slower: noise
+    assert sum("**slower**" in line for line in lines) == 3  # decode, the handler it is part of, and QPS
+    same = compare_table({**{("v1", p): r for p, r in ref.items()}, **{("today", p): r for p, r in ref.items()}},
+                         "v1", "today")
+    assert same[-1] == "Slower than v1: nothing, beyond 10% and 0.2 ms."
+
+
+def test_compare_runs_another_commits_code(tmp_path):
+    """--compare REF extracts REF with git and lays it out as the installed package, so its
+    service is REF's own code; a name git does not know is a usage error."""
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout: --compare needs the repository's history")
+    from bench.search_breakdown import reference_code
+
+    tree, sha = reference_code("HEAD")
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
+    assert sha == head.strip()
+    # as ServeProcess starts it: REF's tree on the path and as the working directory
+    where = subprocess.run([sys.executable, "-c", "import facevoice.service.runners as r; print(r.__file__)"],
+                           env={**os.environ, "PYTHONPATH": str(tree)}, cwd=tree, capture_output=True, text=True,
+                           timeout=120)
+    assert where.returncode == 0, where.stderr
+    assert Path(where.stdout.strip()).resolve() == (tree / "service" / "runners.py").resolve()
+    with pytest.raises(UsageError, match="not a commit"):
+        reference_code("no-such-ref-anywhere")
