@@ -1,10 +1,15 @@
 """Dynamic batching for the embedded runner, as Triton's dynamic batcher does it.
 
-Requests for one network queue; a worker takes the oldest, waits at most `max_delay_s` for more
-(while fewer than `max_batch` rows are queued), and runs every request that fits in one call.
-Each caller gets its own rows back. The two settings come from the network's config.pbtxt
-(`max_batch_size`, `dynamic_batching { max_queue_delay_microseconds }`), so the embedded runner
-and Triton read one setting (`read_policy`).
+Requests for one network queue; a worker takes the oldest and runs every request that fits in
+one call (`max_batch` rows). Each caller gets its own rows back. The settings come from the
+network's config.pbtxt (`max_batch_size`, `dynamic_batching { preferred_batch_size,
+max_queue_delay_microseconds }`), so the embedded runner and Triton read one setting
+(`read_policy`).
+
+When to wait for more: as Triton, a worker holds a batch up to `max_delay_s` (from its oldest
+request's arrival) until it has the largest preferred size. Unlike Triton, it waits only while
+every other instance is running a batch: on a CPU the instances share the cores, so when one is
+idle, holding a request gains nothing (at concurrency 1 every call would pay the whole delay).
 
 - A request whose deadline passes while it waits is taken out of the queue and fails alone
   (DeadlineExceeded); one whose deadline passes while its batch runs gets DeadlineExceeded and
@@ -39,6 +44,12 @@ class BatchPolicy:
 
     max_batch: int = 1
     max_delay_s: float = 0.0
+    preferred: tuple[int, ...] = ()  # batch sizes worth waiting for (the largest ends the wait)
+
+    @property
+    def enough(self) -> int:
+        """The rows a waiting worker stops waiting at."""
+        return min(max(self.preferred, default=self.max_batch), self.max_batch)
 
 
 def read_policy(config_pbtxt: Path) -> BatchPolicy:
@@ -53,7 +64,9 @@ def read_policy(config_pbtxt: Path) -> BatchPolicy:
     if size is None or int(size.group(1)) < 2 or "dynamic_batching" not in text:
         return BatchPolicy()
     delay = re.search(r"max_queue_delay_microseconds\s*:\s*(\d+)", text)
-    return BatchPolicy(int(size.group(1)), int(delay.group(1)) / 1e6 if delay else 0.0)
+    preferred = re.search(r"preferred_batch_size\s*:\s*\[([\d,\s]*)\]", text)
+    sizes = tuple(int(v) for v in preferred.group(1).replace(",", " ").split()) if preferred else ()
+    return BatchPolicy(int(size.group(1)), int(delay.group(1)) / 1e6 if delay else 0.0, sizes)
 
 
 @dataclass(eq=False)
@@ -121,6 +134,7 @@ class Batcher:
         self._queue: deque[_Request] = deque()
         self._cond = threading.Condition()
         self._closed = False
+        self._busy = 0  # workers running a batch
         self._workers = [threading.Thread(target=self._work, name=f"batch-{name}-{k}", daemon=True)
                          for k in range(max(1, instances))]
         for w in self._workers:
@@ -188,7 +202,9 @@ class Batcher:
             if self._closed:
                 return None
             until = self._queue[0].arrived + p.max_delay_s
-            while sum(len(r.x) for r in self._queue) < p.max_batch and not self._closed:
+            # wait for more rows only while every other instance is busy (the module docstring)
+            while (self._busy >= len(self._workers) - 1 and sum(len(r.x) for r in self._queue) < p.enough
+                   and not self._closed):
                 left = until - time.monotonic()
                 if left <= 0:
                     break
@@ -210,6 +226,7 @@ class Batcher:
             self._queue = kept
             for r in batch:
                 r.taken = True
+            self._busy += 1
             return batch
 
     def _work(self) -> None:
@@ -218,7 +235,12 @@ class Batcher:
             if batch is None:
                 return
             if batch:
-                self._run(batch)
+                try:
+                    self._run(batch)
+                finally:
+                    with self._cond:
+                        self._busy -= 1
+                        self._cond.notify_all()  # a worker waiting for rows now has an idle instance beside it
 
     def _run(self, batch: list[_Request]) -> None:
         if len(batch) == 1:

@@ -108,6 +108,22 @@ def test_a_batch_of_one_is_the_call_itself():
         b.close()
 
 
+@pytest.mark.parametrize("instances", [1, 2])
+def test_a_worker_waits_for_more_rows_only_when_no_instance_is_idle(instances):
+    """Two requests 50 ms apart, a 300 ms queue delay: one instance holds the first for the
+    second, as Triton does; with a second instance idle the first runs at once."""
+    net = Network()
+    b = Batcher(net, BatchPolicy(max_batch=8, max_delay_s=0.3, preferred=(4, 8)), instances=instances, name="toy")
+    try:
+        first, out = threads_calling(b, [np.zeros((1, 2), np.float32)])
+        time.sleep(0.05)
+        second = b.infer(np.ones((1, 2), np.float32))
+        first[0].join(10)
+        assert np.array_equal(out[0], np.ones((1, 2))) and np.array_equal(second, np.full((1, 2), 4.0))
+        assert [len(c) for c in net.calls] == ([2] if instances == 1 else [1, 1])
+    finally:
+        b.close()
+
 def test_one_bad_input_fails_only_its_caller():
     with occupied(16, 0.05) as (net, b):
         inputs = [np.full((1, 2), k, np.float32) for k in range(5)]
@@ -185,7 +201,7 @@ def test_a_cancelled_call_leaves_the_queue():
 
 def test_the_policy_comes_from_the_triton_config(tmp_path):
     cfg = read_policy(ROOT / "models/demo/voice_encoder/config.pbtxt")
-    assert cfg == BatchPolicy(max_batch=64, max_delay_s=0.0005)
+    assert cfg == BatchPolicy(max_batch=64, max_delay_s=0.0005, preferred=(4, 8, 16, 32)) and cfg.enough == 32
     plain = tmp_path / "config.pbtxt"
     plain.write_text('name: "x"\nmax_batch_size: 64\n')  # no dynamic_batching block: no batching
     assert read_policy(plain) == BatchPolicy()
