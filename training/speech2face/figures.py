@@ -63,7 +63,8 @@ def fig4b(stats: dict, path: Path) -> Path:
             ax.bar_label(bars, [str(n) for n in counts], fontsize=6)
         ax.set_xticks(range(len(classes)), classes, fontsize=8)
         ax.set(title=attr.replace("_", " "), ylabel="% of the split's people")
-    axes[0][0].legend(fontsize=7)
+    axes[0][0].set_ylim(0, 1.6 * axes[0][0].get_ylim()[1])  # headroom above the bars for the legend
+    axes[0][0].legend(fontsize=7, loc="upper left", frameon=False)
     fig.suptitle("Dataset statistics (Oh et al. Fig. 4(b))")
     return _save(fig, path)
 
