@@ -9,6 +9,7 @@ import io
 import numpy as np
 from PIL import Image
 
+from facevoice.service.decodepool import DecodePool
 from facevoice.service.media import DEFAULT_LIMITS, MediaLimits
 from facevoice.service.media.frontends import model_input_used
 from facevoice.service.media.image import Box, FaceUsed
@@ -19,18 +20,25 @@ Runner = EmbeddedRunner | TritonRunner
 
 
 class Embedder:
-    def __init__(self, manifest: Manifest, runner: Runner, limits: MediaLimits = DEFAULT_LIMITS):
-        self.manifest, self.runner, self.limits = manifest, runner, limits
+    """`pool` (a DecodePool): decode in worker processes, beside the handlers' threads; None
+    decodes in the caller's thread."""
+
+    def __init__(self, manifest: Manifest, runner: Runner, limits: MediaLimits = DEFAULT_LIMITS,
+                 pool: DecodePool | None = None):
+        self.manifest, self.runner, self.limits, self.pool = manifest, runner, limits, pool
 
     def decode(self, space: str, data: bytes, box: Box | None = None, face_index: int = 0) -> np.ndarray:
         """Bytes -> one model input of the space (MediaError on bad media); the path
         tests/test_parity.py checks against what training feeds."""
         return self.decode_used(space, data, box, face_index)[0]
 
-    def decode_used(self, space: str, data: bytes, box: Box | None = None, face_index: int = 0
-                    ) -> tuple[np.ndarray, FaceUsed | None]:
+    def decode_used(self, space: str, data: bytes, box: Box | None = None, face_index: int = 0,
+                    deadline: float | None = None) -> tuple[np.ndarray, FaceUsed | None]:
         """decode, and for a face space the face the input was cut from."""
-        return model_input_used(data, self.manifest.space(space).frontend, box, self.limits, face_index)
+        frontend = self.manifest.space(space).frontend
+        if self.pool is not None:
+            return self.pool.decode(data, frontend, box, self.limits, face_index, deadline)
+        return model_input_used(data, frontend, box, self.limits, face_index)
 
     def embed(self, space: str, batch: np.ndarray, deadline: float | None = None) -> np.ndarray:
         """[N, ...] model inputs -> [N, dim] vectors of the space."""

@@ -148,7 +148,7 @@ class FaceVoiceService(pb_grpc.FaceVoiceServicer):
 
     # stages -------------------------------------------------------------------------------
     def _decode_all(self, method: str, space: str, media: list[pb.Media], labels: list[str],
-                    used: list | None = None) -> np.ndarray:
+                    used: list | None = None, deadline: float | None = None) -> np.ndarray:
         """Every item decoded, or BadRequest naming the first bad one; [N, ...] inputs (and, into
         `used`, the face each photo was cut from)."""
         with self.metrics.timed(method, "decode"):
@@ -156,7 +156,7 @@ class FaceVoiceService(pb_grpc.FaceVoiceServicer):
             for label, m in zip(labels, media, strict=True):
                 data, box, face_index = _payload(m.audio if m.WhichOneof("kind") == "audio" else m.image)
                 try:
-                    x, face = self.embedder.decode_used(space, data, box, face_index)
+                    x, face = self.embedder.decode_used(space, data, box, face_index, deadline)
                 except MediaError as err:
                     raise BadRequest(f"{label}: {err}") from err
                 inputs.append(x)
@@ -183,7 +183,7 @@ class FaceVoiceService(pb_grpc.FaceVoiceServicer):
             if hit is not None:
                 return _from_cache(hit, self.manifest.space(space).dim)
         with self.metrics.timed(method, "decode"):
-            x, used = self.embedder.decode_used(space, data, box, face_index)
+            x, used = self.embedder.decode_used(space, data, box, face_index, deadline)
         with self.metrics.timed(method, "embed"):
             self.metrics.batch.labels(space).observe(1)
             v = self.embedder.embed(space, x[None], deadline)[0].astype(np.float32)
@@ -255,7 +255,8 @@ class FaceVoiceService(pb_grpc.FaceVoiceServicer):
         probe_space, space = (VOICE, FACE) if medium == "audio" else (FACE, VOICE)
         probe, probe_face = self._embed_one("Match", probe_space, getattr(request.probe, medium), deadline)
         faces = [probe_face] if probe_face is not None else []
-        x = self._decode_all("Match", space, list(request.candidates), [f"candidate {i}" for i in range(n)], faces)
+        x = self._decode_all("Match", space, list(request.candidates), [f"candidate {i}" for i in range(n)], faces,
+                             deadline)
         cands = self._embed_all("Match", space, x, deadline)
         dist = np.linalg.norm(cands.astype(np.float64) - probe.astype(np.float64), axis=1)
         order = np.argsort(dist, kind="stable")
@@ -306,7 +307,7 @@ class FaceVoiceService(pb_grpc.FaceVoiceServicer):
         upserts = {}
         for space, items in by_space.items():
             x = self._decode_all("UpsertItems", space, [it.media for it in items],
-                                 [f"item {it.item_id!r}" for it in items])
+                                 [f"item {it.item_id!r}" for it in items], deadline=deadline)
             upserts[space] = ([Item(it.item_id, it.identity, dict(it.attributes)) for it in items],
                               self._embed_all("UpsertItems", space, x, deadline))
         actor = _actor(context)

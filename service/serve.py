@@ -28,6 +28,7 @@ from grpc_reflection.v1alpha import reflection
 
 from facevoice.cli import options
 from facevoice.service.cache import Cache, Subscriber
+from facevoice.service.decodepool import DecodePool
 from facevoice.service.embedder import Embedder
 from facevoice.service.errors import DependencyUnavailable, UsageError
 from facevoice.service.handlers import FaceVoiceService
@@ -73,6 +74,7 @@ class ServeConfig:
     ort_threads: int = 1
     ort_instances: int = 2  # embedded runner: batches run at once per network, each on ort_threads threads
     batching: bool = True  # embedded runner: batch concurrent calls as each network's config.pbtxt says
+    decode_processes: int = 2  # decode media in this many worker processes (0: in the handlers' threads)
     faiss_threads: int = 1
     gpu: bool = True  # use a GPU for FAISS when faiss sees one
     index_mmap: bool = True  # map index files (a replica starts without reading them); read in on a write
@@ -272,7 +274,8 @@ class Running:
                   else EmbeddedRunner(cfg.model_repo, threads=cfg.ort_threads, instances=cfg.ort_instances,
                                       batching=cfg.batching,
                                       observe=lambda net, rows: self.metrics.runner_batch.labels(net).observe(rows)))
-        self.embedder = Embedder(manifest, runner)
+        pool = DecodePool(cfg.decode_processes) if cfg.decode_processes > 0 else None
+        self.embedder = Embedder(manifest, runner, pool=pool)
         self.write_log = open_log(cfg.gallery_log, cfg.index_root, cfg.redis_url)
         if isinstance(self.write_log, RedisLog):
             try:
@@ -363,6 +366,8 @@ class Running:
             self.cache.close()
         if self.embedder is not None:
             self.embedder.runner.close()
+            if self.embedder.pool is not None:
+                self.embedder.pool.close()
 
 
 @dataclass(frozen=True)
