@@ -4,10 +4,10 @@ A voice's decode (the container, the voice guard's VAD, periodicity and level, t
 13 ms of mostly Python and numpy that holds the GIL: in the server's own process, 32 concurrent
 calls decoded one at a time, about 70 a second on any number of cores (benchmarks.md, "Retrieval
 service"). `DecodePool` runs service.media's model_input_used in `processes` spawned workers
-(not forked: the server has threads), one call each at a time; the handler thread waits without
-the GIL. A worker that dies (a decoder's crash) fails only the calls it held and is replaced; the
-server lives on. Bytes go in and the model input comes back by pickling: about 0.3 ms each way for
-a 7 s clip, measured in the same bench.
+(not forked: the server has threads), one call each at a time; the handler thread waits on its
+worker's pipe without the GIL. A worker that dies (a decoder's crash) fails only the call it held
+and is replaced; the server lives on. The bytes go in and the model input comes back pickled,
+under 1 ms each way for a 7 s clip (measured).
 """
 
 from __future__ import annotations
@@ -15,9 +15,6 @@ from __future__ import annotations
 import multiprocessing as mp
 import threading
 import time
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
-from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
 
@@ -27,61 +24,110 @@ from facevoice.service.media.frontends import Frontend, model_input_used
 from facevoice.service.media.image import Box, FaceUsed
 
 
-def _init_worker() -> None:
-    """One thread for each library in a worker: the workers are the parallelism."""
+def _serve(conn) -> None:
+    """A worker: one thread for each library (the workers are the parallelism), then decode what
+    comes down the pipe until it closes; each answer is ("ok", result) or ("error", exception)."""
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(1)
+    while True:
+        try:
+            args = conn.recv()
+        except (EOFError, OSError):
+            return
+        try:
+            answer = ("ok", model_input_used(*args))
+        except Exception as e:  # MediaError and the rest go back to the caller, as in process
+            answer = ("error", e)
+        conn.send(answer)
 
 
-def _warm() -> int:
-    import facevoice.service.media.frontends  # noqa: F401 - imported once, before the first request
+class _Worker:
+    def __init__(self, ctx):
+        self.conn, theirs = ctx.Pipe()
+        self.proc = ctx.Process(target=_serve, args=(theirs,), daemon=True, name="facevoice-decode")
+        self.proc.start()
+        theirs.close()
 
-    return 0
+    def stop(self) -> None:
+        self.conn.close()
+        self.proc.kill()
+        self.proc.join(5)
 
 
 class DecodePool:
-    """model_input_used in `processes` worker processes; `decode` blocks until the input is back."""
+    """model_input_used in `processes` worker processes; `decode` blocks until the input is back.
+    Each worker has its own pipe, and an idle worker is taken last-in first-out, so at low
+    concurrency one worker stays warm (with a shared queue, calls alternated between workers and
+    each cost about 5 ms more; measured)."""
 
     def __init__(self, processes: int = 2):
         self.processes = processes
-        self._lock = threading.Lock()
-        self._pool = self._start()
-
-    def _start(self) -> ProcessPoolExecutor:
-        pool = ProcessPoolExecutor(self.processes, mp_context=mp.get_context("spawn"), initializer=_init_worker)
-        for f in [pool.submit(_warm) for _ in range(self.processes)]:  # every worker started now, not on a request
-            f.result()
-        return pool
+        self._ctx = mp.get_context("spawn")
+        self._cond = threading.Condition()
+        self._closed = False
+        self._idle = [_Worker(self._ctx) for _ in range(processes)]
+        self.all = list(self._idle)
 
     def decode(self, data: bytes, frontend: Frontend, box: Box | None, limits: MediaLimits, face_index: int,
                deadline: float | None = None) -> tuple[np.ndarray, FaceUsed | None]:
         """The same as model_input_used(data, frontend, box, limits, face_index), in a worker.
-        MediaError as it raises it; DeadlineExceeded when the deadline passes first; UNAVAILABLE
-        (DependencyUnavailable) when the worker died on this input (the pool is then renewed)."""
-        pool = self._pool
+        MediaError as it raises it; DeadlineExceeded when the deadline passes first (the worker
+        is then replaced: its decode cannot be stopped); UNAVAILABLE (DependencyUnavailable) when
+        the worker died on this input (it is replaced too)."""
+        worker = self._take(deadline)
+        healthy = False
         try:
-            future = pool.submit(model_input_used, data, frontend, box, limits, face_index)
-        except (BrokenProcessPool, RuntimeError):
-            pool = self._renew(pool)
-            future = pool.submit(model_input_used, data, frontend, box, limits, face_index)
-        left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
-        try:
-            return future.result(None if left is None or left > 3600 else left)
-        except FutureTimeout as e:
-            future.cancel()
-            raise DeadlineExceeded("deadline passed while the media was decoded") from e
-        except BrokenProcessPool as e:
-            self._renew(pool)
+            worker.conn.send((data, frontend, box, limits, face_index))
+            left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            if not worker.conn.poll(None if left is None or left > 3600 else left):
+                raise DeadlineExceeded("deadline passed while the media was decoded")
+            kind, value = worker.conn.recv()
+            healthy = True
+        except (EOFError, OSError, BrokenPipeError) as e:
             raise DependencyUnavailable("a decoding process died on this request; it has been replaced") from e
+        finally:
+            self._give_back(worker, healthy)
+        if kind == "error":
+            raise value
+        return value
 
-    def _renew(self, broken: ProcessPoolExecutor) -> ProcessPoolExecutor:
-        with self._lock:
-            if self._pool is broken:
-                broken.shutdown(wait=False, cancel_futures=True)
-                self._pool = self._start()
-            return self._pool
+    def _take(self, deadline: float | None) -> _Worker:
+        with self._cond:
+            while not self._idle:
+                if self._closed:
+                    raise DependencyUnavailable("the decoding processes are stopped")
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise DeadlineExceeded("deadline passed while every decoding process was busy")
+                self._cond.wait(None if left is None else min(left, 60))
+            if self._closed:
+                raise DependencyUnavailable("the decoding processes are stopped")
+            worker = self._idle.pop()
+            if not worker.proc.is_alive():  # died while idle: replaced before it is used
+                worker = self._replace(worker)
+            return worker
+
+    def _replace(self, worker: _Worker) -> _Worker:
+        worker.stop()
+        fresh = _Worker(self._ctx)
+        self.all = [fresh if w is worker else w for w in self.all]
+        return fresh
+
+    def _give_back(self, worker: _Worker, healthy: bool) -> None:
+        with self._cond:
+            if not healthy:
+                worker = self._replace(worker)
+            if self._closed:
+                worker.stop()
+                return
+            self._idle.append(worker)
+            self._cond.notify()
 
     def close(self) -> None:
-        with self._lock:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+        with self._cond:
+            self._closed = True
+            idle, self._idle = self._idle, []
+            self._cond.notify_all()
+        for w in idle:
+            w.stop()

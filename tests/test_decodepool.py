@@ -68,13 +68,13 @@ def test_a_killed_worker_fails_only_its_own_call_and_is_replaced():
     pool = DecodePool(1)
     try:
         # killed while idle: the next call finds the pool broken, renews it, and succeeds
-        (pid,) = list(pool._pool._processes)
+        (pid,) = [w.proc.pid for w in pool.all]
         os.kill(pid, signal.SIGKILL)
         time.sleep(0.5)
         x, _ = pool.decode(clip(), AssociationAudio(), None, DEFAULT_LIMITS, 0)
         assert x.shape == (AssociationAudio().samples,)
         # killed during a call: that call fails UNAVAILABLE, the next one runs on a new worker
-        (pid,) = list(pool._pool._processes)
+        (pid,) = [w.proc.pid for w in pool.all]
         result: list = []
         t = threading.Thread(target=lambda: result.append(_outcome(pool, long)))
         t.start()
@@ -83,7 +83,7 @@ def test_a_killed_worker_fails_only_its_own_call_and_is_replaced():
         t.join(30)
         assert isinstance(result[0], DependencyUnavailable) and "died" in str(result[0])
         x, _ = pool.decode(clip(), AssociationAudio(), None, DEFAULT_LIMITS, 0)
-        assert x.shape == (AssociationAudio().samples,) and pid not in pool._pool._processes
+        assert x.shape == (AssociationAudio().samples,) and pid not in [w.proc.pid for w in pool.all]
     finally:
         pool.close()
 
