@@ -22,6 +22,7 @@ idle, holding a request gains nothing (at concurrency 1 every call would pay the
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import re
 import threading
@@ -69,6 +70,9 @@ def read_policy(config_pbtxt: Path) -> BatchPolicy:
     return BatchPolicy(int(size.group(1)), int(delay.group(1)) / 1e6 if delay else 0.0, sizes)
 
 
+_FINISH = threading.Lock()
+
+
 @dataclass(eq=False)
 class _Request:
     x: np.ndarray
@@ -80,7 +84,10 @@ class _Request:
     taken: bool = False  # in a batch that is running
 
     def finish(self, result: np.ndarray | None = None, error: BaseException | None = None) -> None:
-        if not self.done.is_set():
+        """The first answer wins (the worker's and the caller's deadline can race)."""
+        with _FINISH:
+            if self.done.is_set():
+                return
             self.result, self.error = result, error
             self.done.set()
 
@@ -237,6 +244,9 @@ class Batcher:
             if batch:
                 try:
                     self._run(batch)
+                except BaseException as e:  # nothing may leave a caller waiting, or end the worker
+                    for r in batch:
+                        r.finish(error=e)
                 finally:
                     with self._cond:
                         self._busy -= 1
@@ -252,8 +262,7 @@ class Batcher:
             for r in batch:  # one bad input fails only its caller
                 self._run_one(r)
             return
-        if self.observe is not None:
-            self.observe(len(out))
+        self._observe(len(out))
         start = 0
         for r in batch:
             r.finish(out[start:start + len(r.x)])
@@ -265,6 +274,10 @@ class Batcher:
         except Exception as e:
             r.finish(error=e)
             return
-        if self.observe is not None:
-            self.observe(len(out))
+        self._observe(len(out))
         r.finish(out)
+
+    def _observe(self, rows: int) -> None:
+        if self.observe is not None:
+            with contextlib.suppress(Exception):  # a metric must not fail a call
+                self.observe(rows)

@@ -73,7 +73,8 @@ def rpc(method: Callable) -> Callable:
             remaining = context.time_remaining()
             deadline = None if remaining is None else time.monotonic() + remaining
             with call_scope() as scope:  # a cancelled call's inputs leave the batchers' queues
-                context.add_callback(scope.cancel)
+                if not context.add_callback(scope.cancel):  # the call has already ended
+                    scope.cancel()
                 return method(self, request, context, deadline)
         except (MediaError, ServiceError) as e:
             code = status_of(e)

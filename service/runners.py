@@ -33,6 +33,7 @@ class EmbeddedRunner:
         self.observe = observe  # (network, rows) of each onnxruntime call that a batcher made
         self._sessions: dict[str, object] = {}
         self._batchers: dict[str, Batcher | None] = {}
+        self._closed = False
         self._lock = threading.Lock()
 
     def _session(self, info: NetworkEntry):
@@ -53,6 +54,8 @@ class EmbeddedRunner:
         return read_policy(self.repo / info.model / "config.pbtxt") if self.batching else BatchPolicy()
 
     def _batcher(self, info: NetworkEntry) -> Batcher | None:
+        if self._closed:
+            raise DependencyUnavailable("the embedded runner is closed (the server is stopping)")
         key = f"{info.model}/{info.triton_version}"
         if key in self._batchers:
             return self._batchers[key]
@@ -72,6 +75,7 @@ class EmbeddedRunner:
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             batchers, self._batchers = list(self._batchers.values()), {}
         for b in batchers:
             if b is not None:

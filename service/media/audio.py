@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import threading
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import lru_cache
@@ -231,26 +232,45 @@ def resample_poly(x: np.ndarray, up: int, down: int) -> np.ndarray:
     rows = np.lib.stride_tricks.as_strided(xp[q0 * down:], shape=(q1 - q0, span),
                                            strides=(down * xp.strides[0], xp.strides[0]), writeable=False)
     out = np.empty((q1 - q0, up))
-    with _one_blas_thread():
+    with _ONE_BLAS_THREAD:
         for r0, r1, s0, s1, w in groups:
             out[:, r0:r1] = np.ascontiguousarray(rows[:, s0:s1]) @ w  # contiguous: BLAS, not numpy's own loop
     start = first - q0 * up
     return out.reshape(-1)[start:start + n_out]
 
 
-_BLAS = None
-
-
-def _one_blas_thread():
+class _OneBlasThread:
     """A context in which numpy's BLAS runs on one thread: OpenBLAS otherwise starts a thread per
     core for products of a few hundred rows, and on two busy cores that made a clip's resampling
-    20-70x slower (measured here, issue 36). threadpoolctl, about 20 µs a call."""
-    global _BLAS
-    if _BLAS is None:
-        from threadpoolctl import ThreadpoolController
+    20-70x slower (measured here, issue 36). The limit is process-wide (threadpoolctl), so
+    overlapping callers share one: it is set by the first to enter and lifted by the last to
+    leave."""
 
-        _BLAS = ThreadpoolController().select(user_api="blas")
-    return _BLAS.limit(limits=1)
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._users = 0
+        self._blas = None  # numpy's BLAS libraries, found once
+        self._limit = None
+
+    def __enter__(self) -> None:
+        with self._lock:
+            if self._users == 0:
+                if self._blas is None:
+                    from threadpoolctl import ThreadpoolController
+
+                    self._blas = ThreadpoolController().select(user_api="blas")
+                self._limit = self._blas.limit(limits=1)
+            self._users += 1
+
+    def __exit__(self, *exc) -> None:
+        with self._lock:
+            self._users -= 1
+            if self._users == 0:
+                self._limit.restore_original_limits()
+                self._limit = None
+
+
+_ONE_BLAS_THREAD = _OneBlasThread()
 
 
 _GROUP = 32  # phases per banded block: wider wastes multiplications on zeros, narrower adds calls

@@ -1,7 +1,7 @@
 """The t-SNE figures of `eval association` (Kim et al. 2018 sec. 4.5-4.6 and supplement A.2.1):
 
-- Fig. 1 (fig1_tsne.png): both modalities by identity (10 people), gender, age group, the apparent
-  age in years (a colormap, where the corpus records it) and appearance group;
+- Fig. 1 (fig1_tsne.png): both modalities by identity (10 people), gender, age group, the
+  person's age in years (a colormap, where the corpus records it) and appearance group;
 - Fig. 2 (fig2_tsne_prosody.png): by each clip's measured F0 (YIN's median; a face takes its
   speaker's mean), its loudness, and where the corpus records it the generator's pitch setting;
 - Figs. A.6 / A.7 (figA6_tsne_voice.png, figA7_tsne_face.png): voices, then faces, by gender,
@@ -20,9 +20,9 @@ from facevoice.training.association import plots
 from facevoice.training.association.data import SplitData
 from facevoice.training.association.protocol import Embeddings
 
-# identities.csv columns with a person's age in years, best first: the apparent age the face
-# shows (synthetic corpora), then the age itself
-AGE_COLUMNS = ("face_age", "age")
+# identities.csv columns with a person's age in years, best first: the age itself (what Kim's
+# Figs. A.6 / A.7 colour both modalities by), then the apparent age the face shows
+AGE_COLUMNS = ("age", "face_age")
 MAX_POINTS = 2000  # per corpus and modality in Fig. 3 (Kim's figures draw 1,000 samples)
 
 
@@ -68,7 +68,7 @@ def tsne_figures(emb: Embeddings, split: SplitData, people: dict[str, dict[str, 
     attr = {a: per_item(split, [p.get(a, "") for p in split.attributes])
             for a in ("gender", "age_group", "appearance_group", "first_language")}
     ages = age_years(split, people)
-    age = {"apparent age (years)": per_item(split, ages)} if ages else {}
+    age = {"age (years)": per_item(split, ages)} if ages else {}
     fig1 = {"identity (10)": per_item(split, [split.identities[i] if i in shown else None
                                              for i in range(len(split.identities))]),
             "gender": attr["gender"], "age_group": attr["age_group"], **age,

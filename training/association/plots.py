@@ -11,6 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from facevoice.training.corpus.people import ordered
+
 
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
@@ -115,7 +117,7 @@ def tsne_panels(points: dict[str, np.ndarray], colourings: dict[str, list], path
                                 cmap="viridis", s=8)
                 fig.colorbar(sc, ax=ax, fraction=0.046)
             else:
-                for v in sorted({v for v in values if v not in (None, "")}):
+                for v in ordered({v for v in values if v not in (None, "")}):  # age groups youngest first
                     sel = np.array([x == v for x in values])
                     ax.scatter(xy[sel, 0], xy[sel, 1], s=8, label=str(v))
                 if len({v for v in values if v not in (None, "")}) <= 6:

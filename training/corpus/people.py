@@ -327,3 +327,10 @@ def person_from_row(row: dict[str, str]) -> Person:
             kwargs[f.name] = _decode(row[key if key in row else f.name], hints[f.name])
         parts.append(cls(**kwargs))
     return Person(row["identity"], *parts)
+
+
+def ordered(classes) -> list[str]:
+    """Classes in the order a figure should list them: age groups youngest first (sorting by name
+    puts "<30" after "50s"); any other classes by name."""
+    classes = list(classes)
+    return sorted(classes, key=AGE_GROUPS.index) if set(classes) <= set(AGE_GROUPS) else sorted(classes)

@@ -16,7 +16,7 @@ from facevoice.service.media.image import normalise
 from facevoice.training.association.trials import matching_trials
 from facevoice.training.corpus.faces import FACE_RENDER, FaceNuisance, render_face
 from facevoice.training.corpus.oracle import oracle_recall_at_k
-from facevoice.training.corpus.people import AGE_GROUPS, Person, PopulationModel, sample_population
+from facevoice.training.corpus.people import AGE_GROUPS, Person, PopulationModel, ordered, sample_population
 from facevoice.training.metrics import (
     cluster_bootstrap_correlation,
     cluster_bootstrap_interval,
@@ -151,12 +151,6 @@ def same_person_pairs(test: S2FSplit) -> tuple[np.ndarray, np.ndarray]:
     pairs = [(c, f) for c in range(len(test.voice.identity)) for f in test.items_of("face", test.voice.identity[c])]
     c, f = map(np.array, zip(*pairs, strict=True))
     return c, f
-
-
-def ordered(classes: list[str]) -> list[str]:
-    """Age groups youngest first, as Fig. 4 draws them (sorting by name puts "<30" after "50s");
-    any other classes by name."""
-    return sorted(classes, key=AGE_GROUPS.index) if set(classes) <= set(AGE_GROUPS) else sorted(classes)
 
 
 def attribute_agreement(train: S2FSplit, train_vf: torch.Tensor, test: S2FSplit, photo_vf: torch.Tensor,
