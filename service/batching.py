@@ -200,8 +200,9 @@ class Batcher:
             w.join(timeout=5)
 
     def _take(self) -> list[_Request] | None:
-        """The next batch: the oldest request and those after it that fit, after waiting up to
-        max_delay_s (from the oldest one's arrival) for max_batch rows."""
+        """The next batch: the oldest request and those after it that fit in max_batch rows,
+        after waiting up to max_delay_s (from the oldest one's arrival) for the largest preferred
+        size, only while every other instance is busy."""
         p = self.policy
         with self._cond:
             while not self._queue and not self._closed:
