@@ -112,8 +112,8 @@ class DecodePool:
                deadline: float | None = None) -> tuple[np.ndarray, FaceUsed | None]:
         """The same as model_input_used(data, frontend, box, limits, face_index), in a worker.
         MediaError as it raises it; DeadlineExceeded when the deadline passes first (the worker
-        is then replaced: its decode cannot be stopped); UNAVAILABLE (DependencyUnavailable) when
-        the worker died on this input (it is replaced too)."""
+        is kept: a thread takes its late answer and drops it, then it is idle again);
+        UNAVAILABLE (DependencyUnavailable) when the worker died on this input (it is replaced)."""
         worker = self._take(deadline)
         state = "dead"  # what the worker is after this call: "ok", "late" (its answer still to come), "dead"
         try:

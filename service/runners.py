@@ -3,6 +3,7 @@ or a Triton server."""
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable
@@ -65,10 +66,7 @@ class EmbeddedRunner:
                 def run(x: np.ndarray, session=session) -> np.ndarray:
                     return session.run([info.output], {info.input: x})[0]
 
-                def observe(rows: int, model=info.model) -> None:
-                    if self.observe is not None:
-                        self.observe(model, rows)
-
+                observe = None if self.observe is None else functools.partial(self.observe, info.model)
                 self._batchers[key] = (Batcher(run, policy, self.instances, info.model, observe)
                                        if policy.max_batch > 1 else None)
             return self._batchers[key]
