@@ -29,10 +29,12 @@ import faiss
 import numpy as np
 
 from facevoice.service.errors import BadRequest
+from facevoice.service.itemtable import ItemTable
 
 if TYPE_CHECKING:
     from facevoice.service.versions import IndexMeta
 
+MASK_CACHE = 32  # filters whose live-row masks a gallery keeps between edits
 GPU_MAX_K = 2048  # FAISS-GPU's largest k (and nprobe)
 EXACT_FILTER_ROWS = 20_000  # filters matching at most this many items are searched exactly
 
@@ -81,6 +83,28 @@ def apply_search_params(index: faiss.Index, params: dict) -> None:
         faiss.downcast_index(index).k_factor = float(params["k_factor"])
     if "efSearch" in params:
         faiss.downcast_index(index).hnsw.efSearch = int(params["efSearch"])
+
+
+class Allowed:
+    """The rows a filter lets through: a bool mask over the index's rows, with its count, its
+    row numbers (for an exact search) and its bits as FAISS's IDSelectorBitmap reads them."""
+
+    def __init__(self, mask: np.ndarray):
+        self.mask = mask
+        self.count = int(np.count_nonzero(mask))
+        self._rows: np.ndarray | None = None
+        self._bits: np.ndarray | None = None
+
+    def rows(self) -> np.ndarray:
+        if self._rows is None:
+            self._rows = np.flatnonzero(self.mask).astype(np.int64)
+        return self._rows
+
+    def bits(self) -> np.ndarray:
+        """Bit i of byte i >> 3 is row i (IDSelectorBitmap's order: little-endian bits)."""
+        if self._bits is None:
+            self._bits = np.packbits(self.mask, bitorder="little")
+        return self._bits
 
 
 class ReadWriteLock:
@@ -148,31 +172,67 @@ class Gallery:
         if self.device == "gpu":
             self.index = to_gpu(index, self.placement)  # faiss does not fall back by itself
 
-    def _load(self, index: faiss.Index, items: dict[int, Item]) -> None:
+    def _load(self, index: faiss.Index, items: dict[int, Item] | ItemTable) -> None:
+        """The index and its rows: an immutable ItemTable (rows 0..n-1, mapped from the version or
+        built here) under the overlay of live edits. A dict whose rows are not 0..n-1 is all overlay."""
         self.index = index
-        self.items = items
-        self.by_item_id = {it.item_id: i for i, it in items.items()}
-        # rows by attribute value and by attribute name, so a filter costs its matches, not the gallery
-        self.rows_with: dict[tuple[str, str], set[int]] = {}
-        self.rows_having: dict[str, set[int]] = {}
-        for row, it in items.items():
-            self._index_attributes(row, it)
+        if isinstance(items, ItemTable):
+            self.table, extra = items, {}
+        elif sorted(items) == list(range(len(items))):
+            self.table, extra = ItemTable.of([items[r] for r in range(len(items))]), {}
+        else:
+            self.table, extra = ItemTable.of([]), dict(items)
+        self.dead: set[int] = set()  # table rows deleted since the version
+        self.extra: dict[int, Item] = {}  # rows added since (>= table.n)
+        self.extra_by_id: dict[str, int] = {}
+        self.extra_with: dict[tuple[str, str], set[int]] = {}
+        self.extra_having: dict[str, set[int]] = {}
+        self._masks: dict[tuple, np.ndarray] = {}  # filter -> live rows passing it, for this overlay
+        for row, it in extra.items():
+            self._add_extra(row, it)
         # flat and HNSW number their rows in order, so a new row's id is ntotal; IVF takes ids
-        self.next_id = max(max(items, default=-1) + 1, index.ntotal)
-        self.tombstones: set[int] = set(range(index.ntotal)) - set(items)  # rows flat/HNSW cannot remove
+        self.next_id = max(self.table.n, max(extra, default=-1) + 1, index.ntotal)
+        # rows flat/HNSW cannot remove
+        self.tombstones: set[int] = set(range(self.table.n, index.ntotal)) - set(extra)
 
-    def _index_attributes(self, row: int, item: Item) -> None:
+    def _add_extra(self, row: int, item: Item) -> None:
+        self.extra[row] = item
+        self.extra_by_id[item.item_id] = row
         for name, value in item.attributes.items():
-            self.rows_with.setdefault((name, value), set()).add(row)
-            self.rows_having.setdefault(name, set()).add(row)
+            self.extra_with.setdefault((name, value), set()).add(row)
+            self.extra_having.setdefault(name, set()).add(row)
+
+    def _drop_extra(self, row: int) -> None:
+        item = self.extra.pop(row)
+        del self.extra_by_id[item.item_id]
+        for name, value in item.attributes.items():
+            self.extra_with[(name, value)].discard(row)
+            self.extra_having[name].discard(row)
 
     def attribute_names(self) -> set[str]:
         """Every attribute name the gallery has held (one whose items were deleted stays filterable)."""
-        return set(self.rows_having)
+        return self.table.attribute_names() | set(self.extra_having)
+
+    def row_of(self, item_id: str) -> int | None:
+        """The live row holding ITEM_ID, or None."""
+        row = self.extra_by_id.get(item_id)
+        if row is not None:
+            return row
+        row = self.table.row_of(item_id)
+        return None if row is None or row in self.dead else row
+
+    def has(self, item_id: str) -> bool:
+        return self.row_of(item_id) is not None
+
+    def live(self, row: int) -> bool:
+        return row in self.extra if row >= self.table.n else row >= 0 and row not in self.dead
+
+    def item(self, row: int) -> Item:
+        return self.extra[row] if row >= self.table.n else self.table.item(row)
 
     @property
     def size(self) -> int:
-        return len(self.items)
+        return self.table.n - len(self.dead) + len(self.extra)
 
     @property
     def dim(self) -> int:
@@ -189,18 +249,32 @@ class Gallery:
             raise BadRequest(f"embedding has {x.shape[1]} dimensions, the index {self.dim}")
         return normalise(x) if self.metric == "cosine" else x
 
-    def allowed(self, filters: dict[str, set[str]]) -> np.ndarray | None:
-        """Row IDs passing every attribute filter (None: no filter). An item without the attribute
-        reads as the value ""."""
+    def allowed(self, filters: dict[str, set[str]]) -> Allowed | None:
+        """The live rows passing every attribute filter (None: no filter), as a mask over the
+        index's rows. An item without the attribute reads as the value "". The table's part comes
+        from its dictionary-encoded columns; masks are kept per filter until the next edit."""
         if not filters:
             return None
-        rows: set[int] | None = None
-        for name, values in filters.items():
-            match = set().union(*(self.rows_with.get((name, v), ()) for v in values))
-            if "" in values:
-                match |= self.items.keys() - self.rows_having.get(name, set())
-            rows = match if rows is None else rows & match
-        return np.fromiter(sorted(rows), np.int64, len(rows))
+        key = tuple(sorted((name, frozenset(values)) for name, values in filters.items()))
+        cached = self._masks.get(key)
+        if cached is not None:
+            return cached
+        mask = None
+        for name, values in key:
+            m = self.table.mask(name, values)
+            mask = m.copy() if mask is None else mask & m
+        if self.dead:
+            mask[np.fromiter(self.dead, np.int64, len(self.dead))] = False
+        if self.next_id > self.table.n:
+            tail = np.zeros(self.next_id - self.table.n, bool)
+            for row, it in self.extra.items():
+                tail[row - self.table.n] = all(it.attributes.get(n, "") in v for n, v in key)
+            mask = np.concatenate([mask, tail])
+        out = Allowed(mask)
+        if len(self._masks) >= MASK_CACHE:
+            self._masks.clear()
+        self._masks[key] = out
+        return out
 
     def search(self, query: np.ndarray, k: int, filters: dict[str, set[str]] | None = None
                ) -> list[tuple[Item, float]]:
@@ -209,21 +283,21 @@ class Gallery:
         q = self._prepare(query)
         with self.lock.read():
             allowed = self.allowed(filters or {})
-            if allowed is not None and len(allowed) == 0:
+            if allowed is not None and allowed.count == 0:
                 return []
-            k_eff = min(k, self.size if allowed is None else len(allowed))
+            k_eff = min(k, self.size if allowed is None else allowed.count)
             if k_eff == 0:
                 return []
-            if allowed is not None and len(allowed) <= self.exact_filter_rows:
-                dist, ids = self._exact(q, allowed, k_eff)
+            if allowed is not None and allowed.count <= self.exact_filter_rows:
+                dist, ids = self._exact(q, allowed.rows(), k_eff)
             elif allowed is None and not self.tombstones:
                 dist, ids = self.index.search(q, k_eff)
             elif self.device == "gpu":
                 dist, ids = self._gpu_filtered(q, k_eff, allowed)
             else:
                 dist, ids = self._selected(q, k_eff, allowed)
-            return [(self.items[int(i)], self._distance(float(d))) for d, i in zip(dist[0], ids[0], strict=True)
-                    if i >= 0 and int(i) in self.items]
+            return [(self.item(int(i)), self._distance(float(d))) for d, i in zip(dist[0], ids[0], strict=True)
+                    if i >= 0 and self.live(int(i))]
 
     def _exact(self, q: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact search over these rows only (their vectors read back from the CPU index)."""
@@ -236,35 +310,47 @@ class Gallery:
             order = np.argsort(score, kind="stable")[:k]
         return score[order][None].astype(np.float32), rows[order][None]
 
-    def _gpu_filtered(self, q: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    def _gpu_filtered(self, q: np.ndarray, k: int, allowed: Allowed | None) -> tuple[np.ndarray, np.ndarray]:
         """GPU indexes take no selector: search wider, post-filter, exactly on the CPU when short."""
         dist, ids = self.index.search(q, gpu_k(k, self.index.ntotal, len(self.tombstones)))
-        dead = np.fromiter(self.tombstones, np.int64, len(self.tombstones))
-        keep = np.isin(ids[0], allowed) if allowed is not None else (ids[0] >= 0) & ~np.isin(ids[0], dead)
+        if allowed is not None:
+            found = ids[0]
+            keep = (found >= 0) & (found < len(allowed.mask))
+            keep[keep] = allowed.mask[found[keep]]
+        else:
+            dead = np.fromiter(self.tombstones, np.int64, len(self.tombstones))
+            keep = (ids[0] >= 0) & ~np.isin(ids[0], dead)
         dist, ids = dist[:, keep][:, :k], ids[:, keep][:, :k]
         if ids.shape[1] < k:
             return self._exact(q, self._rows(allowed), k)
         return dist, ids
 
-    def _selected(self, q: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        """The index with an IDSelector (allowed rows, or all but tombstones), widened until k
-        hits are found; exact when the widest setting still falls short."""
+    def _selected(self, q: np.ndarray, k: int, allowed: Allowed | None) -> tuple[np.ndarray, np.ndarray]:
+        """The index with an IDSelector (a bitmap of the allowed rows, or all but tombstones),
+        widened until k hits are found; exact when the widest setting still falls short."""
         if allowed is not None:
-            selector = faiss.IDSelectorBatch(allowed)
+            bits = allowed.bits()
+            selector = faiss.IDSelectorBitmap(len(bits) * 8, faiss.swig_ptr(bits))
+            share = allowed.count / max(self.size, 1)
         else:
             dead = np.fromiter(self.tombstones, np.int64, len(self.tombstones))
             inner = faiss.IDSelectorBatch(dead)
             selector = faiss.IDSelectorNot(inner)
-        share = 1.0 if allowed is None else len(allowed) / max(self.size, 1)
+            share = 1.0
         for params in self._widening(selector, share, k):
             dist, ids = self.index.search(q, k, params=params)
             if (ids[0] >= 0).sum() >= k:
                 return dist, ids
         return self._exact(q, self._rows(allowed), k)
 
-    def _rows(self, allowed: np.ndarray | None) -> np.ndarray:
+    def _rows(self, allowed: Allowed | None) -> np.ndarray:
         """The rows a search may return: the filter's, or every live row."""
-        return allowed if allowed is not None else np.fromiter(self.items, np.int64, len(self.items))
+        if allowed is not None:
+            return allowed.rows()
+        rows = np.arange(self.table.n, dtype=np.int64)
+        if self.dead:
+            rows = np.delete(rows, np.fromiter(sorted(self.dead), np.int64, len(self.dead)))
+        return np.concatenate([rows, np.fromiter(sorted(self.extra), np.int64, len(self.extra))])
 
     def _widening(self, selector: faiss.IDSelector, share: float, k: int):
         """Search settings from the tuned one up. A filter passing a share s of the gallery starts
@@ -302,7 +388,7 @@ class Gallery:
         x = self._prepare(vectors)
         self._own()
         with self.lock.write():
-            self._delete([it.item_id for it in items if it.item_id in self.by_item_id])
+            self._delete([it.item_id for it in items if self.has(it.item_id)])
             ids = np.arange(self.next_id, self.next_id + len(items), dtype=np.int64)
             for index in self._copies():
                 if self.plan.removes:
@@ -310,22 +396,22 @@ class Gallery:
                 else:
                     index.add(x)
             for i, it in zip(ids, items, strict=True):
-                self._index_attributes(int(i), it)
-                self.items[int(i)] = it
-                self.by_item_id[it.item_id] = int(i)
+                self._add_extra(int(i), it)
                 self.edited.add(it.item_id)
             self.next_id += len(items)
+            self._masks = {}
             self._maybe_compact()
 
     def delete(self, item_ids: list[str]) -> list[str]:
         """Removes the items; returns the ids that were not there. Ids not in the gallery are
         found under the read lock, so a delete of unknown ids never holds up a search."""
         with self.lock.read():
-            present = [i for i in item_ids if i in self.by_item_id]
+            present = [i for i in item_ids if self.has(i)]
         if present:
             self._own()
             with self.lock.write():
                 self._delete(present)
+                self._masks = {}
                 self._maybe_compact()
         present_set = set(present)
         self.edited.update(present)
@@ -334,12 +420,13 @@ class Gallery:
     def _delete(self, item_ids: list[str]) -> None:
         rows = []
         for item_id in item_ids:
-            row = self.by_item_id.pop(item_id, None)
+            row = self.row_of(item_id)
             if row is None:
                 continue
-            for name, value in self.items.pop(row).attributes.items():
-                self.rows_with[(name, value)].discard(row)
-                self.rows_having[name].discard(row)
+            if row >= self.table.n:
+                self._drop_extra(row)
+            else:
+                self.dead.add(row)
             rows.append(row)
         if not rows:
             return
@@ -374,7 +461,7 @@ class Gallery:
         index (and at least 1,000 rows) the live rows are re-added to a fresh index and renumbered."""
         if self.plan.removes or len(self.tombstones) < max(1000, self.compact_at * self.index.ntotal):
             return
-        rows = np.fromiter(sorted(self.items), np.int64, len(self.items))
+        rows = self._rows(None)
         vectors = self.cpu_index.reconstruct_batch(rows) if len(rows) else np.zeros((0, self.dim), np.float32)
         if self.plan.kind == "hnsw":
             old = faiss.downcast_index(self.cpu_index)
@@ -388,7 +475,7 @@ class Gallery:
         else:
             index = exact_index(self.dim, self.metric)
         index.add(vectors)
-        self._load(index, {new: self.items[int(old)] for new, old in enumerate(rows)})
+        self._load(index, ItemTable.of([self.item(int(r)) for r in rows]))
         self.cpu_index = self.index
         if self.device == "gpu":
             from facevoice.service.gpu import to_gpu

@@ -221,7 +221,7 @@ class IndexSet:
         """Deletes from every named index; (ids the first index did not hold, log offset)."""
         first = self.get(names[0])
         with first.lock.read():
-            missing = [i for i in item_ids if i not in first.by_item_id]
+            missing = [i for i in item_ids if not first.has(i)]
         offset = self.write(Change("delete", indexes=list(names), item_ids=list(item_ids), actor=actor))
         return missing, offset
 

@@ -1,4 +1,4 @@
-"""Index versions on disk: `ROOT/NAME/VERSION/` (index.faiss, items.jsonl, meta.json, checksums),
+"""Index versions on disk: `ROOT/NAME/VERSION/` (index.faiss, the item table, meta.json, checksums),
 immutable once written, and `ROOT/NAME/current`, a one-line file naming the served version that
 is replaced atomically. A build that dies leaves only a `.tmp-*` directory, never a half version."""
 
@@ -19,10 +19,12 @@ import numpy as np
 from facevoice.service import checksums
 from facevoice.service.errors import FacevoiceError, FormatError
 from facevoice.service.gallery import BuildPlan, Gallery, Item, apply_search_params
+from facevoice.service.itemtable import SCHEMA, ItemTable
 from facevoice.service.records import JsonRecord
 
 META = "meta.json"
-FILES = ("index.faiss", "items.jsonl", META)
+FILES = ("index.faiss", META)  # and the item table's files (service/itemtable.py), or items.jsonl before it
+LEGACY_ITEMS = "items.jsonl"  # versions written before the item table: read into memory
 FOLDED = ("folded.json", "folded.npy")  # the write log folded in: what a later build carries forward
 
 
@@ -113,7 +115,7 @@ def new_version() -> str:
     return f"{now:%Y%m%dT%H%M%S}.{now.microsecond:06d}Z-{uuid.uuid4().hex[:6]}"
 
 
-def write_version(root: Path, name: str, index: faiss.Index, items: list[Item], plan: BuildPlan, *,
+def write_version(root: Path, name: str, index: faiss.Index, items: list[Item] | ItemTable, plan: BuildPlan, *,
                   model_version: str, metric: str, folded: Folded | None = None, **recorded) -> str:
     """Writes a new immutable version (not yet served); returns its name. `recorded`: more of
     IndexMeta's fields (what `index build` records: runner, tuned_on, planner, log, details)."""
@@ -121,21 +123,20 @@ def write_version(root: Path, name: str, index: faiss.Index, items: list[Item], 
     tmp = Path(root) / name / f".tmp-{version}"
     tmp.mkdir(parents=True)
     faiss.write_index(faiss.index_gpu_to_cpu(index) if faiss.get_num_gpus() else index, str(tmp / "index.faiss"))
-    with open(tmp / "items.jsonl", "w") as f:
-        for row, it in enumerate(items):
-            f.write(json.dumps({"row": row, **asdict(it)}) + "\n")
+    table = items if isinstance(items, ItemTable) else ItemTable.of(items)
+    table_files = table.write(tmp)
     index_bytes = (tmp / "index.faiss").stat().st_size
-    IndexMeta(name=name, version=version, model_version=model_version, metric=metric, size=len(items), dim=index.d,
-              plan=plan, file_bytes_per_item=index_bytes / max(len(items), 1),
+    IndexMeta(name=name, version=version, model_version=model_version, metric=metric, size=table.n, dim=index.d,
+              plan=plan, file_bytes_per_item=index_bytes / max(table.n, 1),
               built_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **recorded).write(tmp)
-    files = FILES
+    files = (*FILES, *table_files)
     if folded is not None:
         ups = list(folded.upserted.values())
         (tmp / FOLDED[0]).write_text(json.dumps({"erased": sorted(folded.erased),
                                                  "upserted": [asdict(it) for it, _ in ups]}))
         with open(tmp / FOLDED[1], "wb") as f:
             np.save(f, np.stack([v for _, v in ups]).astype(np.float32) if ups else np.zeros((0, index.d), np.float32))
-        files = FILES + FOLDED
+        files = files + FOLDED
     checksums.write(tmp, list(files))
     for f in tmp.iterdir():
         fd = os.open(f, os.O_RDONLY)
@@ -170,18 +171,29 @@ def read_meta(root: Path, name: str, version: str) -> IndexMeta:
 def verify(path: Path) -> None:
     try:
         digests = checksums.read(path)
-        if unknown := sorted(set(digests) - set(FILES + FOLDED)):
+        known = set(FILES + FOLDED + (LEGACY_ITEMS,))
+        if unknown := sorted(f for f in digests if f not in known and not _table_file(f)):
             raise checksums.ChecksumMismatch(f"{path}: checksums name files a version does not have: {unknown}")
+        required = [*FILES, *(ItemTable.files(path) if (path / SCHEMA).exists() else [LEGACY_ITEMS])]
+        if unlisted := [f for f in required if f not in digests]:
+            raise checksums.ChecksumMismatch(f"{path}: checksums do not cover {unlisted}")
         checksums.verify(path, digests)
-    except checksums.ChecksumMismatch as e:
+    except (checksums.ChecksumMismatch, ValueError, KeyError, TypeError) as e:
         raise IndexVersionError(f"checksum mismatch: {e}") from e
+
+
+def _table_file(name: str) -> bool:
+    """An item-table file's name: items.json, or items.<column>.npy (no directories)."""
+    return name == SCHEMA or (name.startswith("items.") and name.endswith(".npy") and "/" not in name
+                              and ".." not in name)
 
 
 def load_version(root: Path, name: str, version: str, model_version: str, use_gpu: bool = False,
                  mmap: bool = False) -> Gallery:
     """Verified and ready to search; refuses an index built by another model version. With `mmap`
-    the index's codes stay in the page cache (IO_FLAG_MMAP_IFC): a replica starts without reading
-    them all, and the gallery reads the file into memory before its first write."""
+    the index's codes stay in the page cache (IO_FLAG_MMAP_IFC) and the item table's columns are
+    mapped: a replica starts without reading them all, and the gallery reads the index file into
+    memory before its first write (the table is never written; edits are its overlay)."""
     path = Path(root) / name / version
     verify(path)
     try:
@@ -190,15 +202,13 @@ def load_version(root: Path, name: str, version: str, model_version: str, use_gp
             raise IndexVersionError(f"{path}: built by model version {meta.model_version}, "
                                     f"the service runs {model_version}")
         index = faiss.read_index(str(path / "index.faiss"), faiss.IO_FLAG_MMAP_IFC if mmap else 0)
-        items = {}
-        with open(path / "items.jsonl") as f:
-            for line in f:
-                d = json.loads(line)
-                row = d.pop("row")
-                items[row] = Item(**d)
+        items = ItemTable.open(path, mmap=mmap) if (path / SCHEMA).exists() else _legacy_items(path)
         plan = meta.plan
     except (FormatError, OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
         raise IndexVersionError(f"{path}: unreadable ({type(e).__name__}: {e})") from e
+    held = len(items) if isinstance(items, dict) else items.n
+    if held != meta.size:
+        raise IndexVersionError(f"{path}: meta.json says {meta.size} items, the item table holds {held}")
     apply_search_params(index, plan.params)
     if plan.removes and faiss.extract_index_ivf(index).direct_map.type == faiss.DirectMap.NoMap:
         index = faiss.read_index(str(path / "index.faiss"))  # built before the map was stored: make it here
@@ -208,3 +218,13 @@ def load_version(root: Path, name: str, version: str, model_version: str, use_gp
     return Gallery(index, items, meta.metric, plan, use_gpu=use_gpu, meta=meta,
                    mapped_from=str(path / "index.faiss") if mmap else None)
 
+
+def _legacy_items(path: Path) -> dict[int, Item]:
+    """A version written before the item table: one JSON line per item, read into memory."""
+    items = {}
+    with open(path / LEGACY_ITEMS) as f:
+        for line in f:
+            d = json.loads(line)
+            row = d.pop("row")
+            items[row] = Item(**d)
+    return items

@@ -107,8 +107,8 @@ def test_versions_publish_load_and_refuse(tmp_path):
     with pytest.raises(IndexVersionError, match="model version m1"):
         load_version(tmp_path, "face", v1, "m2")
     # tampering with any file is caught by the checksums
-    path = tmp_path / "face" / v1 / "items.jsonl"
-    path.write_text(path.read_text().replace("item7", "item8"))
+    path = tmp_path / "face" / v1 / "items.item_id.data.npy"
+    path.write_bytes(path.read_bytes().replace(b"item7", b"item8"))
     with pytest.raises(IndexVersionError, match="checksum"):
         load_version(tmp_path, "face", v1, "m1")
     with pytest.raises(IndexVersionError, match="no such"):

@@ -116,7 +116,7 @@ def test_build_then_prune_erases_a_deleted_item_everywhere_on_disk(stack, tmp_pa
     model = running.embedder.version("face")
     old = load_version(root, "face", current_version(root, "face"), model)
     victim = faiss.rev_swig_ptr(old.index.get_xb(), old.index.ntotal * old.dim).reshape(-1, old.dim)[
-        old.by_item_id["toy003-face-0"]].tobytes()
+        old.row_of("toy003-face-0")].tobytes()
     assert any(victim in p.read_bytes() for p in root.rglob("*") if p.is_file())  # there before
     gallery = stack.corpus / "manifest.csv"
     if path == "whole":
@@ -134,5 +134,5 @@ def test_build_then_prune_erases_a_deleted_item_everywhere_on_disk(stack, tmp_pa
     assert not (root / ".build").exists() and not (root / ".shards").exists()
     assert FileLog(root).read(FileLog(root).first()) == []
     served = load_version(root, "face", current_version(root, "face"), model)
-    assert "toy003-face-0" not in served.by_item_id and "live" not in served.by_item_id and served.size == 47
+    assert not served.has("toy003-face-0") and not served.has("live") and served.size == 47
     assert all(len(list((root / name).glob("2*"))) == 1 for name in ("face", "voice", "face_feature"))

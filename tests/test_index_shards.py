@@ -15,6 +15,7 @@ import pytest
 
 from facevoice.service.build import IndexBuildOptions, index_build
 from facevoice.service.errors import UsageError
+from facevoice.service.itemtable import ItemTable
 from facevoice.service.shards import IndexMergeOptions, ShardsMissing, index_merge
 from facevoice.service.versions import current_version, read_meta
 from tests.serving import copy_indexes
@@ -84,8 +85,8 @@ def test_a_killed_shard_resumes_and_the_merge_publishes_the_whole_gallery(stack,
     meta = read_meta(out, "face", new["face"])
     assert meta.size == faces and meta.runner == "shards" and meta.plan.min_recall == 0.9
     assert meta.plan.memory_budget == 10**9 and meta.planner[-1]["name"] == meta.plan.name
-    with open(out / "face" / new["face"] / "items.jsonl") as f:
-        assert len({line.split('"item_id": "')[1].split('"')[0] for line in f}) == faces  # each item once
+    ids = ItemTable.open(out / "face" / new["face"]).item_ids.all()
+    assert len(ids) == len(set(ids)) == faces  # each item once
 
 
 def test_shard_and_merge_options_are_checked(stack, tmp_path):
