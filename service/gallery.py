@@ -162,6 +162,7 @@ class Gallery:
         self.exact_filter_rows, self.compact_at = exact_filter_rows, compact_at
         self.applied: str | None = None
         self.edited: set[str] = set()
+        self.unverified: dict[str, str] = {}  # {file: SHA-256} of its version still to be checked
         self._load(index, items)
         self.lock = ReadWriteLock()
         self.cpu_index = self.index

@@ -23,14 +23,23 @@ from pathlib import Path
 
 import numpy as np
 
-from facevoice.service.errors import BadRequest, DependencyUnavailable, Exhausted, NotLoaded, Stopped
+from facevoice.service.errors import (
+    BadRequest,
+    DependencyUnavailable,
+    Exhausted,
+    NotLoaded,
+    Stopped,
+    UsageError,
+)
 from facevoice.service.gallery import Gallery, Item
 from facevoice.service.metrics import Metrics
-from facevoice.service.versions import IndexVersionError, current_version, load_version
+from facevoice.service.versions import IndexVersionError, current_version, load_version, verify_files
 from facevoice.service.writelog import Change, IndexChange, LogDamaged, LogTrimmed, WriteLog, offset_of
 
 log = logging.getLogger("facevoice.indexes")
 LAG_CAP = 10_000  # lag is counted up to this many entries
+VERIFY = ("before", "background")  # when a version's large files are hashed: before it is served, or after
+VERIFY_LATER_OVER = 256 << 20  # "background": files larger than this are hashed after the swap
 
 
 @dataclass
@@ -51,9 +60,12 @@ class IndexSet:
     def __init__(self, root: Path | None, model_versions: dict[str, str], metrics: Metrics,
                  use_gpu: bool = False, write_log: WriteLog | None = None, max_overlay: int = 100_000,
                  refused_backoff_s: tuple[float, float] = (5.0, 300.0), mmap: bool = True,
-                 max_lag_s: float = 30.0):
+                 max_lag_s: float = 30.0, verify: str = "before"):
         self.root, self.model_versions, self.metrics, self.use_gpu = root, model_versions, metrics, use_gpu
         self.mmap = mmap
+        if verify not in VERIFY:
+            raise UsageError(f"index verify must be one of {', '.join(VERIFY)}, not {verify!r}")
+        self.verify_later_over = VERIFY_LATER_OVER if verify == "background" else None
         self.log, self.max_overlay = write_log, max_overlay
         self.galleries: dict[str, Gallery] = {}
         self.applied = write_log.start if write_log else "0"  # every loaded gallery is at least here
@@ -93,7 +105,8 @@ class IndexSet:
                 if retry and time.monotonic() < retry[0]:
                     continue
                 try:
-                    gallery = load_version(self.root, name, version, model_version, self.use_gpu, self.mmap)
+                    gallery = load_version(self.root, name, version, model_version, self.use_gpu, self.mmap,
+                                           self.verify_later_over)
                     self._bring_up_to_date(name, gallery)
                 except (IndexVersionError, LogTrimmed, OSError) as e:
                     delay = min(retry[1] * 2, self.refused_backoff_s[1]) if retry else self.refused_backoff_s[0]
@@ -106,14 +119,60 @@ class IndexSet:
                     continue
                 self.refused.pop((name, version), None)
                 old = self.galleries.get(name)
+                fallback = None if old is None or old.unverified else old  # one verified whole to go back to
                 self.galleries[name] = gallery  # the swap: one reference assignment
                 self._export_metrics(name, gallery, old)
                 self.metrics.index_swaps.labels(name, "swapped").inc()
                 swapped[name] = version
+                if gallery.unverified:
+                    self._start(lambda n=name, g=gallery, o=fallback: self._verify_later(n, g, o),
+                                f"facevoice-verify-{name}")
             if first_load and self.galleries and self.log is not None and self.applied == self.log.start:
                 # every entry up to the oldest loaded version's offset is folded into all of them
                 self.applied = min((g.applied for g in self.galleries.values()), key=self.log.key)
         return swapped
+
+    def _verify_later(self, name: str, gallery: Gallery, old: Gallery | None) -> None:
+        """Hashes the files a "background" load left (the old version is kept until then). On a
+        mismatch the version stops being served: the old one comes back, or the index is
+        unloaded (searches say so), and the version is refused as at load."""
+        path = self.root / name / gallery.meta.version
+        started = time.monotonic()
+        try:
+            verify_files(path, gallery.unverified)
+        except IndexVersionError as e:
+            with self._swap_lock:
+                if self.galleries.get(name) is gallery:
+                    if old is not None and self._caught_up_again(name, old):
+                        self.galleries[name] = old
+                        self._export_metrics(name, old, gallery)
+                    else:
+                        del self.galleries[name]
+                        self.metrics.index_info.remove(name, gallery.meta.version, gallery.meta.model_version,
+                                                       gallery.meta.plan.kind)
+                delay = self.refused_backoff_s[1]
+                self.refused[(name, gallery.meta.version)] = (time.monotonic() + delay, delay)
+                self.metrics.index_swaps.labels(name, "refused").inc()
+            log.error("not serving %s/%s any more: %s (%s)", name, gallery.meta.version, e,
+                      f"back to {old.meta.version}" if old is not None else "no version of it is served")
+            return
+        gallery.unverified = {}
+        log.info("%s/%s: its large files match their checksums (%.1f s after the swap)", name,
+                 gallery.meta.version, time.monotonic() - started)
+
+    def _caught_up_again(self, name: str, old: Gallery) -> bool:
+        """Applies to a version being brought back the log entries it missed while swapped out."""
+        if self.log is None or old.applied is None:
+            return True
+        try:
+            for offset, change in self.log.entries(old.applied, upto=self.applied):
+                self._apply_one(name, old, offset, change)
+        except (LogDamaged, LogTrimmed, DependencyUnavailable) as e:
+            log.error("cannot bring %s/%s back up to date: %s", name, old.meta.version, e)
+            return False
+        if self.log.key(old.applied) < self.log.key(self.applied):
+            old.applied = self.applied
+        return True
 
     def _bring_up_to_date(self, name: str, gallery: Gallery) -> None:
         """Replays the log from the version's offset up to what this replica has applied."""

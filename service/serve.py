@@ -78,6 +78,8 @@ class ServeConfig:
     faiss_threads: int = 1
     gpu: bool = True  # use a GPU for FAISS when faiss sees one
     index_mmap: bool = True  # map index files (a replica starts without reading them); read in on a write
+    index_verify: str = "before"  # before: every file of a version hashed before it is served; background:
+    # files over 256 MB hashed after the swap (the previous version kept until they match)
     poll_s: float = 2.0
     grace_s: float = 10.0
     max_message_bytes: int = 4 * DEFAULT_LIMITS.max_bytes + (1 << 20)
@@ -292,7 +294,7 @@ class Running:
                             "gallery writes (docs/operations.md)", settings.get("appendfsync"))
         versions = {name: space.version for name, space in manifest.indexed().items()}
         self.indexes = IndexSet(cfg.index_root, versions, self.metrics, use_gpu=cfg.gpu, mmap=cfg.index_mmap,
-                                write_log=self.write_log, max_overlay=cfg.max_overlay,
+                                verify=cfg.index_verify, write_log=self.write_log, max_overlay=cfg.max_overlay,
                                 max_lag_s=cfg.max_lag_s)
         self.indexes.refresh()
         try:

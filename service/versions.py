@@ -168,7 +168,10 @@ def read_meta(root: Path, name: str, version: str) -> IndexMeta:
     return IndexMeta.read(Path(root) / name / version)
 
 
-def verify(path: Path) -> None:
+def verify(path: Path, defer_over: int | None = None) -> dict[str, str]:
+    """Checks the version's checksums, which must cover its index, meta and item table. Files
+    larger than `defer_over` bytes are left out and returned ({file: digest}) for the caller to
+    check later (verify_files); None checks every file now."""
     try:
         digests = checksums.read(path)
         known = set(FILES + FOLDED + (LEGACY_ITEMS,))
@@ -177,8 +180,19 @@ def verify(path: Path) -> None:
         required = [*FILES, *(ItemTable.files(path) if (path / SCHEMA).exists() else [LEGACY_ITEMS])]
         if unlisted := [f for f in required if f not in digests]:
             raise checksums.ChecksumMismatch(f"{path}: checksums do not cover {unlisted}")
-        checksums.verify(path, digests)
+        later = {f: d for f, d in digests.items()
+                 if defer_over is not None and (path / f).is_file() and (path / f).stat().st_size > defer_over}
+        checksums.verify(path, {f: d for f, d in digests.items() if f not in later})
     except (checksums.ChecksumMismatch, ValueError, KeyError, TypeError) as e:
+        raise IndexVersionError(f"checksum mismatch: {e}") from e
+    return later
+
+
+def verify_files(path: Path, digests: dict[str, str]) -> None:
+    """The files verify() left for later; IndexVersionError on a mismatch."""
+    try:
+        checksums.verify(path, digests)
+    except (checksums.ChecksumMismatch, OSError) as e:
         raise IndexVersionError(f"checksum mismatch: {e}") from e
 
 
@@ -189,13 +203,17 @@ def _table_file(name: str) -> bool:
 
 
 def load_version(root: Path, name: str, version: str, model_version: str, use_gpu: bool = False,
-                 mmap: bool = False) -> Gallery:
+                 mmap: bool = False, verify_later_over: int | None = None) -> Gallery:
     """Verified and ready to search; refuses an index built by another model version. With `mmap`
     the index's codes stay in the page cache (IO_FLAG_MMAP_IFC) and the item table's columns are
     mapped: a replica starts without reading them all, and the gallery reads the index file into
-    memory before its first write (the table is never written; edits are its overlay)."""
+    memory before its first write (the table is never written; edits are its overlay).
+
+    `verify_later_over`: files larger than this many bytes are checked after the load, by the
+    caller, from `gallery.unverified` (a 10M-item index file takes seconds to hash); their size
+    and structure are still read here. None checks every file before the gallery is returned."""
     path = Path(root) / name / version
-    verify(path)
+    later = verify(path, verify_later_over)
     try:
         meta = IndexMeta.read(path)
         if meta.model_version != model_version:
@@ -215,8 +233,10 @@ def load_version(root: Path, name: str, version: str, model_version: str, use_gp
         apply_search_params(index, plan.params)
         faiss.extract_index_ivf(index).set_direct_map_type(faiss.DirectMap.Hashtable)
         mmap = False
-    return Gallery(index, items, meta.metric, plan, use_gpu=use_gpu, meta=meta,
-                   mapped_from=str(path / "index.faiss") if mmap else None)
+    gallery = Gallery(index, items, meta.metric, plan, use_gpu=use_gpu, meta=meta,
+                      mapped_from=str(path / "index.faiss") if mmap else None)
+    gallery.unverified = later
+    return gallery
 
 
 def _legacy_items(path: Path) -> dict[int, Item]:

@@ -4,6 +4,7 @@ overlay of live edits; damaged tables refused; versions written before it still 
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import asdict
 
 import numpy as np
@@ -145,3 +146,66 @@ def test_a_version_written_before_the_table_still_loads(tmp_path):
     g = load_version(tmp_path, "face", v, "m", mmap=True)
     assert g.size == 300 and g.search(x[3], 1)[0][0] == people(300)[3]
     assert g.search(x[3], 3, {"language": {""}})[0][0].attributes.get("language") is None
+
+
+def test_background_verification_serves_first_and_goes_back_on_a_mismatch(tmp_path, monkeypatch):
+    """index_verify = "background": large files are hashed after the swap. A damaged one takes the
+    version out of service again; the previous version comes back with the writes it missed."""
+    import time
+
+    import facevoice.service.indexes as indexes
+    from facevoice.service.errors import UsageError
+    from facevoice.service.indexes import IndexSet
+    from facevoice.service.metrics import Metrics
+    from facevoice.service.versions import publish
+    from facevoice.service.writelog import FileLog
+
+    with pytest.raises(UsageError, match="before, background"):
+        IndexSet(tmp_path, {"face": "m"}, Metrics(), verify="sometimes")
+    monkeypatch.setattr(indexes, "VERIFY_LATER_OVER", 10_000)  # "large" at this test's size
+    _, v1 = _version(tmp_path, 3000, "flat")
+    publish(tmp_path, "face", v1)
+    metrics = Metrics()
+    s = IndexSet(tmp_path, {"face": "m"}, metrics, verify="background", write_log=FileLog(tmp_path))
+    s.refresh()
+    first = s.get("face")
+    deferred = load_version(tmp_path, "face", v1, "m", verify_later_over=10_000).unverified
+    digests = checksums.read(tmp_path / "face" / v1)
+    large = {f for f in digests if (tmp_path / "face" / v1 / f).stat().st_size > 10_000}
+    assert "index.faiss" in large and deferred == {f: digests[f] for f in large} and len(large) < len(digests)
+
+    def settled(g):
+        for _ in range(200):
+            if not g.unverified:
+                return True
+            time.sleep(0.05)
+        return False
+
+    assert settled(first)
+    x2, v2 = _version(tmp_path, 3000, "flat")
+    path = tmp_path / "face" / v2 / "index.faiss"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01  # one bit of one vector: FAISS reads it as well as any other
+    path.write_bytes(bytes(data))
+    publish(tmp_path, "face", v2)
+    real = indexes.verify_files
+    entered, release = threading.Event(), threading.Event()
+
+    def held(*a):  # hold the check until a write has gone to the new version
+        entered.set()
+        release.wait(10)
+        return real(*a)
+
+    monkeypatch.setattr(indexes, "verify_files", held)
+    assert s.refresh() == {"face": v2} and entered.wait(10)
+    assert s.get("face").meta.version == v2  # served while its index file is hashed
+    s.upsert({"face": ([Item("during", "p", {})], x2[:1])})
+    release.set()
+    for _ in range(200):
+        if s.get("face").meta.version == v1:
+            break
+        time.sleep(0.05)
+    back = s.get("face")
+    assert back is first and back.has("during")  # the old version, with the write it missed
+    assert metrics.index_swaps.labels("face", "refused")._value.get() == 1
+    assert s.refresh() == {}  # the damaged version is refused, not loaded again at the next poll
