@@ -20,6 +20,7 @@ from facevoice.service.errors import UsageError
 ROOT = Path(__file__).resolve().parent.parent
 # the benchmark -> the name of its section (a pattern where the name carries the config or device)
 SECTIONS = {"association_train": r"association-train-[\w-]+", "corpus_synth": "corpus-synth", "history": "history",
+            "itemtable": "itemtable",
             "log_damage": "log-damage", "log_replay": "log-replay", "media_formats": "media-formats",
             "reliability": "reliability", "s2f_train": r"s2f-train-\w+", "scale": "scale",
             "search_breakdown": "search_breakdown", "search_service": "search_service", "study_load": "study-load"}
@@ -30,7 +31,7 @@ NUMBER_CELL = re.compile(r"\|\s*-?\d[\d.,]*\s*\|")  # a table cell holding only 
 
 
 def test_every_benchmark_is_smoked_here():
-    benches = {p.stem for p in (ROOT / "bench").glob("*.py")} - {"__init__", "report", "gpu_check"}
+    benches = {p.stem for p in (ROOT / "bench").glob("*.py")} - {"__init__", "report", "gpu_check", "itemtable_probe"}
     assert benches == set(SECTIONS)
 
 

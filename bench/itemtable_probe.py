@@ -1,0 +1,131 @@
+"""One side of `python -m bench.itemtable`, run as a script in a fresh process, under this tree's
+code or another commit's (PYTHONPATH), so it uses only what both have: write_version,
+load_version and Gallery.search.
+
+    python bench/itemtable_probe.py write ROOT N MODEL_VERSION INDEX_FILE PLAN_JSON
+    python bench/itemtable_probe.py start ROOT MODEL_VERSION QUERIES_NPY FILTERS_JSON [--index-only]
+
+`write` stores the index with N synthetic items (items() below) as a published version; `start`
+evicts the version's files from the page cache, loads it as a replica does (memory-mapped) and
+searches, printing one JSON line: start-up, resident memory, latencies and the hits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+BANDS = (0.001, 0.01, 0.1, 0.5)  # band "a" holds 0.1% of the items, "a"-"b" 1%, "a"-"c" 10%, "a"-"d" 50%
+FILTERS = {"0.1%": {"band": ["a"]}, "1%": {"band": ["a", "b"]}, "10%": {"band": ["a", "b", "c"]},
+           "50%": {"band": ["a", "b", "c", "d"]}, "50% x 10%": {"gender": ["female"], "band": ["a", "b", "c"]}}
+
+
+def columns(n: int, seed: int = 7) -> tuple[np.ndarray, np.ndarray]:
+    """Each item's band (0-4, "a"-"e") and gender (1 = female), as the bench's ground truth sees them."""
+    rng = np.random.default_rng(seed)
+    return np.searchsorted(BANDS, rng.random(n), side="right"), rng.random(n) < 0.5
+
+
+def items(n: int):
+    from facevoice.service.gallery import Item
+
+    band, female = columns(n)
+    return [Item(f"g{i}", f"p{i // 4}", {"band": "abcde"[b], "gender": "female" if f else "male"})
+            for i, (b, f) in enumerate(zip(band.tolist(), female.tolist(), strict=True))]
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def evict(path: Path) -> bool:
+    """The version's files out of the page cache: every level if the kernel lets us, else each
+    file's clean pages (POSIX_FADV_DONTNEED needs no privilege). True when the whole cache went."""
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        return True
+    except OSError:
+        pass
+    for f in Path(path).rglob("*"):
+        if f.is_file():
+            fd = os.open(f, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+    return False
+
+
+def write(root: str, n: str, model_version: str, index_file: str, plan_json: str) -> None:
+    from facevoice.service.gallery import BuildPlan
+    from facevoice.service.versions import publish, write_version
+
+    index = faiss.read_index(index_file)
+    t = time.perf_counter()
+    its = items(int(n))
+    version = write_version(Path(root), "face", index, its, BuildPlan(**json.loads(Path(plan_json).read_text())),
+                            model_version=model_version, metric="l2")
+    publish(Path(root), "face", version)
+    files = {p.name: p.stat().st_size for p in (Path(root) / "face" / version).iterdir()}
+    print(json.dumps({"version": version, "write_s": time.perf_counter() - t, "files": files}))
+
+
+def start(root: str, model_version: str, queries: str, filters_json: str, index_only: bool = False) -> None:
+    from facevoice.service.gallery import apply_search_params
+    from facevoice.service.versions import current_version, load_version, read_meta
+
+    faiss.omp_set_num_threads(1)
+    q = np.load(queries)
+    filters = json.loads(Path(filters_json).read_text())
+    version = current_version(Path(root), "face")
+    cold = evict(Path(root) / "face" / version)
+    before = rss_bytes()
+    t = time.perf_counter()
+    if index_only:  # the index file alone, mapped as load_version maps it: what the table adds is the rest
+        index = faiss.read_index(str(Path(root) / "face" / version / "index.faiss"), faiss.IO_FLAG_MMAP_IFC)
+        apply_search_params(index, read_meta(Path(root), "face", version).plan.params)
+        out = {"start_s": time.perf_counter() - t, "cold": cold}
+        for v in q:
+            index.search(v[None], 10)
+        out["rss"] = rss_bytes() - before
+        print(json.dumps(out))
+        return
+    g = load_version(Path(root), "face", version, model_version, mmap=True)
+    out = {"start_s": time.perf_counter() - t, "cold": cold, "rss_loaded": rss_bytes() - before, "size": g.size}
+    lat = []
+    for v in q:
+        s = time.perf_counter()
+        g.search(v, 10)
+        lat.append(time.perf_counter() - s)
+    out["p50_ms"] = 1000 * float(np.median(lat))
+    out["filtered"] = {}
+    for name, f in filters.items():
+        lat, hits = [], []
+        sets = {k: set(v) for k, v in f.items()}
+        for v in q:
+            s = time.perf_counter()
+            found = g.search(v, 10, sets)
+            lat.append(time.perf_counter() - s)
+            hits.append([int(it.item_id[1:]) for it, _ in found])
+        out["filtered"][name] = {"p50_ms": 1000 * float(np.median(lat)), "p99_ms": 1000 * float(np.percentile(lat, 99)),
+                                 "hits": hits}
+    out["rss"] = rss_bytes() - before
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    cmd, *rest = sys.argv[1:]
+    if cmd == "write":
+        write(*rest)
+    elif cmd == "start":
+        start(*[a for a in rest if a != "--index-only"], index_only="--index-only" in rest)
+    else:
+        raise SystemExit(__doc__)
