@@ -3,7 +3,7 @@ code or another commit's (PYTHONPATH), so it uses only what both have: write_ver
 load_version and Gallery.search.
 
     python bench/itemtable_probe.py write ROOT N MODEL_VERSION INDEX_FILE PLAN_JSON
-    python bench/itemtable_probe.py start ROOT MODEL_VERSION QUERIES_NPY FILTERS_JSON [--index-only]
+    python bench/itemtable_probe.py start ROOT MODEL_VERSION QUERIES_NPY FILTERS_JSON [--index-only|--verify-later]
 
 `write` stores the index with N synthetic items (items() below) as a published version; `start`
 evicts the version's files from the page cache, loads it as a replica does (memory-mapped) and
@@ -45,6 +45,22 @@ def rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def resident() -> dict[str, int]:
+    """Resident bytes by what they map: the index file, the item table's files, the rest (heap,
+    anonymous memory: Python objects, FAISS's in-memory lists)."""
+    out = {"index": 0, "items": 0, "rest": 0}
+    where = "rest"
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()
+            if head and "-" in head[0] and ":" not in head[0]:
+                name = Path(head[5]).name if len(head) > 5 else ""
+                where = "index" if name == "index.faiss" else "items" if name.startswith("items.") else "rest"
+            elif line.startswith("Rss:"):
+                out[where] += int(head[1]) * 1024
+    return out
+
+
 def evict(path: Path) -> bool:
     """The version's files out of the page cache: every level if the kernel lets us, else each
     file's clean pages (POSIX_FADV_DONTNEED needs no privilege). True when the whole cache went."""
@@ -78,9 +94,14 @@ def write(root: str, n: str, model_version: str, index_file: str, plan_json: str
     print(json.dumps({"version": version, "write_s": time.perf_counter() - t, "files": files}))
 
 
-def start(root: str, model_version: str, queries: str, filters_json: str, index_only: bool = False) -> None:
+def start(root: str, model_version: str, queries: str, filters_json: str, mode: str = "") -> None:
+    """mode "": load_version as a replica does by default (every file hashed first); "--index-only":
+    the same files hashed, then the index file alone mapped and searched; "--verify-later": files
+    over 256 MB hashed after the load (index_verify = background), when the code has it."""
+    import inspect
+
     from facevoice.service.gallery import apply_search_params
-    from facevoice.service.versions import current_version, load_version, read_meta
+    from facevoice.service.versions import current_version, load_version, read_meta, verify
 
     faiss.omp_set_num_threads(1)
     q = np.load(queries)
@@ -89,16 +110,24 @@ def start(root: str, model_version: str, queries: str, filters_json: str, index_
     cold = evict(Path(root) / "face" / version)
     before = rss_bytes()
     t = time.perf_counter()
-    if index_only:  # the index file alone, mapped as load_version maps it: what the table adds is the rest
+    if mode == "--index-only":  # the index file alone, mapped as load_version maps it: the table adds the rest
+        verify(Path(root) / "face" / version)  # as load_version does: the same pages in the page cache
         index = faiss.read_index(str(Path(root) / "face" / version / "index.faiss"), faiss.IO_FLAG_MMAP_IFC)
         apply_search_params(index, read_meta(Path(root), "face", version).plan.params)
         out = {"start_s": time.perf_counter() - t, "cold": cold}
         for v in q:
             index.search(v[None], 10)
         out["rss"] = rss_bytes() - before
+        out["resident"] = resident()
         print(json.dumps(out))
         return
-    g = load_version(Path(root), "face", version, model_version, mmap=True)
+    later = {}
+    if mode == "--verify-later":
+        if "verify_later_over" not in inspect.signature(load_version).parameters:
+            print(json.dumps({"unsupported": True}))
+            return
+        later = {"verify_later_over": 256 << 20}
+    g = load_version(Path(root), "face", version, model_version, mmap=True, **later)
     out = {"start_s": time.perf_counter() - t, "cold": cold, "rss_loaded": rss_bytes() - before, "size": g.size}
     lat = []
     for v in q:
@@ -118,6 +147,7 @@ def start(root: str, model_version: str, queries: str, filters_json: str, index_
         out["filtered"][name] = {"p50_ms": 1000 * float(np.median(lat)), "p99_ms": 1000 * float(np.percentile(lat, 99)),
                                  "hits": hits}
     out["rss"] = rss_bytes() - before
+    out["resident"] = resident()
     print(json.dumps(out))
 
 
@@ -126,6 +156,7 @@ if __name__ == "__main__":
     if cmd == "write":
         write(*rest)
     elif cmd == "start":
-        start(*[a for a in rest if a != "--index-only"], index_only="--index-only" in rest)
+        modes = [a for a in rest if a.startswith("--")]
+        start(*[a for a in rest if not a.startswith("--")], mode=modes[0] if modes else "")
     else:
         raise SystemExit(__doc__)
