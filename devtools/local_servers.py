@@ -200,6 +200,42 @@ class LocalRedis(LocalProcess):
         return self
 
 
+class LocalMilvus(LocalProcess):
+    """Milvus Lite's gRPC server (`milvus-lite server`, the Milvus protocol) on a free loopback port,
+    its data in `data_dir` (restartable on the same data) or a temporary directory."""
+
+    def __init__(self, port: int | None = None, data_dir: Path | None = None):
+        self.port = port or free_port()
+        self.data_dir = data_dir
+
+    @property
+    def uri(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 60.0) -> LocalMilvus:
+        exe = Path(sys.executable).with_name("milvus-lite")
+        if not exe.exists():
+            raise RuntimeError("milvus-lite is not installed (make setup installs it)")
+        if self.data_dir is None:
+            self.data_dir = Path(tempfile.mkdtemp(prefix="facevoice-milvus-"))
+        self.proc = subprocess.Popen([str(exe), "server", "--data-dir", str(self.data_dir), "--host", "127.0.0.1",
+                                      "--port", str(self.port)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+        def ready() -> bool:
+            from pymilvus import MilvusClient
+
+            client = MilvusClient(uri=self.uri, timeout=2)
+            try:
+                client.list_collections()
+            finally:
+                client.close()
+            return True
+
+        wait_for(ready, timeout, "milvus-lite server", self.proc)
+        return self
+
+
 class LocalService(LocalProcess):
     """One `facevoice serve` process on a fixed loopback port (a restart comes back on the same
     one); `stub` is its FaceVoice client."""

@@ -199,7 +199,7 @@ class FaceVoiceService(pb_grpc.FaceVoiceServicer):
         _check_top_k(request.top_k)
         # the key names the gallery's generation (version and log offset): a write, a delete above
         # all, makes every earlier cached result unreachable
-        cacheable = self.cache.enabled
+        cacheable = self.cache.enabled and gallery.generation is not None  # None: a backend whose writes we do not see
         if cacheable:
             key = hashlib.sha256(query.tobytes() + json.dumps(
                 [gallery.generation, request.top_k, sorted((k, sorted(v)) for k, v in filters.items())]

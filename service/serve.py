@@ -78,6 +78,9 @@ class ServeConfig:
     faiss_threads: int = 1
     gpu: bool = True  # use a GPU for FAISS when faiss sees one
     index_mmap: bool = True  # map index files (a replica starts without reading them); read in on a write
+    gallery_backend: str = "faiss"  # faiss: versions under --index-root on this replica; milvus: --milvus-uri
+    milvus_uri: str | None = None  # http://host:19530: a Milvus cluster (or `milvus-lite server`)
+    milvus_token_file: Path | None = None  # Milvus's token, from a file (a secret)
     index_verify: str = "before"  # before: every file of a version hashed before it is served; background:
     # files over 256 MB hashed after the swap (the previous version kept until they match)
     poll_s: float = 2.0
@@ -278,6 +281,28 @@ class Running:
                                       observe=lambda net, rows: self.metrics.runner_batch.labels(net).observe(rows)))
         pool = DecodePool(cfg.decode_processes) if cfg.decode_processes > 0 else None
         self.embedder = Embedder(manifest, runner, pool=pool)
+        versions = {name: space.version for name, space in manifest.indexed().items()}
+        if cfg.gallery_backend not in ("faiss", "milvus"):
+            raise UsageError(f"--gallery-backend must be faiss or milvus, not {cfg.gallery_backend!r}")
+        if cfg.gallery_backend == "milvus":
+            self._start_milvus(cfg, versions)
+        else:
+            self._start_faiss(cfg, versions)
+        self._start_server(cfg)
+
+    def _start_milvus(self, cfg: ServeConfig, versions: dict[str, str]) -> None:
+        from facevoice.service.milvus import MilvusIndexSet
+
+        if not cfg.milvus_uri:
+            raise UsageError("--gallery-backend milvus needs --milvus-uri")
+        token = cfg.milvus_token_file.read_text().strip() if cfg.milvus_token_file else None
+        self.indexes = MilvusIndexSet(cfg.milvus_uri, versions, self.metrics, token)
+        self.indexes.refresh()
+        self.cache = Cache(cfg.redis_url, self.metrics, ttl_s=cfg.cache_ttl_s)
+        if cfg.poll_s > 0:
+            self.indexes.watch(cfg.poll_s)
+
+    def _start_faiss(self, cfg: ServeConfig, versions: dict[str, str]) -> None:
         self.write_log = open_log(cfg.gallery_log, cfg.index_root, cfg.redis_url)
         if isinstance(self.write_log, RedisLog):
             try:
@@ -292,7 +317,6 @@ class Running:
             if settings.get("appendfsync") not in (None, "always"):
                 log.warning("Redis appendfsync is %s: a power loss can lose up to a second of acknowledged "
                             "gallery writes (docs/operations.md)", settings.get("appendfsync"))
-        versions = {name: space.version for name, space in manifest.indexed().items()}
         self.indexes = IndexSet(cfg.index_root, versions, self.metrics, use_gpu=cfg.gpu, mmap=cfg.index_mmap,
                                 verify=cfg.index_verify, write_log=self.write_log, max_overlay=cfg.max_overlay,
                                 max_lag_s=cfg.max_lag_s)
@@ -309,6 +333,7 @@ class Running:
         if cfg.index_root and cfg.poll_s > 0:
             self.indexes.watch(cfg.poll_s)
 
+    def _start_server(self, cfg: ServeConfig) -> None:
         channel_options = [("grpc.max_receive_message_length", cfg.max_message_bytes),
                            ("grpc.max_send_message_length", cfg.max_message_bytes)]
         interceptors = []
