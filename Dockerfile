@@ -31,6 +31,10 @@ ARG FAISS_GPU=faiss-gpu-cu12==1.14.1.post1
 RUN if [ "$VARIANT" = gpu ]; then \
       /opt/venv/bin/pip uninstall -y faiss-cpu && /opt/venv/bin/pip install "$FAISS_GPU"; \
     fi
+# the Milvus gallery backend's client (pymilvus pulls pandas: about 90 MB), only when asked for
+ARG MILVUS=no
+ARG PYMILVUS=pymilvus==3.0.2
+RUN if [ "$MILVUS" = yes ]; then /opt/venv/bin/pip install "$PYMILVUS"; fi
 COPY pyproject.toml README.md /src/
 COPY facevoice /src/facevoice
 COPY service /src/service

@@ -151,12 +151,21 @@ def start(root: str, model_version: str, queries: str, filters_json: str, mode: 
     print(json.dumps(out))
 
 
-if __name__ == "__main__":
-    cmd, *rest = sys.argv[1:]
-    if cmd == "write":
+def main(argv: list[str]) -> int:
+    from facevoice.service.errors import UsageError
+
+    cmd, *rest = argv or [""]
+    if cmd == "write" and len(rest) == 5:
         write(*rest)
-    elif cmd == "start":
+    elif cmd == "start" and len(rest) in (4, 5):
         modes = [a for a in rest if a.startswith("--")]
         start(*[a for a in rest if not a.startswith("--")], mode=modes[0] if modes else "")
     else:
-        raise SystemExit(__doc__)
+        raise UsageError(__doc__.split("\n\n")[1])
+    return 0
+
+
+if __name__ == "__main__":
+    from facevoice.cli import run_script
+
+    run_script(lambda: main(sys.argv[1:]), "bench/itemtable_probe.py")

@@ -45,7 +45,7 @@ VERBS: dict[tuple[str, ...], tuple[str, str]] = {
     ("index", "build"): ("facevoice.service.build", "embed a gallery and publish new FAISS index versions"),
     ("index", "merge"): ("facevoice.service.shards", "plan one index over the shards of `index build --shard I/N`"),
     ("index", "publish"): ("facevoice.service.publish", "point an index at an existing version (rollback)"),
-    ("index", "milvus"): ("facevoice.service.milvus", "copy the current index versions into Milvus and move its aliases"),
+    ("index", "milvus"): ("facevoice.service.milvus", "copy the current index versions into Milvus, move its aliases"),
     ("index", "prune"): ("facevoice.service.prune", "delete old index versions and trim the gallery write log"),
     ("index", "log", "verify"): ("facevoice.service.logtool", "check every record of the gallery write log"),
     ("index", "log", "repair"): ("facevoice.service.logtool",

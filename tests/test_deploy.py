@@ -117,6 +117,12 @@ def test_service_image_requirements_cover_the_online_imports():
             "faiss": "faiss-cpu", "tritonclient": "tritonclient", "onnxruntime": "onnxruntime", "redis": "redis",
             "numpy": "numpy", "scipy": "scipy", "soundfile": "soundfile", "tqdm": "tqdm",
             "threadpoolctl": "threadpoolctl"}
+    # optional backends: an extra of the package, and a build argument of the image that installs it
+    optional = {"pymilvus": "milvus"}
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    for module, extra in optional.items():
+        assert any(d.startswith(module) for d in extras[extra])
+        assert f'ARG {extra.upper()}=no' in (ROOT / "Dockerfile").read_text()
     online = [*(ROOT / "service").rglob("*.py"), *(ROOT / "facevoice" / n for n in ("cli.py", "query.py", "health.py"))]
     for path in online:
         for node in ast.walk(ast.parse(path.read_text())):
@@ -125,7 +131,8 @@ def test_service_image_requirements_cover_the_online_imports():
             for name in names:
                 assert not name.startswith("facevoice.training"), f"{path.name} imports {name}: offline code"
                 top = name.split(".")[0]
-                if top in ("service", "facevoice", "__future__") or top in __import__("sys").stdlib_module_names:
+                if top in ("service", "facevoice", "__future__", *optional) or \
+                        top in __import__("sys").stdlib_module_names:
                     continue
                 assert dist.get(top) in reqs, f"{path.name} imports {top}, not in requirements-service.txt"
 
