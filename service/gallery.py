@@ -19,6 +19,7 @@ loaded memory-mapped is read into memory before its first write.
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 from contextlib import contextmanager
@@ -260,10 +261,13 @@ class Gallery:
         cached = self._masks.get(key)
         if cached is not None:
             return cached
-        mask = None
-        for name, values in key:
-            m = self.table.mask(name, values)
-            mask = m.copy() if mask is None else mask & m
+        masks = [self.table.mask(name, values) for name, values in key]
+        if len(masks) > 1:
+            mask = functools.reduce(np.logical_and, masks)  # a new array
+        elif self.dead:
+            mask = masks[0].copy()
+        else:
+            mask = masks[0]  # one filter, nothing deleted: the table's own (read-only) mask
         if self.dead:
             mask[np.fromiter(self.dead, np.int64, len(self.dead))] = False
         if self.next_id > self.table.n:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import mmap
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -37,6 +38,7 @@ from facevoice.service.errors import FormatError
 SCHEMA = "items.json"
 FORMAT = "facevoice-items/1"
 MASK_CACHE = 32  # filters whose masks a table keeps
+SMALL_DICTIONARY = 4096  # dictionaries this small are decoded once into Python strings (attributes, not identity)
 
 
 class ItemTableError(FormatError):
@@ -52,6 +54,13 @@ def _code_dtype(n_values: int) -> np.dtype:
         if n_values <= np.iinfo(dt).max:
             return np.dtype(dt)
     return np.dtype(np.int64)
+
+
+def _random_access(array: np.ndarray | None) -> None:
+    """MADV_RANDOM on a mapped column: no read-ahead, so a lookup reads only the pages it needs."""
+    m = getattr(array, "_mmap", None)
+    if m is not None and hasattr(m, "madvise"):
+        m.madvise(mmap.MADV_RANDOM)
 
 
 class Strings:
@@ -88,6 +97,7 @@ class Dictionary:
     def __init__(self, codes: np.ndarray, values: Strings):
         self.codes, self.values = codes, values
         self._lookup: dict[str, int] | None = None
+        self._decoded: list[str] | None = None  # the values as Python strings, for small dictionaries
 
     @classmethod
     def of(cls, column: list[str | None]) -> Dictionary:
@@ -102,7 +112,13 @@ class Dictionary:
 
     def value(self, row: int) -> str | None:
         c = int(self.codes[row])
-        return None if c < 0 else self.values[c]
+        if c < 0:
+            return None
+        if self._lookup is not None or len(self.values) <= SMALL_DICTIONARY:
+            if self._decoded is None:
+                self._decoded = self.values.all()
+            return self._decoded[c]
+        return self.values[c]
 
 
 class ItemTable:
@@ -220,11 +236,14 @@ class ItemTable:
         if not isinstance(schema, dict) or schema.get("format") != FORMAT:
             raise ItemTableError(f"{directory / SCHEMA}: not a {FORMAT} schema")
 
+        arrays: dict[str, np.ndarray] = {}
+
         def load(key: str) -> np.ndarray:
             try:
                 a = np.load(directory / f"items.{key}.npy", mmap_mode="r" if mmap else None, allow_pickle=False)
             except (OSError, ValueError) as e:
                 raise ItemTableError(f"items.{key}.npy: unreadable ({type(e).__name__}: {e})") from e
+            arrays[key] = a
             return a if mmap else np.asarray(a)
 
         def dictionary(prefix: str) -> Dictionary:
@@ -232,6 +251,10 @@ class ItemTable:
                                                                load(f"{prefix}.values.data")))
 
         attrs = {name: dictionary(f"attr{i}") for i, name in enumerate(schema.get("attributes", []))}
+        if mmap:  # read a row at a time: no read-ahead (the codes of attributes are scanned whole by filters)
+            for key in ("item_id.offsets", "item_id.data", "id_hash", "id_rows", "identity.codes",
+                        "identity.values.offsets", "identity.values.data"):
+                _random_access(arrays.get(key))
         table = cls(Strings(load("item_id.offsets"), load("item_id.data")), dictionary("identity"), attrs,
                     load("id_hash"), load("id_rows"), path=directory)
         if table.n != schema.get("rows"):
