@@ -8,6 +8,8 @@
 - Speech2Face voice encoder, paper config (Oh et al. Table 1, 6 s): pairs/s, bf16 autocast;
 - exact search of 1M x 128 vectors with torch on the GPU: queries/s at batch 1 and 1,000 (fp32
   and fp16 storage), the top 10 by L2, as the service's flat index answers;
+- IVF-PQ capacity for the 1B plan: how many 64-byte PQ codes (with their ids) fit on the GPU, at
+  most 1B, and how fast a torch PQ table scan goes over nprobe 64 / 65,536 lists' worth of them;
 - the served encoders: onnxruntime's CUDA provider when the installed onnxruntime has it (the
   GPU image's does not, and onnxruntime-gpu's wheel is far over the 64 MiB a call may carry),
   else eager, TorchScript and torch.compile of the same encoders, batch 1 and 64, ms per call.
@@ -142,7 +144,48 @@ def encoders(args, device) -> dict:
     return out
 
 
-PARTS = {"association": association, "speech2face": speech2face, "exact_search": exact_search, "encoders": encoders}
+def ivfpq_capacity(args, device) -> dict:
+    """The 1B-item plan's two unknowns, measured (docs/benchmarks.md, "1B on one GPU host"): how
+    many IVF-PQ64 codes (64 B) and ids (8 B) this GPU holds, and how fast it scans them. The codes
+    are allocated at the largest size that fits in 70% of free memory (at most 1B); each query
+    scans a contiguous run of codes as many as nprobe 64 of 65,536 lists would hold at 1B (about
+    1M), by PQ table lookup (64 sub-quantizers x 256 centroids, fp16), then keeps its top 10."""
+    m, ksub, per_item = 64, 256, 64 + 8
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info()
+        n = int(min(1e9, 0.7 * free / per_item))
+    else:
+        n = 200_000 if args.smoke else 2_000_000
+    codes = torch.randint(0, ksub, (n, m), dtype=torch.uint8, device=device)
+    ids = torch.arange(n, dtype=torch.int64, device=device)
+    scan = min(n, 2_000 if args.smoke else 1_000_000)
+    offsets = torch.arange(m, device=device) * ksub
+    g = torch.Generator(device="cpu").manual_seed(1)
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    luts = torch.rand(8, m * ksub, generator=g).to(device, dtype)
+    starts = torch.randint(0, max(1, n - scan), (args.steps * 4,), generator=g).tolist()
+
+    def query(i: int):
+        block = codes[starts[i]:starts[i] + scan].long() + offsets  # (scan, m) indices into the flat table
+        d = luts[i % 8][block].float().sum(1)
+        best = torch.topk(d, 10, largest=False).indices
+        return ids[starts[i]:starts[i] + scan][best]
+
+    query(0)
+    sync(device)
+    t = time.perf_counter()
+    for i in range(len(starts)):
+        query(i)
+    sync(device)
+    per_query = (time.perf_counter() - t) / len(starts)
+    out = {"codes_held": n, "bytes_per_item": per_item, "codes_gb": n * per_item / 1e9,
+           "scanned_per_query": scan, "queries_per_s": 1 / per_query, "codes_scanned_per_s": scan / per_query,
+           "fits_1e9": n >= 1_000_000_000}
+    return out  # the codes go with this frame, before the next part allocates
+
+
+PARTS = {"association": association, "speech2face": speech2face, "exact_search": exact_search, "encoders": encoders,
+         "ivfpq_capacity": ivfpq_capacity}
 
 
 def machine_facts(device) -> dict:
