@@ -19,7 +19,8 @@ from facevoice.service.errors import UsageError
 
 ROOT = Path(__file__).resolve().parent.parent
 # the benchmark -> the name of its section (a pattern where the name carries the config or device)
-SECTIONS = {"association_train": r"association-train-[\w-]+", "corpus_synth": "corpus-synth", "engines": "engines", "history": "history",
+SECTIONS = {"association_train": r"association-train-[\w-]+", "corpus_synth": "corpus-synth", "engines": "engines",
+            "history": "history",
             "itemtable": "itemtable",
             "log_damage": "log-damage", "log_replay": "log-replay", "media_formats": "media-formats",
             "reliability": "reliability", "s2f_train": r"s2f-train-\w+", "scale": "scale",

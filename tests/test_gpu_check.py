@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -20,7 +22,10 @@ def test_gpu_check_smoke_writes_every_figure(tmp_path):
     data = json.loads((tmp_path / "gpu_check.json").read_text())
     assert data["smoke"] and not data["errors"] and data["facts"]["device"] == "cpu"
     parts = data["parts"]
-    assert set(parts) == {"association", "speech2face", "exact_search", "encoders"}
+    assert set(parts) == {"association", "speech2face", "exact_search", "encoders", "ivfpq_capacity"}
+    cap = parts["ivfpq_capacity"]
+    assert cap["codes_held"] == 200_000 and cap["codes_gb"] == pytest.approx(200_000 * 72 / 1e9)
+    assert cap["queries_per_s"] > 0 and not cap["fits_1e9"]
     a = parts["association"]
     assert all(a[k] > 0 for k in ("fp32_batch8", "bf16_batch8", "fp32_largest", "bf16_largest"))
     assert a["fp32_largest_batch"] == 16  # doubling from 8 up to the smoke's limit
