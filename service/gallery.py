@@ -335,7 +335,7 @@ class Gallery:
         widened until k hits are found; exact when the widest setting still falls short."""
         if allowed is not None:
             bits = allowed.bits()
-            selector = faiss.IDSelectorBitmap(len(bits) * 8, faiss.swig_ptr(bits))
+            selector = faiss.IDSelectorBitmap(len(bits), faiss.swig_ptr(bits))  # n: the bitmap's bytes
             share = allowed.count / max(self.size, 1)
         else:
             dead = np.fromiter(self.tombstones, np.int64, len(self.tombstones))

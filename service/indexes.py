@@ -105,8 +105,9 @@ class IndexSet:
                 if retry and time.monotonic() < retry[0]:
                     continue
                 try:
+                    # a version refused before is hashed whole before it is served again
                     gallery = load_version(self.root, name, version, model_version, self.use_gpu, self.mmap,
-                                           self.verify_later_over)
+                                           None if retry else self.verify_later_over)
                     self._bring_up_to_date(name, gallery)
                 except (IndexVersionError, LogTrimmed, OSError) as e:
                     delay = min(retry[1] * 2, self.refused_backoff_s[1]) if retry else self.refused_backoff_s[0]
@@ -167,7 +168,7 @@ class IndexSet:
         try:
             for offset, change in self.log.entries(old.applied, upto=self.applied):
                 self._apply_one(name, old, offset, change)
-        except (LogDamaged, LogTrimmed, DependencyUnavailable) as e:
+        except Exception as e:  # the log, or the old version's files gone (pruned): not one to go back to
             log.error("cannot bring %s/%s back up to date: %s", name, old.meta.version, e)
             return False
         if self.log.key(old.applied) < self.log.key(self.applied):
@@ -384,6 +385,7 @@ class IndexSet:
         return self._start(loop, "facevoice-index-watch")
 
     def _start(self, loop, name: str) -> threading.Thread:
+        self.threads = [t for t in self.threads if t.is_alive()]  # finished checks go
         thread = threading.Thread(target=loop, name=name, daemon=True)
         thread.start()
         self.threads.append(thread)

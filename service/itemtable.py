@@ -192,7 +192,9 @@ class ItemTable:
         if col is None:
             out = np.full(self.n, "" in values, bool)
         else:
-            codes = [c for v in values if (c := (-1 if v == "" else col.code_of(v))) is not None]
+            codes = [c for v in values if (c := col.code_of(v)) is not None]
+            if "" in values:  # "" = lacking the attribute (code -1), as an item whose value is "" does
+                codes.append(-1)
             out = np.isin(col.codes, np.asarray(codes, col.codes.dtype)) if codes else np.zeros(self.n, bool)
         out.flags.writeable = False
         with self._lock:
@@ -251,12 +253,12 @@ class ItemTable:
                                                                load(f"{prefix}.values.data")))
 
         attrs = {name: dictionary(f"attr{i}") for i, name in enumerate(schema.get("attributes", []))}
+        table = cls(Strings(load("item_id.offsets"), load("item_id.data")), dictionary("identity"), attrs,
+                    load("id_hash"), load("id_rows"), path=directory)
         if mmap:  # read a row at a time: no read-ahead (the codes of attributes are scanned whole by filters)
             for key in ("item_id.offsets", "item_id.data", "id_hash", "id_rows", "identity.codes",
                         "identity.values.offsets", "identity.values.data"):
-                _random_access(arrays.get(key))
-        table = cls(Strings(load("item_id.offsets"), load("item_id.data")), dictionary("identity"), attrs,
-                    load("id_hash"), load("id_rows"), path=directory)
+                _random_access(arrays[key])
         if table.n != schema.get("rows"):
             raise ItemTableError(f"{directory / SCHEMA}: says {schema.get('rows')} rows, the columns hold {table.n}")
         return table

@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from facevoice.service.errors import BadRequest, DependencyUnavailable, NotLoaded, UsageError
+from facevoice.service.errors import BadRequest, DependencyUnavailable, NotLoaded, Stopped, UsageError
 from facevoice.service.gallery import Item, normalise
 from facevoice.service.gpu import Placement
 from facevoice.service.indexes import LogStatus
@@ -83,8 +83,16 @@ def attribute_of(name: str) -> str | None:
 
 
 def literal(value: str) -> str:
-    """A Milvus string literal: double-quoted, backslashes and quotes escaped."""
+    """A Milvus string literal: double-quoted, backslashes and quotes escaped. Control characters
+    (a newline, say) have no escape Milvus's grammar is sure to read, so they are refused."""
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        raise BadRequest(f"{value[:40]!r}: control characters cannot go into a Milvus filter")
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def ids_filter(item_ids: list[str]) -> str:
+    """item_id in [...] with each id escaped (pymilvus's own ids= form does not escape quotes)."""
+    return f"item_id in [{', '.join(literal(i) for i in item_ids)}]"
 
 
 def expression(filters: dict[str, set[str]]) -> str:
@@ -147,35 +155,95 @@ def _retrying(client, name: str, call):
 
 def _get_meta(client, key: str) -> dict | None:
     rows = _retrying(client, META_COLLECTION,
-                     lambda: client.get(META_COLLECTION, ids=[key], output_fields=["value"]))
+                     lambda: client.query(META_COLLECTION, filter=f"key == {literal(key)}", output_fields=["value"]))
     return json.loads(rows[0]["value"]) if rows else None
 
 
-def _put_meta(client, key: str, value: dict) -> None:
-    client.upsert(META_COLLECTION, [{"key": key, "value": json.dumps(value), "v": [0.0, 0.0]}])
+def _put_meta(client, key: str, value: dict | str) -> None:
+    client.upsert(META_COLLECTION, [{"key": key, "value": value if isinstance(value, str) else json.dumps(value),
+                                     "v": [0.0, 0.0]}])
+
+
+def _attribute_key(collection: str, name: str) -> str:
+    return f"attr#{collection}#{name}"
+
+
+def _attributes(client, collection: str) -> set[str]:
+    """The attribute names a collection's items have had: one meta row per name, so two replicas
+    adding names at once cannot overwrite each other."""
+    rows = _retrying(client, META_COLLECTION, lambda: client.query(
+        META_COLLECTION, filter=f"key like {literal(f'attr#{collection}#')[:-1]}%\"", output_fields=["value"]))
+    return {r["value"] for r in rows}
 
 
 def _row(item: Item, vector: np.ndarray) -> dict:
     for what, s in (("item_id", item.item_id), ("identity", item.identity), *item.attributes.items()):
         if len(s.encode()) > MAX_STRING:
             raise BadRequest(f"{what} is longer than {MAX_STRING} bytes")
-    return {"item_id": item.item_id, "identity": item.identity, "vector": vector.tolist(),
+        literal(s)  # refused now if it could never be filtered or deleted
+    return {"item_id": item.item_id, "identity": item.identity, "vector": np.asarray(vector, np.float32).tolist(),
             **{field_of(k): v for k, v in item.attributes.items()}}
 
 
+def _collections_of(client, index: str) -> list[str]:
+    """The index's collections, oldest first (face's, not face_feature's: the version follows)."""
+    pattern = re.compile(rf"^facevoice_{re.escape(index)}_\d{{8}}T\d{{6}}_")
+    return sorted(c for c in client.list_collections() if pattern.match(c))
+
+
+def _apply(client, target: str, index: str, change, model_version: str) -> None:
+    """One gallery-log entry applied to one collection (or alias), when it names the index."""
+    if change.op == "upsert" and index in change.upserts:
+        u = change.upserts[index]
+        if u.model_version != model_version:
+            log.warning("log entry: %s vectors of model %s skipped (the collection holds %s)", index,
+                        u.model_version, model_version)
+            return
+        rows = [_row(Item(**it), v) for it, v in zip(u.items, u.vectors, strict=True)]
+        for s in range(0, len(rows), BATCH):
+            client.upsert(target, rows[s:s + BATCH])
+        for name in {a for it in u.items for a in it["attributes"]}:
+            _put_meta(client, _attribute_key(_resolve(client, target), name), name)
+    elif change.op == "delete" and index in change.indexes:
+        for s in range(0, len(change.item_ids), 1000):
+            client.delete(target, filter=ids_filter(change.item_ids[s:s + 1000]))
+
+
+def _resolve(client, name: str) -> str:
+    """A collection's own name, for an alias or a name."""
+    return _alias_target(client, name) or name
+
+
+def replay(client, wlog, collection: str, index: str, model_version: str, after: str) -> tuple[str, int]:
+    """The gallery log's entries after AFTER applied to COLLECTION, in order; (the last offset, count)."""
+    last, n = after, 0
+    for offset, change in wlog.entries(after):
+        _apply(client, collection, index, change, model_version)
+        last, n = offset, n + 1
+    return last, n
+
+
 # publishing ---------------------------------------------------------------------------------------
-def publish_version(client, root: Path, index: str, version: str, keep: int = 2, progress: bool = True) -> str:
+def publish_version(client, root: Path, index: str, version: str, keep: int = 2, progress: bool = True,
+                    wlog=None) -> tuple[str, int]:
     """Copies an index version (vectors read back from its FAISS index: exact for flat, IVF-Flat and
-    re-ranked IVF-PQ, the codes' values for SQ / fp16) and its items into a new collection, then
-    moves the index's alias to it. Returns the collection's name."""
+    re-ranked IVF-PQ, the codes' values for SQ / fp16) and its items into a new collection, applies
+    the gallery log's entries after the version's offset, moves the index's alias to it, then
+    applies the entries appended meanwhile (their writers wrote through the alias, to the old
+    collection, until it moved). Returns (the collection, log entries replayed)."""
     from pymilvus import DataType
 
+    from facevoice.service.writelog import offset_of
+
     meta = read_meta(root, index, version)
-    g = load_version(root, index, version, meta.model_version, mmap=True)
     name = collection_name(index, version)
+    alias = alias_name(index)
     _meta_collection(client)
+    if _alias_target(client, alias) == name:
+        return name, 0  # already served: nothing to copy (dropping it would lose its writes)
+    g = load_version(root, index, version, meta.model_version, mmap=True)
     if client.has_collection(name):
-        client.drop_collection(name)  # a copy that died part-way: start it again
+        client.drop_collection(name)  # a copy that died part-way, never served: start it again
     schema = client.create_schema(auto_id=False, enable_dynamic_field=True)
     schema.add_field("item_id", DataType.VARCHAR, is_primary=True, max_length=MAX_STRING)
     schema.add_field("identity", DataType.VARCHAR, max_length=MAX_STRING)
@@ -191,17 +259,25 @@ def publish_version(client, root: Path, index: str, version: str, keep: int = 2,
             client.insert(name, [_row(g.item(int(r)), v) for r, v in zip(part, x, strict=True)])
             bar.update(len(part))
     client.load_collection(name)
-    _put_meta(client, name, {"meta": meta.to_dict(), "attributes": sorted(g.attribute_names())})
-    alias = alias_name(index)
+    _put_meta(client, name, {"meta": meta.to_dict(), "index": index})
+    for attribute in g.attribute_names():
+        _put_meta(client, _attribute_key(name, attribute), attribute)
+    replayed = 0
+    after = offset_of(meta, wlog) if wlog is not None else None
+    if wlog is not None:
+        after, replayed = replay(client, wlog, name, index, meta.model_version, after)
     if _alias_target(client, alias):
         client.alter_alias(name, alias)
     else:
         client.create_alias(name, alias)
-    old = sorted(c for c in client.list_collections() if c.startswith(f"facevoice_{index}_") and c != name)
+    if wlog is not None:  # written through the alias to the old collection before it moved
+        replayed += replay(client, wlog, name, index, meta.model_version, after)[1]
+    old = [c for c in _collections_of(client, index) if c != name]
     for c in old[:max(0, len(old) - (keep - 1))]:
         client.drop_collection(c)
-        client.delete(META_COLLECTION, ids=[c])
-    return name
+        client.delete(META_COLLECTION, filter=f"key == {literal(c)}")
+        client.delete(META_COLLECTION, filter=f"key like {literal(f'attr#{c}#')[:-1]}%\"")
+    return name, replayed
 
 
 def _alias_target(client, alias: str) -> str | None:
@@ -213,17 +289,23 @@ def _alias_target(client, alias: str) -> str | None:
 
 # serving --------------------------------------------------------------------------------------------
 class MilvusGallery:
-    """One collection, searched as a FAISS gallery is (the handlers cannot tell them apart)."""
+    """One collection, searched as a FAISS gallery is (the handlers cannot tell them apart).
+    Searches go to the collection the alias named at the last refresh (so the version reported
+    is the one searched); writes go through the alias (so none lands in a collection that has just
+    stopped being served: the publisher replays the log onto the new one)."""
 
     device = "milvus"
     mapped_from = None
     generation = None  # results are not cached: another replica's write changes them unseen
+    ATTRIBUTES_TTL_S = 1.0
 
-    def __init__(self, client, collection: str, meta: IndexMeta, attributes: list[str]):
-        self.client, self.collection, self.meta = client, collection, meta
+    def __init__(self, client, index: str, collection: str, meta: IndexMeta):
+        self.client, self.index, self.collection, self.meta = client, index, collection, meta
+        self.alias = alias_name(index)
         self.plan, self.metric = meta.plan, meta.metric
         self.placement = Placement("milvus", f"Milvus collection {collection}")
-        self._attributes = set(attributes)
+        self._attributes: set[str] = set()
+        self._attributes_at = -float("inf")
         self.unverified: dict[str, str] = {}
         self.applied = None
         self.edited: set[str] = set()
@@ -240,6 +322,13 @@ class MilvusGallery:
             raise DependencyUnavailable(f"Milvus: {type(e).__name__}: {e}") from e
 
     def attribute_names(self) -> set[str]:
+        """Read again at most once a second: another replica's upsert may add a name."""
+        if time.monotonic() - self._attributes_at > self.ATTRIBUTES_TTL_S:
+            try:
+                self._attributes = _attributes(self.client, self.collection)
+            except Exception as e:
+                raise DependencyUnavailable(f"Milvus: {type(e).__name__}: {e}") from e
+            self._attributes_at = time.monotonic()
         return set(self._attributes)
 
     def _prepare(self, x: np.ndarray) -> np.ndarray:
@@ -251,9 +340,10 @@ class MilvusGallery:
     def search(self, query: np.ndarray, k: int, filters: dict[str, set[str]] | None = None
                ) -> list[tuple[Item, float]]:
         q = self._prepare(query)
+        expr = expression(filters or {})  # BadRequest for a value no filter can hold
         try:
             found = _retrying(self.client, self.collection, lambda: self.client.search(
-                self.collection, data=[q[0].tolist()], limit=k, filter=expression(filters or {}),
+                self.collection, data=[q[0].tolist()], limit=k, filter=expr,
                 output_fields=["identity", "$meta"], search_params={"params": {"ef": max(EF, k)}}))[0]
         except Exception as e:
             raise DependencyUnavailable(f"Milvus search: {type(e).__name__}: {e}") from e
@@ -270,48 +360,32 @@ class MilvusGallery:
         return bool(self.present([item_id]))
 
     def present(self, item_ids: list[str]) -> set[str]:
+        """The ids the served collection holds (an id no filter can name was never stored)."""
+        ids = [i for i in item_ids if not any(ord(c) < 32 or ord(c) == 127 for c in i)]
+        out: set[str] = set()
         try:
-            rows = _retrying(self.client, self.collection,
-                             lambda: self.client.get(self.collection, ids=list(item_ids), output_fields=["item_id"]))
+            for s in range(0, len(ids), 1000):
+                part = ids_filter(ids[s:s + 1000])
+                rows = _retrying(self.client, self.collection, lambda part=part: self.client.query(
+                    self.collection, filter=part, output_fields=["item_id"]))
+                out |= {r["item_id"] for r in rows}
         except Exception as e:
             raise DependencyUnavailable(f"Milvus: {type(e).__name__}: {e}") from e
-        return {r["item_id"] for r in rows}
-
-    def upsert(self, items: list[Item], vectors: np.ndarray) -> None:
-        x = self._prepare(vectors)
-        rows = [_row(it, v) for it, v in zip(items, x, strict=True)]
-        new = {a for it in items for a in it.attributes} - self._attributes
-        try:
-            if new:  # recorded before the rows, so every replica can filter on them once they exist
-                stored = _get_meta(self.client, self.collection) or {}
-                stored["attributes"] = sorted(set(stored.get("attributes", [])) | new)
-                _put_meta(self.client, self.collection, stored)
-            self.client.upsert(self.collection, rows)
-        except Exception as e:
-            raise DependencyUnavailable(f"Milvus upsert: {type(e).__name__}: {e}") from e
-        self._attributes |= new
-        self.edited.update(it.item_id for it in items)
-
-    def delete(self, item_ids: list[str]) -> list[str]:
-        there = self.present(item_ids)
-        try:
-            if there:
-                self.client.delete(self.collection, ids=sorted(there))
-        except Exception as e:
-            raise DependencyUnavailable(f"Milvus delete: {type(e).__name__}: {e}") from e
-        self.edited.update(there)
-        return [i for i in item_ids if i not in there]
+        return out
 
 
 @dataclass
 class MilvusIndexSet:
     """IndexSet's interface (service/indexes.py) over Milvus aliases: what the handlers and
-    `serve` call."""
+    `serve` call. A write is appended to the gallery log first (acknowledged once it is there,
+    as on FAISS), then applied to Milvus through the alias; `index milvus` replays the log onto
+    a new collection, so a write is never lost to a swap."""
 
     uri: str
     model_versions: dict[str, str]
     metrics: Metrics
     token: str | None = None
+    write_log: object = None  # service.writelog.WriteLog; None: read-only
     galleries: dict[str, MilvusGallery] = field(default_factory=dict)
     on_status: object = None
 
@@ -321,6 +395,7 @@ class MilvusIndexSet:
         self._lock = threading.Lock()
         self.threads: list[threading.Thread] = []
         self.error: str = ""
+        self.log = self.write_log
 
     def get(self, name: str) -> MilvusGallery:
         g = self.galleries.get(name)
@@ -352,7 +427,7 @@ class MilvusIndexSet:
                     log.error("not serving %s/%s: built by model version %s, the service runs %s", name, target,
                               meta.model_version, model_version)
                     continue
-                self.galleries[name] = MilvusGallery(self.client, target, meta, stored.get("attributes", []))
+                self.galleries[name] = MilvusGallery(self.client, name, target, meta)
                 self.metrics.index_swaps.labels(name, "swapped").inc()
                 self.metrics.index_items.labels(name).set(meta.size)
                 swapped[name] = meta.version
@@ -360,7 +435,7 @@ class MilvusIndexSet:
         return swapped
 
     def catch_up(self, upto: str | None = None) -> None:
-        """Milvus applies every write itself: nothing to replay."""
+        """Milvus holds the state every replica reads: nothing to replay here."""
 
     def follow(self) -> None:
         return None
@@ -379,23 +454,51 @@ class MilvusIndexSet:
         self.threads.append(thread)
         return thread
 
+    def _write(self, change) -> str:
+        """Appended (acknowledged when this returns), then applied to each index's alias."""
+        from facevoice.service.writelog import LogDamaged
+
+        if self.log is None:
+            raise DependencyUnavailable("no gallery log: serve with --index-root or a Redis to edit a Milvus gallery")
+        try:
+            offset = self.log.append(change)
+        except LogDamaged as e:
+            raise Stopped(str(e)) from e
+        names = list(change.upserts) if change.op == "upsert" else change.indexes
+        try:
+            for name in names:
+                g = self.get(name)
+                _apply(self.client, g.alias, name, change, g.meta.model_version)
+        except BadRequest:
+            raise
+        except Exception as e:  # in the log: the next `index milvus` applies it; a retry applies it now
+            raise DependencyUnavailable(f"the write is logged at {offset} but Milvus did not take it yet "
+                                        f"({type(e).__name__}: {e}); repeat the call") from e
+        return offset
+
     def upsert(self, upserts: dict[str, tuple[list[Item], np.ndarray]], actor: str = "") -> str:
-        for name in upserts:
-            self.get(name)  # every index loaded before any is written
+        from facevoice.service.writelog import Change, IndexChange
+
         for name, (items, vectors) in upserts.items():
-            self.get(name).upsert(items, vectors)
-        return ""
+            g = self.get(name)  # every index loaded before any is written
+            for it, v in zip(items, g._prepare(vectors), strict=True):
+                _row(it, v)  # refused before it is logged
+        return self._write(Change("upsert", {name: IndexChange(
+            self.get(name).meta.model_version,
+            [{"item_id": it.item_id, "identity": it.identity, "attributes": it.attributes} for it in items],
+            self.get(name)._prepare(v)) for name, (items, v) in upserts.items()}, actor=actor))
 
     def delete(self, names: list[str], item_ids: list[str], actor: str = "") -> tuple[list[str], str]:
-        galleries = [self.get(n) for n in names]
-        missing = galleries[0].delete(item_ids)
-        for g in galleries[1:]:
-            g.delete(item_ids)
-        return missing, ""
+        from facevoice.service.writelog import Change
+
+        there = self.get(names[0]).present(item_ids)
+        offset = self._write(Change("delete", indexes=list(names), item_ids=list(item_ids), actor=actor))
+        return [i for i in item_ids if i not in there], offset
 
     def log_status(self) -> LogStatus:
-        return LogStatus("milvus", state="unavailable" if self.error else "ok", writes=not self.error,
-                         error=self.error)
+        writes = not self.error and self.log is not None
+        return LogStatus("milvus", state="unavailable" if self.error else "ok", writes=writes,
+                         error=self.error or ("" if self.log is not None else "no gallery log: read-only"))
 
     def report(self, every_s: float = 0.0) -> LogStatus:
         st = self.log_status()
@@ -409,6 +512,8 @@ class MilvusIndexSet:
             t.join(timeout_s)
         with contextlib.suppress(Exception):
             self.client.close()
+        if self.log is not None:
+            self.log.close()
 
 
 # the verb ----------------------------------------------------------------------------------------
@@ -419,6 +524,8 @@ class IndexMilvusOptions:
     index: tuple[str, ...] = ()  # which indexes (default: every one with a current version)
     token_file: Path | None = None  # a file holding Milvus's token (user:password or an API key)
     keep: int = 2  # collections kept per index (the served one and the one before it, for a rollback)
+    gallery_log: str = "auto"  # the replicas' gallery log, replayed onto each new collection
+    redis: str | None = None  # its Redis, for gallery_log auto / redis
     no_progress: bool = False
 
 
@@ -427,11 +534,13 @@ class IndexMilvusResult:
     uri: str
     published: dict[str, str]  # index -> collection
     sizes: dict[str, int]
+    replayed: dict[str, int]
     seconds: float
 
     def summary(self) -> str:
-        rows = [f"  {alias_name(n)} -> {c} ({self.sizes[n]} items)" for n, c in self.published.items()]
-        return "\n".join([f"index milvus: {self.uri}, {len(rows)} aliases moved in {self.seconds:.1f} s", *rows])
+        rows = [f"  {alias_name(n)} -> {c} ({self.sizes[n]} items in the version, {self.replayed[n]} log entries "
+                "replayed)" for n, c in self.published.items()]
+        return "\n".join([f"index milvus: {self.uri}, {len(rows)} aliases in {self.seconds:.1f} s", *rows])
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -440,11 +549,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--index", nargs="+", default=(), help="indexes to copy (default: every current one)")
     p.add_argument("--token-file", type=Path, help="file holding Milvus's token")
     p.add_argument("--keep", type=int, default=2, help="collections kept per index")
+    p.add_argument("--gallery-log", default="auto", choices=("auto", "file", "redis"),
+                   help="the replicas' gallery log, replayed onto each new collection")
+    p.add_argument("--redis", help="its Redis (redis://host:port/db)")
     p.add_argument("--no-progress", action="store_true")
 
 
 def index_milvus(opts: IndexMilvusOptions) -> IndexMilvusResult:
-    """`index milvus`: every named index's current version into Milvus, alias moved."""
+    """`index milvus`: every named index's current version into Milvus, the log replayed, the alias moved."""
+    from facevoice.service.writelog import open_log
+
     if opts.keep < 1:
         raise UsageError("--keep must be at least 1 (the served collection)")
     names = opts.index or tuple(sorted(p.name for p in Path(opts.out).iterdir()
@@ -453,16 +567,22 @@ def index_milvus(opts: IndexMilvusOptions) -> IndexMilvusResult:
         raise UsageError(f"{opts.out}: no index has a current version")
     token = opts.token_file.read_text().strip() if opts.token_file else None
     client = connect(opts.uri, token)
+    wlog = open_log(opts.gallery_log, opts.out, opts.redis)
     start = time.perf_counter()
-    published, sizes = {}, {}
-    for name in names:
-        version = current_version(opts.out, name)
-        if version is None:
-            raise UsageError(f"{opts.out}/{name}: no current version")
-        published[name] = publish_version(client, opts.out, name, version, opts.keep, not opts.no_progress)
-        sizes[name] = read_meta(opts.out, name, version).size
-    client.close()
-    return IndexMilvusResult(opts.uri, published, sizes, time.perf_counter() - start)
+    published, sizes, replayed = {}, {}, {}
+    try:
+        for name in names:
+            version = current_version(opts.out, name)
+            if version is None:
+                raise UsageError(f"{opts.out}/{name}: no current version")
+            published[name], replayed[name] = publish_version(client, opts.out, name, version, opts.keep,
+                                                              not opts.no_progress, wlog)
+            sizes[name] = read_meta(opts.out, name, version).size
+    finally:
+        client.close()
+        if wlog is not None:
+            wlog.close()
+    return IndexMilvusResult(opts.uri, published, sizes, replayed, time.perf_counter() - start)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -470,4 +590,3 @@ def run(args: argparse.Namespace) -> int:
 
     print(index_milvus(options(IndexMilvusOptions, args)).summary())
     return 0
-

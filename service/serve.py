@@ -290,19 +290,8 @@ class Running:
             self._start_faiss(cfg, versions)
         self._start_server(cfg)
 
-    def _start_milvus(self, cfg: ServeConfig, versions: dict[str, str]) -> None:
-        from facevoice.service.milvus import MilvusIndexSet
-
-        if not cfg.milvus_uri:
-            raise UsageError("--gallery-backend milvus needs --milvus-uri")
-        token = cfg.milvus_token_file.read_text().strip() if cfg.milvus_token_file else None
-        self.indexes = MilvusIndexSet(cfg.milvus_uri, versions, self.metrics, token)
-        self.indexes.refresh()
-        self.cache = Cache(cfg.redis_url, self.metrics, ttl_s=cfg.cache_ttl_s)
-        if cfg.poll_s > 0:
-            self.indexes.watch(cfg.poll_s)
-
-    def _start_faiss(self, cfg: ServeConfig, versions: dict[str, str]) -> None:
+    def _open_log(self, cfg: ServeConfig) -> None:
+        """The gallery write log (both backends append every acknowledged write to it)."""
         self.write_log = open_log(cfg.gallery_log, cfg.index_root, cfg.redis_url)
         if isinstance(self.write_log, RedisLog):
             try:
@@ -317,6 +306,22 @@ class Running:
             if settings.get("appendfsync") not in (None, "always"):
                 log.warning("Redis appendfsync is %s: a power loss can lose up to a second of acknowledged "
                             "gallery writes (docs/operations.md)", settings.get("appendfsync"))
+
+    def _start_milvus(self, cfg: ServeConfig, versions: dict[str, str]) -> None:
+        from facevoice.service.milvus import MilvusIndexSet
+
+        if not cfg.milvus_uri:
+            raise UsageError("--gallery-backend milvus needs --milvus-uri")
+        token = cfg.milvus_token_file.read_text().strip() if cfg.milvus_token_file else None
+        self._open_log(cfg)
+        self.indexes = MilvusIndexSet(cfg.milvus_uri, versions, self.metrics, token, write_log=self.write_log)
+        self.indexes.refresh()
+        self.cache = Cache(cfg.redis_url, self.metrics, ttl_s=cfg.cache_ttl_s)
+        if cfg.poll_s > 0:
+            self.indexes.watch(cfg.poll_s)
+
+    def _start_faiss(self, cfg: ServeConfig, versions: dict[str, str]) -> None:
+        self._open_log(cfg)
         self.indexes = IndexSet(cfg.index_root, versions, self.metrics, use_gpu=cfg.gpu, mmap=cfg.index_mmap,
                                 verify=cfg.index_verify, write_log=self.write_log, max_overlay=cfg.max_overlay,
                                 max_lag_s=cfg.max_lag_s)

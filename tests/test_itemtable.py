@@ -209,3 +209,14 @@ def test_background_verification_serves_first_and_goes_back_on_a_mismatch(tmp_pa
     assert back is first and back.has("during")  # the old version, with the write it missed
     assert metrics.index_swaps.labels("face", "refused")._value.get() == 1
     assert s.refresh() == {}  # the damaged version is refused, not loaded again at the next poll
+
+
+def test_an_empty_value_reads_as_a_missing_attribute_in_the_table_and_the_overlay(tmp_path):
+    items = [Item("a", "p", {"team": ""}), Item("b", "p", {}), Item("c", "p", {"team": "x"})]
+    x = clustered(3)
+    index, plan = plan_and_build(x, "l2", kind="flat")
+    v = write_version(tmp_path, "face", index, items, plan, model_version="m", metric="l2")
+    g = load_version(tmp_path, "face", v, "m", mmap=True)
+    assert g.allowed({"team": {""}}).rows().tolist() == [0, 1]
+    g.upsert([Item("d", "p", {"team": ""})], x[:1])  # the overlay agrees
+    assert g.allowed({"team": {""}}).rows().tolist() == [0, 1, 3]

@@ -5,6 +5,8 @@ and the whole service on it."""
 
 from __future__ import annotations
 
+import time
+
 import grpc
 import numpy as np
 import pytest
@@ -16,7 +18,7 @@ from facevoice.service.metrics import Metrics
 from facevoice.service.milvus import (
     IndexMilvusOptions,
     MilvusIndexSet,
-    alias_name,
+    _collections_of,
     expression,
     field_of,
     index_milvus,
@@ -90,28 +92,48 @@ def test_milvus_answers_as_the_faiss_gallery_does(milvus, tmp_path, metric):
 
 
 def test_writes_swaps_and_refusals(milvus, tmp_path):
+    from facevoice.service.writelog import FileLog
+
     x, v1 = published(tmp_path)
     index_milvus(IndexMilvusOptions(tmp_path, milvus.uri, no_progress=True))
     metrics = Metrics()
-    s = MilvusIndexSet(milvus.uri, {"face": "m1"}, metrics)
-    other = MilvusIndexSet(milvus.uri, {"face": "m1"}, Metrics())  # a second replica
+    s = MilvusIndexSet(milvus.uri, {"face": "m1"}, metrics, write_log=FileLog(tmp_path))
+    other = MilvusIndexSet(milvus.uri, {"face": "m1"}, Metrics(), write_log=FileLog(tmp_path))  # a second replica
     try:
         s.refresh()
         other.refresh()
+        assert "colour" not in other.get("face").attribute_names()
         s.upsert({"face": ([Item("new", "pn", {"colour": "blue"})], x[5:6] + 0.01)})
         hit = other.get("face").search(x[5] + 0.01, 1)[0][0]
         assert hit == Item("new", "pn", {"colour": "blue"})  # the other replica sees the write at once
-        other.refresh()
-        assert s.get("face").search(x[5], 3, {"colour": {"blue"}})[0][0].item_id == "new"
-        missing, _ = s.delete(["face"], ["new", "item5", "nobody"])
-        assert missing == ["nobody"] and not other.get("face").has("item5")
+        time.sleep(other.get("face").ATTRIBUTES_TTL_S + 0.1)  # and, within a second, the new attribute name
+        assert "colour" in other.get("face").attribute_names()
+        assert other.get("face").search(x[5], 3, {"colour": {"blue"}})[0][0].item_id == "new"
+        for odd in ("o'brien", 'a"] or item_id != "', "back\\slash"):  # ids that would break an unescaped filter
+            s.upsert({"face": ([Item(odd, "p", {})], x[9:10])})
+            assert other.get("face").has(odd)
+            missing, _ = s.delete(["face"], [odd])
+            assert missing == [] and not other.get("face").has(odd)
+        assert other.get("face").size == 401  # nothing else went with them
+        with pytest.raises(BadRequest, match="control characters"):
+            s.upsert({"face": ([Item("line\nbreak", "p", {})], x[:1])})
+        with pytest.raises(BadRequest, match="control characters"):
+            other.get("face").search(x[0], 3, {"gender": {"a\nb"}})
+        missing, offset = s.delete(["face"], ["new", "item5", "nobody"])
+        assert missing == ["nobody"] and offset and not other.get("face").has("item5")
         assert s.get("face").size == 399
-        # a new version: copied beside, then the alias moves; replicas follow at their next refresh
+        # the same version again: nothing copied, nothing lost
+        assert index_milvus(IndexMilvusOptions(tmp_path, milvus.uri, no_progress=True)).replayed == {"face": 0}
+        assert s.get("face").size == 399
+        # a new version: copied beside, the log's writes replayed onto it, then the alias moves
         _, v2 = published(tmp_path, n=300, seed=9)
-        index_milvus(IndexMilvusOptions(tmp_path, milvus.uri, keep=1, no_progress=True))
+        done = index_milvus(IndexMilvusOptions(tmp_path, milvus.uri, keep=1, no_progress=True))
+        assert done.replayed["face"] >= 8  # every logged write, replayed in order
         assert s.get("face").meta.version == v1
-        assert s.refresh() == {"face": v2} and s.get("face").size == 300
-        assert len([c for c in s.client.list_collections() if c.startswith("facevoice_face_")]) == 1
+        assert s.refresh() == {"face": v2}
+        g = s.get("face")
+        assert g.size == 299 and not g.has("item5") and not g.has("new") and not g.has("o'brien")  # item5 deleted by the log
+        assert len(_collections_of(s.client, "face")) == 1
         # a version of another model is refused, the served one kept
         published(tmp_path, n=200, model="m2")
         index_milvus(IndexMilvusOptions(tmp_path, milvus.uri, no_progress=True))
@@ -119,16 +141,35 @@ def test_writes_swaps_and_refusals(milvus, tmp_path):
         assert metrics.index_swaps.labels("face", "refused")._value.get() == 1
         with pytest.raises(NotLoaded):
             MilvusIndexSet(milvus.uri, {"voice": "m1"}, Metrics()).get("voice")
-        assert s.client.describe_alias(alias_name("face"))["collection_name"].startswith("facevoice_face_")
     finally:
         s.stop()
         other.stop()
 
 
+def test_collections_of_one_index_are_not_another_s(milvus, tmp_path):
+    x = clustered(100)
+    index, plan = plan_and_build(x, "l2", kind="flat")
+    for name in ("face", "face_feature"):
+        publish(tmp_path, name, write_version(tmp_path, name, index, people(100), plan, model_version="m1",
+                                              metric="l2"))
+    index_milvus(IndexMilvusOptions(tmp_path, milvus.uri, keep=1, no_progress=True))
+    _, v2 = published(tmp_path, n=50, seed=4)  # a new face version; keep 1 drops face's old one only
+    index_milvus(IndexMilvusOptions(tmp_path, milvus.uri, index=("face",), keep=1, no_progress=True))
+    s = MilvusIndexSet(milvus.uri, {"face": "m1", "face_feature": "m1"}, Metrics())
+    try:
+        s.refresh()
+        assert s.get("face").meta.version == v2 and s.get("face_feature").size == 100
+        assert len(_collections_of(s.client, "face")) == 1 and len(_collections_of(s.client, "face_feature")) == 1
+    finally:
+        s.stop()
+
+
 def test_an_acknowledged_write_survives_a_kill(milvus, tmp_path):
+    from facevoice.service.writelog import FileLog
+
     x, _ = published(tmp_path, n=100)
     index_milvus(IndexMilvusOptions(tmp_path, milvus.uri, no_progress=True))
-    s = MilvusIndexSet(milvus.uri, {"face": "m1"}, Metrics())
+    s = MilvusIndexSet(milvus.uri, {"face": "m1"}, Metrics(), write_log=FileLog(tmp_path))
     s.refresh()
     s.upsert({"face": ([Item("acked", "p", {})], x[:1])})
     s.delete(["face"], ["item1"])
