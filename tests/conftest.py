@@ -22,7 +22,7 @@ SMALL = SynthConfig(identities=20, seed=7, faces=2, clips=2, workers=2, oracle_t
 SLOW_MODULES = {
     "test_association_heldout", "test_association_train", "test_bench", "test_deploy", "test_export",
     "test_frozen", "test_gpu_check", "test_history", "test_hot_swap_and_redis", "test_index_build",
-    "test_index_shards", "test_media_ceiling", "test_parity", "test_query_client", "test_release",
+    "test_index_shards", "test_media_ceiling", "test_milvus", "test_parity", "test_query_client", "test_release",
     "test_replicas", "test_serve_command", "test_served", "test_server", "test_service_hardening",
     "test_speech2face_train", "test_study", "test_study_browser", "test_study_deploy", "test_study_platform",
     "test_triton", "test_video_corpora", "test_writelog",
