@@ -17,9 +17,10 @@ the collection the alias names and polls the alias, as a FAISS replica polls `cu
   squared distance; the square root is taken here, as the FAISS gallery does).
 - Each version's meta.json (and the attribute names upserts add) lives in the collection
   `facevoice_meta`, one row per collection, so a replica needs no index root.
-- Writes go to Milvus and are acknowledged when Milvus acknowledges them (a cluster: in its
-  write-ahead log); there is no gallery write log of ours. Upserts and deletes are idempotent, so
-  a call that fails part-way across two indexes (face and face_feature) is safe to repeat.
+- Writes are appended to the gallery write log first (a Redis stream or the index root's file log,
+  as on FAISS: acknowledged once there), then applied to Milvus through the alias; `index milvus`
+  replays the log onto a new collection before and after the alias moves, and onto the served one
+  when it publishes nothing new. Upserts and deletes are idempotent.
 - Search results are not cached in Redis (another replica's write changes them unseen);
   embeddings still are.
 
@@ -239,8 +240,11 @@ def publish_version(client, root: Path, index: str, version: str, keep: int = 2,
     name = collection_name(index, version)
     alias = alias_name(index)
     _meta_collection(client)
-    if _alias_target(client, alias) == name:
-        return name, 0  # already served: nothing to copy (dropping it would lose its writes)
+    if _alias_target(client, alias) == name:  # already served: nothing to copy (dropping it would lose
+        # its writes); the log is replayed onto it, so a write whose Milvus call failed lands now
+        if wlog is None:
+            return name, 0
+        return name, replay(client, wlog, name, index, meta.model_version, offset_of(meta, wlog))[1]
     g = load_version(root, index, version, meta.model_version, mmap=True)
     if client.has_collection(name):
         client.drop_collection(name)  # a copy that died part-way, never served: start it again
@@ -547,11 +551,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True, help="index root (its current versions are copied)")
     p.add_argument("--uri", required=True, help="Milvus, e.g. http://milvus:19530")
     p.add_argument("--index", nargs="+", default=(), help="indexes to copy (default: every current one)")
-    p.add_argument("--token-file", type=Path, help="file holding Milvus's token")
-    p.add_argument("--keep", type=int, default=2, help="collections kept per index")
+    p.add_argument("--token-file", type=Path, help="file holding Milvus's token (user:password, or an API key)")
+    p.add_argument("--keep", type=int, default=2,
+                   help="collections kept per index (default 2: the served one and the one before, for a rollback)")
     p.add_argument("--gallery-log", default="auto", choices=("auto", "file", "redis"),
-                   help="the replicas' gallery log, replayed onto each new collection")
-    p.add_argument("--redis", help="its Redis (redis://host:port/db)")
+                   help="the replicas' gallery log, replayed onto each new collection (the one they serve with)")
+    p.add_argument("--redis", help="its Redis (redis://host:port/db): the replicas' --redis-url")
     p.add_argument("--no-progress", action="store_true")
 
 

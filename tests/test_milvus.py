@@ -122,9 +122,9 @@ def test_writes_swaps_and_refusals(milvus, tmp_path):
         missing, offset = s.delete(["face"], ["new", "item5", "nobody"])
         assert missing == ["nobody"] and offset and not other.get("face").has("item5")
         assert s.get("face").size == 399
-        # the same version again: nothing copied, nothing lost
-        assert index_milvus(IndexMilvusOptions(tmp_path, milvus.uri, no_progress=True)).replayed == {"face": 0}
-        assert s.get("face").size == 399
+        # the same version again: nothing copied; the log replayed onto it in order changes nothing
+        assert index_milvus(IndexMilvusOptions(tmp_path, milvus.uri, no_progress=True)).replayed["face"] >= 8
+        assert s.get("face").size == 399 and not s.get("face").has("new") and not s.get("face").has("item5")
         # a new version: copied beside, the log's writes replayed onto it, then the alias moves
         _, v2 = published(tmp_path, n=300, seed=9)
         done = index_milvus(IndexMilvusOptions(tmp_path, milvus.uri, keep=1, no_progress=True))
