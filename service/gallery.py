@@ -1,4 +1,6 @@
-"""A searchable gallery: a FAISS index over one embedding space plus each item's metadata.
+"""A searchable gallery: a FAISS index over one embedding space plus each item's metadata, an
+ItemTable (service/itemtable.py: mapped columns, immutable per version) under an overlay of the
+live edits since the version (rows deleted, rows added).
 
 Which index a gallery gets (flat, IVF with flat, fp16, SQ8 or re-ranked PQ codes, or HNSW) and its
 search settings are chosen at build time under a memory budget (service/planner.py). Cosine spaces
@@ -187,9 +189,8 @@ class Gallery:
         self.dead: set[int] = set()  # table rows deleted since the version
         self.extra: dict[int, Item] = {}  # rows added since (>= table.n)
         self.extra_by_id: dict[str, int] = {}
-        self.extra_with: dict[tuple[str, str], set[int]] = {}
-        self.extra_having: dict[str, set[int]] = {}
-        self._masks: dict[tuple, np.ndarray] = {}  # filter -> live rows passing it, for this overlay
+        self.extra_having: dict[str, set[int]] = {}  # attribute name -> added rows having it
+        self._masks: dict[tuple, Allowed] = {}  # filter -> live rows passing it, for this overlay
         for row, it in extra.items():
             self._add_extra(row, it)
         # flat and HNSW number their rows in order, so a new row's id is ntotal; IVF takes ids
@@ -200,15 +201,13 @@ class Gallery:
     def _add_extra(self, row: int, item: Item) -> None:
         self.extra[row] = item
         self.extra_by_id[item.item_id] = row
-        for name, value in item.attributes.items():
-            self.extra_with.setdefault((name, value), set()).add(row)
+        for name in item.attributes:
             self.extra_having.setdefault(name, set()).add(row)
 
     def _drop_extra(self, row: int) -> None:
         item = self.extra.pop(row)
         del self.extra_by_id[item.item_id]
-        for name, value in item.attributes.items():
-            self.extra_with[(name, value)].discard(row)
+        for name in item.attributes:
             self.extra_having[name].discard(row)
 
     def attribute_names(self) -> set[str]:
