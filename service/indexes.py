@@ -42,6 +42,17 @@ VERIFY = ("before", "background")  # when a version's large files are hashed: be
 VERIFY_LATER_OVER = 256 << 20  # "background": files larger than this are hashed after the swap
 
 
+def upsert_change(model_versions: dict[str, str], upserts: dict[str, tuple[list[Item], np.ndarray]],
+                  actor: str = "") -> Change:
+    """The write-log entry of an upsert: each index's items and vectors, with the model version that
+    embedded them (both backends log writes this way)."""
+    return Change("upsert", {name: IndexChange(model_versions[name],
+                                               [{"item_id": it.item_id, "identity": it.identity,
+                                                 "attributes": it.attributes} for it in items],
+                                               np.asarray(v, np.float32))
+                             for name, (items, v) in upserts.items()}, actor=actor)
+
+
 @dataclass
 class LogStatus:
     """How far this replica has applied the write log (GetIndexInfo.log, health, metrics)."""
@@ -270,12 +281,7 @@ class IndexSet:
         return offset
 
     def upsert(self, upserts: dict[str, tuple[list[Item], np.ndarray]], actor: str = "") -> str:
-        change = Change("upsert", {name: IndexChange(self.get(name).meta.model_version,
-                                                     [{"item_id": it.item_id, "identity": it.identity,
-                                                       "attributes": it.attributes} for it in items],
-                                                     np.asarray(v, np.float32))
-                                   for name, (items, v) in upserts.items()}, actor=actor)
-        return self.write(change)
+        return self.write(upsert_change({name: self.get(name).meta.model_version for name in upserts}, upserts, actor))
 
     def delete(self, names: list[str], item_ids: list[str], actor: str = "") -> tuple[list[str], str]:
         """Deletes from every named index; (ids the first index did not hold, log offset)."""

@@ -48,7 +48,7 @@ from tqdm import tqdm
 from facevoice.service.errors import BadRequest, DependencyUnavailable, NotLoaded, Stopped, UsageError
 from facevoice.service.gallery import Item, normalise
 from facevoice.service.gpu import Placement
-from facevoice.service.indexes import LogStatus
+from facevoice.service.indexes import LogStatus, upsert_change
 from facevoice.service.metrics import Metrics
 from facevoice.service.versions import IndexMeta, current_version, load_version, read_meta
 
@@ -169,6 +169,13 @@ def _attribute_key(collection: str, name: str) -> str:
     return f"attr#{collection}#{name}"
 
 
+def _put_attributes(client, collection: str, names: set[str]) -> None:
+    """Records attribute names a collection's items have, one meta row each, in one call."""
+    if names:
+        client.upsert(META_COLLECTION, [{"key": _attribute_key(collection, n), "value": n, "v": [0.0, 0.0]}
+                                        for n in sorted(names)])
+
+
 def _attributes(client, collection: str) -> set[str]:
     """The attribute names a collection's items have had: one meta row per name, so two replicas
     adding names at once cannot overwrite each other."""
@@ -177,11 +184,16 @@ def _attributes(client, collection: str) -> set[str]:
     return {r["value"] for r in rows}
 
 
-def _row(item: Item, vector: np.ndarray) -> dict:
+def _check(item: Item) -> None:
+    """BadRequest for an item Milvus could hold but no filter or delete could name again."""
     for what, s in (("item_id", item.item_id), ("identity", item.identity), *item.attributes.items()):
         if len(s.encode()) > MAX_STRING:
             raise BadRequest(f"{what} is longer than {MAX_STRING} bytes")
         literal(s)  # refused now if it could never be filtered or deleted
+
+
+def _row(item: Item, vector: np.ndarray) -> dict:
+    _check(item)
     return {"item_id": item.item_id, "identity": item.identity, "vector": np.asarray(vector, np.float32).tolist(),
             **{field_of(k): v for k, v in item.attributes.items()}}
 
@@ -201,10 +213,10 @@ def _apply(client, target: str, index: str, change, model_version: str) -> None:
                         u.model_version, model_version)
             return
         rows = [_row(Item(**it), v) for it, v in zip(u.items, u.vectors, strict=True)]
+        # the names first, so every replica can filter on them once the rows exist
+        _put_attributes(client, _resolve(client, target), {a for it in u.items for a in it["attributes"]})
         for s in range(0, len(rows), BATCH):
             client.upsert(target, rows[s:s + BATCH])
-        for name in {a for it in u.items for a in it["attributes"]}:
-            _put_meta(client, _attribute_key(_resolve(client, target), name), name)
     elif change.op == "delete" and index in change.indexes:
         for s in range(0, len(change.item_ids), 1000):
             client.delete(target, filter=ids_filter(change.item_ids[s:s + 1000]))
@@ -264,8 +276,7 @@ def publish_version(client, root: Path, index: str, version: str, keep: int = 2,
             bar.update(len(part))
     client.load_collection(name)
     _put_meta(client, name, {"meta": meta.to_dict(), "index": index})
-    for attribute in g.attribute_names():
-        _put_meta(client, _attribute_key(name, attribute), attribute)
+    _put_attributes(client, name, g.attribute_names())
     replayed = 0
     after = offset_of(meta, wlog) if wlog is not None else None
     if wlog is not None:
@@ -481,16 +492,12 @@ class MilvusIndexSet:
         return offset
 
     def upsert(self, upserts: dict[str, tuple[list[Item], np.ndarray]], actor: str = "") -> str:
-        from facevoice.service.writelog import Change, IndexChange
-
-        for name, (items, vectors) in upserts.items():
-            g = self.get(name)  # every index loaded before any is written
-            for it, v in zip(items, g._prepare(vectors), strict=True):
-                _row(it, v)  # refused before it is logged
-        return self._write(Change("upsert", {name: IndexChange(
-            self.get(name).meta.model_version,
-            [{"item_id": it.item_id, "identity": it.identity, "attributes": it.attributes} for it in items],
-            self.get(name)._prepare(v)) for name, (items, v) in upserts.items()}, actor=actor))
+        galleries = {name: self.get(name) for name in upserts}  # every index loaded before any is written
+        prepared = {name: (items, galleries[name]._prepare(v)) for name, (items, v) in upserts.items()}
+        for items, _ in prepared.values():
+            for it in items:
+                _check(it)  # refused before it is logged
+        return self._write(upsert_change({n: g.meta.model_version for n, g in galleries.items()}, prepared, actor))
 
     def delete(self, names: list[str], item_ids: list[str], actor: str = "") -> tuple[list[str], str]:
         from facevoice.service.writelog import Change

@@ -284,6 +284,7 @@ class Running:
         versions = {name: space.version for name, space in manifest.indexed().items()}
         if cfg.gallery_backend not in ("faiss", "milvus"):
             raise UsageError(f"--gallery-backend must be faiss or milvus, not {cfg.gallery_backend!r}")
+        self.cache = Cache(cfg.redis_url, self.metrics, ttl_s=cfg.cache_ttl_s)
         if cfg.gallery_backend == "milvus":
             self._start_milvus(cfg, versions)
         else:
@@ -316,7 +317,6 @@ class Running:
         self._open_log(cfg)
         self.indexes = MilvusIndexSet(cfg.milvus_uri, versions, self.metrics, token, write_log=self.write_log)
         self.indexes.refresh()
-        self.cache = Cache(cfg.redis_url, self.metrics, ttl_s=cfg.cache_ttl_s)
         if cfg.poll_s > 0:
             self.indexes.watch(cfg.poll_s)
 
@@ -331,7 +331,6 @@ class Running:
         except (DependencyUnavailable, LogTrimmed, LogDamaged) as e:  # the follower keeps trying
             log.warning("gallery log not applied at start-up: %s", e)
         self.indexes.follow()
-        self.cache = Cache(cfg.redis_url, self.metrics, ttl_s=cfg.cache_ttl_s)
         if cfg.redis_url:
             self.subscriber = Subscriber(cfg.redis_url, lambda published: self.indexes.refresh())
             self.subscriber.start()

@@ -174,17 +174,16 @@ def verify(path: Path, defer_over: int | None = None) -> dict[str, str]:
     check later (verify_files); None checks every file now."""
     try:
         digests = checksums.read(path)
-        known = set(FILES + FOLDED + (LEGACY_ITEMS,))
-        if unknown := sorted(f for f in digests if f not in known and not _table_file(f)):
-            raise checksums.ChecksumMismatch(f"{path}: checksums name files a version does not have: {unknown}")
         required = [*FILES, *(ItemTable.files(path) if (path / SCHEMA).exists() else [LEGACY_ITEMS])]
+        if unknown := sorted(set(digests) - set(required) - set(FOLDED)):
+            raise checksums.ChecksumMismatch(f"{path}: checksums name files a version does not have: {unknown}")
         if unlisted := [f for f in required if f not in digests]:
             raise checksums.ChecksumMismatch(f"{path}: checksums do not cover {unlisted}")
-        later = {f: d for f, d in digests.items()
-                 if defer_over is not None and (path / f).is_file() and (path / f).stat().st_size > defer_over}
-        checksums.verify(path, {f: d for f, d in digests.items() if f not in later})
     except (checksums.ChecksumMismatch, ValueError, KeyError, TypeError) as e:
         raise IndexVersionError(f"checksum mismatch: {e}") from e
+    later = {f: d for f, d in digests.items()
+             if defer_over is not None and (path / f).is_file() and (path / f).stat().st_size > defer_over}
+    verify_files(path, {f: d for f, d in digests.items() if f not in later})
     return later
 
 
@@ -194,12 +193,6 @@ def verify_files(path: Path, digests: dict[str, str]) -> None:
         checksums.verify(path, digests)
     except (checksums.ChecksumMismatch, OSError) as e:
         raise IndexVersionError(f"checksum mismatch: {e}") from e
-
-
-def _table_file(name: str) -> bool:
-    """An item-table file's name: items.json, or items.<column>.npy (no directories)."""
-    return name == SCHEMA or (name.startswith("items.") and name.endswith(".npy") and "/" not in name
-                              and ".." not in name)
 
 
 def load_version(root: Path, name: str, version: str, model_version: str, use_gpu: bool = False,
