@@ -268,6 +268,3 @@ class ItemTable:
         """The files a written table consists of (from its schema), for checksums."""
         schema = json.loads((Path(directory) / SCHEMA).read_text())
         return [SCHEMA, *schema["files"]]
-
-    def nbytes(self) -> int:
-        return sum(a.nbytes for a in self._arrays().values())
